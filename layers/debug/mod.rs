@@ -1,0 +1,9 @@
+//! Debugging layers: they watch the traffic through them and change none of it.
+
+/// Checks every put and reports leaks.
+mod check;
+/// Counts gets, puts, bytes and the peak.
+mod stats;
+
+pub use check::{Check, LeakReport};
+pub use stats::Stats;

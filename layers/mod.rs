@@ -1,0 +1,12 @@
+//! The layers, one per file, grouped as Heap-Layers groups them; each file states its own
+//! invariants at the top.
+
+mod arenas;
+mod debug;
+mod sources;
+
+pub use arenas::{Batch, Chunk};
+pub use debug::{Check, LeakReport, Stats};
+#[cfg(feature = "std")]
+pub use sources::{Mmap, Sbrk, System};
+pub use sources::Buffer;

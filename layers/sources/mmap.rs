@@ -1,0 +1,229 @@
+//! `Mmap`: pages straight from the OS (anonymous maps through memmap2), one map per block.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::mem::{MaybeUninit, size_of};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::Layer;
+use crate::abort::abort_with;
+use crate::layer::served_size;
+
+/// Bytes mapped by every `Mmap` layer of the process, blocks and bookkeeping together.
+static PROCESS_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Each `get` maps fresh anonymous pages; each `put` unmaps them; `deinit` unmaps every
+/// map the layer still holds.
+///
+/// Blocks are page-aligned (at least 4096 bytes, [`MIN_ALIGN`](Layer::MIN_ALIGN)) and
+/// zero-filled ([`ZEROED`](Layer::ZEROED)); larger alignments are served by mapping extra
+/// pages and starting the block at the first aligned address. Sizes are rounded up to whole
+/// pages, so `Mmap` is a source for layers that ask for large pieces (`Chunk`, `Batch`),
+/// not for small objects.
+///
+/// The layer remembers its maps in a table that lives in a map of its own, never in the
+/// global allocator, so it can serve one.
+pub struct Mmap {
+    /// The table: an array of `MmapMut`, `len` of them initialised.
+    table: Option<MmapMut>,
+    len: usize,
+    mapped: usize,
+}
+
+// SAFETY: an `Mmap` exclusively owns its maps; nothing in it is tied to a thread.
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    /// A layer holding no maps yet.
+    pub const fn new() -> Self {
+        Mmap {
+            table: None,
+            len: 0,
+            mapped: 0,
+        }
+    }
+
+    /// Bytes this layer has mapped for blocks right now (whole pages, padding included).
+    pub const fn mapped_bytes(&self) -> usize {
+        self.mapped
+    }
+
+    /// Bytes mapped by all `Mmap` layers of the process right now, their tables included.
+    pub fn process_mapped_bytes() -> usize {
+        PROCESS_MAPPED.load(Ordering::Relaxed)
+    }
+
+    /// The OS page size.
+    pub fn page_size() -> usize {
+        static PAGE: AtomicUsize = AtomicUsize::new(0);
+        let mut page = PAGE.load(Ordering::Relaxed);
+        if page == 0 {
+            // SAFETY: `sysconf` with a valid name only reads system configuration.
+            let answer = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            page = if answer >= 4096 { answer as usize } else { 4096 };
+            PAGE.store(page, Ordering::Relaxed);
+        }
+        page
+    }
+
+    fn map(len: usize) -> Option<MmapMut> {
+        let map = MmapOptions::new().len(len).map_anon().ok()?;
+        PROCESS_MAPPED.fetch_add(map.len(), Ordering::Relaxed);
+        Some(map)
+    }
+
+    fn unmap(map: MmapMut) {
+        PROCESS_MAPPED.fetch_sub(map.len(), Ordering::Relaxed);
+        drop(map);
+    }
+
+    fn entries(&mut self) -> *mut MmapMut {
+        match &mut self.table {
+            Some(table) => table.as_mut_ptr().cast(),
+            None => core::ptr::null_mut(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.table.as_ref().map_or(0, |t| t.len() / size_of::<MmapMut>())
+    }
+
+    /// Makes room for one more entry, doubling the table when it is full.
+    fn reserve_one(&mut self) -> Option<()> {
+        if self.len < self.capacity() {
+            return Some(());
+        }
+        let new_capacity = (self.capacity() * 2).max(Self::page_size() / size_of::<MmapMut>());
+        let mut table = Self::map(new_capacity.checked_mul(size_of::<MmapMut>())?)?;
+        let old = self.entries();
+        if !old.is_null() {
+            // SAFETY: the first `len` entries of the old table are initialised; the new
+            // table is larger, page-aligned (so aligned for `MmapMut`) and disjoint from the
+            // old one. The entries are moved bitwise; the old table is then unmapped as raw
+            // bytes, so no entry is dropped twice.
+            unsafe { core::ptr::copy_nonoverlapping(old, table.as_mut_ptr().cast(), self.len) };
+        }
+        if let Some(old_table) = self.table.replace(table) {
+            Self::unmap(old_table);
+        }
+        Some(())
+    }
+
+    /// The index of the map that contains `addr`, searching newest first.
+    fn find(&self, addr: usize) -> Option<usize> {
+        let table = self.table.as_ref()?;
+        let entries: *const MaybeUninit<MmapMut> = table.as_ptr().cast();
+        (0..self.len).rev().find(|&i| {
+            // SAFETY: entries `0..len` are initialised `MmapMut`s inside the table.
+            let map = unsafe { (*entries.add(i)).assume_init_ref() };
+            addr.wrapping_sub(map.as_ptr().addr()) < map.len()
+        })
+    }
+}
+
+impl Default for Mmap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: each block lies inside a map of its own, which no other block shares and which
+// stays mapped until the block is put or the layer is deinitialised; fresh anonymous maps
+// are zero-filled and page-aligned. Moving `Mmap` moves only the table handle.
+unsafe impl Layer for Mmap {
+    const MIN_ALIGN: usize = 4096;
+    const ZEROED: bool = true;
+
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let page = Self::page_size();
+        let extra = layout.align().saturating_sub(page);
+        let len = served_size(layout)
+            .checked_add(page - 1)?
+            .checked_add(extra)?
+            & !(page - 1);
+        if len > isize::MAX as usize {
+            return None;
+        }
+        self.reserve_one()?;
+        let mut map = Self::map(len)?;
+        let base = map.as_mut_ptr();
+        let offset = base.addr().wrapping_neg() & (layout.align() - 1);
+        // SAFETY: `offset < align <= extra + page`, and the block's size fits in the
+        // remaining `len - offset` bytes by construction of `len`.
+        let block = unsafe { base.add(offset) };
+        self.mapped += len;
+        // SAFETY: `reserve_one` made room for entry `len`, which is uninitialised.
+        unsafe { self.entries().add(self.len).write(map) };
+        self.len += 1;
+        NonNull::new(block)
+    }
+
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let Some(index) = self.find(ptr.as_ptr().addr()) else {
+            abort_with(format_args!(
+                "Mmap: put of {:p} (size {}, align {}), which is not a block of this layer",
+                ptr,
+                layout.size(),
+                layout.align()
+            ))
+        };
+        let entries = self.entries();
+        // SAFETY: `index < len`; the last initialised entry moves into its slot and the
+        // count shrinks, so every entry stays initialised exactly once.
+        let map = unsafe {
+            let map = entries.add(index).read();
+            self.len -= 1;
+            if index != self.len {
+                entries.add(index).write(entries.add(self.len).read());
+            }
+            map
+        };
+        self.mapped -= map.len();
+        Self::unmap(map);
+    }
+
+    fn init() -> Self {
+        Self::new()
+    }
+
+    fn deinit(&mut self) {
+        let entries = self.entries();
+        while self.len > 0 {
+            self.len -= 1;
+            // SAFETY: entry `len` is initialised and is read out exactly once.
+            Self::unmap(unsafe { entries.add(self.len).read() });
+        }
+        self.mapped = 0;
+        if let Some(table) = self.table.take() {
+            Self::unmap(table);
+        }
+    }
+
+    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = (ptr, old, new);
+        // The map stays as it is and is found by address at put: any smaller size fits.
+        true
+    }
+
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        self.find(ptr.as_ptr().addr()).is_some()
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        self.deinit();
+    }
+}
+
+impl fmt::Debug for Mmap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mmap")
+            .field("maps", &self.len)
+            .field("mapped_bytes", &self.mapped)
+            .finish()
+    }
+}

@@ -1,0 +1,91 @@
+//! Failures that must not unwind: one line on stderr, written without allocating, then abort.
+//!
+//! Code that may be running inside a global allocator cannot panic (unwinding out of an
+//! allocator is undefined behaviour) and cannot allocate to format a message. Misuse that
+//! a layer detects there (a double put, a put with the wrong layout) ends here instead.
+
+use core::fmt;
+
+/// A fixed buffer that a message is formatted into, cut short if it does not fit.
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) struct LineBuffer {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+impl LineBuffer {
+    pub(crate) const fn new() -> Self {
+        LineBuffer { bytes: [0; 512], len: 0 }
+    }
+
+    /// The text written so far (always whole UTF-8 characters).
+    pub(crate) fn as_str(&self) -> &str {
+        // Only whole `&str` pieces are copied in (see `write_str`), so this cannot fail.
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for LineBuffer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.bytes.len() - self.len;
+        let mut take = s.len().min(room);
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+/// Writes `stratalloc: <message>` and a newline to stderr, then aborts the process.
+///
+/// Without the `std` feature there is neither stderr nor a portable abort: the message is
+/// raised as a panic instead, and a `no_std` program that uses checking layers inside its
+/// global allocator should build with `panic = "abort"`.
+#[cold]
+#[inline(never)]
+pub(crate) fn abort_with(message: fmt::Arguments<'_>) -> ! {
+    #[cfg(feature = "std")]
+    {
+        use fmt::Write as _;
+        let mut line = LineBuffer::new();
+        let _ = writeln!(line, "stratalloc: {message}");
+        write_stderr(line.as_str().as_bytes());
+        std::process::abort()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        panic!("stratalloc: {}", message)
+    }
+}
+
+/// Writes bytes to file descriptor 2 with raw `write` calls: no lock, no allocation.
+#[cfg(feature = "std")]
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live slice; `write` reads at most `bytes.len()` bytes of it.
+        let written = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if written <= 0 {
+            return;
+        }
+        bytes = &bytes[written as usize..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::fmt::Write as _;
+
+    #[test]
+    fn long_lines_are_cut_on_a_character_boundary() {
+        let mut line = LineBuffer::new();
+        for _ in 0..200 {
+            write!(line, "é·").unwrap();
+        }
+        assert!(line.as_str().len() <= 512);
+        assert!(line.as_str().starts_with("é·é·"));
+    }
+}

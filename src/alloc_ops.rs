@@ -1,0 +1,93 @@
+//! The allocator operations both adapters share, written once over a `&mut L`: zero-size
+//! requests, zeroed memory, and resizing in place or by moving.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+use allocator_api2::alloc::AllocError;
+
+use crate::Layer;
+
+/// A well-aligned, non-null pointer that owns nothing: the answer to a zero-size request.
+#[inline(always)]
+pub(crate) fn dangling(layout: Layout) -> NonNull<u8> {
+    // SAFETY: an alignment is never zero.
+    unsafe { NonNull::new_unchecked(ptr::without_provenance_mut(layout.align())) }
+}
+
+/// `Allocator::allocate` (and `allocate_zeroed` when `zeroed`).
+#[inline(always)]
+pub(crate) fn allocate<L: Layer>(
+    layer: &mut L,
+    layout: Layout,
+    zeroed: bool,
+) -> Result<NonNull<[u8]>, AllocError> {
+    if layout.size() == 0 {
+        return Ok(NonNull::slice_from_raw_parts(dangling(layout), 0));
+    }
+    let block = layer.get(layout).ok_or(AllocError)?;
+    if zeroed && !L::ZEROED {
+        // SAFETY: the block is valid for writes of `layout.size()` bytes.
+        unsafe { block.as_ptr().write_bytes(0, layout.size()) };
+    }
+    Ok(NonNull::slice_from_raw_parts(block, layout.size()))
+}
+
+/// `Allocator::deallocate`.
+///
+/// # Safety
+///
+/// `ptr` is a block the caller owns, allocated by `allocate` on this layer with a layout
+/// that `layout` fits (a zero-size layout for a dangling pointer).
+#[inline(always)]
+pub(crate) unsafe fn deallocate<L: Layer>(layer: &mut L, ptr: NonNull<u8>, layout: Layout) {
+    if layout.size() != 0 {
+        // SAFETY: a non-zero size means the block came from `layer.get` with this layout.
+        unsafe { layer.put(ptr, layout) }
+    }
+}
+
+/// `Allocator::grow` / `grow_zeroed` / `shrink`, and `GlobalAlloc::realloc`: resize in
+/// place when the layer can, otherwise move to a new block and free the old one.
+///
+/// # Safety
+///
+/// As [`deallocate`] for `ptr` and `old`; for growth `new.size() >= old.size()`, for
+/// shrinking `new.size() <= old.size()` (callers say which by the sizes alone).
+pub(crate) unsafe fn resize<L: Layer>(
+    layer: &mut L,
+    ptr: NonNull<u8>,
+    old: Layout,
+    new: Layout,
+    zeroed: bool,
+) -> Result<NonNull<[u8]>, AllocError> {
+    if old.size() != 0 && new.size() != 0 && old.align() == new.align() {
+        // SAFETY: the block is live in `layer` with layout `old`; the alignments match and
+        // the size goes the way the called method expects.
+        let in_place = unsafe {
+            if new.size() >= old.size() {
+                layer.grow(ptr, old, new)
+            } else {
+                layer.shrink(ptr, old, new)
+            }
+        };
+        if in_place {
+            if zeroed && new.size() > old.size() {
+                // SAFETY: the block now holds `new.size()` bytes.
+                unsafe { ptr.as_ptr().add(old.size()).write_bytes(0, new.size() - old.size()) };
+            }
+            return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
+        }
+    }
+    let moved = allocate(layer, new, zeroed)?;
+    // SAFETY: both blocks are live and disjoint; the smaller size is in bounds for both.
+    unsafe {
+        ptr::copy_nonoverlapping(
+            ptr.as_ptr(),
+            moved.cast::<u8>().as_ptr(),
+            old.size().min(new.size()),
+        );
+        deallocate(layer, ptr, old);
+    }
+    Ok(moved)
+}

@@ -1,0 +1,147 @@
+//! `Heap<L>`: a layer stack for one thread, used by collections through `&Heap<L>`.
+
+use core::alloc::Layout;
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::ptr::NonNull;
+
+use allocator_api2::alloc::{AllocError, Allocator};
+
+use crate::alloc_ops::{allocate, deallocate, resize};
+use crate::layers::Chunk;
+use crate::{Gauge, Gauges, Layer};
+
+/// Owns a layer stack and lends it to collections on one thread: `&Heap<L>` implements
+/// [`allocator_api2::alloc::Allocator`], so `allocator_api2::vec::Vec::new_in(&heap)`,
+/// `Box::new_in` and hashbrown's maps allocate from the stack.
+///
+/// Zero-size requests are answered with a dangling, aligned pointer without reaching the
+/// layers. `Heap` is not `Sync`: share a stack across threads with [`Locked`](crate::Locked).
+///
+/// ```
+/// use allocator_api2::vec::Vec;
+/// use stratalloc::{Gauge, Heap, layers::{Chunk, Mmap, Stats}};
+///
+/// let mut heap = Heap::new(Stats::new(Chunk::<Mmap, 4096>::new(Mmap::new())));
+/// {
+///     let mut words = Vec::new_in(&heap);
+///     words.extend(["bump", "arena", "layer"]);
+///     assert_eq!(words.len(), 3);
+/// }
+/// assert_eq!(heap.gauge().live, 0);
+/// heap.layer_mut().clear();
+/// ```
+pub struct Heap<L> {
+    layer: UnsafeCell<L>,
+}
+
+impl<L: Layer> Heap<L> {
+    /// Wraps a layer stack.
+    pub const fn new(layer: L) -> Self {
+        Heap {
+            layer: UnsafeCell::new(layer),
+        }
+    }
+
+    /// The stack, to read or adjust it when no collection is using the heap.
+    pub fn layer_mut(&mut self) -> &mut L {
+        self.layer.get_mut()
+    }
+
+    /// Unwraps the stack. Blocks the heap handed out now belong to the stack.
+    pub fn into_inner(self) -> L {
+        self.layer.into_inner()
+    }
+
+    /// The stack's gauges, copied out.
+    pub fn gauge(&self) -> Gauges
+    where
+        L: Gauge,
+    {
+        // SAFETY: `Heap` is not `Sync`, and no reference into the stack outlives a method of
+        // `Heap`; layers never call back into the heap (the `Layer` contract), so nothing
+        // holds `&mut L` while this shared borrow is alive.
+        unsafe { (*self.layer.get()).gauge() }
+    }
+
+    /// Runs `f` with exclusive access to the stack, for the length of one heap operation.
+    #[inline(always)]
+    fn with_stack<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
+        // SAFETY: `Heap` is not `Sync`, every borrow made here ends when `f` returns, and `f`
+        // is one of this module's operations, which run layer code only; the `Layer`
+        // contract forbids layers to re-enter the heap. So this is the only borrow alive.
+        f(unsafe { &mut *self.layer.get() })
+    }
+}
+
+impl<L: Layer, const SIZE: usize> Heap<Chunk<L, SIZE>> {
+    /// Ends every block at once, keeping the newest chunk for reuse (see
+    /// [`Chunk::reset`]). Safe because `&mut self` proves that no collection still uses the
+    /// heap; raw blocks from [`Allocator::allocate`] must not be used or freed afterwards.
+    pub fn reset(&mut self) {
+        // SAFETY: with `&mut self` no borrow of the heap is alive, so no collection holds a
+        // block; raw blocks are ended by this call as documented.
+        unsafe { self.layer.get_mut().reset() }
+    }
+}
+
+// SAFETY: every method borrows the stack only for its own duration (`with_stack`), the layer
+// keeps the `Layer` contract, and `alloc_ops` answers zero-size requests with dangling
+// pointers that are never passed to the layer. Blocks stay valid while the heap lives
+// because `Heap` owns the stack and `&Heap` borrows it.
+unsafe impl<L: Layer> Allocator for &Heap<L> {
+    #[inline(always)]
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.with_stack(|stack| allocate(stack, layout, false))
+    }
+
+    #[inline]
+    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.with_stack(|stack| allocate(stack, layout, true))
+    }
+
+    #[inline(always)]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's `Allocator` duties are `deallocate`'s.
+        self.with_stack(|stack| unsafe { deallocate(stack, ptr, layout) })
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: `Allocator::grow`'s duties include `new.size() >= old.size()`.
+        self.with_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
+    }
+
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: as for `grow`.
+        self.with_stack(|stack| unsafe { resize(stack, ptr, old, new, true) })
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: `Allocator::shrink`'s duties include `new.size() <= old.size()`.
+        self.with_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
+    }
+}
+
+impl<L: Layer + fmt::Debug> fmt::Debug for Heap<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SAFETY: formatting a layer does not allocate through this heap (the `Layer`
+        // contract), so the shared borrow is the only one while it lasts.
+        let layer = unsafe { &*self.layer.get() };
+        f.debug_tuple("Heap").field(layer).finish()
+    }
+}

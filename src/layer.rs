@@ -1,0 +1,199 @@
+//! The `Layer` trait: the contract every heap layer keeps, with its terms defined once.
+//!
+//! # Terms
+//!
+//! <a id="owner"></a>**Owner.** Whoever called [`Layer::get`] and received a block owns it
+//! until they hand it back with [`Layer::put`]. A layer that wraps another (say `Stats<L>`)
+//! is the owner of the blocks it got from `L`; its caller owns the block it got from the
+//! wrapper. Only the owner may put a block, and only to the layer it got it from: a block got
+//! through `Stats<L>` goes back through `Stats<L>`, never straight to the `L` inside it.
+//!
+//! <a id="currently-allocated"></a>**Currently allocated.** A block is *currently
+//! allocated* by a layer from the moment `get` returns it until the first of: it is put back
+//! to that layer, the layer's [`deinit`](Layer::deinit) runs, or an operation documented as
+//! ending every block (such as [`Chunk::reset`](crate::layers::Chunk::reset)) runs.
+//!
+//! <a id="fits"></a>**Fits.** A layout *fits* a block when it is the layout the block was
+//! got with (same size, same alignment), or the layout most recently accepted for it by a
+//! successful [`grow`](Layer::grow) or [`shrink`](Layer::shrink). Puts are *sized*: the
+//! layer is told the layout rather than having to remember it, as in the region seed and in
+//! Heap-Layers.
+//!
+//! <a id="zero-size"></a>**Zero-size requests.** A layout of size 0 is a valid request. It
+//! is served as a block of one byte: it has an address of its own, distinct from every
+//! other currently allocated block, and must be put back like any other block. (The
+//! [`Heap`](crate::Heap) adapter does not send zero-size requests down at all; it answers
+//! them with a dangling, well-aligned pointer, as the standard collections expect.)
+//!
+//! # Order
+//!
+//! A stack is written outside-in: in `Stats<Chunk<Batch<Mmap>, 4096>>` a request reaches
+//! `Stats` first, then `Chunk`, which asks `Batch` only for whole chunks, which asks `Mmap`.
+//! Frees travel the same way down. Each layer sees only what the layer above it passes on.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+/// A heap layer: a source of blocks that can be stacked on other layers.
+///
+/// Each layer does one thing (bump allocation, booking, counting, checking) and forwards
+/// the rest to the layer it wraps, so that whole allocators are types such as
+/// `Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>`. The terms used below are defined in
+/// the [module documentation](crate::layer): [owner](crate::layer#owner),
+/// [currently allocated](crate::layer#currently-allocated), [fits](crate::layer#fits) and
+/// [zero-size requests](crate::layer#zero-size).
+///
+/// A layer is plain data used through `&mut self`. Sharing one between handles or threads
+/// is the job of an adapter: [`Heap`](crate::Heap) for one thread,
+/// [`Locked`](crate::Locked) for many (and for `#[global_allocator]`).
+///
+/// # Safety
+///
+/// The trait is `unsafe` because callers write through the blocks it returns: a wrong
+/// implementation makes their code unsound. **Implementors must** keep all of these:
+///
+/// - A block returned by [`get`](Layer::get) is valid for reads and writes of
+///   `layout.size()` bytes (one byte for a [zero-size request](crate::layer#zero-size)), is
+///   aligned to `layout.align()` and to [`MIN_ALIGN`](Layer::MIN_ALIGN), and does not
+///   overlap any other block that is [currently allocated](crate::layer#currently-allocated)
+///   by this layer. It stays valid until it stops being currently allocated.
+/// - Moving the layer (it is plain data) does not move or invalidate its blocks.
+/// - When [`ZEROED`](Layer::ZEROED) is `true`, every byte of a block returned by `get` is 0.
+/// - [`put`](Layer::put), [`grow`](Layer::grow) and [`shrink`](Layer::shrink) accept every
+///   call that keeps the callers' duties listed on them.
+/// - [`owns`](Layer::owns) returns `true` only for addresses inside a block that is
+///   currently allocated by this layer.
+/// - After [`deinit`](Layer::deinit) the layer holds no memory and is usable again, as if
+///   fresh from [`init`](Layer::init); a second `deinit` does nothing. `Drop`, where a layer
+///   implements it, calls `deinit`.
+/// - No method allocates through the global allocator (a layer may be serving it), and no
+///   method reaches back into an adapter that holds this layer.
+/// - A layer that is `Send` keeps all of the above when moved to another thread.
+///
+/// **Callers must** keep the duties listed on [`put`](Layer::put), [`grow`](Layer::grow)
+/// and [`shrink`](Layer::shrink), and must not use a block after it stops being currently
+/// allocated.
+///
+/// # Example
+///
+/// A layer that counts nothing and forwards everything, the template for new layers:
+///
+/// ```
+/// use core::{alloc::Layout, ptr::NonNull};
+/// use stratalloc::Layer;
+///
+/// struct Forward<L>(L);
+///
+/// // SAFETY: every block comes unchanged from `L`, which keeps the contract; puts go back
+/// // to `L` with the caller's duties passed on.
+/// unsafe impl<L: Layer> Layer for Forward<L> {
+///     const MIN_ALIGN: usize = L::MIN_ALIGN;
+///     const ZEROED: bool = L::ZEROED;
+///     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+///         self.0.get(layout)
+///     }
+///     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+///         // SAFETY: our caller's duties are `L::put`'s duties; the block came from `L`.
+///         unsafe { self.0.put(ptr, layout) }
+///     }
+///     fn init() -> Self {
+///         Forward(L::init())
+///     }
+///     fn deinit(&mut self) {
+///         self.0.deinit()
+///     }
+/// }
+/// ```
+pub unsafe trait Layer {
+    /// The alignment every block of this layer has at least, whatever the layout asked
+    /// for (a power of two). `Mmap` guarantees a page; most layers guarantee nothing beyond
+    /// the layout, which is `1`.
+    const MIN_ALIGN: usize = 1;
+
+    /// Whether every block returned by `get` is zero-filled. Adapters use it to skip
+    /// clearing memory for zeroed allocations.
+    const ZEROED: bool = false;
+
+    /// Returns a block that fits `layout`, or `None` when the layer cannot provide one
+    /// (out of memory, or a size that overflows once the layer rounds it).
+    ///
+    /// The block is aligned to `layout.align()`, holds `layout.size()` bytes (one byte for
+    /// a [zero-size request](crate::layer#zero-size)), and is disjoint from every other
+    /// block this layer has [currently allocated](crate::layer#currently-allocated).
+    /// Its contents are unspecified unless [`ZEROED`](Layer::ZEROED) says otherwise.
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>>;
+
+    /// Gives a block back to the layer.
+    ///
+    /// # Safety
+    ///
+    /// Callers must ensure that:
+    /// - `ptr` was returned by `get` on this same layer, the caller is its
+    ///   [owner](crate::layer#owner), and it is
+    ///   [currently allocated](crate::layer#currently-allocated);
+    /// - `layout` [fits](crate::layer#fits) the block.
+    ///
+    /// Afterwards the block is no longer the caller's: it must not be read, written or put
+    /// again.
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout);
+
+    /// Creates the layer, and the layers below it, in their empty state.
+    ///
+    /// Every layer also has a `const fn new(..)` so that a stack can live in a `static`.
+    fn init() -> Self
+    where
+        Self: Sized;
+
+    /// Releases everything the layer holds, including what the layers below it hold.
+    ///
+    /// Every block this layer handed out stops being
+    /// [currently allocated](crate::layer#currently-allocated). The layer stays usable; a
+    /// second call does nothing.
+    fn deinit(&mut self);
+
+    /// Tries to grow a block in place to `new`. Returns `true` when the block now fits
+    /// `new` (same address, the first `old.size()` bytes kept), `false` when it is left as
+    /// it was. The default never grows.
+    ///
+    /// # Safety
+    ///
+    /// Callers must ensure that `ptr` is a block of this layer that they
+    /// [own](crate::layer#owner) and that is
+    /// [currently allocated](crate::layer#currently-allocated), that `old`
+    /// [fits](crate::layer#fits) it, that `new.size() >= old.size()`, and that
+    /// `new.align() == old.align()`.
+    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = (ptr, old, new);
+        false
+    }
+
+    /// Tries to shrink a block in place to `new`. Returns `true` when the block now fits
+    /// `new`, `false` when it is left as it was. The default never shrinks.
+    ///
+    /// # Safety
+    ///
+    /// Callers must ensure that `ptr` is a block of this layer that they
+    /// [own](crate::layer#owner) and that is
+    /// [currently allocated](crate::layer#currently-allocated), that `old`
+    /// [fits](crate::layer#fits) it, that `new.size() <= old.size()`, and that
+    /// `new.align() == old.align()`.
+    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = (ptr, old, new);
+        false
+    }
+
+    /// Whether `ptr` lies inside a block this layer has currently allocated. The default,
+    /// for layers that cannot tell cheaply, answers `false`; a `false` therefore means
+    /// "not known to be mine", a `true` is always reliable.
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        let _ = ptr;
+        false
+    }
+}
+
+/// The size a layer actually serves for `layout`: its size, or one byte for a
+/// [zero-size request](crate::layer#zero-size).
+#[inline(always)]
+pub(crate) const fn served_size(layout: Layout) -> usize {
+    if layout.size() == 0 { 1 } else { layout.size() }
+}

@@ -1,0 +1,63 @@
+//! Composable heap layers: build your own allocator as a type, out of small layers that
+//! each do one thing.
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use stratalloc::{Gauge, Heap, layers::{Batch, Check, Chunk, Mmap, Stats}};
+//!
+//! // Counted bump allocation out of 4 KiB chunks; every chunk booked, checked and counted.
+//! type Stack = Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>;
+//! let heap: Heap<Stack> =
+//!     Heap::new(Stats::new(Chunk::new(Batch::new(Check::new(Stats::new(Mmap::new()))))));
+//!
+//! let mut squares = Vec::new_in(&heap);
+//! squares.extend((0..1000u64).map(|i| i * i));
+//! assert_eq!(squares[999], 998_001);
+//! drop(squares);
+//! assert_eq!(heap.gauge().live, 0);
+//! ```
+//!
+//! # The pieces
+//!
+//! - [`Layer`], the contract: `get`, `put`, `init`, `deinit`, with the terms every layer and
+//!   caller rely on defined once in [`layer`].
+//! - [`layers`]: sources ([`Mmap`](layers::Mmap), [`Sbrk`](layers::Sbrk),
+//!   [`System`](layers::System), [`Buffer`](layers::Buffer)), arenas
+//!   ([`Chunk`](layers::Chunk), [`Batch`](layers::Batch)) and debugging layers
+//!   ([`Stats`](layers::Stats), [`Check`](layers::Check)).
+//! - Adapters: [`Heap`] lends a stack to collections on one thread; [`Locked`] shares one
+//!   between threads and can be the `#[global_allocator]`.
+//! - [`presets`]: named stacks, documented level by level.
+//! - [`Gauge`]: the figures a stack reports.
+//!
+//! A stack is read outside-in: see [Order](layer#order).
+//!
+//! # Features
+//!
+//! `std` (default) adds the OS sources and stderr reports. Without it the crate is
+//! `no_std`: `Buffer`, `Chunk`, `Batch`, `Stats`, `Check`, `Heap` and `Locked` remain.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod abort;
+mod alloc_ops;
+mod gauge;
+mod heap;
+pub mod layer;
+mod locked;
+pub mod presets;
+
+// The layers live in a top-level `layers/` folder, one file each, so that the crate's
+// layout shows the catalogue at a glance (as Heap-Layers' folders do); `#[path]` wires that
+// folder in as the `layers` module.
+#[path = "../layers/mod.rs"]
+pub mod layers;
+
+pub use gauge::{Gauge, Gauges};
+pub use heap::Heap;
+pub use layer::Layer;
+pub use layers::LeakReport;
+pub use locked::{LockGuard, Locked};

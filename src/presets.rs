@@ -1,0 +1,78 @@
+//! Named stacks: whole allocators as documented type aliases, each with a `const fn` that
+//! builds it (so it can live in a `static`). Read a stack outside-in (see
+//! [Order](crate::layer#order)).
+
+use static_assertions::assert_impl_all;
+
+use crate::Layer;
+use crate::layers::{Batch, Buffer, Chunk};
+#[cfg(feature = "std")]
+use crate::{
+    Gauge,
+    layers::{Check, Mmap, Stats, System},
+};
+
+/// The region seed's `append` stack, a fully watched arena:
+///
+/// 1. `Stats` counts what the program asks for (blocks, bytes, peak);
+/// 2. `Chunk<_, 4096>` bump-allocates them out of 4 KiB chunks;
+/// 3. `Batch` books every chunk and returns them all when the stack ends;
+/// 4. `Check` verifies that every chunk comes back exactly once with its layout;
+/// 5. `Stats` counts the chunks, that is, the memory really taken from the OS;
+/// 6. `Mmap` maps the pages.
+#[cfg(feature = "std")]
+pub type AuditedArena = Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>;
+
+/// Builds an [`AuditedArena`].
+#[cfg(feature = "std")]
+pub const fn audited_arena() -> AuditedArena {
+    Stats::new(Chunk::new(Batch::new(Check::new(Stats::new(Mmap::new())))))
+}
+
+/// A plain, fast arena: bump allocation out of 64 KiB chunks mapped from the OS, all of
+/// them unmapped when the stack ends.
+///
+/// 1. `Chunk<_, 65536>` bump-allocates;
+/// 2. `Mmap` maps each chunk (and each block larger than a quarter of one).
+#[cfg(feature = "std")]
+pub type Arena = Chunk<Mmap, 65536>;
+
+/// Builds an [`Arena`].
+#[cfg(feature = "std")]
+pub const fn arena() -> Arena {
+    Chunk::new(Mmap::new())
+}
+
+/// A leak checker over the platform allocator, for code under test:
+///
+/// 1. `Stats` counts the traffic;
+/// 2. `Check` verifies every free and reports what is still live at the end;
+/// 3. `System` allocates each object with the platform allocator.
+#[cfg(feature = "std")]
+pub type CheckedSystem = Stats<Check<System>>;
+
+/// Builds a [`CheckedSystem`].
+#[cfg(feature = "std")]
+pub const fn checked_system() -> CheckedSystem {
+    Stats::new(Check::new(System::new()))
+}
+
+/// An arena in caller memory, for `no_std` programs and tests under Miri:
+///
+/// 1. `Chunk<_, 4096>` bump-allocates out of 4 KiB chunks;
+/// 2. `Batch` books chunks and large blocks and returns them together;
+/// 3. `Buffer` carves them from the caller's bytes.
+pub type BufferArena<'a> = Chunk<Batch<Buffer<'a>>, 4096>;
+
+/// Builds a [`BufferArena`] over `memory`.
+pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferArena<'_> {
+    Chunk::new(Batch::new(Buffer::new(memory)))
+}
+
+#[cfg(feature = "std")]
+assert_impl_all!(AuditedArena: Layer, Gauge, Send, core::fmt::Debug);
+#[cfg(feature = "std")]
+assert_impl_all!(Arena: Layer, Send, core::fmt::Debug);
+#[cfg(feature = "std")]
+assert_impl_all!(CheckedSystem: Layer, Gauge, Send, core::fmt::Debug);
+assert_impl_all!(BufferArena<'static>: Layer, Send, core::fmt::Debug);
