@@ -7,6 +7,6 @@ mod sources;
 
 pub use arenas::{Batch, Chunk};
 pub use debug::{Check, LeakReport, Stats};
+pub use sources::Buffer;
 #[cfg(feature = "std")]
 pub use sources::{Mmap, Sbrk, System};
-pub use sources::Buffer;

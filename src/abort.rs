@@ -16,7 +16,10 @@ pub(crate) struct LineBuffer {
 #[cfg_attr(not(feature = "std"), allow(dead_code))]
 impl LineBuffer {
     pub(crate) const fn new() -> Self {
-        LineBuffer { bytes: [0; 512], len: 0 }
+        LineBuffer {
+            bytes: [0; 512],
+            len: 0,
+        }
     }
 
     /// The text written so far (always whole UTF-8 characters).

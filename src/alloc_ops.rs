@@ -74,7 +74,11 @@ pub(crate) unsafe fn resize<L: Layer>(
         if in_place {
             if zeroed && new.size() > old.size() {
                 // SAFETY: the block now holds `new.size()` bytes.
-                unsafe { ptr.as_ptr().add(old.size()).write_bytes(0, new.size() - old.size()) };
+                unsafe {
+                    ptr.as_ptr()
+                        .add(old.size())
+                        .write_bytes(0, new.size() - old.size())
+                };
             }
             return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
         }

@@ -189,6 +189,12 @@ pub unsafe trait Layer {
         let _ = ptr;
         false
     }
+
+    /// Checks the layer's internal invariants, then those of the layers below, and aborts
+    /// with a message naming the first one broken. It walks whole structures, so it is
+    /// expensive: the conformance suite calls it after every operation; programs should
+    /// not. The default checks nothing of its own.
+    fn check_invariants(&self) {}
 }
 
 /// The size a layer actually serves for `layout`: its size, or one byte for a

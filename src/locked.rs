@@ -123,7 +123,9 @@ impl<L> Drop for LockGuard<'_, L> {
 unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.lock().get(layout).map_or(ptr::null_mut(), NonNull::as_ptr)
+        self.lock()
+            .get(layout)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
     #[inline]

@@ -110,7 +110,11 @@ impl<L: Layer> Batch<L> {
         if !self.newest.is_null() && unsafe { (*self.newest).len } < ENTRIES {
             return Some(());
         }
-        let page = self.inner.get(Self::page_layout())?.as_ptr().cast::<BookPage>();
+        let page = self
+            .inner
+            .get(Self::page_layout())?
+            .as_ptr()
+            .cast::<BookPage>();
         // SAFETY: a fresh block with `BookPage`'s layout; only the header is written, the
         // entries stay uninitialised until booked.
         unsafe {
@@ -177,6 +181,28 @@ unsafe impl<L: Layer> Layer for Batch<L> {
     fn deinit(&mut self) {
         self.release();
         self.inner.deinit();
+    }
+
+    fn check_invariants(&self) {
+        let mut entries = 0;
+        let mut page = self.newest;
+        while !page.is_null() {
+            // SAFETY: every page on the chain is a live booking page.
+            unsafe {
+                if (*page).len > ENTRIES {
+                    crate::abort::abort_with(format_args!("Batch invariant broken: page overfull"));
+                }
+                entries += (*page).len;
+                page = (*page).prev;
+            }
+        }
+        if entries != self.booked {
+            crate::abort::abort_with(format_args!(
+                "Batch invariant broken: {entries} entries for {} booked blocks",
+                self.booked
+            ));
+        }
+        self.inner.check_invariants();
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {

@@ -86,7 +86,10 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
     pub const fn new(inner: L) -> Self {
         const {
             assert!(SIZE >= 256, "Chunk: SIZE must be at least 256 bytes");
-            assert!(SIZE.is_multiple_of(CHUNK_ALIGN), "Chunk: SIZE must be a multiple of 16");
+            assert!(
+                SIZE.is_multiple_of(CHUNK_ALIGN),
+                "Chunk: SIZE must be a multiple of 16"
+            );
         }
         Chunk {
             top: ptr::null_mut(),
@@ -183,56 +186,14 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         self.top = self.current.cast::<u8>().wrapping_add(SIZE);
     }
 
-    /// Checks every invariant of the layer, walking every chunk and large block; aborts
-    /// with a message naming the broken one. Expensive: for tests and debugging.
-    pub fn check_invariants(&self) {
-        let fail = |what: &str| -> ! { abort_with(format_args!("Chunk invariant broken: {what}")) };
-        let mut count = 0;
-        let mut chunk = self.current;
-        while !chunk.is_null() {
-            count += 1;
-            // SAFETY: every chunk on the chain is live and starts with its header.
-            chunk = unsafe { (*chunk).prev };
-        }
-        if count != self.chunks {
-            fail("chunk count differs from the chain");
-        }
-        if self.current.is_null() {
-            if !self.top.is_null() || !self.floor.is_null() {
-                fail("bump pointers set without a chunk");
-            }
-        } else {
-            let start = self.current.addr();
-            if self.floor.addr() != start + HEADER
-                || self.top.addr() < self.floor.addr()
-                || self.top.addr() > start + SIZE
-            {
-                fail("bump pointers outside the current chunk");
-            }
-        }
-        let mut count = 0;
-        let mut large = self.large;
-        let mut prev = ptr::null_mut();
-        while !large.is_null() {
-            count += 1;
-            // SAFETY: every header on the large list is live.
-            unsafe {
-                if (*large).prev != prev {
-                    fail("large list back link");
-                }
-                prev = large;
-                large = (*large).next;
-            }
-        }
-        if count != self.larges {
-            fail("large block count differs from the list");
-        }
-    }
-
     #[cold]
     #[inline(never)]
     fn get_in_new_chunk(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        let chunk = self.inner.get(Self::chunk_layout())?.as_ptr().cast::<ChunkHeader>();
+        let chunk = self
+            .inner
+            .get(Self::chunk_layout())?
+            .as_ptr()
+            .cast::<ChunkHeader>();
         // SAFETY: the chunk is a fresh block of `SIZE` bytes aligned to 16: room for the header.
         unsafe { chunk.write(ChunkHeader { prev: self.current }) };
         self.current = chunk;
@@ -377,6 +338,51 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     fn deinit(&mut self) {
         self.release();
         self.inner.deinit();
+    }
+
+    fn check_invariants(&self) {
+        let fail = |what: &str| -> ! { abort_with(format_args!("Chunk invariant broken: {what}")) };
+        let mut count = 0;
+        let mut chunk = self.current;
+        while !chunk.is_null() {
+            count += 1;
+            // SAFETY: every chunk on the chain is live and starts with its header.
+            chunk = unsafe { (*chunk).prev };
+        }
+        if count != self.chunks {
+            fail("chunk count differs from the chain");
+        }
+        if self.current.is_null() {
+            if !self.top.is_null() || !self.floor.is_null() {
+                fail("bump pointers set without a chunk");
+            }
+        } else {
+            let start = self.current.addr();
+            if self.floor.addr() != start + HEADER
+                || self.top.addr() < self.floor.addr()
+                || self.top.addr() > start + SIZE
+            {
+                fail("bump pointers outside the current chunk");
+            }
+        }
+        let mut count = 0;
+        let mut large = self.large;
+        let mut prev = ptr::null_mut();
+        while !large.is_null() {
+            count += 1;
+            // SAFETY: every header on the large list is live.
+            unsafe {
+                if (*large).prev != prev {
+                    fail("large list back link");
+                }
+                prev = large;
+                large = (*large).next;
+            }
+        }
+        if count != self.larges {
+            fail("large block count differs from the list");
+        }
+        self.inner.check_invariants();
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {

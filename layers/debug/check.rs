@@ -45,8 +45,9 @@ const RECENT: usize = 32;
 ///
 /// At [`deinit`](Layer::deinit) (and so on drop), blocks still live are leaks: `Check`
 /// returns them to `L` and panics with a [`LeakReport`] (blocks, bytes, sizes), or, when the
-/// thread is already panicking, writes the report to stderr. Call
-/// [`leaks`](Check::leaks) first to inspect them without failing.
+/// thread is already panicking, writes the report to stderr. (Without `std` there is no way
+/// to tell that a thread is unwinding, so a leak found during a panic panics again, which
+/// aborts.) Call [`leaks`](Check::leaks) first to inspect them without failing.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -131,28 +132,6 @@ impl<L: Layer> Check<L> {
             }
         }
         Some(report)
-    }
-
-    /// Checks the table's invariants; aborts naming the broken one. Expensive: for tests.
-    pub fn check_invariants(&self) {
-        let mut count = 0;
-        let table = self.table();
-        for (i, slot) in table.iter().enumerate() {
-            if slot.ptr.is_null() {
-                continue;
-            }
-            count += 1;
-            let mut j = self.home(slot.ptr.addr());
-            while j != i {
-                if table[j].ptr.is_null() {
-                    abort_with(format_args!("Check invariant broken: gap before {:p}", slot.ptr));
-                }
-                j = (j + 1) & (self.capacity - 1);
-            }
-        }
-        if count != self.len {
-            abort_with(format_args!("Check invariant broken: {count} slots for {} blocks", self.len));
-        }
     }
 
     fn table(&self) -> &[Slot] {
@@ -418,6 +397,34 @@ unsafe impl<L: Layer> Layer for Check<L> {
             self.figures.record_shrinking(old.size() - new.size());
         }
         shrunk
+    }
+
+    fn check_invariants(&self) {
+        let mut count = 0;
+        let table = self.table();
+        for (i, slot) in table.iter().enumerate() {
+            if slot.ptr.is_null() {
+                continue;
+            }
+            count += 1;
+            let mut j = self.home(slot.ptr.addr());
+            while j != i {
+                if table[j].ptr.is_null() {
+                    abort_with(format_args!(
+                        "Check invariant broken: gap before {:p}",
+                        slot.ptr
+                    ));
+                }
+                j = (j + 1) & (self.capacity - 1);
+            }
+        }
+        if count != self.len {
+            abort_with(format_args!(
+                "Check invariant broken: {count} slots for {} blocks",
+                self.len
+            ));
+        }
+        self.inner.check_invariants();
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {

@@ -123,6 +123,17 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         self.inner.owns(ptr)
     }
+
+    fn check_invariants(&self) {
+        let f = &self.figures;
+        if f.live != f.gets.wrapping_sub(f.puts)
+            || f.live_bytes != f.bytes_got.wrapping_sub(f.bytes_put)
+            || f.live_bytes > f.peak_bytes
+        {
+            crate::abort::abort_with(format_args!("Stats invariant broken: {f}"));
+        }
+        self.inner.check_invariants();
+    }
 }
 
 impl<L: fmt::Debug> fmt::Debug for Stats<L> {

@@ -126,6 +126,15 @@ unsafe impl Layer for Buffer<'_> {
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         ptr.as_ptr().addr().wrapping_sub(self.base.addr()) < self.top
     }
+
+    fn check_invariants(&self) {
+        if self.top > self.len {
+            crate::abort::abort_with(format_args!(
+                "Buffer invariant broken: top {} past the end {}",
+                self.top, self.len
+            ));
+        }
+    }
 }
 
 impl fmt::Debug for Buffer<'_> {

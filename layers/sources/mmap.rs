@@ -63,7 +63,11 @@ impl Mmap {
         if page == 0 {
             // SAFETY: `sysconf` with a valid name only reads system configuration.
             let answer = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            page = if answer >= 4096 { answer as usize } else { 4096 };
+            page = if answer >= 4096 {
+                answer as usize
+            } else {
+                4096
+            };
             PAGE.store(page, Ordering::Relaxed);
         }
         page
@@ -88,7 +92,9 @@ impl Mmap {
     }
 
     fn capacity(&self) -> usize {
-        self.table.as_ref().map_or(0, |t| t.len() / size_of::<MmapMut>())
+        self.table
+            .as_ref()
+            .map_or(0, |t| t.len() / size_of::<MmapMut>())
     }
 
     /// Makes room for one more entry, doubling the table when it is full.
@@ -210,6 +216,28 @@ unsafe impl Layer for Mmap {
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         self.find(ptr.as_ptr().addr()).is_some()
+    }
+
+    fn check_invariants(&self) {
+        let Some(table) = &self.table else {
+            if self.len != 0 || self.mapped != 0 {
+                abort_with(format_args!(
+                    "Mmap invariant broken: maps counted without a table"
+                ));
+            }
+            return;
+        };
+        let entries: *const MmapMut = table.as_ptr().cast();
+        // SAFETY: entries `0..len` are initialised.
+        let mapped: usize = (0..self.len)
+            .map(|i| unsafe { (&*entries.add(i)).len() })
+            .sum();
+        if self.len > self.capacity() || mapped != self.mapped {
+            abort_with(format_args!(
+                "Mmap invariant broken: {} maps of {mapped} bytes, {} bytes counted",
+                self.len, self.mapped
+            ));
+        }
     }
 }
 

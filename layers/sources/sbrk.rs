@@ -142,7 +142,9 @@ unsafe impl Layer for Sbrk {
                 return None;
             }
             let pad = current.addr().wrapping_neg() & (align - 1);
-            let grow = pad.checked_add(size).filter(|&g| g <= isize::MAX as usize)?;
+            let grow = pad
+                .checked_add(size)
+                .filter(|&g| g <= isize::MAX as usize)?;
             // SAFETY: moving the break up is `sbrk`'s contract; failure is reported as -1.
             let old = unsafe { libc::sbrk(grow as libc::intptr_t) };
             if old as isize == -1 || old != current {

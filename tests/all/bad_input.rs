@@ -1,0 +1,116 @@
+//! Requests at the edges: zero sizes, sizes that overflow once rounded, huge alignments.
+//! Each has defined behaviour: a distinct block, or `None` (an `AllocError` through `Heap`),
+//! never a panic or a wrapped-around size.
+
+use std::alloc::Layout;
+
+use allocator_api2::alloc::Allocator;
+use stratalloc::{Heap, Layer};
+
+use crate::conformance::OwnedBuffer;
+
+/// Zero-size requests get distinct one-byte blocks that go back like any other.
+fn zero_sizes_are_distinct_blocks<L: Layer>(mut layer: L) {
+    let zero = Layout::from_size_align(0, 1).unwrap();
+    let a = layer.get(zero).expect("zero-size get");
+    let b = layer.get(zero).expect("zero-size get");
+    assert_ne!(a, b, "two live zero-size blocks share an address");
+    // SAFETY: both were got with `zero` and are put once.
+    unsafe {
+        a.as_ptr().write(1);
+        b.as_ptr().write(2);
+        layer.put(a, zero);
+        layer.put(b, zero);
+    }
+    layer.deinit();
+}
+
+/// The largest valid layouts overflow every layer's rounding: `None`, and the layer still
+/// works afterwards.
+fn overflowing_sizes_fail_cleanly<L: Layer>(mut layer: L) {
+    for align in [1usize, 16, 4096, 1 << 20] {
+        let size = isize::MAX as usize - (align - 1);
+        let huge = Layout::from_size_align(size, align).unwrap();
+        assert!(
+            layer.get(huge).is_none(),
+            "size {size:#x} align {align} was served"
+        );
+    }
+    let ok = Layout::from_size_align(64, 8).unwrap();
+    let block = layer.get(ok).expect("still usable");
+    // SAFETY: got just above.
+    unsafe { layer.put(block, ok) };
+    layer.deinit();
+}
+
+macro_rules! edges {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use crate::conformance::OwnedBuffer;
+            #[allow(unused_imports)]
+            use stratalloc::layers::*;
+
+            #[test]
+            fn zero_sizes() {
+                super::zero_sizes_are_distinct_blocks($make);
+            }
+
+            #[test]
+            fn overflowing_sizes() {
+                super::overflowing_sizes_fail_cleanly($make);
+            }
+        }
+    };
+}
+
+edges!(buffer, OwnedBuffer::new(1 << 16));
+edges!(chunk, Chunk::<_, 4096>::new(OwnedBuffer::new(1 << 16)));
+edges!(batch, Batch::new(OwnedBuffer::new(1 << 16)));
+edges!(stats, Stats::new(OwnedBuffer::new(1 << 16)));
+edges!(check, Check::new(OwnedBuffer::new(1 << 16)));
+#[cfg(feature = "std")]
+edges!(mmap, Mmap::new());
+#[cfg(all(feature = "std", not(miri)))]
+edges!(system, System::new());
+#[cfg(feature = "std")]
+edges!(audited_arena, stratalloc::presets::audited_arena());
+
+#[test]
+fn heap_answers_zero_sizes_without_the_layers() {
+    let heap = Heap::new(stratalloc::layers::Stats::new(OwnedBuffer::new(4096)));
+    let layout = Layout::from_size_align(0, 64).unwrap();
+    let block = (&heap).allocate(layout).unwrap();
+    assert_eq!(block.len(), 0);
+    assert_eq!(block.cast::<u8>().as_ptr().addr() % 64, 0);
+    // SAFETY: allocated just above with `layout`.
+    unsafe { (&heap).deallocate(block.cast(), layout) };
+    assert_eq!(heap.gauge().gets, 0);
+}
+
+#[test]
+fn heap_reports_exhaustion_as_an_error() {
+    let heap = Heap::new(OwnedBuffer::new(1024));
+    let mut v: allocator_api2::vec::Vec<u8, _> = allocator_api2::vec::Vec::new_in(&heap);
+    assert!(v.try_reserve(100_000).is_err());
+    assert!(v.try_reserve(100).is_ok());
+    let huge = Layout::from_size_align(isize::MAX as usize - 7, 8).unwrap();
+    assert!((&heap).allocate(huge).is_err());
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn mmap_serves_alignments_beyond_a_page() {
+    use stratalloc::layers::Mmap;
+    let mut mmap = Mmap::new();
+    for align_log2 in [12, 13, 16, 21] {
+        let layout = Layout::from_size_align(10, 1 << align_log2).unwrap();
+        let block = mmap.get(layout).unwrap();
+        assert_eq!(block.as_ptr().addr() % layout.align(), 0);
+        // SAFETY: the block holds 10 bytes.
+        unsafe { block.as_ptr().write_bytes(7, 10) };
+    }
+    assert!(mmap.mapped_bytes() >= 4 * 4096);
+    mmap.deinit();
+    assert_eq!(mmap.mapped_bytes(), 0);
+}

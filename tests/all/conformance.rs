@@ -1,0 +1,388 @@
+//! The conformance suite: proptest programs of gets, puts and in-place resizes, run against
+//! every layer and every named stack by `conformance!`.
+//!
+//! Each block is filled with its own byte when got and verified before it is put or
+//! resized; no two live blocks may overlap; alignment (the layout's and the layer's
+//! `MIN_ALIGN`) is honoured; `ZEROED` layers hand out zeroes; `check_invariants` holds after
+//! every step; and a `Stats` wrapped around the layer (plus the layer's own gauge, when it
+//! has one) reports exactly what a model of the program predicts.
+
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use stratalloc::layers::Stats;
+use stratalloc::{Gauge, Gauges, Layer};
+
+/// One step of a program.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Get a block of `size` bytes aligned to `1 << align_log2`.
+    Get { size: usize, align_log2: u32 },
+    /// Put the live block picked by `pick` (modulo the number of live blocks).
+    Put { pick: usize },
+    /// Try to resize the picked block in place to `size` bytes (grow or shrink).
+    Resize { pick: usize, size: usize },
+}
+
+const MAX_SIZE: usize = if cfg!(miri) { 4096 } else { 65536 };
+const MAX_OPS: usize = if cfg!(miri) { 24 } else { 96 };
+
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![4 => 0..=64usize, 3 => 0..=1024usize, 1 => 0..=MAX_SIZE]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (size(), 0..=12u32).prop_map(|(size, align_log2)| Op::Get { size, align_log2 }),
+        3 => any::<usize>().prop_map(|pick| Op::Put { pick }),
+        1 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Resize { pick, size }),
+    ]
+}
+
+/// A program of gets, puts and resizes.
+pub fn program() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(op(), 1..=MAX_OPS)
+}
+
+struct Live {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    byte: u8,
+}
+
+fn extent(live: &Live) -> (usize, usize) {
+    let start = live.ptr.as_ptr().addr();
+    (start, start + live.layout.size().max(1))
+}
+
+fn fill(live: &Live) {
+    // SAFETY: the block is live and holds `layout.size()` bytes.
+    unsafe { live.ptr.as_ptr().write_bytes(live.byte, live.layout.size()) }
+}
+
+fn verify(live: &Live, len: usize) -> Result<(), TestCaseError> {
+    // SAFETY: the block is live and holds at least `len` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(live.ptr.as_ptr(), len) };
+    if let Some(at) = bytes.iter().position(|&b| b != live.byte) {
+        return Err(TestCaseError::fail(format!(
+            "block {:p} ({:?}) lost its pattern {:#04x} at byte {at}: found {:#04x}",
+            live.ptr, live.layout, live.byte, bytes[at]
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `ops` against `layer`, checking everything the suite promises. `extra_gauge` reads
+/// a gauge of the layer itself (for stacks that count) to compare with the model too.
+pub fn run_program<L: Layer>(
+    layer: &mut Stats<L>,
+    ops: &[Op],
+    extra_gauge: fn(&L) -> Option<Gauges>,
+) -> Result<(), TestCaseError> {
+    let mut live: Vec<Live> = Vec::new();
+    let mut by_address: BTreeMap<usize, usize> = BTreeMap::new(); // start -> end
+    let mut model = Gauges::default();
+    let mut next_byte = 0u8;
+    for op in ops {
+        match *op {
+            Op::Get { size, align_log2 } => {
+                let layout = Layout::from_size_align(size, 1 << align_log2).unwrap();
+                let Some(ptr) = layer.get(layout) else {
+                    return Err(TestCaseError::fail(format!("get({layout:?}) failed")));
+                };
+                let align = layout.align().max(L::MIN_ALIGN);
+                prop_assert_eq!(
+                    ptr.as_ptr().addr() % align,
+                    0,
+                    "{:p} not aligned to {}",
+                    ptr,
+                    align
+                );
+                next_byte = next_byte.wrapping_add(1).max(1);
+                let block = Live {
+                    ptr,
+                    layout,
+                    byte: next_byte,
+                };
+                let (start, end) = extent(&block);
+                if let Some((&s, &e)) = by_address.range(..end).next_back() {
+                    prop_assert!(
+                        e <= start || s >= end,
+                        "{:#x}..{:#x} overlaps live {:#x}..{:#x}",
+                        start,
+                        end,
+                        s,
+                        e
+                    );
+                }
+                if L::ZEROED {
+                    // SAFETY: the block is fresh and holds `size` bytes.
+                    let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), size) };
+                    prop_assert!(
+                        bytes.iter().all(|&b| b == 0),
+                        "a ZEROED layer returned dirty memory"
+                    );
+                }
+                fill(&block);
+                by_address.insert(start, end);
+                model.gets += 1;
+                model.live += 1;
+                model.bytes_got += size as u64;
+                model.live_bytes += size as u64;
+                model.peak_bytes = model.peak_bytes.max(model.live_bytes);
+                live.push(block);
+            }
+            Op::Put { pick } if !live.is_empty() => {
+                let block = live.swap_remove(pick % live.len());
+                verify(&block, block.layout.size())?;
+                by_address.remove(&extent(&block).0);
+                // SAFETY: the block came from this layer with this layout and is put once.
+                unsafe { layer.put(block.ptr, block.layout) };
+                model.puts += 1;
+                model.live -= 1;
+                model.bytes_put += block.layout.size() as u64;
+                model.live_bytes -= block.layout.size() as u64;
+            }
+            Op::Resize { pick, size } if !live.is_empty() => {
+                let index = pick % live.len();
+                let block = &mut live[index];
+                let old = block.layout;
+                let new = Layout::from_size_align(size, old.align()).unwrap();
+                verify(block, old.size())?;
+                // SAFETY: the block is live with layout `old`; alignments match and the
+                // direction matches the method.
+                let resized = unsafe {
+                    if size >= old.size() {
+                        layer.grow(block.ptr, old, new)
+                    } else {
+                        layer.shrink(block.ptr, old, new)
+                    }
+                };
+                if resized {
+                    verify(block, old.size().min(size))?;
+                    let start = extent(block).0;
+                    block.layout = new;
+                    let end = extent(block).1;
+                    by_address.insert(start, end);
+                    if let Some((&s, &e)) = by_address.range(..start).next_back() {
+                        prop_assert!(e <= start, "grown block overlaps {:#x}..{:#x}", s, e);
+                    }
+                    if let Some((&s, _)) = by_address.range(start + 1..).next() {
+                        prop_assert!(s >= end, "grown block runs into {:#x}", s);
+                    }
+                    fill(block);
+                    if size >= old.size() {
+                        model.bytes_got += (size - old.size()) as u64;
+                        model.live_bytes += (size - old.size()) as u64;
+                        model.peak_bytes = model.peak_bytes.max(model.live_bytes);
+                    } else {
+                        model.bytes_put += (old.size() - size) as u64;
+                        model.live_bytes -= (old.size() - size) as u64;
+                    }
+                }
+            }
+            _ => {}
+        }
+        layer.check_invariants();
+        prop_assert_eq!(
+            layer.gauge(),
+            model,
+            "Stats differs from the model after {:?}",
+            op
+        );
+        if let Some(own) = extra_gauge(layer.inner()) {
+            prop_assert_eq!(own, model, "the stack's own gauge differs from the model");
+        }
+    }
+    for block in live.drain(..).rev() {
+        verify(&block, block.layout.size())?;
+        // SAFETY: as for `Op::Put`.
+        unsafe { layer.put(block.ptr, block.layout) };
+    }
+    prop_assert_eq!(layer.gauge().live, 0);
+    prop_assert_eq!(layer.gauge().live_bytes, 0);
+    layer.deinit();
+    layer.check_invariants();
+    // A layer is usable again after deinit.
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    let ptr = layer.get(layout).expect("get after deinit");
+    // SAFETY: got just above with `layout`.
+    unsafe { layer.put(ptr, layout) };
+    layer.deinit();
+    Ok(())
+}
+
+/// Runs the suite's property on fresh layers made by `make`.
+pub fn check_layer<L: Layer>(make: impl Fn() -> L, extra_gauge: fn(&L) -> Option<Gauges>) {
+    let mut runner = TestRunner::new(Config {
+        cases: crate::CASES,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&program(), |ops| {
+        let mut layer = Stats::new(make());
+        run_program(&mut layer, &ops, extra_gauge)
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+/// The layer's own gauge, for stacks that have one.
+pub fn own_gauge<L: Gauge>(layer: &L) -> Option<Gauges> {
+    Some(layer.gauge())
+}
+
+/// No gauge of the layer's own.
+pub fn no_gauge<L>(_: &L) -> Option<Gauges> {
+    None
+}
+
+/// `conformance!(test_name, || make_layer())` runs the suite on the layer;
+/// `conformance!(test_name, || make_layer(), gauged)` also compares the layer's own gauge.
+macro_rules! conformance {
+    ($name:ident, $make:expr) => {
+        #[test]
+        fn $name() {
+            $crate::conformance::check_layer($make, $crate::conformance::no_gauge);
+        }
+    };
+    ($name:ident, $make:expr, gauged) => {
+        #[test]
+        fn $name() {
+            $crate::conformance::check_layer($make, $crate::conformance::own_gauge);
+        }
+    };
+}
+
+/// Memory for `Buffer`-based layers: big enough for any program of the suite.
+const BUFFER_BYTES: usize = MAX_OPS * (MAX_SIZE + 4096) * 2 + (1 << 20);
+
+/// A `Buffer` that owns its memory, so that the suite can make fresh ones per case.
+#[derive(Debug)]
+pub struct OwnedBuffer {
+    buffer: stratalloc::layers::Buffer<'static>,
+    // A `Vec`, not a `Box`: moving a `Vec` keeps raw pointers into it valid.
+    _memory: Vec<std::mem::MaybeUninit<u8>>,
+}
+
+impl OwnedBuffer {
+    pub fn new(bytes: usize) -> Self {
+        let mut memory: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(bytes);
+        // SAFETY: `memory` holds `bytes` bytes and lives as long as `buffer` (both fields of
+        // this struct, never separated), and nothing else touches them.
+        let buffer = unsafe {
+            stratalloc::layers::Buffer::from_raw_parts(memory.as_mut_ptr().cast(), bytes)
+        };
+        OwnedBuffer {
+            buffer,
+            _memory: memory,
+        }
+    }
+}
+
+fn suite_buffer() -> OwnedBuffer {
+    OwnedBuffer::new(BUFFER_BYTES)
+}
+
+// SAFETY: forwards everything to the `Buffer`, whose memory lives as long as `self`.
+unsafe impl Layer for OwnedBuffer {
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.buffer.get(layout)
+    }
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's duties, passed on.
+        unsafe { self.buffer.put(ptr, layout) }
+    }
+    fn init() -> Self {
+        suite_buffer()
+    }
+    fn deinit(&mut self) {
+        self.buffer.deinit()
+    }
+    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        // SAFETY: the caller's duties, passed on.
+        unsafe { self.buffer.shrink(ptr, old, new) }
+    }
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        self.buffer.owns(ptr)
+    }
+    fn check_invariants(&self) {
+        self.buffer.check_invariants()
+    }
+}
+
+mod layers {
+    use stratalloc::layers::*;
+
+    conformance!(buffer, super::suite_buffer);
+    conformance!(chunk_over_buffer, || Chunk::<_, 4096>::new(
+        super::suite_buffer()
+    ));
+    conformance!(batch_over_buffer, || Batch::new(super::suite_buffer()));
+    conformance!(
+        stats_over_buffer,
+        || Stats::new(super::suite_buffer()),
+        gauged
+    );
+    conformance!(
+        check_over_buffer,
+        || Check::new(super::suite_buffer()),
+        gauged
+    );
+
+    #[cfg(feature = "std")]
+    mod with_std {
+        use stratalloc::layers::*;
+
+        conformance!(mmap, Mmap::new);
+        conformance!(system, System::new);
+        conformance!(chunk_over_mmap, || Chunk::<_, 4096>::new(Mmap::new()));
+        conformance!(small_chunks_over_system, || Chunk::<_, 256>::new(System));
+        conformance!(big_chunks_over_system, || Chunk::<_, 1048576>::new(System));
+        conformance!(batch_over_mmap, || Batch::new(Mmap::new()));
+        conformance!(batch_over_system, || Batch::new(System));
+        conformance!(stats_over_system, || Stats::new(System), gauged);
+        conformance!(check_over_mmap, || Check::new(Mmap::new()), gauged);
+        conformance!(check_over_system, || Check::new(System), gauged);
+    }
+}
+
+mod named_stacks {
+    use stratalloc::presets;
+
+    /// The preset itself, over one `Vec` that every case reuses.
+    #[test]
+    fn buffer_arena() {
+        let mut memory = Vec::with_capacity(super::BUFFER_BYTES);
+        let (base, len) = (memory.as_mut_ptr(), super::BUFFER_BYTES);
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: crate::CASES,
+            failure_persistence: None,
+            ..Default::default()
+        });
+        let result = runner.run(&super::program(), |ops| {
+            // SAFETY: `memory` outlives the runner; each case's arena is dropped before the
+            // next case makes a new slice over the same bytes.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(base, len) };
+            let mut layer = stratalloc::layers::Stats::new(presets::buffer_arena(bytes));
+            super::run_program(&mut layer, &ops, super::no_gauge)
+        });
+        drop(memory);
+        if let Err(error) = result {
+            panic!("{error}");
+        }
+    }
+
+    #[cfg(feature = "std")]
+    mod with_std {
+        use stratalloc::presets;
+
+        conformance!(audited_arena, presets::audited_arena, gauged);
+        conformance!(arena, presets::arena);
+        conformance!(checked_system, presets::checked_system, gauged);
+    }
+}

@@ -1,0 +1,35 @@
+//! The integration tests: one binary, a module per concern.
+
+mod adapters;
+mod bad_input;
+mod check;
+mod chunk;
+mod conformance;
+mod misuse;
+#[cfg(feature = "std")]
+mod sbrk;
+mod suite_finds_bugs;
+
+/// Proptest cases per property: fewer under Miri, which is ~100x slower.
+pub const CASES: u32 = if cfg!(miri) { 3 } else { 128 };
+
+/// The environment variable that tells a re-executed test binary which scenario to run.
+#[cfg(feature = "std")]
+const CHILD_VAR: &str = "STRATALLOC_CHILD";
+
+/// The scenario this process was started for, when it is a child of `run_child`.
+#[cfg(feature = "std")]
+pub fn child_scenario() -> Option<String> {
+    std::env::var(CHILD_VAR).ok()
+}
+
+/// Re-runs this test binary for the single test `test` (its full path), with the scenario
+/// in the environment, on one test thread, and returns what it did.
+#[cfg(feature = "std")]
+pub fn run_child(test: &str, scenario: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().expect("test binary path"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, scenario)
+        .output()
+        .expect("re-running the test binary")
+}

@@ -1,0 +1,130 @@
+//! Misuse a layer cannot survive (double put, wrong layout, a stranger's pointer): one line
+//! on stderr naming the address and layout, then abort. Each runs in a child process.
+
+#[cfg(feature = "std")]
+mod aborts {
+    use std::alloc::Layout;
+    use std::os::unix::process::ExitStatusExt;
+    use std::ptr::NonNull;
+
+    use stratalloc::Layer;
+    use stratalloc::layers::{Check, Mmap, System};
+
+    /// The child side: does nothing unless started by `run_child`.
+    #[test]
+    fn child() {
+        let Some(scenario) = crate::child_scenario() else {
+            return;
+        };
+        let layout = Layout::from_size_align(24, 8).unwrap();
+        let mut check = Check::new(System);
+        let block = check.get(layout).unwrap();
+        // SAFETY: none — each scenario breaks `put`'s contract on purpose, and `Check` must
+        // catch it before the layer below is touched.
+        unsafe {
+            match scenario.as_str() {
+                "double_put" => {
+                    check.put(block, layout);
+                    check.put(block, layout);
+                }
+                "wrong_size" => check.put(block, Layout::from_size_align(32, 8).unwrap()),
+                "wrong_align" => check.put(block, Layout::from_size_align(24, 16).unwrap()),
+                "stranger" => {
+                    let mut local = 0u64;
+                    check.put(NonNull::from(&mut local).cast(), layout);
+                }
+                "mmap_stranger" => {
+                    let mut mmap = Mmap::new();
+                    let mut local = 0u64;
+                    mmap.put(NonNull::from(&mut local).cast(), layout);
+                }
+                other => panic!("unknown scenario {other}"),
+            }
+        }
+        unreachable!("the misuse was not caught");
+    }
+
+    fn expect_abort(scenario: &str, message: &str) {
+        let output = crate::run_child("misuse::aborts::child", scenario);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "{scenario}: expected an abort, got {:?}; stderr:\n{stderr}",
+            output.status
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("stratalloc:"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{scenario}: one line expected; stderr:\n{stderr}"
+        );
+        assert!(
+            lines[0].contains(message),
+            "{scenario}: {:?} does not say {message:?}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn check_aborts_on_double_put() {
+        expect_abort("double_put", "Check: double put of 0x");
+        expect_abort("double_put", "(size 24, align 8): it was already put");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn check_aborts_on_wrong_size() {
+        expect_abort(
+            "wrong_size",
+            "with size 32, align 8, but it was got with size 24, align 8",
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn check_aborts_on_wrong_alignment() {
+        expect_abort(
+            "wrong_align",
+            "with size 24, align 16, but it was got with size 24, align 8",
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn check_aborts_on_a_pointer_it_never_handed_out() {
+        expect_abort("stranger", "which is not a live block of this layer");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn mmap_aborts_on_a_pointer_it_never_handed_out() {
+        expect_abort("mmap_stranger", "Mmap: put of 0x");
+    }
+}
+
+/// Without `std` there is no abort to call: the same misuse raises a panic.
+#[cfg(not(feature = "std"))]
+mod panics {
+    use std::alloc::Layout;
+
+    use stratalloc::Layer;
+    use stratalloc::layers::Check;
+
+    #[test]
+    #[should_panic(expected = "Check: double put of")]
+    fn check_panics_on_double_put() {
+        let mut check = Check::new(crate::conformance::OwnedBuffer::new(4096));
+        let layout = Layout::new::<u64>();
+        let block = check.get(layout).unwrap();
+        // SAFETY: the second put breaks the contract on purpose; `Check` catches it.
+        unsafe {
+            check.put(block, layout);
+            check.put(block, layout);
+        }
+    }
+}
