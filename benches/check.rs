@@ -1,1 +1,76 @@
-fn main() {}
+//! What watching costs: `Stats<Check<X>>` against `X` alone, on a steady churn of
+//! allocations (a window of live blocks; each step frees the oldest and allocates a new one).
+//!
+//! Run with `cargo bench --bench check`.
+
+use std::alloc::Layout;
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::ptr::NonNull;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use stratalloc::Layer;
+use stratalloc::layers::{Check, Stats, System};
+
+const STEPS: usize = 4096;
+const LIVE: usize = 1000;
+
+fn layout(i: usize) -> Layout {
+    Layout::from_size_align(16 + (i * 37) % 240, 8).unwrap()
+}
+
+/// Runs `STEPS` steps of churn over `layer`, keeping `LIVE` blocks live.
+fn churn<L: Layer>(layer: &mut L, window: &mut VecDeque<(NonNull<u8>, Layout)>, start: usize) {
+    for i in start..start + STEPS {
+        if window.len() == LIVE {
+            let (block, layout) = window.pop_front().unwrap();
+            // SAFETY: got from `layer` with `layout`, put once.
+            unsafe { layer.put(block, layout) };
+        }
+        let layout = layout(i);
+        let block = layer.get(black_box(layout)).unwrap();
+        // SAFETY: the block holds at least 16 bytes.
+        unsafe { block.as_ptr().write(1) };
+        window.push_back((block, layout));
+    }
+}
+
+fn bench_pair<L: Layer>(c: &mut Criterion, name: &str, make: fn() -> L) {
+    let mut group = c.benchmark_group(format!("churn_{name}"));
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.bench_function("alone", |b| {
+        let mut layer = make();
+        let mut window = VecDeque::with_capacity(LIVE);
+        let mut start = 0;
+        b.iter(|| {
+            churn(&mut layer, &mut window, start);
+            start += STEPS;
+        });
+        for (block, layout) in window.drain(..) {
+            // SAFETY: live blocks of `layer`.
+            unsafe { layer.put(block, layout) };
+        }
+    });
+    group.bench_function("stats_check", |b| {
+        let mut layer = Stats::new(Check::new(make()));
+        let mut window = VecDeque::with_capacity(LIVE);
+        let mut start = 0;
+        b.iter(|| {
+            churn(&mut layer, &mut window, start);
+            start += STEPS;
+        });
+        for (block, layout) in window.drain(..) {
+            // SAFETY: live blocks of `layer`.
+            unsafe { layer.put(block, layout) };
+        }
+    });
+    group.finish();
+}
+
+fn watching_cost(c: &mut Criterion) {
+    // The system allocator: the usual thing to leak-check (a test's own allocations).
+    bench_pair(c, "system", System::new);
+}
+
+criterion_group!(benches, watching_cost);
+criterion_main!(benches);

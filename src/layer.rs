@@ -61,8 +61,9 @@ use core::ptr::NonNull;
 /// - When [`ZEROED`](Layer::ZEROED) is `true`, every byte of a block returned by `get` is 0.
 /// - [`put`](Layer::put), [`grow`](Layer::grow) and [`shrink`](Layer::shrink) accept every
 ///   call that keeps the callers' duties listed on them.
-/// - [`owns`](Layer::owns) returns `true` only for addresses inside a block that is
-///   currently allocated by this layer.
+/// - [`owns`](Layer::owns) returns `true` only for addresses inside memory this layer
+///   manages (a block it has currently allocated, or space it holds for later blocks),
+///   never for memory of another layer or of the caller.
 /// - After [`deinit`](Layer::deinit) the layer holds no memory and is usable again, as if
 ///   fresh from [`init`](Layer::init); a second `deinit` does nothing. `Drop`, where a layer
 ///   implements it, calls `deinit`.
@@ -182,9 +183,10 @@ pub unsafe trait Layer {
         false
     }
 
-    /// Whether `ptr` lies inside a block this layer has currently allocated. The default,
-    /// for layers that cannot tell cheaply, answers `false`; a `false` therefore means
-    /// "not known to be mine", a `true` is always reliable.
+    /// Whether `ptr` lies inside memory this layer manages: a block it has currently
+    /// allocated, or space it holds for later ones. The default, for layers that cannot
+    /// tell, answers `false`; a `false` therefore means "not known to be mine", while a
+    /// `true` is always reliable.
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         let _ = ptr;
         false

@@ -208,6 +208,18 @@ unsafe impl Layer for Mmap {
         }
     }
 
+    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = old;
+        let addr = ptr.as_ptr().addr();
+        let Some(index) = self.find(addr) else {
+            return false;
+        };
+        // SAFETY: `index < len`, an initialised entry.
+        let map = unsafe { &*self.entries().add(index) };
+        // The rest of the map's last page is ours already: grow into it.
+        new.size() <= map.len() - (addr - map.as_ptr().addr())
+    }
+
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         let _ = (ptr, old, new);
         // The map stays as it is and is found by address at put: any smaller size fits.

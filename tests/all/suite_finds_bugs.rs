@@ -21,12 +21,10 @@ struct Overlapping {
 unsafe impl Layer for Overlapping {
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.gets += 1;
-        if self.gets % 4 == 0 {
-            if let Some((last, size)) = self.last {
-                let inside = last.as_ptr().wrapping_add(size / 2);
-                if size >= 2 && inside.addr() % layout.align() == 0 {
-                    return NonNull::new(inside);
-                }
+        if let Some((last, size)) = self.last.filter(|_| self.gets.is_multiple_of(4)) {
+            let inside = last.as_ptr().wrapping_add(size / 2);
+            if size >= 2 && inside.addr() % layout.align() == 0 {
+                return NonNull::new(inside);
             }
         }
         let block = self.inner.get(layout)?;
@@ -62,12 +60,10 @@ unsafe impl Layer for Scribbling {
         Some(block)
     }
     unsafe fn put(&mut self, ptr: NonNull<u8>, _: Layout) {
-        if let Some(last) = self.last {
-            if last != ptr {
-                // SAFETY: `last` is a block of the inner buffer, which never reuses memory
-                // before deinit, so the byte is inside the buffer.
-                unsafe { last.as_ptr().write(0xEE) };
-            }
+        if let Some(last) = self.last.filter(|&last| last != ptr) {
+            // SAFETY: `last` is a block of the inner buffer, which never reuses memory
+            // before deinit, so the byte is inside the buffer.
+            unsafe { last.as_ptr().write(0xEE) };
         }
     }
     fn init() -> Self {
