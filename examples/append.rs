@@ -12,8 +12,9 @@ use stratalloc::{Gauge, Heap};
 type Stack = Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>;
 
 fn main() {
-    let mut heap: Heap<Stack> =
-        Heap::new(Stats::new(Chunk::new(Batch::new(Check::new(Stats::new(Mmap::new()))))));
+    let mut heap: Heap<Stack> = Heap::new(Stats::new(Chunk::new(Batch::new(Check::new(
+        Stats::new(Mmap::new()),
+    )))));
 
     let mut xs: Vec<i64> = Vec::new();
     println!("outside the arena xs: {xs:?}@{:p}", &xs);
@@ -32,7 +33,11 @@ fn main() {
             zs.push(i + i * 10);
         }
         xs.extend_from_slice(&zs);
-        println!("inside the arena ys: {ys:?}@{:p}, zs: {zs:?}@{:p}", ys.as_ptr(), zs.as_ptr());
+        println!(
+            "inside the arena ys: {ys:?}@{:p}, zs: {zs:?}@{:p}",
+            ys.as_ptr(),
+            zs.as_ptr()
+        );
     }
 
     println!("outside the arena xs: {xs:?}@{:p}", xs.as_ptr());

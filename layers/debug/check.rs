@@ -1,59 +1,18 @@
 //! `Check<L>`: every block put exactly once with the layout it was got with; leaks reported.
 //!
-//! Invariant (checked by `check_invariants`): the table holds one slot per block that this
-//! layer has currently allocated, keyed by address, in an open-addressing table with linear
-//! probing and no gaps between a slot and its home position.
+//! Invariant (checked by `check_invariants`): the live table (`live_table.rs`, which states
+//! its own) holds exactly one slot per block this layer has currently allocated, with the
+//! layout the block now fits.
 
 use core::alloc::Layout;
 use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
+use super::live_table::{LiveTable, Slot};
 use crate::abort::abort_with;
 use crate::{Gauge, Gauges, Layer};
 
-/// One live block in the table; a null `ptr` marks an empty slot. The layout is packed into
-/// one word (the size below [`SIZE_BITS`], log2 of the alignment above), so a slot takes 16
-/// bytes and the table of a thousand live blocks fits in a first-level cache.
-#[derive(Clone, Copy)]
-struct Slot {
-    ptr: *mut u8,
-    layout: u64,
-}
-
-/// Bits of a packed layout that hold the size; the six above hold log2 of the alignment.
-const SIZE_BITS: u32 = 58;
-
-impl Slot {
-    /// Packs a layout, or `None` for a size of 2^58 bytes or more (which no machine serves).
-    #[inline(always)]
-    fn pack(layout: Layout) -> Option<u64> {
-        let size = layout.size() as u64;
-        (size < 1 << SIZE_BITS)
-            .then(|| size | (u64::from(layout.align().trailing_zeros()) << SIZE_BITS))
-    }
-
-    #[inline(always)]
-    fn size(self) -> usize {
-        (self.layout & ((1 << SIZE_BITS) - 1)) as usize
-    }
-
-    #[inline(always)]
-    fn align(self) -> usize {
-        1 << (self.layout >> SIZE_BITS)
-    }
-
-    fn unpack(self) -> Layout {
-        // SAFETY: packed from a valid layout (possibly shrunk or grown by a valid resize).
-        unsafe { Layout::from_size_align_unchecked(self.size(), self.align()) }
-    }
-}
-
-const EMPTY: Slot = Slot {
-    ptr: ptr::null_mut(),
-    layout: 0,
-};
-const FIRST_CAPACITY: usize = 64;
 /// How many recently put addresses are remembered to tell a double put from a stranger.
 const RECENT: usize = 32;
 
@@ -94,11 +53,7 @@ const RECENT: usize = 32;
 /// assert!(check.leaks().is_none());
 /// ```
 pub struct Check<L: Layer> {
-    slots: *mut Slot,
-    capacity: usize,
-    /// `64 - log2(capacity)`: the hash keeps the top bits of a multiplicative hash.
-    shift: u32,
-    len: usize,
+    table: LiveTable,
     figures: Gauges,
     recent: [usize; RECENT],
     recent_next: usize,
@@ -112,10 +67,7 @@ impl<L: Layer> Check<L> {
     /// A checker over `inner` with no block live.
     pub const fn new(inner: L) -> Self {
         Check {
-            slots: ptr::null_mut(),
-            capacity: 0,
-            shift: 64,
-            len: 0,
+            table: LiveTable::new(),
             figures: Gauges::ZERO,
             recent: [0; RECENT],
             recent_next: 0,
@@ -153,148 +105,34 @@ impl<L: Layer> Check<L> {
 
     /// The blocks live now, or `None` when there are none.
     pub fn leaks(&self) -> Option<LeakReport> {
-        if self.len == 0 {
+        if self.table.len() == 0 {
             return None;
         }
         let mut report = LeakReport::EMPTY;
-        for slot in self.table() {
-            if !slot.ptr.is_null() {
-                report.add(slot.ptr.addr(), slot.size());
-            }
+        for slot in self.table.iter() {
+            report.add(slot.ptr.addr(), slot.size());
         }
         Some(report)
     }
 
-    fn table(&self) -> &[Slot] {
-        if self.slots.is_null() {
-            return &[];
-        }
-        // SAFETY: `slots` points at `capacity` initialised slots in a block of `L` that
-        // this layer owns.
-        unsafe { core::slice::from_raw_parts(self.slots, self.capacity) }
-    }
-
-    #[inline(always)]
-    fn home(&self, addr: usize) -> usize {
-        let hash = (addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        hash.checked_shr(self.shift).unwrap_or(0) as usize
-    }
-
-    fn table_layout(capacity: usize) -> Option<Layout> {
-        Layout::array::<Slot>(capacity).ok()
-    }
-
-    /// Doubles the table. Returns `None` when `L` has no room for the bigger one.
+    /// Moves the table to a bigger block from `L`. `None` when `L` has no room for it.
     #[cold]
     fn grow_table(&mut self) -> Option<()> {
-        let capacity = (self.capacity * 2).max(FIRST_CAPACITY);
-        let layout = Self::table_layout(capacity)?;
-        let slots = self.inner.get(layout)?.as_ptr().cast::<Slot>();
-        // SAFETY: a fresh block of `capacity` slots, aligned for `Slot`.
-        unsafe {
-            for i in 0..capacity {
-                slots.add(i).write(EMPTY);
-            }
-        }
-        let old = self.table() as *const [Slot];
-        let old_slots = self.slots;
-        let old_capacity = self.capacity;
-        self.slots = slots;
-        self.capacity = capacity;
-        self.shift = 64 - capacity.trailing_zeros();
-        // SAFETY: the old table is still live (it goes back to `L` below) and disjoint from
-        // the new one.
-        for slot in unsafe { &*old } {
-            if !slot.ptr.is_null() {
-                self.insert_new(*slot);
-            }
-        }
-        if !old_slots.is_null() {
-            // SAFETY: the old table came from `L` with this layout and is not used again.
-            unsafe {
-                self.inner.put(
-                    NonNull::new_unchecked(old_slots.cast()),
-                    Self::table_layout(old_capacity).unwrap_unchecked(),
-                )
-            };
+        let capacity = self.table.next_capacity();
+        let block = self.inner.get(LiveTable::block_layout(capacity)?)?;
+        // SAFETY: a fresh block of `L` with the table's layout for `capacity`, which
+        // `next_capacity` makes a power of two of at least 16 with room for every slot.
+        if let Some((old, layout)) = unsafe { self.table.rebuild(block, capacity) } {
+            // SAFETY: the previous table block came from `L` with this layout.
+            unsafe { self.inner.put(old, layout) };
         }
         Some(())
-    }
-
-    /// Inserts a slot for an address that is not in the table yet (room is guaranteed).
-    fn insert_new(&mut self, slot: Slot) {
-        let mask = self.capacity - 1;
-        let mut i = self.home(slot.ptr.addr());
-        // SAFETY: `i` is always masked into the table; the table is never full (load is at
-        // most one half), so the probe ends.
-        unsafe {
-            while !(*self.slots.add(i)).ptr.is_null() {
-                if (*self.slots.add(i)).ptr == slot.ptr {
-                    abort_with(format_args!(
-                        "Check: the layer below handed out {:p} while it was still live",
-                        slot.ptr
-                    ));
-                }
-                i = (i + 1) & mask;
-            }
-            self.slots.add(i).write(slot);
-        }
-    }
-
-    /// The index of `addr`'s slot, if it is live.
-    #[inline]
-    fn find(&self, addr: usize) -> Option<usize> {
-        if self.capacity == 0 {
-            return None;
-        }
-        let mask = self.capacity - 1;
-        let mut i = self.home(addr);
-        loop {
-            // SAFETY: `i` is masked into the table.
-            let here = unsafe { (*self.slots.add(i)).ptr };
-            if here.addr() == addr {
-                return Some(i);
-            }
-            if here.is_null() {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Empties slot `i`, shifting later slots of the same probe run back (no tombstones).
-    fn remove_at(&mut self, mut i: usize) {
-        let mask = self.capacity - 1;
-        let mut j = i;
-        // SAFETY: every index is masked into the table.
-        unsafe {
-            loop {
-                j = (j + 1) & mask;
-                let slot = *self.slots.add(j);
-                if slot.ptr.is_null() {
-                    break;
-                }
-                let home = self.home(slot.ptr.addr());
-                // Move `j` back to `i` unless its home lies cyclically in `(i, j]`.
-                let stays = if i <= j {
-                    i < home && home <= j
-                } else {
-                    i < home || home <= j
-                };
-                if !stays {
-                    *self.slots.add(i) = slot;
-                    i = j;
-                }
-            }
-            *self.slots.add(i) = EMPTY;
-        }
-        self.len -= 1;
     }
 
     /// The slot of a block being put or resized, or an abort naming what is wrong.
     fn expect_live(&self, ptr: NonNull<u8>, layout: Layout, what: &str) -> usize {
         let addr = ptr.as_ptr().addr();
-        let Some(i) = self.find(addr) else {
+        let Some(i) = self.table.find(addr) else {
             if self.recent.contains(&addr) {
                 abort_with(format_args!(
                     "Check: double {what} of {ptr:p} (size {}, align {}): it was already put",
@@ -308,8 +146,7 @@ impl<L: Layer> Check<L> {
                 layout.align()
             ))
         };
-        // SAFETY: `find` returned an index into the table.
-        let slot = unsafe { *self.slots.add(i) };
+        let slot = self.table.slot(i);
         if Slot::pack(layout) != Some(slot.layout) {
             abort_with(format_args!(
                 "Check: {what} of {ptr:p} with size {}, align {}, but it was got with size {}, align {}",
@@ -326,33 +163,19 @@ impl<L: Layer> Check<L> {
     /// of the leaks, if any.
     fn release(&mut self) -> Option<LeakReport> {
         let report = self.leaks();
-        let table = self.table() as *const [Slot];
-        // SAFETY: the table is live until it is put back below.
-        for slot in unsafe { &*table } {
-            if !slot.ptr.is_null() {
-                // SAFETY: a live slot records a block got from `L` with this layout;
-                // `deinit` ends it, so it goes back to `L` once.
-                unsafe {
-                    self.inner.put(
-                        NonNull::new_unchecked(slot.ptr),
-                        slot.unpack(),
-                    )
-                };
-            }
-        }
-        if !self.slots.is_null() {
-            // SAFETY: the table came from `L` with this layout and is not used again.
+        for slot in self.table.iter() {
+            // SAFETY: a live slot records a block got from `L` with this layout; `deinit`
+            // ends it, so it goes back to `L` once.
             unsafe {
-                self.inner.put(
-                    NonNull::new_unchecked(self.slots.cast()),
-                    Self::table_layout(self.capacity).unwrap_unchecked(),
-                )
+                self.inner
+                    .put(NonNull::new_unchecked(slot.ptr), slot.unpack())
             };
         }
-        self.slots = ptr::null_mut();
-        self.capacity = 0;
-        self.shift = 64;
-        self.len = 0;
+        if let Some((block, layout)) = self.table.block() {
+            // SAFETY: the table block came from `L` with this layout and is not used again.
+            unsafe { self.inner.put(block, layout) };
+        }
+        self.table.clear();
         report
     }
 }
@@ -370,23 +193,27 @@ unsafe impl<L: Layer> Layer for Check<L> {
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if (self.len + 1) * 4 > self.capacity {
+        let packed = Slot::pack(layout)?;
+        if self.table.is_full() {
             self.grow_table()?;
         }
-        let packed = Slot::pack(layout)?;
         let block = self.inner.get(layout)?;
-        self.insert_new(Slot {
+        let slot = Slot {
             ptr: block.as_ptr(),
             layout: packed,
-        });
-        self.len += 1;
+        };
+        if self.table.insert(slot).is_err() {
+            abort_with(format_args!(
+                "Check: the layer below handed out {block:p} while it was still live"
+            ));
+        }
         self.figures.record_get(layout.size());
         Some(block)
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         let i = self.expect_live(ptr, layout, "put");
-        self.remove_at(i);
+        self.table.remove(i);
         self.recent[self.recent_next] = ptr.as_ptr().addr();
         self.recent_next = (self.recent_next + 1) % RECENT;
         self.figures.record_put(layout.size());
@@ -414,8 +241,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // SAFETY: checked above that the block is live with layout `old`.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
         if grown {
-            // SAFETY: `i` indexes the block's slot.
-            unsafe { (*self.slots.add(i)).layout = packed };
+            self.table.set_layout(i, packed);
             self.figures.record_growth(new.size() - old.size());
         }
         grown
@@ -426,43 +252,27 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // SAFETY: checked above that the block is live with layout `old`.
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
         if shrunk {
-            // SAFETY: `i` indexes the block's slot; a smaller size than a packed one packs.
-            unsafe { (*self.slots.add(i)).layout = Slot::pack(new).unwrap_unchecked() };
+            // A size below one that packed packs too.
+            self.table.set_layout(i, Slot::pack(new).unwrap_or(0));
             self.figures.record_shrinking(old.size() - new.size());
         }
         shrunk
     }
 
     fn check_invariants(&self) {
-        let mut count = 0;
-        let table = self.table();
-        for (i, slot) in table.iter().enumerate() {
-            if slot.ptr.is_null() {
-                continue;
-            }
-            count += 1;
-            let mut j = self.home(slot.ptr.addr());
-            while j != i {
-                if table[j].ptr.is_null() {
-                    abort_with(format_args!(
-                        "Check invariant broken: gap before {:p}",
-                        slot.ptr
-                    ));
-                }
-                j = (j + 1) & (self.capacity - 1);
-            }
+        if let Err(broken) = self.table.check_invariants() {
+            abort_with(format_args!("Check invariant broken: {broken}"));
         }
-        if count != self.len {
+        if self.table.len() as u64 != self.figures.live {
             abort_with(format_args!(
-                "Check invariant broken: {count} slots for {} blocks",
-                self.len
+                "Check invariant broken: table and gauges disagree"
             ));
         }
         self.inner.check_invariants();
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.find(ptr.as_ptr().addr()).is_some()
+        self.table.find(ptr.as_ptr().addr()).is_some()
     }
 }
 
@@ -475,7 +285,7 @@ impl<L: Layer> Drop for Check<L> {
 impl<L: Layer + fmt::Debug> fmt::Debug for Check<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Check")
-            .field("live", &self.len)
+            .field("live", &self.table.len())
             .field("gauges", &format_args!("{}", self.figures))
             .field("inner", &self.inner)
             .finish()

@@ -2,6 +2,8 @@
 
 /// Checks every put and reports leaks.
 mod check;
+/// The table of live blocks that `Check` keeps.
+mod live_table;
 /// Counts gets, puts, bytes and the peak.
 mod stats;
 
