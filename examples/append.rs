@@ -47,5 +47,5 @@ fn main() {
     let pages = heap.layer_mut().inner().inner().inner().inner().gauge();
     println!("program's blocks: {top}");
     println!("pages from mmap:  {pages}");
-    println!("{heap:#?}");
+    println!("{:#?}", heap.layer_mut());
 }

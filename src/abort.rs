@@ -42,6 +42,18 @@ impl fmt::Write for LineBuffer {
     }
 }
 
+/// `debug_assert!` for code that may run inside a global allocator: in debug builds a
+/// broken condition writes its message and aborts (see [`abort_with`]) instead of
+/// panicking, which could unwind out of the allocator or deadlock re-entering its lock.
+macro_rules! debug_require {
+    ($condition:expr, $($message:tt)+) => {
+        if cfg!(debug_assertions) && !$condition {
+            $crate::abort::abort_with(format_args!($($message)+))
+        }
+    };
+}
+pub(crate) use debug_require;
+
 /// Writes `stratalloc: <message>` and a newline to stderr, then aborts the process.
 ///
 /// Without the `std` feature there is neither stderr nor a portable abort: the message is

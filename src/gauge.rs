@@ -35,18 +35,21 @@ impl Gauges {
         peak_bytes: 0,
     };
 
+    // The counters use wrapping arithmetic: they may run inside a global allocator, where
+    // an overflow panic (debug builds) must not happen, whatever the caller did.
+
     /// Counts a successful get of `bytes`.
     #[inline(always)]
     pub(crate) fn record_get(&mut self, bytes: usize) {
-        self.gets += 1;
-        self.live += 1;
+        self.gets = self.gets.wrapping_add(1);
+        self.live = self.live.wrapping_add(1);
         self.record_growth(bytes);
     }
 
     /// Counts a put of `bytes`.
     #[inline(always)]
     pub(crate) fn record_put(&mut self, bytes: usize) {
-        self.puts += 1;
+        self.puts = self.puts.wrapping_add(1);
         self.live = self.live.wrapping_sub(1);
         self.record_shrinking(bytes);
     }
@@ -54,8 +57,8 @@ impl Gauges {
     /// Counts `bytes` more in use by a live block (a get, or an in-place grow).
     #[inline(always)]
     pub(crate) fn record_growth(&mut self, bytes: usize) {
-        self.bytes_got += bytes as u64;
-        self.live_bytes += bytes as u64;
+        self.bytes_got = self.bytes_got.wrapping_add(bytes as u64);
+        self.live_bytes = self.live_bytes.wrapping_add(bytes as u64);
         if self.live_bytes > self.peak_bytes {
             self.peak_bytes = self.live_bytes;
         }
@@ -64,8 +67,30 @@ impl Gauges {
     /// Counts `bytes` fewer in use (a put, or an in-place shrink).
     #[inline(always)]
     pub(crate) fn record_shrinking(&mut self, bytes: usize) {
-        self.bytes_put += bytes as u64;
+        self.bytes_put = self.bytes_put.wrapping_add(bytes as u64);
         self.live_bytes = self.live_bytes.wrapping_sub(bytes as u64);
+    }
+
+    /// Counts every live block as put: `deinit` ended them.
+    pub(crate) fn record_all_ended(&mut self) {
+        self.puts = self.puts.wrapping_add(self.live);
+        self.bytes_put = self.bytes_put.wrapping_add(self.live_bytes);
+        self.live = 0;
+        self.live_bytes = 0;
+    }
+
+    /// Starts counting afresh from the blocks live now: the cumulative counts restart at
+    /// what is live, so that every identity between the figures keeps holding.
+    pub(crate) fn restart(&mut self) {
+        *self = Gauges {
+            gets: self.live,
+            puts: 0,
+            bytes_got: self.live_bytes,
+            bytes_put: 0,
+            live: self.live,
+            live_bytes: self.live_bytes,
+            peak_bytes: self.live_bytes,
+        };
     }
 }
 

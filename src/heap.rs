@@ -17,6 +17,7 @@ use crate::{Gauge, Gauges, Layer};
 ///
 /// Zero-size requests are answered with a dangling, aligned pointer without reaching the
 /// layers. `Heap` is not `Sync`: share a stack across threads with [`Locked`](crate::Locked).
+/// To print the stack with every layer's figures, format `heap.layer_mut()`.
 ///
 /// ```
 /// use allocator_api2::vec::Vec;
@@ -59,8 +60,8 @@ impl<L: Layer> Heap<L> {
         L: Gauge,
     {
         // SAFETY: `Heap` is not `Sync`, and no reference into the stack outlives a method of
-        // `Heap`; layers never call back into the heap (the `Layer` contract), so nothing
-        // holds `&mut L` while this shared borrow is alive.
+        // `Heap`; layer code, its `Gauge` included, never calls back into the heap (the
+        // `Layer` contract), so nothing holds `&mut L` while this shared borrow is alive.
         unsafe { (*self.layer.get()).gauge() }
     }
 
@@ -137,11 +138,11 @@ unsafe impl<L: Layer> Allocator for &Heap<L> {
     }
 }
 
-impl<L: Layer + fmt::Debug> fmt::Debug for Heap<L> {
+/// Opaque: the formatter's output may itself be a collection in this heap, and formatting
+/// the stack while it grows would alias it. Print `heap.layer_mut()` instead, whose
+/// `&mut` borrow proves that nothing else uses the heap meanwhile.
+impl<L> fmt::Debug for Heap<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // SAFETY: formatting a layer does not allocate through this heap (the `Layer`
-        // contract), so the shared borrow is the only one while it lasts.
-        let layer = unsafe { &*self.layer.get() };
-        f.debug_tuple("Heap").field(layer).finish()
+        f.debug_struct("Heap").finish_non_exhaustive()
     }
 }

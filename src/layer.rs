@@ -68,7 +68,8 @@ use core::ptr::NonNull;
 ///   fresh from [`init`](Layer::init); a second `deinit` does nothing. `Drop`, where a layer
 ///   implements it, calls `deinit`.
 /// - No method allocates through the global allocator (a layer may be serving it), and no
-///   method reaches back into an adapter that holds this layer.
+///   code of the layer (its methods, and its `Debug` and [`Gauge`](crate::Gauge) impls)
+///   reaches back into an adapter that holds it.
 /// - A layer that is `Send` keeps all of the above when moved to another thread.
 ///
 /// **Callers must** keep the duties listed on [`put`](Layer::put), [`grow`](Layer::grow)

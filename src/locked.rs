@@ -4,7 +4,8 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::ops::{Deref, DerefMut};
+use core::marker::PhantomData;
+use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +23,11 @@ use crate::{Gauge, Gauges, Layer};
 /// allocator. Allocating through the same `Locked` while holding its [`lock`](Locked::lock)
 /// guard deadlocks; read figures with [`gauge`](Locked::gauge), which copies them out.
 ///
+/// Shared access gives only shared access to the stack: blocks may be live in any thread,
+/// so changing the stack (a `deinit`, a reset) is [`with_mut`](Locked::with_mut), which is
+/// `unsafe`; with `&mut Locked` there are no such blocks and [`get_mut`](Locked::get_mut)
+/// is safe.
+///
 /// ```
 /// use stratalloc::{Gauge, Locked, layers::{Chunk, Mmap, Stats}};
 ///
@@ -32,6 +38,16 @@ use crate::{Gauge, Gauges, Layer};
 /// let numbers: Vec<u32> = (0..1000).collect();
 /// assert_eq!(numbers.iter().sum::<u32>(), 499_500);
 /// assert!(GLOBAL.gauge().gets > 0);
+/// ```
+///
+/// The guard only reads: ending every block of a shared allocator from safe code does not
+/// compile.
+///
+/// ```compile_fail
+/// use stratalloc::{Layer, Locked, layers::{Chunk, Mmap}};
+///
+/// let locked = Locked::new(Chunk::<Mmap, 4096>::new(Mmap::new()));
+/// locked.lock().deinit(); // error: cannot borrow as mutable
 /// ```
 pub struct Locked<L> {
     held: AtomicBool,
@@ -51,7 +67,8 @@ impl<L> Locked<L> {
         }
     }
 
-    /// Waits for the lock and returns a guard that gives exclusive access to the stack.
+    /// Waits for the lock and returns a guard that reads the stack (its gauges, its
+    /// `Debug` output) while no one else uses it.
     pub fn lock(&self) -> LockGuard<'_, L> {
         let mut spins = 0u32;
         while self
@@ -68,7 +85,34 @@ impl<L> Locked<L> {
                 core::hint::spin_loop();
             }
         }
-        LockGuard { locked: self }
+        LockGuard {
+            locked: self,
+            _exclusive: PhantomData,
+        }
+    }
+
+    /// Runs `f` with exclusive access to the stack, under the lock.
+    ///
+    /// # Safety
+    ///
+    /// Blocks of this allocator may be live anywhere in the program, so `f` must not end
+    /// them: no `deinit`, no reset, no put of a block `f` did not get itself, and no moving
+    /// the stack out (`mem::replace`). `f` must not allocate through this `Locked` either
+    /// (that deadlocks), and must not panic when the `Locked` is the global allocator.
+    pub unsafe fn with_mut<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
+        let guard = self.lock();
+        // SAFETY: the guard holds the lock, so this is the only access to the stack until it
+        // drops; the caller promises not to end other owners' blocks.
+        f(unsafe { &mut *guard.locked.layer.get() })
+    }
+
+    /// Exclusive access under the lock, for this module's allocation paths.
+    #[inline(always)]
+    fn locked_stack<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
+        let guard = self.lock();
+        // SAFETY: the guard holds the lock; `f` is one of this module's operations, which
+        // keep the `Layer` contract and end no block but the one they are given.
+        f(unsafe { &mut *guard.locked.layer.get() })
     }
 
     /// The stack, with no locking: `&mut self` proves no one else uses it.
@@ -90,9 +134,12 @@ impl<L> Locked<L> {
     }
 }
 
-/// Exclusive access to a [`Locked`] stack; unlocks when dropped (also on unwind).
+/// Shared access to a [`Locked`] stack while holding its lock; unlocks when dropped (also
+/// on unwind).
 pub struct LockGuard<'a, L> {
     locked: &'a Locked<L>,
+    /// The guard stands for exclusive use of `L`: `Sync` only when `L` is.
+    _exclusive: PhantomData<&'a mut L>,
 }
 
 impl<L> Deref for LockGuard<'_, L> {
@@ -100,14 +147,6 @@ impl<L> Deref for LockGuard<'_, L> {
     fn deref(&self) -> &L {
         // SAFETY: the guard exists only while the lock is held by it.
         unsafe { &*self.locked.layer.get() }
-    }
-}
-
-impl<L> DerefMut for LockGuard<'_, L> {
-    fn deref_mut(&mut self) -> &mut L {
-        // SAFETY: the guard exists only while the lock is held by it, and `&mut self`
-        // makes this the only borrow through the guard.
-        unsafe { &mut *self.locked.layer.get() }
     }
 }
 
@@ -123,21 +162,21 @@ impl<L> Drop for LockGuard<'_, L> {
 unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.lock()
-            .get(layout)
+        self.locked_stack(|stack| stack.get(layout))
             .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        allocate(&mut *self.lock(), layout, true).map_or(ptr::null_mut(), |b| b.cast().as_ptr())
+        self.locked_stack(|stack| allocate(stack, layout, true))
+            .map_or(ptr::null_mut(), |b| b.cast().as_ptr())
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `GlobalAlloc::dealloc`'s duties: `ptr` is a live block of this allocator
         // (so not null) allocated with `layout`.
-        unsafe { self.lock().put(NonNull::new_unchecked(ptr), layout) }
+        self.locked_stack(|stack| unsafe { stack.put(NonNull::new_unchecked(ptr), layout) })
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -145,13 +184,9 @@ unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
         // `new_size` is non-zero and valid with `layout.align()`.
         unsafe {
             let new = Layout::from_size_align_unchecked(new_size, layout.align());
-            resize(
-                &mut *self.lock(),
-                NonNull::new_unchecked(ptr),
-                layout,
-                new,
-                false,
-            )
+            self.locked_stack(|stack| {
+                resize(stack, NonNull::new_unchecked(ptr), layout, new, false)
+            })
             .map_or(ptr::null_mut(), |b| b.cast().as_ptr())
         }
     }
@@ -161,16 +196,16 @@ unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
 // reaching the stack.
 unsafe impl<L: Layer + Send> Allocator for &Locked<L> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        allocate(&mut *self.lock(), layout, false)
+        self.locked_stack(|stack| allocate(stack, layout, false))
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        allocate(&mut *self.lock(), layout, true)
+        self.locked_stack(|stack| allocate(stack, layout, true))
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: the caller's `Allocator` duties are `deallocate`'s.
-        unsafe { deallocate(&mut *self.lock(), ptr, layout) }
+        self.locked_stack(|stack| unsafe { deallocate(stack, ptr, layout) })
     }
 
     unsafe fn grow(
@@ -180,7 +215,7 @@ unsafe impl<L: Layer + Send> Allocator for &Locked<L> {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: `Allocator::grow`'s duties include `new.size() >= old.size()`.
-        unsafe { resize(&mut *self.lock(), ptr, old, new, false) }
+        self.locked_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
     }
 
     unsafe fn grow_zeroed(
@@ -190,7 +225,7 @@ unsafe impl<L: Layer + Send> Allocator for &Locked<L> {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: as for `grow`.
-        unsafe { resize(&mut *self.lock(), ptr, old, new, true) }
+        self.locked_stack(|stack| unsafe { resize(stack, ptr, old, new, true) })
     }
 
     unsafe fn shrink(
@@ -200,7 +235,7 @@ unsafe impl<L: Layer + Send> Allocator for &Locked<L> {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: `Allocator::shrink`'s duties include `new.size() <= old.size()`.
-        unsafe { resize(&mut *self.lock(), ptr, old, new, false) }
+        self.locked_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
     }
 }
 

@@ -10,7 +10,8 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::Layer;
-use crate::abort::abort_with;
+use crate::abort::{abort_with, debug_require};
+use crate::layer::served_size;
 
 /// The header at the start of every chunk: the chain to the previous one.
 #[repr(C, align(16))]
@@ -87,6 +88,10 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         const {
             assert!(SIZE >= 256, "Chunk: SIZE must be at least 256 bytes");
             assert!(
+                SIZE <= isize::MAX as usize - (CHUNK_ALIGN - 1),
+                "Chunk: SIZE must be a valid allocation size"
+            );
+            assert!(
                 SIZE.is_multiple_of(CHUNK_ALIGN),
                 "Chunk: SIZE must be a multiple of 16"
             );
@@ -133,15 +138,16 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
     }
 
     fn chunk_layout() -> Layout {
-        // SAFETY: `SIZE >= 256` is a multiple of 16 (checked in `new`), so with alignment
-        // 16 it is a valid layout.
+        // SAFETY: `SIZE` is a multiple of 16 no larger than `isize::MAX - 15` (checked in
+        // `new`, the only constructor), so with alignment 16 it is a valid layout.
         unsafe { Layout::from_size_align_unchecked(SIZE, CHUNK_ALIGN) }
     }
 
-    /// The layout of the piece got from `L` for a large block.
+    /// The layout of the piece got from `L` for a large block (a zero-size one holds one
+    /// byte, as every block does).
     fn large_piece(layout: Layout) -> Option<Layout> {
         let align = layout.align().max(align_of::<LargeHeader>());
-        let size = header_offset(align).checked_add(layout.size())?;
+        let size = header_offset(align).checked_add(served_size(layout))?;
         Layout::from_size_align(size, align).ok()
     }
 
@@ -201,13 +207,16 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         self.floor = chunk.cast::<u8>().wrapping_add(HEADER);
         self.top = chunk.cast::<u8>().wrapping_add(SIZE);
         let block = self.bump(layout);
-        debug_assert!(block.is_some(), "a small block always fits a fresh chunk");
+        debug_require!(
+            block.is_some(),
+            "Chunk: a small block did not fit a fresh chunk"
+        );
         block
     }
 
     #[inline(always)]
     fn bump(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        let size = crate::layer::served_size(layout);
+        let size = served_size(layout);
         let start = self.top.addr().checked_sub(size)? & !(layout.align() - 1);
         if start < self.floor.addr() {
             return None;
@@ -222,8 +231,8 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         let piece = Self::large_piece(layout)?;
         let base = self.inner.get(piece)?.as_ptr();
         // SAFETY: the block starts `header_offset >= size_of::<LargeHeader>()` bytes into
-        // the piece, aligned for a header right before it, and its `layout.size()` bytes
-        // end where the piece ends.
+        // the piece, aligned for a header right before it, and its `served_size(layout)`
+        // bytes end where the piece ends.
         unsafe {
             let block = base.add(header_offset(piece.align()));
             let header = block.cast::<LargeHeader>().sub(1);
@@ -323,7 +332,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         if Self::is_small(layout) {
             if ptr.as_ptr() == self.top {
-                self.top = self.top.wrapping_add(crate::layer::served_size(layout));
+                self.top = self.top.wrapping_add(served_size(layout));
             }
         } else {
             // SAFETY: a layout that is not small was served by `get_large`.

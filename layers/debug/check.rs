@@ -176,6 +176,7 @@ impl<L: Layer> Check<L> {
             unsafe { self.inner.put(block, layout) };
         }
         self.table.clear();
+        self.figures.record_all_ended();
         report
     }
 }

@@ -15,6 +15,8 @@ use core::alloc::Layout;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
+use crate::abort::debug_require;
+
 /// One live block: its address and its layout packed into a word.
 #[derive(Clone, Copy)]
 pub(crate) struct Slot {
@@ -229,7 +231,7 @@ impl LiveTable {
     /// that has it otherwise. Needs `!is_full()`.
     #[inline]
     pub(crate) fn insert(&mut self, slot: Slot) -> Result<(), usize> {
-        debug_assert!(!self.is_full(), "LiveTable::insert needs room");
+        debug_require!(!self.is_full(), "LiveTable::insert needs room");
         match self.probe(slot.ptr.addr()) {
             Probe::Found(i) => Err(i),
             Probe::Vacant(at) => {
@@ -254,14 +256,14 @@ impl LiveTable {
     /// The live slot at `i` (an index from `find`).
     #[inline(always)]
     pub(crate) fn slot(&self, i: usize) -> Slot {
-        debug_assert!(i < self.capacity);
+        debug_require!(i < self.capacity, "LiveTable: slot {i} out of range");
         // SAFETY: indices handed out by `find` are in the table.
         unsafe { *self.slots.add(i) }
     }
 
     /// Changes the packed layout of the live slot at `i`.
     pub(crate) fn set_layout(&mut self, i: usize, layout: u64) {
-        debug_assert!(i < self.capacity);
+        debug_require!(i < self.capacity, "LiveTable: slot {i} out of range");
         // SAFETY: as for `slot`.
         unsafe { (*self.slots.add(i)).layout = layout };
     }

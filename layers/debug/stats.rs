@@ -60,10 +60,10 @@ impl<L> Stats<L> {
         self.inner
     }
 
-    /// Sets every count back to zero (the blocks stay as they are; `live` and `live_bytes`
-    /// start counting from here).
+    /// Starts the counts afresh: the blocks live now count as got (so `gets == live`,
+    /// `bytes_got == live_bytes`), puts restart at zero and the peak at what is live.
     pub fn clear(&mut self) {
-        self.figures = Gauges::default();
+        self.figures.restart();
     }
 }
 
@@ -99,6 +99,8 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     fn deinit(&mut self) {
+        // Every block ends here: they count as put.
+        self.figures.record_all_ended();
         self.inner.deinit();
     }
 

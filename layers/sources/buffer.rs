@@ -7,6 +7,7 @@ use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 
 use crate::Layer;
+use crate::abort::debug_require;
 use crate::layer::served_size;
 
 /// Hands out blocks from one caller-provided buffer, bumping upward, like Heap-Layers'
@@ -99,9 +100,9 @@ unsafe impl Layer for Buffer<'_> {
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         let offset = ptr.as_ptr().addr().wrapping_sub(self.base.addr());
-        debug_assert!(
+        debug_require!(
             offset < self.top,
-            "Buffer::put: {ptr:p} is not a block of this buffer"
+            "Buffer: put of {ptr:p}, which is not a block of this buffer"
         );
         if offset + served_size(layout) == self.top {
             self.top = offset;

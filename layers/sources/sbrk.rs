@@ -29,6 +29,11 @@ struct FreeBlock {
 /// keeps the block on a free list inside this layer, and a later `get` of the same rounded
 /// size reuses it. Sizes and alignments are rounded up to 16 bytes.
 ///
+/// `deinit` gives back the free blocks that sit at the top of the break. Free blocks below
+/// memory that someone else still holds cannot go back to the OS (the break only moves at
+/// its top): they are forgotten and stay with the process, the one way in which `Sbrk`
+/// falls short of "holds no memory after deinit".
+///
 /// # Living beside the system allocator
 ///
 /// The break is one per process, and `sbrk` is not thread-safe: two threads that move it at
@@ -194,7 +199,32 @@ unsafe impl Layer for Sbrk {
     }
 
     fn deinit(&mut self) {
-        // Freed blocks below the top cannot go back to the OS; they stay with the process.
+        // Freed blocks at the top of the break go back to the OS, repeatedly; the rest are
+        // below memory someone else holds, cannot be returned, and stay with the process.
+        let free = &mut self.free;
+        let held = &mut self.held;
+        Self::with_break(|| {
+            'again: loop {
+                // SAFETY: reads the break only.
+                let top = unsafe { libc::sbrk(0) };
+                let mut link: *mut *mut FreeBlock = free;
+                // SAFETY: the list holds freed blocks with their `FreeBlock` records, as in
+                // `reuse`; a block at the top of the break is ours to give back.
+                unsafe {
+                    while !(*link).is_null() {
+                        let node = *link;
+                        if node.cast::<u8>().wrapping_add((*node).size) == top.cast() {
+                            *link = (*node).next;
+                            *held -= (*node).size;
+                            libc::sbrk(-((*node).size as libc::intptr_t));
+                            continue 'again;
+                        }
+                        link = &mut (*node).next;
+                    }
+                }
+                break;
+            }
+        });
         self.free = ptr::null_mut();
     }
 }

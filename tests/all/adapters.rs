@@ -1,7 +1,7 @@
 //! `Heap` and `Locked` as allocators for ordinary collections, and `Locked` as a
 //! `GlobalAlloc` shared between threads.
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::Layout;
 
 use allocator_api2::boxed::Box;
 use allocator_api2::vec::Vec;
@@ -47,23 +47,19 @@ fn heap_serves_vec_box_and_hashbrown() {
 
 #[test]
 fn zeroed_allocations_are_zero_on_reused_memory() {
-    let heap = Heap::new(Chunk::<_, 4096>::new(OwnedBuffer::new(1 << 16)));
-    {
-        let mut dirty = Vec::new_in(&heap);
-        dirty.resize(1000, 0xABu8);
-    }
-    let zeroed: Vec<u8, _> = {
-        let mut v = Vec::with_capacity_in(1000, &heap);
-        v.resize(1000, 0);
-        v
-    };
-    assert!(zeroed.iter().all(|&b| b == 0));
     use allocator_api2::alloc::Allocator;
+    let heap = Heap::new(Chunk::<_, 4096>::new(OwnedBuffer::new(1 << 16)));
     let layout = Layout::from_size_align(1000, 8).unwrap();
+    let dirty = (&heap).allocate(layout).unwrap().cast::<u8>();
+    // SAFETY: the block holds 1000 bytes; it is the newest, so its put hands them back.
+    unsafe {
+        dirty.as_ptr().write_bytes(0xAB, 1000);
+        (&heap).deallocate(dirty, layout);
+    }
     let block = (&heap).allocate_zeroed(layout).unwrap();
+    assert_eq!(block.cast::<u8>(), dirty, "the dirty bytes were reused");
     // SAFETY: the block holds 1000 initialised (zeroed) bytes.
-    let bytes = unsafe { block.as_ref() };
-    assert!(bytes.iter().all(|&b| b == 0));
+    assert!(unsafe { block.as_ref() }.iter().all(|&b| b == 0));
     // SAFETY: allocated above with `layout`.
     unsafe { (&heap).deallocate(block.cast(), layout) };
 }
@@ -94,39 +90,73 @@ fn locked_is_shared_between_threads() {
     assert!(figures.gets >= 4);
 }
 
+/// `Mmap` grows in place within its last page and moves beyond it; `Locked::realloc` must
+/// take both paths and keep the contents.
+#[cfg(feature = "std")]
 #[test]
 fn locked_global_alloc_reallocates_in_place_or_by_moving() {
-    let locked = Locked::new(stack());
+    use std::alloc::GlobalAlloc;
+    use stratalloc::layers::Mmap;
+    let locked = Locked::new(Stats::new(Mmap::new()));
     let layout = Layout::from_size_align(16, 8).unwrap();
     // SAFETY: the `GlobalAlloc` duties: non-zero sizes, pointers from this allocator.
     unsafe {
         let p = locked.alloc(layout);
         assert!(!p.is_null());
         p.write_bytes(0x11, 16);
-        let q = locked.realloc(p, layout, 5000);
-        assert!(!q.is_null());
-        assert!(std::slice::from_raw_parts(q, 16).iter().all(|&b| b == 0x11));
-        let big = Layout::from_size_align(5000, 8).unwrap();
-        let r = locked.realloc(q, big, 8);
-        assert!(std::slice::from_raw_parts(r, 8).iter().all(|&b| b == 0x11));
-        locked.dealloc(r, Layout::from_size_align(8, 8).unwrap());
+        let q = locked.realloc(p, layout, 3000);
+        assert_eq!(q, p, "grew in place inside the page");
+        let r = locked.realloc(q, Layout::from_size_align(3000, 8).unwrap(), 10_000);
+        assert_ne!(r, q, "moved to a bigger map");
+        assert!(std::slice::from_raw_parts(r, 16).iter().all(|&b| b == 0x11));
+        let s = locked.realloc(r, Layout::from_size_align(10_000, 8).unwrap(), 8);
+        assert_eq!(s, r, "shrank in place");
+        assert!(std::slice::from_raw_parts(s, 8).iter().all(|&b| b == 0x11));
+        locked.dealloc(s, Layout::from_size_align(8, 8).unwrap());
         let z = locked.alloc_zeroed(Layout::from_size_align(64, 8).unwrap());
         assert!(std::slice::from_raw_parts(z, 64).iter().all(|&b| b == 0));
         locked.dealloc(z, Layout::from_size_align(64, 8).unwrap());
     }
-    assert_eq!(locked.gauge().live, 0);
-    let mut stack = locked.into_inner();
-    stack.deinit();
+    let figures = locked.gauge();
+    assert_eq!((figures.live, figures.gets, figures.puts), (0, 3, 3));
 }
 
 #[test]
 fn heap_prints_the_whole_stack() {
-    let heap = Heap::new(stack());
+    let mut heap = Heap::new(stack());
     drop(Box::new_in(5u8, &heap));
-    let text = format!("{heap:?}");
+    assert_eq!(format!("{heap:?}"), "Heap { .. }");
+    let text = format!("{:?}", heap.layer_mut());
     assert!(
-        text.starts_with("Heap(Stats { gauges: gets 1 (1 B), puts 1 (1 B)"),
+        text.starts_with("Stats { gauges: gets 1 (1 B), puts 1 (1 B)"),
         "{text}"
     );
     assert!(text.contains("Chunk { size: 4096, chunks: 1"), "{text}");
+}
+
+#[test]
+fn stats_clear_restarts_the_counts_around_live_blocks() {
+    let mut heap = Heap::new(stack());
+    let kept = Box::new_in([1u64; 4], &heap);
+    drop(Box::new_in(2u8, &heap));
+    // Keep the block but end the borrow, so that `clear` (which needs `&mut`) can run; the
+    // block goes back below through the same heap.
+    let (raw, _) = Box::into_raw_with_allocator(kept);
+    heap.layer_mut().clear();
+    assert_eq!(
+        heap.gauge(),
+        stratalloc::Gauges {
+            gets: 1,
+            puts: 0,
+            bytes_got: 32,
+            bytes_put: 0,
+            live: 1,
+            live_bytes: 32,
+            peak_bytes: 32,
+        }
+    );
+    // SAFETY: `raw` came from `Box::new_in(.., &heap)` and is freed once, by the same heap.
+    drop(unsafe { Box::from_raw_in(raw, &heap) });
+    heap.layer_mut().check_invariants();
+    assert_eq!(heap.gauge().live, 0);
 }

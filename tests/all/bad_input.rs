@@ -9,18 +9,26 @@ use stratalloc::{Heap, Layer};
 
 use crate::conformance::OwnedBuffer;
 
-/// Zero-size requests get distinct one-byte blocks that go back like any other.
+/// Zero-size requests, at small and large alignments, get distinct aligned one-byte blocks
+/// that go back like any other.
 fn zero_sizes_are_distinct_blocks<L: Layer>(mut layer: L) {
-    let zero = Layout::from_size_align(0, 1).unwrap();
-    let a = layer.get(zero).expect("zero-size get");
-    let b = layer.get(zero).expect("zero-size get");
-    assert_ne!(a, b, "two live zero-size blocks share an address");
-    // SAFETY: both were got with `zero` and are put once.
-    unsafe {
-        a.as_ptr().write(1);
-        b.as_ptr().write(2);
-        layer.put(a, zero);
-        layer.put(b, zero);
+    for align in [1, 64, 4096, 1 << 16] {
+        let zero = Layout::from_size_align(0, align).unwrap();
+        let a = layer.get(zero).expect("zero-size get");
+        let b = layer.get(zero).expect("zero-size get");
+        assert_ne!(a, b, "two live zero-size blocks share an address");
+        assert_eq!(
+            (a.as_ptr().addr() % align, b.as_ptr().addr() % align),
+            (0, 0)
+        );
+        // SAFETY: both were got with `zero`, hold one byte each, and are put once.
+        unsafe {
+            a.as_ptr().write(1);
+            b.as_ptr().write(2);
+            assert_eq!((a.as_ptr().read(), b.as_ptr().read()), (1, 2));
+            layer.put(a, zero);
+            layer.put(b, zero);
+        }
     }
     layer.deinit();
 }
@@ -68,11 +76,13 @@ macro_rules! edges {
     };
 }
 
-edges!(buffer, OwnedBuffer::new(1 << 16));
-edges!(chunk, Chunk::<_, 4096>::new(OwnedBuffer::new(1 << 16)));
-edges!(batch, Batch::new(OwnedBuffer::new(1 << 16)));
-edges!(stats, Stats::new(OwnedBuffer::new(1 << 16)));
-edges!(check, Check::new(OwnedBuffer::new(1 << 16)));
+edges!(buffer, OwnedBuffer::new(1 << 20));
+edges!(chunk, Chunk::<_, 4096>::new(OwnedBuffer::new(1 << 20)));
+#[cfg(feature = "std")]
+edges!(small_chunk_over_system, Chunk::<_, 256>::new(System));
+edges!(batch, Batch::new(OwnedBuffer::new(1 << 20)));
+edges!(stats, Stats::new(OwnedBuffer::new(1 << 20)));
+edges!(check, Check::new(OwnedBuffer::new(1 << 20)));
 #[cfg(feature = "std")]
 edges!(
     mmap,
@@ -122,4 +132,22 @@ fn mmap_serves_alignments_beyond_a_page() {
     assert!(mmap.mapped_bytes() >= 4 * 4096);
     mmap.deinit();
     assert_eq!(mmap.mapped_bytes(), 0);
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn mmap_and_buffer_own_their_blocks_only() {
+    use stratalloc::layers::Mmap;
+    let mut mmap = Mmap::new();
+    let mut buffer = OwnedBuffer::new(4096);
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    let (m, b) = (mmap.get(layout).unwrap(), buffer.get(layout).unwrap());
+    assert!(mmap.owns(m) && buffer.owns(b));
+    assert!(!mmap.owns(b) && !buffer.owns(m));
+    // SAFETY: each block goes back to the layer it came from, once.
+    unsafe {
+        mmap.put(m, layout);
+        buffer.put(b, layout);
+    }
+    assert!(!mmap.owns(m), "an unmapped block is not owned");
 }

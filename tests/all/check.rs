@@ -124,7 +124,7 @@ fn tracks_resizes() {
 }
 
 #[test]
-fn table_grows_and_shrinks_back() {
+fn thousands_of_blocks_through_table_growth() {
     let mut check = Check::new(Stats::new(OwnedBuffer::new(8 << 20)));
     let count = if cfg!(miri) { 300 } else { 20_000 };
     let blocks: Vec<_> = (0..count)
@@ -148,4 +148,28 @@ fn table_grows_and_shrinks_back() {
     assert!(check.leaks().is_none());
     check.deinit();
     assert_eq!(check.inner().gauge().live, 0, "the table went back too");
+}
+
+#[test]
+fn deinit_counts_ended_blocks_as_put() {
+    let mut check = Check::new(OwnedBuffer::new(1 << 16));
+    check.get(layout(24)).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| check.deinit())).is_err());
+    assert_eq!((check.gauge().live, check.gauge().puts), (0, 1));
+    check.check_invariants();
+    let mut stats = Stats::new(OwnedBuffer::new(1 << 16));
+    stats.get(layout(10)).unwrap();
+    stats.deinit();
+    assert_eq!((stats.gauge().live, stats.gauge().bytes_put), (0, 10));
+    stats.check_invariants();
+}
+
+#[test]
+fn owns_exactly_its_live_blocks() {
+    let mut check = Check::new(OwnedBuffer::new(1 << 16));
+    let block = check.get(layout(24)).unwrap();
+    assert!(check.owns(block));
+    // SAFETY: got above with this layout.
+    unsafe { check.put(block, layout(24)) };
+    assert!(!check.owns(block), "a put block is no longer owned");
 }

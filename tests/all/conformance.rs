@@ -58,9 +58,14 @@ fn extent(live: &Live) -> (usize, usize) {
     (start, start + live.layout.size().max(1))
 }
 
+/// The bytes a block holds: its size, or the one byte a zero-size request gets.
+fn held(layout: Layout) -> usize {
+    layout.size().max(1)
+}
+
 fn fill(live: &Live) {
-    // SAFETY: the block is live and holds `layout.size()` bytes.
-    unsafe { live.ptr.as_ptr().write_bytes(live.byte, live.layout.size()) }
+    // SAFETY: the block is live and holds `held(layout)` bytes.
+    unsafe { live.ptr.as_ptr().write_bytes(live.byte, held(live.layout)) }
 }
 
 fn verify(live: &Live, len: usize) -> Result<(), TestCaseError> {
@@ -137,7 +142,7 @@ pub fn run_program<L: Layer>(
             }
             Op::Put { pick } if !live.is_empty() => {
                 let block = live.swap_remove(pick % live.len());
-                verify(&block, block.layout.size())?;
+                verify(&block, held(block.layout))?;
                 by_address.remove(&extent(&block).0);
                 // SAFETY: the block came from this layer with this layout and is put once.
                 unsafe { layer.put(block.ptr, block.layout) };
@@ -151,7 +156,7 @@ pub fn run_program<L: Layer>(
                 let block = &mut live[index];
                 let old = block.layout;
                 let new = Layout::from_size_align(size, old.align()).unwrap();
-                verify(block, old.size())?;
+                verify(block, held(old))?;
                 // SAFETY: the block is live with layout `old`; alignments match and the
                 // direction matches the method.
                 let resized = unsafe {
@@ -162,7 +167,7 @@ pub fn run_program<L: Layer>(
                     }
                 };
                 if resized {
-                    verify(block, old.size().min(size))?;
+                    verify(block, held(old).min(held(new)))?;
                     let start = extent(block).0;
                     block.layout = new;
                     let end = extent(block).1;
@@ -187,6 +192,11 @@ pub fn run_program<L: Layer>(
             _ => {}
         }
         layer.check_invariants();
+        let stranger = 0u64;
+        prop_assert!(
+            !layer.owns(NonNull::from(&stranger).cast()),
+            "the layer claims to own a local variable"
+        );
         prop_assert_eq!(
             layer.gauge(),
             model,
@@ -198,7 +208,7 @@ pub fn run_program<L: Layer>(
         }
     }
     for block in live.drain(..).rev() {
-        verify(&block, block.layout.size())?;
+        verify(&block, held(block.layout))?;
         // SAFETY: as for `Op::Put`.
         unsafe { layer.put(block.ptr, block.layout) };
     }
