@@ -2,11 +2,11 @@
 //! invariants at the top.
 
 mod arenas;
-mod debug;
+pub(crate) mod debug;
 mod sources;
 
 pub use arenas::{Batch, Chunk};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;
 #[cfg(feature = "std")]
-pub use sources::{Mmap, Sbrk, System};
+pub use sources::{Ground, Mmap, Pipe, Sbrk, System};

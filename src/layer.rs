@@ -193,6 +193,15 @@ pub unsafe trait Layer {
         false
     }
 
+    /// The blocks a checking layer at the top of this stack sees live, or `None` when the
+    /// layer does not check. [`Check`](crate::layers::Check) answers; pass-through layers
+    /// ([`Stats`](crate::layers::Stats)) forward the question; layers that change what the
+    /// layer below sees (`Chunk`, `Batch`) do not, since below them blocks are chunks, not
+    /// the caller's. A region asks its stack this when it ends with blocks live.
+    fn leak_report(&self) -> Option<crate::LeakReport> {
+        None
+    }
+
     /// Checks the layer's internal invariants, then those of the layers below, and aborts
     /// with a message naming the first one broken. It walks whole structures, so it is
     /// expensive: the conformance suite calls it after every operation; programs should

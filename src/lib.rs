@@ -48,7 +48,13 @@ mod gauge;
 mod heap;
 pub mod layer;
 mod locked;
+#[cfg(feature = "std")]
+mod page_map;
 pub mod presets;
+#[cfg(feature = "std")]
+pub mod region;
+#[cfg(feature = "std")]
+mod router;
 
 // The layers live in a top-level `layers/` folder, one file each, so that the crate's
 // layout shows the catalogue at a glance (as Heap-Layers' folders do); `#[path]` wires that
@@ -61,3 +67,7 @@ pub use heap::Heap;
 pub use layer::Layer;
 pub use layers::LeakReport;
 pub use locked::{LockGuard, Locked};
+#[cfg(feature = "std")]
+pub use region::{Region, check_leaks};
+#[cfg(feature = "std")]
+pub use router::Router;

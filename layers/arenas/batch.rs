@@ -226,3 +226,11 @@ impl<L: Layer + fmt::Debug> fmt::Debug for Batch<L> {
             .finish()
     }
 }
+
+// SAFETY: every block comes from `L`, attributed to the same region.
+#[cfg(feature = "std")]
+unsafe impl<L: crate::region::Attributed> crate::region::Attributed for Batch<L> {
+    fn attribute(&mut self, owner: crate::region::Attribution) {
+        self.inner.attribute(owner);
+    }
+}

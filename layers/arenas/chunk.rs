@@ -418,3 +418,14 @@ impl<L: Layer + fmt::Debug, const SIZE: usize> fmt::Debug for Chunk<L, SIZE> {
             .finish()
     }
 }
+
+// SAFETY: every block lies in a chunk or a large piece got from `L`, attributed to the same
+// region; chunks go back to `L` only when none of their blocks is live (reset, deinit).
+#[cfg(feature = "std")]
+unsafe impl<L: crate::region::Attributed, const SIZE: usize> crate::region::Attributed
+    for Chunk<L, SIZE>
+{
+    fn attribute(&mut self, owner: crate::region::Attribution) {
+        self.inner.attribute(owner);
+    }
+}

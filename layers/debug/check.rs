@@ -53,7 +53,7 @@ const RECENT: usize = 32;
 /// assert!(check.leaks().is_none());
 /// ```
 pub struct Check<L: Layer> {
-    table: LiveTable,
+    table: LiveTable<u64>,
     figures: Gauges,
     recent: [usize; RECENT],
     recent_next: usize,
@@ -119,7 +119,7 @@ impl<L: Layer> Check<L> {
     #[cold]
     fn grow_table(&mut self) -> Option<()> {
         let capacity = self.table.next_capacity();
-        let block = self.inner.get(LiveTable::block_layout(capacity)?)?;
+        let block = self.inner.get(LiveTable::<u64>::block_layout(capacity)?)?;
         // SAFETY: a fresh block of `L` with the table's layout for `capacity`, which
         // `next_capacity` makes a power of two of at least 16 with room for every slot.
         if let Some((old, layout)) = unsafe { self.table.rebuild(block, capacity) } {
@@ -147,7 +147,7 @@ impl<L: Layer> Check<L> {
             ))
         };
         let slot = self.table.slot(i);
-        if Slot::pack(layout) != Some(slot.layout) {
+        if Slot::pack(layout) != Some(slot.value) {
             abort_with(format_args!(
                 "Check: {what} of {ptr:p} with size {}, align {}, but it was got with size {}, align {}",
                 layout.size(),
@@ -201,7 +201,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         let block = self.inner.get(layout)?;
         let slot = Slot {
             ptr: block.as_ptr(),
-            layout: packed,
+            value: packed,
         };
         if self.table.insert(slot).is_err() {
             abort_with(format_args!(
@@ -242,7 +242,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // SAFETY: checked above that the block is live with layout `old`.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
         if grown {
-            self.table.set_layout(i, packed);
+            self.table.set_value(i, packed);
             self.figures.record_growth(new.size() - old.size());
         }
         grown
@@ -254,7 +254,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
         if shrunk {
             // A size below one that packed packs too.
-            self.table.set_layout(i, Slot::pack(new).unwrap_or(0));
+            self.table.set_value(i, Slot::pack(new).unwrap_or(0));
             self.figures.record_shrinking(old.size() - new.size());
         }
         shrunk
@@ -270,6 +270,10 @@ unsafe impl<L: Layer> Layer for Check<L> {
             ));
         }
         self.inner.check_invariants();
+    }
+
+    fn leak_report(&self) -> Option<LeakReport> {
+        self.leaks()
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
@@ -408,5 +412,13 @@ impl fmt::Display for LeakReport {
 impl fmt::Debug for LeakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "LeakReport({self})")
+    }
+}
+
+// SAFETY: every block comes from `L`, attributed to the same region.
+#[cfg(feature = "std")]
+unsafe impl<L: crate::region::Attributed> crate::region::Attributed for Check<L> {
+    fn attribute(&mut self, owner: crate::region::Attribution) {
+        self.inner.attribute(owner);
     }
 }

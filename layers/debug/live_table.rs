@@ -1,6 +1,6 @@
 //! `LiveTable`: the hash table of live blocks that `Check` keeps, in memory it is handed.
 //!
-//! A SwissTable in miniature: slots of 16 bytes (pointer and packed layout) beside one
+//! A SwissTable in miniature: slots of 16 bytes (a pointer and a word) beside one
 //! control byte per slot, `EMPTY`, `DELETED` or the 7-bit tag of the slot's hash. A probe
 //! reads eight control bytes at once as a `u64` and finds tag matches and empty bytes with
 //! word arithmetic (no SIMD, so it runs anywhere, Miri included), which keeps the probe
@@ -17,17 +17,18 @@ use core::ptr::{self, NonNull};
 
 use crate::abort::debug_require;
 
-/// One live block: its address and its layout packed into a word.
+/// One live block: its address and what the table's user keeps with it (`Check`: the
+/// layout packed into a word; `Pipe`: the region the block came from).
 #[derive(Clone, Copy)]
-pub(crate) struct Slot {
+pub(crate) struct Slot<V> {
     pub(crate) ptr: *mut u8,
-    pub(crate) layout: u64,
+    pub(crate) value: V,
 }
 
 /// Bits of a packed layout that hold the size; the six above hold log2 of the alignment.
 const SIZE_BITS: u32 = 58;
 
-impl Slot {
+impl Slot<u64> {
     /// Packs a layout, or `None` for a size of 2^58 bytes or more (which no machine serves).
     #[inline(always)]
     pub(crate) fn pack(layout: Layout) -> Option<u64> {
@@ -37,11 +38,11 @@ impl Slot {
     }
 
     pub(crate) fn size(self) -> usize {
-        (self.layout & ((1 << SIZE_BITS) - 1)) as usize
+        (self.value & ((1 << SIZE_BITS) - 1)) as usize
     }
 
     pub(crate) fn align(self) -> usize {
-        1 << (self.layout >> SIZE_BITS)
+        1 << (self.value >> SIZE_BITS)
     }
 
     pub(crate) fn unpack(self) -> Layout {
@@ -58,8 +59,8 @@ const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// The table. It owns no memory itself: `Check` gets each table block from its inner layer
 /// and hands it over with [`LiveTable::rebuild`], which gives back the previous block.
-pub(crate) struct LiveTable {
-    slots: *mut Slot,
+pub(crate) struct LiveTable<V> {
+    slots: *mut Slot<V>,
     ctrl: *mut u8,
     /// A power of two, at least 16, or 0 before the first rebuild.
     capacity: usize,
@@ -76,7 +77,7 @@ enum Probe {
     Vacant(usize),
 }
 
-impl LiveTable {
+impl<V: Copy> LiveTable<V> {
     pub(crate) const fn new() -> Self {
         LiveTable {
             slots: ptr::null_mut(),
@@ -105,8 +106,8 @@ impl LiveTable {
 
     /// The memory block a table of `capacity` slots needs: slots, then control bytes.
     pub(crate) fn block_layout(capacity: usize) -> Option<Layout> {
-        let slots = capacity.checked_mul(size_of::<Slot>())?;
-        Layout::from_size_align(slots.checked_add(capacity)?, align_of::<Slot>()).ok()
+        let slots = capacity.checked_mul(size_of::<Slot<V>>())?;
+        Layout::from_size_align(slots.checked_add(capacity)?, align_of::<Slot<V>>()).ok()
     }
 
     /// The memory block in use and its layout, if any.
@@ -136,7 +137,7 @@ impl LiveTable {
         let (old_slots, old_ctrl, old_capacity) = (self.slots, self.ctrl, self.capacity);
         self.slots = block.as_ptr().cast();
         // SAFETY: the control bytes follow the slots inside `block`.
-        self.ctrl = unsafe { block.as_ptr().add(capacity * size_of::<Slot>()) };
+        self.ctrl = unsafe { block.as_ptr().add(capacity * size_of::<Slot<V>>()) };
         // SAFETY: `capacity` control bytes are inside `block`.
         unsafe { self.ctrl.write_bytes(EMPTY, capacity) };
         self.capacity = capacity;
@@ -215,7 +216,7 @@ impl LiveTable {
 
     /// Writes a slot at a free index found by `probe`.
     #[inline(always)]
-    fn fill(&mut self, at: usize, slot: Slot) {
+    fn fill(&mut self, at: usize, slot: Slot<V>) {
         // SAFETY: `at` is a free index of the table.
         unsafe {
             if *self.ctrl.add(at) == EMPTY {
@@ -230,7 +231,7 @@ impl LiveTable {
     /// Inserts a slot whose address is not live; `Err` with the index of the live slot
     /// that has it otherwise. Needs `!is_full()`.
     #[inline]
-    pub(crate) fn insert(&mut self, slot: Slot) -> Result<(), usize> {
+    pub(crate) fn insert(&mut self, slot: Slot<V>) -> Result<(), usize> {
         debug_require!(!self.is_full(), "LiveTable::insert needs room");
         match self.probe(slot.ptr.addr()) {
             Probe::Found(i) => Err(i),
@@ -255,17 +256,17 @@ impl LiveTable {
 
     /// The live slot at `i` (an index from `find`).
     #[inline(always)]
-    pub(crate) fn slot(&self, i: usize) -> Slot {
+    pub(crate) fn slot(&self, i: usize) -> Slot<V> {
         debug_require!(i < self.capacity, "LiveTable: slot {i} out of range");
         // SAFETY: indices handed out by `find` are in the table.
         unsafe { *self.slots.add(i) }
     }
 
-    /// Changes the packed layout of the live slot at `i`.
-    pub(crate) fn set_layout(&mut self, i: usize, layout: u64) {
+    /// Changes the value of the live slot at `i`.
+    pub(crate) fn set_value(&mut self, i: usize, value: V) {
         debug_require!(i < self.capacity, "LiveTable: slot {i} out of range");
         // SAFETY: as for `slot`.
-        unsafe { (*self.slots.add(i)).layout = layout };
+        unsafe { (*self.slots.add(i)).value = value };
     }
 
     /// Removes the live slot at `i`.
@@ -285,7 +286,7 @@ impl LiveTable {
     }
 
     /// Every live slot.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Slot<V>> + '_ {
         (0..self.capacity)
             // SAFETY: `i` is in the table.
             .filter(|&i| unsafe { *self.ctrl.add(i) } < DELETED)

@@ -2,8 +2,8 @@
 
 /// Checks every put and reports leaks.
 mod check;
-/// The table of live blocks that `Check` keeps.
-mod live_table;
+/// The table of live blocks that `Check` (and `Pipe`) keep.
+pub(crate) mod live_table;
 /// Counts gets, puts, bytes and the peak.
 mod stats;
 

@@ -126,6 +126,10 @@ unsafe impl<L: Layer> Layer for Stats<L> {
         self.inner.owns(ptr)
     }
 
+    fn leak_report(&self) -> Option<crate::LeakReport> {
+        self.inner.leak_report()
+    }
+
     fn check_invariants(&self) {
         let f = &self.figures;
         if f.live != f.gets.wrapping_sub(f.puts)
@@ -144,5 +148,13 @@ impl<L: fmt::Debug> fmt::Debug for Stats<L> {
             .field("gauges", &format_args!("{}", self.figures))
             .field("inner", &self.inner)
             .finish()
+    }
+}
+
+// SAFETY: every block comes from `L`, attributed to the same region.
+#[cfg(feature = "std")]
+unsafe impl<L: crate::region::Attributed> crate::region::Attributed for Stats<L> {
+    fn attribute(&mut self, owner: crate::region::Attribution) {
+        self.inner.attribute(owner);
     }
 }

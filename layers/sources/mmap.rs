@@ -11,6 +11,8 @@ use memmap2::{MmapMut, MmapOptions};
 use crate::Layer;
 use crate::abort::abort_with;
 use crate::layer::served_size;
+use crate::page_map;
+use crate::region::{Attributed, Attribution};
 
 /// Bytes mapped by every `Mmap` layer of the process, blocks and bookkeeping together.
 static PROCESS_MAPPED: AtomicUsize = AtomicUsize::new(0);
@@ -25,12 +27,14 @@ static PROCESS_MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// not for small objects.
 ///
 /// The layer remembers its maps in a table that lives in a map of its own, never in the
-/// global allocator, so it can serve one.
+/// global allocator, so it can serve one. In a [region](crate::region) it claims each
+/// map's pages for the region in the page map while the map lives.
 pub struct Mmap {
     /// The table: an array of `MmapMut`, `len` of them initialised.
     table: Option<MmapMut>,
     len: usize,
     mapped: usize,
+    claims: Attribution,
 }
 
 // SAFETY: an `Mmap` exclusively owns its maps; nothing in it is tied to a thread.
@@ -43,6 +47,7 @@ impl Mmap {
             table: None,
             len: 0,
             mapped: 0,
+            claims: Attribution::NONE,
         }
     }
 
@@ -79,7 +84,15 @@ impl Mmap {
         Some(map)
     }
 
-    fn unmap(map: MmapMut) {
+    /// Releases the map's pages in the page map (when they were claimed) and unmaps it.
+    fn unmap(&self, map: MmapMut) {
+        if self.claims.is_some() {
+            page_map::set(map.as_ptr().addr(), map.len(), core::ptr::null());
+        }
+        Self::unmap_table(map);
+    }
+
+    fn unmap_table(map: MmapMut) {
         PROCESS_MAPPED.fetch_sub(map.len(), Ordering::Relaxed);
         drop(map);
     }
@@ -113,7 +126,7 @@ impl Mmap {
             unsafe { core::ptr::copy_nonoverlapping(old, table.as_mut_ptr().cast(), self.len) };
         }
         if let Some(old_table) = self.table.replace(table) {
-            Self::unmap(old_table);
+            Self::unmap_table(old_table);
         }
         Some(())
     }
@@ -155,6 +168,11 @@ unsafe impl Layer for Mmap {
         }
         self.reserve_one()?;
         let mut map = Self::map(len)?;
+        if self.claims.is_some() && !page_map::set(map.as_ptr().addr(), len, self.claims.0) {
+            // Outside the address range the page map covers: the router could not find it.
+            Self::unmap_table(map);
+            return None;
+        }
         let base = map.as_mut_ptr();
         let offset = base.addr().wrapping_neg() & (layout.align() - 1);
         // SAFETY: `offset < align <= extra + page`, and the block's size fits in the
@@ -188,7 +206,7 @@ unsafe impl Layer for Mmap {
             map
         };
         self.mapped -= map.len();
-        Self::unmap(map);
+        self.unmap(map);
     }
 
     fn init() -> Self {
@@ -200,11 +218,11 @@ unsafe impl Layer for Mmap {
         while self.len > 0 {
             self.len -= 1;
             // SAFETY: entry `len` is initialised and is read out exactly once.
-            Self::unmap(unsafe { entries.add(self.len).read() });
+            self.unmap(unsafe { entries.add(self.len).read() });
         }
         self.mapped = 0;
         if let Some(table) = self.table.take() {
-            Self::unmap(table);
+            Self::unmap_table(table);
         }
     }
 
@@ -249,6 +267,24 @@ unsafe impl Layer for Mmap {
                 "Mmap invariant broken: {} maps of {mapped} bytes, {} bytes counted",
                 self.len, self.mapped
             ));
+        }
+    }
+}
+
+// SAFETY: every block lies in a map of its own, whose pages are claimed for the region
+// from the moment the map is made until just before it is unmapped (maps made before
+// `attribute` are claimed by it).
+unsafe impl Attributed for Mmap {
+    fn attribute(&mut self, owner: Attribution) {
+        self.claims = owner;
+        let Some(table) = &self.table else {
+            return;
+        };
+        let entries: *const MmapMut = table.as_ptr().cast();
+        for i in 0..self.len {
+            // SAFETY: entries `0..len` are initialised.
+            let map = unsafe { &*entries.add(i) };
+            page_map::set(map.as_ptr().addr(), map.len(), owner.0);
         }
     }
 }

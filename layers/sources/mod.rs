@@ -2,9 +2,15 @@
 
 /// Blocks carved from caller memory (no OS, no std).
 mod buffer;
+/// Whole pages from the system allocator, claimable by a region.
+#[cfg(feature = "std")]
+mod ground;
 /// Anonymous page maps from the OS, one per block.
 #[cfg(feature = "std")]
 mod mmap;
+/// Whole pages from the enclosing region.
+#[cfg(feature = "std")]
+mod pipe;
 /// The program break, with reuse of freed blocks.
 #[cfg(feature = "std")]
 mod sbrk;
@@ -14,7 +20,11 @@ mod system;
 
 pub use buffer::Buffer;
 #[cfg(feature = "std")]
+pub use ground::Ground;
+#[cfg(feature = "std")]
 pub use mmap::Mmap;
+#[cfg(feature = "std")]
+pub use pipe::Pipe;
 #[cfg(feature = "std")]
 pub use sbrk::Sbrk;
 #[cfg(feature = "std")]

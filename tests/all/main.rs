@@ -7,8 +7,16 @@ mod chunk;
 mod conformance;
 mod misuse;
 #[cfg(feature = "std")]
+mod regions;
+#[cfg(feature = "std")]
 mod sbrk;
 mod suite_finds_bugs;
+
+/// The router is this binary's global allocator: with no region entered it hands
+/// everything to the system allocator, so the other tests run as they would without it.
+#[cfg(feature = "std")]
+#[global_allocator]
+static ROUTER: stratalloc::Router = stratalloc::Router::new();
 
 /// Proptest cases per property: fewer under Miri, which is ~100x slower.
 pub const CASES: u32 = if cfg!(miri) { 3 } else { 128 };

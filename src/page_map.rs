@@ -1,0 +1,159 @@
+//! The page map: which region owns each 4 KiB page that a region's sources obtained; a
+//! two-level radix table over the 48-bit address space.
+//!
+//! A lookup is two dependent loads and never touches the memory it asks about, so the
+//! router can find the owner of any pointer, its own or the system allocator's, in O(1).
+//! Pages that no region claimed map to null: they belong to the system allocator.
+//!
+//! Invariants: a page is claimed by at most one owner at a time; the source that claimed a
+//! range releases it before the memory goes back to where it came from. Leaves are mapped
+//! on first use, straight from the OS, and never freed (2 MiB of address space each, of
+//! which only touched pages cost memory).
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::abort::debug_require;
+use crate::region::Owner;
+
+/// Granularity of the map: claims cover whole 4 KiB pages.
+pub(crate) const PAGE: usize = 4096;
+const PAGE_BITS: u32 = 12;
+const LEAF_BITS: u32 = 18;
+const ROOT_BITS: u32 = 48 - PAGE_BITS - LEAF_BITS;
+const LEAF_ENTRIES: usize = 1 << LEAF_BITS;
+
+/// One gibibyte of address space: an owner pointer per page.
+struct Leaf([AtomicPtr<Owner>; LEAF_ENTRIES]);
+
+static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
+
+#[inline(always)]
+fn split(addr: usize) -> Option<(usize, usize)> {
+    let page = addr >> PAGE_BITS;
+    let root = page >> LEAF_BITS;
+    (root < ROOT.len()).then_some((root, page & (LEAF_ENTRIES - 1)))
+}
+
+/// The owner of the page holding `addr`, or null when no region claimed it.
+#[inline(always)]
+pub(crate) fn owner_of(addr: usize) -> *const Owner {
+    let Some((root, index)) = split(addr) else {
+        return ptr::null();
+    };
+    let leaf = ROOT[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return ptr::null();
+    }
+    // SAFETY: leaves are never freed once installed, and `index < LEAF_ENTRIES`.
+    unsafe { (*leaf).0[index].load(Ordering::Acquire) }
+}
+
+/// The leaf for root slot `root`, mapping it on first use. `None` when the OS refuses.
+fn leaf(root: usize) -> Option<&'static Leaf> {
+    let mut leaf = ROOT[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        let size = size_of::<Leaf>();
+        // SAFETY: an anonymous private map of `size` bytes; the result is checked.
+        let fresh = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if fresh == libc::MAP_FAILED {
+            return None;
+        }
+        // Zero-filled by the OS: every entry starts as a null `AtomicPtr`.
+        let fresh = fresh.cast::<Leaf>();
+        match ROOT[root].compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => leaf = fresh,
+            Err(winner) => {
+                // Another thread installed one first: ours was never shared.
+                // SAFETY: `fresh` is our own map of `size` bytes.
+                unsafe { libc::munmap(fresh.cast(), size) };
+                leaf = winner;
+            }
+        }
+    }
+    // SAFETY: installed leaves live for the rest of the process.
+    Some(unsafe { &*leaf })
+}
+
+/// Records `owner` (null to release) for every page of `[start, start + len)`. Returns
+/// `false`, changing nothing that was not already set, when a page lies outside the
+/// mapped address space or a leaf cannot be mapped.
+pub(crate) fn set(start: usize, len: usize, owner: *const Owner) -> bool {
+    debug_require!(
+        start.is_multiple_of(PAGE) && len.is_multiple_of(PAGE),
+        "page map: unaligned range {start:#x} + {len:#x}"
+    );
+    let Some(end) = start.checked_add(len) else {
+        return false;
+    };
+    if len == 0 {
+        return true;
+    }
+    if split(end - 1).is_none() {
+        return false;
+    }
+    let mut addr = start;
+    while addr < end {
+        let (root, index) = split(addr).unwrap_or((0, 0));
+        let Some(leaf) = leaf(root) else {
+            return false;
+        };
+        let stop = ((root + 1) << (LEAF_BITS + PAGE_BITS)).min(end);
+        let count = (stop - addr) >> PAGE_BITS;
+        for entry in &leaf.0[index..index + count] {
+            entry.store(owner.cast_mut(), Ordering::Release);
+        }
+        addr = stop;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_and_releases_ranges_across_leaves() {
+        let owner = ptr::without_provenance::<Owner>(0x1000);
+        // A range that straddles a leaf boundary (1 GiB), far from real allocations.
+        let start = (5usize << 30) - 2 * PAGE;
+        assert!(set(start, 4 * PAGE, owner));
+        for page in 0..4 {
+            assert_eq!(owner_of(start + page * PAGE + 17), owner);
+        }
+        assert!(owner_of(start - 1).is_null());
+        assert!(owner_of(start + 4 * PAGE).is_null());
+        assert!(set(start, 4 * PAGE, ptr::null()));
+        assert!(owner_of(start + PAGE).is_null());
+    }
+
+    #[test]
+    fn addresses_beyond_48_bits_are_nobody_s() {
+        assert!(owner_of(usize::MAX).is_null());
+        assert!(!set(
+            1 << 48,
+            PAGE,
+            ptr::without_provenance::<Owner>(0x1000)
+        ));
+        assert!(!set(
+            usize::MAX - PAGE + 1,
+            PAGE,
+            ptr::without_provenance::<Owner>(0x1000)
+        ));
+    }
+}

@@ -1,0 +1,336 @@
+//! Regions: route a closure's ordinary allocations (`Box`, `Vec`, `String`, `HashMap`
+//! through the global allocator) into a layer stack of your choice.
+//!
+//! ```
+//! use stratalloc::{Gauge, Region, Router, region, layers::{Chunk, Mmap, Stats}};
+//!
+//! #[global_allocator]
+//! static ROUTER: Router = Router::new();
+//!
+//! let arena = Region::new(Stats::new(Chunk::<Mmap, 65536>::new(Mmap::new())));
+//! let total: u64 = region::enter(&arena, || {
+//!     let squares: Vec<u64> = (0..1000).map(|i| i * i).collect(); // from the arena
+//!     squares.iter().sum()
+//! });
+//! assert_eq!(total, 332_833_500);
+//! assert!(arena.gauge().gets > 0);
+//! ```
+//!
+//! # What holds (the router's rules)
+//!
+//! 1. A free goes to the region that owns the block, whichever region is current: the
+//!    page map (a radix table over the address space) says, in two loads and without
+//!    touching the block, which region's sources obtained the page. Pages nobody claimed
+//!    belong to the system allocator.
+//! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region
+//!    whose handle is dropped while blocks are live keeps its memory until the last one is
+//!    freed (a *zombie*), and the escape is reported: a panic carrying the
+//!    [`LeakReport`](crate::LeakReport) when the stack has a [`Check`](crate::layers::Check)
+//!    on top, one line on stderr otherwise.
+//! 3. A block freed on another thread goes on a lock-free list that the owner drains.
+//! 4. `realloc` keeps a block in its region when that region belongs to this thread (an
+//!    outer `Vec` grown inside a region stays outer); otherwise the block moves to the
+//!    current region. Blocks of the system allocator stay there.
+//! 5. Nothing in the router panics; what cannot go on aborts with one line.
+//! 6. [`enter`] and [`escape`] restore the stack on unwind; a new thread starts at the
+//!    ground.
+//! 7. Layer code never allocates through the global allocator.
+//! 8. Only stacks whose blocks the page map can attribute can be regions: the bottom of
+//!    the stack must be a page source ([`Mmap`](crate::layers::Mmap),
+//!    [`Ground`](crate::layers::Ground), [`Pipe`](crate::layers::Pipe)). A per-object
+//!    source does not compile:
+//!
+//! ```compile_fail
+//! let per_object = stratalloc::Region::new(stratalloc::layers::System::new());
+//! ```
+//!
+//! Blocks served by a region are at least 24 bytes and 8-aligned (room for the remote-free
+//! link), so a region's `Stats` count those sizes.
+
+mod frames;
+mod owner;
+
+use core::cell::Cell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+
+pub(crate) use frames::{current_and_token, enclosing, token};
+pub(crate) use owner::Owner;
+pub(crate) use owner::{alloc_in, drivable, free_in, resize_in_place};
+
+use crate::layers::{Check, Chunk, Mmap};
+use crate::{Gauge, Gauges, Layer, LeakReport};
+
+/// Which region a page source claims its pages for: handed down a stack by
+/// [`Attributed::attribute`]. Opaque; [`Attribution::NONE`] claims nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Attribution(pub(crate) *const Owner);
+
+// SAFETY: an attribution is an identifier; it is only dereferenced by the router, which
+// synchronises access to the record it names.
+unsafe impl Send for Attribution {}
+
+impl Attribution {
+    /// Claims nothing: the source serves blocks that the router does not know.
+    pub const NONE: Attribution = Attribution(ptr::null());
+
+    /// Whether this attribution names a region.
+    pub fn is_some(self) -> bool {
+        !self.0.is_null()
+    }
+}
+
+impl fmt::Debug for Attribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Attribution({:p})", self.0)
+    }
+}
+
+/// A stack whose every block lies in pages that its sources claim in the page map for the
+/// region they are given, so that the router finds the owner of any of its blocks.
+///
+/// # Safety
+///
+/// Implementors must ensure that, after `attribute(a)`, every block the stack hands out
+/// lies inside pages that the page map records as `a`'s for as long as the block is
+/// currently allocated, and that no page claimed for `a` is released to another owner or
+/// returned to its source while one of its blocks is. Wrapping layers forward `attribute`
+/// to the layer below; sources claim.
+pub unsafe trait Attributed: Layer {
+    /// Tells the stack which region it serves.
+    fn attribute(&mut self, owner: Attribution);
+}
+
+/// A region: a layer stack that [`enter`] makes the destination of this thread's
+/// allocations for the length of a closure.
+///
+/// The stack lives in a record mapped from the OS, at a fixed address, so that blocks can
+/// outlive the `Region` handle: see the module's rules. A `Region` stays on the thread that
+/// made it (it is neither `Send` nor `Sync`); its blocks may go anywhere.
+pub struct Region<L: Attributed + Send + 'static> {
+    record: NonNull<Record<L>>,
+    /// Set when an escape was already reported (by [`check_leaks`]).
+    reported: Cell<bool>,
+    _this_thread: PhantomData<*mut ()>,
+}
+
+#[repr(C)]
+struct Record<L> {
+    owner: Owner,
+    layer: L,
+}
+
+fn record_size<L>() -> usize {
+    size_of::<Record<L>>().next_multiple_of(crate::page_map::PAGE)
+}
+
+/// Drops the stack of a record and unmaps the record.
+///
+/// # Safety
+///
+/// `owner` heads a `Record<L>` made by `Region::new`, used by no one any more.
+unsafe fn release_record<L>(owner: *mut Owner) {
+    let record = owner.cast::<Record<L>>();
+    // SAFETY: as the caller promises; the layer was deinitialised already, and dropping it
+    // deinitialises again, which does nothing.
+    unsafe {
+        ptr::drop_in_place(&raw mut (*record).layer);
+        libc::munmap(record.cast(), record_size::<L>());
+    }
+}
+
+impl<L: Attributed + Send + 'static> Region<L> {
+    /// Makes a region of `layer`, owned by this thread.
+    ///
+    /// # Panics
+    ///
+    /// When the OS refuses the page that holds the region's record.
+    pub fn new(layer: L) -> Self {
+        const {
+            assert!(
+                align_of::<Record<L>>() <= crate::page_map::PAGE,
+                "Region: the stack needs more than page alignment"
+            )
+        };
+        // SAFETY: an anonymous private map; the result is checked.
+        let memory = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                record_size::<L>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(
+            memory != libc::MAP_FAILED,
+            "stratalloc: the OS refused the page for a region record"
+        );
+        let record = memory.cast::<Record<L>>();
+        // SAFETY: the map is large enough and page-aligned for a `Record<L>`; the stack is
+        // written first, then the header that points at it.
+        unsafe {
+            (&raw mut (*record).layer).write(layer);
+            let stack: *mut dyn owner::Stack = &raw mut (*record).layer;
+            (&raw mut (*record).owner).write(Owner::new(
+                stack,
+                frames::token(),
+                release_record::<L>,
+            ));
+            (*record)
+                .layer
+                .attribute(Attribution(record.cast::<Owner>()));
+        }
+        Region {
+            // SAFETY: `mmap` succeeded, so the address is not null.
+            record: unsafe { NonNull::new_unchecked(record) },
+            reported: Cell::new(false),
+            _this_thread: PhantomData,
+        }
+    }
+
+    fn owner(&self) -> &Owner {
+        // SAFETY: the record lives at least as long as the handle.
+        unsafe { &self.record.as_ref().owner }
+    }
+
+    fn owner_ptr(&self) -> *const Owner {
+        self.record.as_ptr().cast()
+    }
+
+    /// Runs `f` with the stack, for reading its figures. Frees that other threads made are
+    /// put first. While `f` runs, the region serves no allocation: frees of its blocks wait
+    /// on its remote list, and allocations meant for it go to the system allocator.
+    pub fn with_layer<R>(&self, f: impl FnOnce(&L) -> R) -> R {
+        struct Restore<'a>(&'a Owner, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set_busy(self.1);
+            }
+        }
+        let owner = self.owner();
+        owner::catch_up(owner);
+        let _restore = Restore(owner, owner.busy_now());
+        owner.set_busy(true);
+        // SAFETY: with `busy` set, the router creates no `&mut` to the stack until `f`
+        // returns; the record outlives `self`.
+        f(unsafe { &self.record.as_ref().layer })
+    }
+
+    /// The stack's gauges, up to date with frees from other threads.
+    pub fn gauge(&self) -> Gauges
+    where
+        L: Gauge,
+    {
+        self.with_layer(Gauge::gauge)
+    }
+
+    /// Blocks the router got from this region and that are not freed yet (frees that other
+    /// threads made and the owner has not put yet count as freed).
+    pub fn live_blocks(&self) -> usize {
+        owner::catch_up(self.owner());
+        self.owner().live()
+    }
+}
+
+impl<L: Attributed + Send + 'static> Drop for Region<L> {
+    fn drop(&mut self) {
+        let owner = self.owner();
+        owner::catch_up(owner);
+        let report = if owner.live() > 0 {
+            // SAFETY: the owner thread, outside any stack call, region still active.
+            unsafe { (*owner.stack()).leak_report() }
+        } else {
+            None
+        };
+        // SAFETY: the handle ends here, on the owner thread.
+        let live = unsafe { owner::end(self.owner_ptr()) };
+        if live == 0 || self.reported.get() {
+            return;
+        }
+        match report {
+            Some(report) if !std::thread::panicking() => panic!(
+                "stratalloc: a region ended with blocks still live; its memory is kept until \
+                 they are freed: {report}"
+            ),
+            _ => {
+                use core::fmt::Write as _;
+                let mut line = crate::abort::LineBuffer::new();
+                let _ = writeln!(
+                    line,
+                    "stratalloc: a region ended with {live} blocks still live; its memory is kept \
+                     until the last is freed"
+                );
+                crate::abort::write_stderr(line.as_str().as_bytes());
+            }
+        }
+    }
+}
+
+impl<L: Attributed + Send + fmt::Debug + 'static> fmt::Debug for Region<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_layer(|layer| f.debug_tuple("Region").field(layer).finish())
+    }
+}
+
+/// Runs `f` with `region` on top of this thread's region stack: the allocations `f` makes
+/// through the global allocator come from the region's stack. Nests; the stack is restored
+/// when `f` returns or unwinds. Needs the [`Router`](crate::Router) as the global
+/// allocator; without it, allocations are unaffected.
+pub fn enter<L, R>(region: &Region<L>, f: impl FnOnce() -> R) -> R
+where
+    L: Attributed + Send + 'static,
+{
+    let _frame = frames::push(Some(region.owner_ptr()));
+    f()
+}
+
+/// Runs `f` one level down: its allocations go to the region below the current one (the
+/// ground, the system allocator, below the last). Nested escapes go further down; a region
+/// entered inside `f` is on top again.
+pub fn escape<R>(f: impl FnOnce() -> R) -> R {
+    let _frame = frames::push(None);
+    f()
+}
+
+/// The stack [`check_leaks`] runs closures in: a checker over a bump arena of 64 KiB
+/// chunks mapped from the OS.
+pub type LeakCheckStack = Check<Chunk<Mmap, 65536>>;
+
+/// Runs `f` in a fresh checking region and reports whatever it allocated and did not free
+/// (including blocks still held by the value it returns: return owned data made outside,
+/// or build it in [`escape`]).
+///
+/// Each call sees only its own thread's allocations, so tests running in parallel do not
+/// disturb one another. Leaked blocks stay valid: their memory is kept until they are
+/// freed. The arena reuses little until the region ends, so a closure that churns through
+/// gigabytes needs that much address space.
+///
+/// ```
+/// use stratalloc::{Router, check_leaks};
+///
+/// #[global_allocator]
+/// static ROUTER: Router = Router::new();
+///
+/// assert!(check_leaks(|| drop(vec![1, 2, 3])).is_ok());
+/// let report = check_leaks(|| Box::leak(Box::new([0u8; 100]))).unwrap_err();
+/// assert_eq!(report.blocks(), 1);
+/// ```
+#[allow(
+    clippy::result_large_err,
+    reason = "a LeakReport allocates nothing, so that it can be built where the global \
+              allocator is off limits; boxing it would defeat that, and the error path is cold"
+)]
+pub fn check_leaks<R>(f: impl FnOnce() -> R) -> Result<R, LeakReport> {
+    let region = Region::new(LeakCheckStack::new(Chunk::new(Mmap::new())));
+    let value = enter(&region, f);
+    match region.with_layer(|stack| stack.leaks()) {
+        None => Ok(value),
+        Some(report) => {
+            region.reported.set(true);
+            Err(report)
+        }
+    }
+}

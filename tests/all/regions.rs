@@ -1,0 +1,452 @@
+//! Regions and the router: ownership of frees, escapes and zombies, other threads, realloc,
+//! unwinding, and leak-checking scopes.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+use stratalloc::layers::{Batch, Check, Chunk, Ground, Mmap, Stats};
+use stratalloc::{Region, check_leaks, region};
+
+type Counted = Stats<Chunk<Mmap, 65536>>;
+
+fn counted() -> Region<Counted> {
+    Region::new(Stats::new(Chunk::new(Mmap::new())))
+}
+
+const MANY: usize = if cfg!(miri) { 200 } else { 100_000 };
+
+#[test]
+fn a_closure_s_allocations_come_from_the_region() {
+    let region = counted();
+    let sum: u64 = region::enter(&region, || {
+        let v: Vec<u64> = (0..1000).collect();
+        let s = String::from("hello");
+        let mut m = HashMap::new();
+        m.insert(s, v.len());
+        v.iter().sum()
+    });
+    assert_eq!(sum, 499_500);
+    let figures = region.gauge();
+    assert!(figures.gets >= 3, "{figures}");
+    assert_eq!(figures.live, 0, "{figures}");
+    assert_eq!(region.live_blocks(), 0);
+}
+
+#[test]
+fn without_a_region_nothing_reaches_a_stack() {
+    let region = counted();
+    let v: Vec<u8> = vec![1; 100];
+    drop(v);
+    assert_eq!(region.gauge().gets, 0);
+}
+
+#[test]
+fn frees_in_a_nested_region_reach_the_outer_owner() {
+    let outer = counted();
+    let inner = counted();
+    region::enter(&outer, || {
+        let boxed = Box::new([7u8; 64]);
+        region::enter(&inner, || drop(boxed));
+    });
+    assert_eq!((outer.gauge().gets, outer.gauge().puts), (1, 1));
+    assert_eq!(inner.gauge().gets, 0);
+    assert_eq!(
+        inner.gauge().puts,
+        0,
+        "the inner region never saw the outer block"
+    );
+}
+
+#[test]
+fn blocks_freed_after_the_closure_reach_their_region() {
+    let region = counted();
+    let kept: Vec<u32> = region::enter(&region, || (0..100).collect());
+    assert_eq!(region.live_blocks(), 1);
+    drop(kept);
+    assert_eq!(region.live_blocks(), 0);
+    assert_eq!(region.gauge().live, 0);
+}
+
+#[test]
+fn escape_goes_one_level_down_and_nests() {
+    let outer = counted();
+    let inner = counted();
+    region::enter(&outer, || {
+        region::enter(&inner, || {
+            let in_inner = Box::new(1u64);
+            let in_outer = region::escape(|| Box::new(2u64));
+            let at_ground = region::escape(|| region::escape(|| Box::new(3u64)));
+            let back_on_top = region::escape(|| region::enter(&inner, || Box::new(4u64)));
+            assert_eq!(*in_inner + *in_outer + *at_ground + *back_on_top, 10);
+        })
+    });
+    assert_eq!(inner.gauge().gets, 2);
+    assert_eq!(outer.gauge().gets, 1);
+    assert_eq!((inner.gauge().live, outer.gauge().live), (0, 0));
+}
+
+#[test]
+fn frees_from_other_threads_reach_the_owner() {
+    let region = counted();
+    let (sender, receiver) = mpsc::channel::<Box<[u8; 32]>>();
+    let freer = std::thread::spawn(move || {
+        let mut count = 0;
+        for block in receiver {
+            assert!(block.iter().all(|&b| b == 0x5A));
+            count += 1;
+        }
+        count
+    });
+    region::enter(&region, || {
+        for _ in 0..MANY / 10 {
+            sender.send(Box::new([0x5A; 32])).unwrap();
+        }
+    });
+    drop(sender);
+    assert_eq!(freer.join().unwrap(), MANY / 10);
+    assert_eq!(region.live_blocks(), 0, "every remote free was drained");
+    let figures = region.gauge();
+    assert_eq!(figures.live, 0, "{figures}");
+}
+
+#[test]
+fn four_threads_free_while_the_owner_keeps_allocating() {
+    let region = counted();
+    let per_thread = MANY;
+    let mut senders = Vec::new();
+    let mut freers = Vec::new();
+    for _ in 0..4 {
+        // Unbounded: a blocking `sync_channel` send caches a wait context in a
+        // thread-local, a block that would (rightly) outlive the region.
+        let (sender, receiver) = mpsc::channel::<Vec<u64>>();
+        senders.push(sender);
+        freers.push(std::thread::spawn(move || {
+            let mut seen = 0;
+            for block in receiver {
+                let first = block[0];
+                assert!(
+                    block
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &x)| x == first + i as u64)
+                );
+                seen += 1;
+            }
+            seen
+        }));
+    }
+    region::enter(&region, || {
+        for i in 0..per_thread {
+            for (t, sender) in senders.iter().enumerate() {
+                let start = (i * 4 + t) as u64 * 10;
+                sender.send((start..start + 3).collect()).unwrap();
+            }
+        }
+    });
+    drop(senders);
+    let seen: usize = freers.into_iter().map(|f| f.join().unwrap()).sum();
+    assert_eq!(seen, 4 * per_thread);
+    assert_eq!(region.live_blocks(), 0, "{}", region.gauge());
+}
+
+#[test]
+fn realloc_keeps_an_outer_vec_outer() {
+    let outer = counted();
+    let inner = counted();
+    region::enter(&outer, || {
+        let mut grows: Vec<u64> = Vec::with_capacity(1);
+        region::enter(&inner, || {
+            for i in 0..10_000 {
+                grows.push(i);
+            }
+        });
+        assert_eq!(grows.iter().sum::<u64>(), 49_995_000);
+        assert_eq!(inner.gauge().gets, 0, "growth stayed in the outer region");
+        assert!(outer.gauge().gets > 1);
+    });
+    // A system vector grown in a region stays with the system allocator too.
+    let mut system: Vec<u8> = Vec::with_capacity(1);
+    region::enter(&inner, || system.extend(std::iter::repeat_n(1, 5000)));
+    assert_eq!(inner.gauge().gets, 0);
+}
+
+#[test]
+fn realloc_of_another_thread_s_block_moves_to_the_current_region() {
+    let theirs = std::thread::spawn(|| {
+        let region = counted();
+        let v: Vec<u8> = region::enter(&region, || vec![9; 10]);
+        // The region ends here with `v` live: a zombie until `v` is freed.
+        std::mem::forget(region);
+        v
+    })
+    .join()
+    .unwrap();
+    let mine = counted();
+    let mut v = theirs;
+    region::enter(&mine, || v.extend(std::iter::repeat_n(9, 10_000)));
+    assert!(v.iter().all(|&b| b == 9));
+    assert_eq!(
+        mine.gauge().gets,
+        1,
+        "the grown block moved into the current region"
+    );
+    drop(v);
+    assert_eq!(mine.live_blocks(), 0);
+}
+
+#[test]
+fn a_panic_inside_enter_or_escape_restores_the_stack() {
+    let region = counted();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        region::enter(&region, || {
+            let _ = std::panic::catch_unwind(|| region::escape(|| panic!("inside escape")));
+            // Still in the region after the inner unwind (the panic machinery itself may
+            // have allocated here too, hence the difference).
+            let before = region.gauge().gets;
+            drop(Box::new(1u8));
+            assert_eq!(region.gauge().gets, before + 1);
+            panic!("inside enter");
+        })
+    }));
+    assert!(result.is_err());
+    let after = region.gauge().gets;
+    drop(Box::new(2u8)); // back at the ground
+    assert_eq!(region.gauge().gets, after);
+}
+
+#[test]
+fn a_thread_spawned_in_a_region_starts_at_the_ground() {
+    let region = counted();
+    region::enter(&region, || {
+        std::thread::scope(|scope| {
+            scope.spawn(|| drop(vec![0u8; 1 << 20]));
+        });
+    });
+    // The spawning machinery allocates on this thread, in the region; the child's
+    // megabyte does not.
+    let figures = region.gauge();
+    assert!(figures.gets > 0 && figures.bytes_got < 1 << 20, "{figures}");
+}
+
+#[test]
+fn escaped_blocks_stay_valid_after_the_region_is_dropped() {
+    let region = Region::new(Stats::new(Chunk::<_, 4096>::new(Batch::new(Mmap::new()))));
+    let blocks: Vec<Vec<u8>> = region::enter(&region, || {
+        (0..50).map(|i| vec![i as u8; 100 + i]).collect()
+    });
+    drop(region); // a zombie: one line on stderr, memory kept
+    for (i, block) in blocks.iter().enumerate() {
+        assert_eq!(block.len(), 100 + i);
+        assert!(block.iter().all(|&b| b == i as u8));
+    }
+    drop(blocks); // the last free releases the region
+}
+
+#[test]
+fn a_checked_region_ending_with_live_blocks_fails() {
+    let result = std::panic::catch_unwind(|| {
+        let region = Region::new(Check::new(Chunk::<_, 65536>::new(Mmap::new())));
+        let kept: Box<[u8; 40]> = region::enter(&region, || Box::new([1; 40]));
+        drop(region);
+        kept
+    });
+    let message = match result {
+        Err(payload) => payload.downcast::<String>().map(|s| *s).unwrap_or_default(),
+        Ok(_) => panic!("the escape went unreported"),
+    };
+    assert!(
+        message.contains("1 block (40 bytes) still live"),
+        "{message}"
+    );
+}
+
+#[test]
+fn ground_backed_regions_work() {
+    let region = Region::new(Stats::new(Chunk::<_, 65536>::new(Batch::new(Check::new(
+        Stats::new(Ground::new()),
+    )))));
+    let total: usize = region::enter(&region, || {
+        (0..2000).map(|i| vec![0u8; i % 100].len()).sum()
+    });
+    assert_eq!(total, (0..2000).map(|i| i % 100).sum::<usize>());
+    assert_eq!(region.gauge().live, 0);
+}
+
+#[test]
+fn check_leaks_passes_clean_closures_and_reports_leaks() {
+    assert_eq!(
+        check_leaks(|| vec![1, 2, 3].into_iter().sum::<i32>()),
+        Ok(6)
+    );
+    let report = check_leaks(|| {
+        std::mem::forget(vec![0u8; 100]);
+        std::mem::forget(String::from("leak"));
+    })
+    .unwrap_err();
+    assert_eq!(report.blocks(), 2);
+    assert!(report.to_string().starts_with("2 blocks"), "{report}");
+}
+
+#[test]
+fn check_leaks_is_per_thread() {
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let result = check_leaks(|| {
+                        let v: Vec<u64> = (0..100).collect();
+                        if t % 2 == 0 {
+                            std::mem::forget(v);
+                        }
+                    });
+                    assert_eq!(result.is_err(), t % 2 == 0, "thread {t}");
+                    if let Err(report) = result {
+                        assert_eq!(report.blocks(), 1, "thread {t} saw someone else's blocks");
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn pipe_takes_pages_from_the_enclosing_region_and_gives_them_back() {
+    use stratalloc::layers::Pipe;
+    let outer = counted();
+    {
+        let inner = Region::new(Stats::new(Chunk::<_, 65536>::new(Pipe::new())));
+        region::enter(&outer, || {
+            region::enter(&inner, || {
+                let words: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+                assert_eq!(words[999], "999");
+            })
+        });
+        let inner_figures = inner.gauge();
+        assert!(
+            inner_figures.gets > 1000 && inner_figures.live == 0,
+            "{inner_figures}"
+        );
+        let outer_figures = outer.gauge();
+        assert!(
+            outer_figures.gets >= 1,
+            "the chunks came from the outer region"
+        );
+        assert!(outer_figures.bytes_got >= 65536);
+        // The inner region still holds its chunk; a large piece went back when freed.
+        assert!(outer_figures.live >= 1, "{outer_figures}");
+    }
+    assert_eq!(
+        outer.gauge().live,
+        0,
+        "the inner region gave its chunks back"
+    );
+    // With no region below, a pipe draws on the system allocator.
+    let alone = Region::new(Stats::new(Chunk::<_, 65536>::new(Pipe::new())));
+    let n: usize = region::enter(&alone, || vec![1u8; 5000].len());
+    assert_eq!(n, 5000);
+}
+
+#[test]
+fn a_region_entered_twice_with_a_pipe_does_not_reenter_itself() {
+    use stratalloc::layers::Pipe;
+    let region = Region::new(Stats::new(Chunk::<_, 4096>::new(Pipe::new())));
+    let total: usize = region::enter(&region, || {
+        region::enter(&region, || (0..100).map(|i| vec![0u8; 100 + i].len()).sum())
+    });
+    assert_eq!(total, (0..100).map(|i| 100 + i).sum::<usize>());
+    assert_eq!(region.gauge().live, 0);
+}
+
+/// The child side of the process-level tests below: does nothing unless started by
+/// `run_child`.
+#[test]
+fn child() {
+    let Some(scenario) = crate::child_scenario() else {
+        return;
+    };
+    match scenario.as_str() {
+        "double_free" => {
+            let region = Region::new(Check::new(Chunk::<_, 65536>::new(Mmap::new())));
+            region::enter(&region, || {
+                let block = Box::into_raw(Box::new([0u8; 32]));
+                // SAFETY: none — the second free is the bug under test.
+                unsafe {
+                    drop(Box::from_raw(block));
+                    drop(Box::from_raw(block));
+                }
+            });
+            unreachable!("the double free was not caught");
+        }
+        "mapped_bytes" => {
+            let start = Mmap::process_mapped_bytes();
+            // 1,000 cycles of a Chunk<Batch<Mmap>> region.
+            for round in 0..1000 {
+                let region = Region::new(Chunk::<_, 4096>::new(Batch::new(Mmap::new())));
+                region::enter(&region, || {
+                    let v: Vec<u64> = (0..round % 300).collect();
+                    let s: String = v.iter().map(|x| x.to_string()).collect();
+                    assert!(s.len() >= v.len());
+                });
+            }
+            assert_eq!(
+                Mmap::process_mapped_bytes(),
+                start,
+                "enter/exit cycles leaked maps"
+            );
+            // Escaped blocks: kept after the region is dropped, released with the last one.
+            let region = Region::new(Chunk::<_, 4096>::new(Batch::new(Mmap::new())));
+            let escaped: Vec<Vec<u8>> =
+                region::enter(&region, || (0..100).map(|i| vec![i as u8; 3000]).collect());
+            drop(region);
+            assert!(
+                Mmap::process_mapped_bytes() > start,
+                "the zombie kept its memory"
+            );
+            for (i, block) in escaped.iter().enumerate() {
+                assert!(
+                    block.iter().all(|&b| b == i as u8),
+                    "escaped block {i} changed"
+                );
+            }
+            drop(escaped);
+            assert_eq!(
+                Mmap::process_mapped_bytes(),
+                start,
+                "the last free released it"
+            );
+            println!("mapped bytes child passed");
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn the_router_aborts_with_one_line_on_a_double_free() {
+    use std::os::unix::process::ExitStatusExt;
+    let output = crate::run_child("regions::child", "double_free");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stratalloc:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("Check: double put of 0x"), "{}", lines[0]);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn mapped_bytes_come_back_exactly() {
+    let output = crate::run_child("regions::child", "mapped_bytes");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("mapped bytes child passed"),
+        "{:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
