@@ -50,6 +50,7 @@
 mod frames;
 mod owner;
 
+use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
@@ -105,8 +106,8 @@ pub unsafe trait Attributed: Layer {
 /// A region: a layer stack that [`enter`] makes the destination of this thread's
 /// allocations for the length of a closure.
 ///
-/// The stack lives in a record mapped from the OS, at a fixed address, so that blocks can
-/// outlive the `Region` handle: see the module's rules. A `Region` stays on the thread that
+/// The stack lives in a record of its own at a fixed address, so that blocks can outlive
+/// the `Region` handle: see the module's rules. A `Region` stays on the thread that
 /// made it (it is neither `Send` nor `Sync`); its blocks may go anywhere.
 pub struct Region<L: Attributed + Send + 'static> {
     record: NonNull<Record<L>>,
@@ -121,11 +122,7 @@ struct Record<L> {
     layer: L,
 }
 
-fn record_size<L>() -> usize {
-    size_of::<Record<L>>().next_multiple_of(crate::page_map::PAGE)
-}
-
-/// Drops the stack of a record and unmaps the record.
+/// Drops the stack of a record and frees the record.
 ///
 /// # Safety
 ///
@@ -133,43 +130,38 @@ fn record_size<L>() -> usize {
 unsafe fn release_record<L>(owner: *mut Owner) {
     let record = owner.cast::<Record<L>>();
     // SAFETY: as the caller promises; the layer was deinitialised already, and dropping it
-    // deinitialises again, which does nothing.
+    // deinitialises again, which does nothing. The record came from the system allocator
+    // with this layout.
     unsafe {
         ptr::drop_in_place(&raw mut (*record).layer);
-        libc::munmap(record.cast(), record_size::<L>());
+        std::alloc::System.dealloc(record.cast(), Layout::new::<Record<L>>());
     }
 }
 
 impl<L: Attributed + Send + 'static> Region<L> {
     /// Makes a region of `layer`, owned by this thread.
     ///
+    /// The layer is deinitialised first (blocks got from it before it became a region end),
+    /// so that every page the region serves from is claimed for it. The region's record (its
+    /// header and the stack) comes from the system allocator directly, never from another
+    /// region, so that it lives exactly as long as the region needs it.
+    ///
     /// # Panics
     ///
-    /// When the OS refuses the page that holds the region's record.
+    /// When the system allocator has no room for the record.
     pub fn new(layer: L) -> Self {
-        const {
-            assert!(
-                align_of::<Record<L>>() <= crate::page_map::PAGE,
-                "Region: the stack needs more than page alignment"
-            )
-        };
-        // SAFETY: an anonymous private map; the result is checked.
-        let memory = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                record_size::<L>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
+        // SAFETY: a `Record` is never zero-sized (its header is not).
+        let memory = unsafe { std::alloc::System.alloc(Layout::new::<Record<L>>()) };
         assert!(
-            memory != libc::MAP_FAILED,
-            "stratalloc: the OS refused the page for a region record"
+            !memory.is_null(),
+            "stratalloc: no memory for a region record"
         );
         let record = memory.cast::<Record<L>>();
-        // SAFETY: the map is large enough and page-aligned for a `Record<L>`; the stack is
+        // Blocks the stack handed out before it was attributed would lie on pages nobody
+        // claimed: end them, so that everything the region serves comes after `attribute`.
+        let mut layer = layer;
+        layer.deinit();
+        // SAFETY: the block is large enough and aligned for a `Record<L>`; the stack is
         // written first, then the header that points at it.
         unsafe {
             (&raw mut (*record).layer).write(layer);
@@ -217,6 +209,41 @@ impl<L: Attributed + Send + 'static> Region<L> {
         // SAFETY: with `busy` set, the router creates no `&mut` to the stack until `f`
         // returns; the record outlives `self`.
         f(unsafe { &self.record.as_ref().layer })
+    }
+
+    /// Gives the stack's memory back (its `deinit`) when none of its blocks is live, after
+    /// putting frees from other threads; returns whether it did. The region stays usable
+    /// and takes memory afresh on its next allocation, which suits a region reused for one
+    /// short task after another.
+    ///
+    /// ```
+    /// use stratalloc::{Region, Router, region, layers::{Chunk, Mmap}};
+    ///
+    /// #[global_allocator]
+    /// static ROUTER: Router = Router::new();
+    ///
+    /// let scratch = Region::new(Chunk::<Mmap, 65536>::new(Mmap::new()));
+    /// for round in 0..3 {
+    ///     region::enter(&scratch, || drop(vec![round; 1000]));
+    ///     assert!(scratch.reset(), "nothing of the round survives");
+    /// }
+    /// let kept = region::enter(&scratch, || vec![1u8; 10]);
+    /// assert!(!scratch.reset(), "`kept` is live");
+    /// drop(kept);
+    /// ```
+    pub fn reset(&self) -> bool {
+        let owner = self.owner();
+        owner::catch_up(owner);
+        if owner.live() != 0 || owner.busy_now() {
+            return false;
+        }
+        owner.set_busy(true);
+        // SAFETY: the owner thread, region active and (until now) not busy, outside any stack
+        // call; busy keeps nested router calls away meanwhile. With no block live, nothing
+        // relies on the memory `deinit` gives back.
+        unsafe { (*owner.stack()).deinit() };
+        owner.set_busy(false);
+        true
     }
 
     /// The stack's gauges, up to date with frees from other threads.

@@ -9,6 +9,8 @@ mod misuse;
 #[cfg(feature = "std")]
 mod regions;
 #[cfg(feature = "std")]
+mod routing_model;
+#[cfg(feature = "std")]
 mod sbrk;
 mod suite_finds_bugs;
 
