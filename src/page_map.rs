@@ -5,6 +5,13 @@
 //! router can find the owner of any pointer, its own or the system allocator's, in O(1).
 //! Pages that no region claimed map to null: they belong to the system allocator.
 //!
+//! Beside the owner, each page keeps the pointer its source handed out for the claimed
+//! range (the *base*). A pointer the program frees carries only the permission of what it
+//! pointed to (a `Box<u8>`'s pointer covers one byte), while the layers below may need to
+//! touch the whole block and its neighbourhood (a header before it, a free-list link in it);
+//! the router rebuilds the pointer from the base (`base.with_addr(ptr)`) before any layer
+//! sees it, which keeps the provenance of the source's own allocation.
+//!
 //! Invariants: a page is claimed by at most one owner at a time; the source that claimed a
 //! range releases it before the memory goes back to where it came from. Leaves are mapped
 //! on first use, straight from the OS, and never freed (2 MiB of address space each, of
@@ -23,8 +30,14 @@ const LEAF_BITS: u32 = 18;
 const ROOT_BITS: u32 = 48 - PAGE_BITS - LEAF_BITS;
 const LEAF_ENTRIES: usize = 1 << LEAF_BITS;
 
-/// One gibibyte of address space: an owner pointer per page.
-struct Leaf([AtomicPtr<Owner>; LEAF_ENTRIES]);
+/// One page's record: who owns it, and the pointer its source handed out for the range.
+struct Entry {
+    owner: AtomicPtr<Owner>,
+    base: AtomicPtr<u8>,
+}
+
+/// One gibibyte of address space: an entry per page.
+struct Leaf([Entry; LEAF_ENTRIES]);
 
 static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
@@ -36,18 +49,33 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     (root < ROOT.len()).then_some((root, page & (LEAF_ENTRIES - 1)))
 }
 
+#[inline(always)]
+fn entry(addr: usize) -> Option<&'static Entry> {
+    let (root, index) = split(addr)?;
+    let leaf = ROOT[root].load(Ordering::Acquire);
+    // SAFETY: leaves are never freed once installed, and `index < LEAF_ENTRIES`.
+    (!leaf.is_null()).then(|| unsafe { &(*leaf).0[index] })
+}
+
 /// The owner of the page holding `addr`, or null when no region claimed it.
 #[inline(always)]
 pub(crate) fn owner_of(addr: usize) -> *const Owner {
-    let Some((root, index)) = split(addr) else {
-        return ptr::null();
+    entry(addr).map_or(ptr::null(), |e| e.owner.load(Ordering::Acquire))
+}
+
+/// The owner of the page holding `ptr` (null when no region claimed it) and, when there is
+/// one, `ptr` rebuilt with the provenance of the claimed range's base.
+#[inline(always)]
+pub(crate) fn lookup(ptr: *mut u8) -> (*const Owner, *mut u8) {
+    let Some(entry) = entry(ptr.addr()) else {
+        return (ptr::null(), ptr);
     };
-    let leaf = ROOT[root].load(Ordering::Acquire);
-    if leaf.is_null() {
-        return ptr::null();
+    let owner = entry.owner.load(Ordering::Acquire);
+    if owner.is_null() {
+        return (owner, ptr);
     }
-    // SAFETY: leaves are never freed once installed, and `index < LEAF_ENTRIES`.
-    unsafe { (*leaf).0[index].load(Ordering::Acquire) }
+    let base = entry.base.load(Ordering::Acquire);
+    (owner, base.with_addr(ptr.addr()))
 }
 
 /// The leaf for root slot `root`, mapping it on first use. `None` when the OS refuses.
@@ -69,7 +97,7 @@ fn leaf(root: usize) -> Option<&'static Leaf> {
         if fresh == libc::MAP_FAILED {
             return None;
         }
-        // Zero-filled by the OS: every entry starts as a null `AtomicPtr`.
+        // Zero-filled by the OS: every entry starts as two null `AtomicPtr`s.
         let fresh = fresh.cast::<Leaf>();
         match ROOT[root].compare_exchange(
             ptr::null_mut(),
@@ -90,10 +118,11 @@ fn leaf(root: usize) -> Option<&'static Leaf> {
     Some(unsafe { &*leaf })
 }
 
-/// Records `owner` (null to release) for every page of `[start, start + len)`. Returns
-/// `false`, changing nothing that was not already set, when a page lies outside the
-/// mapped address space or a leaf cannot be mapped.
-pub(crate) fn set(start: usize, len: usize, owner: *const Owner) -> bool {
+/// Records `owner` (null to release) and `base` for every page of the range of `len`
+/// bytes at `base` (whole pages). Returns `false`, changing nothing that was not already
+/// set, when a page lies outside the mapped address space or a leaf cannot be mapped.
+pub(crate) fn set(base: *mut u8, len: usize, owner: *const Owner) -> bool {
+    let start = base.addr();
     debug_require!(
         start.is_multiple_of(PAGE) && len.is_multiple_of(PAGE),
         "page map: unaligned range {start:#x} + {len:#x}"
@@ -116,7 +145,8 @@ pub(crate) fn set(start: usize, len: usize, owner: *const Owner) -> bool {
         let stop = ((root + 1) << (LEAF_BITS + PAGE_BITS)).min(end);
         let count = (stop - addr) >> PAGE_BITS;
         for entry in &leaf.0[index..index + count] {
-            entry.store(owner.cast_mut(), Ordering::Release);
+            entry.base.store(base, Ordering::Relaxed);
+            entry.owner.store(owner.cast_mut(), Ordering::Release);
         }
         addr = stop;
     }
@@ -132,28 +162,30 @@ mod tests {
         let owner = ptr::without_provenance::<Owner>(0x1000);
         // A range that straddles a leaf boundary (1 GiB), far from real allocations.
         let start = (5usize << 30) - 2 * PAGE;
-        assert!(set(start, 4 * PAGE, owner));
+        let base = ptr::without_provenance_mut::<u8>(start);
+        assert!(set(base, 4 * PAGE, owner));
         for page in 0..4 {
             assert_eq!(owner_of(start + page * PAGE + 17), owner);
         }
         assert!(owner_of(start - 1).is_null());
         assert!(owner_of(start + 4 * PAGE).is_null());
-        assert!(set(start, 4 * PAGE, ptr::null()));
+        assert_eq!(
+            lookup(base.wrapping_add(PAGE + 5)).1.addr(),
+            start + PAGE + 5
+        );
+        assert!(set(base, 4 * PAGE, ptr::null()));
         assert!(owner_of(start + PAGE).is_null());
     }
 
     #[test]
     fn addresses_beyond_48_bits_are_nobody_s() {
+        let owner = ptr::without_provenance::<Owner>(0x1000);
         assert!(owner_of(usize::MAX).is_null());
+        assert!(!set(ptr::without_provenance_mut(1 << 48), PAGE, owner));
         assert!(!set(
-            1 << 48,
+            ptr::without_provenance_mut(usize::MAX - PAGE + 1),
             PAGE,
-            ptr::without_provenance::<Owner>(0x1000)
-        ));
-        assert!(!set(
-            usize::MAX - PAGE + 1,
-            PAGE,
-            ptr::without_provenance::<Owner>(0x1000)
+            owner
         ));
     }
 }

@@ -77,18 +77,19 @@ unsafe impl GlobalAlloc for Router {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let owner = page_map::owner_of(ptr.addr());
+        let (owner, block) = page_map::lookup(ptr);
         if owner.is_null() {
             // SAFETY: a page nobody claimed: the block came from the system allocator.
             return unsafe { System.dealloc(ptr, layout) };
         }
-        // SAFETY: the page map says `owner` served this block; `GlobalAlloc::dealloc`'s
-        // duties make it live, freed once, with this layout.
-        unsafe { free_in(owner, token(), NonNull::new_unchecked(ptr), layout) }
+        // SAFETY: the page map says `owner` served this block (`block` is the same address
+        // with its source's provenance); `GlobalAlloc::dealloc`'s duties make it live,
+        // freed once, with this layout.
+        unsafe { free_in(owner, token(), NonNull::new_unchecked(block), layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let owner = page_map::owner_of(ptr.addr());
+        let (owner, block) = page_map::lookup(ptr);
         if owner.is_null() {
             // SAFETY: a system block stays with the system allocator (rule 4: the ground is
             // on every thread).
@@ -97,12 +98,13 @@ unsafe impl GlobalAlloc for Router {
         // SAFETY: `GlobalAlloc::realloc`'s duties: `new_size` is valid with the alignment.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         let (current, thread) = current_and_token();
-        // SAFETY: `ptr` is non-null and a live block of `owner` with `layout`.
-        let block = unsafe { NonNull::new_unchecked(ptr) };
+        // SAFETY: `ptr` is non-null and a live block of `owner` with `layout`; `block` is
+        // its address with the provenance of the source's allocation.
+        let block = unsafe { NonNull::new_unchecked(block) };
         let fresh = if drivable(owner, thread) {
             // SAFETY: as above; the region is this thread's and active.
             if unsafe { resize_in_place(owner, thread, block, layout, new) } == Some(true) {
-                return ptr;
+                return block.as_ptr();
             }
             // Rule 4: the block stays in the region that owns it.
             // SAFETY: drivable means this thread's active region, outside a stack call.
@@ -118,7 +120,7 @@ unsafe impl GlobalAlloc for Router {
             // SAFETY: both blocks are live and disjoint; the smaller size fits both. The old
             // block is then freed once, to its owner.
             unsafe {
-                ptr::copy_nonoverlapping(ptr, fresh, layout.size().min(new_size));
+                ptr::copy_nonoverlapping(block.as_ptr(), fresh, layout.size().min(new_size));
                 free_in(owner, thread, block, layout);
             }
         }

@@ -58,9 +58,7 @@ unsafe impl Layer for Ground {
         let pages = Self::pages(layout)?;
         // SAFETY: `pages` has a non-zero size.
         let block = NonNull::new(unsafe { std::alloc::System.alloc(pages) })?;
-        if self.claims.is_some()
-            && !page_map::set(block.as_ptr().addr(), pages.size(), self.claims.0)
-        {
+        if self.claims.is_some() && !page_map::set(block.as_ptr(), pages.size(), self.claims.0) {
             // SAFETY: just allocated with `pages`, never handed out.
             unsafe { std::alloc::System.dealloc(block.as_ptr(), pages) };
             return None;
@@ -75,7 +73,7 @@ unsafe impl Layer for Ground {
             return;
         };
         if self.claims.is_some() {
-            page_map::set(ptr.as_ptr().addr(), pages.size(), ptr::null());
+            page_map::set(ptr.as_ptr(), pages.size(), ptr::null());
         }
         self.held -= pages.size();
         // SAFETY: the block came from `get`, which allocated it with `pages`.

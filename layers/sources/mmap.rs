@@ -87,7 +87,7 @@ impl Mmap {
     /// Releases the map's pages in the page map (when they were claimed) and unmaps it.
     fn unmap(&self, map: MmapMut) {
         if self.claims.is_some() {
-            page_map::set(map.as_ptr().addr(), map.len(), core::ptr::null());
+            page_map::set(map.as_ptr().cast_mut(), map.len(), core::ptr::null());
         }
         Self::unmap_table(map);
     }
@@ -168,7 +168,7 @@ unsafe impl Layer for Mmap {
         }
         self.reserve_one()?;
         let mut map = Self::map(len)?;
-        if self.claims.is_some() && !page_map::set(map.as_ptr().addr(), len, self.claims.0) {
+        if self.claims.is_some() && !page_map::set(map.as_mut_ptr(), len, self.claims.0) {
             // Outside the address range the page map covers: the router could not find it.
             Self::unmap_table(map);
             return None;
@@ -284,7 +284,7 @@ unsafe impl Attributed for Mmap {
         for i in 0..self.len {
             // SAFETY: entries `0..len` are initialised.
             let map = unsafe { &*entries.add(i) };
-            page_map::set(map.as_ptr().addr(), map.len(), owner.0);
+            page_map::set(map.as_ptr().cast_mut(), map.len(), owner.0);
         }
     }
 }

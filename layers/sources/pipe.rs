@@ -91,7 +91,7 @@ impl Pipe {
         origin: *const Owner,
     ) {
         if claims.is_some() {
-            page_map::set(piece.as_ptr().addr(), pages.size(), origin);
+            page_map::set(piece.as_ptr(), pages.size(), origin);
         }
         *held -= pages.size();
         if origin.is_null() {
@@ -143,9 +143,7 @@ unsafe impl Layer for Pipe {
             }
         };
         self.held += pages.size();
-        if self.claims.is_some()
-            && !page_map::set(piece.as_ptr().addr(), pages.size(), self.claims.0)
-        {
+        if self.claims.is_some() && !page_map::set(piece.as_ptr(), pages.size(), self.claims.0) {
             // SAFETY: just got from `origin` with `pages`, never handed out.
             unsafe { Self::give_back(self.claims, &mut self.held, piece, pages, origin) };
             return None;

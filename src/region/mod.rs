@@ -46,6 +46,18 @@
 //!
 //! Blocks served by a region are at least 24 bytes and 8-aligned (room for the remote-free
 //! link), so a region's `Stats` count those sizes.
+//!
+//! # Things that outlive a closure without saying so
+//!
+//! Anything the program creates lazily on first use is allocated by the region current at
+//! that moment and then lives on: stdout's buffer (the first `println!`), thread-local
+//! caches of the standard library (a blocking channel's wait context), `OnceLock`s. They
+//! are safe — such a region ends as a zombie and keeps that memory — but they show up as
+//! escapes. Touch them once before entering a region (print a line, say).
+//!
+//! A region entered on this thread is this thread's: spawned threads start at the ground.
+//! The machinery of spawning itself (the thread's handle, the closure) is allocated by the
+//! spawning thread, in its current region.
 
 mod frames;
 mod owner;
@@ -320,6 +332,14 @@ where
 pub fn escape<R>(f: impl FnOnce() -> R) -> R {
     let _frame = frames::push(None);
     f()
+}
+
+/// Whether the block at `ptr` was served by a region (and so is freed through its owner),
+/// rather than by the system allocator. The answer comes from the page map in O(1),
+/// without reading the block; any pointer may be asked about.
+#[inline]
+pub fn served_by_a_region(ptr: *const u8) -> bool {
+    !crate::page_map::owner_of(ptr.addr()).is_null()
 }
 
 /// The stack [`check_leaks`] runs closures in: a checker over a bump arena of 64 KiB

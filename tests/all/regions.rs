@@ -450,3 +450,20 @@ fn mapped_bytes_come_back_exactly() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn served_by_a_region_tells_region_blocks_from_system_ones() {
+    let region = counted();
+    let system = Box::new(1u64);
+    let mine = region::enter(&region, || Box::new(2u64));
+    assert!(!region::served_by_a_region(
+        &*system as *const u64 as *const u8
+    ));
+    assert!(region::served_by_a_region(
+        &*mine as *const u64 as *const u8
+    ));
+    let local = 3u64;
+    assert!(!region::served_by_a_region(
+        &local as *const u64 as *const u8
+    ));
+}

@@ -1,0 +1,22 @@
+//! mimalloc as the global allocator: binary trees with `Box` (see `benches/compare.py`).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "workloads/mod.rs"]
+mod workloads;
+
+#[global_allocator]
+static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("binary_trees_{}", workloads::DEPTH));
+    group.sample_size(10);
+    group.bench_function("mimalloc_box", |b| {
+        b.iter(|| workloads::binary_trees(workloads::DEPTH, workloads::boxed_tree))
+    });
+    group.finish();
+    c.bench_function("churn/mimalloc", |b| b.iter(|| workloads::churn(100_000)));
+}
+
+criterion_group!(mimalloc_benches, benches);
+criterion_main!(mimalloc_benches);

@@ -1,0 +1,20 @@
+//! The system allocator as the global allocator: binary trees with `Box` and the churn
+//! workload, the reference for `router` and `mimalloc_global` (see `benches/compare.py`).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "workloads/mod.rs"]
+mod workloads;
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("binary_trees_{}", workloads::DEPTH));
+    group.sample_size(10);
+    group.bench_function("system_box", |b| {
+        b.iter(|| workloads::binary_trees(workloads::DEPTH, workloads::boxed_tree))
+    });
+    group.finish();
+    c.bench_function("churn/system", |b| b.iter(|| workloads::churn(100_000)));
+}
+
+criterion_group!(system, benches);
+criterion_main!(system);
