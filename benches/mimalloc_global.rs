@@ -15,7 +15,9 @@ fn benches(c: &mut Criterion) {
         b.iter(|| workloads::binary_trees(workloads::DEPTH, workloads::boxed_tree))
     });
     group.finish();
-    c.bench_function("churn/mimalloc", |b| b.iter(|| workloads::churn(100_000)));
+    let mut group = c.benchmark_group("churn");
+    group.bench_function("mimalloc", |b| b.iter(|| workloads::churn(100_000)));
+    group.finish();
 }
 
 criterion_group!(mimalloc_benches, benches);

@@ -61,9 +61,9 @@ fn binary_trees(c: &mut Criterion) {
 }
 
 fn churn(c: &mut Criterion) {
-    c.bench_function("churn/router_no_region", |b| {
-        b.iter(|| workloads::churn(100_000))
-    });
+    let mut group = c.benchmark_group("churn");
+    group.bench_function("router_no_region", |b| b.iter(|| workloads::churn(100_000)));
+    group.finish();
 }
 
 fn free_lookup(c: &mut Criterion) {

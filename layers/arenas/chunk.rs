@@ -274,7 +274,7 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
             if !next.is_null() {
                 (*next).prev = prev;
             }
-            self.larges -= 1;
+            self.larges = self.larges.wrapping_sub(1);
             let base = block.as_ptr().sub(header_offset(piece_align));
             self.inner.put(
                 NonNull::new_unchecked(base),

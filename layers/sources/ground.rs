@@ -75,7 +75,7 @@ unsafe impl Layer for Ground {
         if self.claims.is_some() {
             page_map::set(ptr.as_ptr(), pages.size(), ptr::null());
         }
-        self.held -= pages.size();
+        self.held = self.held.wrapping_sub(pages.size());
         // SAFETY: the block came from `get`, which allocated it with `pages`.
         unsafe { std::alloc::System.dealloc(ptr.as_ptr(), pages) }
     }

@@ -6,7 +6,7 @@ use core::mem::{MaybeUninit, size_of};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{MmapOptions, MmapRaw};
 
 use crate::Layer;
 use crate::abort::abort_with;
@@ -30,8 +30,8 @@ static PROCESS_MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// global allocator, so it can serve one. In a [region](crate::region) it claims each
 /// map's pages for the region in the page map while the map lives.
 pub struct Mmap {
-    /// The table: an array of `MmapMut`, `len` of them initialised.
-    table: Option<MmapMut>,
+    /// The table: an array of `MmapRaw`, `len` of them initialised.
+    table: Option<MmapRaw>,
     len: usize,
     mapped: usize,
     claims: Attribution,
@@ -78,26 +78,29 @@ impl Mmap {
         page
     }
 
-    fn map(len: usize) -> Option<MmapMut> {
-        let map = MmapOptions::new().len(len).map_anon().ok()?;
+    /// A fresh anonymous map. Kept as `MmapRaw`, whose pointers come straight from the
+    /// map's own, without references in between: a reference to the whole map would cut
+    /// the permission of every block pointer handed out from it.
+    fn map(len: usize) -> Option<MmapRaw> {
+        let map = MmapRaw::from(MmapOptions::new().len(len).map_anon().ok()?);
         PROCESS_MAPPED.fetch_add(map.len(), Ordering::Relaxed);
         Some(map)
     }
 
     /// Releases the map's pages in the page map (when they were claimed) and unmaps it.
-    fn unmap(&self, map: MmapMut) {
+    fn unmap(&self, map: MmapRaw) {
         if self.claims.is_some() {
-            page_map::set(map.as_ptr().cast_mut(), map.len(), core::ptr::null());
+            page_map::set(map.as_mut_ptr(), map.len(), core::ptr::null());
         }
         Self::unmap_table(map);
     }
 
-    fn unmap_table(map: MmapMut) {
+    fn unmap_table(map: MmapRaw) {
         PROCESS_MAPPED.fetch_sub(map.len(), Ordering::Relaxed);
         drop(map);
     }
 
-    fn entries(&mut self) -> *mut MmapMut {
+    fn entries(&mut self) -> *mut MmapRaw {
         match &mut self.table {
             Some(table) => table.as_mut_ptr().cast(),
             None => core::ptr::null_mut(),
@@ -107,7 +110,7 @@ impl Mmap {
     fn capacity(&self) -> usize {
         self.table
             .as_ref()
-            .map_or(0, |t| t.len() / size_of::<MmapMut>())
+            .map_or(0, |t| t.len() / size_of::<MmapRaw>())
     }
 
     /// Makes room for one more entry, doubling the table when it is full.
@@ -115,12 +118,12 @@ impl Mmap {
         if self.len < self.capacity() {
             return Some(());
         }
-        let new_capacity = (self.capacity() * 2).max(Self::page_size() / size_of::<MmapMut>());
-        let mut table = Self::map(new_capacity.checked_mul(size_of::<MmapMut>())?)?;
+        let new_capacity = (self.capacity() * 2).max(Self::page_size() / size_of::<MmapRaw>());
+        let table = Self::map(new_capacity.checked_mul(size_of::<MmapRaw>())?)?;
         let old = self.entries();
         if !old.is_null() {
             // SAFETY: the first `len` entries of the old table are initialised; the new
-            // table is larger, page-aligned (so aligned for `MmapMut`) and disjoint from the
+            // table is larger, page-aligned (so aligned for `MmapRaw`) and disjoint from the
             // old one. The entries are moved bitwise; the old table is then unmapped as raw
             // bytes, so no entry is dropped twice.
             unsafe { core::ptr::copy_nonoverlapping(old, table.as_mut_ptr().cast(), self.len) };
@@ -134,9 +137,9 @@ impl Mmap {
     /// The index of the map that contains `addr`, searching newest first.
     fn find(&self, addr: usize) -> Option<usize> {
         let table = self.table.as_ref()?;
-        let entries: *const MaybeUninit<MmapMut> = table.as_ptr().cast();
+        let entries: *const MaybeUninit<MmapRaw> = table.as_ptr().cast();
         (0..self.len).rev().find(|&i| {
-            // SAFETY: entries `0..len` are initialised `MmapMut`s inside the table.
+            // SAFETY: entries `0..len` are initialised `MmapRaw`s inside the table.
             let map = unsafe { (*entries.add(i)).assume_init_ref() };
             addr.wrapping_sub(map.as_ptr().addr()) < map.len()
         })
@@ -167,13 +170,13 @@ unsafe impl Layer for Mmap {
             return None;
         }
         self.reserve_one()?;
-        let mut map = Self::map(len)?;
-        if self.claims.is_some() && !page_map::set(map.as_mut_ptr(), len, self.claims.0) {
+        let map = Self::map(len)?;
+        let base = map.as_mut_ptr();
+        if self.claims.is_some() && !page_map::set(base, len, self.claims.0) {
             // Outside the address range the page map covers: the router could not find it.
             Self::unmap_table(map);
             return None;
         }
-        let base = map.as_mut_ptr();
         let offset = base.addr().wrapping_neg() & (layout.align() - 1);
         // SAFETY: `offset < align <= extra + page`, and the block's size fits in the
         // remaining `len - offset` bytes by construction of `len`.
@@ -205,7 +208,7 @@ unsafe impl Layer for Mmap {
             }
             map
         };
-        self.mapped -= map.len();
+        self.mapped = self.mapped.wrapping_sub(map.len());
         self.unmap(map);
     }
 
@@ -257,7 +260,7 @@ unsafe impl Layer for Mmap {
             }
             return;
         };
-        let entries: *const MmapMut = table.as_ptr().cast();
+        let entries: *const MmapRaw = table.as_ptr().cast();
         // SAFETY: entries `0..len` are initialised.
         let mapped: usize = (0..self.len)
             .map(|i| unsafe { (&*entries.add(i)).len() })
@@ -280,11 +283,11 @@ unsafe impl Attributed for Mmap {
         let Some(table) = &self.table else {
             return;
         };
-        let entries: *const MmapMut = table.as_ptr().cast();
+        let entries: *const MmapRaw = table.as_ptr().cast();
         for i in 0..self.len {
             // SAFETY: entries `0..len` are initialised.
             let map = unsafe { &*entries.add(i) };
-            page_map::set(map.as_ptr().cast_mut(), map.len(), owner.0);
+            page_map::set(map.as_mut_ptr(), map.len(), owner.0);
         }
     }
 }

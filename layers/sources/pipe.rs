@@ -93,7 +93,7 @@ impl Pipe {
         if claims.is_some() {
             page_map::set(piece.as_ptr(), pages.size(), origin);
         }
-        *held -= pages.size();
+        *held = held.wrapping_sub(pages.size());
         if origin.is_null() {
             // SAFETY: the piece came from the system allocator with `pages`.
             unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) };

@@ -179,7 +179,7 @@ unsafe impl Layer for Sbrk {
             }
         });
         if released {
-            self.held -= size;
+            self.held = self.held.wrapping_sub(size);
             return;
         }
         let node = ptr.as_ptr().cast::<FreeBlock>();
@@ -215,7 +215,7 @@ unsafe impl Layer for Sbrk {
                         let node = *link;
                         if node.cast::<u8>().wrapping_add((*node).size) == top.cast() {
                             *link = (*node).next;
-                            *held -= (*node).size;
+                            *held = held.wrapping_sub((*node).size);
                             libc::sbrk(-((*node).size as libc::intptr_t));
                             continue 'again;
                         }

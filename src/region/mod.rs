@@ -27,7 +27,9 @@
 //!    freed (a *zombie*), and the escape is reported: a panic carrying the
 //!    [`LeakReport`](crate::LeakReport) when the stack has a [`Check`](crate::layers::Check)
 //!    on top, one line on stderr otherwise.
-//! 3. A block freed on another thread goes on a lock-free list that the owner drains.
+//! 3. A block freed on another thread goes on its region's queue (an array beside the
+//!    stack, behind a short spin lock, never written into the block), which the owner
+//!    drains into the stack.
 //! 4. `realloc` keeps a block in its region when that region belongs to this thread (an
 //!    outer `Vec` grown inside a region stays outer); otherwise the block moves to the
 //!    current region. Blocks of the system allocator stay there.
@@ -43,9 +45,6 @@
 //! ```compile_fail
 //! let per_object = stratalloc::Region::new(stratalloc::layers::System::new());
 //! ```
-//!
-//! Blocks served by a region are at least 24 bytes and 8-aligned (room for the remote-free
-//! link), so a region's `Stats` count those sizes.
 //!
 //! # Things that outlive a closure without saying so
 //!

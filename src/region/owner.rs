@@ -1,60 +1,127 @@
 //! The owner record of a region, and how blocks reach it: allocation on the owner thread,
-//! frees on the owner thread, remote frees from other threads, and zombie regions.
+//! frees on the owner thread, frees from other threads, and zombie regions.
 //!
-//! Every region's layer stack lives in a record of its own, mapped from the OS (so it
-//! never depends on another region) and never moved. The page map points at the record's
-//! [`Owner`] header.
+//! Every region's layer stack lives in a record of its own (from the system allocator, so
+//! it never depends on another region) and never moves. The page map points at the
+//! record's [`Owner`] header.
 //!
 //! Who touches the stack:
 //! - while the region is *active* (its `Region` handle alive), only its owner thread, which
 //!   is the only thread that can enter it (`Region` is neither `Send` nor `Sync`);
-//! - other threads never do: they push freed blocks on the lock-free `remote` list, which
-//!   the owner drains into the stack;
-//! - once the handle is dropped with blocks still live, the region is a *zombie*: `remote`
-//!   holds the `ZOMBIE` sentinel, and any thread that frees one of its blocks takes
-//!   `zombie_lock` and puts the block itself. The last free releases the stack and unmaps
-//!   the record.
+//! - other threads never do: a block they free goes on the region's queue, an array beside
+//!   the stack guarded by `lock`, which the owner drains into the stack. Nothing is ever
+//!   written into the freed block itself: the program may still hold a protected reference
+//!   to it while it is being freed (a `self: Box<Self>` freed inside its own method), and
+//!   only the allocator's own bookkeeping may change then;
+//! - once the handle is dropped with blocks still live, the region is a *zombie*: the queue
+//!   says so, and any thread that frees one of its blocks puts it into the stack itself,
+//!   under `lock`. The last free releases the stack and the record.
+//!
+//! Counters use wrapping arithmetic: an overflow panic in a debug build would unwind out of
+//! the global allocator. The queue's memory comes from the system allocator directly.
 //!
 //! Invariants: `live` counts blocks handed out by the router and not yet put back into the
-//! stack (blocks waiting on `remote` still count); it is written only by the owner thread
-//! while active, and only under `zombie_lock` afterwards (the owner holds the lock across
-//! the switch).
+//! stack (blocks waiting in the queue still count); it is written only by the owner thread
+//! while active, and only under `lock` afterwards (the owner holds the lock across the
+//! switch). `pending` is set whenever the queue holds entries.
 
-use core::alloc::Layout;
-use core::cell::Cell;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::alloc::System;
 
 use crate::Layer;
 use crate::abort::abort_with;
 use crate::layers::LeakReport;
 
-/// The sentinel `remote` holds once the region is a zombie.
-const ZOMBIE: *mut RemoteNode = ptr::without_provenance_mut(1);
 const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
 
-/// A block freed by another thread, waiting for the owner: written into the block itself.
-struct RemoteNode {
-    next: *mut RemoteNode,
-    size: usize,
-    align: usize,
+/// A block freed by another thread, waiting for the owner.
+#[derive(Clone, Copy)]
+struct Entry {
+    block: NonNull<u8>,
+    layout: Layout,
 }
 
-/// Router blocks are at least this big and this aligned, so that a freed one can hold a
-/// [`RemoteNode`].
-const MIN_SIZE: usize = size_of::<RemoteNode>();
-const MIN_ALIGN: usize = align_of::<RemoteNode>();
+/// Frees from other threads, in an array from the system allocator; guarded by `lock`.
+struct Queue {
+    entries: *mut Entry,
+    len: usize,
+    capacity: usize,
+    /// Set when the region's handle ended: frees then put into the stack directly.
+    zombie: bool,
+}
 
-/// The layout the router asks a region's stack for, given the program's layout.
-#[inline(always)]
-pub(crate) fn stack_layout(layout: Layout) -> Layout {
-    // SAFETY: raising the size to 24 and the alignment to 8 keeps a valid layout valid
-    // (the size stays far below `isize::MAX` rounded to any alignment that was valid).
-    unsafe {
-        Layout::from_size_align_unchecked(
-            layout.size().max(MIN_SIZE),
-            layout.align().max(MIN_ALIGN),
+impl Queue {
+    const EMPTY: Queue = Queue {
+        entries: ptr::null_mut(),
+        len: 0,
+        capacity: 0,
+        zombie: false,
+    };
+
+    /// Appends an entry, growing the array; aborts when the system allocator has no room
+    /// (the free cannot be refused, nor lost).
+    fn push(&mut self, entry: Entry) {
+        if self.len == self.capacity {
+            let capacity = (self.capacity * 2).max(64);
+            let new = Layout::array::<Entry>(capacity).ok();
+            // SAFETY: the old array (if any) came from the system allocator with
+            // `layout(self.capacity)`; the new size is non-zero.
+            let entries = unsafe {
+                match (new, self.entries.is_null()) {
+                    (Some(new), true) => System.alloc(new),
+                    (Some(new), false) => {
+                        System.realloc(self.entries.cast(), Self::layout(self.capacity), new.size())
+                    }
+                    (None, _) => ptr::null_mut(),
+                }
+            };
+            if entries.is_null() {
+                abort_with(format_args!(
+                    "router: no memory to queue a free from another thread ({} waiting)",
+                    self.len
+                ));
+            }
+            self.entries = entries.cast();
+            self.capacity = capacity;
+        }
+        // SAFETY: `len < capacity`, inside the array.
+        unsafe { self.entries.add(self.len).write(entry) };
+        self.len += 1;
+    }
+
+    fn layout(capacity: usize) -> Layout {
+        // SAFETY: every capacity in use had a valid array layout when it was allocated.
+        unsafe { Layout::array::<Entry>(capacity).unwrap_unchecked() }
+    }
+
+    /// Takes the entries out, leaving the queue empty (and without an array).
+    fn take(&mut self) -> Queue {
+        core::mem::replace(
+            self,
+            Queue {
+                zombie: self.zombie,
+                ..Queue::EMPTY
+            },
         )
+    }
+
+    fn entries(&self) -> &[Entry] {
+        if self.entries.is_null() {
+            return &[];
+        }
+        // SAFETY: the first `len` entries are initialised.
+        unsafe { core::slice::from_raw_parts(self.entries, self.len) }
+    }
+
+    /// Frees the array.
+    fn free(self) {
+        if !self.entries.is_null() {
+            // SAFETY: allocated from the system allocator with this layout.
+            unsafe { System.dealloc(self.entries.cast(), Self::layout(self.capacity)) };
+        }
     }
 }
 
@@ -106,17 +173,20 @@ pub(crate) struct Owner {
     stack: *mut dyn Stack,
     /// The owner thread's token (see `frames::token`).
     thread: usize,
-    remote: AtomicPtr<RemoteNode>,
-    zombie_lock: AtomicBool,
-    /// Set by the owner thread when the handle is dropped; read by it only.
+    lock: AtomicBool,
+    /// Guarded by `lock`.
+    queue: UnsafeCell<Queue>,
+    /// Whether the queue holds entries: a hint the owner reads without the lock.
+    pending: AtomicBool,
+    /// The owner thread's copy of the queue's zombie flag.
     zombie: Cell<bool>,
     /// Set by the owner thread while the stack is in a call (`with_stack`) or lent out by
     /// `Region::with_layer`: a busy region is never driven again until it is not (its
-    /// allocations fall back to the system allocator, its frees wait on `remote`), which
+    /// allocations fall back to the system allocator, its frees wait in the queue), which
     /// rules out re-entering a stack through `Pipe` chains.
     busy: Cell<bool>,
     live: Cell<usize>,
-    /// Unmaps the record (type-erased: it knows the stack's type).
+    /// Frees the record (type-erased: it knows the stack's type).
     release_record: unsafe fn(*mut Owner),
 }
 
@@ -130,8 +200,9 @@ impl Owner {
             magic: MAGIC,
             stack,
             thread,
-            remote: AtomicPtr::new(ptr::null_mut()),
-            zombie_lock: AtomicBool::new(false),
+            lock: AtomicBool::new(false),
+            queue: UnsafeCell::new(Queue::EMPTY),
+            pending: AtomicBool::new(false),
             zombie: Cell::new(false),
             busy: Cell::new(false),
             live: Cell::new(0),
@@ -152,9 +223,34 @@ impl Owner {
     }
 
     /// The stack; dereferenced only by the owner thread while the region is active and
-    /// outside any stack call, or under the zombie lock.
+    /// outside any stack call, or under `lock` once it is a zombie.
     pub(crate) fn stack(&self) -> *mut dyn Stack {
         self.stack
+    }
+
+    fn lock(&self) {
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+    }
+
+    fn unlock(&self) {
+        self.lock.store(false, Ordering::Release);
+    }
+
+    /// The queue.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `lock`, and the reference ends before it lets go.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn queue(&self) -> &mut Queue {
+        // SAFETY: as the caller promises, `lock` makes this the only reference.
+        unsafe { &mut *self.queue.get() }
     }
 }
 
@@ -177,8 +273,8 @@ unsafe fn with_stack<T>(owner: &Owner, f: impl FnOnce(&mut dyn Stack) -> T) -> T
 /// Checks that `owner` (from the page map) is a record header; aborts otherwise.
 #[inline(always)]
 fn checked<'a>(owner: *const Owner) -> &'a Owner {
-    // SAFETY: the page map holds only pointers to record headers, which stay mapped while
-    // any of their pages is claimed; the magic check catches corruption of the map.
+    // SAFETY: the page map holds only pointers to record headers, which stay allocated
+    // while any of their pages is claimed; the magic check catches corruption of the map.
     let owner = unsafe { &*owner };
     if owner.magic != MAGIC {
         abort_with(format_args!(
@@ -190,12 +286,12 @@ fn checked<'a>(owner: *const Owner) -> &'a Owner {
 }
 
 /// Allocates from the active region `owner`, which is this thread's: `Err(())` when the
-/// region is lent out by `Region::with_layer` and cannot serve, `Ok(None)` when its stack
-/// is out of memory.
+/// region is busy (in a call, or lent out by `Region::with_layer`) and cannot serve,
+/// `Ok(None)` when its stack is out of memory.
 ///
 /// # Safety
 ///
-/// `owner` is the header of an active region owned by this thread, not inside a stack call.
+/// `owner` is the header of an active region owned by this thread.
 #[inline]
 pub(crate) unsafe fn alloc_in(
     owner: *const Owner,
@@ -205,13 +301,11 @@ pub(crate) unsafe fn alloc_in(
     if owner.busy.get() {
         return Err(());
     }
-    if !owner.remote.load(Ordering::Relaxed).is_null() {
-        drain(owner);
-    }
+    catch_up(owner);
     // SAFETY: the owner thread, active, not busy.
-    let block = unsafe { with_stack(owner, |stack| stack.get(stack_layout(layout))) };
+    let block = unsafe { with_stack(owner, |stack| stack.get(layout)) };
     if block.is_some() {
-        owner.live.set(owner.live.get() + 1);
+        owner.live.set(owner.live.get().wrapping_add(1));
     }
     Ok(block)
 }
@@ -229,17 +323,13 @@ pub(crate) unsafe fn resize_in_place(
     old: Layout,
     new: Layout,
 ) -> Option<bool> {
-    let owner = checked(owner);
-    if owner.thread != thread || owner.zombie.get() || owner.busy.get() {
+    if !drivable(owner, thread) {
         return None;
     }
-    // SAFETY: the owner thread, active, not busy; the block is live with
-    // `stack_layout(old)`, and both layouts keep the alignment.
-    Some(unsafe {
-        with_stack(owner, |stack| {
-            stack.resize_in_place(ptr, stack_layout(old), stack_layout(new))
-        })
-    })
+    let owner = checked(owner);
+    // SAFETY: the owner thread, active, not busy; the block is live with `old`, and both
+    // layouts keep the alignment.
+    Some(unsafe { with_stack(owner, |stack| stack.resize_in_place(ptr, old, new)) })
 }
 
 /// Whether blocks of `owner` can be allocated and put from this thread right now.
@@ -253,97 +343,55 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 ///
 /// # Safety
 ///
-/// `ptr` is a live block that the router got from `owner`'s stack with `layout` (the
-/// program's layout), and is freed once.
+/// `ptr` is a live block that the router got from `owner`'s stack with `layout`, with
+/// provenance over its whole allocation (the page map's base), and is freed once.
 #[inline]
 pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8>, layout: Layout) {
-    let owner_ref = checked(owner);
-    if owner_ref.thread == thread && !owner_ref.zombie.get() && !owner_ref.busy.get() {
+    if drivable(owner, thread) {
+        let owner = checked(owner);
         // SAFETY: the owner thread, active, not busy.
-        unsafe { with_stack(owner_ref, |stack| stack.put(ptr, stack_layout(layout))) };
-        owner_ref.live.set(owner_ref.live.get() - 1);
+        unsafe { with_stack(owner, |stack| stack.put(ptr, layout)) };
+        owner.live.set(owner.live.get().wrapping_sub(1));
         return;
     }
     // SAFETY: passed on from the caller.
-    unsafe { free_remote(owner, ptr, layout) }
+    unsafe { free_queued(owner, ptr, layout) }
 }
 
-/// A free from a thread that cannot drive the stack: push it for the owner, or, for a
-/// zombie, put it under the lock.
+/// A free from a thread that cannot drive the stack now: queue it for the owner, or, for a
+/// zombie, put it into the stack under the lock.
 ///
 /// # Safety
 ///
 /// As [`free_in`].
 #[cold]
-unsafe fn free_remote(owner: *const Owner, ptr: NonNull<u8>, layout: Layout) {
+unsafe fn free_queued(owner: *const Owner, block: NonNull<u8>, layout: Layout) {
     let owner_ref = checked(owner);
-    let layout = stack_layout(layout);
-    let node = ptr.as_ptr().cast::<RemoteNode>();
-    let mut head = owner_ref.remote.load(Ordering::Acquire);
-    loop {
-        if head == ZOMBIE {
-            // SAFETY: passed on.
-            unsafe { free_zombie(owner, ptr, layout) };
-            return;
-        }
-        // SAFETY: the block is ours now, at least 24 bytes and 8-aligned (`stack_layout`).
-        unsafe {
-            node.write(RemoteNode {
-                next: head,
-                size: layout.size(),
-                align: layout.align(),
-            })
-        };
-        match owner_ref.remote.compare_exchange_weak(
-            head,
-            node,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => return,
-            Err(now) => head = now,
-        }
+    owner_ref.lock();
+    // SAFETY: the lock is held until the end of this function (or the record is gone).
+    let queue = unsafe { owner_ref.queue() };
+    if !queue.zombie {
+        queue.push(Entry { block, layout });
+        owner_ref.pending.store(true, Ordering::Release);
+        owner_ref.unlock();
+        return;
     }
-}
-
-fn lock(owner: &Owner) {
-    while owner
-        .zombie_lock
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
-}
-
-fn unlock(owner: &Owner) {
-    owner.zombie_lock.store(false, Ordering::Release);
-}
-
-/// Puts a block of a zombie region, releasing the region with its last block.
-///
-/// # Safety
-///
-/// As [`free_in`], with `layout` already the stack's layout; the region is a zombie.
-unsafe fn free_zombie(owner: *const Owner, ptr: NonNull<u8>, layout: Layout) {
-    let owner_ref = checked(owner);
-    lock(owner_ref);
-    // SAFETY: the lock gives exclusive access to a zombie's stack (the owner no longer
-    // drives it); the stack is `Send`, so any thread may.
-    unsafe { (*owner_ref.stack).put(ptr, layout) };
-    let live = owner_ref.live.get() - 1;
+    // A zombie: the lock gives exclusive access to its stack (the owner no longer drives
+    // it), and the stack is `Send`, so any thread may.
+    // SAFETY: as above; the block is live in the stack with `layout`.
+    unsafe { (*owner_ref.stack).put(block, layout) };
+    let live = owner_ref.live.get().wrapping_sub(1);
     owner_ref.live.set(live);
     if live == 0 {
-        // The last block: nobody else can reach the record any more.
-        // SAFETY: as above; the record is released once, by the thread that freed the
-        // last block.
+        // The last block: no other free can reach the record any more.
+        // SAFETY: nothing is live and the lock is ours.
         unsafe { release(owner) };
     } else {
-        unlock(owner_ref);
+        owner_ref.unlock();
     }
 }
 
-/// Deinitialises the stack and unmaps the record.
+/// Deinitialises the stack and frees the queue and the record.
 ///
 /// # Safety
 ///
@@ -352,28 +400,44 @@ unsafe fn release(owner: *const Owner) {
     // SAFETY: exclusive access, as the caller promises.
     unsafe {
         (*(*owner).stack).deinit();
+        (*(*owner).queue.get()).take().free();
         ((*owner).release_record)(owner.cast_mut());
     }
 }
 
-/// Puts every block waiting on the remote list into the stack (owner thread, active, not
-/// busy; a busy region drains later).
-fn drain(owner: &Owner) {
-    if owner.busy.get() {
+/// Puts the queued frees into the stack (owner thread, region active). A busy region
+/// catches up later.
+pub(crate) fn catch_up(owner: &Owner) {
+    if owner.busy.get() || !owner.pending.load(Ordering::Acquire) {
         return;
     }
-    let list = owner.remote.swap(ptr::null_mut(), Ordering::AcqRel);
-    // Busy while the puts run, like any stack call.
-    owner.busy.set(true);
-    drain_list(owner, list);
-    owner.busy.set(false);
-}
-
-/// Brings the stack up to date with frees from other threads (owner thread, active region).
-pub(crate) fn catch_up(owner: &Owner) {
-    if !owner.remote.load(Ordering::Relaxed).is_null() {
-        drain(owner);
+    owner.lock();
+    // SAFETY: the lock is held.
+    let taken = unsafe { owner.queue() }.take();
+    owner.pending.store(false, Ordering::Relaxed);
+    owner.unlock();
+    // The puts run without the lock, so that a stack that frees into another region (a
+    // `Pipe`) never holds two locks.
+    for entry in taken.entries() {
+        // SAFETY: the owner thread, active, not busy; each entry is a live block of this
+        // region, queued once.
+        unsafe { with_stack(owner, |stack| stack.put(entry.block, entry.layout)) };
+        owner.live.set(owner.live.get().wrapping_sub(1));
     }
+    owner.lock();
+    // SAFETY: the lock is held.
+    let queue = unsafe { owner.queue() };
+    if queue.entries.is_null() {
+        // Keep the array for the next frees.
+        *queue = Queue {
+            len: 0,
+            zombie: queue.zombie,
+            ..taken
+        };
+    } else {
+        taken.free();
+    }
+    owner.unlock();
 }
 
 /// Ends the region's handle: the region is released now if no block is live, or becomes a
@@ -384,35 +448,27 @@ pub(crate) fn catch_up(owner: &Owner) {
 /// Called once, by the owner thread, when the handle is dropped, outside any stack call.
 pub(crate) unsafe fn end(owner: *const Owner) -> usize {
     let owner_ref = checked(owner);
-    // Under the lock from here on: frees that see the sentinel wait for it, and so see
+    owner_ref.lock();
+    // Under the lock from here on: frees that come later wait for it, and so see
     // everything done here.
-    lock(owner_ref);
-    let pending = owner_ref.remote.swap(ZOMBIE, Ordering::AcqRel);
-    drain_list(owner_ref, pending);
+    // SAFETY: the lock is held.
+    let queue = unsafe { owner_ref.queue() };
+    queue.zombie = true;
+    let taken = queue.take();
+    for entry in taken.entries() {
+        // SAFETY: the owner thread holds the lock of its zombie region; each entry is a
+        // live block of this region, queued once.
+        unsafe { (*owner_ref.stack).put(entry.block, entry.layout) };
+        owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
+    }
+    taken.free();
     owner_ref.zombie.set(true);
     let live = owner_ref.live.get();
     if live == 0 {
         // SAFETY: nothing is live, so no free can reach the record any more.
         unsafe { release(owner) };
     } else {
-        unlock(owner_ref);
+        owner_ref.unlock();
     }
     live
-}
-
-/// Puts the blocks of a detached remote list into the stack.
-fn drain_list(owner: &Owner, mut node: *mut RemoteNode) {
-    while !node.is_null() && node != ZOMBIE {
-        // SAFETY: nodes were written by `free_remote` into freed blocks of this region; the
-        // caller drives the stack (the owner thread while active, under the lock in `end`).
-        unsafe {
-            let RemoteNode { next, size, align } = node.read();
-            (*owner.stack).put(
-                NonNull::new_unchecked(node.cast()),
-                Layout::from_size_align_unchecked(size, align),
-            );
-            node = next;
-        }
-        owner.live.set(owner.live.get() - 1);
-    }
 }
