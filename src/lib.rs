@@ -29,13 +29,18 @@
 //!   between threads and can be the `#[global_allocator]`.
 //! - [`presets`]: named stacks, documented level by level.
 //! - [`Gauge`]: the figures a stack reports.
+//! - [Regions](region) (with `std`): [`Router`], the global allocator that sends a
+//!   closure's ordinary allocations to a [`Region`]'s stack for the length of
+//!   [`region::enter`], soundly (frees always reach the owner, blocks may outlive their
+//!   closure, other threads may free them); [`check_leaks`] for tests.
 //!
 //! A stack is read outside-in: see [Order](layer#order).
 //!
 //! # Features
 //!
-//! `std` (default) adds the OS sources and stderr reports. Without it the crate is
-//! `no_std`: `Buffer`, `Chunk`, `Batch`, `Stats`, `Check`, `Heap` and `Locked` remain.
+//! `std` (default) adds the OS sources, regions and the router, and stderr reports.
+//! Without it the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Stats`, `Check`, `Heap`
+//! and `Locked` remain.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]

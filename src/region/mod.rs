@@ -25,7 +25,7 @@
 //! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region
 //!    whose handle is dropped while blocks are live keeps its memory until the last one is
 //!    freed (a *zombie*), and the escape is reported: a panic carrying the
-//!    [`LeakReport`](crate::LeakReport) when the stack has a [`Check`](crate::layers::Check)
+//!    [`LeakReport`] when the stack has a [`Check`]
 //!    on top, one line on stderr otherwise.
 //! 3. A block freed on another thread goes on its region's queue (an array beside the
 //!    stack, behind a short spin lock, never written into the block), which the owner
@@ -38,7 +38,7 @@
 //!    ground.
 //! 7. Layer code never allocates through the global allocator.
 //! 8. Only stacks whose blocks the page map can attribute can be regions: the bottom of
-//!    the stack must be a page source ([`Mmap`](crate::layers::Mmap),
+//!    the stack must be a page source ([`Mmap`],
 //!    [`Ground`](crate::layers::Ground), [`Pipe`](crate::layers::Pipe)). A per-object
 //!    source does not compile:
 //!
@@ -109,6 +109,11 @@ impl fmt::Debug for Attribution {
 /// currently allocated, and that no page claimed for `a` is released to another owner or
 /// returned to its source while one of its blocks is. Wrapping layers forward `attribute`
 /// to the layer below; sources claim.
+///
+/// Only the crate's own sources ([`Mmap`], [`Ground`](crate::layers::Ground),
+/// [`Pipe`](crate::layers::Pipe)) can claim pages; a layer of your own joins a region by
+/// wrapping one of them and forwarding `attribute`, as `Stats`, `Check`, `Chunk` and
+/// `Batch` do.
 pub unsafe trait Attributed: Layer {
     /// Tells the stack which region it serves.
     fn attribute(&mut self, owner: Attribution);
