@@ -18,7 +18,7 @@
 //! which only touched pages cost memory).
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::abort::debug_require;
 use crate::region::Owner;
@@ -36,8 +36,13 @@ struct Entry {
     base: AtomicPtr<u8>,
 }
 
-/// One gibibyte of address space: an entry per page.
-struct Leaf([Entry; LEAF_ENTRIES]);
+/// One gibibyte of address space: a bit per page saying whether it is claimed (so that a
+/// lookup for the system allocator's blocks reads one dense word, a cache line covering
+/// 2 MiB), then an entry per page.
+struct Leaf {
+    claimed: [AtomicU64; LEAF_ENTRIES / 64],
+    entries: [Entry; LEAF_ENTRIES],
+}
 
 static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
@@ -49,12 +54,18 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     (root < ROOT.len()).then_some((root, page & (LEAF_ENTRIES - 1)))
 }
 
+/// The entry of a claimed page (`None` for pages nobody claimed).
 #[inline(always)]
 fn entry(addr: usize) -> Option<&'static Entry> {
     let (root, index) = split(addr)?;
     let leaf = ROOT[root].load(Ordering::Acquire);
-    // SAFETY: leaves are never freed once installed, and `index < LEAF_ENTRIES`.
-    (!leaf.is_null()).then(|| unsafe { &(*leaf).0[index] })
+    if leaf.is_null() {
+        return None;
+    }
+    // SAFETY: leaves are never freed once installed.
+    let leaf = unsafe { &*leaf };
+    let word = leaf.claimed[index / 64].load(Ordering::Acquire);
+    (word & (1 << (index % 64)) != 0).then(|| &leaf.entries[index])
 }
 
 /// The owner of the page holding `addr`, or null when no region claimed it.
@@ -97,7 +108,7 @@ fn leaf(root: usize) -> Option<&'static Leaf> {
         if fresh == libc::MAP_FAILED {
             return None;
         }
-        // Zero-filled by the OS: every entry starts as two null `AtomicPtr`s.
+        // Zero-filled by the OS: no page claimed, every entry two null `AtomicPtr`s.
         let fresh = fresh.cast::<Leaf>();
         match ROOT[root].compare_exchange(
             ptr::null_mut(),
@@ -144,9 +155,21 @@ pub(crate) fn set(base: *mut u8, len: usize, owner: *const Owner) -> bool {
         };
         let stop = ((root + 1) << (LEAF_BITS + PAGE_BITS)).min(end);
         let count = (stop - addr) >> PAGE_BITS;
-        for entry in &leaf.0[index..index + count] {
+        for entry in &leaf.entries[index..index + count] {
             entry.base.store(base, Ordering::Relaxed);
             entry.owner.store(owner.cast_mut(), Ordering::Release);
+        }
+        // The claimed bits, one atomic operation per word of 64 pages.
+        let mut first = index;
+        while first < index + count {
+            let last = (first | 63).min(index + count - 1);
+            let bits = (u64::MAX >> (63 - (last - first))) << (first % 64);
+            if owner.is_null() {
+                leaf.claimed[first / 64].fetch_and(!bits, Ordering::Release);
+            } else {
+                leaf.claimed[first / 64].fetch_or(bits, Ordering::Release);
+            }
+            first = last + 1;
         }
         addr = stop;
     }
@@ -175,6 +198,25 @@ mod tests {
         );
         assert!(set(base, 4 * PAGE, ptr::null()));
         assert!(owner_of(start + PAGE).is_null());
+    }
+
+    #[test]
+    fn claims_spanning_several_bitmap_words_are_exact() {
+        let owner = ptr::without_provenance::<Owner>(0x2000);
+        // Pages 60..260 of a leaf far from real allocations: five bitmap words.
+        let start = (7usize << 30) + 60 * PAGE;
+        let base = ptr::without_provenance_mut::<u8>(start);
+        assert!(set(base, 200 * PAGE, owner));
+        for page in [0, 3, 4, 67, 68, 131, 199] {
+            assert_eq!(owner_of(start + page * PAGE), owner, "page {page}");
+        }
+        assert!(owner_of(start - PAGE).is_null());
+        assert!(owner_of(start + 200 * PAGE).is_null());
+        assert!(set(base.wrapping_add(64 * PAGE), 64 * PAGE, ptr::null()));
+        assert!(owner_of(start + 100 * PAGE).is_null());
+        assert_eq!(owner_of(start + 63 * PAGE), owner);
+        assert_eq!(owner_of(start + 128 * PAGE), owner);
+        assert!(set(base, 200 * PAGE, ptr::null()));
     }
 
     #[test]

@@ -1,16 +1,89 @@
 //! `Ground`: whole pages from the system allocator, claimed for the region that holds them.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Layer;
 use crate::layer::served_size;
 use crate::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 
+/// Pieces given back by `Ground` layers, kept for the next ones instead of going back to
+/// the system allocator at once: regions made and dropped in quick succession (one per
+/// request, one per tree) would otherwise make the system allocator return and re-fault
+/// the same pages again and again.
+struct PieceCache {
+    held: AtomicBool,
+    pieces: UnsafeCell<[Option<(NonNull<u8>, Layout)>; CACHED_PIECES]>,
+}
+
+/// How many pieces the cache keeps, and the largest piece it keeps.
+const CACHED_PIECES: usize = 16;
+const CACHED_MAX: usize = 1 << 20;
+
+// SAFETY: `pieces` is only touched while `held` is set by the toucher.
+unsafe impl Sync for PieceCache {}
+
+static CACHE: PieceCache = PieceCache {
+    held: AtomicBool::new(false),
+    pieces: UnsafeCell::new([None; CACHED_PIECES]),
+};
+
+impl PieceCache {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut [Option<(NonNull<u8>, Layout)>; CACHED_PIECES]) -> R,
+    ) -> R {
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        // SAFETY: `held` is ours until the store below.
+        let result = f(unsafe { &mut *self.pieces.get() });
+        self.held.store(false, Ordering::Release);
+        result
+    }
+
+    /// A cached piece allocated with exactly `pages`.
+    fn take(&self, pages: Layout) -> Option<NonNull<u8>> {
+        if pages.size() > CACHED_MAX {
+            return None;
+        }
+        self.with(|pieces| {
+            let slot = pieces
+                .iter_mut()
+                .find(|p| matches!(p, Some((_, l)) if *l == pages))?;
+            slot.take().map(|(piece, _)| piece)
+        })
+    }
+
+    /// Keeps a piece allocated with `pages`; gives it back when the cache is full.
+    fn keep(&self, piece: NonNull<u8>, pages: Layout) -> Option<NonNull<u8>> {
+        if pages.size() > CACHED_MAX {
+            return Some(piece);
+        }
+        self.with(|pieces| match pieces.iter_mut().find(|p| p.is_none()) {
+            Some(slot) => {
+                *slot = Some((piece, pages));
+                None
+            }
+            None => Some(piece),
+        })
+    }
+}
+
 /// Forwards requests to the ground, the system allocator under every region, in whole
 /// 4 KiB pages so that a region can claim them (the seed's `ground` layer).
+///
+/// Pieces of up to 1 MiB that come back are kept in a small process-wide cache (16 of
+/// them) for the next `Ground` to reuse, so that short-lived regions do not make the system
+/// allocator give pages back and fault them in again; [`Ground::release_cache`] empties it.
 ///
 /// Sizes are rounded up to whole pages and blocks are page-aligned, so `Ground` belongs at
 /// the bottom of a stack that asks for big pieces, under `Chunk`:
@@ -37,6 +110,15 @@ impl Ground {
         self.held
     }
 
+    /// Gives every cached piece back to the system allocator.
+    pub fn release_cache() {
+        let pieces = CACHE.with(|pieces| core::mem::replace(pieces, [None; CACHED_PIECES]));
+        for (piece, pages) in pieces.into_iter().flatten() {
+            // SAFETY: cached pieces came from the system allocator with `pages`.
+            unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) };
+        }
+    }
+
     fn pages(layout: Layout) -> Option<Layout> {
         let size = served_size(layout).checked_next_multiple_of(PAGE)?;
         Layout::from_size_align(size, layout.align().max(PAGE)).ok()
@@ -49,15 +131,19 @@ impl Default for Ground {
     }
 }
 
-// SAFETY: blocks are whole, page-aligned system allocations, disjoint while live; they are
-// claimed (when attributed) before they are handed out and released before they go back.
+// SAFETY: blocks are whole, page-aligned system allocations (fresh, or cached after a put
+// and handed to one getter at a time), disjoint while live; they are claimed (when
+// attributed) before they are handed out and released before they go back.
 unsafe impl Layer for Ground {
     const MIN_ALIGN: usize = PAGE;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let pages = Self::pages(layout)?;
-        // SAFETY: `pages` has a non-zero size.
-        let block = NonNull::new(unsafe { std::alloc::System.alloc(pages) })?;
+        let block = match CACHE.take(pages) {
+            Some(block) => block,
+            // SAFETY: `pages` has a non-zero size.
+            None => NonNull::new(unsafe { std::alloc::System.alloc(pages) })?,
+        };
         if self.claims.is_some() && !page_map::set(block.as_ptr(), pages.size(), self.claims.0) {
             // SAFETY: just allocated with `pages`, never handed out.
             unsafe { std::alloc::System.dealloc(block.as_ptr(), pages) };
@@ -76,8 +162,10 @@ unsafe impl Layer for Ground {
             page_map::set(ptr.as_ptr(), pages.size(), ptr::null());
         }
         self.held = self.held.wrapping_sub(pages.size());
-        // SAFETY: the block came from `get`, which allocated it with `pages`.
-        unsafe { std::alloc::System.dealloc(ptr.as_ptr(), pages) }
+        if let Some(piece) = CACHE.keep(ptr, pages) {
+            // SAFETY: the block came from `get`, allocated with `pages`.
+            unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) }
+        }
     }
 
     fn init() -> Self {

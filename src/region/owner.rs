@@ -407,10 +407,17 @@ unsafe fn release(owner: *const Owner) {
 
 /// Puts the queued frees into the stack (owner thread, region active). A busy region
 /// catches up later.
+#[inline(always)]
 pub(crate) fn catch_up(owner: &Owner) {
-    if owner.busy.get() || !owner.pending.load(Ordering::Acquire) {
-        return;
+    if owner.pending.load(Ordering::Acquire) && !owner.busy.get() {
+        drain(owner);
     }
+}
+
+/// The body of [`catch_up`], out of the allocation path.
+#[cold]
+#[inline(never)]
+fn drain(owner: &Owner) {
     owner.lock();
     // SAFETY: the lock is held.
     let taken = unsafe { owner.queue() }.take();
