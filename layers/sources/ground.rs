@@ -17,8 +17,11 @@ use crate::region::{Attributed, Attribution};
 /// the same pages again and again.
 struct PieceCache {
     held: AtomicBool,
-    pieces: UnsafeCell<[Option<(NonNull<u8>, Layout)>; CACHED_PIECES]>,
+    pieces: UnsafeCell<[CachedPiece; CACHED_PIECES]>,
 }
+
+/// A cached piece and the layout it was allocated with, or an empty slot.
+type CachedPiece = Option<(NonNull<u8>, Layout)>;
 
 /// How many pieces the cache keeps, and the largest piece it keeps.
 const CACHED_PIECES: usize = 16;
