@@ -35,34 +35,28 @@ fn churn<L: Layer>(layer: &mut L, window: &mut VecDeque<(NonNull<u8>, Layout)>, 
     }
 }
 
+/// Measures churn over the layer `make` builds, in steady state: the window of live blocks
+/// carries over from one iteration to the next and is put back at the end.
+fn measure_churn<L: Layer>(b: &mut criterion::Bencher<'_>, make: impl FnOnce() -> L) {
+    let mut layer = make();
+    let mut window = VecDeque::with_capacity(LIVE);
+    let mut start = 0;
+    b.iter(|| {
+        churn(&mut layer, &mut window, start);
+        start += STEPS;
+    });
+    for (block, layout) in window.drain(..) {
+        // SAFETY: live blocks of `layer`.
+        unsafe { layer.put(block, layout) };
+    }
+}
+
 fn bench_pair<L: Layer>(c: &mut Criterion, name: &str, make: fn() -> L) {
     let mut group = c.benchmark_group(format!("churn_{name}"));
     group.throughput(Throughput::Elements(STEPS as u64));
-    group.bench_function("alone", |b| {
-        let mut layer = make();
-        let mut window = VecDeque::with_capacity(LIVE);
-        let mut start = 0;
-        b.iter(|| {
-            churn(&mut layer, &mut window, start);
-            start += STEPS;
-        });
-        for (block, layout) in window.drain(..) {
-            // SAFETY: live blocks of `layer`.
-            unsafe { layer.put(block, layout) };
-        }
-    });
+    group.bench_function("alone", |b| measure_churn(b, make));
     group.bench_function("stats_check", |b| {
-        let mut layer = Stats::new(Check::new(make()));
-        let mut window = VecDeque::with_capacity(LIVE);
-        let mut start = 0;
-        b.iter(|| {
-            churn(&mut layer, &mut window, start);
-            start += STEPS;
-        });
-        for (block, layout) in window.drain(..) {
-            // SAFETY: live blocks of `layer`.
-            unsafe { layer.put(block, layout) };
-        }
+        measure_churn(b, || Stats::new(Check::new(make())))
     });
     group.finish();
 }

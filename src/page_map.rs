@@ -47,6 +47,13 @@ struct Leaf {
 static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
 
+/// The layout of the whole, page-aligned pages a page source serves `layout` from (`None`
+/// when rounding overflows).
+pub(crate) fn pages_for(layout: core::alloc::Layout) -> Option<core::alloc::Layout> {
+    let size = crate::layer::served_size(layout).checked_next_multiple_of(PAGE)?;
+    core::alloc::Layout::from_size_align(size, layout.align().max(PAGE)).ok()
+}
+
 #[inline(always)]
 fn split(addr: usize) -> Option<(usize, usize)> {
     let page = addr >> PAGE_BITS;

@@ -7,7 +7,6 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Layer;
-use crate::layer::served_size;
 use crate::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 
@@ -121,11 +120,6 @@ impl Ground {
             unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) };
         }
     }
-
-    fn pages(layout: Layout) -> Option<Layout> {
-        let size = served_size(layout).checked_next_multiple_of(PAGE)?;
-        Layout::from_size_align(size, layout.align().max(PAGE)).ok()
-    }
 }
 
 impl Default for Ground {
@@ -141,7 +135,7 @@ unsafe impl Layer for Ground {
     const MIN_ALIGN: usize = PAGE;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        let pages = Self::pages(layout)?;
+        let pages = page_map::pages_for(layout)?;
         let block = match CACHE.take(pages) {
             Some(block) => block,
             // SAFETY: `pages` has a non-zero size.
@@ -158,7 +152,7 @@ unsafe impl Layer for Ground {
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         // The caller's layout was valid for `get`, so its pages were too.
-        let Some(pages) = Self::pages(layout) else {
+        let Some(pages) = page_map::pages_for(layout) else {
             return;
         };
         if self.claims.is_some() {

@@ -10,7 +10,6 @@ use core::ptr::{self, NonNull};
 
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::served_size;
 use crate::layers::Mmap;
 use crate::layers::debug::live_table::{LiveTable, Slot};
 use crate::page_map::{self, PAGE};
@@ -55,11 +54,6 @@ impl Pipe {
     /// Bytes currently held from enclosing regions and the system allocator.
     pub const fn held_bytes(&self) -> usize {
         self.held
-    }
-
-    fn pages(layout: Layout) -> Option<Layout> {
-        let size = served_size(layout).checked_next_multiple_of(PAGE)?;
-        Layout::from_size_align(size, layout.align().max(PAGE)).ok()
     }
 
     fn reserve_booking(&mut self) -> Option<()> {
@@ -117,7 +111,7 @@ unsafe impl Layer for Pipe {
     const MIN_ALIGN: usize = PAGE;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        let pages = Self::pages(layout)?;
+        let pages = page_map::pages_for(layout)?;
         self.reserve_booking()?;
         let mut origin = if self.claims.is_some() {
             enclosing(self.claims.0)
