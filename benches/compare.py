@@ -2,7 +2,7 @@
 """Runs the allocator benches back to back and prints the ratio table.
 
 The peers that must be the global allocator live in bench binaries of their own
-(`router`, `system_global`, `mimalloc_global`); this script runs each, reads criterion's
+(`router`, `system_global`, `mimalloc_global`, `freelist_global`); this script runs each, reads criterion's
 medians from target/criterion, and prints them with the ratios the README quotes.
 
 Usage: python3 benches/compare.py [--no-run]   (--no-run: only read the last results)
@@ -14,7 +14,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRITERION = ROOT / "target" / "criterion"
-BENCHES = ["system_global", "mimalloc_global", "router"]
+BENCHES = ["system_global", "mimalloc_global", "freelist_global", "router"]
 
 
 def median_ns(group, name):
@@ -53,6 +53,7 @@ def main():
     passthrough = median_ns(trees, "router_no_region")
     region = median_ns(trees, "region_per_tree")
     bump = median_ns(trees, "bumpalo_per_tree")
+    free_list = median_ns(trees, "free_list_box")
     churn_system = median_ns("churn", "system")
     churn_router = median_ns("churn", "router_no_region")
     churn_mimalloc = median_ns("churn", "mimalloc")
@@ -70,6 +71,10 @@ def main():
          ratio(region, mimalloc)),
         ("binary trees 18, region per tree vs bumpalo arena per tree", region, bump,
          ratio(region, bump)),
+        ("binary trees 18, region per tree vs a bare free list Box", region, free_list,
+         ratio(region, free_list)),
+        ("binary trees 18, bare free list Box vs bumpalo (reference)", free_list, bump,
+         ratio(free_list, bump)),
         ("churn 100k allocations, mimalloc vs system (reference)", churn_mimalloc,
          churn_system, ratio(churn_mimalloc, churn_system)),
     ]

@@ -25,6 +25,14 @@
 //! [`Heap`](crate::Heap) adapter does not send zero-size requests down at all; it answers
 //! them with a dangling, well-aligned pointer, as the standard collections expect.)
 //!
+//! <a id="window"></a>**Window.** A range of free memory that a layer hands over whole
+//! ([`Layer::window`]), for the caller to carve small blocks out of by itself, as a bump
+//! allocator would. A window is [currently allocated](crate::layer#currently-allocated)
+//! as one piece: the blocks carved from it never go back through `put`, `grow` or `shrink`,
+//! and its memory returns to the layer when every block ends (`deinit`, or an operation
+//! such as [`Chunk::reset`](crate::layers::Chunk::reset)). The router uses windows to serve
+//! a region's small blocks without a call into the stack.
+//!
 //! # Order
 //!
 //! A stack is written outside-in: in `Stats<Chunk<Batch<Mmap>, 4096>>` a request reaches
@@ -59,6 +67,11 @@ use core::ptr::NonNull;
 ///   by this layer. It stays valid until it stops being currently allocated.
 /// - Moving the layer (it is plain data) does not move or invalidate its blocks.
 /// - When [`ZEROED`](Layer::ZEROED) is `true`, every byte of a block returned by `get` is 0.
+/// - A [window](crate::layer#window) returned by [`window`](Layer::window) is valid for
+///   reads and writes over its whole range, does not overlap any block or other window
+///   currently allocated by this layer, and holds at least one block fitting the layout
+///   asked for (carved downward from its end, as [`window`](Layer::window) describes).
+///   Only layers whose [`WINDOW_LIMIT`](Layer::WINDOW_LIMIT) is above 0 return one.
 /// - [`put`](Layer::put), [`grow`](Layer::grow) and [`shrink`](Layer::shrink) accept every
 ///   call that keeps the callers' duties listed on them.
 /// - [`owns`](Layer::owns) returns `true` only for addresses inside memory this layer
@@ -115,6 +128,12 @@ pub unsafe trait Layer {
     /// Whether every block returned by `get` is zero-filled. Adapters use it to skip
     /// clearing memory for zeroed allocations.
     const ZEROED: bool = false;
+
+    /// The largest size and alignment of the blocks a caller may carve out of a
+    /// [window](crate::layer#window) instead of calling `get`; 0 (the default) when the
+    /// layer hands out no windows. Layers that must see every block (counting, checking)
+    /// keep 0.
+    const WINDOW_LIMIT: usize = 0;
 
     /// Returns a block that fits `layout`, or `None` when the layer cannot provide one
     /// (out of memory, or a size that overflows once the layer rounds it).
@@ -182,6 +201,30 @@ pub unsafe trait Layer {
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         let _ = (ptr, old, new);
         false
+    }
+
+    /// Hands over a [window](crate::layer#window) for blocks fitting `layout`, or `None`
+    /// when the layer gives no windows, when `layout`'s size or alignment is above
+    /// [`WINDOW_LIMIT`](Layer::WINDOW_LIMIT), or when it is out of memory.
+    ///
+    /// The window is guaranteed to hold a block fitting `layout` carved from its end: its
+    /// end minus the layout's size (one byte for a zero-size layout), rounded down to
+    /// `layout.align()`, is not below its start. Blocks carved from it belong to the caller
+    /// until every block of the layer ends; the caller never puts them back. The default
+    /// gives none.
+    ///
+    /// ```
+    /// use core::alloc::Layout;
+    /// use stratalloc::{Layer, layers::{Buffer, Chunk}};
+    ///
+    /// let mut memory = [core::mem::MaybeUninit::uninit(); 4096];
+    /// let mut chunk = Chunk::<_, 1024>::new(Buffer::new(&mut memory));
+    /// let window = chunk.window(Layout::new::<u64>()).expect("room for a chunk");
+    /// assert!(window.len() >= 8);
+    /// ```
+    fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
+        let _ = layout;
+        None
     }
 
     /// Whether `ptr` lies inside memory this layer manages: a block it has currently

@@ -195,6 +195,17 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
     #[cold]
     #[inline(never)]
     fn get_in_new_chunk(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.start_chunk()?;
+        let block = self.bump(layout);
+        debug_require!(
+            block.is_some(),
+            "Chunk: a small block did not fit a fresh chunk"
+        );
+        block
+    }
+
+    /// Gets a fresh chunk from `L` and makes it the current one.
+    fn start_chunk(&mut self) -> Option<()> {
         let chunk = self
             .inner
             .get(Self::chunk_layout())?
@@ -206,12 +217,16 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         self.chunks += 1;
         self.floor = chunk.cast::<u8>().wrapping_add(HEADER);
         self.top = chunk.cast::<u8>().wrapping_add(SIZE);
-        let block = self.bump(layout);
-        debug_require!(
-            block.is_some(),
-            "Chunk: a small block did not fit a fresh chunk"
-        );
-        block
+        Some(())
+    }
+
+    /// Whether a block fitting `layout` can be carved below `top`.
+    #[inline(always)]
+    fn fits(&self, layout: Layout) -> bool {
+        self.top
+            .addr()
+            .checked_sub(served_size(layout))
+            .is_some_and(|end| end & !(layout.align() - 1) >= self.floor.addr())
     }
 
     #[inline(always)]
@@ -313,8 +328,9 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
 
 // SAFETY: small blocks are carved downward from `top` and never below `floor`, so they lie
 // inside the current chunk and below every block carved earlier from it; `top` moves back
-// up only over the most recent block, after its put. Chunks and large pieces come from `L`
-// and go back to it once. Large blocks lie in pieces of their own, after their header.
+// up only over the most recent block, after its put. A window is the whole range between
+// `floor` and `top`, after which `top` drops to `floor`: later blocks come from below it
+// (a fresh chunk). Chunks and large pieces come from `L` and go back to it once. Large blocks lie in pieces of their own, after their header.
 unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
@@ -338,6 +354,28 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
             // SAFETY: a layout that is not small was served by `get_large`.
             unsafe { self.put_large(ptr) }
         }
+    }
+
+    /// Small blocks, the ones carved from chunks.
+    const WINDOW_LIMIT: usize = Self::SMALL_LIMIT;
+
+    /// The rest of the current chunk (or all of a fresh one, when the rest is too small for
+    /// `layout`); the chunk counts it as carved.
+    fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
+        if !Self::is_small(layout) {
+            return None;
+        }
+        if self.current.is_null() || !self.fits(layout) {
+            self.start_chunk()?;
+        }
+        let len = self.top.addr() - self.floor.addr();
+        let start = self.floor;
+        self.top = self.floor;
+        // SAFETY: `floor` lies inside a live chunk, so it is not null.
+        Some(NonNull::slice_from_raw_parts(
+            unsafe { NonNull::new_unchecked(start) },
+            len,
+        ))
     }
 
     fn init() -> Self {

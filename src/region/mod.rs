@@ -46,6 +46,14 @@
 //! let per_object = stratalloc::Region::new(stratalloc::layers::System::new());
 //! ```
 //!
+//! # Fast small blocks
+//!
+//! When the stack's top layer hands out [windows](crate::layer#window) (a bare
+//! [`Chunk`]), the router carves the region's small blocks itself
+//! from the current window, without a call into the stack, and their frees only count
+//! them. A stack with [`Stats`](crate::layers::Stats) or [`Check`] on top sees every block
+//! instead, at the cost of a call per block.
+//!
 //! # Things that outlive a closure without saying so
 //!
 //! Anything the program creates lazily on first use is allocated by the region current at
@@ -185,6 +193,7 @@ impl<L: Attributed + Send + 'static> Region<L> {
             (&raw mut (*record).owner).write(Owner::new(
                 stack,
                 frames::token(),
+                L::WINDOW_LIMIT,
                 release_record::<L>,
             ));
             (*record)
@@ -254,9 +263,10 @@ impl<L: Attributed + Send + 'static> Region<L> {
             return false;
         }
         owner.set_busy(true);
+        owner.drop_window();
         // SAFETY: the owner thread, region active and (until now) not busy, outside any stack
         // call; busy keeps nested router calls away meanwhile. With no block live, nothing
-        // relies on the memory `deinit` gives back.
+        // relies on the memory `deinit` gives back (the window included, forgotten above).
         unsafe { (*owner.stack()).deinit() };
         owner.set_busy(false);
         true

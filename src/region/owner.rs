@@ -32,7 +32,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use std::alloc::System;
 
 use crate::Layer;
-use crate::abort::abort_with;
+use crate::abort::{abort_with, debug_require};
+use crate::layer::served_size;
 use crate::layers::LeakReport;
 
 const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
@@ -134,6 +135,7 @@ pub(crate) trait Stack {
     /// # Safety
     /// As [`Layer::grow`] and [`Layer::shrink`], by the direction of the sizes.
     unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool;
+    fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>>;
     fn leak_report(&self) -> Option<LeakReport>;
     fn deinit(&mut self);
 }
@@ -157,6 +159,10 @@ impl<L: Layer> Stack for L {
                 Layer::shrink(self, ptr, old, new)
             }
         }
+    }
+    #[inline(never)]
+    fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
+        Layer::window(self, layout)
     }
     fn leak_report(&self) -> Option<LeakReport> {
         Layer::leak_report(self)
@@ -186,6 +192,13 @@ pub(crate) struct Owner {
     /// rules out re-entering a stack through `Pipe` chains.
     busy: Cell<bool>,
     live: Cell<usize>,
+    /// The stack's `WINDOW_LIMIT`: blocks whose size and alignment are at most this are
+    /// carved by the router from the current window and never go back into the stack.
+    window_limit: usize,
+    /// The current window's free part: blocks are carved downward from `window_top`, never
+    /// below `window_floor` (both null before the first window). Owner thread only.
+    window_top: Cell<*mut u8>,
+    window_floor: Cell<*mut u8>,
     /// Frees the record (type-erased: it knows the stack's type).
     release_record: unsafe fn(*mut Owner),
 }
@@ -194,6 +207,7 @@ impl Owner {
     pub(crate) fn new(
         stack: *mut dyn Stack,
         thread: usize,
+        window_limit: usize,
         release: unsafe fn(*mut Owner),
     ) -> Self {
         Owner {
@@ -206,6 +220,9 @@ impl Owner {
             zombie: Cell::new(false),
             busy: Cell::new(false),
             live: Cell::new(0),
+            window_limit,
+            window_top: Cell::new(ptr::null_mut()),
+            window_floor: Cell::new(ptr::null_mut()),
             release_record: release,
         }
     }
@@ -220,6 +237,45 @@ impl Owner {
 
     pub(crate) fn busy_now(&self) -> bool {
         self.busy.get()
+    }
+
+    /// Whether blocks of `layout` are carved from windows (and so never put).
+    #[inline(always)]
+    fn carved(&self, layout: Layout) -> bool {
+        layout.size() <= self.window_limit && layout.align() <= self.window_limit
+    }
+
+    /// Forgets the current window: call before anything that ends the stack's blocks.
+    pub(crate) fn drop_window(&self) {
+        self.window_top.set(ptr::null_mut());
+        self.window_floor.set(ptr::null_mut());
+    }
+
+    /// Carves a block for `layout` from the current window, if it has room.
+    #[inline(always)]
+    fn carve(&self, layout: Layout) -> Option<NonNull<u8>> {
+        let top = self.window_top.get();
+        let start = top.addr().checked_sub(served_size(layout))? & !(layout.align() - 1);
+        if start < self.window_floor.get().addr() || top.is_null() {
+            return None;
+        }
+        let block = top.with_addr(start);
+        self.window_top.set(block);
+        // SAFETY: `start >= window_floor`, which is not null while a window is set.
+        Some(unsafe { NonNull::new_unchecked(block) })
+    }
+
+    /// Puts a block into the stack, unless it was carved from a window.
+    ///
+    /// # Safety
+    ///
+    /// As [`Layer::put`], with exclusive access to the stack.
+    #[inline(always)]
+    unsafe fn put_into(&self, stack: &mut dyn Stack, ptr: NonNull<u8>, layout: Layout) {
+        if !self.carved(layout) {
+            // SAFETY: as the caller promises.
+            unsafe { stack.put(ptr, layout) }
+        }
     }
 
     /// The stack; dereferenced only by the owner thread while the region is active and
@@ -277,12 +333,19 @@ fn checked<'a>(owner: *const Owner) -> &'a Owner {
     // while any of their pages is claimed; the magic check catches corruption of the map.
     let owner = unsafe { &*owner };
     if owner.magic != MAGIC {
-        abort_with(format_args!(
-            "router: corrupted owner record at {:p} (magic {:#x})",
-            owner, owner.magic
-        ));
+        corrupted(owner);
     }
     owner
+}
+
+/// Reports a record whose magic is wrong, and aborts.
+#[cold]
+#[inline(never)]
+fn corrupted(owner: &Owner) -> ! {
+    abort_with(format_args!(
+        "router: corrupted owner record at {:p} (magic {:#x})",
+        owner, owner.magic
+    ))
 }
 
 /// Allocates from the active region `owner`, which is this thread's: `Err(())` when the
@@ -291,23 +354,50 @@ fn checked<'a>(owner: *const Owner) -> &'a Owner {
 ///
 /// # Safety
 ///
-/// `owner` is the header of an active region owned by this thread.
-#[inline]
+/// `owner` is the header of an active region owned by this thread (taken from this
+/// thread's frames, or checked already), so its magic is not checked again here.
+#[inline(always)]
 pub(crate) unsafe fn alloc_in(
     owner: *const Owner,
     layout: Layout,
 ) -> Result<Option<NonNull<u8>>, ()> {
-    let owner = checked(owner);
+    // SAFETY: as the caller promises, a live record header.
+    let owner = unsafe { &*owner };
     if owner.busy.get() {
         return Err(());
     }
-    catch_up(owner);
-    // SAFETY: the owner thread, active, not busy.
-    let block = unsafe { with_stack(owner, |stack| stack.get(layout)) };
+    let block = if owner.carved(layout) {
+        match owner.carve(layout) {
+            Some(block) => Some(block),
+            None => refill_and_carve(owner, layout),
+        }
+    } else {
+        catch_up(owner);
+        // SAFETY: the owner thread, active, not busy.
+        unsafe { with_stack(owner, |stack| stack.get(layout)) }
+    };
     if block.is_some() {
         owner.live.set(owner.live.get().wrapping_add(1));
     }
     Ok(block)
+}
+
+/// Takes a new window from the stack and carves the block from it (`None`: out of memory).
+#[cold]
+#[inline(never)]
+fn refill_and_carve(owner: &Owner, layout: Layout) -> Option<NonNull<u8>> {
+    catch_up(owner);
+    // SAFETY: the owner thread, active, not busy (checked by `alloc_in`).
+    let window = unsafe { with_stack(owner, |stack| stack.window(layout)) }?;
+    let floor = window.cast::<u8>().as_ptr();
+    owner.window_floor.set(floor);
+    owner.window_top.set(floor.wrapping_add(window.len()));
+    let block = owner.carve(layout);
+    debug_require!(
+        block.is_some(),
+        "router: a fresh window has no room for its block"
+    );
+    block
 }
 
 /// Tries to resize `ptr` in place in its region `owner`; `None` when the region cannot be
@@ -327,6 +417,11 @@ pub(crate) unsafe fn resize_in_place(
         return None;
     }
     let owner = checked(owner);
+    if owner.carved(old) || owner.carved(new) {
+        // A carved block keeps its bytes when it shrinks and stays carved; it never grows.
+        // A block that would change between carved and not must move.
+        return Some(owner.carved(old) && owner.carved(new) && new.size() <= old.size());
+    }
     // SAFETY: the owner thread, active, not busy; the block is live with `old`, and both
     // layouts keep the alignment.
     Some(unsafe { with_stack(owner, |stack| stack.resize_in_place(ptr, old, new)) })
@@ -349,8 +444,10 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8>, layout: Layout) {
     if drivable(owner, thread) {
         let owner = checked(owner);
-        // SAFETY: the owner thread, active, not busy.
-        unsafe { with_stack(owner, |stack| stack.put(ptr, layout)) };
+        if !owner.carved(layout) {
+            // SAFETY: the owner thread, active, not busy.
+            unsafe { with_stack(owner, |stack| stack.put(ptr, layout)) };
+        }
         owner.live.set(owner.live.get().wrapping_sub(1));
         return;
     }
@@ -379,7 +476,7 @@ unsafe fn free_queued(owner: *const Owner, block: NonNull<u8>, layout: Layout) {
     // A zombie: the lock gives exclusive access to its stack (the owner no longer drives
     // it), and the stack is `Send`, so any thread may.
     // SAFETY: as above; the block is live in the stack with `layout`.
-    unsafe { (*owner_ref.stack).put(block, layout) };
+    unsafe { owner_ref.put_into(&mut *owner_ref.stack, block, layout) };
     let live = owner_ref.live.get().wrapping_sub(1);
     owner_ref.live.set(live);
     if live == 0 {
@@ -428,7 +525,11 @@ fn drain(owner: &Owner) {
     for entry in taken.entries() {
         // SAFETY: the owner thread, active, not busy; each entry is a live block of this
         // region, queued once.
-        unsafe { with_stack(owner, |stack| stack.put(entry.block, entry.layout)) };
+        unsafe {
+            with_stack(owner, |stack| {
+                owner.put_into(stack, entry.block, entry.layout)
+            })
+        };
         owner.live.set(owner.live.get().wrapping_sub(1));
     }
     owner.lock();
@@ -461,11 +562,12 @@ pub(crate) unsafe fn end(owner: *const Owner) -> usize {
     // SAFETY: the lock is held.
     let queue = unsafe { owner_ref.queue() };
     queue.zombie = true;
+    owner_ref.drop_window();
     let taken = queue.take();
     for entry in taken.entries() {
         // SAFETY: the owner thread holds the lock of its zombie region; each entry is a
         // live block of this region, queued once.
-        unsafe { (*owner_ref.stack).put(entry.block, entry.layout) };
+        unsafe { owner_ref.put_into(&mut *owner_ref.stack, entry.block, entry.layout) };
         owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
     }
     taken.free();

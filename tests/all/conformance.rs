@@ -25,6 +25,10 @@ pub enum Op {
     Put { pick: usize },
     /// Try to resize the picked block in place to `size` bytes (grow or shrink).
     Resize { pick: usize, size: usize },
+    /// Take a window for a block of `size` bytes aligned to `1 << align_log2`, from layers
+    /// that give windows; the whole window is then held, filled and verified like a block,
+    /// and never put.
+    Window { size: usize, align_log2: u32 },
 }
 
 const MAX_SIZE: usize = if cfg!(miri) { 4096 } else { 65536 };
@@ -39,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (size(), 0..=12u32).prop_map(|(size, align_log2)| Op::Get { size, align_log2 }),
         3 => any::<usize>().prop_map(|pick| Op::Put { pick }),
         1 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Resize { pick, size }),
+        1 => (size(), 0..=12u32).prop_map(|(size, align_log2)| Op::Window { size, align_log2 }),
     ]
 }
 
@@ -51,6 +56,11 @@ struct Live {
     ptr: NonNull<u8>,
     layout: Layout,
     byte: u8,
+}
+
+/// A window taken from the layer: held to the end of the program, never put.
+struct Window {
+    block: Live,
 }
 
 fn extent(live: &Live) -> (usize, usize) {
@@ -91,6 +101,7 @@ pub fn run_program<L: Layer>(
     let mut by_address: BTreeMap<usize, usize> = BTreeMap::new(); // start -> end
     let mut model = Gauges::default();
     let mut next_byte = 0u8;
+    let mut windows: Vec<Window> = Vec::new();
     for op in ops {
         match *op {
             Op::Get { size, align_log2 } => {
@@ -189,6 +200,60 @@ pub fn run_program<L: Layer>(
                     }
                 }
             }
+            Op::Window { size, align_log2 } => {
+                let layout = Layout::from_size_align(size, 1 << align_log2).unwrap();
+                let limit = L::WINDOW_LIMIT;
+                // SAFETY: the window is taken from the layer inside `Stats`, which does not
+                // see it; nothing is put or reset through this reference.
+                let window = unsafe { layer.inner_mut() }.window(layout);
+                let Some(window) = window else {
+                    prop_assert!(
+                        limit == 0 || size > limit || layout.align() > limit,
+                        "window({layout:?}) failed under WINDOW_LIMIT {limit}"
+                    );
+                    continue;
+                };
+                prop_assert!(
+                    size <= limit && layout.align() <= limit,
+                    "window({:?}) given above WINDOW_LIMIT {}",
+                    layout,
+                    limit
+                );
+                let start = window.cast::<u8>().as_ptr().addr();
+                let end = start + window.len();
+                let carved = end
+                    .checked_sub(held(layout))
+                    .map(|at| at & !(layout.align() - 1));
+                prop_assert!(
+                    carved.is_some_and(|at| at >= start),
+                    "window {:#x}..{:#x} has no room for {:?}",
+                    start,
+                    end,
+                    layout
+                );
+                if window.is_empty() {
+                    continue;
+                }
+                if let Some((&s, &e)) = by_address.range(..end).next_back() {
+                    prop_assert!(
+                        e <= start || s >= end,
+                        "window {:#x}..{:#x} overlaps live {:#x}..{:#x}",
+                        start,
+                        end,
+                        s,
+                        e
+                    );
+                }
+                next_byte = next_byte.wrapping_add(1).max(1);
+                let block = Live {
+                    ptr: window.cast(),
+                    layout: Layout::from_size_align(window.len(), 1).unwrap(),
+                    byte: next_byte,
+                };
+                fill(&block);
+                by_address.insert(start, end);
+                windows.push(Window { block });
+            }
             _ => {}
         }
         layer.check_invariants();
@@ -206,6 +271,9 @@ pub fn run_program<L: Layer>(
         if let Some(own) = extra_gauge(layer.inner()) {
             prop_assert_eq!(own, model, "the stack's own gauge differs from the model");
         }
+    }
+    for window in &windows {
+        verify(&window.block, window.block.layout.size())?;
     }
     for block in live.drain(..).rev() {
         verify(&block, held(block.layout))?;

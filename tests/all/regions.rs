@@ -242,6 +242,77 @@ fn escaped_blocks_stay_valid_after_the_region_is_dropped() {
     drop(blocks); // the last free releases the region
 }
 
+/// A bare `Chunk` on top gives windows: the router carves its small blocks itself.
+type Windowed = Chunk<Mmap, 4096>;
+
+fn filled(len: usize, byte: u8) -> Vec<u8> {
+    let mut block = Vec::with_capacity(len);
+    block.resize(len, byte);
+    block
+}
+
+#[test]
+fn windowed_regions_carve_small_blocks_and_track_every_one() {
+    let limit = Windowed::SMALL_LIMIT;
+    let region = Region::new(Windowed::new(Mmap::new()));
+    let count = if cfg!(miri) { 40 } else { 2_000 };
+    let mut blocks: Vec<Vec<u8>> = region::enter(&region, || {
+        (0..count)
+            .map(|i| filled(1 + i * 7 % (limit + 200), i as u8))
+            .collect()
+    });
+    // `blocks`' own buffer and every element came from the region.
+    assert_eq!(region.live_blocks(), count + 1);
+    for (i, block) in blocks.iter().enumerate() {
+        assert!(
+            block.iter().all(|&b| b == i as u8),
+            "block {i} lost its pattern"
+        );
+    }
+    region::enter(&region, || {
+        // Small to large (it must move), then back to small (it must move again), then a
+        // small shrink (in place).
+        let mut block = filled(limit - 8, 0xA5);
+        block.extend(std::iter::repeat_n(0xA5, 100));
+        assert!(block.iter().all(|&b| b == 0xA5));
+        block.truncate(10);
+        block.shrink_to_fit();
+        block.truncate(5);
+        block.shrink_to_fit();
+        assert_eq!(block, [0xA5; 5]);
+        assert_eq!(region.live_blocks(), count + 2);
+    });
+    assert_eq!(region.live_blocks(), count + 1);
+    // Frees from another thread of carved and large blocks.
+    let half = blocks.split_off(count / 2);
+    std::thread::spawn(move || drop(half)).join().unwrap();
+    assert_eq!(region.live_blocks(), count / 2 + 1);
+    // The region ends with blocks live: they stay valid until freed.
+    drop(region);
+    for (i, block) in blocks.iter().enumerate() {
+        assert!(
+            block.iter().all(|&b| b == i as u8),
+            "block {i} lost its pattern"
+        );
+    }
+    drop(blocks);
+}
+
+#[test]
+fn a_reset_forgets_the_window() {
+    let region = Region::new(Windowed::new(Mmap::new()));
+    for round in 0..3u8 {
+        let sum: u64 = region::enter(&region, || {
+            let blocks: Vec<Box<u64>> = (0..100).map(|i| Box::new(i + u64::from(round))).collect();
+            blocks.iter().map(|b| **b).sum()
+        });
+        assert_eq!(sum, 4950 + 100 * u64::from(round));
+        // The chunk the window was in goes back to the OS; the next round must not carve
+        // from it.
+        assert!(region.reset());
+    }
+}
+
 #[test]
 fn a_checked_region_ending_with_live_blocks_fails() {
     let result = std::panic::catch_unwind(|| {
