@@ -5,7 +5,7 @@ mod arenas;
 pub(crate) mod debug;
 mod sources;
 
-pub use arenas::{Batch, Chunk};
+pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;
 #[cfg(feature = "std")]

@@ -23,12 +23,15 @@
 //!   caller rely on defined once in [`layer`].
 //! - [`layers`]: sources ([`Mmap`](layers::Mmap), [`Sbrk`](layers::Sbrk),
 //!   [`System`](layers::System), [`Buffer`](layers::Buffer)), arenas
-//!   ([`Chunk`](layers::Chunk), [`Batch`](layers::Batch)) and debugging layers
+//!   ([`Chunk`](layers::Chunk), [`Batch`](layers::Batch), [`Buddy`](layers::Buddy),
+//!   [`Bitset`](layers::Bitset)) and debugging layers
 //!   ([`Stats`](layers::Stats), [`Check`](layers::Check)).
 //! - Adapters: [`Heap`] lends a stack to collections on one thread; [`Locked`] shares one
 //!   between threads and can be the `#[global_allocator]`.
 //! - [`presets`]: named stacks, documented level by level.
 //! - [`Gauge`]: the figures a stack reports.
+//! - [`BitSet`]: a bit set in caller memory that another handle can attach to (the
+//!   bitmap under `Buddy` and `Bitset`).
 //! - [Regions](region) (with `std`): [`Router`], the global allocator that sends a
 //!   closure's ordinary allocations to a [`Region`]'s stack for the length of
 //!   [`region::enter`], soundly (frees always reach the owner, blocks may outlive their
@@ -39,16 +42,19 @@
 //! # Features
 //!
 //! `std` (default) adds the OS sources, regions and the router, and stderr reports.
-//! Without it the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Stats`, `Check`, `Heap`
-//! and `Locked` remain.
+//! Without it the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
+//! `Stats`, `Check`, `BitSet`, `Heap` and `Locked` remain.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
 mod abort;
 mod alloc_ops;
+mod bitset;
 mod gauge;
 mod heap;
 pub mod layer;
@@ -67,6 +73,7 @@ mod router;
 #[path = "../layers/mod.rs"]
 pub mod layers;
 
+pub use bitset::{BitSet, BitSetError};
 pub use gauge::{Gauge, Gauges};
 pub use heap::Heap;
 pub use layer::Layer;

@@ -2,8 +2,14 @@
 
 /// Books every block; frees them all at deinit.
 mod batch;
+/// Fixed-size blocks tracked by a bitmap; runs of blocks for larger requests.
+mod bitmapped;
+/// A binary buddy heap: power-of-two blocks, split and merged.
+mod buddy;
 /// Bump allocation out of fixed-size chunks.
 mod chunk;
 
 pub use batch::Batch;
+pub use bitmapped::Bitset;
+pub use buddy::Buddy;
 pub use chunk::Chunk;

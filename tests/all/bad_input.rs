@@ -83,6 +83,11 @@ edges!(small_chunk_over_system, Chunk::<_, 256>::new(System));
 edges!(batch, Batch::new(OwnedBuffer::new(1 << 20)));
 edges!(stats, Stats::new(OwnedBuffer::new(1 << 20)));
 edges!(check, Check::new(OwnedBuffer::new(1 << 20)));
+edges!(buddy, Buddy::<_, 4, 16>::new(OwnedBuffer::new(1 << 20)));
+edges!(
+    bitset,
+    Bitset::<_, 64, 65536>::new(OwnedBuffer::new(1 << 20))
+);
 #[cfg(feature = "std")]
 edges!(
     mmap,

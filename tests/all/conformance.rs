@@ -411,6 +411,22 @@ mod layers {
         || Check::new(super::suite_buffer()),
         gauged
     );
+    // Arenas of 64 KiB: the suite's largest request (64 KiB at most, aligned to 4 KiB at
+    // most) fits one, and programs need several.
+    conformance!(buddy_over_buffer, || Buddy::<_, 4, 16>::new(
+        super::suite_buffer()
+    ));
+    // Each suite run costs ~15 s under Miri: the layers run there over a `Buffer`; the other
+    // sources and stacks only natively.
+    #[cfg(not(miri))]
+    conformance!(
+        buddy_under_check,
+        || Check::new(Buddy::<_, 4, 16>::new(super::suite_buffer())),
+        gauged
+    );
+    conformance!(bitset_over_buffer, || Bitset::<_, 64, 65536>::new(
+        super::suite_buffer()
+    ));
 
     #[cfg(feature = "std")]
     mod with_std {
@@ -426,6 +442,15 @@ mod layers {
         conformance!(stats_over_system, || Stats::new(System), gauged);
         conformance!(check_over_mmap, || Check::new(Mmap::new()), gauged);
         conformance!(check_over_system, || Check::new(System), gauged);
+        // Natively only: under Miri they run over a `Buffer` (see above).
+        #[cfg(not(miri))]
+        conformance!(buddy_over_mmap, || Buddy::<_, 5, 20>::new(Mmap::new()));
+        #[cfg(not(miri))]
+        conformance!(buddy_over_system, || Buddy::<_, 4, 17>::new(System));
+        #[cfg(not(miri))]
+        conformance!(bitset_over_mmap, || Bitset::<_, 16>::new(Mmap::new()));
+        #[cfg(not(miri))]
+        conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
     }
 }
 

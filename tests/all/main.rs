@@ -2,6 +2,7 @@
 
 mod adapters;
 mod bad_input;
+mod bitmaps;
 mod check;
 mod chunk;
 mod conformance;

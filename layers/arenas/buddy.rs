@@ -1,0 +1,658 @@
+//! `Buddy<L, MIN_ORDER, MAX_ORDER>`: a binary buddy heap over arenas of `2^MAX_ORDER` bytes
+//! taken from `L`, its free blocks booked in one [`BitSet`] per order.
+//!
+//! Invariants (checked by `check_invariants` in tests): a free block of order `k` at offset
+//! `o` of its arena has bit `o >> k` set in that arena's order-`k` bitmap, and is on free
+//! list `k` exactly once, and nothing else is; no two free blocks overlap (no free block
+//! lies inside a larger free one); no free block has its buddy free at the same order
+//! (merging is complete); bit `k` of `nonempty` is set exactly when list `k` is not empty.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::mem::{ManuallyDrop, size_of};
+use core::ptr::{self, NonNull};
+
+use crate::abort::{abort_with, debug_require};
+use crate::layer::served_size;
+use crate::{BitSet, Layer};
+
+/// The links written into every free block; the list of its order goes through them.
+#[repr(C)]
+struct FreeNode {
+    prev: *mut FreeNode,
+    next: *mut FreeNode,
+}
+
+/// The first words of an arena's metadata, which follows its `2^MAX_ORDER` data bytes.
+#[repr(C)]
+struct ArenaMeta {
+    /// The base of the next (older) arena, or null.
+    next: *mut u8,
+}
+
+/// Words of [`ArenaMeta`] before the first bitmap.
+const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
+/// Room for the free list heads of every order a `u64` mask can name.
+const ORDER_SLOTS: usize = 64;
+
+/// A binary buddy heap: blocks of `2^k` bytes for orders `k` in `MIN_ORDER..=MAX_ORDER`,
+/// split in halves on the way out and merged with their free buddy on the way back.
+///
+/// Memory comes from `L` one *arena* at a time: `2^MAX_ORDER` bytes aligned to
+/// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`BitSet`] per
+/// order, with bit `i` of order `k` set when the block at offset `i << k` is free at that
+/// order; about `2^(MAX_ORDER - MIN_ORDER - 2)` bytes in all). A new arena is taken when no
+/// free block is large enough; arenas stay until [`deinit`](Layer::deinit), which returns
+/// them to `L`. The free lists are intrusive (their links live in the free blocks) and
+/// shared by all arenas, so a `get` finds its block in O(1) plus the splits, and a `put`
+/// finds the arena from the address alone (a mask) and merges in O(orders).
+///
+/// - A request is served from order `max(MIN_ORDER, log2 of the size and the alignment,
+///   rounded up)`; every block of order `k` is aligned to `2^k`, so
+///   [`MIN_ALIGN`](Layer::MIN_ALIGN) is `2^MIN_ORDER`.
+/// - **Requests larger than `2^MAX_ORDER` bytes, or aligned to more than that, get `None`.**
+/// - Zero-size requests are served as one byte (a block of `MIN_ORDER`), as the
+///   [contract](crate::layer#zero-size) says.
+/// - Puts are sized: the layout gives the order, the bitmaps give the buddy's state, no
+///   header is kept per block.
+/// - `shrink` in place always succeeds, giving back the halves it no longer needs; `grow`
+///   in place succeeds when the order does not change.
+///
+/// The orders are checked at compile time: `MIN_ORDER <= MAX_ORDER`,
+/// `MAX_ORDER <= usize::BITS - 2`, and a `2^MIN_ORDER` block must hold two pointers (so
+/// `MIN_ORDER >= 4` on 64-bit targets). A misconfigured `Buddy` does not build:
+///
+/// ```compile_fail
+/// use stratalloc::layers::{Buddy, Buffer};
+/// let _ = Buddy::<Buffer<'static>, 10, 4>::new(Buffer::new(&mut []));
+/// ```
+///
+/// ```
+/// use core::alloc::Layout;
+/// use stratalloc::{Layer, layers::{Buddy, Buffer}};
+///
+/// let mut memory = vec![core::mem::MaybeUninit::uninit(); 3 << 16];
+/// // Arenas of 64 KiB, blocks of 16 bytes and up.
+/// let mut buddy = Buddy::<_, 4, 16>::new(Buffer::new(&mut memory));
+/// let layout = Layout::from_size_align(100, 8).unwrap();
+/// let block = buddy.get(layout).unwrap(); // a block of order 7 (128 bytes)
+/// assert!(buddy.owns(block));
+/// assert!(buddy.get(Layout::from_size_align(1 << 17, 8).unwrap()).is_none());
+/// // SAFETY: `block` came from `buddy` with `layout` and is put back once.
+/// unsafe { buddy.put(block, layout) };
+/// assert_eq!(buddy.free_blocks(16), 1, "merged back into one whole arena");
+/// ```
+pub struct Buddy<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> {
+    /// Free list heads, indexed by order.
+    heads: [*mut FreeNode; ORDER_SLOTS],
+    /// Bit `k` is set when free list `k` is not empty.
+    nonempty: u64,
+    /// The newest arena's base; older ones follow the `next` links in their metadata.
+    arenas: *mut u8,
+    arena_count: usize,
+    inner: L,
+}
+
+// SAFETY: a `Buddy` exclusively owns its arenas; the raw pointers are not shared with
+// anything else, so moving it to another thread is as safe as moving `L`.
+unsafe impl<L: Layer + Send, const MIN_ORDER: u32, const MAX_ORDER: u32> Send
+    for Buddy<L, MIN_ORDER, MAX_ORDER>
+{
+}
+
+impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, MAX_ORDER> {
+    /// Bytes in an arena, and the largest block: `2^MAX_ORDER`.
+    pub const ARENA_BYTES: usize = 1 << MAX_ORDER;
+    /// The smallest block: `2^MIN_ORDER` bytes.
+    pub const MIN_BLOCK: usize = 1 << MIN_ORDER;
+    /// Words of metadata after each arena's data: a header, then one bit set per order.
+    const META_WORDS: usize = Self::bitmap_offset(MAX_ORDER + 1);
+
+    /// A buddy heap over `inner`, holding no arena yet.
+    pub const fn new(inner: L) -> Self {
+        const {
+            assert!(
+                MIN_ORDER <= MAX_ORDER,
+                "Buddy: MIN_ORDER must not be above MAX_ORDER"
+            );
+            assert!(
+                MAX_ORDER <= usize::BITS - 2,
+                "Buddy: MAX_ORDER must leave 2^MAX_ORDER a valid allocation size"
+            );
+            assert!(
+                (1usize << MIN_ORDER) >= size_of::<FreeNode>(),
+                "Buddy: a block of MIN_ORDER must hold two pointers (MIN_ORDER >= 4 on 64-bit)"
+            );
+        }
+        Buddy {
+            heads: [ptr::null_mut(); ORDER_SLOTS],
+            nonempty: 0,
+            arenas: ptr::null_mut(),
+            arena_count: 0,
+            inner,
+        }
+    }
+
+    /// The layer below.
+    pub const fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    /// The layer below, mutably.
+    ///
+    /// # Safety
+    ///
+    /// Callers must not put or deinit, through this reference, the arenas this layer got
+    /// from the inner one (see [owner](crate::layer#owner)).
+    pub const unsafe fn inner_mut(&mut self) -> &mut L {
+        &mut self.inner
+    }
+
+    /// Unwraps the layer below, after giving it back every arena.
+    pub fn into_inner(self) -> L {
+        let mut this = ManuallyDrop::new(self);
+        this.release();
+        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
+        unsafe { ptr::read(&this.inner) }
+    }
+
+    /// Arenas held now.
+    pub const fn arenas(&self) -> usize {
+        self.arena_count
+    }
+
+    /// Free blocks of `order` in all arenas (0 for an order outside `MIN_ORDER..=MAX_ORDER`).
+    pub fn free_blocks(&self, order: u32) -> usize {
+        if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
+            return 0;
+        }
+        let mut count = 0;
+        self.for_each_arena(|base| {
+            // SAFETY: `base` is a live arena; the bitmap is not otherwise in use.
+            count += unsafe { Self::bitmap(Self::meta_of(base), order) }.len();
+        });
+        count
+    }
+
+    /// Free bytes in all arenas.
+    pub fn free_bytes(&self) -> usize {
+        (MIN_ORDER..=MAX_ORDER)
+            .map(|k| self.free_blocks(k) << k)
+            .sum()
+    }
+
+    /// Words from the start of an arena's metadata to the bitmap of `order`.
+    const fn bitmap_offset(order: u32) -> usize {
+        let mut at = META_HEADER_WORDS;
+        let mut k = MIN_ORDER;
+        while k < order {
+            at += BitSet::words_for(1 << (MAX_ORDER - k));
+            k += 1;
+        }
+        at
+    }
+
+    /// The piece got from `L` for one arena: its data, then its metadata.
+    fn arena_layout() -> Option<Layout> {
+        let size = Self::ARENA_BYTES.checked_add(Self::META_WORDS.checked_mul(8)?)?;
+        Layout::from_size_align(size, Self::ARENA_BYTES).ok()
+    }
+
+    /// The order that serves `layout`, or `None` when it is larger than an arena.
+    #[inline(always)]
+    fn order_of(layout: Layout) -> Option<u32> {
+        let size = served_size(layout).max(layout.align());
+        if size > Self::ARENA_BYTES {
+            return None;
+        }
+        Some(size.next_power_of_two().trailing_zeros().max(MIN_ORDER))
+    }
+
+    /// The metadata of the arena that `inside` (any address in its data) belongs to, with
+    /// `inside`'s provenance.
+    #[inline(always)]
+    fn meta_of(inside: *mut u8) -> *mut u8 {
+        inside.with_addr((inside.addr() & !(Self::ARENA_BYTES - 1)) + Self::ARENA_BYTES)
+    }
+
+    /// The bitmap of `order` in the arena metadata at `meta`.
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
+    /// no other `BitSet` over the same bitmap is used while this one lives.
+    #[inline(always)]
+    unsafe fn bitmap<'m>(meta: *mut u8, order: u32) -> BitSet<'m> {
+        let words = BitSet::words_for(1 << (MAX_ORDER - order));
+        // SAFETY: the bitmap lies inside the metadata, which is `META_WORDS` words long.
+        let at = unsafe { meta.cast::<u64>().add(Self::bitmap_offset(order)) };
+        // SAFETY: `at` is not null (it is inside an arena); the caller's duties give
+        // exclusive, valid access to the words.
+        match unsafe { BitSet::attach_raw(NonNull::new_unchecked(at), words) } {
+            Ok(set) => set,
+            Err(error) => abort_with(format_args!(
+                "Buddy: the order-{order} bitmap at {at:p} is corrupt (memory overrun?): {error}"
+            )),
+        }
+    }
+
+    fn for_each_arena(&self, mut each: impl FnMut(*mut u8)) {
+        let mut base = self.arenas;
+        while !base.is_null() {
+            // SAFETY: every arena on the chain is live and its metadata starts with an
+            // `ArenaMeta`.
+            let next = unsafe { (*Self::meta_of(base).cast::<ArenaMeta>()).next };
+            each(base);
+            base = next;
+        }
+    }
+
+    /// Puts `block`, a free block of `order`, at the head of its list and sets its bit.
+    ///
+    /// # Safety
+    ///
+    /// `block` lies in a live arena, aligned to `2^order`, and is not in use or on a list.
+    #[inline(always)]
+    unsafe fn push(&mut self, block: *mut u8, order: u32) {
+        let node = block.cast::<FreeNode>();
+        let head = self.heads[order as usize];
+        // SAFETY: a free block of at least `MIN_BLOCK` bytes, aligned to it, holds a node;
+        // `head`, when not null, is a node on the list.
+        unsafe {
+            node.write(FreeNode {
+                prev: ptr::null_mut(),
+                next: head,
+            });
+            if !head.is_null() {
+                (*head).prev = node;
+            }
+        }
+        self.heads[order as usize] = node;
+        self.nonempty |= 1 << order;
+        let offset = block.addr() & (Self::ARENA_BYTES - 1);
+        // SAFETY: `block` is in a live arena; no other bitmap handle is alive.
+        let _ = unsafe { Self::bitmap(Self::meta_of(block), order) }.set(offset >> order);
+    }
+
+    /// Takes `node` off list `order` and clears its bit.
+    ///
+    /// # Safety
+    ///
+    /// `node` is on free list `order`.
+    #[inline(always)]
+    unsafe fn unlink(&mut self, node: *mut FreeNode, order: u32) {
+        // SAFETY: `node` and its neighbours are live nodes of list `order`.
+        unsafe {
+            let FreeNode { prev, next } = node.read();
+            if prev.is_null() {
+                self.heads[order as usize] = next;
+                if next.is_null() {
+                    self.nonempty &= !(1 << order);
+                }
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+        }
+        let block = node.cast::<u8>();
+        let offset = block.addr() & (Self::ARENA_BYTES - 1);
+        // SAFETY: `node` is in a live arena; no other bitmap handle is alive.
+        let _ = unsafe { Self::bitmap(Self::meta_of(block), order) }.reset(offset >> order);
+    }
+
+    /// Takes a new arena from `L` and books it as one free block of `MAX_ORDER`.
+    #[cold]
+    fn add_arena(&mut self) -> Option<()> {
+        let layout = Self::arena_layout()?;
+        let base = self.inner.get(layout)?.as_ptr();
+        debug_require!(
+            base.addr() % Self::ARENA_BYTES == 0,
+            "Buddy: the layer below returned an arena at {base:p}, not aligned to {}",
+            Self::ARENA_BYTES
+        );
+        // SAFETY: the piece holds `ARENA_BYTES` of data then `META_WORDS` words, aligned to
+        // at least 8 since the arena is; it is ours alone.
+        unsafe {
+            let meta = base.add(Self::ARENA_BYTES);
+            meta.cast::<ArenaMeta>()
+                .write(ArenaMeta { next: self.arenas });
+            for order in MIN_ORDER..=MAX_ORDER {
+                let bits = 1 << (MAX_ORDER - order);
+                let at = meta.cast::<u64>().add(Self::bitmap_offset(order));
+                // Cannot fail: the words were sized by `words_for`.
+                let _ = BitSet::init_raw(NonNull::new_unchecked(at), BitSet::words_for(bits), bits);
+            }
+            self.arenas = base;
+            self.arena_count += 1;
+            self.push(base, MAX_ORDER);
+        }
+        Some(())
+    }
+
+    /// Gives every arena back to `L`, leaving this layer empty.
+    fn release(&mut self) {
+        let Some(layout) = Self::arena_layout() else {
+            return;
+        };
+        let mut base = self.arenas;
+        while !base.is_null() {
+            // SAFETY: `base` is a live arena got from `L` with `layout`; its link is read
+            // before the arena goes back.
+            unsafe {
+                let next = (*Self::meta_of(base).cast::<ArenaMeta>()).next;
+                self.inner.put(NonNull::new_unchecked(base), layout);
+                base = next;
+            }
+        }
+        self.arenas = ptr::null_mut();
+        self.arena_count = 0;
+        self.heads = [ptr::null_mut(); ORDER_SLOTS];
+        self.nonempty = 0;
+    }
+
+    /// The arena whose data holds `addr`, if it is one of ours.
+    fn arena_of(&self, addr: usize) -> Option<*mut u8> {
+        let mut found = None;
+        self.for_each_arena(|base| {
+            if addr.wrapping_sub(base.addr()) < Self::ARENA_BYTES {
+                found = Some(base);
+            }
+        });
+        found
+    }
+}
+
+// SAFETY: every block handed out is a block of some order `k` carved by halving from a
+// whole arena got from `L`, aligned to `2^k >= max(size, align)`; it was taken off the free
+// lists (and its bitmap bit cleared) when handed out, so it is disjoint from every free
+// block and from every other live block. A put books the block free again and merges it
+// only with a buddy the bitmaps show free at the same order. Arenas go back to `L` at
+// deinit only.
+unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Layer
+    for Buddy<L, MIN_ORDER, MAX_ORDER>
+{
+    const MIN_ALIGN: usize = 1 << MIN_ORDER;
+
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let order = Self::order_of(layout)?;
+        let fitting = self.nonempty & (u64::MAX << order);
+        let mut from = if fitting == 0 {
+            self.add_arena()?;
+            MAX_ORDER
+        } else {
+            fitting.trailing_zeros()
+        };
+        let node = self.heads[from as usize];
+        // SAFETY: list `from` is not empty (bit `from` of `nonempty` is set, or an arena was
+        // just booked on it), so `node` is its head.
+        unsafe { self.unlink(node, from) };
+        let block = node.cast::<u8>();
+        while from > order {
+            from -= 1;
+            // SAFETY: the upper half of a free block of order `from + 1` is a free block of
+            // order `from`, in the same arena.
+            unsafe { self.push(block.add(1 << from), from) };
+        }
+        // SAFETY: `block` came off a free list, so it lies in an arena and is not null.
+        Some(unsafe { NonNull::new_unchecked(block) })
+    }
+
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let Some(mut order) = Self::order_of(layout) else {
+            debug_require!(false, "Buddy: put of {ptr:p} with {layout:?}, never served");
+            return;
+        };
+        let block = ptr.as_ptr();
+        let base = block.addr() & !(Self::ARENA_BYTES - 1);
+        let mut offset = block.addr() - base;
+        let meta = Self::meta_of(block);
+        debug_require!(
+            offset.is_multiple_of(1 << order),
+            "Buddy: put of {ptr:p}, not a block of order {order}"
+        );
+        if cfg!(debug_assertions) {
+            for k in order..=MAX_ORDER {
+                // SAFETY: the caller's duties make `ptr` a block of a live arena of ours.
+                if let Ok(true) = unsafe { Self::bitmap(meta, k) }.get(offset >> k) {
+                    abort_with(format_args!(
+                        "Buddy: put of {ptr:p} ({layout:?}), which is already free"
+                    ));
+                }
+            }
+        }
+        while order < MAX_ORDER {
+            let buddy = offset ^ (1 << order);
+            // SAFETY: as above; the index is below `2^(MAX_ORDER - order)`.
+            let free = unsafe { Self::bitmap(meta, order) }.get(buddy >> order);
+            if free != Ok(true) {
+                break;
+            }
+            // SAFETY: a set bit means a free block of this order starts at `buddy`, on
+            // list `order`; the address is inside the caller's block's arena.
+            unsafe { self.unlink(block.with_addr(base + buddy).cast(), order) };
+            offset &= !(1 << order);
+            order += 1;
+        }
+        // SAFETY: the merged block lies in the arena, aligned to its order, and is free.
+        unsafe { self.push(block.with_addr(base + offset), order) };
+    }
+
+    fn init() -> Self {
+        Self::new(L::init())
+    }
+
+    fn deinit(&mut self) {
+        self.release();
+        self.inner.deinit();
+    }
+
+    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = ptr;
+        Self::order_of(new).is_some() && Self::order_of(new) == Self::order_of(old)
+    }
+
+    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let (Some(from), Some(to)) = (Self::order_of(old), Self::order_of(new)) else {
+            return false;
+        };
+        let mut order = from;
+        while order > to {
+            order -= 1;
+            // SAFETY: the block is ours, of order `from`; its upper half at each order below
+            // is no longer needed once the block is of order `to`, and its buddy (the lower
+            // half) stays in use, so it is booked free without merging.
+            unsafe { self.push(ptr.as_ptr().add(1 << order), order) };
+        }
+        true
+    }
+
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        self.arena_of(ptr.as_ptr().addr()).is_some()
+    }
+
+    fn check_invariants(&self) {
+        let fail = |what: core::fmt::Arguments<'_>| -> ! {
+            abort_with(format_args!("Buddy invariant broken: {what}"))
+        };
+        let mut arenas = 0;
+        let mut free = [0usize; ORDER_SLOTS];
+        self.for_each_arena(|base| {
+            arenas += 1;
+            let meta = Self::meta_of(base);
+            for k in MIN_ORDER..=MAX_ORDER {
+                // SAFETY: `base` is a live arena; one bitmap handle at a time.
+                let map = unsafe { Self::bitmap(meta, k) };
+                if let Err(error) = map.check() {
+                    fail(format_args!("order {k} bitmap of arena {base:p}: {error}"));
+                }
+                free[k as usize] += map.len();
+                let mut at = map.first_set();
+                while let Some(i) = at {
+                    if k < MAX_ORDER && map.get(i ^ 1) == Ok(true) {
+                        fail(format_args!(
+                            "free buddies at order {k} not merged, arena {base:p} index {i}"
+                        ));
+                    }
+                    for up in k + 1..=MAX_ORDER {
+                        // SAFETY: as above; `map` is not used during this call.
+                        let outer = unsafe { Self::bitmap(meta, up) };
+                        if outer.get(i >> (up - k)) == Ok(true) {
+                            fail(format_args!(
+                                "free block of order {k} at index {i} of arena {base:p} \
+                                 lies inside a free block of order {up}"
+                            ));
+                        }
+                    }
+                    at = map.next_set(i + 1);
+                }
+            }
+        });
+        if arenas != self.arena_count {
+            fail(format_args!(
+                "{arenas} arenas on the chain, {} counted",
+                self.arena_count
+            ));
+        }
+        for k in 0..ORDER_SLOTS as u32 {
+            let head = self.heads[k as usize];
+            if (self.nonempty >> k & 1 == 1) == head.is_null() {
+                fail(format_args!("nonempty mask differs from list {k}"));
+            }
+            if !(MIN_ORDER..=MAX_ORDER).contains(&k) {
+                if !head.is_null() {
+                    fail(format_args!("a list for order {k}, outside the orders"));
+                }
+                continue;
+            }
+            let mut count = 0;
+            let mut prev = ptr::null_mut();
+            let mut node = head;
+            while !node.is_null() {
+                count += 1;
+                if count > free[k as usize] {
+                    fail(format_args!("list {k} is longer than its bitmaps say"));
+                }
+                let addr = node.addr();
+                let Some(base) = self.arena_of(addr) else {
+                    fail(format_args!("node {node:p} on list {k} is in no arena"));
+                };
+                let offset = addr - base.addr();
+                // SAFETY: `base` is a live arena.
+                let map = unsafe { Self::bitmap(Self::meta_of(base), k) };
+                if !offset.is_multiple_of(1 << k) || map.get(offset >> k) != Ok(true) {
+                    fail(format_args!("node {node:p} on list {k} is not booked free"));
+                }
+                // SAFETY: `node` is a free block of ours holding a node.
+                unsafe {
+                    if (*node).prev != prev {
+                        fail(format_args!("list {k} back link at {node:p}"));
+                    }
+                    prev = node;
+                    node = (*node).next;
+                }
+            }
+            if count != free[k as usize] {
+                fail(format_args!(
+                    "list {k} has {count} blocks, the bitmaps {}",
+                    free[k as usize]
+                ));
+            }
+        }
+        self.inner.check_invariants();
+    }
+}
+
+impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Drop for Buddy<L, MIN_ORDER, MAX_ORDER> {
+    fn drop(&mut self) {
+        self.deinit();
+    }
+}
+
+impl<L: Layer + fmt::Debug, const MIN_ORDER: u32, const MAX_ORDER: u32> fmt::Debug
+    for Buddy<L, MIN_ORDER, MAX_ORDER>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buddy")
+            .field("orders", &(MIN_ORDER..=MAX_ORDER))
+            .field("arenas", &self.arena_count)
+            .field("free_bytes", &self.free_bytes())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Buffer;
+    use core::mem::MaybeUninit;
+
+    type Small<'a> = Buddy<Buffer<'a>, 4, 10>;
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
+    #[test]
+    fn splits_and_merges_back_to_one_block() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 4096];
+        let mut buddy = Small::new(Buffer::new(&mut memory));
+        let a = buddy.get(layout(16, 1)).unwrap();
+        buddy.check_invariants();
+        // One block of each order from 4 to 9 is left free by the splits.
+        for k in 4..10 {
+            assert_eq!(buddy.free_blocks(k), 1, "order {k}");
+        }
+        let b = buddy.get(layout(16, 1)).unwrap();
+        assert_eq!(
+            b.as_ptr().addr() ^ a.as_ptr().addr(),
+            16,
+            "a and b are buddies"
+        );
+        let c = buddy.get(layout(300, 1)).unwrap();
+        assert_eq!(c.as_ptr().addr() % 512, 0);
+        buddy.check_invariants();
+        // SAFETY: each block came from `buddy` with the layout given, once.
+        unsafe {
+            buddy.put(b, layout(16, 1));
+            buddy.check_invariants();
+            buddy.put(c, layout(300, 1));
+            buddy.check_invariants();
+            buddy.put(a, layout(16, 1));
+        }
+        buddy.check_invariants();
+        assert_eq!(buddy.free_blocks(10), 1);
+        assert_eq!(buddy.free_bytes(), 1024);
+        assert_eq!(buddy.arenas(), 1);
+    }
+
+    #[test]
+    fn alignment_and_size_limits() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 8192];
+        let mut buddy = Small::new(Buffer::new(&mut memory));
+        assert!(buddy.get(layout(1025, 1)).is_none());
+        assert!(buddy.get(layout(1, 2048)).is_none());
+        let whole = buddy.get(layout(1024, 8)).unwrap();
+        let aligned = buddy.get(layout(1, 256)).unwrap();
+        assert_eq!(aligned.as_ptr().addr() % 256, 0);
+        assert_eq!(buddy.arenas(), 2);
+        // SAFETY: both came from `buddy` with these layouts.
+        unsafe {
+            assert!(buddy.shrink(whole, layout(1024, 8), layout(10, 8)));
+            buddy.check_invariants();
+            // One left by splitting the second arena for `aligned`, one from the shrink.
+            assert_eq!(buddy.free_blocks(9), 2, "the upper half went back");
+            assert_eq!(buddy.free_blocks(4), 1);
+            assert!(buddy.grow(aligned, layout(1, 256), layout(200, 256)));
+            assert!(!buddy.grow(aligned, layout(200, 256), layout(300, 256)));
+            buddy.put(whole, layout(10, 8));
+            buddy.put(aligned, layout(200, 256));
+        }
+        buddy.check_invariants();
+        assert_eq!(buddy.free_blocks(10), 2);
+        buddy.deinit();
+        assert_eq!((buddy.arenas(), buddy.free_bytes()), (0, 0));
+    }
+}
