@@ -1,0 +1,180 @@
+//! `Buddy` against buddy_system_allocator and `Bitset` against talc, each over one big
+//! region of anonymous memory: alloc/free pairs with a window of live blocks, and 64Ki live
+//! blocks allocated and then freed in scrambled order. (At a million live blocks
+//! buddy_system_allocator, whose frees search a linked list for the buddy, does not finish
+//! in minutes.)
+
+use std::alloc::Layout;
+use std::hint::black_box;
+use std::ptr::NonNull;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use stratalloc::Layer;
+use stratalloc::layers::{Bitset, Buddy, Mmap};
+
+/// The region every allocator works in: 256 MiB.
+const REGION_ORDER: u32 = 28;
+const REGION: usize = 1 << REGION_ORDER;
+
+/// Live blocks in the second workload.
+const MANY: usize = 1 << 16;
+
+/// One arena as big as the peers' region, blocks of 16 bytes and up.
+type OurBuddy = Buddy<Mmap, 4, REGION_ORDER>;
+type OurBitset = Bitset<Mmap, 16, REGION>;
+
+/// The operations both sides of a comparison run.
+trait Subject {
+    fn get(&mut self, layout: Layout) -> NonNull<u8>;
+    fn put(&mut self, block: NonNull<u8>, layout: Layout);
+}
+
+impl<L: Layer> Subject for L {
+    fn get(&mut self, layout: Layout) -> NonNull<u8> {
+        Layer::get(self, layout).expect("room in the region")
+    }
+    fn put(&mut self, block: NonNull<u8>, layout: Layout) {
+        // SAFETY: the workloads put each block once, with its layout.
+        unsafe { Layer::put(self, block, layout) }
+    }
+}
+
+struct PeerBuddy {
+    heap: buddy_system_allocator::Heap<33>,
+    _memory: memmap2::MmapMut,
+}
+
+impl PeerBuddy {
+    fn new() -> Self {
+        let mut memory = memmap2::MmapMut::map_anon(REGION).expect("map");
+        let mut heap = buddy_system_allocator::Heap::<33>::new();
+        // SAFETY: the map is ours, lives as long as the heap (same struct), and is used by
+        // nothing else.
+        unsafe { heap.init(memory.as_mut_ptr() as usize, REGION) };
+        PeerBuddy {
+            heap,
+            _memory: memory,
+        }
+    }
+}
+
+impl Subject for PeerBuddy {
+    fn get(&mut self, layout: Layout) -> NonNull<u8> {
+        self.heap.alloc(layout).expect("room in the region")
+    }
+    fn put(&mut self, block: NonNull<u8>, layout: Layout) {
+        self.heap.dealloc(block, layout)
+    }
+}
+
+struct PeerTalc {
+    talc: talc::Talc<talc::ErrOnOom>,
+    _memory: memmap2::MmapMut,
+}
+
+impl PeerTalc {
+    fn new() -> Self {
+        let mut memory = memmap2::MmapMut::map_anon(REGION).expect("map");
+        let mut talc = talc::Talc::new(talc::ErrOnOom);
+        // SAFETY: as for `PeerBuddy`.
+        unsafe {
+            talc.claim(talc::Span::from_base_size(memory.as_mut_ptr(), REGION))
+                .expect("claim");
+        }
+        PeerTalc {
+            talc,
+            _memory: memory,
+        }
+    }
+}
+
+impl Subject for PeerTalc {
+    fn get(&mut self, layout: Layout) -> NonNull<u8> {
+        // SAFETY: the workloads ask for non-zero sizes.
+        unsafe { self.talc.malloc(layout) }.expect("room in the region")
+    }
+    fn put(&mut self, block: NonNull<u8>, layout: Layout) {
+        // SAFETY: the workloads put each block once, with its layout.
+        unsafe { self.talc.free(block, layout) }
+    }
+}
+
+/// Sizes 16-256 bytes from a cheap deterministic sequence.
+fn layout(i: usize) -> Layout {
+    Layout::from_size_align(16 + (i.wrapping_mul(2_654_435_761) >> 7) % 241, 8).unwrap()
+}
+
+/// 4096 alloc/free steps with 256 blocks live (the oldest freed as each new one comes).
+fn pairs(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>) {
+    for i in 0..4096 {
+        if live.len() == 256 {
+            let (block, layout) = live.swap_remove(i % 256);
+            subject.put(block, layout);
+        }
+        let layout = layout(i);
+        let block = subject.get(layout);
+        // SAFETY: a fresh block of at least one byte.
+        unsafe { block.as_ptr().write(i as u8) };
+        live.push((black_box(block), layout));
+    }
+}
+
+/// `MANY` blocks of 16-64 bytes allocated, then freed in a scrambled order.
+fn many_live(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>) {
+    for i in 0..MANY {
+        let layout = Layout::from_size_align(16 + (i * 7) % 49, 8).unwrap();
+        live.push((subject.get(layout), layout));
+    }
+    let mut at = 0usize;
+    for _ in 0..MANY {
+        at = (at + 40_503) % MANY; // odd, so coprime with 2^16: visits every index once
+        let (block, layout) = live[at];
+        subject.put(block, layout);
+    }
+    live.clear();
+}
+
+fn compare<A: Subject, B: Subject>(
+    c: &mut Criterion,
+    group: &str,
+    (ours, mut a): (&str, A),
+    (peer, mut b): (&str, B),
+) {
+    let mut live = Vec::with_capacity(MANY);
+    let mut g = c.benchmark_group(format!("{group}_pairs"));
+    g.bench_function(ours, |bench| bench.iter(|| pairs(&mut a, &mut live)));
+    for (block, layout) in live.drain(..) {
+        a.put(block, layout);
+    }
+    g.bench_function(peer, |bench| bench.iter(|| pairs(&mut b, &mut live)));
+    for (block, layout) in live.drain(..) {
+        b.put(block, layout);
+    }
+    g.finish();
+    let mut g = c.benchmark_group(format!("{group}_many_live"));
+    g.sample_size(10);
+    g.bench_function(ours, |bench| bench.iter(|| many_live(&mut a, &mut live)));
+    g.bench_function(peer, |bench| bench.iter(|| many_live(&mut b, &mut live)));
+    g.finish();
+}
+
+fn buddy(c: &mut Criterion) {
+    compare(
+        c,
+        "buddy",
+        ("stratalloc_buddy", OurBuddy::new(Mmap::new())),
+        ("buddy_system_allocator", PeerBuddy::new()),
+    );
+}
+
+fn bitset(c: &mut Criterion) {
+    compare(
+        c,
+        "bitset",
+        ("stratalloc_bitset", OurBitset::new(Mmap::new())),
+        ("talc", PeerTalc::new()),
+    );
+}
+
+criterion_group!(benches, buddy, bitset);
+criterion_main!(benches);
