@@ -436,6 +436,8 @@ mod layers {
         conformance!(system, System::new);
         conformance!(chunk_over_mmap, || Chunk::<_, 4096>::new(Mmap::new()));
         conformance!(small_chunks_over_system, || Chunk::<_, 256>::new(System));
+        // 1 MiB chunks are slow to track under Miri; the logic is `small_chunks_over_system`'s.
+        #[cfg(not(miri))]
         conformance!(big_chunks_over_system, || Chunk::<_, 1048576>::new(System));
         conformance!(batch_over_mmap, || Batch::new(Mmap::new()));
         conformance!(batch_over_system, || Batch::new(System));
@@ -485,6 +487,8 @@ mod named_stacks {
         use stratalloc::presets;
 
         conformance!(audited_arena, presets::audited_arena, gauged);
+        // 64 KiB maps are slow to track under Miri; `chunk_over_mmap` runs the same logic.
+        #[cfg(not(miri))]
         conformance!(arena, presets::arena);
         conformance!(checked_system, presets::checked_system, gauged);
     }

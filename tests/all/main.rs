@@ -22,7 +22,7 @@ mod suite_finds_bugs;
 static ROUTER: stratalloc::Router = stratalloc::Router::new();
 
 /// Proptest cases per property: fewer under Miri, which is ~100x slower.
-pub const CASES: u32 = if cfg!(miri) { 3 } else { 128 };
+pub const CASES: u32 = if cfg!(miri) { 2 } else { 128 };
 
 /// The environment variable that tells a re-executed test binary which scenario to run.
 #[cfg(feature = "std")]
