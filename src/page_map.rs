@@ -17,6 +17,7 @@
 //! on first use, straight from the OS, and never freed (2 MiB of address space each, of
 //! which only touched pages cost memory).
 
+use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
@@ -44,8 +45,50 @@ struct Leaf {
     entries: [Entry; LEAF_ENTRIES],
 }
 
-static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
-    [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
+/// An installed leaf, reached through a raw pointer: the accessors borrow one word or one
+/// entry, never the whole 4 MiB leaf (a `&Leaf` costs nothing natively, but Miri retags
+/// every atomic in it on each reborrow, which made the router's tests take minutes).
+#[derive(Clone, Copy)]
+struct LeafPtr(*const Leaf);
+
+impl LeafPtr {
+    #[inline(always)]
+    fn claimed(self, word: usize) -> &'static AtomicU64 {
+        // SAFETY: installed leaves are never freed; the place projection indexes (with a
+        // bounds check) without forming a reference to the whole leaf.
+        unsafe { &(*self.0).claimed[word] }
+    }
+
+    #[inline(always)]
+    fn entry(self, index: usize) -> &'static Entry {
+        // SAFETY: as in `claimed`.
+        unsafe { &(*self.0).entries[index] }
+    }
+}
+
+const ROOT_ENTRIES: usize = 1 << ROOT_BITS;
+
+/// The root: a leaf pointer per gibibyte, null until that leaf is mapped.
+///
+/// The array sits in one `UnsafeCell` so that Miri sees a single interior-mutable range
+/// when a use of the static borrows it, instead of visiting 262,144 atomics each time
+/// (which made every page-map look-up take a tenth of a second under Miri).
+struct Root(UnsafeCell<[AtomicPtr<Leaf>; ROOT_ENTRIES]>);
+
+// SAFETY: the cell holds only atomics, reached one slot at a time through `root_slot`.
+unsafe impl Sync for Root {}
+
+static ROOT: Root = Root(UnsafeCell::new(
+    [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_ENTRIES],
+));
+
+/// The root slot for leaf `root` (below `ROOT_ENTRIES`: every caller got it from `split`), reached without borrowing the
+/// whole 2 MiB root, for the same reason as [`LeafPtr`].
+#[inline(always)]
+fn root_slot(root: usize) -> &'static AtomicPtr<Leaf> {
+    // SAFETY: `root` is in bounds (`split` checks it), and the static lives forever.
+    unsafe { &*ROOT.0.get().cast::<AtomicPtr<Leaf>>().add(root) }
+}
 
 /// The layout of the whole, page-aligned pages a page source serves `layout` from (`None`
 /// when rounding overflows).
@@ -58,21 +101,20 @@ pub(crate) fn pages_for(layout: core::alloc::Layout) -> Option<core::alloc::Layo
 fn split(addr: usize) -> Option<(usize, usize)> {
     let page = addr >> PAGE_BITS;
     let root = page >> LEAF_BITS;
-    (root < ROOT.len()).then_some((root, page & (LEAF_ENTRIES - 1)))
+    (root < ROOT_ENTRIES).then_some((root, page & (LEAF_ENTRIES - 1)))
 }
 
 /// The entry of a claimed page (`None` for pages nobody claimed).
 #[inline(always)]
 fn entry(addr: usize) -> Option<&'static Entry> {
     let (root, index) = split(addr)?;
-    let leaf = ROOT[root].load(Ordering::Acquire);
+    let leaf = root_slot(root).load(Ordering::Acquire);
     if leaf.is_null() {
         return None;
     }
-    // SAFETY: leaves are never freed once installed.
-    let leaf = unsafe { &*leaf };
-    let word = leaf.claimed[index / 64].load(Ordering::Acquire);
-    (word & (1 << (index % 64)) != 0).then(|| &leaf.entries[index])
+    let leaf = LeafPtr(leaf);
+    let word = leaf.claimed(index / 64).load(Ordering::Acquire);
+    (word & (1 << (index % 64)) != 0).then(|| leaf.entry(index))
 }
 
 /// The owner of the page holding `addr`, or null when no region claimed it.
@@ -97,8 +139,8 @@ pub(crate) fn lookup(ptr: *mut u8) -> (*const Owner, *mut u8) {
 }
 
 /// The leaf for root slot `root`, mapping it on first use. `None` when the OS refuses.
-fn leaf(root: usize) -> Option<&'static Leaf> {
-    let mut leaf = ROOT[root].load(Ordering::Acquire);
+fn leaf(root: usize) -> Option<LeafPtr> {
+    let mut leaf = root_slot(root).load(Ordering::Acquire);
     if leaf.is_null() {
         let size = size_of::<Leaf>();
         // SAFETY: an anonymous private map of `size` bytes; the result is checked.
@@ -117,7 +159,7 @@ fn leaf(root: usize) -> Option<&'static Leaf> {
         }
         // Zero-filled by the OS: no page claimed, every entry two null `AtomicPtr`s.
         let fresh = fresh.cast::<Leaf>();
-        match ROOT[root].compare_exchange(
+        match root_slot(root).compare_exchange(
             ptr::null_mut(),
             fresh,
             Ordering::AcqRel,
@@ -132,8 +174,7 @@ fn leaf(root: usize) -> Option<&'static Leaf> {
             }
         }
     }
-    // SAFETY: installed leaves live for the rest of the process.
-    Some(unsafe { &*leaf })
+    Some(LeafPtr(leaf))
 }
 
 /// Records `owner` (null to release) and `base` for every page of the range of `len`
@@ -162,7 +203,7 @@ pub(crate) fn set(base: *mut u8, len: usize, owner: *const Owner) -> bool {
         };
         let stop = ((root + 1) << (LEAF_BITS + PAGE_BITS)).min(end);
         let count = (stop - addr) >> PAGE_BITS;
-        for entry in &leaf.entries[index..index + count] {
+        for entry in (index..index + count).map(|i| leaf.entry(i)) {
             entry.base.store(base, Ordering::Relaxed);
             entry.owner.store(owner.cast_mut(), Ordering::Release);
         }
@@ -172,9 +213,9 @@ pub(crate) fn set(base: *mut u8, len: usize, owner: *const Owner) -> bool {
             let last = (first | 63).min(index + count - 1);
             let bits = (u64::MAX >> (63 - (last - first))) << (first % 64);
             if owner.is_null() {
-                leaf.claimed[first / 64].fetch_and(!bits, Ordering::Release);
+                leaf.claimed(first / 64).fetch_and(!bits, Ordering::Release);
             } else {
-                leaf.claimed[first / 64].fetch_or(bits, Ordering::Release);
+                leaf.claimed(first / 64).fetch_or(bits, Ordering::Release);
             }
             first = last + 1;
         }
