@@ -55,6 +55,8 @@ extern crate alloc;
 mod abort;
 mod alloc_ops;
 mod bitset;
+#[cfg(feature = "std")]
+pub mod blob_heap;
 mod gauge;
 mod heap;
 pub mod layer;

@@ -3,6 +3,8 @@
 mod adapters;
 mod bad_input;
 mod bitmaps;
+#[cfg(feature = "std")]
+mod blob_heap;
 mod check;
 mod chunk;
 mod conformance;
@@ -32,6 +34,17 @@ const CHILD_VAR: &str = "STRATALLOC_CHILD";
 #[cfg(feature = "std")]
 pub fn child_scenario() -> Option<String> {
     std::env::var(CHILD_VAR).ok()
+}
+
+/// Starts this test binary again for the single test `test` with the scenario in the
+/// environment, and returns at once (the child's output goes to this process's).
+#[cfg(feature = "std")]
+pub fn spawn_child(test: &str, scenario: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().expect("test binary path"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, scenario)
+        .spawn()
+        .expect("starting the test binary again")
 }
 
 /// Re-runs this test binary for the single test `test` (its full path), with the scenario

@@ -1,0 +1,250 @@
+//! What can go wrong with a blob heap, each case naming the value that was wrong.
+
+use core::fmt;
+use core::time::Duration;
+
+/// Why a blob heap refuses to allocate or free until [`recover`](super::BlobHeap::recover)
+/// runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RecoveryReason {
+    /// The link words at the start of a free block did not hold what the heap wrote there:
+    /// something wrote into free memory (typically an overrun from the block before it).
+    CorruptFreeBlock {
+        /// The free block's offset in the heap.
+        offset: u64,
+        /// Its order (its size is `1 << order`).
+        order: u32,
+    },
+    /// A handle (in this process or another) died while holding the heap's lock, perhaps
+    /// in the middle of an allocation or a free.
+    HolderDied,
+}
+
+impl fmt::Display for RecoveryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryReason::CorruptFreeBlock { offset, order } => write!(
+                f,
+                "the free block at offset {offset:#x} (order {order}) was overwritten"
+            ),
+            RecoveryReason::HolderDied => f.write_str("a handle died holding the heap's lock"),
+        }
+    }
+}
+
+/// An error from a [`BlobHeap`](super::BlobHeap) operation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The smallest block's order is above the largest's.
+    MinOrderAboveMax {
+        /// The order asked for the smallest blocks.
+        min_order: u32,
+        /// The order asked for the whole heap.
+        max_order: u32,
+    },
+    /// An order outside what a blob heap supports.
+    OrderOutOfRange {
+        /// The order given.
+        order: u32,
+        /// The lowest order allowed.
+        lowest: u32,
+        /// The highest order allowed.
+        highest: u32,
+    },
+    /// Too many orders between the smallest and the largest block (the bitmaps would be
+    /// too large).
+    TooManyOrders {
+        /// `max_order - min_order + 1` as given.
+        orders: u32,
+        /// The most a heap may have.
+        limit: u32,
+    },
+    /// The alignment is not a power of two, or is below 8.
+    BadAlignment {
+        /// The alignment given.
+        alignment: usize,
+    },
+    /// The memory is smaller than the heap needs.
+    BlobTooSmall {
+        /// Bytes the heap needs.
+        needed: usize,
+        /// Bytes given.
+        given: usize,
+    },
+    /// The memory does not start on a 64-byte boundary.
+    BlobMisaligned {
+        /// The address given.
+        address: usize,
+    },
+    /// The memory does not hold a blob heap (its first word is not the heap's magic).
+    NotAHeap {
+        /// The first word found.
+        found: u64,
+    },
+    /// The memory holds a blob heap of another format version.
+    VersionMismatch {
+        /// The version in the blob.
+        found: u32,
+        /// The version this crate writes.
+        expected: u32,
+    },
+    /// The header's geometry is impossible (the header is damaged).
+    BadGeometry {
+        /// The recorded largest order.
+        max_order: u32,
+        /// The recorded smallest order.
+        min_order: u32,
+        /// The recorded alignment.
+        alignment: u64,
+    },
+    /// The heap was destroyed through another handle.
+    Destroyed,
+    /// A request larger than the whole heap.
+    TooLarge {
+        /// Bytes asked for.
+        size: usize,
+        /// The largest block the heap has.
+        largest: usize,
+    },
+    /// No free block is large enough right now.
+    OutOfMemory {
+        /// Bytes asked for.
+        size: usize,
+    },
+    /// The offset is not the start of a live block (never allocated, or already freed).
+    NotLive {
+        /// The offset given.
+        offset: u64,
+    },
+    /// The offset lies outside the heap.
+    OffsetOutOfRange {
+        /// The offset given.
+        offset: u64,
+        /// The heap's size in bytes.
+        heap_bytes: usize,
+    },
+    /// The heap found damage, or a dead lock holder, and refuses allocations and frees
+    /// until [`recover`](super::BlobHeap::recover) runs.
+    RecoveryNeeded {
+        /// What it found.
+        reason: RecoveryReason,
+    },
+    /// `recover` was called on a heap that did not ask for it.
+    NoRecoveryNeeded,
+    /// `destroy` was called while other handles were attached.
+    StillAttached {
+        /// Handles attached, this one included.
+        handles: u32,
+    },
+    /// A waiting allocation timed out before another handle freed enough memory.
+    Timeout {
+        /// Bytes asked for.
+        size: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The lock inside the heap failed (an OS error number).
+    Lock {
+        /// The error number.
+        errno: i32,
+    },
+}
+
+impl fmt::Display for BlobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BlobError::MinOrderAboveMax {
+                min_order,
+                max_order,
+            } => write!(
+                f,
+                "the smallest block's order {min_order} is above the heap's order {max_order}"
+            ),
+            BlobError::OrderOutOfRange {
+                order,
+                lowest,
+                highest,
+            } => write!(f, "order {order} is outside {lowest}..={highest}"),
+            BlobError::TooManyOrders { orders, limit } => {
+                write!(
+                    f,
+                    "{orders} orders from smallest to largest block; at most {limit}"
+                )
+            }
+            BlobError::BadAlignment { alignment } => {
+                write!(
+                    f,
+                    "alignment {alignment} is not a power of two of at least 8"
+                )
+            }
+            BlobError::BlobTooSmall { needed, given } => {
+                write!(f, "the blob has {given} bytes; the heap needs {needed}")
+            }
+            BlobError::BlobMisaligned { address } => {
+                write!(
+                    f,
+                    "the blob at {address:#x} does not start on a 64-byte boundary"
+                )
+            }
+            BlobError::NotAHeap { found } => {
+                write!(
+                    f,
+                    "the blob does not hold a heap (first word {found:#018x})"
+                )
+            }
+            BlobError::VersionMismatch { found, expected } => {
+                write!(
+                    f,
+                    "the blob holds a heap of version {found}; this crate reads version {expected}"
+                )
+            }
+            BlobError::BadGeometry {
+                max_order,
+                min_order,
+                alignment,
+            } => write!(
+                f,
+                "the heap's header is damaged: orders {min_order}..={max_order}, alignment {alignment}"
+            ),
+            BlobError::Destroyed => f.write_str("the heap was destroyed"),
+            BlobError::TooLarge { size, largest } => {
+                write!(
+                    f,
+                    "{size} bytes asked for; the largest block is {largest} bytes"
+                )
+            }
+            BlobError::OutOfMemory { size } => {
+                write!(f, "no free block of {size} bytes or more")
+            }
+            BlobError::NotLive { offset } => {
+                write!(
+                    f,
+                    "offset {offset:#x} is not a live block (never allocated, or freed already)"
+                )
+            }
+            BlobError::OffsetOutOfRange { offset, heap_bytes } => {
+                write!(
+                    f,
+                    "offset {offset:#x} is outside the heap's {heap_bytes} bytes"
+                )
+            }
+            BlobError::RecoveryNeeded { reason } => {
+                write!(f, "the heap needs recovery: {reason}")
+            }
+            BlobError::NoRecoveryNeeded => f.write_str("the heap does not need recovery"),
+            BlobError::StillAttached { handles } => {
+                write!(
+                    f,
+                    "{handles} handles are attached; detach the others before destroying"
+                )
+            }
+            BlobError::Timeout { size, waited } => {
+                write!(f, "no block of {size} bytes was freed within {waited:?}")
+            }
+            BlobError::Lock { errno } => write!(f, "the heap's lock failed (errno {errno})"),
+        }
+    }
+}
+
+impl core::error::Error for BlobError {}

@@ -1,0 +1,1091 @@
+//! A buddy heap that lives entirely inside a blob of memory, so that several handles, in
+//! one process or in several that map the same file, can attach to it and share it (the
+//! Dragon heap manager's design).
+//!
+//! # Layout of a blob
+//!
+//! ```text
+//! | header (magic, version, geometry, lock, free-list heads, counts) |
+//! | per order: a bitmap of free blocks, a bitmap of live blocks      |
+//! | padding to the alignment                                         |
+//! | the heap: 2^max_order bytes, in blocks of 2^min_order..          |
+//! ```
+//!
+//! Everything the heap knows is in the blob, and it names blocks by their *offset* from the
+//! start of the heap, never by address, so a process that maps the blob elsewhere reads
+//! the same heap. A free block starts with its free-list links (next, previous, and a check
+//! word derived from its offset and order); the bitmaps say which blocks are free and which
+//! are live at each order, which is what [`BlobHeap::recover`] rebuilds the free lists
+//! from.
+//!
+//! # Damage and dead lock holders
+//!
+//! Before the heap follows or rewrites a free block's links it checks them against the
+//! bitmaps and the check word. When they disagree (a program wrote past the end of its
+//! block into a free neighbour), the operation fails without changing anything and the
+//! heap records that it needs recovery; so it does when a handle dies while holding the
+//! lock (on Linux, where the lock is a robust process-shared mutex). Until
+//! [`BlobHeap::recover`] runs, allocations and frees return
+//! [`BlobError::RecoveryNeeded`]. Recovery trusts only the bitmaps of live blocks: every
+//! live block stays live and intact, and all other memory becomes free again. A block a
+//! dead process had allocated stays live until some handle frees it.
+
+mod error;
+mod lock;
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
+use std::time::Instant;
+
+pub use error::{BlobError, RecoveryReason};
+use lock::{BlobLock, Taken};
+
+/// The first word of a blob that holds a heap.
+const MAGIC: u64 = u64::from_le_bytes(*b"stratBLB");
+/// The format version this crate writes and reads.
+pub const BLOB_VERSION: u32 = 1;
+/// The smallest order a block may have: 32 bytes hold a free block's three link words.
+pub const LOWEST_ORDER: u32 = 5;
+/// The largest order a heap may have (16 TiB).
+pub const HIGHEST_ORDER: u32 = 44;
+/// The most orders a heap may span, from its smallest block to the whole heap.
+pub const MOST_ORDERS: u32 = 29;
+const SLOTS: usize = MOST_ORDERS as usize;
+/// An empty link.
+const NIL: u64 = u64::MAX;
+/// Mixed into a free block's check word.
+const LINK_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Codes of the header's `recovery` word.
+const RECOVERY_NONE: u32 = 0;
+const RECOVERY_CORRUPT: u32 = 1;
+const RECOVERY_HOLDER_DIED: u32 = 2;
+
+/// A blob heap's shape: the heap's size, its smallest block, and the alignment of the data.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlobGeometry {
+    max_order: u32,
+    min_order: u32,
+    alignment: usize,
+}
+
+impl BlobGeometry {
+    /// A heap of `1 << max_order` bytes whose smallest block is `1 << min_order` bytes,
+    /// with its data starting at a multiple of `alignment` bytes from the start of the
+    /// blob (so every block of at least `alignment` bytes is aligned to it relative to the
+    /// blob's start, and absolutely when the blob is, as a file map is to its page size).
+    pub const fn new(max_order: u32, min_order: u32, alignment: usize) -> Result<Self, BlobError> {
+        if min_order > max_order {
+            return Err(BlobError::MinOrderAboveMax {
+                min_order,
+                max_order,
+            });
+        }
+        let (lowest, highest) = (LOWEST_ORDER, HIGHEST_ORDER);
+        if min_order < lowest || max_order > highest {
+            let order = if min_order < lowest {
+                min_order
+            } else {
+                max_order
+            };
+            return Err(BlobError::OrderOutOfRange {
+                order,
+                lowest,
+                highest,
+            });
+        }
+        if max_order - min_order + 1 > MOST_ORDERS {
+            return Err(BlobError::TooManyOrders {
+                orders: max_order - min_order + 1,
+                limit: MOST_ORDERS,
+            });
+        }
+        if !alignment.is_power_of_two() || alignment < 8 || alignment > 1 << max_order {
+            return Err(BlobError::BadAlignment { alignment });
+        }
+        Ok(BlobGeometry {
+            max_order,
+            min_order,
+            alignment,
+        })
+    }
+
+    /// The order of the whole heap.
+    pub const fn max_order(&self) -> u32 {
+        self.max_order
+    }
+
+    /// The order of the smallest block.
+    pub const fn min_order(&self) -> u32 {
+        self.min_order
+    }
+
+    /// The alignment of the data.
+    pub const fn alignment(&self) -> usize {
+        self.alignment
+    }
+
+    /// The heap's size in bytes (what blocks are carved from).
+    pub const fn heap_bytes(&self) -> usize {
+        1 << self.max_order
+    }
+
+    /// The bytes a blob must have to hold this heap: header, bitmaps, padding and data.
+    pub fn required_size(&self) -> usize {
+        self.maps().data + self.heap_bytes()
+    }
+
+    fn orders(&self) -> core::ops::RangeInclusive<u32> {
+        self.min_order..=self.max_order
+    }
+
+    /// Where the bitmaps and the data start, from the geometry alone.
+    fn maps(&self) -> Maps {
+        let mut maps = Maps {
+            free: [0; SLOTS],
+            live: [0; SLOTS],
+            data: 0,
+        };
+        let mut at = size_of::<Header>().next_multiple_of(64);
+        for order in self.orders() {
+            let words = (1usize << (self.max_order - order)).div_ceil(64);
+            let slot = (order - self.min_order) as usize;
+            maps.free[slot] = at;
+            maps.live[slot] = at + words * 8;
+            at += 2 * words * 8;
+        }
+        maps.data = at.next_multiple_of(self.alignment.max(64));
+        maps
+    }
+}
+
+/// Byte offsets in the blob of each order's bitmaps, and of the data.
+#[derive(Clone, Copy)]
+struct Maps {
+    free: [usize; SLOTS],
+    live: [usize; SLOTS],
+    data: usize,
+}
+
+/// The header at the start of the blob. Every field is an atomic: handles in other
+/// processes read and write it too (under the lock, except the words noted).
+#[repr(C)]
+struct Header {
+    /// `MAGIC` while the blob holds a heap (read without the lock).
+    magic: AtomicU64,
+    version: AtomicU32,
+    max_order: AtomicU32,
+    min_order: AtomicU32,
+    /// `RECOVERY_*`, with the damaged block below when it is `RECOVERY_CORRUPT`.
+    recovery: AtomicU32,
+    recovery_order: AtomicU32,
+    /// Handles attached (a handle of a process that died is never subtracted).
+    handles: AtomicU32,
+    recovery_offset: AtomicU64,
+    alignment: AtomicU64,
+    live_blocks: AtomicU64,
+    allocated: AtomicU64,
+    /// Bumped by every free (read without the lock by waiting allocations).
+    frees: AtomicU32,
+    /// Allocations waiting for a free (without the lock).
+    waiters: AtomicU32,
+    lock: BlobLock,
+    heads: [AtomicU64; SLOTS],
+    free_blocks: [AtomicU64; SLOTS],
+}
+
+/// A block handed out by [`BlobHeap::alloc`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlobBlock {
+    /// Where the block starts, from the start of the heap: the same in every process.
+    pub offset: u64,
+    /// Its size in bytes (the request rounded up to a power of two).
+    pub size: usize,
+    ptr: NonNull<u8>,
+}
+
+impl BlobBlock {
+    /// The block's memory in this handle's mapping of the blob. Reading and writing it is
+    /// the caller's business (it is `unsafe`, as for any raw pointer): the heap hands a
+    /// block to one allocation at a time, but any handle that knows the offset may free it.
+    pub fn as_ptr(&self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.ptr, self.size)
+    }
+}
+
+/// A blob heap's figures at one moment (see [`BlobHeap::stats`]).
+#[derive(Clone, PartialEq, Debug)]
+pub struct BlobStats {
+    /// The heap's size in bytes.
+    pub total_bytes: usize,
+    /// Bytes in live blocks.
+    pub allocated_bytes: usize,
+    /// Bytes in free blocks.
+    pub free_bytes: usize,
+    /// Live blocks.
+    pub live_blocks: u64,
+    /// `allocated_bytes / total_bytes`, in percent.
+    pub utilisation: f64,
+    /// Free blocks per order, from the smallest order to the largest: `(order, count)`.
+    pub free_blocks: Vec<(u32, u64)>,
+    /// Handles attached (handles of processes that died included).
+    pub handles: u32,
+    /// Why the heap waits for recovery, when it does.
+    pub recovery_needed: Option<RecoveryReason>,
+}
+
+/// A handle on a buddy heap that lives in a blob of memory (see the [module](self)).
+///
+/// Every operation takes `&self` and the heap's lock, so one handle can be shared between
+/// threads; other handles, in this process or others, see the same heap. Dropping the
+/// handle detaches it.
+///
+/// ```
+/// use stratalloc::blob_heap::{BlobGeometry, BlobHeap};
+///
+/// // A 64 KiB heap of blocks from 64 bytes up, in 64-byte-aligned memory.
+/// let geometry = BlobGeometry::new(16, 6, 64)?;
+/// #[repr(align(64))]
+/// struct Line([u8; 64]);
+/// let mut memory: Vec<Line> = (0..geometry.required_size().div_ceil(64)).map(|_| Line([0; 64])).collect();
+/// // SAFETY: a slice of bytes over the lines, which outlive the heap.
+/// let blob = unsafe { std::slice::from_raw_parts_mut(memory.as_mut_ptr().cast::<u8>(), memory.len() * 64) };
+///
+/// let heap = BlobHeap::init(blob, geometry)?;
+/// let block = heap.alloc(100)?;
+/// assert_eq!(block.size, 128);
+/// // SAFETY: the block is ours until we free it.
+/// unsafe { block.as_ptr().cast::<u8>().write_bytes(7, block.size) };
+/// heap.free(block.offset)?;
+/// assert_eq!(heap.free(block.offset).unwrap_err().to_string(),
+///     format!("offset {:#x} is not a live block (never allocated, or freed already)", block.offset));
+/// assert_eq!(heap.stats().allocated_bytes, 0);
+/// # Ok::<(), stratalloc::blob_heap::BlobError>(())
+/// ```
+pub struct BlobHeap<'a> {
+    base: NonNull<u8>,
+    len: usize,
+    geometry: BlobGeometry,
+    maps: Maps,
+    _memory: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: the handle holds only the blob's address; everything it changes there is
+// changed under the blob's lock, or is an atomic read without it.
+unsafe impl Send for BlobHeap<'_> {}
+// SAFETY: as above: every `&self` operation takes the lock.
+unsafe impl Sync for BlobHeap<'_> {}
+
+impl<'a> BlobHeap<'a> {
+    /// The bytes a blob must have for a heap of `1 << max_order` bytes with blocks from
+    /// `1 << min_order` up and data aligned to `alignment` (the seed's `Heap.size`).
+    pub fn required_size(
+        max_order: u32,
+        min_order: u32,
+        alignment: usize,
+    ) -> Result<usize, BlobError> {
+        Ok(BlobGeometry::new(max_order, min_order, alignment)?.required_size())
+    }
+
+    /// Makes a new, empty heap in `blob` (whatever it held is overwritten) and returns the
+    /// first handle on it.
+    ///
+    /// Errors: a blob smaller than [`BlobGeometry::required_size`], or not starting on a
+    /// 64-byte boundary.
+    pub fn init(blob: &'a mut [u8], geometry: BlobGeometry) -> Result<Self, BlobError> {
+        let len = blob.len();
+        // SAFETY: the slice is ours, exclusively, for `'a`.
+        unsafe { Self::init_raw(NonNull::from(blob).cast(), len, geometry) }
+    }
+
+    /// Attaches a handle to the heap `blob` already holds (made by [`init`](Self::init),
+    /// perhaps in another process).
+    ///
+    /// Errors, never a crash, for memory that does not hold a heap: a wrong magic word,
+    /// another version, an impossible geometry, a blob smaller than the geometry needs.
+    pub fn attach(blob: &'a mut [u8]) -> Result<Self, BlobError> {
+        let len = blob.len();
+        // SAFETY: as in `init`.
+        unsafe { Self::attach_raw(NonNull::from(blob).cast(), len) }
+    }
+
+    /// [`init`](Self::init) over raw memory.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` is valid for reads and writes for `'a`, and while the heap lives
+    /// it is touched only through heap handles and the blocks they hand out (other
+    /// processes mapping the same memory included). No other handle is using it.
+    pub unsafe fn init_raw(
+        base: NonNull<u8>,
+        len: usize,
+        geometry: BlobGeometry,
+    ) -> Result<Self, BlobError> {
+        let heap = Self::over(base, len, geometry)?;
+        let header = base.as_ptr().cast::<Header>();
+        // SAFETY: the blob is large enough (checked in `over`) and ours to write, by the
+        // caller's promise; zeroes are a valid value for every atomic in the header and
+        // every bitmap word.
+        unsafe {
+            base.as_ptr().write_bytes(0, heap.maps.data);
+            BlobLock::init(&raw mut (*header).lock)?;
+        }
+        let h = heap.header();
+        h.version.store(BLOB_VERSION, Ordering::Relaxed);
+        h.max_order.store(geometry.max_order, Ordering::Relaxed);
+        h.min_order.store(geometry.min_order, Ordering::Relaxed);
+        h.alignment
+            .store(geometry.alignment as u64, Ordering::Relaxed);
+        h.handles.store(1, Ordering::Relaxed);
+        for head in &h.heads {
+            head.store(NIL, Ordering::Relaxed);
+        }
+        heap.push(0, geometry.max_order);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(heap)
+    }
+
+    /// [`attach`](Self::attach) to raw memory.
+    ///
+    /// # Safety
+    ///
+    /// As [`init_raw`](Self::init_raw), except that other handles may be using the heap.
+    pub unsafe fn attach_raw(base: NonNull<u8>, len: usize) -> Result<Self, BlobError> {
+        if len < size_of::<Header>() {
+            return Err(BlobError::BlobTooSmall {
+                needed: size_of::<Header>(),
+                given: len,
+            });
+        }
+        if !base.as_ptr().addr().is_multiple_of(64) {
+            return Err(BlobError::BlobMisaligned {
+                address: base.as_ptr().addr(),
+            });
+        }
+        // SAFETY: the blob holds at least a header's bytes, aligned, readable by the
+        // caller's promise; any bytes are a valid value for atomics.
+        let h = unsafe { &*base.as_ptr().cast::<Header>() };
+        let found = h.magic.load(Ordering::Acquire);
+        if found != MAGIC {
+            return Err(BlobError::NotAHeap { found });
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != BLOB_VERSION {
+            return Err(BlobError::VersionMismatch {
+                found: version,
+                expected: BLOB_VERSION,
+            });
+        }
+        let (max_order, min_order) = (
+            h.max_order.load(Ordering::Relaxed),
+            h.min_order.load(Ordering::Relaxed),
+        );
+        let alignment = h.alignment.load(Ordering::Relaxed);
+        let bad = BlobError::BadGeometry {
+            max_order,
+            min_order,
+            alignment,
+        };
+        let geometry = BlobGeometry::new(
+            max_order,
+            min_order,
+            usize::try_from(alignment).map_err(|_| bad)?,
+        )
+        .map_err(|_| bad)?;
+        let heap = Self::over(base, len, geometry)?;
+        h.handles.fetch_add(1, Ordering::Relaxed);
+        Ok(heap)
+    }
+
+    /// A handle over `base` for `geometry`, checking only the blob's size and alignment.
+    fn over(base: NonNull<u8>, len: usize, geometry: BlobGeometry) -> Result<Self, BlobError> {
+        if !base.as_ptr().addr().is_multiple_of(64) {
+            return Err(BlobError::BlobMisaligned {
+                address: base.as_ptr().addr(),
+            });
+        }
+        let needed = geometry.required_size();
+        if len < needed {
+            return Err(BlobError::BlobTooSmall { needed, given: len });
+        }
+        Ok(BlobHeap {
+            base,
+            len,
+            geometry,
+            maps: geometry.maps(),
+            _memory: PhantomData,
+        })
+    }
+
+    /// Detaches this handle; the heap and its blocks stay as they are for other handles.
+    /// (Dropping the handle does the same.)
+    pub fn detach(self) {}
+
+    /// Ends the heap: its blob no longer holds one (a later attach fails with
+    /// [`BlobError::NotAHeap`]), and the memory is the caller's again.
+    ///
+    /// Fails with [`BlobError::StillAttached`] when other handles are attached (this
+    /// handle is then detached, the heap left as it was).
+    pub fn destroy(self) -> Result<(), BlobError> {
+        let guard = self.lock()?;
+        let handles = self.header().handles.load(Ordering::Relaxed);
+        if handles > 1 {
+            return Err(BlobError::StillAttached { handles });
+        }
+        self.header().magic.store(0, Ordering::Release);
+        drop(guard);
+        Ok(())
+    }
+
+    /// The heap's geometry.
+    pub fn geometry(&self) -> BlobGeometry {
+        self.geometry
+    }
+
+    /// The blob's length in bytes (at least the geometry's required size).
+    pub fn blob_len(&self) -> usize {
+        self.len
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: `over` checked that the blob holds a header's bytes, 64-byte aligned;
+        // the memory stays valid for `'a`.
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    /// Takes the heap's lock for a run of operations (see [`BlobGuard`]).
+    ///
+    /// Errors: the heap was destroyed, or the lock failed. A lock whose holder died is
+    /// taken, and the heap then needs recovery.
+    pub fn lock(&self) -> Result<BlobGuard<'_, 'a>, BlobError> {
+        let header = self.header();
+        if header.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(BlobError::Destroyed);
+        }
+        if header.lock.lock()? == Taken::HolderDied {
+            header
+                .recovery
+                .store(RECOVERY_HOLDER_DIED, Ordering::Relaxed);
+        }
+        Ok(BlobGuard {
+            heap: self,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Allocates a block of at least `size` bytes (a power of two, at least the smallest
+    /// block; `size` 0 gets the smallest block).
+    pub fn alloc(&self, size: usize) -> Result<BlobBlock, BlobError> {
+        self.lock()?.alloc(size)
+    }
+
+    /// As [`alloc`](Self::alloc), but when no block is free it waits up to `timeout` for
+    /// other handles (other threads or processes) to free memory.
+    pub fn alloc_waiting(&self, size: usize, timeout: Duration) -> Result<BlobBlock, BlobError> {
+        let start = Instant::now();
+        let header = self.header();
+        loop {
+            let seen = header.frees.load(Ordering::SeqCst);
+            match self.alloc(size) {
+                Err(BlobError::OutOfMemory { .. }) => {}
+                other => return other,
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(BlobError::Timeout { size, waited });
+            }
+            header.waiters.fetch_add(1, Ordering::SeqCst);
+            wait_for_change(&header.frees, seen, timeout - waited);
+            header.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Frees the live block at `offset` (from any handle). Anything else is an error that
+    /// names the offset: one outside the heap, one that is not the start of a live block
+    /// (never allocated, or freed already).
+    pub fn free(&self, offset: u64) -> Result<(), BlobError> {
+        self.lock()?.free(offset)
+    }
+
+    /// The live block at `offset`, in this handle's mapping: how another process turns an
+    /// offset it was sent into memory. Errors as for [`free`](Self::free).
+    pub fn block(&self, offset: u64) -> Result<BlobBlock, BlobError> {
+        let _guard = self.lock()?;
+        let order = self.live_order(offset)?;
+        Ok(self.block_at(offset, order))
+    }
+
+    /// Whether the heap waits for [`recover`](Self::recover), and why.
+    pub fn recovery_needed(&self) -> Option<RecoveryReason> {
+        let h = self.header();
+        match h.recovery.load(Ordering::Relaxed) {
+            RECOVERY_NONE => None,
+            RECOVERY_CORRUPT => Some(RecoveryReason::CorruptFreeBlock {
+                offset: h.recovery_offset.load(Ordering::Relaxed),
+                order: h.recovery_order.load(Ordering::Relaxed),
+            }),
+            _ => Some(RecoveryReason::HolderDied),
+        }
+    }
+
+    /// Rebuilds the free lists from the bitmaps of live blocks, after damage to a free
+    /// block or the death of a lock holder: every live block stays live and untouched,
+    /// everything else is free, merged into the largest blocks possible.
+    ///
+    /// Fails with [`BlobError::NoRecoveryNeeded`] on a heap that did not ask for it.
+    pub fn recover(&self) -> Result<(), BlobError> {
+        let guard = self.lock()?;
+        if self.recovery_needed().is_none() {
+            return Err(BlobError::NoRecoveryNeeded);
+        }
+        let h = self.header();
+        let g = self.geometry;
+        for order in g.orders() {
+            let slot = self.slot(order);
+            h.heads[slot].store(NIL, Ordering::Relaxed);
+            h.free_blocks[slot].store(0, Ordering::Relaxed);
+            let words = (1usize << (g.max_order - order)).div_ceil(64);
+            for word in 0..words {
+                self.word(self.maps.free[slot], word * 64)
+                    .store(0, Ordering::Relaxed);
+            }
+        }
+        let (mut live, mut allocated) = (0u64, 0u64);
+        for order in g.orders() {
+            let map = self.maps.live[self.slot(order)];
+            let words = (1usize << (g.max_order - order)).div_ceil(64);
+            let blocks: u64 = (0..words)
+                .map(|word| {
+                    u64::from(
+                        self.word(map, word * 64)
+                            .load(Ordering::Relaxed)
+                            .count_ones(),
+                    )
+                })
+                .sum();
+            live += blocks;
+            allocated += blocks << order;
+        }
+        h.live_blocks.store(live, Ordering::Relaxed);
+        h.allocated.store(allocated, Ordering::Relaxed);
+        if self.rebuild(0, g.max_order) {
+            self.push(0, g.max_order);
+        }
+        h.recovery.store(RECOVERY_NONE, Ordering::Relaxed);
+        drop(guard);
+        Ok(())
+    }
+
+    /// Pushes the wholly free blocks under the block at `offset` of `order` onto their
+    /// free lists, and returns whether that block is itself wholly free (then the caller
+    /// pushes it, or merges it with its buddy).
+    fn rebuild(&self, offset: u64, order: u32) -> bool {
+        if self.is_live(offset, order) {
+            return false;
+        }
+        if !self.any_live_inside(offset, order) {
+            return true;
+        }
+        // Something below is live, so `order` is above the smallest.
+        let half = 1u64 << (order - 1);
+        let low = self.rebuild(offset, order - 1);
+        let high = self.rebuild(offset + half, order - 1);
+        if low {
+            self.push(offset, order - 1);
+        }
+        if high {
+            self.push(offset + half, order - 1);
+        }
+        false
+    }
+
+    /// Whether any block strictly inside the block at `offset` of `order` is live.
+    fn any_live_inside(&self, offset: u64, order: u32) -> bool {
+        (self.geometry.min_order..order).any(|inner| {
+            let map = self.maps.live[self.slot(inner)];
+            let first = (offset >> inner) as usize;
+            let count = 1usize << (order - inner);
+            let mut bit = first;
+            while bit < first + count {
+                let in_word = (64 - bit % 64).min(first + count - bit);
+                let mask = (u64::MAX >> (64 - in_word)) << (bit % 64);
+                if self.word(map, bit).load(Ordering::Relaxed) & mask != 0 {
+                    return true;
+                }
+                bit += in_word;
+            }
+            false
+        })
+    }
+
+    /// The heap's figures now.
+    pub fn stats(&self) -> BlobStats {
+        // Counters are read without the lock when it cannot be taken (a destroyed heap):
+        // they are atomics, so the worst is a figure that is out of date.
+        let _guard = self.lock();
+        let h = self.header();
+        let total_bytes = self.geometry.heap_bytes();
+        let allocated_bytes = h.allocated.load(Ordering::Relaxed) as usize;
+        BlobStats {
+            total_bytes,
+            allocated_bytes,
+            free_bytes: total_bytes.saturating_sub(allocated_bytes),
+            live_blocks: h.live_blocks.load(Ordering::Relaxed),
+            utilisation: allocated_bytes as f64 * 100.0 / total_bytes as f64,
+            free_blocks: self
+                .geometry
+                .orders()
+                .map(|order| {
+                    (
+                        order,
+                        h.free_blocks[self.slot(order)].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+            handles: h.handles.load(Ordering::Relaxed),
+            recovery_needed: self.recovery_needed(),
+        }
+    }
+
+    /// Writes a description of the heap under `title`: geometry, figures, and per order
+    /// the free blocks' count and first offsets (read from the bitmaps, so a dump works on
+    /// a damaged heap too).
+    pub fn dump(&self, out: &mut dyn fmt::Write, title: &str) -> fmt::Result {
+        let stats = self.stats();
+        let g = self.geometry;
+        writeln!(out, "{title}")?;
+        writeln!(
+            out,
+            "  heap: {} bytes (order {}), blocks of {} bytes (order {}) and up, alignment {}",
+            g.heap_bytes(),
+            g.max_order,
+            1usize << g.min_order,
+            g.min_order,
+            g.alignment
+        )?;
+        writeln!(
+            out,
+            "  blob: {} bytes, data at offset {}; {} handle(s) attached",
+            self.len, self.maps.data, stats.handles
+        )?;
+        writeln!(
+            out,
+            "  allocated: {} bytes in {} block(s); free: {} bytes; utilisation {:.2}%",
+            stats.allocated_bytes, stats.live_blocks, stats.free_bytes, stats.utilisation
+        )?;
+        match stats.recovery_needed {
+            None => writeln!(out, "  recovery: not needed")?,
+            Some(reason) => writeln!(out, "  recovery: NEEDED ({reason})")?,
+        }
+        writeln!(out, "  free blocks by order:")?;
+        const SHOWN: usize = 4;
+        for (order, count) in stats.free_blocks {
+            if count == 0 {
+                continue;
+            }
+            let map = self.maps.free[self.slot(order)];
+            let offsets: Vec<String> = (0..1usize << (g.max_order - order))
+                .filter(|&block| self.bit(map, block))
+                .take(SHOWN)
+                .map(|block| format!("{:#x}", (block as u64) << order))
+                .collect();
+            let more = if count as usize > SHOWN { ", ..." } else { "" };
+            writeln!(
+                out,
+                "    order {order:>2} ({:>10} B): {count} at {}{more}",
+                1usize << order,
+                offsets.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`dump`](Self::dump) into a new `String`.
+    pub fn dump_to_string(&self, title: &str) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.dump(&mut text, title);
+        text
+    }
+
+    /// [`dump`](Self::dump) to any `io::Write` (a file, stdout).
+    pub fn dump_to_io(&self, out: &mut dyn std::io::Write, title: &str) -> std::io::Result<()> {
+        out.write_all(self.dump_to_string(title).as_bytes())
+    }
+
+    // The bitmaps and the free lists. Everything below runs under the lock.
+
+    fn slot(&self, order: u32) -> usize {
+        (order - self.geometry.min_order) as usize
+    }
+
+    /// The bitmap word holding `bit` of the bitmap at byte offset `map`.
+    fn word(&self, map: usize, bit: usize) -> &AtomicU64 {
+        // SAFETY: `maps()` laid every bitmap out inside the blob's header part, 8-byte
+        // aligned, with a word for each 64 of its bits; callers pass bits below the
+        // bitmap's block count.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(map + bit / 64 * 8)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    fn bit(&self, map: usize, bit: usize) -> bool {
+        self.word(map, bit).load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+    }
+
+    fn set_bit(&self, map: usize, bit: usize, value: bool) {
+        let word = self.word(map, bit);
+        let mask = 1u64 << (bit % 64);
+        if value {
+            word.fetch_or(mask, Ordering::Relaxed);
+        } else {
+            word.fetch_and(!mask, Ordering::Relaxed);
+        }
+    }
+
+    fn is_free(&self, offset: u64, order: u32) -> bool {
+        self.bit(self.maps.free[self.slot(order)], (offset >> order) as usize)
+    }
+
+    fn is_live(&self, offset: u64, order: u32) -> bool {
+        self.bit(self.maps.live[self.slot(order)], (offset >> order) as usize)
+    }
+
+    /// The block at `offset` of `order`, in this mapping.
+    fn block_at(&self, offset: u64, order: u32) -> BlobBlock {
+        // SAFETY: offsets of blocks lie inside the heap, which `over` checked lies inside
+        // the blob.
+        let ptr = unsafe { self.base.add(self.maps.data + offset as usize) };
+        BlobBlock {
+            offset,
+            size: 1 << order,
+            ptr,
+        }
+    }
+
+    /// The three link words at the start of the free block at `offset`.
+    fn link_words(&self, offset: u64) -> *mut u64 {
+        self.block_at(offset, self.geometry.min_order)
+            .ptr
+            .as_ptr()
+            .cast()
+    }
+
+    fn check_word(offset: u64, order: u32) -> u64 {
+        LINK_SALT ^ offset.rotate_left(17) ^ u64::from(order)
+    }
+
+    /// Reads the links of the free block at `offset` of `order`, checking them against the
+    /// bitmaps and the check word; on a mismatch, records that the heap needs recovery.
+    fn link(&self, offset: u64, order: u32) -> Result<Link, BlobError> {
+        let fits = |at: u64| {
+            at == NIL
+                || (at < self.geometry.heap_bytes() as u64
+                    && at.trailing_zeros() >= order
+                    && self.is_free(at, order))
+        };
+        if offset != NIL && fits(offset) {
+            let words = self.link_words(offset);
+            // SAFETY: a free block of at least 32 bytes, 32-byte aligned in the heap (its
+            // offset is a multiple of its size, and the data is 64-byte aligned): its
+            // first three words are the heap's while it is free.
+            let (link, check) = unsafe {
+                let link = Link {
+                    next: words.read(),
+                    prev: words.add(1).read(),
+                };
+                (link, words.add(2).read())
+            };
+            if check == Self::check_word(offset, order) && fits(link.next) && fits(link.prev) {
+                return Ok(link);
+            }
+        }
+        Err(self.damaged(offset, order))
+    }
+
+    /// Records damage at the free block at `offset` and returns the error to report.
+    fn damaged(&self, offset: u64, order: u32) -> BlobError {
+        let h = self.header();
+        h.recovery_offset.store(offset, Ordering::Relaxed);
+        h.recovery_order.store(order, Ordering::Relaxed);
+        h.recovery.store(RECOVERY_CORRUPT, Ordering::Relaxed);
+        BlobError::RecoveryNeeded {
+            reason: RecoveryReason::CorruptFreeBlock { offset, order },
+        }
+    }
+
+    fn write_link(&self, offset: u64, order: u32, next: u64, prev: u64) {
+        let words = self.link_words(offset);
+        // SAFETY: as in `link`: the block is free (or becoming free) and at least 32 bytes.
+        unsafe {
+            words.write(next);
+            words.add(1).write(prev);
+            words.add(2).write(Self::check_word(offset, order));
+        }
+    }
+
+    fn set_next(&self, offset: u64, next: u64) {
+        // SAFETY: as in `write_link`.
+        unsafe { self.link_words(offset).write(next) }
+    }
+
+    fn set_prev(&self, offset: u64, prev: u64) {
+        // SAFETY: as in `write_link`.
+        unsafe { self.link_words(offset).add(1).write(prev) }
+    }
+
+    /// Puts the block at `offset` of `order` at the head of its free list. The list's head,
+    /// if any, was checked by the caller.
+    fn push(&self, offset: u64, order: u32) {
+        let h = self.header();
+        let slot = self.slot(order);
+        let head = h.heads[slot].load(Ordering::Relaxed);
+        self.write_link(offset, order, head, NIL);
+        if head != NIL {
+            self.set_prev(head, offset);
+        }
+        h.heads[slot].store(offset, Ordering::Relaxed);
+        self.set_bit(self.maps.free[slot], (offset >> order) as usize, true);
+        h.free_blocks[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Checks that the free block at `offset` of `order` can be taken out of its list:
+    /// its links, and its neighbours' links back to it.
+    fn check_unlink(&self, offset: u64, order: u32) -> Result<Link, BlobError> {
+        let link = self.link(offset, order)?;
+        let back = if link.prev == NIL {
+            self.header().heads[self.slot(order)].load(Ordering::Relaxed) == offset
+        } else {
+            self.link(link.prev, order)?.next == offset
+        };
+        let forth = link.next == NIL || self.link(link.next, order)?.prev == offset;
+        if back && forth {
+            Ok(link)
+        } else {
+            Err(self.damaged(offset, order))
+        }
+    }
+
+    /// Takes the free block at `offset` of `order`, whose links `check_unlink` returned,
+    /// out of its list.
+    fn unlink(&self, offset: u64, order: u32, link: Link) {
+        let h = self.header();
+        let slot = self.slot(order);
+        if link.prev == NIL {
+            h.heads[slot].store(link.next, Ordering::Relaxed);
+        } else {
+            self.set_next(link.prev, link.next);
+        }
+        if link.next != NIL {
+            self.set_prev(link.next, link.prev);
+        }
+        self.set_bit(self.maps.free[slot], (offset >> order) as usize, false);
+        h.free_blocks[slot].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The order of the live block starting at `offset`.
+    fn live_order(&self, offset: u64) -> Result<u32, BlobError> {
+        let heap_bytes = self.geometry.heap_bytes();
+        if offset >= heap_bytes as u64 {
+            return Err(BlobError::OffsetOutOfRange { offset, heap_bytes });
+        }
+        self.geometry
+            .orders()
+            .take_while(|&order| offset.trailing_zeros() >= order)
+            .find(|&order| self.is_live(offset, order))
+            .ok_or(BlobError::NotLive { offset })
+    }
+
+    fn order_for(&self, size: usize) -> Result<u32, BlobError> {
+        let largest = self.geometry.heap_bytes();
+        if size > largest {
+            return Err(BlobError::TooLarge { size, largest });
+        }
+        Ok(size
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(self.geometry.min_order))
+    }
+
+    fn alloc_locked(&self, size: usize) -> Result<BlobBlock, BlobError> {
+        let order = self.order_for(size)?;
+        let h = self.header();
+        let Some(found) = (order..=self.geometry.max_order)
+            .find(|&o| h.heads[self.slot(o)].load(Ordering::Relaxed) != NIL)
+        else {
+            return Err(BlobError::OutOfMemory { size });
+        };
+        let offset = h.heads[self.slot(found)].load(Ordering::Relaxed);
+        let link = self.check_unlink(offset, found)?;
+        self.unlink(offset, found, link);
+        // Split down to the order asked for; the lists below `found` are empty, so each
+        // upper half goes into an empty list.
+        for lower in (order..found).rev() {
+            self.push(offset + (1 << lower), lower);
+        }
+        self.set_bit(
+            self.maps.live[self.slot(order)],
+            (offset >> order) as usize,
+            true,
+        );
+        h.live_blocks.fetch_add(1, Ordering::Relaxed);
+        h.allocated.fetch_add(1 << order, Ordering::Relaxed);
+        Ok(self.block_at(offset, order))
+    }
+
+    fn free_locked(&self, offset: u64) -> Result<(), BlobError> {
+        let order = self.live_order(offset)?;
+        // Plan the merges and check every list they touch before changing anything, so a
+        // free that finds damage leaves the heap (and the block) as they were.
+        let mut merges = [(0u64, 0u32, Link::EMPTY); SLOTS];
+        let mut count = 0;
+        let (mut start, mut size) = (offset, order);
+        while size < self.geometry.max_order {
+            let buddy = start ^ (1 << size);
+            if !self.is_free(buddy, size) {
+                break;
+            }
+            merges[count] = (buddy, size, self.check_unlink(buddy, size)?);
+            count += 1;
+            start = start.min(buddy);
+            size += 1;
+        }
+        let head = self.header().heads[self.slot(size)].load(Ordering::Relaxed);
+        if head != NIL && self.link(head, size)?.prev != NIL {
+            return Err(self.damaged(head, size));
+        }
+        let h = self.header();
+        self.set_bit(
+            self.maps.live[self.slot(order)],
+            (offset >> order) as usize,
+            false,
+        );
+        h.live_blocks.fetch_sub(1, Ordering::Relaxed);
+        h.allocated.fetch_sub(1 << order, Ordering::Relaxed);
+        for &(buddy, buddy_order, link) in &merges[..count] {
+            self.unlink(buddy, buddy_order, link);
+        }
+        self.push(start, size);
+        // A waiting allocation counts itself in `waiters` before it sleeps on `frees`, and
+        // sleeps only while `frees` is what it saw: either it sees this bump, or we see it.
+        h.frees.fetch_add(1, Ordering::SeqCst);
+        if h.waiters.load(Ordering::SeqCst) > 0 {
+            wake_all(&h.frees);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlobHeap<'_> {
+    fn drop(&mut self) {
+        let handles = &self.header().handles;
+        let _ = handles.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+impl fmt::Debug for BlobHeap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobHeap")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .field("geometry", &self.geometry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A free block's links as read from it.
+#[derive(Clone, Copy)]
+struct Link {
+    next: u64,
+    prev: u64,
+}
+
+impl Link {
+    const EMPTY: Link = Link {
+        next: NIL,
+        prev: NIL,
+    };
+}
+
+/// The heap's lock, held: several allocations and frees without taking it for each.
+/// Dropping the guard releases the lock. While a guard lives, every other handle waits, in
+/// this process and others; if its process dies, the next handle to lock finds that out
+/// and the heap asks for [`recover`](BlobHeap::recover).
+pub struct BlobGuard<'h, 'a> {
+    heap: &'h BlobHeap<'a>,
+    /// The lock belongs to this thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl BlobGuard<'_, '_> {
+    fn usable(&self) -> Result<(), BlobError> {
+        match self.heap.recovery_needed() {
+            None => Ok(()),
+            Some(reason) => Err(BlobError::RecoveryNeeded { reason }),
+        }
+    }
+
+    /// [`BlobHeap::alloc`] under this guard.
+    pub fn alloc(&self, size: usize) -> Result<BlobBlock, BlobError> {
+        self.usable()?;
+        self.heap.alloc_locked(size)
+    }
+
+    /// [`BlobHeap::free`] under this guard.
+    pub fn free(&self, offset: u64) -> Result<(), BlobError> {
+        self.usable()?;
+        self.heap.free_locked(offset)
+    }
+}
+
+impl Drop for BlobGuard<'_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard was made by taking the lock on this thread.
+        unsafe { self.heap.header().lock.unlock() };
+    }
+}
+
+/// Waits (up to `timeout`) while `word` still holds `seen`; may return early.
+#[cfg(all(target_os = "linux", not(miri)))]
+fn wait_for_change(word: &AtomicU32, seen: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a futex wait on a word in shared memory (no private flag: other processes
+    // wake it), with a relative timeout; it returns at once if the word changed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            &raw const timeout,
+        )
+    };
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+fn wake_all(word: &AtomicU32) {
+    // SAFETY: a futex wake of every waiter on the word.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}
+
+/// Elsewhere, and under Miri, waiting is polling.
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn wait_for_change(word: &AtomicU32, seen: u32, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    while word.load(Ordering::SeqCst) == seen && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn wake_all(_word: &AtomicU32) {}
