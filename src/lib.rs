@@ -32,6 +32,9 @@
 //! - [`Gauge`]: the figures a stack reports.
 //! - [`BitSet`]: a bit set in caller memory that another handle can attach to (the
 //!   bitmap under `Buddy` and `Bitset`).
+//! - [`blob_heap`] (with `std`): a buddy heap whose metadata lives inside the blob it
+//!   manages (caller memory or a shared file map), addressed by offsets, so that several
+//!   handles and processes can attach to it; a robust process-shared lock, `recover`.
 //! - [Regions](region) (with `std`): [`Router`], the global allocator that sends a
 //!   closure's ordinary allocations to a [`Region`]'s stack for the length of
 //!   [`region::enter`], soundly (frees always reach the owner, blocks may outlive their
@@ -41,7 +44,8 @@
 //!
 //! # Features
 //!
-//! `std` (default) adds the OS sources, regions and the router, and stderr reports.
+//! `std` (default) adds the OS sources, regions and the router, the blob heap, and stderr
+//! reports.
 //! Without it the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
 //! `Stats`, `Check`, `BitSet`, `Heap` and `Locked` remain.
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use stratalloc::layers::Stats;
 use stratalloc::{Gauge, Gauges, Layer};
 
@@ -295,11 +295,7 @@ pub fn run_program<L: Layer>(
 
 /// Runs the suite's property on fresh layers made by `make`.
 pub fn check_layer<L: Layer>(make: impl Fn() -> L, extra_gauge: fn(&L) -> Option<Gauges>) {
-    let mut runner = TestRunner::new(Config {
-        cases: crate::CASES,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(crate::proptest_config());
     let result = runner.run(&program(), |ops| {
         let mut layer = Stats::new(make());
         run_program(&mut layer, &ops, extra_gauge)
@@ -464,11 +460,7 @@ mod named_stacks {
     fn buffer_arena() {
         let mut memory = Vec::with_capacity(super::BUFFER_BYTES);
         let (base, len) = (memory.as_mut_ptr(), super::BUFFER_BYTES);
-        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
-            cases: crate::CASES,
-            failure_persistence: None,
-            ..Default::default()
-        });
+        let mut runner = proptest::test_runner::TestRunner::new(crate::proptest_config());
         let result = runner.run(&super::program(), |ops| {
             // SAFETY: `memory` outlives the runner; each case's arena is dropped before the
             // next case makes a new slice over the same bytes.

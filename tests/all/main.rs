@@ -24,7 +24,17 @@ mod suite_finds_bugs;
 static ROUTER: stratalloc::Router = stratalloc::Router::new();
 
 /// Proptest cases per property: fewer under Miri, which is ~100x slower.
-pub const CASES: u32 = if cfg!(miri) { 2 } else { 128 };
+pub const CASES: u32 = if cfg!(miri) { 8 } else { 128 };
+
+/// The proptest configuration the suites share: `CASES` cases, and no failure files (which
+/// Miri's isolation forbids; a failure prints its minimal case instead).
+pub fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: CASES,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
 
 /// The environment variable that tells a re-executed test binary which scenario to run.
 #[cfg(feature = "std")]
@@ -37,12 +47,14 @@ pub fn child_scenario() -> Option<String> {
 }
 
 /// Starts this test binary again for the single test `test` with the scenario in the
-/// environment, and returns at once (the child's output goes to this process's).
+/// environment, and returns at once (the child's stderr, where a failure is reported, goes
+/// to this process's; its test harness chatter on stdout does not).
 #[cfg(feature = "std")]
 pub fn spawn_child(test: &str, scenario: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().expect("test binary path"))
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, scenario)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .expect("starting the test binary again")
 }
