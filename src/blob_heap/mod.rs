@@ -49,7 +49,7 @@ const MAGIC: u64 = u64::from_le_bytes(*b"stratBLB");
 pub const BLOB_VERSION: u32 = 1;
 /// The smallest order a block may have: 32 bytes hold a free block's three link words.
 pub const LOWEST_ORDER: u32 = 5;
-/// The largest order a heap may have (16 TiB).
+/// The largest order a heap may have (16 TiB; 1 GiB on 32-bit targets).
 pub const HIGHEST_ORDER: u32 = 44;
 /// The most orders a heap may span, from its smallest block to the whole heap.
 pub const MOST_ORDERS: u32 = 29;
@@ -83,7 +83,13 @@ impl BlobGeometry {
                 max_order,
             });
         }
-        let (lowest, highest) = (LOWEST_ORDER, HIGHEST_ORDER);
+        // On 32-bit targets the heap and its metadata must also fit in the address space.
+        let highest = if HIGHEST_ORDER < usize::BITS - 2 {
+            HIGHEST_ORDER
+        } else {
+            usize::BITS - 2
+        };
+        let lowest = LOWEST_ORDER;
         if min_order < lowest || max_order > highest {
             let order = if min_order < lowest {
                 min_order
