@@ -144,6 +144,9 @@ pub enum BlobError {
         /// How long it waited.
         waited: Duration,
     },
+    /// This thread already holds the heap's lock (a [`BlobGuard`](super::BlobGuard) is
+    /// alive): use the guard's operations, or drop it first.
+    AlreadyLocked,
     /// The lock inside the heap failed (an OS error number).
     Lock {
         /// The error number.
@@ -241,6 +244,9 @@ impl fmt::Display for BlobError {
             }
             BlobError::Timeout { size, waited } => {
                 write!(f, "no block of {size} bytes was freed within {waited:?}")
+            }
+            BlobError::AlreadyLocked => {
+                f.write_str("this thread already holds the heap's lock (a BlobGuard is alive)")
             }
             BlobError::Lock { errno } => write!(f, "the heap's lock failed (errno {errno})"),
         }

@@ -55,6 +55,13 @@ impl BlobLock {
                 libc::PTHREAD_PROCESS_SHARED,
             ))
             .and_then(|()| {
+                // Error-checking: a thread that locks twice gets EDEADLK, not a hang.
+                check(libc::pthread_mutexattr_settype(
+                    attr,
+                    libc::PTHREAD_MUTEX_ERRORCHECK,
+                ))
+            })
+            .and_then(|()| {
                 check(libc::pthread_mutexattr_setrobust(
                     attr,
                     libc::PTHREAD_MUTEX_ROBUST,
@@ -83,6 +90,7 @@ impl BlobLock {
                 check(unsafe { libc::pthread_mutex_consistent(self.mutex.get()) })?;
                 Ok(Taken::HolderDied)
             }
+            libc::EDEADLK => Err(BlobError::AlreadyLocked),
             error => Err(BlobError::Lock { errno: error }),
         }
     }
@@ -106,6 +114,17 @@ fn check(result: libc::c_int) -> Result<(), BlobError> {
     }
 }
 
+/// A nonzero number naming this thread among live ones in this process (the spin lock
+/// cannot tell processes apart).
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn thread_token() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    std::thread_local! {
+        static TOKEN: u32 = NEXT.fetch_add(1, Ordering::Relaxed).max(1);
+    }
+    TOKEN.with(|token| *token)
+}
+
 #[cfg(not(all(target_os = "linux", not(miri))))]
 impl BlobLock {
     /// Makes the bytes at `this` an unlocked lock.
@@ -119,16 +138,19 @@ impl BlobLock {
         Ok(())
     }
 
-    /// Takes the lock, spinning (and yielding) while another handle holds it.
+    /// Takes the lock, spinning (and yielding) while another thread holds it.
     pub(super) fn lock(&self) -> Result<Taken, BlobError> {
-        while self
-            .word
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
+        let me = thread_token();
+        loop {
+            match self
+                .word
+                .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(Taken::Clean),
+                Err(holder) if holder == me => return Err(BlobError::AlreadyLocked),
+                Err(_) => std::thread::yield_now(),
+            }
         }
-        Ok(Taken::Clean)
     }
 
     /// Releases the lock.

@@ -1022,7 +1022,8 @@ impl Link {
 
 /// The heap's lock, held: several allocations and frees without taking it for each.
 /// Dropping the guard releases the lock. While a guard lives, every other handle waits, in
-/// this process and others; if its process dies, the next handle to lock finds that out
+/// this process and others, and this thread's calls through the heap (rather than the
+/// guard) fail with [`BlobError::AlreadyLocked`] (`stats` and `dump` still work); if its process dies, the next handle to lock finds that out
 /// and the heap asks for [`recover`](BlobHeap::recover).
 pub struct BlobGuard<'h, 'a> {
     heap: &'h BlobHeap<'a>,

@@ -224,6 +224,13 @@ fn bad_offsets_and_requests_are_errors_naming_them() {
             largest: 4096
         })
     );
+    // Locking twice on one thread is an error, not a hang; the guard's operations work.
+    let guard = heap.lock().unwrap();
+    assert_eq!(heap.alloc(64), Err(BlobError::AlreadyLocked));
+    assert!(matches!(heap.lock(), Err(BlobError::AlreadyLocked)));
+    let under_guard = guard.alloc(64).unwrap();
+    guard.free(under_guard.offset).unwrap();
+    drop(guard);
     let whole = heap.alloc(4096).unwrap();
     assert_eq!(heap.alloc(0), Err(BlobError::OutOfMemory { size: 0 }));
     assert_eq!(heap.recover(), Err(BlobError::NoRecoveryNeeded));
