@@ -32,7 +32,7 @@ pub enum Op {
 }
 
 const MAX_SIZE: usize = if cfg!(miri) { 4096 } else { 65536 };
-const MAX_OPS: usize = if cfg!(miri) { 16 } else { 96 };
+const MAX_OPS: usize = if cfg!(miri) { 32 } else { 96 };
 
 fn size() -> impl Strategy<Value = usize> {
     prop_oneof![4 => 0..=64usize, 3 => 0..=1024usize, 1 => 0..=MAX_SIZE]

@@ -13,7 +13,7 @@ fn counted() -> Region<Counted> {
     Region::new(Stats::new(Chunk::new(Mmap::new())))
 }
 
-const MANY: usize = if cfg!(miri) { 16 } else { 100_000 };
+const MANY: usize = if cfg!(miri) { 200 } else { 100_000 };
 
 #[test]
 fn a_closure_s_allocations_come_from_the_region() {
