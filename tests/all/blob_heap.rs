@@ -642,7 +642,7 @@ fn churn(heap: &BlobHeap<'_>, process: u64, rounds: u64) -> Vec<(u64, u64)> {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let tag = process << 40 | round;
-        if live.len() < 60 && seed % 3 != 0 {
+        if live.len() < 60 && !seed.is_multiple_of(3) {
             let block = heap.alloc(16 + (seed as usize >> 8) % 3000).unwrap();
             fill(&block, tag);
             live.push((block, tag));
