@@ -524,6 +524,136 @@ impl<'a> BitSet<'a> {
     }
 }
 
+/// Word-level access to a set that [`BitSet::init`] made, for a layer's hot paths: no
+/// header check and no bounds check per access (the caller vouches for both), the count in
+/// the header kept as every [`BitSet`] method keeps it. [`BitSet`] stays the way to make,
+/// attach, check and dump the set; a `RawBits` is a bare pointer, so it may be copied and
+/// kept while no [`BitSet`] handle over the same memory is in use.
+#[derive(Clone, Copy)]
+pub(crate) struct RawBits {
+    /// The set's first word (its header).
+    at: NonNull<u64>,
+}
+
+impl RawBits {
+    /// The set whose header is at `at`.
+    ///
+    /// # Safety
+    ///
+    /// Callers must ensure that `at` holds a set made by [`BitSet::init`], valid for
+    /// reads and writes of its [`words_for`](BitSet::words_for) words for as long as the
+    /// `RawBits` (or a copy) is used, and that no [`BitSet`] handle over the same memory is
+    /// used meanwhile. Every index given to a method is below the set's number of bits.
+    #[inline(always)]
+    pub(crate) const unsafe fn new(at: NonNull<u64>) -> Self {
+        RawBits { at }
+    }
+
+    /// The count word in the header.
+    #[inline(always)]
+    fn count_word(self) -> *mut u64 {
+        // SAFETY: `new`'s duties: the header is inside the set's memory.
+        unsafe { self.at.as_ptr().add(COUNT_AT) }
+    }
+
+    /// Bits word `w` (bits `64 * w..64 * w + 64`).
+    ///
+    /// # Safety
+    ///
+    /// `w` is below `num_bits.div_ceil(64)`.
+    #[inline(always)]
+    pub(crate) unsafe fn word(self, w: usize) -> *mut u64 {
+        // SAFETY: the caller's duty and `new`'s keep the word inside the set's memory.
+        unsafe { self.at.as_ptr().add(HEADER_WORDS + w) }
+    }
+
+    /// The number of bits set (the header's count).
+    #[inline(always)]
+    pub(crate) fn len(self) -> usize {
+        // SAFETY: `new`'s duties make the header readable.
+        unsafe { self.count_word().read() as usize }
+    }
+
+    /// Adds `added` and takes `removed` from the count.
+    #[inline(always)]
+    fn add_count(self, added: u64, removed: u64) {
+        let count = self.count_word();
+        // SAFETY: `new`'s duties make the header readable and writable.
+        unsafe { count.write(count.read().wrapping_add(added).wrapping_sub(removed)) };
+    }
+
+    /// Whether bit `index` is set.
+    ///
+    /// # Safety
+    ///
+    /// `index` is below the set's number of bits.
+    #[inline(always)]
+    pub(crate) unsafe fn get(self, index: usize) -> bool {
+        // SAFETY: the caller's duty keeps the word inside the set.
+        unsafe { self.word(index / 64).read() >> (index % 64) & 1 == 1 }
+    }
+
+    /// Sets bit `index`, as [`BitSet::set`] does.
+    ///
+    /// # Safety
+    ///
+    /// `index` is below the set's number of bits.
+    #[inline(always)]
+    pub(crate) unsafe fn set(self, index: usize) {
+        // SAFETY: the caller's duty keeps the word inside the set.
+        let word = unsafe { self.word(index / 64) };
+        let mask = 1u64 << (index % 64);
+        // SAFETY: as above.
+        let old = unsafe { word.read() };
+        // SAFETY: as above.
+        unsafe { word.write(old | mask) };
+        self.add_count(u64::from(old & mask == 0), 0);
+    }
+
+    /// Resets bit `index`, as [`BitSet::reset`] does.
+    ///
+    /// # Safety
+    ///
+    /// `index` is below the set's number of bits.
+    #[inline(always)]
+    pub(crate) unsafe fn reset(self, index: usize) {
+        // SAFETY: the caller's duty keeps the word inside the set.
+        let word = unsafe { self.word(index / 64) };
+        let mask = 1u64 << (index % 64);
+        // SAFETY: as above.
+        let old = unsafe { word.read() };
+        // SAFETY: as above.
+        unsafe { word.write(old & !mask) };
+        self.add_count(0, u64::from(old & mask != 0));
+    }
+
+    /// Sets (`value`) or resets the `count` bits from `start`, as
+    /// [`BitSet::set_range`] and [`BitSet::reset_range`] do.
+    ///
+    /// # Safety
+    ///
+    /// `start + count` is at most the set's number of bits.
+    #[inline(always)]
+    pub(crate) unsafe fn fill_range(self, start: usize, count: usize, value: bool) {
+        let mut changed = 0;
+        BitSet::for_each_word(start, count, |w, mask| {
+            // SAFETY: the caller's duty keeps every word the range touches inside the set.
+            let word = unsafe { self.word(w) };
+            // SAFETY: as above.
+            let old = unsafe { word.read() };
+            let new = if value { old | mask } else { old & !mask };
+            changed += u64::from((old ^ new).count_ones());
+            // SAFETY: as above.
+            unsafe { word.write(new) };
+        });
+        if value {
+            self.add_count(changed, 0);
+        } else {
+            self.add_count(0, changed);
+        }
+    }
+}
+
 impl fmt::Debug for BitSet<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BitSet")

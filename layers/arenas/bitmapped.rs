@@ -2,7 +2,8 @@
 //! in a [`BitSet`]; larger requests take runs of consecutive blocks, found first-fit.
 //!
 //! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
-//! it belongs to a live run; every bit below an arena's `hint` is set; each arena's bitmap
+//! it belongs to a live run; for each `c < HINTS`, no run of `2^c` clear bits starts below an
+//! arena's `hints[c]` (so `hints[0]` is at most the first clear bit); each arena's bitmap
 //! keeps the `BitSet` invariants (its count matches its bits).
 
 use core::alloc::Layout;
@@ -11,6 +12,7 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
+use crate::bitset::RawBits;
 use crate::layer::served_size;
 use crate::{BitSet, Layer};
 
@@ -20,11 +22,33 @@ use crate::{BitSet, Layer};
 struct ArenaMeta {
     /// The base of the next (older) arena, or null.
     next: *mut u8,
-    /// Every block below this index is in use: first-fit scans start here.
-    hint: usize,
+    /// No run of `2^c` clear bits starts below `hints[c]`: a first-fit search for `n >= 2^c`
+    /// blocks starts there. A search that finds (or fails to find) `n <= 2^c` blocks raises
+    /// `hints[c]`; a put lowers each hint to where a run through the freed blocks could
+    /// start.
+    hints: [usize; HINTS],
 }
 
+/// Run lengths with a hint of their own: 1, 2, 4, ... `2^(HINTS - 1)` blocks.
+const HINTS: usize = 8;
+
 const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
+
+/// Bit `i` is set when bits `i..i + n` of `free` are all set (`1 <= n <= 64`): the starts of
+/// the runs of `n` that lie inside the word.
+#[inline(always)]
+fn runs_in_word(free: u64, n: usize) -> u64 {
+    let mut starts = free;
+    let mut have = 1;
+    while have < n {
+        // Doubling: a run of `have` at `i` and one at `i + step` (`step <= have`) make a run
+        // of `have + step` at `i`. `step < 64`, since `have < n <= 64`.
+        let step = (n - have).min(have);
+        starts &= starts >> step;
+        have += step;
+    }
+    starts
+}
 
 /// The bitmapped-block allocator: memory is cut into blocks of `BLOCK` bytes, one bit each
 /// (set = in use), and a request takes the first run of `ceil(size / BLOCK)` clear bits
@@ -190,6 +214,124 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         }
     }
 
+    /// The bitmap of the arena whose metadata is at `meta`, for word-level access without the
+    /// header check that [`bitmap`](Self::bitmap) makes.
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
+    /// no `BitSet` over that bitmap is used while the result is.
+    #[inline(always)]
+    unsafe fn raw_bitmap(meta: *mut u8) -> RawBits {
+        // SAFETY: the bitmap follows the header inside the metadata, where `add_arena` made
+        // a `BitSet`; the caller's duties give exclusive access. Not null: inside an arena.
+        unsafe {
+            RawBits::new(NonNull::new_unchecked(
+                meta.cast::<u64>().add(META_HEADER_WORDS),
+            ))
+        }
+    }
+
+    /// The hints of the arena whose metadata is at `meta`.
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of a live arena of this layer; the result is used while no
+    /// other reference to the header is.
+    #[inline(always)]
+    unsafe fn hints<'m>(meta: *mut u8) -> &'m mut [usize; HINTS] {
+        // SAFETY: the metadata starts with an `ArenaMeta`; the caller's duties make the
+        // reference unique.
+        unsafe { &mut (*meta.cast::<ArenaMeta>()).hints }
+    }
+
+    /// Lowers the hints of the arena at `meta` after blocks from `at` went free: a run of
+    /// `2^c` clear bits through them starts at `at - (2^c - 1)` or later.
+    ///
+    /// # Safety
+    ///
+    /// As for [`hints`](Self::hints).
+    #[inline(always)]
+    unsafe fn freed_from(meta: *mut u8, at: usize) {
+        // SAFETY: the caller's duties.
+        let hints = unsafe { Self::hints(meta) };
+        for (c, hint) in hints.iter_mut().enumerate() {
+            *hint = (*hint).min(at.saturating_sub((1 << c) - 1));
+        }
+    }
+
+    /// The first start at or after `from`, a multiple of `stride`, of a run of `blocks` clear
+    /// bits in `map`; and the first clear bit at or after `from` (`BLOCKS` when none).
+    /// Scans a word at a time, carrying the clear run at the top of each word into the next.
+    ///
+    /// # Safety
+    ///
+    /// `map` is the bitmap of a live arena of this layer; `from <= BLOCKS`; `stride` is a
+    /// power of two.
+    #[inline(always)]
+    unsafe fn find_run(
+        map: RawBits,
+        from: usize,
+        blocks: usize,
+        stride: usize,
+    ) -> (Option<usize>, usize) {
+        let words = Self::BLOCKS.div_ceil(64);
+        let mut first_free = Self::BLOCKS;
+        // Clear bits in a row just below bit `64 * w`.
+        let mut run = 0usize;
+        let mut w = from / 64;
+        // The bits of word `w` inside `from..BLOCKS`.
+        let mut inside = u64::MAX << (from % 64);
+        // Bits at the multiples of `stride`, for strides below 64 (the divisor is 0 only for
+        // multiples of 64, where this is not used).
+        let aligned = u64::MAX
+            .checked_div((1u64 << (stride % 64)) - 1)
+            .unwrap_or(u64::MAX);
+        while w < words {
+            if !Self::BLOCKS.is_multiple_of(64) {
+                // Only when `BLOCKS < 64`: one word, with padding above `BLOCKS`.
+                inside &= u64::MAX >> (64 - Self::BLOCKS % 64);
+            }
+            // SAFETY: `w < words`, inside the bitmap; the caller's duties.
+            let free = !unsafe { map.word(w).read() } & inside;
+            inside = u64::MAX;
+            if free == 0 {
+                run = 0;
+                w += 1;
+                continue;
+            }
+            let bit = w * 64;
+            if first_free == Self::BLOCKS {
+                first_free = bit + free.trailing_zeros() as usize;
+            }
+            // The run carried in from below, continued by this word's low clear bits.
+            // Rounded up to a multiple of `stride`, a power of two (a mask, not a division).
+            let start = (bit - run + (stride - 1)) & !(stride - 1);
+            if start + blocks <= bit + free.trailing_ones() as usize {
+                return (Some(start), first_free);
+            }
+            // Runs that start inside this word and end inside it.
+            if blocks <= 64 {
+                let starts = if stride < 64 {
+                    aligned
+                } else {
+                    u64::from(bit.is_multiple_of(stride))
+                };
+                let found = runs_in_word(free, blocks) & starts;
+                if found != 0 {
+                    return (Some(bit + found.trailing_zeros() as usize), first_free);
+                }
+            }
+            run = if free == u64::MAX {
+                run + 64
+            } else {
+                free.leading_ones() as usize
+            };
+            w += 1;
+        }
+        (None, first_free)
+    }
+
     /// Calls `each` with the metadata of every arena, newest first.
     fn for_each_arena(&self, mut each: impl FnMut(*mut u8)) {
         let mut base = self.arenas;
@@ -202,35 +344,50 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         }
     }
 
-    /// Finds and books a run of `blocks` clear bits starting at a multiple of `stride` in
-    /// the arena whose metadata is at `meta`; returns the index of its first block.
+    /// Finds and books the first run of `blocks` clear bits starting at a multiple of
+    /// `stride` in the arena whose metadata is at `meta`; returns the index of its first
+    /// block.
     ///
     /// # Safety
     ///
-    /// `meta` is the metadata of a live arena of this layer.
+    /// `meta` is the metadata of a live arena of this layer; `1 <= blocks <= BLOCKS`;
+    /// `stride` is a power of two.
+    #[inline(always)]
     unsafe fn take(meta: *mut u8, blocks: usize, stride: usize) -> Option<usize> {
-        let header = meta.cast::<ArenaMeta>();
         // SAFETY: the caller's duty; the header and the bitmap are disjoint words.
-        let (mut map, hint) = unsafe { (Self::bitmap(meta), (*header).hint) };
+        let (map, hints) = unsafe { (Self::raw_bitmap(meta), Self::hints(meta)) };
         if Self::BLOCKS - map.len() < blocks {
             return None;
         }
-        let mut at = map.find_clear(hint..Self::BLOCKS)?;
-        // SAFETY: as above; every bit below `at` is set.
-        unsafe { (*header).hint = at };
-        loop {
-            at = at.next_multiple_of(stride);
-            if at + blocks > Self::BLOCKS {
-                return None;
-            }
-            match map.find_set(at..at + blocks) {
-                None => {
-                    let _ = map.set_range(at, blocks);
-                    return Some(at);
-                }
-                Some(used) => at = map.find_clear(used + 1..Self::BLOCKS)?,
-            }
+        // `2^below <= blocks`: no run of `blocks` starts below `hints[below]`, nor below
+        // `hints[0]`. `2^above >= blocks`: a run of `2^above` is one of `blocks`.
+        let below = (blocks.checked_ilog2().unwrap_or(0) as usize).min(HINTS - 1);
+        let above = blocks.next_power_of_two().trailing_zeros() as usize;
+        let from = hints[0].max(hints[below]);
+        // SAFETY: the caller's duties; the hints are at most `BLOCKS` (the invariant).
+        let (found, first_free) = unsafe { Self::find_run(map, from, blocks, stride) };
+        // Every bit in `from..first_free` is set, so no run of any length starts below it.
+        if from == hints[0] {
+            hints[0] = first_free;
         }
+        let Some(at) = found else {
+            if stride == 1 && above < HINTS {
+                // No run of `blocks` anywhere, so none of `2^above`.
+                hints[above] = Self::BLOCKS;
+            }
+            return None;
+        };
+        // SAFETY: `find_run` keeps the run inside the arena.
+        unsafe { map.fill_range(at, blocks, true) };
+        if at == hints[0] {
+            hints[0] = at + blocks;
+        }
+        if stride == 1 && above < HINTS {
+            // No run of `blocks` starts below `at` (first fit), and none at or after it
+            // overlaps the run just booked: none of `2^above` starts below `at + blocks`.
+            hints[above] = hints[above].max(at + blocks);
+        }
+        Some(at)
     }
 
     /// Takes a new arena from `L`, with an empty bitmap, at the head of the chain.
@@ -253,7 +410,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
             );
             meta.cast::<ArenaMeta>().write(ArenaMeta {
                 next: self.arenas,
-                hint: 0,
+                hints: [0; HINTS],
             });
             let at = meta.cast::<u64>().add(META_HEADER_WORDS);
             // Cannot fail: the words were sized by `words_for`.
@@ -334,17 +491,21 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
             return;
         };
         let (meta, at) = Self::locate(ptr);
-        // SAFETY: the caller's duties make `ptr` a live run in one of our arenas.
-        let mut map = unsafe { Self::bitmap(meta) };
-        if cfg!(debug_assertions) && map.find_clear(at..at + blocks).is_some() {
-            abort_with(format_args!(
-                "Bitset: put of {ptr:p} ({layout:?}), whose blocks are not all in use"
-            ));
+        if cfg!(debug_assertions) {
+            // SAFETY: the caller's duties make `ptr` a live run in one of our arenas.
+            let map = unsafe { Self::bitmap(meta) };
+            if at + blocks > Self::BLOCKS || map.find_clear(at..at + blocks).is_some() {
+                abort_with(format_args!(
+                    "Bitset: put of {ptr:p} ({layout:?}), whose blocks are not all in use"
+                ));
+            }
         }
-        let _ = map.reset_range(at, blocks);
-        let header = meta.cast::<ArenaMeta>();
-        // SAFETY: as above; the header is disjoint from the bitmap.
-        unsafe { (*header).hint = (*header).hint.min(at) };
+        // SAFETY: as above: the run lies inside the arena's bitmap; no `BitSet` handle is
+        // alive; the header is disjoint from the bitmap.
+        unsafe {
+            Self::raw_bitmap(meta).fill_range(at, blocks, false);
+            Self::freed_from(meta, at);
+        }
     }
 
     fn init() -> Self {
@@ -382,9 +543,8 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
         let (meta, at) = Self::locate(ptr);
         // SAFETY: the caller's duties make `ptr` a live run in one of our arenas.
         let _ = unsafe { Self::bitmap(meta) }.reset_range(at + needs, had - needs);
-        let header = meta.cast::<ArenaMeta>();
-        // SAFETY: as above; the header is disjoint from the bitmap.
-        unsafe { (*header).hint = (*header).hint.min(at + needs) };
+        // SAFETY: as above; the `BitSet` handle is gone.
+        unsafe { Self::freed_from(meta, at + needs) };
         true
     }
 
@@ -401,16 +561,31 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
         self.for_each_arena(|meta| {
             arenas += 1;
             // SAFETY: `meta` belongs to a live arena; one bitmap handle at a time.
-            let (map, hint) = unsafe { (Self::bitmap(meta), (*meta.cast::<ArenaMeta>()).hint) };
+            let (map, hints) = unsafe { (Self::bitmap(meta), (*meta.cast::<ArenaMeta>()).hints) };
             if let Err(error) = map.check() {
                 abort_with(format_args!(
                     "Bitset invariant broken: bitmap at {meta:p}: {error}"
                 ));
             }
-            if hint > Self::BLOCKS || map.find_clear(0..hint).is_some() {
+            if let Some(hint) = hints.iter().find(|&&hint| hint > Self::BLOCKS) {
                 abort_with(format_args!(
-                    "Bitset invariant broken: a free block below the hint {hint}"
+                    "Bitset invariant broken: a hint {hint} past the end, arena {meta:p}"
                 ));
+            }
+            // Every run of clear bits (maximal), against every hint.
+            let mut at = map.find_clear(0..Self::BLOCKS);
+            while let Some(start) = at {
+                let end = map.find_set(start..Self::BLOCKS).unwrap_or(Self::BLOCKS);
+                for (c, &hint) in hints.iter().enumerate() {
+                    if end - start >= 1 << c && start < hint {
+                        abort_with(format_args!(
+                            "Bitset invariant broken: a run of {} clear bits at {start} \
+                             (arena {meta:p}), below hints[{c}] = {hint}",
+                            end - start
+                        ));
+                    }
+                }
+                at = map.find_clear(end..Self::BLOCKS);
             }
         });
         if arenas != self.arena_count {
@@ -453,6 +628,54 @@ mod tests {
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).unwrap()
+    }
+
+    /// The word-at-a-time search and the hints give exactly first fit: against a model
+    /// (`Vec<bool>`), over runs that cross words and alignments up to and past a word.
+    #[test]
+    fn first_fit_matches_a_model() {
+        type Heap<'a> = Bitset<Buffer<'a>, 16, 8192>;
+        const N: usize = Heap::BLOCKS;
+        // Room for one aligned arena only: a request with no fit gets `None`.
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 2 * 8192 + 8 * Heap::META_WORDS];
+        let mut heap = Heap::new(Buffer::new(&mut memory));
+        let mut used = alloc::vec![false; N];
+        let mut live: alloc::vec::Vec<(NonNull<u8>, Layout)> = alloc::vec::Vec::new();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        let steps = if cfg!(miri) { 60 } else { 3000 };
+        let mut base = None;
+        for _ in 0..steps {
+            if live.is_empty() || next(5) < 3 {
+                let blocks = [1, 2, 3, 5, 8, 13, 40, 64, 65, 130][next(10)];
+                let stride = [1, 1, 1, 2, 4, 64, 128][next(7)];
+                let l = layout(blocks * 16 - next(16), stride * 16);
+                let expect = (0..N)
+                    .step_by(stride)
+                    .find(|&s| s + blocks <= N && used[s..s + blocks].iter().all(|u| !u));
+                let got = heap.get(l);
+                let base = *base.get_or_insert_with(|| got.map(|p| p.as_ptr().addr()));
+                let at = got.map(|p| (p.as_ptr().addr() - base.unwrap()) / 16);
+                assert_eq!(at, expect, "{blocks} blocks at a stride of {stride}");
+                if let (Some(p), Some(at)) = (got, at) {
+                    used[at..at + blocks].fill(true);
+                    live.push((p, l));
+                }
+            } else {
+                let (p, l) = live.swap_remove(next(live.len()));
+                let at = (p.as_ptr().addr() - base.unwrap().unwrap()) / 16;
+                used[at..at + l.size().div_ceil(16)].fill(false);
+                // SAFETY: got from `heap` with `l`, put once.
+                unsafe { heap.put(p, l) };
+            }
+            heap.check_invariants();
+        }
+        assert_eq!(heap.arenas(), 1);
     }
 
     #[test]

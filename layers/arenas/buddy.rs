@@ -13,6 +13,7 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
+use crate::bitset::RawBits;
 use crate::layer::served_size;
 use crate::{BitSet, Layer};
 
@@ -107,6 +108,17 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
     pub const MIN_BLOCK: usize = 1 << MIN_ORDER;
     /// Words of metadata after each arena's data: a header, then one bit set per order.
     const META_WORDS: usize = Self::bitmap_offset(MAX_ORDER + 1);
+    /// [`bitmap_offset`](Self::bitmap_offset) of every order, for the hot paths (0 for
+    /// orders outside `MIN_ORDER..=MAX_ORDER`).
+    const BITMAP_AT: [usize; ORDER_SLOTS] = {
+        let mut table = [0; ORDER_SLOTS];
+        let mut k = MIN_ORDER;
+        while k <= MAX_ORDER {
+            table[k as usize] = Self::bitmap_offset(k);
+            k += 1;
+        }
+        table
+    };
 
     /// A buddy heap over `inner`, holding no arena yet.
     pub const fn new(inner: L) -> Self {
@@ -236,6 +248,23 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
         }
     }
 
+    /// The order-`order` bitmap of the arena metadata at `meta`, for word-level access
+    /// without the header check that [`bitmap`](Self::bitmap) makes.
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of a live arena of this layer (with provenance over it),
+    /// `order` is in `MIN_ORDER..=MAX_ORDER`, and no `BitSet` over the same bitmap is used
+    /// while the result is.
+    #[inline(always)]
+    unsafe fn raw_bitmap(meta: *mut u8, order: u32) -> RawBits {
+        // `order < ORDER_SLOTS`, so the mask changes nothing but spares a bounds check.
+        let offset = Self::BITMAP_AT[order as usize & (ORDER_SLOTS - 1)];
+        // SAFETY: the bitmap lies inside the metadata, which is `META_WORDS` words long, and
+        // `add_arena` made a `BitSet` there; the caller's duties give exclusive access.
+        unsafe { RawBits::new(NonNull::new_unchecked(meta.cast::<u64>().add(offset))) }
+    }
+
     fn for_each_arena(&self, mut each: impl FnMut(*mut u8)) {
         let mut base = self.arenas;
         while !base.is_null() {
@@ -270,8 +299,9 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
         self.heads[order as usize] = node;
         self.nonempty |= 1 << order;
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
-        // SAFETY: `block` is in a live arena; no other bitmap handle is alive.
-        let _ = unsafe { Self::bitmap(Self::meta_of(block), order) }.set(offset >> order);
+        // SAFETY: `block` is in a live arena and `order` one of ours, so the index is below
+        // `2^(MAX_ORDER - order)`, the bitmap's size; no `BitSet` handle is alive.
+        unsafe { Self::raw_bitmap(Self::meta_of(block), order).set(offset >> order) };
     }
 
     /// Takes `node` off list `order` and clears its bit.
@@ -298,8 +328,9 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
         }
         let block = node.cast::<u8>();
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
-        // SAFETY: `node` is in a live arena; no other bitmap handle is alive.
-        let _ = unsafe { Self::bitmap(Self::meta_of(block), order) }.reset(offset >> order);
+        // SAFETY: `node` is in a live arena and `order` one of ours, so the index is below
+        // the bitmap's size; no `BitSet` handle is alive.
+        unsafe { Self::raw_bitmap(Self::meta_of(block), order).reset(offset >> order) };
     }
 
     /// Takes a new arena from `L` and books it as one free block of `MAX_ORDER`.
@@ -424,9 +455,9 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Layer
         }
         while order < MAX_ORDER {
             let buddy = offset ^ (1 << order);
-            // SAFETY: as above; the index is below `2^(MAX_ORDER - order)`.
-            let free = unsafe { Self::bitmap(meta, order) }.get(buddy >> order);
-            if free != Ok(true) {
+            // SAFETY: as above; `order < MAX_ORDER`, and the index is below
+            // `2^(MAX_ORDER - order)`, the bitmap's size.
+            if !unsafe { Self::raw_bitmap(meta, order).get(buddy >> order) } {
                 break;
             }
             // SAFETY: a set bit means a free block of this order starts at `buddy`, on
