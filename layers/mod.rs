@@ -2,10 +2,12 @@
 //! invariants at the top.
 
 mod arenas;
+mod combinators;
 pub(crate) mod debug;
 mod sources;
 
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
+pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;
 #[cfg(feature = "std")]

@@ -76,7 +76,9 @@ use core::ptr::NonNull;
 ///   call that keeps the callers' duties listed on them.
 /// - [`owns`](Layer::owns) returns `true` only for addresses inside memory this layer
 ///   manages (a block it has currently allocated, or space it holds for later blocks),
-///   never for memory of another layer or of the caller.
+///   never for memory of another layer or of the caller. When
+///   [`OWNS_EXACT`](Layer::OWNS_EXACT) is `true`, it also returns `true` for every block
+///   the layer has currently allocated.
 /// - After [`deinit`](Layer::deinit) the layer holds no memory and is usable again, as if
 ///   fresh from [`init`](Layer::init); a second `deinit` does nothing. `Drop`, where a layer
 ///   implements it, calls `deinit`.
@@ -134,6 +136,12 @@ pub unsafe trait Layer {
     /// layer hands out no windows. Layers that must see every block (counting, checking)
     /// keep 0.
     const WINDOW_LIMIT: usize = 0;
+
+    /// Whether [`owns`](Layer::owns) answers `true` for every block this layer has
+    /// currently allocated, so that `false` means "not mine" rather than "cannot tell".
+    /// Layers that route puts by ownership ([`Fallback`](crate::layers::Fallback)) need it
+    /// of the layer they ask. The default is `false`.
+    const OWNS_EXACT: bool = false;
 
     /// Returns a block that fits `layout`, or `None` when the layer cannot provide one
     /// (out of memory, or a size that overflows once the layer rounds it).

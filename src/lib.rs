@@ -24,7 +24,8 @@
 //! - [`layers`]: sources ([`Mmap`](layers::Mmap), [`Sbrk`](layers::Sbrk),
 //!   [`System`](layers::System), [`Buffer`](layers::Buffer)), arenas
 //!   ([`Chunk`](layers::Chunk), [`Batch`](layers::Batch), [`Buddy`](layers::Buddy),
-//!   [`Bitset`](layers::Bitset)) and debugging layers
+//!   [`Bitset`](layers::Bitset)), combinators ([`Segregate`](layers::Segregate),
+//!   [`Fallback`](layers::Fallback)) and debugging layers
 //!   ([`Stats`](layers::Stats), [`Check`](layers::Check)).
 //! - Adapters: [`Heap`] lends a stack to collections on one thread; [`Locked`] shares one
 //!   between threads and can be the `#[global_allocator]`.

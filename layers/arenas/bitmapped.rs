@@ -459,6 +459,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
 // block. Puts clear exactly the run's bits. Arenas go back to `L` at deinit only.
 unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L, BLOCK, ARENA> {
     const MIN_ALIGN: usize = BLOCK;
+    const OWNS_EXACT: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let (blocks, stride) = Self::blocks_of(layout)?;

@@ -405,6 +405,7 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Layer
     for Buddy<L, MIN_ORDER, MAX_ORDER>
 {
     const MIN_ALIGN: usize = 1 << MIN_ORDER;
+    const OWNS_EXACT: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let order = Self::order_of(layout)?;

@@ -191,6 +191,7 @@ impl<L: Layer> Gauge for Check<L> {
 // the layout it was got with (anything else aborts before reaching `L`).
 unsafe impl<L: Layer> Layer for Check<L> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
+    const OWNS_EXACT: bool = true;
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

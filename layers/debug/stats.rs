@@ -77,6 +77,7 @@ impl<L> Gauge for Stats<L> {
 // the caller's duties passed on; the counting touches no memory of the blocks.
 unsafe impl<L: Layer> Layer for Stats<L> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
+    const OWNS_EXACT: bool = L::OWNS_EXACT;
     const ZEROED: bool = L::ZEROED;
 
     #[inline]

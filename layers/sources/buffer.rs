@@ -84,6 +84,8 @@ impl<'a> Buffer<'a> {
 // never overlap one another; `top` only moves back over the most recent block, after it
 // was put. The memory is valid for `'a` by the constructors' contracts.
 unsafe impl Layer for Buffer<'_> {
+    const OWNS_EXACT: bool = true;
+
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let here = self.base.addr().wrapping_add(self.top);
         let pad = here.wrapping_neg() & (layout.align() - 1);

@@ -157,6 +157,7 @@ impl Default for Mmap {
 // are zero-filled and page-aligned. Moving `Mmap` moves only the table handle.
 unsafe impl Layer for Mmap {
     const MIN_ALIGN: usize = 4096;
+    const OWNS_EXACT: bool = true;
     const ZEROED: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -364,6 +364,8 @@ fn suite_buffer() -> OwnedBuffer {
 
 // SAFETY: forwards everything to the `Buffer`, whose memory lives as long as `self`.
 unsafe impl Layer for OwnedBuffer {
+    const OWNS_EXACT: bool = true;
+
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.buffer.get(layout)
     }
@@ -423,6 +425,18 @@ mod layers {
     conformance!(bitset_over_buffer, || Bitset::<_, 64, 65536>::new(
         super::suite_buffer()
     ));
+    // Small requests to bump chunks, large ones straight to a buffer; a `Check` on each
+    // side aborts on a block that reaches the wrong one.
+    conformance!(segregate_over_buffers, || Segregate::<_, _, 512>::new(
+        Check::new(Chunk::<_, 4096>::new(super::suite_buffer())),
+        Check::new(super::suite_buffer())
+    ));
+    // A 16 KiB buffer that programs fill quickly, then a second one: puts, grows and
+    // shrinks must find the right one by `owns`.
+    conformance!(fallback_over_buffers, || Fallback::new(
+        super::OwnedBuffer::new(16 << 10),
+        super::suite_buffer()
+    ));
 
     #[cfg(feature = "std")]
     mod with_std {
@@ -447,6 +461,12 @@ mod layers {
         conformance!(buddy_over_system, || Buddy::<_, 4, 17>::new(System));
         #[cfg(not(miri))]
         conformance!(bitset_over_mmap, || Bitset::<_, 16>::new(Mmap::new()));
+        // A general-purpose shape: small blocks in a bitmap arena while it has room, then
+        // the system; large blocks from maps.
+        conformance!(segregated_fallback_stack, || Segregate::<_, _, 1024>::new(
+            Fallback::new(Bitset::<_, 16, 65536>::new(Mmap::new()), System),
+            Mmap::new()
+        ));
         #[cfg(not(miri))]
         conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
     }
