@@ -168,7 +168,8 @@ mod tests {
     /// later put to the wrong layer, so `Segregate` refuses.
     #[test]
     fn resizes_never_cross_the_limit() {
-        let mut small_memory = alloc::vec![MaybeUninit::uninit(); 1 << 17];
+        // Room for a 64 KiB-aligned arena and its bitmap wherever the buffer lands.
+        let mut small_memory = alloc::vec![MaybeUninit::uninit(); 1 << 18];
         let mut large_memory = alloc::vec![MaybeUninit::uninit(); 1 << 14];
         let mut heap: Segregate<Bitset<Buffer<'_>, 16, 65536>, Buffer<'_>, 64> = Segregate::new(
             Bitset::new(Buffer::new(&mut small_memory)),
