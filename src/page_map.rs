@@ -48,21 +48,25 @@ struct Leaf {
 /// An installed leaf, reached through a raw pointer: the accessors borrow one word or one
 /// entry, never the whole 4 MiB leaf (a `&Leaf` costs nothing natively, but Miri retags
 /// every atomic in it on each reborrow, which made the router's tests take minutes).
+///
+/// Invariant: the pointer is one that `leaf` installed in the root (made only in `entry`
+/// and `leaf`, from a non-null root slot). Indices are masked into range, so no access can
+/// go out of bounds and none can panic inside the allocator.
 #[derive(Clone, Copy)]
 struct LeafPtr(*const Leaf);
 
 impl LeafPtr {
     #[inline(always)]
     fn claimed(self, word: usize) -> &'static AtomicU64 {
-        // SAFETY: installed leaves are never freed; the place projection indexes (with a
-        // bounds check) without forming a reference to the whole leaf.
-        unsafe { &(*self.0).claimed[word] }
+        // SAFETY: installed leaves are never freed; the index is masked into range, and
+        // the place projection borrows one word, not the whole leaf.
+        unsafe { &(*self.0).claimed[word & (LEAF_ENTRIES / 64 - 1)] }
     }
 
     #[inline(always)]
     fn entry(self, index: usize) -> &'static Entry {
         // SAFETY: as in `claimed`.
-        unsafe { &(*self.0).entries[index] }
+        unsafe { &(*self.0).entries[index & (LEAF_ENTRIES - 1)] }
     }
 }
 
@@ -82,12 +86,19 @@ static ROOT: Root = Root(UnsafeCell::new(
     [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_ENTRIES],
 ));
 
-/// The root slot for leaf `root` (below `ROOT_ENTRIES`: every caller got it from `split`), reached without borrowing the
-/// whole 2 MiB root, for the same reason as [`LeafPtr`].
+/// The root slot for leaf `root`, reached without borrowing the whole 2 MiB root (for the
+/// same reason as [`LeafPtr`]). Every caller got `root` from `split`, which checks it; the
+/// mask keeps the access in bounds for any argument anyway, at no cost there.
 #[inline(always)]
 fn root_slot(root: usize) -> &'static AtomicPtr<Leaf> {
-    // SAFETY: `root` is in bounds (`split` checks it), and the static lives forever.
-    unsafe { &*ROOT.0.get().cast::<AtomicPtr<Leaf>>().add(root) }
+    // SAFETY: the index is masked below `ROOT_ENTRIES`, and the static lives forever.
+    unsafe {
+        &*ROOT
+            .0
+            .get()
+            .cast::<AtomicPtr<Leaf>>()
+            .add(root & (ROOT_ENTRIES - 1))
+    }
 }
 
 /// The layout of the whole, page-aligned pages a page source serves `layout` from (`None`

@@ -175,8 +175,8 @@ struct Maps {
     data: usize,
 }
 
-/// The header at the start of the blob. Every field is an atomic: handles in other
-/// processes read and write it too (under the lock, except the words noted).
+/// The header at the start of the blob. Every field but the lock is an atomic: handles in
+/// other processes read and write it too (under the lock, except the words noted).
 #[repr(C)]
 struct Header {
     /// `MAGIC` while the blob holds a heap (read without the lock).
