@@ -2,13 +2,17 @@
 //! invariants at the top.
 
 mod arenas;
+mod blocks;
+#[cfg(feature = "std")]
+pub(crate) use blocks::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 mod combinators;
 pub(crate) mod debug;
 mod sources;
 
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
+pub use blocks::{SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;
 #[cfg(feature = "std")]
-pub use sources::{Ground, Mmap, Pipe, Sbrk, System};
+pub use sources::{Ground, Mmap, Pipe, Reserve, Sbrk, System};

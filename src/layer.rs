@@ -260,6 +260,36 @@ pub unsafe trait Layer {
     fn check_invariants(&self) {}
 }
 
+/// A layer that knows each block's size from its address alone, so that a block can be
+/// put back without its layout: what C's `free` and `malloc_usable_size` need (see
+/// [`ThreadHeaps::free`](crate::ThreadHeaps::free)).
+///
+/// # Safety
+///
+/// **Implementors must** keep the [`Layer`] contract, and: `usable_size` returns a size
+/// the block holds (at least the size of every layout that [fits](crate::layer#fits) it,
+/// and every byte of it valid for reads and writes while the block lives), and
+/// `put_unsized` does exactly what `put` would do with a layout that fits the block.
+///
+/// **Callers must** keep the duties listed on each method.
+pub unsafe trait Measured: Layer {
+    /// The bytes the block really holds.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by `get` on this layer and is
+    /// [currently allocated](crate::layer#currently-allocated).
+    unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize;
+
+    /// Gives a block back without its layout.
+    ///
+    /// # Safety
+    ///
+    /// As for [`put`](Layer::put), less the layout: `ptr` was returned by `get` on this
+    /// layer, the caller owns it and it is currently allocated. It is not used afterwards.
+    unsafe fn put_unsized(&mut self, ptr: NonNull<u8>);
+}
+
 /// The size a layer actually serves for `layout`: its size, or one byte for a
 /// [zero-size request](crate::layer#zero-size).
 #[inline(always)]

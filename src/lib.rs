@@ -73,6 +73,8 @@ pub mod presets;
 pub mod region;
 #[cfg(feature = "std")]
 mod router;
+#[cfg(feature = "std")]
+mod thread_heaps;
 
 // The layers live in a top-level `layers/` folder, one file each, so that the crate's
 // layout shows the catalogue at a glance (as Heap-Layers' folders do); `#[path]` wires that
@@ -83,10 +85,12 @@ pub mod layers;
 pub use bitset::{BitSet, BitSetError};
 pub use gauge::{Gauge, Gauges};
 pub use heap::Heap;
-pub use layer::Layer;
+pub use layer::{Layer, Measured};
 pub use layers::LeakReport;
 pub use locked::{LockGuard, Locked};
 #[cfg(feature = "std")]
 pub use region::{Region, check_leaks};
 #[cfg(feature = "std")]
 pub use router::Router;
+#[cfg(feature = "std")]
+pub use thread_heaps::{HeapSummary, ThreadHeaps};

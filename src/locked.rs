@@ -106,6 +106,18 @@ impl<L> Locked<L> {
         f(unsafe { &mut *guard.locked.layer.get() })
     }
 
+    /// Releases the lock without a guard: the other half of a guard that was forgotten
+    /// (`mem::forget`) to keep the lock held across `fork`.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held, by a guard that was forgotten on this thread, and nothing uses
+    /// that guard's access afterwards.
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn force_unlock(&self) {
+        self.held.store(false, Ordering::Release);
+    }
+
     /// Exclusive access under the lock, for this module's allocation paths.
     #[inline(always)]
     fn locked_stack<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {

@@ -9,7 +9,7 @@ use crate::layers::{Batch, Buffer, Chunk};
 #[cfg(feature = "std")]
 use crate::{
     Gauge,
-    layers::{Check, Mmap, Stats, System},
+    layers::{Check, Mmap, SizeHeader, Stats, System},
 };
 
 /// The region seed's `append` stack, a fully watched arena:
@@ -69,6 +69,30 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
     Chunk::new(Batch::new(Buffer::new(memory)))
 }
 
+/// A general-purpose allocator, for `#[global_allocator]` or as C's malloc (the
+/// `stratalloc_malloc` example library):
+///
+/// 1. [`ThreadHeaps`](crate::ThreadHeaps) gives each thread its own heap for blocks of up to
+///    8 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of
+///    exited threads; everything else goes, under a lock, to
+/// 2. `SizeHeader`, which records each block's layout in front of it (so C's `free` needs
+///    no size), over
+/// 3. `Mmap`, a map per block.
+///
+/// Each thread heap is a [`Slab`](crate::layers::Slab) over
+/// [`Reserve`](crate::layers::Reserve): 64 KiB slabs of one size class each, from one
+/// reserved range of address space.
+#[cfg(feature = "std")]
+pub type General = crate::ThreadHeaps<SizeHeader<Mmap>>;
+
+/// Builds a [`General`] allocator.
+#[cfg(feature = "std")]
+pub const fn general() -> General {
+    crate::ThreadHeaps::new(SizeHeader::new(Mmap::new()))
+}
+
+#[cfg(feature = "std")]
+assert_impl_all!(General: core::alloc::GlobalAlloc, Sync, core::fmt::Debug);
 #[cfg(feature = "std")]
 assert_impl_all!(AuditedArena: Layer, Gauge, Send, core::fmt::Debug);
 #[cfg(feature = "std")]

@@ -11,6 +11,9 @@ mod mmap;
 /// Whole pages from the enclosing region.
 #[cfg(feature = "std")]
 mod pipe;
+/// 64 KiB granules from one reserved range of address space.
+#[cfg(feature = "std")]
+mod reserve;
 /// The program break, with reuse of freed blocks.
 #[cfg(feature = "std")]
 mod sbrk;
@@ -25,6 +28,8 @@ pub use ground::Ground;
 pub use mmap::Mmap;
 #[cfg(feature = "std")]
 pub use pipe::Pipe;
+#[cfg(feature = "std")]
+pub use reserve::Reserve;
 #[cfg(feature = "std")]
 pub use sbrk::Sbrk;
 #[cfg(feature = "std")]

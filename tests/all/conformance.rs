@@ -427,6 +427,10 @@ mod layers {
     ));
     // Small requests to bump chunks, large ones straight to a buffer; a `Check` on each
     // side aborts on a block that reaches the wrong one.
+    conformance!(size_header_over_buffer, || SizeHeader::new(
+        super::suite_buffer()
+    ));
+    conformance!(slab_over_buffer, || Slab::<_>::new(super::suite_buffer()));
     conformance!(segregate_over_buffers, || Segregate::<_, _, 512>::new(
         Check::new(Chunk::<_, 4096>::new(super::suite_buffer())),
         Check::new(super::suite_buffer())
@@ -460,6 +464,11 @@ mod layers {
         #[cfg(not(miri))]
         conformance!(buddy_over_system, || Buddy::<_, 4, 17>::new(System));
         #[cfg(not(miri))]
+        conformance!(reserve, Reserve::new);
+        conformance!(size_header_over_system, || SizeHeader::new(System));
+        conformance!(slab_over_reserve, || Slab::<_>::new(Reserve::new()));
+        conformance!(slab_over_mmap, || Slab::<_>::new(Mmap::new()));
+        conformance!(slab_over_system, || Slab::<_, 131072>::new(System));
         conformance!(bitset_over_mmap, || Bitset::<_, 16>::new(Mmap::new()));
         // A general-purpose shape: small blocks in a bitmap arena while it has room, then
         // the system; large blocks from maps.

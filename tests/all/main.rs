@@ -16,6 +16,8 @@ mod routing_model;
 #[cfg(feature = "std")]
 mod sbrk;
 mod suite_finds_bugs;
+#[cfg(feature = "std")]
+mod thread_heaps;
 
 /// The router is this binary's global allocator: with no region entered it hands
 /// everything to the system allocator, so the other tests run as they would without it.

@@ -1,0 +1,244 @@
+//! A malloc replacement built from the crate: a shared library (`crate-type = ["cdylib"]`,
+//! so the crate itself never exports `malloc` into its users' programs) that any program
+//! can load with `LD_PRELOAD`.
+//!
+//! ```text
+//! cargo build --release --example stratalloc_malloc
+//! LD_PRELOAD=target/release/examples/libstratalloc_malloc.so ls -l
+//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/release/examples/libstratalloc_malloc.so ls -l
+//! ```
+//!
+//! It exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
+//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc` and `malloc_usable_size` with their C
+//! semantics, over the [`General`] preset (per-thread slab heaps, a shared large-block
+//! layer). Failures return null with `errno` set to `ENOMEM` (or `EINVAL` for a bad
+//! alignment, which `posix_memalign` returns instead). Locks are taken around `fork`
+//! (`pthread_atfork`), so a child never inherits one held by a thread that did not
+//! survive, and the heaps of those threads go to the pool for reuse.
+//!
+//! With `STRATALLOC_SUMMARY` set (to anything but `0`), it prints a heap summary to stderr
+//! at exit, as Hahalloc does: totals, the peak, live blocks by size, and the leaks
+//! (everything still live at exit, the C library's own buffers included).
+
+#![allow(clippy::missing_safety_doc)] // The C functions' duties are C's.
+
+use core::ffi::c_void;
+use core::fmt::Write as _;
+use core::ptr;
+
+use stratalloc::presets::{General, general};
+
+static HEAP: General = general();
+
+/// Alignment `malloc` guarantees: 16, as glibc's on 64-bit targets.
+const MALLOC_ALIGN: usize = 16;
+
+fn set_errno(code: i32) {
+    // SAFETY: `__errno_location` returns this thread's errno, always valid.
+    unsafe { *libc::__errno_location() = code };
+}
+
+/// Returns `ptr`, setting `errno` to `ENOMEM` when it is null.
+fn or_enomem(ptr: *mut u8) -> *mut c_void {
+    if ptr.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    ptr.cast()
+}
+
+fn page_size() -> usize {
+    stratalloc::layers::Mmap::page_size()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    or_enomem(HEAP.malloc(size))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // SAFETY: C's duty: null or a live block of this allocator.
+    unsafe { HEAP.free(ptr.cast()) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    let Some(bytes) = count.checked_mul(size) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    let block = HEAP.malloc(bytes);
+    if !block.is_null() {
+        // SAFETY: a fresh block of at least `bytes` bytes.
+        unsafe { block.write_bytes(0, bytes) };
+    }
+    or_enomem(block)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    if ptr.is_null() {
+        return or_enomem(HEAP.malloc(size));
+    }
+    if size == 0 {
+        // glibc's behaviour: free the block and return null.
+        // SAFETY: C's duty: a live block of this allocator.
+        unsafe { HEAP.free(ptr.cast()) };
+        return ptr::null_mut();
+    }
+    // SAFETY: C's duty: a live block of this allocator.
+    or_enomem(unsafe { HEAP.realloc(ptr.cast(), size) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: C's duty, as for `realloc`.
+        Some(bytes) => unsafe { realloc(ptr, bytes) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// A block of `size` bytes aligned to `align` (a power of two), or null.
+fn aligned(align: usize, size: usize) -> *mut u8 {
+    if align <= MALLOC_ALIGN {
+        HEAP.malloc(size)
+    } else {
+        HEAP.malloc_aligned(size, align)
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let block = aligned(align, size);
+    if block.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: C's duty: `out` is a valid place for a pointer.
+    unsafe { *out = block.cast() };
+    0
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    or_enomem(aligned(align, size))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    // glibc rounds an alignment that is not a power of two up to one.
+    let Some(align) = align.max(1).checked_next_power_of_two() else {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    };
+    or_enomem(aligned(align, size))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    or_enomem(aligned(page_size(), size))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let page = page_size();
+    match size.max(1).checked_next_multiple_of(page) {
+        Some(rounded) => or_enomem(aligned(page, rounded)),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    // SAFETY: C's duty: null or a live block of this allocator.
+    unsafe { HEAP.usable_size(ptr.cast()) }
+}
+
+extern "C" fn before_fork() {
+    HEAP.before_fork();
+}
+
+extern "C" fn after_fork_parent() {
+    // SAFETY: registered with `pthread_atfork` after `before_fork`.
+    unsafe { HEAP.after_fork_parent() }
+}
+
+extern "C" fn after_fork_child() {
+    // SAFETY: as above, in the child.
+    unsafe { HEAP.after_fork_child() }
+}
+
+/// Text formatted on the stack: the summary is printed without allocating.
+struct StackText {
+    bytes: [u8; 8192],
+    len: usize,
+}
+
+impl core::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let take = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+/// Where the summary goes: a copy of stderr made at load time, since programs may close
+/// stderr before exit (GNU coreutils' `close_stdout` does).
+static SUMMARY_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(2);
+
+extern "C" fn print_summary() {
+    let fd = SUMMARY_FD.load(core::sync::atomic::Ordering::Relaxed);
+    let mut text = StackText {
+        bytes: [0; 8192],
+        len: 0,
+    };
+    let _ = write!(text, "{}", HEAP.summary());
+    let mut bytes = &text.bytes[..text.len];
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live slice; `write` reads at most its length.
+        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if written <= 0 {
+            break;
+        }
+        bytes = &bytes[written as usize..];
+    }
+}
+
+/// Runs when the library is loaded: fork handlers, and the summary when asked for.
+extern "C" fn on_load() {
+    // SAFETY: plain C calls with valid function pointers and a NUL-terminated name.
+    unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        );
+        let wanted = libc::getenv(c"STRATALLOC_SUMMARY".as_ptr());
+        if !wanted.is_null() && *wanted != 0 && !(*wanted == b'0' as libc::c_char) {
+            HEAP.set_counting(true);
+            let copy = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100);
+            if copy >= 0 {
+                SUMMARY_FD.store(copy, core::sync::atomic::Ordering::Relaxed);
+            }
+            libc::atexit(print_summary);
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;

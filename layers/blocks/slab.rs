@@ -1,0 +1,857 @@
+//! `Slab<L, SLAB>`: Bonwick's slab allocator, the region seed's `bonwick` layer: per-size
+//! caches of fixed-size blocks carved from SLAB-byte slabs, each slab with its own free list,
+//! empty slabs given back to `L`.
+//!
+//! Invariants (checked by `check_invariants`):
+//! - every slab is a block of `L` got with `Layout(SLAB, SLAB)`, and starts with its
+//!   [`SlabHeader`]; its blocks all have the one size of its class and start at
+//!   `HEADER + i * size` for `i < capacity`;
+//! - a slab of class `c` is on exactly one of `c`'s two lists: *partial* (it may have a free
+//!   block; the head is the slab `get` takes from) or *full* (every carved block live and
+//!   nothing left to carve); spare empty slabs sit on the `empty` stack, on no class list;
+//! - `used` counts the slab's live blocks; the free list holds `carved - used` blocks.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::ptr::{self, NonNull};
+
+use crate::Layer;
+use crate::abort::abort_with;
+
+/// The bytes at the start of every slab kept for its header (a cache line, so that blocks
+/// start 64-byte aligned and the header never shares a line with a block).
+const HEADER: usize = 64;
+
+/// The largest request the slabs serve; larger ones, and alignments above
+/// [`BLOCK_ALIGN`], go straight to `L`.
+pub const SLAB_LIMIT: usize = 8192;
+
+/// The alignment every slab block has (sizes are multiples of it).
+pub const BLOCK_ALIGN: usize = 16;
+
+/// The number of size classes: 16-byte steps up to 128, then four per doubling up to 8 KiB.
+pub const CLASSES: usize = 8 + 6 * 4;
+
+/// Spare empty slabs kept for reuse before further ones go back to `L`.
+const EMPTY_KEEP: usize = 4;
+
+/// Blocks threaded onto a slab's free list at once when it needs more (the rest stay
+/// uncarved, so a fresh slab touches only the pages it uses).
+const CARVE_BATCH: u32 = 32;
+
+/// The check word a header keeps: its own address mixed with a constant, so a pointer that
+/// does not lead to a slab header is caught before its header is trusted.
+const HEADER_CHECK: usize = 0x5AB5_1AB5_C0DE_F00D_u64 as usize;
+
+/// A free block: the link to the next free block of the same slab, written into the block.
+struct FreeBlock {
+    next: *mut FreeBlock,
+}
+
+/// Which list a slab is on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum State {
+    Partial,
+    Full,
+    Empty,
+}
+
+/// The header at the start of every slab.
+#[repr(C)]
+struct SlabHeader {
+    /// The slab's free blocks (carved, not live).
+    free: *mut FreeBlock,
+    /// Live blocks.
+    used: u32,
+    /// Blocks the slab can hold.
+    capacity: u32,
+    /// Blocks carved so far (the first `carved` block positions).
+    carved: u32,
+    /// Block size in bytes.
+    size: u32,
+    /// The size class.
+    class: u8,
+    state: State,
+    next: *mut SlabHeader,
+    prev: *mut SlabHeader,
+    /// The owner tag the layer had when it set up the slab (see [`Slab::set_tag`]).
+    tag: usize,
+    /// `address ^ HEADER_CHECK`.
+    check: usize,
+}
+
+static_assertions::const_assert!(core::mem::size_of::<SlabHeader>() <= HEADER);
+
+/// The block size of class `class`.
+#[inline(always)]
+pub const fn class_size(class: usize) -> usize {
+    if class < 8 {
+        (class + 1) * 16
+    } else {
+        let i = class - 8;
+        (5 + i % 4) << (5 + i / 4)
+    }
+}
+
+/// The smallest class whose blocks hold `size` bytes (`size <= SLAB_LIMIT`); a zero size
+/// takes the first class.
+#[inline(always)]
+pub const fn class_of(size: usize) -> usize {
+    if size <= 128 {
+        if size == 0 { 0 } else { (size + 15) / 16 - 1 }
+    } else {
+        let s = size - 1;
+        let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
+        let shift = top - 2;
+        8 + (top as usize - 7) * 4 + ((s >> shift) & 3)
+    }
+}
+
+/// Whether a request is served from slabs.
+#[inline(always)]
+const fn is_small(layout: Layout) -> bool {
+    layout.size() <= SLAB_LIMIT && layout.align() <= BLOCK_ALIGN
+}
+
+/// Per-size caches of small blocks in `SLAB`-byte slabs got from `L`; larger requests go
+/// straight to `L`.
+///
+/// A request of up to [`SLAB_LIMIT`] bytes (aligned to at most [`BLOCK_ALIGN`]) takes the
+/// smallest of [`CLASSES`] size classes that holds it: 16-byte steps up to 128 bytes, then
+/// four classes per doubling, so a block wastes at most a fifth of itself (and at most 15
+/// bytes below 128). Each class keeps a list of slabs with room; a slab's free blocks form
+/// a list threaded through the blocks themselves, and a slab carves its blocks lazily, so
+/// only the pages in use are touched. A put finds its slab by masking the address (slabs
+/// are `SLAB`-aligned), pushes the block on that slab's free list, and a slab whose last
+/// block comes back is kept as one of a few spares or given back to `L`: memory returns
+/// to the source as a program's heap shrinks, which plain free lists never do.
+///
+/// Every slab records an owner tag ([`set_tag`](Slab::set_tag)), which
+/// [`tag_of`](Slab::tag_of) reads from any block's address: thread heaps use it to send a
+/// block freed on another thread back to the heap that owns it.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use stratalloc::{Layer, layers::{Mmap, Slab}};
+///
+/// let mut slab: Slab<Mmap> = Slab::new(Mmap::new());
+/// let a = slab.get(Layout::new::<[u8; 40]>()).unwrap();
+/// // SAFETY: `a` is live, got with this layout; it is put once.
+/// unsafe {
+///     assert_eq!(Slab::<Mmap>::usable_size(a), 48, "the 48-byte class");
+///     slab.put(a, Layout::new::<[u8; 40]>());
+/// }
+/// let b = slab.get(Layout::new::<[u8; 33]>()).unwrap();
+/// assert_eq!(a, b, "the freed block is the next one handed out");
+/// ```
+pub struct Slab<L: Layer, const SLAB: usize = 65536> {
+    partial: [*mut SlabHeader; CLASSES],
+    full: [*mut SlabHeader; CLASSES],
+    empty: *mut SlabHeader,
+    empties: usize,
+    slabs: usize,
+    tag: usize,
+    inner: L,
+}
+
+// SAFETY: a `Slab` exclusively owns its slabs (memory from `L`); nothing in it is tied to a
+// thread.
+unsafe impl<L: Layer + Send, const SLAB: usize> Send for Slab<L, SLAB> {}
+
+impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
+    const GEOMETRY_OK: () = assert!(
+        SLAB.is_power_of_two() && SLAB >= 65536 && SLAB <= 1 << 24,
+        "SLAB must be a power of two from 64 KiB to 16 MiB"
+    );
+
+    /// The layout every slab is got from `L` with.
+    const SLAB_LAYOUT: Layout = match Layout::from_size_align(SLAB, SLAB) {
+        Ok(layout) => layout,
+        Err(_) => panic!("SLAB is not a valid alignment"),
+    };
+
+    /// A layer with no slabs yet, over `inner`.
+    pub const fn new(inner: L) -> Self {
+        let () = Self::GEOMETRY_OK;
+        Slab {
+            partial: [ptr::null_mut(); CLASSES],
+            full: [ptr::null_mut(); CLASSES],
+            empty: ptr::null_mut(),
+            empties: 0,
+            slabs: 0,
+            tag: 0,
+            inner,
+        }
+    }
+
+    /// The layer below.
+    pub const fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    /// The layer below, mutably. Taking or returning its memory behind the slabs' back
+    /// breaks nothing here, but its blocks must keep their owners.
+    pub fn inner_mut(&mut self) -> &mut L {
+        &mut self.inner
+    }
+
+    /// Gives every slab back and returns the layer below.
+    pub fn into_inner(mut self) -> L {
+        self.release();
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
+        unsafe { ptr::read(&this.inner) }
+    }
+
+    /// Slabs held right now (spares included).
+    pub const fn slabs(&self) -> usize {
+        self.slabs
+    }
+
+    /// Sets the owner tag written into every slab set up from now on (slabs already held
+    /// keep theirs until they are given back or reused).
+    pub fn set_tag(&mut self, tag: usize) {
+        self.tag = tag;
+    }
+
+    /// Retags every slab this layer holds, for a new owner of the whole layer.
+    pub fn retag_all(&mut self, tag: usize) {
+        self.tag = tag;
+        self.for_each_slab(|slab| {
+            // SAFETY: every listed slab is live and ours.
+            unsafe { (*slab).tag = tag }
+        });
+    }
+
+    /// The slab a small block lives in.
+    #[inline(always)]
+    fn slab_of(ptr: NonNull<u8>) -> *mut SlabHeader {
+        ptr.as_ptr().map_addr(|a| a & !(SLAB - 1)).cast()
+    }
+
+    /// The slab of `ptr`, checked: aborts when its header's check word is wrong.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` lies inside a slab of some `Slab` layer with this `SLAB` (a block it handed
+    /// out that is still live).
+    #[inline(always)]
+    unsafe fn checked_slab(ptr: NonNull<u8>) -> *mut SlabHeader {
+        let slab = Self::slab_of(ptr);
+        // SAFETY: the caller promises a live slab there, which starts with its header.
+        if unsafe { (*slab).check } != slab.addr() ^ HEADER_CHECK {
+            bad_pointer(
+                ptr,
+                "its slab header is not one (not a block of this layer?)",
+            );
+        }
+        slab
+    }
+
+    /// The owner tag of the slab `ptr` lives in.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block that a `Slab` with this `SLAB` served from a slab (a request
+    /// of at most [`SLAB_LIMIT`] bytes aligned to at most [`BLOCK_ALIGN`]).
+    #[inline(always)]
+    pub unsafe fn tag_of(ptr: NonNull<u8>) -> usize {
+        // SAFETY: the caller's duty.
+        unsafe { (*Self::checked_slab(ptr)).tag }
+    }
+
+    /// The bytes a slab block really holds: its class's size.
+    ///
+    /// # Safety
+    ///
+    /// As for [`tag_of`](Slab::tag_of).
+    #[inline(always)]
+    pub unsafe fn usable_size(ptr: NonNull<u8>) -> usize {
+        // SAFETY: the caller's duty.
+        unsafe { (*Self::checked_slab(ptr)).size as usize }
+    }
+
+    /// Live slab blocks per class, as `(block size, live blocks)` for each class with any,
+    /// summed over every slab (a walk of all slab headers).
+    pub fn live_by_class(&self) -> [(usize, usize); CLASSES] {
+        let mut out = [(0, 0); CLASSES];
+        for (class, entry) in out.iter_mut().enumerate() {
+            entry.0 = class_size(class);
+        }
+        self.for_each_slab(|slab| {
+            // SAFETY: every listed slab is live and ours.
+            let (class, used) = unsafe { ((*slab).class as usize, (*slab).used as usize) };
+            out[class].1 += used;
+        });
+        out
+    }
+
+    /// Calls `f` on every slab on a class list (not the spares).
+    fn for_each_slab(&self, mut f: impl FnMut(*mut SlabHeader)) {
+        for head in self.partial.iter().chain(self.full.iter()) {
+            let mut slab = *head;
+            while !slab.is_null() {
+                // SAFETY: listed slabs are live; `f` does not unlink them.
+                let next = unsafe { (*slab).next };
+                f(slab);
+                slab = next;
+            }
+        }
+    }
+
+    /// Gets a slab block of class `class`.
+    #[inline(always)]
+    fn get_small(&mut self, class: usize) -> Option<NonNull<u8>> {
+        let slab = self.partial[class];
+        if !slab.is_null() {
+            // SAFETY: the head of a partial list is a live slab of ours.
+            unsafe {
+                let block = (*slab).free;
+                if !block.is_null() {
+                    (*slab).free = (*block).next;
+                    (*slab).used += 1;
+                    return Some(NonNull::new_unchecked(block.cast()));
+                }
+            }
+        }
+        self.get_small_slow(class)
+    }
+
+    /// The head slab of `class` has no free block: carve more, or move on to the next
+    /// slab, or set up a new one.
+    #[cold]
+    fn get_small_slow(&mut self, class: usize) -> Option<NonNull<u8>> {
+        loop {
+            let slab = self.partial[class];
+            if slab.is_null() {
+                break;
+            }
+            // SAFETY: listed slabs are live and ours.
+            unsafe {
+                if (*slab).free.is_null() && (*slab).carved < (*slab).capacity {
+                    Self::carve(slab);
+                }
+                let block = (*slab).free;
+                if !block.is_null() {
+                    (*slab).free = (*block).next;
+                    (*slab).used += 1;
+                    return Some(NonNull::new_unchecked(block.cast()));
+                }
+                // Nothing free and nothing to carve: the slab is full.
+                self.unlink(slab);
+                self.push(slab, State::Full);
+            }
+        }
+        let slab = self.new_slab(class)?;
+        // SAFETY: a fresh slab of ours, with at least one block carved.
+        unsafe {
+            let block = (*slab).free;
+            (*slab).free = (*block).next;
+            (*slab).used += 1;
+            Some(NonNull::new_unchecked(block.cast()))
+        }
+    }
+
+    /// Threads up to `CARVE_BATCH` uncarved blocks of the slab onto its free list.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours with an empty free list and blocks left to carve.
+    unsafe fn carve(slab: *mut SlabHeader) {
+        // SAFETY: the caller's duty; every position below `capacity` lies inside the slab.
+        unsafe {
+            let size = (*slab).size as usize;
+            let first = (*slab).carved;
+            let last = (first + CARVE_BATCH).min((*slab).capacity);
+            let base = slab.cast::<u8>().add(HEADER);
+            let mut next = ptr::null_mut::<FreeBlock>();
+            for i in (first..last).rev() {
+                let block = base.add(i as usize * size).cast::<FreeBlock>();
+                block.write(FreeBlock { next });
+                next = block;
+            }
+            (*slab).free = next;
+            (*slab).carved = last;
+        }
+    }
+
+    /// Sets up a slab for `class` (a spare, or a new one from `L`), carves its first
+    /// blocks and puts it at the head of the class's partial list.
+    fn new_slab(&mut self, class: usize) -> Option<*mut SlabHeader> {
+        let slab = if self.empty.is_null() {
+            let slab = self
+                .inner
+                .get(Self::SLAB_LAYOUT)?
+                .as_ptr()
+                .cast::<SlabHeader>();
+            self.slabs += 1;
+            slab
+        } else {
+            let slab = self.empty;
+            // SAFETY: spares are live slabs of ours.
+            self.empty = unsafe { (*slab).next };
+            self.empties -= 1;
+            slab
+        };
+        let size = class_size(class);
+        // SAFETY: `slab` is SLAB bytes of ours, aligned to SLAB, not on any list.
+        unsafe {
+            slab.write(SlabHeader {
+                free: ptr::null_mut(),
+                used: 0,
+                capacity: ((SLAB - HEADER) / size) as u32,
+                carved: 0,
+                size: size as u32,
+                class: class as u8,
+                state: State::Partial,
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                tag: self.tag,
+                check: slab.addr() ^ HEADER_CHECK,
+            });
+            Self::carve(slab);
+            self.push(slab, State::Partial);
+        }
+        Some(slab)
+    }
+
+    /// Puts a slab at the head of its class's list for `state`.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours on no list.
+    unsafe fn push(&mut self, slab: *mut SlabHeader, state: State) {
+        // SAFETY: the caller's duty; list heads are live slabs.
+        unsafe {
+            let class = (*slab).class as usize;
+            let head = match state {
+                State::Partial => &mut self.partial[class],
+                State::Full => &mut self.full[class],
+                State::Empty => unreachable_state(),
+            };
+            (*slab).state = state;
+            (*slab).prev = ptr::null_mut();
+            (*slab).next = *head;
+            if !head.is_null() {
+                (**head).prev = slab;
+            }
+            *head = slab;
+        }
+    }
+
+    /// Puts a slab at the tail-side of the partial list: right after the head, so the head
+    /// (the slab being allocated from) stays put.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours on no list.
+    unsafe fn push_partial_second(&mut self, slab: *mut SlabHeader) {
+        // SAFETY: the caller's duty; listed slabs are live.
+        unsafe {
+            let class = (*slab).class as usize;
+            let head = self.partial[class];
+            if head.is_null() {
+                self.push(slab, State::Partial);
+                return;
+            }
+            (*slab).state = State::Partial;
+            (*slab).prev = head;
+            (*slab).next = (*head).next;
+            if !(*head).next.is_null() {
+                (*(*head).next).prev = slab;
+            }
+            (*head).next = slab;
+        }
+    }
+
+    /// Takes a slab off its class list.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours on the list its state names.
+    unsafe fn unlink(&mut self, slab: *mut SlabHeader) {
+        // SAFETY: the caller's duty; neighbours on a list are live.
+        unsafe {
+            let class = (*slab).class as usize;
+            let (prev, next) = ((*slab).prev, (*slab).next);
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            if prev.is_null() {
+                match (*slab).state {
+                    State::Partial => self.partial[class] = next,
+                    State::Full => self.full[class] = next,
+                    State::Empty => unreachable_state(),
+                }
+            } else {
+                (*prev).next = next;
+            }
+        }
+    }
+
+    /// Puts a slab block back, finding its slab (and class) from its address alone.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block that this layer served from a slab (its layout was small),
+    /// owned by the caller, and not used afterwards.
+    #[inline(always)]
+    pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: the caller's duty: a live slab block of ours.
+        unsafe {
+            let slab = Self::checked_slab(ptr);
+            let block = ptr.as_ptr().cast::<FreeBlock>();
+            if block == (*slab).free || (*slab).used == 0 {
+                bad_pointer(ptr, "put twice (it is already free)");
+            }
+            if cfg!(debug_assertions) {
+                let offset = ptr.as_ptr().addr() - slab.addr();
+                let size = (*slab).size as usize;
+                if offset < HEADER
+                    || (offset - HEADER) % size != 0
+                    || (offset - HEADER) / size >= (*slab).carved as usize
+                {
+                    bad_pointer(ptr, "it is not the start of a block of its slab");
+                }
+            }
+            block.write(FreeBlock { next: (*slab).free });
+            (*slab).free = block;
+            (*slab).used -= 1;
+            if (*slab).state == State::Full {
+                self.unlink(slab);
+                self.push_partial_second(slab);
+            } else if (*slab).used == 0 && self.partial[(*slab).class as usize] != slab {
+                self.retire(slab);
+            }
+        }
+    }
+
+    /// A slab with no live block that is not the head of its list: keep it as a spare or
+    /// give it back to `L`.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours on its partial list, with no live block.
+    #[cold]
+    unsafe fn retire(&mut self, slab: *mut SlabHeader) {
+        // SAFETY: the caller's duty.
+        unsafe {
+            self.unlink(slab);
+            if self.empties < EMPTY_KEEP {
+                (*slab).state = State::Empty;
+                (*slab).next = self.empty;
+                self.empty = slab;
+                self.empties += 1;
+            } else {
+                self.give_back(slab);
+            }
+        }
+    }
+
+    /// Returns a slab on no list to `L`.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours with no live block, on no list.
+    unsafe fn give_back(&mut self, slab: *mut SlabHeader) {
+        // SAFETY: the caller's duty; the slab came from `L` with `SLAB_LAYOUT`. Its check
+        // word is cleared first, so a stale pointer into it is caught if the memory stays.
+        unsafe {
+            (*slab).check = 0;
+            self.inner
+                .put(NonNull::new_unchecked(slab.cast()), Self::SLAB_LAYOUT);
+        }
+        self.slabs -= 1;
+    }
+
+    /// Gives every slab back to `L`: every slab block ends.
+    fn release(&mut self) {
+        for class in 0..CLASSES {
+            for head in [self.partial[class], self.full[class]] {
+                let mut slab = head;
+                while !slab.is_null() {
+                    // SAFETY: listed slabs are live; the link is read before the slab goes.
+                    unsafe {
+                        let next = (*slab).next;
+                        self.give_back(slab);
+                        slab = next;
+                    }
+                }
+            }
+            self.partial[class] = ptr::null_mut();
+            self.full[class] = ptr::null_mut();
+        }
+        while !self.empty.is_null() {
+            let slab = self.empty;
+            // SAFETY: spares are live slabs of ours.
+            unsafe {
+                self.empty = (*slab).next;
+                self.give_back(slab);
+            }
+        }
+        self.empties = 0;
+    }
+}
+
+/// A put of something that cannot be one of this layer's blocks.
+#[cold]
+#[inline(never)]
+fn bad_pointer(ptr: NonNull<u8>, why: &str) -> ! {
+    abort_with(format_args!("Slab: bad put of {ptr:p}: {why}"))
+}
+
+#[cold]
+#[inline(never)]
+fn unreachable_state() -> ! {
+    abort_with(format_args!("Slab: a spare slab on a class list"))
+}
+
+// SAFETY: small blocks are disjoint positions of slabs got from `L`, each handed out only
+// while off its slab's free list (a block is on at most one free list, and a slab on at
+// most one class list); a slab goes back to `L` only with no live block. Every position is
+// 16-aligned (sizes and `HEADER` are multiples of 16, slabs SLAB-aligned) and holds its
+// class's size, at least the request. Other requests go to `L` unchanged, and their puts
+// and resizes too (chosen by the layout, which fits the block and stays on its side).
+unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
+    const MIN_ALIGN: usize = if L::MIN_ALIGN < BLOCK_ALIGN {
+        L::MIN_ALIGN
+    } else {
+        BLOCK_ALIGN
+    };
+    const OWNS_EXACT: bool = L::OWNS_EXACT;
+
+    #[inline(always)]
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if is_small(layout) {
+            self.get_small(class_of(layout.size()))
+        } else {
+            self.inner.get(layout)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the layout fits the block, so it names the path that served it.
+        unsafe {
+            if is_small(layout) {
+                self.put_unsized(ptr)
+            } else {
+                self.inner.put(ptr, layout)
+            }
+        }
+    }
+
+    fn init() -> Self {
+        Self::new(L::init())
+    }
+
+    fn deinit(&mut self) {
+        self.release();
+        self.inner.deinit();
+    }
+
+    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        match (is_small(old), is_small(new)) {
+            (true, true) => class_of(old.size()) == class_of(new.size()),
+            // SAFETY: a large block of `L`, staying large.
+            (false, false) => unsafe { self.inner.grow(ptr, old, new) },
+            _ => false,
+        }
+    }
+
+    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        match (is_small(old), is_small(new)) {
+            (true, true) => class_of(old.size()) == class_of(new.size()),
+            // SAFETY: a large block of `L`, staying large.
+            (false, false) => unsafe { self.inner.shrink(ptr, old, new) },
+            _ => false,
+        }
+    }
+
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        self.inner.owns(ptr)
+    }
+
+    fn check_invariants(&self) {
+        let fail = |what: &str| -> ! { abort_with(format_args!("Slab invariant broken: {what}")) };
+        let mut listed = 0;
+        for class in 0..CLASSES {
+            for (head, state) in [
+                (self.partial[class], State::Partial),
+                (self.full[class], State::Full),
+            ] {
+                let mut prev = ptr::null_mut();
+                let mut slab = head;
+                while !slab.is_null() {
+                    listed += 1;
+                    // SAFETY: listed slabs are live and start with their header.
+                    let header = unsafe { &*slab };
+                    if header.prev != prev || header.state != state {
+                        fail("list links or state");
+                    }
+                    if header.class as usize != class || header.size as usize != class_size(class) {
+                        fail("a slab on another class's list");
+                    }
+                    if header.check != slab.addr() ^ HEADER_CHECK || slab.addr() % SLAB != 0 {
+                        fail("header check word or slab alignment");
+                    }
+                    if header.used > header.carved || header.carved > header.capacity {
+                        fail("used <= carved <= capacity");
+                    }
+                    let mut free = 0;
+                    let mut block = header.free;
+                    while !block.is_null() {
+                        free += 1;
+                        let offset = block.addr().wrapping_sub(slab.addr());
+                        if free > header.carved
+                            || offset < HEADER
+                            || (offset - HEADER) % header.size as usize != 0
+                            || (offset - HEADER) / header.size as usize >= header.carved as usize
+                        {
+                            fail("a free block outside its slab's carved blocks");
+                        }
+                        // SAFETY: a free block of a live slab holds its link.
+                        block = unsafe { (*block).next };
+                    }
+                    if free != header.carved - header.used {
+                        fail("free list length differs from carved - used");
+                    }
+                    if state == State::Full && (free != 0 || header.carved != header.capacity) {
+                        fail("a full slab with room");
+                    }
+                    prev = slab;
+                    slab = header.next;
+                }
+            }
+        }
+        let mut spares = 0;
+        let mut slab = self.empty;
+        while !slab.is_null() {
+            spares += 1;
+            // SAFETY: spares are live slabs.
+            slab = unsafe { (*slab).next };
+        }
+        if spares != self.empties || listed + spares != self.slabs {
+            fail("slab counts differ from the lists");
+        }
+        self.inner.check_invariants();
+    }
+}
+
+impl<L: Layer, const SLAB: usize> Drop for Slab<L, SLAB> {
+    fn drop(&mut self) {
+        self.deinit();
+    }
+}
+
+impl<L: Layer + fmt::Debug, const SLAB: usize> fmt::Debug for Slab<L, SLAB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slab")
+            .field("slab", &SLAB)
+            .field("slabs", &self.slabs)
+            .field("spares", &self.empties)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Gauge;
+    use crate::layers::{Buddy, Buffer, Stats};
+    use core::mem::MaybeUninit;
+
+    /// Many blocks of a few classes, freed in a scrambled order: slabs fill, go full, come
+    /// back to partial, empty out, become spares, and beyond the spares go back to the
+    /// source; every block keeps its pattern; at the end only spares remain.
+    #[test]
+    fn slabs_fill_empty_and_go_back() {
+        // A buddy heap of 64 KiB to 16 MiB blocks: slabs given back are reused.
+        let mut memory = alloc::vec![MaybeUninit::<u8>::uninit(); 2 << 24];
+        let mut heap: Slab<Stats<Buddy<Buffer<'_>, 16, 24>>> =
+            Slab::new(Stats::new(Buddy::new(Buffer::new(&mut memory))));
+        let sizes = [24usize, 100, 1000, 8000];
+        let per_size = if cfg!(miri) { 150 } else { 600 };
+        let mut live: alloc::vec::Vec<(NonNull<u8>, Layout, u8)> = alloc::vec::Vec::new();
+        let mut seed = 0x1234_5678_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for round in 0..3 {
+            for i in 0..per_size * sizes.len() {
+                let layout = Layout::from_size_align(sizes[i % sizes.len()], 8).unwrap();
+                let block = heap.get(layout).expect("room for every block");
+                let byte = (i as u8) ^ round;
+                // SAFETY: a fresh block of `layout.size()` bytes.
+                unsafe { block.as_ptr().write_bytes(byte, layout.size()) };
+                live.push((block, layout, byte));
+                if next() % 3 == 0 {
+                    let pick = next() as usize % live.len();
+                    let (block, layout, byte) = live.swap_remove(pick);
+                    // SAFETY: a live block of ours with its layout, checked then put once.
+                    unsafe {
+                        let bytes = core::slice::from_raw_parts(block.as_ptr(), layout.size());
+                        assert!(bytes.iter().all(|&b| b == byte), "block overwritten");
+                        heap.put(block, layout);
+                    }
+                }
+            }
+            heap.check_invariants();
+            while !live.is_empty() {
+                let pick = next() as usize % live.len();
+                let (block, layout, byte) = live.swap_remove(pick);
+                // SAFETY: as above.
+                unsafe {
+                    let bytes = core::slice::from_raw_parts(block.as_ptr(), layout.size());
+                    assert!(bytes.iter().all(|&b| b == byte), "block overwritten");
+                    heap.put(block, layout);
+                }
+            }
+            heap.check_invariants();
+            assert!(heap.live_by_class().iter().all(|&(_, n)| n == 0));
+            // Each class keeps its head slab; beyond that only spares remain.
+            assert!(
+                heap.slabs() <= sizes.len() + EMPTY_KEEP,
+                "{} slabs",
+                heap.slabs()
+            );
+            assert_eq!(
+                heap.inner().gauge().live,
+                heap.slabs() as u64,
+                "slabs went back"
+            );
+        }
+        let slab_bytes = 65536 * (sizes.len() + EMPTY_KEEP) as u64;
+        assert!(
+            heap.inner().gauge().peak_bytes > 3 * slab_bytes,
+            "the test filled slabs"
+        );
+        heap.deinit();
+        assert_eq!(heap.slabs(), 0);
+    }
+
+    #[test]
+    fn classes_are_monotone_and_fit() {
+        for class in 1..CLASSES {
+            assert!(class_size(class) > class_size(class - 1));
+            assert_eq!(class_size(class) % BLOCK_ALIGN, 0);
+        }
+        assert_eq!(class_size(CLASSES - 1), SLAB_LIMIT);
+        for size in 0..=SLAB_LIMIT {
+            let class = class_of(size);
+            assert!(class_size(class) >= size, "size {size}");
+            assert!(
+                class == 0 || class_size(class - 1) < size,
+                "size {size} not tightest"
+            );
+            // The waste bound in the docs: a fifth of the block, or 15 bytes below 128.
+            let waste = class_size(class) - size.max(1);
+            assert!(waste <= 15 || waste * 5 <= class_size(class), "size {size}");
+        }
+    }
+}

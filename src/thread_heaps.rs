@@ -1,0 +1,787 @@
+//! `ThreadHeaps<Large>`: one slab heap per thread for small blocks, frees from other
+//! threads handed back to the owning heap, heaps of exited threads reused; a shared, locked
+//! `Large` layer for the rest. The adapter behind the [`General`](crate::presets::General)
+//! preset and the malloc replacement.
+//!
+//! Invariants:
+//! - every heap ever made is on the registry list (`all`) for the life of the process (a
+//!   heap's memory is never given back, so a slab's owner tag always names a live heap);
+//! - a heap is used by at most one thread at a time: the thread whose `CURRENT` names it,
+//!   or none while it sits in the pool of abandoned heaps;
+//! - a small block lives in a slab of the heap its tag names; only that heap's thread puts
+//!   it on a slab free list; other threads push it on the heap's `remote` stack, which the
+//!   owner drains.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use core::fmt;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use crate::Layer;
+use crate::Locked;
+use crate::layer::Measured;
+use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
+use crate::layers::{Reserve, Slab};
+
+/// Allocations between two looks at a heap's remote stack.
+const DRAIN_EVERY: u32 = 64;
+
+/// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
+/// allocations on the thread (other destructors) go to the shared `Large` layer.
+const EXITED: *mut u8 = ptr::without_provenance_mut(1);
+
+thread_local! {
+    /// This thread's heap (type-erased: one per thread, whatever `ThreadHeaps` made it),
+    /// null before the first small allocation, `EXITED` after thread exit.
+    static CURRENT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// A block on a heap's remote stack: the link, written into the freed block.
+struct RemoteBlock {
+    next: *mut RemoteBlock,
+}
+
+/// An atomic on a cache line of its own, so that other threads pushing frees do not slow
+/// the owner's slab work next to it.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// One thread's heap.
+struct Heap<Large: Measured + Send> {
+    slab: Slab<Reserve>,
+    /// The `ThreadHeaps` that made it.
+    home: *const ThreadHeaps<Large>,
+    /// Blocks of this heap freed by other threads.
+    remote: Padded<AtomicPtr<RemoteBlock>>,
+    countdown: Cell<u32>,
+    /// The registry link (every heap, forever).
+    all_next: *mut Heap<Large>,
+    /// The pool link (abandoned heaps), under the pool lock.
+    pool_next: *mut Heap<Large>,
+    /// Whether the heap is in the pool, under the pool lock.
+    abandoned: bool,
+}
+
+/// Figures kept while counting is on (see [`ThreadHeaps::set_counting`]), for the heap
+/// summary: atomics shared by all threads.
+struct Counters {
+    allocations: AtomicUsize,
+    frees: AtomicUsize,
+    live_bytes: AtomicUsize,
+    peak_bytes: AtomicUsize,
+    /// Live blocks per slab class, then (last) the large blocks.
+    live: [AtomicUsize; CLASSES + 1],
+    large_live_bytes: AtomicUsize,
+}
+
+/// A spin lock guarding a pointer-sized list head.
+struct SpinList<T> {
+    held: AtomicBool,
+    head: Cell<*mut T>,
+}
+
+impl<T> SpinList<T> {
+    const fn new() -> Self {
+        SpinList {
+            held: AtomicBool::new(false),
+            head: Cell::new(ptr::null_mut()),
+        }
+    }
+
+    fn lock(&self) {
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            while self.held.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        self.held.store(false, Ordering::Release);
+    }
+}
+
+/// Per-thread heaps of slabs for small blocks over one shared, locked `Large` layer for
+/// the rest: a general-purpose allocator that scales across threads, usable as
+/// `#[global_allocator]` and, through [`malloc`](ThreadHeaps::malloc) and
+/// [`free`](ThreadHeaps::free) (which take no layout), as C's `malloc`.
+///
+/// - **Small blocks** (at most 8 KiB, aligned to at most 16): the calling thread's own
+///   [`Slab`] heap, over [`Reserve`] granules, with no lock and no atomic operation on the
+///   way. A heap is made (or adopted) at a thread's first small allocation.
+/// - **Frees from other threads**: a block's slab records the heap that owns it; a thread
+///   that frees another heap's block pushes it on that heap's remote stack (one atomic
+///   compare-and-swap), and the owner takes the whole stack back every few allocations.
+/// - **Thread exit**: the heap goes to a pool with all its slabs, and the next new thread
+///   adopts it (along with the frees still arriving for it); heaps are never leaked and
+///   never freed.
+/// - **Everything else** (large blocks, large alignments, and the allocations of a thread
+///   whose heap was already handed back at exit) goes to `Large`, under a lock.
+///
+/// With the [`Router`](crate::Router) a program can have only one global allocator; a
+/// `ThreadHeaps` is meant to be that one. Each thread keeps one heap for the first
+/// `ThreadHeaps` it allocates from; a thread using a second instance is served by that
+/// instance's `Large` layer alone.
+///
+/// ```
+/// use stratalloc::presets::{General, general};
+///
+/// #[global_allocator]
+/// static GLOBAL: General = general();
+///
+/// let words: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+/// let joined = std::thread::spawn(move || words.join(",")).join().unwrap();
+/// assert!(joined.starts_with("0,1,2"));
+/// ```
+pub struct ThreadHeaps<Large: Measured + Send> {
+    large: Locked<Large>,
+    /// Every heap made, newest first.
+    all: AtomicPtr<Heap<Large>>,
+    /// Abandoned heaps, ready for adoption.
+    pool: SpinList<Heap<Large>>,
+    /// The pthread key whose destructor hands a heap back, plus one (0: not made yet).
+    key: AtomicUsize,
+    counting: AtomicBool,
+    counters: Counters,
+}
+
+// SAFETY: the heaps are reached only by their own thread (see the module invariants), the
+// pool's head only under its lock, the large layer only under its lock; the rest is atomic.
+unsafe impl<Large: Measured + Send> Sync for ThreadHeaps<Large> {}
+// SAFETY: as above: nothing in it is tied to the thread that made it.
+unsafe impl<Large: Measured + Send> Send for ThreadHeaps<Large> {}
+
+/// Whether a request is served by the thread heaps.
+#[inline(always)]
+const fn is_small(layout: Layout) -> bool {
+    layout.size() <= SLAB_LIMIT && layout.align() <= BLOCK_ALIGN
+}
+
+impl<Large: Measured + Send> ThreadHeaps<Large> {
+    /// An allocator with no heaps yet, over `large`; usable in a `static`.
+    pub const fn new(large: Large) -> Self {
+        const ZERO: AtomicUsize = AtomicUsize::new(0);
+        ThreadHeaps {
+            large: Locked::new(large),
+            all: AtomicPtr::new(ptr::null_mut()),
+            pool: SpinList::new(),
+            key: AtomicUsize::new(0),
+            counting: AtomicBool::new(false),
+            counters: Counters {
+                allocations: ZERO,
+                frees: ZERO,
+                live_bytes: ZERO,
+                peak_bytes: ZERO,
+                live: [ZERO; CLASSES + 1],
+                large_live_bytes: ZERO,
+            },
+        }
+    }
+
+    /// The shared layer behind the heaps.
+    pub fn large(&self) -> &Locked<Large> {
+        &self.large
+    }
+
+    /// Turns the counting behind [`summary`](ThreadHeaps::summary) on or off. It costs a
+    /// few shared atomic operations per call, so it is off by default; turn it on before
+    /// the program allocates for whole figures.
+    pub fn set_counting(&self, on: bool) {
+        self.counting.store(on, Ordering::Relaxed);
+    }
+
+    /// Heaps made so far (in use and abandoned).
+    pub fn heaps(&self) -> usize {
+        let mut count = 0;
+        let mut heap = self.all.load(Ordering::Acquire);
+        while !heap.is_null() {
+            count += 1;
+            // SAFETY: registered heaps live forever; `all_next` is set before publication.
+            heap = unsafe { (*heap).all_next };
+        }
+        count
+    }
+
+    /// Abandoned heaps waiting for a thread.
+    pub fn pooled_heaps(&self) -> usize {
+        self.pool.lock();
+        let mut count = 0;
+        let mut heap = self.pool.head.get();
+        while !heap.is_null() {
+            count += 1;
+            // SAFETY: pooled heaps are live; their links are read under the pool lock.
+            heap = unsafe { (*heap).pool_next };
+        }
+        self.pool.unlock();
+        count
+    }
+
+    /// This thread's heap for this allocator, making or adopting one on first use; `None`
+    /// after this thread's heap was handed back, or when the thread uses another instance.
+    #[inline(always)]
+    fn heap(&self) -> Option<&Heap<Large>> {
+        let current = CURRENT.try_with(Cell::get).ok()?;
+        if !current.is_null() && current != EXITED {
+            let heap = current.cast::<Heap<Large>>();
+            // SAFETY: `CURRENT` names a live heap used by this thread alone.
+            if unsafe { (*heap).home } == self {
+                // SAFETY: as above.
+                return Some(unsafe { &*heap });
+            }
+            return None;
+        }
+        if current.is_null() {
+            self.attach()
+        } else {
+            None
+        }
+    }
+
+    /// The heap for `CURRENT`, mutably, for the slab calls.
+    ///
+    /// # Safety
+    ///
+    /// `heap` is this thread's heap (from [`heap`](ThreadHeaps::heap)), and no other
+    /// reference to its slab is live.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn slab(heap: &Heap<Large>) -> &mut Slab<Reserve> {
+        // SAFETY: the heap is this thread's alone (module invariants), and the caller holds
+        // no other reference to its slab; the cast goes through the heap's own pointer.
+        unsafe { &mut (*(heap as *const Heap<Large>).cast_mut()).slab }
+    }
+
+    /// Gives this thread a heap: an abandoned one, or a new one.
+    #[cold]
+    fn attach(&self) -> Option<&Heap<Large>> {
+        let key = self.key()?;
+        self.pool.lock();
+        let adopted = self.pool.head.get();
+        if !adopted.is_null() {
+            // SAFETY: pooled heaps are live; their links change under the pool lock.
+            unsafe {
+                self.pool.head.set((*adopted).pool_next);
+                (*adopted).pool_next = ptr::null_mut();
+                (*adopted).abandoned = false;
+            }
+        }
+        self.pool.unlock();
+        let heap = if adopted.is_null() {
+            self.make_heap()?
+        } else {
+            adopted
+        };
+        CURRENT.try_with(|c| c.set(heap.cast())).ok()?;
+        // SAFETY: `key` is a key we made; the value is only read back by its destructor.
+        unsafe { libc::pthread_setspecific(key, heap.cast()) };
+        // SAFETY: the heap is now this thread's.
+        Some(unsafe { &*heap })
+    }
+
+    /// A fresh heap, in memory from `Large`, registered for good.
+    fn make_heap(&self) -> Option<*mut Heap<Large>> {
+        let layout = Layout::new::<Heap<Large>>();
+        // SAFETY: the closure only gets one block, ending no other.
+        let memory = unsafe { self.large.with_mut(|large| large.get(layout)) }?;
+        let heap = memory.as_ptr().cast::<Heap<Large>>();
+        let mut slab = Slab::new(Reserve::new());
+        slab.set_tag(heap.expose_provenance());
+        // SAFETY: a fresh block that fits a `Heap`.
+        unsafe {
+            heap.write(Heap {
+                slab,
+                home: self,
+                remote: Padded(AtomicPtr::new(ptr::null_mut())),
+                countdown: Cell::new(DRAIN_EVERY),
+                all_next: ptr::null_mut(),
+                pool_next: ptr::null_mut(),
+                abandoned: false,
+            });
+        }
+        let mut head = self.all.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: not yet published: ours alone.
+            unsafe { (*heap).all_next = head };
+            match self
+                .all
+                .compare_exchange_weak(head, heap, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(heap),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// The pthread key whose destructor hands heaps back, made on first use.
+    fn key(&self) -> Option<libc::pthread_key_t> {
+        let key = self.key.load(Ordering::Acquire);
+        if key != 0 {
+            return Some((key - 1) as libc::pthread_key_t);
+        }
+        let mut made: libc::pthread_key_t = 0;
+        // SAFETY: `made` is a valid place for the key; the destructor is an `extern "C"`
+        // function that takes the value we store (a heap of this type).
+        if unsafe { libc::pthread_key_create(&mut made, Some(thread_exit::<Large>)) } != 0 {
+            return None;
+        }
+        match self
+            .key
+            .compare_exchange(0, made as usize + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Some(made),
+            Err(theirs) => {
+                // Another thread made one first: use theirs.
+                // SAFETY: `made` is ours and unused.
+                unsafe { libc::pthread_key_delete(made) };
+                Some((theirs - 1) as libc::pthread_key_t)
+            }
+        }
+    }
+
+    /// Hands this thread's heap back to the pool (thread exit).
+    fn abandon(&self, heap: *mut Heap<Large>) {
+        let _ = CURRENT.try_with(|c| c.set(EXITED));
+        // SAFETY: the heap was this thread's; the destructor runs on that thread.
+        unsafe { Self::drain(&*heap) };
+        self.pool.lock();
+        // SAFETY: the heap is live; pool links change under the pool lock.
+        unsafe {
+            (*heap).abandoned = true;
+            (*heap).pool_next = self.pool.head.get();
+        }
+        self.pool.head.set(heap);
+        self.pool.unlock();
+    }
+
+    /// Takes the heap's remote stack and puts every block on it back in its slab.
+    ///
+    /// # Safety
+    ///
+    /// `heap` is this thread's heap.
+    #[cold]
+    unsafe fn drain(heap: &Heap<Large>) {
+        let mut block = heap.remote.0.swap(ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: the heap is ours; each block on the stack is a live block of one of its
+        // slabs, given up by the thread that pushed it (its link is the only thing in it).
+        unsafe {
+            let slab = Self::slab(heap);
+            while let Some(b) = NonNull::new(block) {
+                block = (*block).next;
+                slab.put_unsized(b.cast());
+            }
+        }
+    }
+
+    /// Allocates a block for `layout`; null when out of memory.
+    #[inline(always)]
+    fn allocate(&self, layout: Layout) -> *mut u8 {
+        if is_small(layout) {
+            if let Some(heap) = self.heap() {
+                let countdown = heap.countdown.get() - 1;
+                heap.countdown.set(countdown);
+                if countdown == 0 {
+                    heap.countdown.set(DRAIN_EVERY);
+                    if !heap.remote.0.load(Ordering::Relaxed).is_null() {
+                        // SAFETY: this thread's heap.
+                        unsafe { Self::drain(heap) };
+                    }
+                }
+                // SAFETY: this thread's heap; no other reference to its slab is live.
+                if let Some(block) = unsafe { Self::slab(heap) }.get(layout) {
+                    if self.counting.load(Ordering::Relaxed) {
+                        self.count_get(
+                            class_of(layout.size()),
+                            class_size(class_of(layout.size())),
+                        );
+                    }
+                    return block.as_ptr();
+                }
+            }
+        }
+        self.allocate_large(layout)
+    }
+
+    /// Allocates from `Large`, under its lock.
+    #[cold]
+    fn allocate_large(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the closure only gets one block.
+        let block = unsafe { self.large.with_mut(|large| large.get(layout)) };
+        match block {
+            Some(block) => {
+                if self.counting.load(Ordering::Relaxed) {
+                    // SAFETY: a live block of `Large`.
+                    let size = unsafe { self.large.lock().usable_size(block) };
+                    self.count_get(CLASSES, size);
+                    self.counters
+                        .large_live_bytes
+                        .fetch_add(size, Ordering::Relaxed);
+                }
+                block.as_ptr()
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Frees a block, whichever thread and heap it came from.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of this allocator, not used afterwards.
+    #[inline(always)]
+    unsafe fn release(&self, ptr: NonNull<u8>) {
+        if Reserve::contains(ptr.as_ptr()) {
+            // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
+            // from the reserve), so its slab header is readable and names its owner.
+            let owner = unsafe { Slab::<Reserve>::tag_of(ptr) };
+            if self.counting.load(Ordering::Relaxed) {
+                // SAFETY: as above.
+                let size = unsafe { Slab::<Reserve>::usable_size(ptr) };
+                self.count_put(class_of(size), size);
+            }
+            let current = CURRENT.try_with(Cell::get).unwrap_or(EXITED);
+            if owner == current.addr() {
+                // SAFETY: the block's heap is this thread's; the caller gives it up.
+                unsafe { Self::slab(&*current.cast::<Heap<Large>>()).put_unsized(ptr) };
+            } else {
+                // SAFETY: a tag names a live heap for good (registry invariant).
+                let heap = unsafe { &*ptr::with_exposed_provenance::<Heap<Large>>(owner) };
+                Self::push_remote(heap, ptr);
+            }
+        } else {
+            // SAFETY: not in the reserve, so `Large` served it; the caller gives it up.
+            unsafe { self.release_large(ptr) }
+        }
+    }
+
+    /// Pushes a block on another heap's remote stack.
+    fn push_remote(heap: &Heap<Large>, ptr: NonNull<u8>) {
+        let block = ptr.as_ptr().cast::<RemoteBlock>();
+        let mut head = heap.remote.0.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is given up by the caller: its first word is ours to use.
+            unsafe { block.write(RemoteBlock { next: head }) };
+            match heap.remote.0.compare_exchange_weak(
+                head,
+                block,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Frees a block of `Large`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of `Large`, not used afterwards.
+    #[cold]
+    unsafe fn release_large(&self, ptr: NonNull<u8>) {
+        // SAFETY: the closure puts only the caller's block.
+        unsafe {
+            self.large.with_mut(|large| {
+                if self.counting.load(Ordering::Relaxed) {
+                    let size = large.usable_size(ptr);
+                    self.count_put(CLASSES, size);
+                    self.counters
+                        .large_live_bytes
+                        .fetch_sub(size, Ordering::Relaxed);
+                }
+                large.put_unsized(ptr)
+            })
+        }
+    }
+
+    fn count_get(&self, class: usize, size: usize) {
+        let c = &self.counters;
+        c.allocations.fetch_add(1, Ordering::Relaxed);
+        c.live[class].fetch_add(1, Ordering::Relaxed);
+        let live = c
+            .live_bytes
+            .fetch_add(size, Ordering::Relaxed)
+            .wrapping_add(size);
+        c.peak_bytes.fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn count_put(&self, class: usize, size: usize) {
+        let c = &self.counters;
+        c.frees.fetch_add(1, Ordering::Relaxed);
+        c.live[class].fetch_sub(1, Ordering::Relaxed);
+        c.live_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// C's `malloc`: a block of at least `size` bytes aligned to 16, or null.
+    #[inline]
+    pub fn malloc(&self, size: usize) -> *mut u8 {
+        match Layout::from_size_align(size.max(1), BLOCK_ALIGN) {
+            Ok(layout) => self.allocate(layout),
+            Err(_) => ptr::null_mut(),
+        }
+    }
+
+    /// A block of at least `size` bytes aligned to `align` (a power of two), or null.
+    pub fn malloc_aligned(&self, size: usize, align: usize) -> *mut u8 {
+        match Layout::from_size_align(size.max(1), align.max(BLOCK_ALIGN)) {
+            Ok(layout) => self.allocate(layout),
+            Err(_) => ptr::null_mut(),
+        }
+    }
+
+    /// C's `free`: gives back a block of this allocator, found by its address alone; null
+    /// does nothing.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is null or a live block that this allocator returned (from any of its
+    /// methods, on any thread), not used afterwards.
+    #[inline]
+    pub unsafe fn free(&self, ptr: *mut u8) {
+        if let Some(ptr) = NonNull::new(ptr) {
+            // SAFETY: the caller's duty.
+            unsafe { self.release(ptr) }
+        }
+    }
+
+    /// C's `malloc_usable_size`: the bytes the block really holds (0 for null).
+    ///
+    /// # Safety
+    ///
+    /// As for [`free`](ThreadHeaps::free), except that the block stays live.
+    pub unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
+        let Some(ptr) = NonNull::new(ptr) else {
+            return 0;
+        };
+        if Reserve::contains(ptr.as_ptr()) {
+            // SAFETY: a live slab block (see `release`).
+            unsafe { Slab::<Reserve>::usable_size(ptr) }
+        } else {
+            // SAFETY: a live block of `Large`.
+            unsafe { self.large.lock().usable_size(ptr) }
+        }
+    }
+
+    /// C's `realloc` for a live block: the block itself when `size` still fits it (and
+    /// does not waste more than half of it), else a new block with the contents moved;
+    /// null when out of memory (the old block then stays live).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of this allocator (not null); on success it is not used
+    /// afterwards unless the same pointer came back.
+    pub unsafe fn realloc(&self, ptr: *mut u8, size: usize) -> *mut u8 {
+        // SAFETY: the caller's duty.
+        let usable = unsafe { self.usable_size(ptr) };
+        if size <= usable && size >= usable / 2 {
+            return ptr;
+        }
+        let new = self.malloc(size);
+        if !new.is_null() {
+            // SAFETY: both blocks are live and distinct; `old` holds `usable` bytes, the new
+            // one at least `size`.
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, new, usable.min(size));
+                self.free(ptr);
+            }
+        }
+        new
+    }
+
+    /// The figures counted since counting was turned on (see
+    /// [`set_counting`](ThreadHeaps::set_counting)): totals, peak, live blocks by size.
+    pub fn summary(&self) -> HeapSummary {
+        let c = &self.counters;
+        let mut live = [(0, 0); CLASSES + 1];
+        for (class, entry) in live.iter_mut().enumerate() {
+            let size = if class < CLASSES {
+                class_size(class)
+            } else {
+                0
+            };
+            *entry = (size, c.live[class].load(Ordering::Relaxed));
+        }
+        HeapSummary {
+            allocations: c.allocations.load(Ordering::Relaxed),
+            frees: c.frees.load(Ordering::Relaxed),
+            live_bytes: c.live_bytes.load(Ordering::Relaxed),
+            peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
+            large_live_bytes: c.large_live_bytes.load(Ordering::Relaxed),
+            live,
+            heaps: self.heaps(),
+        }
+    }
+
+    /// Takes every lock of the allocator, so that `fork` cannot copy one held by another
+    /// thread. Follow it with [`after_fork_parent`](ThreadHeaps::after_fork_parent) in the
+    /// parent and [`after_fork_child`](ThreadHeaps::after_fork_child) in the child (the
+    /// malloc replacement registers all three with `pthread_atfork`).
+    pub fn before_fork(&self) {
+        self.pool.lock();
+        core::mem::forget(self.large.lock());
+        Reserve::before_fork();
+    }
+
+    /// Releases what [`before_fork`](ThreadHeaps::before_fork) took, in the parent.
+    ///
+    /// # Safety
+    ///
+    /// Called once after each `before_fork`, on the thread that called it.
+    pub unsafe fn after_fork_parent(&self) {
+        Reserve::after_fork();
+        // SAFETY: `before_fork` took the lock and forgot its guard; it is ours.
+        unsafe { self.large.force_unlock() };
+        self.pool.unlock();
+    }
+
+    /// Releases what [`before_fork`](ThreadHeaps::before_fork) took, in the child, and
+    /// hands the heaps of every thread that did not survive the fork to the pool.
+    ///
+    /// # Safety
+    ///
+    /// Called once in the child of a `fork` made after `before_fork`, before anything else
+    /// allocates there.
+    pub unsafe fn after_fork_child(&self) {
+        Reserve::after_fork();
+        // SAFETY: as in the parent: the copy of the lock is held by this thread.
+        unsafe { self.large.force_unlock() };
+        let current = CURRENT.try_with(Cell::get).unwrap_or(EXITED);
+        let mut heap = self.all.load(Ordering::Acquire);
+        while !heap.is_null() {
+            // SAFETY: registered heaps live forever; the pool lock is still ours, and the
+            // threads that used these heaps no longer exist in this process.
+            unsafe {
+                if heap.cast() != current && !(*heap).abandoned {
+                    (*heap).abandoned = true;
+                    (*heap).pool_next = self.pool.head.get();
+                    self.pool.head.set(heap);
+                }
+                heap = (*heap).all_next;
+            }
+        }
+        self.pool.unlock();
+    }
+}
+
+/// The pthread key's destructor: hands the exiting thread's heap back.
+extern "C" fn thread_exit<Large: Measured + Send>(heap: *mut libc::c_void) {
+    let heap = heap.cast::<Heap<Large>>();
+    // SAFETY: the key's values are heaps of this type, whose `home` lives forever (it is
+    // the allocator, a `static` in practice, and heaps refer to it only while it is in use).
+    let home = unsafe { &*(*heap).home };
+    home.abandon(heap);
+}
+
+// SAFETY: small blocks come from this thread's `Slab` (a layer keeping the contract) and
+// go back to their owner's slab, directly or through its remote stack; everything else
+// comes from and goes back to `Large`, under its lock; the two never mix, because only
+// slab blocks lie in the reserve.
+unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.allocate(layout)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `GlobalAlloc::dealloc`'s duties: a live block of this allocator.
+        unsafe { self.release(NonNull::new_unchecked(ptr)) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= BLOCK_ALIGN {
+            // SAFETY: a live block; C's `realloc` keeps alignments up to 16.
+            return unsafe { ThreadHeaps::realloc(self, ptr, new_size) };
+        }
+        // SAFETY: `GlobalAlloc::realloc`'s duties make the new layout valid.
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let fresh = self.allocate(new);
+        if !fresh.is_null() {
+            // SAFETY: both blocks live and distinct; the old one holds `layout.size()`.
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, fresh, layout.size().min(new_size));
+                self.free(ptr);
+            }
+        }
+        fresh
+    }
+}
+
+impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadHeaps")
+            .field("heaps", &self.heaps())
+            .field("reserved_bytes_used", &Reserve::used_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The figures of a [`ThreadHeaps`] allocator: totals, peak, live blocks by size.
+/// `Display` writes the heap summary the malloc replacement prints at exit.
+#[derive(Clone, Copy, Debug)]
+pub struct HeapSummary {
+    /// Blocks handed out.
+    pub allocations: usize,
+    /// Blocks given back.
+    pub frees: usize,
+    /// Bytes live now (usable sizes).
+    pub live_bytes: usize,
+    /// The most bytes live at once.
+    pub peak_bytes: usize,
+    /// Of `live_bytes`, those in large blocks.
+    pub large_live_bytes: usize,
+    /// Live blocks per slab class, as `(block size, live)`; the last entry (size 0) counts
+    /// the large blocks.
+    pub live: [(usize, usize); CLASSES + 1],
+    /// Thread heaps made.
+    pub heaps: usize,
+}
+
+impl HeapSummary {
+    /// Blocks still live.
+    pub fn live_blocks(&self) -> usize {
+        self.live.iter().map(|&(_, n)| n).sum()
+    }
+}
+
+impl fmt::Display for HeapSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "stratalloc heap summary")?;
+        writeln!(
+            f,
+            "totals: {} allocations, {} frees, {} thread heaps",
+            self.allocations, self.frees, self.heaps
+        )?;
+        writeln!(f, "peak: {} bytes", self.peak_bytes)?;
+        writeln!(
+            f,
+            "live: {} blocks, {} bytes",
+            self.live_blocks(),
+            self.live_bytes
+        )?;
+        for &(size, n) in &self.live[..CLASSES] {
+            if n > 0 {
+                writeln!(f, "  {size:>6} B: {n} blocks")?;
+            }
+        }
+        let large = self.live[CLASSES].1;
+        if large > 0 {
+            writeln!(
+                f,
+                "  large: {large} blocks, {} bytes",
+                self.large_live_bytes
+            )?;
+        }
+        writeln!(
+            f,
+            "leaks: {} blocks, {} bytes",
+            self.live_blocks(),
+            self.live_bytes
+        )
+    }
+}

@@ -1,0 +1,229 @@
+//! The general-purpose preset (`ThreadHeaps`): C-style calls by address alone, frees from
+//! other threads, heaps of exited threads reused, the summary, and misuse aborts.
+//!
+//! Each test uses its own `static` allocator: the test harness runs every test on a fresh
+//! thread, whose heap belongs to the first `ThreadHeaps` it allocates from.
+
+use std::sync::mpsc;
+
+use stratalloc::layers::Reserve;
+use stratalloc::presets::{General, general};
+
+/// Allocation sizes that cross every path: slab classes, the 8 KiB limit, large blocks.
+const SIZES: [usize; 12] = [
+    1,
+    8,
+    16,
+    24,
+    100,
+    128,
+    129,
+    1000,
+    8192,
+    8193,
+    100_000,
+    1 << 20,
+];
+
+fn fill(ptr: *mut u8, len: usize, byte: u8) {
+    // SAFETY: callers pass a live block of at least `len` bytes.
+    unsafe { ptr.write_bytes(byte, len) }
+}
+
+fn holds(ptr: *mut u8, len: usize, byte: u8) -> bool {
+    // SAFETY: callers pass a live block of at least `len` bytes.
+    unsafe {
+        std::slice::from_raw_parts(ptr, len)
+            .iter()
+            .all(|&b| b == byte)
+    }
+}
+
+#[test]
+fn blocks_go_back_by_address_alone() {
+    static HEAP: General = general();
+    let mut blocks = Vec::new();
+    for round in 0..4u8 {
+        for (i, &size) in SIZES.iter().enumerate() {
+            let ptr = HEAP.malloc(size);
+            assert!(!ptr.is_null(), "malloc({size})");
+            assert_eq!(ptr.addr() % 16, 0, "malloc({size}) is 16-aligned");
+            // SAFETY: a live block of HEAP.
+            let usable = unsafe { HEAP.usable_size(ptr) };
+            assert!(usable >= size, "usable {usable} < {size}");
+            fill(ptr, usable, round ^ i as u8);
+            blocks.push((ptr, usable, round ^ i as u8));
+        }
+    }
+    for (ptr, usable, byte) in blocks.drain(..) {
+        assert!(holds(ptr, usable, byte), "a block was overwritten");
+        // SAFETY: live, freed once.
+        unsafe { HEAP.free(ptr) };
+    }
+    // SAFETY: null is fine, and so is asking its size.
+    unsafe {
+        HEAP.free(std::ptr::null_mut());
+        assert_eq!(HEAP.usable_size(std::ptr::null_mut()), 0);
+    }
+    // A freed small block is the next one handed out in its class.
+    let a = HEAP.malloc(40);
+    // SAFETY: live, freed once.
+    unsafe { HEAP.free(a) };
+    assert_eq!(
+        HEAP.malloc(48),
+        a,
+        "the 48-byte class reuses its last free block"
+    );
+}
+
+#[test]
+fn realloc_keeps_contents_across_every_path() {
+    static HEAP: General = general();
+    let mut ptr = HEAP.malloc(1);
+    fill(ptr, 1, 7);
+    let mut size = 1;
+    for next in [3, 17, 200, 5000, 9000, 70_000, 2 << 20, 60_000, 700, 20, 1] {
+        // SAFETY: a live block; the old pointer is not used after success.
+        let grown = unsafe { HEAP.realloc(ptr, next) };
+        assert!(!grown.is_null());
+        assert!(
+            holds(grown, size.min(next), 7),
+            "realloc {size} -> {next} lost bytes"
+        );
+        fill(grown, next, 7);
+        ptr = grown;
+        size = next;
+    }
+    // SAFETY: a live block, freed once.
+    unsafe { HEAP.free(ptr) };
+}
+
+#[test]
+fn large_alignments_are_honoured() {
+    static HEAP: General = general();
+    for align in [16, 32, 64, 4096, 65536, 1 << 20] {
+        for size in [1, 100, 10_000] {
+            let ptr = HEAP.malloc_aligned(size, align);
+            assert!(
+                !ptr.is_null() && ptr.addr() % align == 0,
+                "{size} at {align}"
+            );
+            fill(ptr, size, 1);
+            // SAFETY: live, freed once.
+            unsafe { HEAP.free(ptr) };
+        }
+    }
+}
+
+/// Producer threads allocate, consumer threads free: every block crosses a thread, every
+/// pattern is verified, and the producers' heaps get the blocks back (the reserve stops
+/// growing once the heaps have warmed up).
+#[test]
+fn frees_from_other_threads_reach_the_owner() {
+    static HEAP: General = general();
+    const THREADS: usize = 4;
+    let blocks = if cfg!(miri) { 300 } else { 100_000 };
+    let rounds = 3;
+    let mut used_after_first = 0;
+    for round in 0..rounds {
+        let mut producers = Vec::new();
+        let mut consumers = Vec::new();
+        for t in 0..THREADS {
+            let (send, receive) = mpsc::sync_channel::<(usize, usize, u8)>(1024);
+            producers.push(std::thread::spawn(move || {
+                for i in 0..blocks {
+                    let size = 8 + (i * 7 + t * 13) % 600;
+                    let byte = (i ^ t) as u8;
+                    let ptr = HEAP.malloc(size);
+                    assert!(!ptr.is_null());
+                    fill(ptr, size, byte);
+                    send.send((ptr.expose_provenance(), size, byte)).unwrap();
+                }
+            }));
+            consumers.push(std::thread::spawn(move || {
+                for (addr, size, byte) in receive {
+                    let ptr = std::ptr::with_exposed_provenance_mut::<u8>(addr);
+                    assert!(holds(ptr, size, byte), "a block was overwritten in flight");
+                    // SAFETY: a live block handed over by its producer, freed once.
+                    unsafe { HEAP.free(ptr) };
+                }
+            }));
+        }
+        for thread in producers.into_iter().chain(consumers) {
+            thread.join().unwrap();
+        }
+        if round == 0 {
+            used_after_first = Reserve::used_bytes();
+        }
+    }
+    // Heaps of exited threads are adopted by the next round's threads: at most one heap
+    // per thread alive at once.
+    assert!(HEAP.heaps() <= 2 * THREADS, "{} heaps", HEAP.heaps());
+    assert_eq!(
+        HEAP.pooled_heaps(),
+        HEAP.heaps(),
+        "every thread's heap is back in the pool"
+    );
+    // Other tests share the reserve, so allow their growth; without remote frees coming
+    // back, each round would take another ~50 MB.
+    let grown = Reserve::used_bytes() - used_after_first;
+    assert!(
+        grown < 40 << 20,
+        "the reserve grew by {grown} bytes after the first round"
+    );
+}
+
+#[test]
+fn the_summary_counts_live_blocks_by_size() {
+    static HEAP: General = general();
+    HEAP.set_counting(true);
+    let kept = [
+        HEAP.malloc(24),
+        HEAP.malloc(24),
+        HEAP.malloc(3000),
+        HEAP.malloc(50_000),
+    ];
+    for _ in 0..10 {
+        let p = HEAP.malloc(100);
+        // SAFETY: live, freed once.
+        unsafe { HEAP.free(p) };
+    }
+    let summary = HEAP.summary();
+    assert_eq!(summary.allocations, 14);
+    assert_eq!(summary.frees, 10);
+    assert_eq!(summary.live_blocks(), 4);
+    let text = summary.to_string();
+    assert!(text.starts_with("stratalloc heap summary\n"), "{text}");
+    assert!(text.contains("      32 B: 2 blocks"), "{text}");
+    assert!(text.contains("large: 1 blocks"), "{text}");
+    assert!(text.contains("leaks: 4 blocks"), "{text}");
+    for p in kept {
+        // SAFETY: live, freed once.
+        unsafe { HEAP.free(p) };
+    }
+    assert_eq!(HEAP.summary().live_blocks(), 0);
+    assert!(HEAP.summary().peak_bytes >= 50_000);
+}
+
+/// A double free of a small block aborts with a line naming it (in a child process).
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_double_free_aborts_with_a_message() {
+    static HEAP: General = general();
+    if crate::child_scenario().as_deref() == Some("double free") {
+        let p = HEAP.malloc(64);
+        // SAFETY: not sound, on purpose: the second free must abort before any harm.
+        unsafe {
+            HEAP.free(p);
+            HEAP.free(p);
+        }
+        return;
+    }
+    let out = crate::run_child(
+        "thread_heaps::a_double_free_aborts_with_a_message",
+        "double free",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("put twice"), "{stderr}");
+}
