@@ -2,11 +2,13 @@
 //! invariants at the top.
 
 mod arenas;
+mod blocks;
 mod combinators;
 pub(crate) mod debug;
 mod sources;
 
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
+pub use blocks::FreeList;
 pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;

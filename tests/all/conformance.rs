@@ -438,6 +438,16 @@ mod layers {
         super::suite_buffer()
     ));
 
+    // 64-byte class blocks, reused LIFO; larger or more aligned requests pass through to
+    // the buffer. A `Check` below aborts on a block that reaches it with the wrong layout.
+    conformance!(free_list_over_buffer, || FreeList::<_, 64>::new(
+        Check::new(super::suite_buffer())
+    ));
+    // A class aligned to 4096 (the cap), with a short list whose surplus goes back.
+    conformance!(capped_free_list_over_buffer, || {
+        FreeList::<_, 12288, 2>::new(Check::new(super::suite_buffer()))
+    });
+
     #[cfg(feature = "std")]
     mod with_std {
         use stratalloc::layers::*;
@@ -469,6 +479,12 @@ mod layers {
         ));
         #[cfg(not(miri))]
         conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
+        conformance!(free_list_over_system, || FreeList::<_, 256>::new(System));
+        #[cfg(not(miri))]
+        conformance!(
+            free_list_over_mmap,
+            || FreeList::<_, 4096>::new(Mmap::new())
+        );
     }
 }
 
