@@ -5,5 +5,8 @@
 mod free_list;
 /// The intrusive list of free blocks that `FreeList` and `SizeClasses` share (private).
 mod list;
+/// A bucketizer: 40 size classes up to 32 KiB, a free list each, carved from runs.
+mod size_classes;
 
 pub use free_list::FreeList;
+pub use size_classes::SizeClasses;

@@ -448,6 +448,12 @@ mod layers {
         FreeList::<_, 12288, 2>::new(Check::new(super::suite_buffer()))
     });
 
+    // Runs of 8 KiB so that a program's classes fit Miri's buffer; a `Check` below aborts on
+    // a run or pass-through block that reaches it with the wrong layout.
+    conformance!(size_classes_over_buffer, || SizeClasses::<_, 8192>::new(
+        Check::new(super::suite_buffer())
+    ));
+
     #[cfg(feature = "std")]
     mod with_std {
         use stratalloc::layers::*;
@@ -480,6 +486,12 @@ mod layers {
         #[cfg(not(miri))]
         conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
         conformance!(free_list_over_system, || FreeList::<_, 256>::new(System));
+        conformance!(size_classes_over_system, || SizeClasses::<_>::new(System));
+        #[cfg(not(miri))]
+        conformance!(
+            size_classes_over_mmap,
+            || SizeClasses::<_>::new(Mmap::new())
+        );
         #[cfg(not(miri))]
         conformance!(
             free_list_over_mmap,
