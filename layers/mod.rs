@@ -8,7 +8,7 @@ pub(crate) mod debug;
 mod sources;
 
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
-pub use blocks::{FreeList, SizeClasses};
+pub use blocks::{Coalesce, FreeList, SizeClasses};
 pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;

@@ -454,6 +454,12 @@ mod layers {
         Check::new(super::suite_buffer())
     ));
 
+    // 64 KiB arenas: the suite's largest requests (64 KiB, or 4 KiB-aligned ones near it)
+    // go straight to the buffer as large blocks, the others split and merge in arenas.
+    conformance!(coalesce_over_buffer, || Coalesce::<_, 65536>::new(
+        Check::new(super::suite_buffer())
+    ));
+
     #[cfg(feature = "std")]
     mod with_std {
         use stratalloc::layers::*;
@@ -487,6 +493,17 @@ mod layers {
         conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
         conformance!(free_list_over_system, || FreeList::<_, 256>::new(System));
         conformance!(size_classes_over_system, || SizeClasses::<_>::new(System));
+        conformance!(coalesce_over_system, || Coalesce::<_, 65536>::new(System));
+        #[cfg(not(miri))]
+        conformance!(coalesce_over_mmap, || Coalesce::<_, { 4 << 20 }>::new(
+            Mmap::new()
+        ));
+        // The shape of a general-purpose heap: size classes for small blocks, coalescing
+        // arenas for the rest.
+        #[cfg(not(miri))]
+        conformance!(size_classes_over_coalesce, || SizeClasses::<_>::new(
+            Coalesce::<_, { 1 << 20 }>::new(Mmap::new())
+        ));
         #[cfg(not(miri))]
         conformance!(
             size_classes_over_mmap,
