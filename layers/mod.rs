@@ -10,7 +10,7 @@ pub(crate) mod debug;
 mod sources;
 
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
-pub use blocks::{SizeHeader, Slab};
+pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;

@@ -24,7 +24,9 @@
 //! - [`layers`]: sources ([`Mmap`](layers::Mmap), [`Sbrk`](layers::Sbrk),
 //!   [`System`](layers::System), [`Buffer`](layers::Buffer)), arenas
 //!   ([`Chunk`](layers::Chunk), [`Batch`](layers::Batch), [`Buddy`](layers::Buddy),
-//!   [`Bitset`](layers::Bitset)), combinators ([`Segregate`](layers::Segregate),
+//!   [`Bitset`](layers::Bitset)), building blocks that reuse freed memory
+//!   ([`FreeList`](layers::FreeList), [`SizeClasses`](layers::SizeClasses),
+//!   [`Coalesce`](layers::Coalesce)), combinators ([`Segregate`](layers::Segregate),
 //!   [`Fallback`](layers::Fallback)) and debugging layers
 //!   ([`Stats`](layers::Stats), [`Check`](layers::Check)).
 //! - Adapters: [`Heap`] lends a stack to collections on one thread; [`Locked`] shares one
@@ -48,7 +50,7 @@
 //! `std` (default) adds the OS sources, regions and the router, the blob heap, and stderr
 //! reports.
 //! Without it the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
-//! `Stats`, `Check`, `BitSet`, `Heap` and `Locked` remain.
+//! `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `BitSet`, `Heap` and `Locked` remain.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]

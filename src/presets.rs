@@ -9,7 +9,7 @@ use crate::layers::{Batch, Buffer, Chunk};
 #[cfg(feature = "std")]
 use crate::{
     Gauge,
-    layers::{Check, Mmap, SizeHeader, Stats, System},
+    layers::{Check, Coalesce, Mmap, Stats, System},
 };
 
 /// The region seed's `append` stack, a fully watched arena:
@@ -75,20 +75,21 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 /// 1. [`ThreadHeaps`](crate::ThreadHeaps) gives each thread its own heap for blocks of up to
 ///    8 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of
 ///    exited threads; everything else goes, under a lock, to
-/// 2. `SizeHeader`, which records each block's layout in front of it (so C's `free` needs
-///    no size), over
-/// 3. `Mmap`, a map per block.
+/// 2. `Coalesce<_, 4 MiB>`, boundary-tagged arenas whose free neighbours merge (the tag
+///    before each block also tells C's `free` its size); blocks too big for an arena get
+///    a piece of their own from
+/// 3. `Mmap`.
 ///
 /// Each thread heap is a [`Slab`](crate::layers::Slab) over
 /// [`Reserve`](crate::layers::Reserve): 64 KiB slabs of one size class each, from one
 /// reserved range of address space.
 #[cfg(feature = "std")]
-pub type General = crate::ThreadHeaps<SizeHeader<Mmap>>;
+pub type General = crate::ThreadHeaps<Coalesce<Mmap, { 4 << 20 }>>;
 
 /// Builds a [`General`] allocator.
 #[cfg(feature = "std")]
 pub const fn general() -> General {
-    crate::ThreadHeaps::new(SizeHeader::new(Mmap::new()))
+    crate::ThreadHeaps::new(Coalesce::new(Mmap::new()))
 }
 
 #[cfg(feature = "std")]

@@ -1,10 +1,22 @@
-//! Building blocks: layers that cache, class and carve blocks for general-purpose heaps.
+//! Building blocks: layers that reuse freed memory (free lists, size classes, slabs,
+//! coalescing), the pieces of a general-purpose allocator.
 
+/// Coalescing arenas with boundary tags, for large blocks; frees without a layout.
+mod coalesce;
+/// Freed blocks of one size kept on an intrusive list for reuse.
+mod free_list;
+/// The intrusive list of free blocks that `FreeList` and `SizeClasses` share (private).
+mod list;
+/// A bucketizer: 40 size classes up to 32 KiB, a free list each, carved from runs.
+mod size_classes;
 /// A header recording each block's layout, so blocks go back by address alone.
 mod size_header;
 /// Bonwick's slab allocator: per-size caches of blocks in aligned slabs.
 mod slab;
 
+pub use coalesce::Coalesce;
+pub use free_list::FreeList;
+pub use size_classes::SizeClasses;
 pub use size_header::SizeHeader;
 pub use slab::Slab;
 pub(crate) use slab::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};

@@ -442,6 +442,28 @@ mod layers {
         super::suite_buffer()
     ));
 
+    // 64-byte class blocks, reused LIFO; larger or more aligned requests pass through to
+    // the buffer. A `Check` below aborts on a block that reaches it with the wrong layout.
+    conformance!(free_list_over_buffer, || FreeList::<_, 64>::new(
+        Check::new(super::suite_buffer())
+    ));
+    // A class aligned to 4096 (the cap), with a short list whose surplus goes back.
+    conformance!(capped_free_list_over_buffer, || {
+        FreeList::<_, 12288, 2>::new(Check::new(super::suite_buffer()))
+    });
+
+    // Runs of 8 KiB so that a program's classes fit Miri's buffer; a `Check` below aborts on
+    // a run or pass-through block that reaches it with the wrong layout.
+    conformance!(size_classes_over_buffer, || SizeClasses::<_, 8192>::new(
+        Check::new(super::suite_buffer())
+    ));
+
+    // 64 KiB arenas: the suite's largest requests (64 KiB, or 4 KiB-aligned ones near it)
+    // go straight to the buffer as large blocks, the others split and merge in arenas.
+    conformance!(coalesce_over_buffer, || Coalesce::<_, 65536>::new(
+        Check::new(super::suite_buffer())
+    ));
+
     #[cfg(feature = "std")]
     mod with_std {
         use stratalloc::layers::*;
@@ -478,6 +500,29 @@ mod layers {
         ));
         #[cfg(not(miri))]
         conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
+        conformance!(free_list_over_system, || FreeList::<_, 256>::new(System));
+        conformance!(size_classes_over_system, || SizeClasses::<_>::new(System));
+        conformance!(coalesce_over_system, || Coalesce::<_, 65536>::new(System));
+        #[cfg(not(miri))]
+        conformance!(coalesce_over_mmap, || Coalesce::<_, { 4 << 20 }>::new(
+            Mmap::new()
+        ));
+        // The shape of a general-purpose heap: size classes for small blocks, coalescing
+        // arenas for the rest.
+        #[cfg(not(miri))]
+        conformance!(size_classes_over_coalesce, || SizeClasses::<_>::new(
+            Coalesce::<_, { 1 << 20 }>::new(Mmap::new())
+        ));
+        #[cfg(not(miri))]
+        conformance!(
+            size_classes_over_mmap,
+            || SizeClasses::<_>::new(Mmap::new())
+        );
+        #[cfg(not(miri))]
+        conformance!(
+            free_list_over_mmap,
+            || FreeList::<_, 4096>::new(Mmap::new())
+        );
     }
 }
 

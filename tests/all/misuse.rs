@@ -8,7 +8,7 @@ mod aborts {
     use std::ptr::NonNull;
 
     use stratalloc::Layer;
-    use stratalloc::layers::{Check, Mmap, System};
+    use stratalloc::layers::{Batch, Check, Coalesce, Mmap, System};
 
     /// The child side: does nothing unless started by `run_child`.
     #[test]
@@ -37,6 +37,41 @@ mod aborts {
                     let mut mmap = Mmap::new();
                     let mut local = 0u64;
                     mmap.put(NonNull::from(&mut local).cast(), layout);
+                }
+                "coalesce_double_put" => {
+                    let mut heap = Coalesce::<_, 65536>::new(System);
+                    let a = heap.get(Layout::from_size_align(1000, 8).unwrap()).unwrap();
+                    let _b = heap.get(Layout::from_size_align(1000, 8).unwrap()).unwrap();
+                    heap.put_unsized(a);
+                    heap.put_unsized(a);
+                }
+                "coalesce_large_double_put" => {
+                    // `Batch` keeps the piece's memory after its put, so the second put
+                    // reads the header that the first one left.
+                    let mut heap = Coalesce::<_, 65536>::new(Batch::new(System));
+                    let big = heap
+                        .get(Layout::from_size_align(1 << 17, 8).unwrap())
+                        .unwrap();
+                    heap.put_unsized(big);
+                    heap.put_unsized(big);
+                }
+                "coalesce_stranger" => {
+                    let mut heap = Coalesce::<_, 65536>::new(System);
+                    // A 16-aligned pointer with 16 readable bytes before it that are not
+                    // one of our headers.
+                    let mut local = [0x5au128; 4];
+                    heap.put_unsized(NonNull::from(&mut local[2]).cast());
+                }
+                "coalesce_corrupt_neighbour" => {
+                    let mut heap = Coalesce::<_, 65536>::new(System);
+                    let layout = Layout::from_size_align(1000, 8).unwrap();
+                    let a = heap.get(layout).unwrap();
+                    let b = heap.get(layout).unwrap();
+                    // An overrun of `a` that tramples `b`'s header, seen when `a` is put and
+                    // looks at its right neighbour.
+                    a.as_ptr().write_bytes(0xEE, 1024);
+                    let _ = b;
+                    heap.put(a, layout);
                 }
                 other => panic!("unknown scenario {other}"),
             }
@@ -98,6 +133,42 @@ mod aborts {
     #[cfg_attr(miri, ignore = "Miri cannot start processes")]
     fn check_aborts_on_a_pointer_it_never_handed_out() {
         expect_abort("stranger", "which is not a live block of this layer");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn coalesce_aborts_on_double_put() {
+        expect_abort(
+            "coalesce_double_put",
+            "which is already free (a double put?)",
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn coalesce_aborts_on_a_large_block_put_twice() {
+        expect_abort(
+            "coalesce_large_double_put",
+            "which is already free (a double put?)",
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn coalesce_aborts_on_a_header_that_is_not_its_own() {
+        expect_abort(
+            "coalesce_stranger",
+            "whose header is not one of this layer's",
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn coalesce_aborts_on_a_trampled_header() {
+        expect_abort(
+            "coalesce_corrupt_neighbour",
+            "Coalesce: heap corrupted: a broken header next to the block at 0x",
+        );
     }
 
     #[test]

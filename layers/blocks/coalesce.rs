@@ -1,0 +1,1237 @@
+//! `Coalesce<L, ARENA>`: a coalescing allocator for large blocks, with boundary tags in
+//! arenas got from `L` and segregated free lists found through a bitmap.
+//!
+//! Invariants (checked by `check_invariants`; written out in the "Invariants" section of the
+//! type's docs): the blocks of an arena tile it exactly between its head and its end tag,
+//! each tag's `prev` naming its left neighbour's size; no two free blocks are neighbours;
+//! a block is free exactly when it is on the bin its size maps to, and a bin's bit is set
+//! exactly when the bin is not empty; at most one arena is wholly free, and it is `empty`.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::mem::{ManuallyDrop, size_of};
+use core::ptr::{self, NonNull};
+
+use crate::Layer;
+use crate::abort::{abort_with, debug_require};
+use crate::layer::served_size;
+
+/// The header right before every block: 16 bytes.
+#[repr(C, align(16))]
+struct Tag {
+    /// Arena blocks: the block's bytes, this tag included. Large blocks: the bytes of the
+    /// piece got from `L`.
+    size: usize,
+    /// Arena blocks: the left neighbour's size in 16-byte units, 0 for an arena's first
+    /// block. Large blocks: the payload's offset in its piece, in 16-byte units.
+    prev: u32,
+    /// The block's state in the low two bits, sealed with a hash of the tag's address so
+    /// that a header that is not ours, or a stale copy of one, is recognised.
+    seal: u32,
+}
+
+const TAG: usize = size_of::<Tag>();
+static_assertions::const_assert_eq!(TAG, 16);
+
+/// The links of a free block, in its first 16 bytes after the tag.
+#[repr(C)]
+struct Links {
+    next: *mut Tag,
+    prev: *mut Tag,
+}
+
+/// The start of every arena: its place on the arena list.
+#[repr(C, align(16))]
+struct ArenaHead {
+    prev: *mut ArenaHead,
+    next: *mut ArenaHead,
+}
+
+/// The start of every large block's piece: its place on the large list, the piece's size,
+/// and the payload's offset in it (which is also the piece's alignment).
+#[repr(C)]
+struct LargeHead {
+    prev: *mut LargeHead,
+    next: *mut LargeHead,
+    len: usize,
+    offset: usize,
+}
+
+/// Every block is aligned to this, and every size is a multiple of it.
+const GRAIN: usize = 16;
+/// The smallest block: a tag and the links of a free block.
+const MIN_BLOCK: usize = TAG + size_of::<Links>().next_multiple_of(GRAIN);
+/// The smallest payload offset of a large block: room for its head and its tag.
+const LARGE_OFFSET: usize = (size_of::<LargeHead>() + TAG).next_power_of_two();
+
+// Block states, in the low bits of a seal.
+const USED: u32 = 0;
+const FREE: u32 = 1;
+const LARGE: u32 = 2;
+const EDGE: u32 = 3;
+
+/// The seal of a tag at `addr` in `state`.
+#[inline(always)]
+fn seal(tag: *const Tag, state: u32) -> u32 {
+    let hash = ((tag.addr() >> 4) as u32).wrapping_mul(0x9E37_79B1) ^ 0xC0A1_E5CE;
+    (hash & !3) | state
+}
+
+/// Free lists: 8 bins per power of two (two-level segregated fit, as TLSF), from 32 bytes
+/// to 2 GiB.
+const SUB_BITS: u32 = 3;
+const SUBS: usize = 1 << SUB_BITS;
+const FIRST_LEVEL: u32 = MIN_BLOCK.trailing_zeros();
+const LEVELS: usize = 31 - FIRST_LEVEL as usize;
+const BINS: usize = LEVELS * SUBS;
+
+/// The bin of a free block of `size` bytes (`MIN_BLOCK <= size < 2^31`).
+#[inline(always)]
+const fn bin_of(size: usize) -> usize {
+    let level = usize::BITS - 1 - size.leading_zeros();
+    let sub = (size >> (level - SUB_BITS)) & (SUBS - 1);
+    (level - FIRST_LEVEL) as usize * SUBS + sub
+}
+
+/// Rounds a size up to a multiple of 16, or `None` on overflow.
+#[inline(always)]
+const fn round_up(size: usize) -> Option<usize> {
+    match size.checked_add(GRAIN - 1) {
+        Some(size) => Some(size & !(GRAIN - 1)),
+        None => None,
+    }
+}
+
+/// A coalescing heap for large blocks: boundary tags, segregated free lists, and arenas of
+/// `ARENA` bytes from `L` that go back to it once wholly free.
+///
+/// Every block has a 16-byte [header](#headers) right before it. A get takes the smallest
+/// free block found in O(1) (8 bins per power of two, a bitmap of the non-empty ones), and
+/// splits off the rest when it is at least 32 bytes; a put merges the block with its free
+/// neighbours on both sides in O(1). An arena that becomes wholly free goes back to `L`,
+/// except one, kept for the next request, so that a program that gets and puts one block in
+/// a loop does not map and unmap an arena each time. Requests too big for an arena go
+/// straight to `L`, each in a piece of its own, with the same header before the block.
+///
+/// Blocks are aligned to 16 ([`MIN_ALIGN`](Layer::MIN_ALIGN)); a larger alignment is served
+/// by taking a block with room to spare and splitting a free block off its front. Because
+/// the header knows the block's size, [`put_unsized`](Coalesce::put_unsized) frees without a
+/// layout and [`usable_size`](Coalesce::usable_size) tells how many bytes a block holds:
+/// what a `malloc` replacement needs. Misuse the headers show (a put of a free block, a
+/// pointer without one of our headers, a broken neighbour) aborts with one line.
+///
+/// `ARENA` must be a power of two from 64 KiB to 2 GiB (checked at compile time); 4 MiB
+/// suits a `malloc` replacement serving 8 KiB to 1 MiB.
+///
+/// # Headers
+///
+/// `size` (the block's bytes, header included), the left neighbour's size (so both
+/// neighbours are found in O(1): the right one `size` bytes on, the left one `prev` bytes
+/// back), and the state sealed with a hash of the header's address. Each arena starts with
+/// a 16-byte head (the arena list) and ends with a 16-byte edge tag that no block merges
+/// into. A large block's header holds its piece's size and the block's offset in it; the
+/// piece starts with its place on the large list.
+///
+/// # Invariants
+///
+/// - The blocks of an arena tile `[head + 16, end - 16)`; each tag's `prev` is its left
+///   neighbour's size (0 for the first block); the edge tag's `prev` is the last block's.
+/// - No two free blocks are neighbours (puts merge them).
+/// - A block is free exactly when it is on the bin its size maps to; a bin's bit in the
+///   bitmap is set exactly when the bin is not empty.
+/// - At most one arena is wholly free (a single free block spanning it), and it is
+///   `empty`.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use stratalloc::{Layer, layers::{Coalesce, Mmap}};
+///
+/// let mut heap: Coalesce<Mmap, { 4 << 20 }> = Coalesce::new(Mmap::new());
+/// let layout = Layout::from_size_align(100_000, 8).unwrap();
+/// let block = heap.get(layout).unwrap();
+/// // SAFETY: `block` is a live block of `heap`.
+/// assert!(unsafe { heap.usable_size(block) } >= 100_000);
+/// // SAFETY: put once, without its layout.
+/// unsafe { heap.put_unsized(block) };
+/// assert_eq!(heap.arenas(), 1, "the empty arena is kept for the next request");
+/// ```
+pub struct Coalesce<L: Layer, const ARENA: usize> {
+    bins: [*mut Tag; BINS],
+    /// Bit `sub` of `subs[level]`: bin `level * 8 + sub` is not empty.
+    subs: [u8; LEVELS],
+    /// Bit `level`: `subs[level]` is not zero.
+    levels: u32,
+    arenas: *mut ArenaHead,
+    arena_count: usize,
+    /// The wholly free arena kept for the next request, or null.
+    empty: *mut ArenaHead,
+    large: *mut LargeHead,
+    large_count: usize,
+    inner: L,
+}
+
+// SAFETY: a `Coalesce` exclusively owns its arenas and large pieces; the raw pointers are
+// not shared, so moving it to another thread is as safe as moving `L`.
+unsafe impl<L: Layer + Send, const ARENA: usize> Send for Coalesce<L, ARENA> {}
+
+impl<L: Layer, const ARENA: usize> Coalesce<L, ARENA> {
+    /// The size of a wholly free arena's one block, header included.
+    const FULL: usize = ARENA - size_of::<ArenaHead>() - TAG;
+
+    /// The largest request, at alignment 16 or less, served from an arena; larger ones go
+    /// straight to `L`.
+    pub const ARENA_LIMIT: usize = Self::FULL - TAG;
+
+    /// A coalescing heap over `inner`, holding no arena yet.
+    pub const fn new(inner: L) -> Self {
+        const {
+            assert!(
+                ARENA.is_power_of_two() && ARENA >= 1 << 16 && ARENA <= 1 << 31,
+                "Coalesce: ARENA must be a power of two from 64 KiB to 2 GiB"
+            );
+            assert!(size_of::<ArenaHead>() == GRAIN);
+            assert!(MIN_BLOCK == 32 && LARGE_OFFSET >= size_of::<LargeHead>() + TAG);
+        }
+        Coalesce {
+            bins: [ptr::null_mut(); BINS],
+            subs: [0; LEVELS],
+            levels: 0,
+            arenas: ptr::null_mut(),
+            arena_count: 0,
+            empty: ptr::null_mut(),
+            large: ptr::null_mut(),
+            large_count: 0,
+            inner,
+        }
+    }
+
+    /// The layer below.
+    pub const fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    /// The layer below, mutably.
+    ///
+    /// # Safety
+    ///
+    /// Callers must not put, deinit or reset, through this reference, the arenas and large
+    /// pieces this layer got from the inner one (see [owner](crate::layer#owner)).
+    pub const unsafe fn inner_mut(&mut self) -> &mut L {
+        &mut self.inner
+    }
+
+    /// Unwraps the layer below, after giving it back every arena and large piece.
+    pub fn into_inner(self) -> L {
+        let mut this = ManuallyDrop::new(self);
+        this.release();
+        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
+        unsafe { ptr::read(&this.inner) }
+    }
+
+    /// Arenas held now, the kept empty one included.
+    pub const fn arenas(&self) -> usize {
+        self.arena_count
+    }
+
+    /// Whether a wholly free arena is kept for the next request.
+    pub const fn keeps_empty_arena(&self) -> bool {
+        !self.empty.is_null()
+    }
+
+    /// Large blocks (those served straight from `L`) live now.
+    pub const fn large_blocks(&self) -> usize {
+        self.large_count
+    }
+
+    /// The bytes the block at `ptr` really holds (at least the size it was got with, or
+    /// grown or shrunk to), read from its header in O(1).
+    ///
+    /// # Safety
+    ///
+    /// Callers must ensure that `ptr` was returned by `get` on this layer and is
+    /// [currently allocated](crate::layer#currently-allocated). (A pointer whose header is
+    /// not one of this layer's aborts, when the header can be read at all.)
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        let tag = Self::tag_of(ptr);
+        // SAFETY: the caller's duty: a live block of ours, its tag right before it.
+        match unsafe { Self::state(tag) } {
+            // SAFETY: the tag is live, as above.
+            USED => unsafe { (*tag).size - TAG },
+            // SAFETY: as above; a large tag's `prev` is the payload's offset.
+            LARGE => unsafe { (*tag).size - (*tag).prev as usize * GRAIN },
+            state => Self::misuse("usable_size", ptr, state),
+        }
+    }
+
+    /// Gives a block back without its layout, as C's `free` does: the header knows its
+    /// size.
+    ///
+    /// # Safety
+    ///
+    /// Callers must ensure that `ptr` was returned by `get` on this same layer, that they
+    /// are its [owner](crate::layer#owner), and that it is
+    /// [currently allocated](crate::layer#currently-allocated). Afterwards the block is no
+    /// longer theirs: it must not be read, written or put again. (A second put of the same
+    /// block, or a pointer whose header is not one of this layer's, aborts when the header
+    /// still shows it.)
+    pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        let tag = Self::tag_of(ptr);
+        // SAFETY: the caller's duty: a live block of ours, its tag right before it.
+        match unsafe { Self::state(tag) } {
+            // SAFETY: a live arena block.
+            USED => unsafe { self.free_in_arena(tag) },
+            // SAFETY: a live large block.
+            LARGE => unsafe { self.put_large(tag) },
+            state => Self::misuse("put", ptr, state),
+        }
+    }
+
+    /// The tag of the block at `ptr`, computed without asserting that it is ours.
+    #[inline(always)]
+    fn tag_of(ptr: NonNull<u8>) -> *mut Tag {
+        ptr.as_ptr().wrapping_sub(TAG).cast()
+    }
+
+    /// The payload after `tag`.
+    #[inline(always)]
+    fn payload(tag: *mut Tag) -> NonNull<u8> {
+        // SAFETY: a tag lies inside an arena or a piece, never at the top of the address
+        // space, so the byte 16 past it is not null.
+        unsafe { NonNull::new_unchecked(tag.cast::<u8>().wrapping_add(TAG)) }
+    }
+
+    /// The state in `tag`'s seal, or `u32::MAX` when the seal is not ours.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is readable for 16 bytes and aligned to 16 (or misaligned: then nothing is
+    /// read and the answer is `u32::MAX`).
+    #[inline(always)]
+    unsafe fn state(tag: *const Tag) -> u32 {
+        if !tag.addr().is_multiple_of(GRAIN) {
+            return u32::MAX;
+        }
+        // SAFETY: the caller's duty.
+        let sealed = unsafe { (*tag).seal };
+        let state = sealed & 3;
+        if sealed == seal(tag, state) {
+            state
+        } else {
+            u32::MAX
+        }
+    }
+
+    /// Aborts on a block that `what` found in the wrong state.
+    #[cold]
+    #[inline(never)]
+    fn misuse(what: &str, ptr: NonNull<u8>, state: u32) -> ! {
+        match state {
+            FREE => abort_with(format_args!(
+                "Coalesce: {what} of {ptr:p}, which is already free (a double put?)"
+            )),
+            _ => abort_with(format_args!(
+                "Coalesce: {what} of {ptr:p}, whose header is not one of this layer's"
+            )),
+        }
+    }
+
+    /// Aborts on a neighbour whose header is broken.
+    #[cold]
+    #[inline(never)]
+    fn corrupted(tag: *const Tag) -> ! {
+        abort_with(format_args!(
+            "Coalesce: heap corrupted: a broken header next to the block at {:p}",
+            tag.wrapping_add(1)
+        ))
+    }
+
+    /// Writes a tag.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is inside an arena or piece of ours, aligned to 16, with 16 bytes of room.
+    #[inline(always)]
+    unsafe fn write_tag(tag: *mut Tag, size: usize, prev: u32, state: u32) {
+        // SAFETY: the caller's duty.
+        unsafe {
+            tag.write(Tag {
+                size,
+                prev,
+                seal: seal(tag, state),
+            })
+        };
+    }
+
+    /// Sets a tag's state, keeping its sizes.
+    ///
+    /// # Safety
+    ///
+    /// As for `write_tag`, on a tag already written.
+    #[inline(always)]
+    unsafe fn set_state(tag: *mut Tag, state: u32) {
+        // SAFETY: the caller's duty.
+        unsafe { (*tag).seal = seal(tag, state) };
+    }
+
+    /// The links of a free block.
+    #[inline(always)]
+    fn links(tag: *mut Tag) -> *mut Links {
+        tag.wrapping_add(1).cast()
+    }
+
+    // ---- bins ----------------------------------------------------------------------------
+
+    /// Puts a free block on its bin.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is a free arena block of ours, on no bin, its size written.
+    #[inline(always)]
+    unsafe fn insert(&mut self, tag: *mut Tag) {
+        // SAFETY: the caller's duty; the block has at least 32 bytes, room for its links.
+        unsafe {
+            let bin = bin_of((*tag).size);
+            let head = self.bins[bin];
+            Self::links(tag).write(Links {
+                next: head,
+                prev: ptr::null_mut(),
+            });
+            if !head.is_null() {
+                (*Self::links(head)).prev = tag;
+            }
+            self.bins[bin] = tag;
+            self.subs[bin / SUBS] |= 1 << (bin % SUBS);
+            self.levels |= 1 << (bin / SUBS);
+        }
+    }
+
+    /// Takes a free block off its bin.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is a free arena block on the bin of its current size.
+    #[inline(always)]
+    unsafe fn remove(&mut self, tag: *mut Tag) {
+        // SAFETY: the caller's duty; the neighbours on the bin are free blocks too.
+        unsafe {
+            let bin = bin_of((*tag).size);
+            let Links { next, prev } = Self::links(tag).read();
+            if prev.is_null() {
+                self.bins[bin] = next;
+                if next.is_null() {
+                    self.subs[bin / SUBS] &= !(1 << (bin % SUBS));
+                    if self.subs[bin / SUBS] == 0 {
+                        self.levels &= !(1 << (bin / SUBS));
+                    }
+                }
+            } else {
+                (*Self::links(prev)).next = next;
+            }
+            if !next.is_null() {
+                (*Self::links(next)).prev = prev;
+            }
+        }
+    }
+
+    /// A free block of at least `need` bytes, in O(1): the head of `need`'s own bin when it
+    /// is big enough, else the head of the first non-empty bin whose every block is.
+    #[inline]
+    fn find(&self, need: usize) -> Option<*mut Tag> {
+        let bin = bin_of(need);
+        let head = self.bins[bin];
+        // SAFETY: a bin's head is a live free block.
+        if !head.is_null() && unsafe { (*head).size } >= need {
+            return Some(head);
+        }
+        // The next bin up holds only blocks of `need` bytes or more.
+        let first = bin + 1;
+        let level = first / SUBS;
+        if level >= LEVELS {
+            return None;
+        }
+        let subs = self.subs[level] as usize & (usize::MAX << (first % SUBS));
+        let bin = if subs != 0 {
+            level * SUBS + subs.trailing_zeros() as usize
+        } else {
+            let levels = self.levels & (u32::MAX << level << 1);
+            if levels == 0 {
+                return None;
+            }
+            let level = levels.trailing_zeros() as usize;
+            level * SUBS + self.subs[level].trailing_zeros() as usize
+        };
+        Some(self.bins[bin])
+    }
+
+    // ---- arenas --------------------------------------------------------------------------
+
+    fn arena_layout() -> Layout {
+        // SAFETY: a power of two up to 2 GiB (checked in `new`), aligned to 16.
+        unsafe { Layout::from_size_align_unchecked(ARENA, GRAIN) }
+    }
+
+    /// A free block of at least `need` bytes taken off its bin, from a new arena if none.
+    #[inline]
+    fn take(&mut self, need: usize) -> Option<*mut Tag> {
+        if let Some(tag) = self.find(need) {
+            // SAFETY: `find` returns a free block on its bin.
+            unsafe {
+                self.remove(tag);
+                if (*tag).prev == 0 && (*tag).size == Self::FULL {
+                    // The wholly free arena is in use again.
+                    self.empty = ptr::null_mut();
+                }
+            }
+            return Some(tag);
+        }
+        self.new_arena()
+    }
+
+    /// Gets an arena from `L` and returns its one block, free and on no bin.
+    #[cold]
+    #[inline(never)]
+    fn new_arena(&mut self) -> Option<*mut Tag> {
+        let arena = self.inner.get(Self::arena_layout())?.as_ptr();
+        let head = arena.cast::<ArenaHead>();
+        // SAFETY: a fresh block of `ARENA` bytes aligned to 16: room for the head, one
+        // block of `FULL` bytes, and the edge tag.
+        unsafe {
+            head.write(ArenaHead {
+                prev: ptr::null_mut(),
+                next: self.arenas,
+            });
+            if !self.arenas.is_null() {
+                (*self.arenas).prev = head;
+            }
+            let first = arena.add(size_of::<ArenaHead>()).cast::<Tag>();
+            Self::write_tag(first, Self::FULL, 0, FREE);
+            let edge = arena.add(ARENA - TAG).cast::<Tag>();
+            Self::write_tag(edge, TAG, (Self::FULL / GRAIN) as u32, EDGE);
+            self.arenas = head;
+            self.arena_count += 1;
+            Some(first)
+        }
+    }
+
+    /// Takes an arena off the list and gives it back to `L`.
+    ///
+    /// # Safety
+    ///
+    /// `head` is an arena of ours none of whose blocks is live or on a bin.
+    unsafe fn put_arena(&mut self, head: *mut ArenaHead) {
+        // SAFETY: the caller's duty; the arena came from `L` with `arena_layout()`.
+        unsafe {
+            let ArenaHead { prev, next } = head.read();
+            if prev.is_null() {
+                self.arenas = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            self.arena_count -= 1;
+            self.inner
+                .put(NonNull::new_unchecked(head.cast()), Self::arena_layout());
+        }
+    }
+
+    /// Splits the tail off a block taken off its bin, when at least 32 bytes are left.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is an arena block of ours of at least `need` bytes (a multiple of 16), on no
+    /// bin, whose right neighbour is not free.
+    #[inline(always)]
+    unsafe fn split(&mut self, tag: *mut Tag, need: usize) {
+        // SAFETY: the caller's duty; the rest lies inside the block, and the block after
+        // it is the old right neighbour.
+        unsafe {
+            let size = (*tag).size;
+            let rest = size - need;
+            if rest < MIN_BLOCK {
+                return;
+            }
+            (*tag).size = need;
+            let tail = tag.byte_add(need);
+            Self::write_tag(tail, rest, (need / GRAIN) as u32, FREE);
+            (*tail.byte_add(rest)).prev = (rest / GRAIN) as u32;
+            self.insert(tail);
+        }
+    }
+
+    /// Puts a live arena block back, merging it with its free neighbours.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is the tag of a live arena block of ours.
+    unsafe fn free_in_arena(&mut self, tag: *mut Tag) {
+        // SAFETY: the caller's duty; the neighbours are found through the tags, which tile
+        // the arena (each checked before it is trusted).
+        unsafe {
+            let mut start = tag;
+            let mut size = (*tag).size;
+            let prev = (*tag).prev as usize * GRAIN;
+            if prev != 0 {
+                let left = tag.byte_sub(prev);
+                match Self::state(left) {
+                    FREE if (*left).size == prev => {
+                        self.remove(left);
+                        start = left;
+                        size += prev;
+                    }
+                    USED if (*left).size == prev => {}
+                    _ => Self::corrupted(tag),
+                }
+            }
+            let right = tag.byte_add((*tag).size);
+            if (*right).prev as usize * GRAIN != (*tag).size {
+                Self::corrupted(tag);
+            }
+            match Self::state(right) {
+                FREE => {
+                    self.remove(right);
+                    size += (*right).size;
+                }
+                USED | EDGE => {}
+                _ => Self::corrupted(tag),
+            }
+            (*start).size = size;
+            Self::set_state(start, FREE);
+            (*start.byte_add(size)).prev = (size / GRAIN) as u32;
+            if (*start).prev == 0 && size == Self::FULL {
+                let head = start.byte_sub(size_of::<ArenaHead>()).cast::<ArenaHead>();
+                if self.empty.is_null() {
+                    self.empty = head;
+                } else {
+                    self.put_arena(head);
+                    return;
+                }
+            }
+            self.insert(start);
+        }
+    }
+
+    // ---- large blocks --------------------------------------------------------------------
+
+    /// A block straight from `L`, in a piece of its own with the header before it.
+    #[cold]
+    #[inline(never)]
+    fn get_large(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let offset = align.max(LARGE_OFFSET);
+        let len = offset.checked_add(size)?;
+        let piece = Layout::from_size_align(len, offset).ok()?;
+        let prev = u32::try_from(offset / GRAIN).ok()?;
+        let base = self.inner.get(piece)?.as_ptr();
+        // SAFETY: the piece holds `offset >= LARGE_OFFSET` bytes before the payload: room
+        // for the head at its start and the tag right before the payload, both aligned
+        // (the piece is aligned to `offset`, a power of two of at least 64).
+        unsafe {
+            let head = base.cast::<LargeHead>();
+            head.write(LargeHead {
+                prev: ptr::null_mut(),
+                next: self.large,
+                len,
+                offset,
+            });
+            if !self.large.is_null() {
+                (*self.large).prev = head;
+            }
+            self.large = head;
+            self.large_count += 1;
+            let tag = base.add(offset - TAG).cast::<Tag>();
+            Self::write_tag(tag, len, prev, LARGE);
+            Some(Self::payload(tag))
+        }
+    }
+
+    /// Gives a large block's piece back to `L`.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is the tag of a live large block of ours.
+    unsafe fn put_large(&mut self, tag: *mut Tag) {
+        // SAFETY: the caller's duty: the piece starts `offset` bytes before the payload,
+        // with its head, and was got from `L` with `(len, offset)`.
+        unsafe {
+            let offset = (*tag).prev as usize * GRAIN;
+            if !offset.is_power_of_two() || offset < LARGE_OFFSET {
+                Self::corrupted(tag);
+            }
+            let base = tag.byte_add(TAG).cast::<u8>().sub(offset);
+            let head = base.cast::<LargeHead>();
+            let LargeHead {
+                prev,
+                next,
+                len,
+                offset: recorded,
+            } = head.read();
+            if len != (*tag).size || recorded != offset {
+                Self::corrupted(tag);
+            }
+            if prev.is_null() {
+                self.large = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            self.large_count -= 1;
+            // A second put of the block, while the memory is still readable, sees this.
+            Self::set_state(tag, FREE);
+            self.inner.put(
+                NonNull::new_unchecked(base),
+                Layout::from_size_align_unchecked(len, offset),
+            );
+        }
+    }
+
+    /// The block bytes (header included) an arena block for `size` payload bytes needs.
+    #[inline(always)]
+    fn block_size(size: usize) -> Option<usize> {
+        round_up(size.max(GRAIN))?.checked_add(TAG)
+    }
+
+    /// Gives every arena and large piece back to `L`, leaving this layer empty.
+    fn release(&mut self) {
+        while !self.large.is_null() {
+            // SAFETY: every piece on the large list is live; its tag is `offset - 16` bytes
+            // in, and `put_large` takes the piece off the list.
+            unsafe {
+                let offset = (*self.large).offset;
+                self.put_large(self.large.cast::<u8>().add(offset - TAG).cast());
+            }
+        }
+        while !self.arenas.is_null() {
+            // SAFETY: at release every block ends: none is live any more.
+            unsafe { self.put_arena(self.arenas) };
+        }
+        self.bins = [ptr::null_mut(); BINS];
+        self.subs = [0; LEVELS];
+        self.levels = 0;
+        self.empty = ptr::null_mut();
+    }
+}
+
+// SAFETY: an arena block is handed out only after it was taken off its bin (or from a fresh
+// arena), and its put puts it back (merged); splits and merges keep the blocks of an arena
+// tiling it, so no two live blocks overlap. A block holds `size` bytes or more after its
+// 16-byte tag: `block_size` rounds up, and the front split for alignment leaves at least
+// `need` bytes (the search asked for `need + align + 32`). Every payload is 16 bytes past a
+// 16-aligned tag, and an aligned one starts at an address rounded up to its alignment.
+// Large blocks lie in pieces of their own from `L`, returned once with the layout they were
+// got with (recorded in the piece). Arenas go back to `L` only when wholly free, or at
+// deinit. `owns` is exact: it answers from the arena list and the large list.
+unsafe impl<L: Layer, const ARENA: usize> Layer for Coalesce<L, ARENA> {
+    const MIN_ALIGN: usize = GRAIN;
+    const OWNS_EXACT: bool = true;
+
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let size = served_size(layout);
+        let need = Self::block_size(size)?;
+        let align = layout.align();
+        if align <= GRAIN {
+            if need > Self::FULL {
+                return self.get_large(size, align);
+            }
+            let tag = self.take(need)?;
+            // SAFETY: a free block of at least `need` bytes taken off its bin; its right
+            // neighbour is not free (no two free blocks are neighbours).
+            unsafe {
+                self.split(tag, need);
+                Self::set_state(tag, USED);
+            }
+            return Some(Self::payload(tag));
+        }
+        let search = need.checked_add(align)?.checked_add(MIN_BLOCK)?;
+        if search > Self::FULL {
+            return self.get_large(size, align);
+        }
+        let mut tag = self.take(search)?;
+        let payload = Self::payload(tag).as_ptr();
+        let mut gap = payload.addr().wrapping_neg() & (align - 1);
+        if gap != 0 && gap < MIN_BLOCK {
+            gap += align;
+        }
+        // SAFETY: `gap < align + 32`, so the block from `gap` on still holds `need` bytes;
+        // the front piece (at least 32 bytes) becomes a free block whose left neighbour is
+        // not free (the taken block's was not), and the rest is split as above.
+        unsafe {
+            if gap != 0 {
+                let size = (*tag).size;
+                let front = tag;
+                tag = tag.byte_add(gap);
+                Self::write_tag(tag, size - gap, (gap / GRAIN) as u32, FREE);
+                (*tag.byte_add(size - gap)).prev = ((size - gap) / GRAIN) as u32;
+                (*front).size = gap;
+                self.insert(front);
+            }
+            self.split(tag, need);
+            Self::set_state(tag, USED);
+        }
+        Some(Self::payload(tag))
+    }
+
+    #[inline]
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        if cfg!(debug_assertions) {
+            let tag = Self::tag_of(ptr);
+            // SAFETY: the caller's duty: a live block of ours, its tag right before it.
+            if matches!(unsafe { Self::state(tag) }, USED | LARGE) {
+                // SAFETY: as above, in a state `usable_size` accepts.
+                let held = unsafe { self.usable_size(ptr) };
+                debug_require!(
+                    held >= layout.size(),
+                    "Coalesce: put of {ptr:p} with a layout of {} bytes, more than its {held}",
+                    layout.size()
+                );
+            }
+        }
+        // SAFETY: the caller's duties, which are `put_unsized`'s and more.
+        unsafe { self.put_unsized(ptr) }
+    }
+
+    fn init() -> Self {
+        Self::new(L::init())
+    }
+
+    fn deinit(&mut self) {
+        self.release();
+        self.inner.deinit();
+    }
+
+    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = old;
+        let tag = Self::tag_of(ptr);
+        let Some(need) = Self::block_size(new.size()) else {
+            return false;
+        };
+        // SAFETY: the caller's duty: a live block of ours. Its right neighbour's tag is
+        // where its size says; a free one is taken off its bin and joined, and the rest
+        // split off again, which keeps the tiling.
+        unsafe {
+            match Self::state(tag) {
+                USED => {}
+                LARGE => return self.usable_size(ptr) >= new.size(),
+                state => Self::misuse("grow", ptr, state),
+            }
+            let size = (*tag).size;
+            if need <= size {
+                return true;
+            }
+            let right = tag.byte_add(size);
+            if Self::state(right) != FREE || size + (*right).size < need {
+                return false;
+            }
+            self.remove(right);
+            let joined = size + (*right).size;
+            (*tag).size = joined;
+            (*tag.byte_add(joined)).prev = (joined / GRAIN) as u32;
+            self.split(tag, need);
+        }
+        true
+    }
+
+    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let _ = old;
+        let tag = Self::tag_of(ptr);
+        let Some(need) = Self::block_size(new.size()) else {
+            return false;
+        };
+        // SAFETY: the caller's duty: a live block of ours. The tail split off becomes a
+        // free block merged with a free right neighbour, so no two free blocks touch.
+        unsafe {
+            match Self::state(tag) {
+                USED => {}
+                LARGE => return true,
+                state => Self::misuse("shrink", ptr, state),
+            }
+            let size = (*tag).size;
+            if size.saturating_sub(need) < MIN_BLOCK {
+                return true;
+            }
+            let right = tag.byte_add(size);
+            let mut rest = size - need;
+            if Self::state(right) == FREE {
+                self.remove(right);
+                rest += (*right).size;
+            }
+            (*tag).size = need;
+            let tail = tag.byte_add(need);
+            Self::write_tag(tail, rest, (need / GRAIN) as u32, FREE);
+            (*tail.byte_add(rest)).prev = (rest / GRAIN) as u32;
+            self.insert(tail);
+        }
+        true
+    }
+
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        let addr = ptr.as_ptr().addr();
+        let mut arena = self.arenas;
+        while !arena.is_null() {
+            if addr.wrapping_sub(arena.addr()) < ARENA {
+                return true;
+            }
+            // SAFETY: every arena on the list is live and starts with its head.
+            arena = unsafe { (*arena).next };
+        }
+        let mut large = self.large;
+        while !large.is_null() {
+            // SAFETY: every piece on the large list is live and starts with its head.
+            let LargeHead { next, len, .. } = unsafe { large.read() };
+            if addr.wrapping_sub(large.addr()) < len {
+                return true;
+            }
+            large = next;
+        }
+        false
+    }
+
+    fn check_invariants(&self) {
+        let fail =
+            |what: &str| -> ! { abort_with(format_args!("Coalesce invariant broken: {what}")) };
+        let mut free_blocks = 0usize;
+        let mut arenas = 0usize;
+        let mut wholly_free = 0usize;
+        let mut arena = self.arenas;
+        while !arena.is_null() {
+            arenas += 1;
+            if arenas > self.arena_count {
+                fail("arena list longer than its count");
+            }
+            // SAFETY: every arena on the list is live; its tags tile it (checked as we go,
+            // each before the next is trusted).
+            unsafe {
+                if !(*arena).next.is_null() && (*(*arena).next).prev != arena {
+                    fail("arena list back link");
+                }
+                let end = arena.cast::<u8>().add(ARENA - TAG).cast::<Tag>();
+                let mut tag = arena.cast::<u8>().add(size_of::<ArenaHead>()).cast::<Tag>();
+                let mut prev_size = 0usize;
+                let mut prev_free = false;
+                while tag != end {
+                    if tag > end {
+                        fail("blocks run past the arena's end");
+                    }
+                    let size = (*tag).size;
+                    if (*tag).prev as usize * GRAIN != prev_size {
+                        fail("a tag's prev differs from its left neighbour's size");
+                    }
+                    if size < MIN_BLOCK || !size.is_multiple_of(GRAIN) {
+                        fail("a block size below 32 or not a multiple of 16");
+                    }
+                    match Self::state(tag) {
+                        FREE => {
+                            if prev_free {
+                                fail("two free neighbours");
+                            }
+                            prev_free = true;
+                            free_blocks += 1;
+                            if prev_size == 0 && size == Self::FULL {
+                                wholly_free += 1;
+                                if self.empty != arena {
+                                    fail("a wholly free arena that is not the kept one");
+                                }
+                            }
+                        }
+                        USED => prev_free = false,
+                        _ => fail("an arena block with a broken seal"),
+                    }
+                    prev_size = size;
+                    tag = tag.byte_add(size);
+                }
+                if Self::state(end) != EDGE || (*end).prev as usize * GRAIN != prev_size {
+                    fail("an arena's edge tag is broken");
+                }
+                arena = (*arena).next;
+            }
+        }
+        if arenas != self.arena_count {
+            fail("arena count differs from the list");
+        }
+        if wholly_free > 1 || (wholly_free == 0 && !self.empty.is_null()) {
+            fail("the kept empty arena is not the one wholly free arena");
+        }
+        let mut on_bins = 0usize;
+        for (bin, &head) in self.bins.iter().enumerate() {
+            let bit = self.subs[bin / SUBS] & (1 << (bin % SUBS)) != 0;
+            if bit == head.is_null() {
+                fail("a bin's bit differs from whether it is empty");
+            }
+            let mut node = head;
+            let mut prev = ptr::null_mut();
+            while !node.is_null() {
+                on_bins += 1;
+                if on_bins > free_blocks {
+                    fail("more blocks on the bins than free blocks in the arenas");
+                }
+                // SAFETY: every node on a bin is a free block, counted above.
+                unsafe {
+                    if Self::state(node) != FREE || bin_of((*node).size) != bin {
+                        fail("a block on the wrong bin, or not free");
+                    }
+                    let Links { next, prev: back } = Self::links(node).read();
+                    if back != prev {
+                        fail("a bin's back link");
+                    }
+                    prev = node;
+                    node = next;
+                }
+            }
+        }
+        for level in 0..LEVELS {
+            if (self.levels & (1 << level) != 0) != (self.subs[level] != 0) {
+                fail("the level bitmap differs from its bins");
+            }
+        }
+        if on_bins != free_blocks {
+            fail("a free block is on no bin");
+        }
+        let mut count = 0usize;
+        let mut large = self.large;
+        while !large.is_null() {
+            count += 1;
+            if count > self.large_count {
+                fail("large list longer than its count");
+            }
+            // SAFETY: every piece on the large list is live.
+            large = unsafe { (*large).next };
+        }
+        if count != self.large_count {
+            fail("large block count differs from the list");
+        }
+        self.inner.check_invariants();
+    }
+}
+
+impl<L: Layer, const ARENA: usize> Drop for Coalesce<L, ARENA> {
+    fn drop(&mut self) {
+        self.deinit();
+    }
+}
+
+impl<L: Layer + fmt::Debug, const ARENA: usize> fmt::Debug for Coalesce<L, ARENA> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalesce")
+            .field("arena", &ARENA)
+            .field("arenas", &self.arena_count)
+            .field("keeps_empty_arena", &!self.empty.is_null())
+            .field("large_blocks", &self.large_count)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+// SAFETY: every block lies in an arena or a piece got from `L`, attributed to the same
+// region; arenas go back to `L` only when none of their blocks is live.
+#[cfg(feature = "std")]
+unsafe impl<L: crate::region::Attributed, const ARENA: usize> crate::region::Attributed
+    for Coalesce<L, ARENA>
+{
+    fn attribute(&mut self, owner: crate::region::Attribution) {
+        self.inner.attribute(owner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Gauge;
+    use crate::layers::{Buffer, Stats};
+    use core::mem::MaybeUninit;
+
+    const ARENA: usize = 1 << 16;
+    type Heap<'a> = Coalesce<Stats<Buffer<'a>>, ARENA>;
+
+    fn at(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
+    fn memory() -> alloc::vec::Vec<MaybeUninit<u8>> {
+        alloc::vec![MaybeUninit::uninit(); 6 * ARENA]
+    }
+
+    #[test]
+    fn puts_merge_both_neighbours_and_the_arena_comes_back_whole() {
+        let mut memory = memory();
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        let [a, b, c, d] = [0; 4].map(|_| heap.get(at(1000, 8)).unwrap());
+        // Blocks are carved side by side: 1008 bytes of payload plus a 16-byte header.
+        assert_eq!(b.as_ptr().addr() - a.as_ptr().addr(), 1024);
+        // SAFETY: each block is live and put once.
+        unsafe {
+            heap.put_unsized(a);
+            heap.put_unsized(c);
+            heap.check_invariants();
+            // `b` merges with `a` on its left and `c` on its right.
+            heap.put_unsized(b);
+        }
+        heap.check_invariants();
+        assert_eq!(
+            heap.get(at(3 * 1024 - 16, 8)),
+            Some(a),
+            "a, b and c are one block"
+        );
+        // SAFETY: as above.
+        unsafe {
+            heap.put_unsized(a);
+            heap.put_unsized(d);
+        }
+        heap.check_invariants();
+        assert!(heap.keeps_empty_arena());
+        // One free block spans the arena: the largest arena request takes it, no new arena.
+        let gets = heap.inner().gauge().gets;
+        let whole = heap.get(at(Heap::ARENA_LIMIT, 16)).unwrap();
+        assert_eq!(whole, a);
+        assert_eq!(heap.inner().gauge().gets, gets);
+        assert!(!heap.keeps_empty_arena());
+        // A second arena, then both wholly free: one is kept, the other goes back to `L`.
+        let other = heap.get(at(Heap::ARENA_LIMIT, 16)).unwrap();
+        assert_eq!(heap.arenas(), 2);
+        // SAFETY: as above.
+        unsafe {
+            heap.put_unsized(whole);
+            heap.put_unsized(other);
+        }
+        assert_eq!(heap.arenas(), 1);
+        assert_eq!(heap.inner().gauge().live, 1, "the second arena went back");
+        heap.check_invariants();
+        heap.deinit();
+        assert_eq!(heap.inner().gauge().live, 0);
+    }
+
+    #[test]
+    fn one_block_in_a_loop_keeps_one_arena() {
+        let mut memory = memory();
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        for size in [40_000, 100, 40_000, 7] {
+            let block = heap.get(at(size, 8)).unwrap();
+            // SAFETY: live, put once.
+            unsafe { heap.put(block, at(size, 8)) };
+        }
+        assert_eq!(heap.inner().gauge().gets, 1, "the empty arena was reused");
+        assert!(heap.keeps_empty_arena());
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn usable_size_reads_the_header() {
+        let mut memory = memory();
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        for (size, usable) in [(0, 16), (1, 16), (17, 32), (1000, 1008), (4096, 4096)] {
+            let block = heap.get(at(size, 8)).unwrap();
+            // SAFETY: live until the put just after.
+            unsafe {
+                assert_eq!(heap.usable_size(block), usable, "size {size}");
+                heap.put_unsized(block);
+            }
+        }
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn aligned_requests_split_off_the_front() {
+        let mut memory = memory();
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        let first = heap.get(at(16, 8)).unwrap();
+        let mut blocks = alloc::vec::Vec::new();
+        for align_log2 in 5..=13 {
+            let layout = at(100, 1 << align_log2);
+            let block = heap.get(layout).unwrap();
+            assert!(block.as_ptr().addr().is_multiple_of(layout.align()));
+            heap.check_invariants();
+            blocks.push((block, layout));
+        }
+        assert_eq!(heap.arenas(), 1, "all of them fit the first arena");
+        for (block, layout) in blocks {
+            // SAFETY: live, put once with its layout.
+            unsafe { heap.put(block, layout) };
+            heap.check_invariants();
+        }
+        // SAFETY: as above.
+        unsafe { heap.put_unsized(first) };
+        assert!(heap.keeps_empty_arena(), "everything merged back");
+    }
+
+    #[test]
+    fn large_blocks_bypass_the_arenas_with_a_header() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 8 * ARENA];
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        let big = heap.get(at(ARENA, 8)).unwrap();
+        let aligned = heap.get(at(100, 2 * ARENA)).unwrap();
+        assert!(aligned.as_ptr().addr().is_multiple_of(2 * ARENA));
+        assert_eq!((heap.large_blocks(), heap.arenas()), (2, 0));
+        assert!(heap.owns(big) && heap.owns(aligned));
+        // SAFETY: live blocks; each put once.
+        unsafe {
+            assert_eq!(heap.usable_size(big), ARENA);
+            assert!(heap.usable_size(aligned) >= 100);
+            heap.put_unsized(big);
+        }
+        assert!(!heap.owns(big));
+        assert_eq!(heap.inner().gauge().live, 1);
+        heap.check_invariants();
+        heap.deinit();
+        assert_eq!(
+            heap.inner().gauge().live,
+            0,
+            "deinit returned the live large block"
+        );
+        assert_eq!(heap.large_blocks(), 0);
+    }
+
+    #[test]
+    fn grows_into_a_free_neighbour_and_shrinks_in_place() {
+        let mut memory = memory();
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        let a = heap.get(at(1000, 8)).unwrap();
+        let b = heap.get(at(1000, 8)).unwrap();
+        // SAFETY: live blocks with the layouts given.
+        unsafe {
+            assert!(!heap.grow(a, at(1000, 8), at(2000, 8)), "b is in the way");
+            heap.put_unsized(b);
+            assert!(heap.grow(a, at(1000, 8), at(2000, 8)), "into b's space");
+            heap.check_invariants();
+            assert_eq!(heap.usable_size(a), 2000_usize.next_multiple_of(16));
+            assert!(heap.shrink(a, at(2000, 8), at(100, 8)));
+            heap.check_invariants();
+            assert_eq!(heap.usable_size(a), 112);
+            // The freed tail merged with the rest of the arena: the next block follows `a`.
+            let c = heap.get(at(10, 8)).unwrap();
+            assert_eq!(c.as_ptr().addr() - a.as_ptr().addr(), 128);
+            heap.put_unsized(c);
+            heap.put(a, at(100, 8));
+        }
+        heap.check_invariants();
+        assert!(heap.keeps_empty_arena());
+    }
+
+    #[test]
+    fn bins_are_found_in_order() {
+        assert_eq!(bin_of(MIN_BLOCK), 0);
+        let mut last = 0;
+        let mut size = MIN_BLOCK;
+        while size < 1 << 30 {
+            let bin = bin_of(size);
+            assert!(bin >= last && bin < BINS, "size {size}");
+            last = bin;
+            size += size / 7 + GRAIN;
+        }
+    }
+}
+
+// SAFETY: the header before every block records its size (`usable_size` reads it, and it
+// is never below the size the block was got, grown or shrunk with), and `put_unsized`
+// does what `put` does: `put` itself ignores the layout and reads the header.
+unsafe impl<L: Layer, const ARENA: usize> crate::layer::Measured for Coalesce<L, ARENA> {
+    unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: the caller's duty, passed on (the inherent function of the same name).
+        unsafe { Coalesce::usable_size(self, ptr) }
+    }
+
+    unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: as above.
+        unsafe { Coalesce::put_unsized(self, ptr) }
+    }
+}
