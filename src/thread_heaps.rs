@@ -18,14 +18,10 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::Layer;
 use crate::Locked;
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab};
-
-/// Allocations between two looks at a heap's remote stack.
-const DRAIN_EVERY: u32 = 64;
 
 /// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
 /// allocations on the thread (other destructors) go to the shared `Large` layer.
@@ -54,7 +50,6 @@ struct Heap<Large: Measured + Send> {
     home: *const ThreadHeaps<Large>,
     /// Blocks of this heap freed by other threads.
     remote: Padded<AtomicPtr<RemoteBlock>>,
-    countdown: Cell<u32>,
     /// The registry link (every heap, forever).
     all_next: *mut Heap<Large>,
     /// The pool link (abandoned heaps), under the pool lock.
@@ -116,7 +111,8 @@ impl<T> SpinList<T> {
 ///   way. A heap is made (or adopted) at a thread's first small allocation.
 /// - **Frees from other threads**: a block's slab records the heap that owns it; a thread
 ///   that frees another heap's block pushes it on that heap's remote stack (one atomic
-///   compare-and-swap), and the owner takes the whole stack back every few allocations.
+///   compare-and-swap), and the owner takes the whole stack back whenever the slab it
+///   allocates from runs out of free blocks.
 /// - **Thread exit**: the heap goes to a pool with all its slabs, and the next new thread
 ///   adopts it (along with the frees still arriving for it); heaps are never leaked and
 ///   never freed.
@@ -297,7 +293,6 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 slab,
                 home: self,
                 remote: Padded(AtomicPtr::new(ptr::null_mut())),
-                countdown: Cell::new(DRAIN_EVERY),
                 all_next: ptr::null_mut(),
                 pool_next: ptr::null_mut(),
                 abandoned: false,
@@ -382,28 +377,43 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     fn allocate(&self, layout: Layout) -> *mut u8 {
         if is_small(layout) {
             if let Some(heap) = self.heap() {
-                let countdown = heap.countdown.get() - 1;
-                heap.countdown.set(countdown);
-                if countdown == 0 {
-                    heap.countdown.set(DRAIN_EVERY);
-                    if !heap.remote.0.load(Ordering::Relaxed).is_null() {
-                        // SAFETY: this thread's heap.
-                        unsafe { Self::drain(heap) };
-                    }
-                }
+                let class = class_of(layout.size());
                 // SAFETY: this thread's heap; no other reference to its slab is live.
-                if let Some(block) = unsafe { Self::slab(heap) }.get(layout) {
+                let slab = unsafe { Self::slab(heap) };
+                let block = match slab.pop_free(class) {
+                    Some(block) => Some(block),
+                    // SAFETY: this thread's heap.
+                    None => unsafe { Self::refill(heap, class) },
+                };
+                if let Some(block) = block {
                     if self.counting.load(Ordering::Relaxed) {
-                        self.count_get(
-                            class_of(layout.size()),
-                            class_size(class_of(layout.size())),
-                        );
+                        self.count_get(class, class_size(class));
                     }
                     return block.as_ptr();
                 }
             }
         }
         self.allocate_large(layout)
+    }
+
+    /// The head slab of `class` has no free block: take back the blocks other threads
+    /// freed first (they may refill it), then let the slab layer carve or move on.
+    ///
+    /// # Safety
+    ///
+    /// `heap` is this thread's heap, and no reference to its slab is live.
+    #[cold]
+    unsafe fn refill(heap: &Heap<Large>, class: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's duty.
+        unsafe {
+            if !heap.remote.0.load(Ordering::Relaxed).is_null() {
+                Self::drain(heap);
+                if let Some(block) = Self::slab(heap).pop_free(class) {
+                    return Some(block);
+                }
+            }
+            Self::slab(heap).get_small_slow(class)
+        }
     }
 
     /// Allocates from `Large`, under its lock.
@@ -437,7 +447,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if Reserve::contains(ptr.as_ptr()) {
             // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
             // from the reserve), so its slab header is readable and names its owner.
-            let owner = unsafe { Slab::<Reserve>::tag_of(ptr) };
+            let (slab, owner) = unsafe { Slab::<Reserve>::slab_and_tag(ptr) };
             if self.counting.load(Ordering::Relaxed) {
                 // SAFETY: as above.
                 let size = unsafe { Slab::<Reserve>::usable_size(ptr) };
@@ -446,7 +456,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             let current = CURRENT.try_with(Cell::get).unwrap_or(EXITED);
             if owner == current.addr() {
                 // SAFETY: the block's heap is this thread's; the caller gives it up.
-                unsafe { Self::slab(&*current.cast::<Heap<Large>>()).put_unsized(ptr) };
+                unsafe { Self::slab(&*current.cast::<Heap<Large>>()).put_in_slab(slab, ptr) };
             } else {
                 // SAFETY: a tag names a live heap for good (registry invariant).
                 let heap = unsafe { &*ptr::with_exposed_provenance::<Heap<Large>>(owner) };

@@ -300,28 +300,41 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         }
     }
 
-    /// Gets a slab block of class `class`.
+    /// Gets a block of size class `class` (below [`CLASSES`]) from the slabs: what `get`
+    /// does for a small layout, with its class already known.
     #[inline(always)]
     fn get_small(&mut self, class: usize) -> Option<NonNull<u8>> {
-        let slab = self.partial[class];
-        if !slab.is_null() {
-            // SAFETY: the head of a partial list is a live slab of ours.
-            unsafe {
-                let block = (*slab).free;
-                if !block.is_null() {
-                    (*slab).free = (*block).next;
-                    (*slab).used += 1;
-                    return Some(NonNull::new_unchecked(block.cast()));
-                }
-            }
+        match self.pop_free(class) {
+            Some(block) => Some(block),
+            None => self.get_small_slow(class),
         }
-        self.get_small_slow(class)
+    }
+
+    /// The fast half of [`get_small`](Slab::get_small): a block off the free list of the
+    /// class's head slab, or `None` when that list is empty (then call
+    /// [`get_small_slow`](Slab::get_small_slow)).
+    #[inline(always)]
+    pub(crate) fn pop_free(&mut self, class: usize) -> Option<NonNull<u8>> {
+        let slab = self.partial[class];
+        if slab.is_null() {
+            return None;
+        }
+        // SAFETY: the head of a partial list is a live slab of ours.
+        unsafe {
+            let block = (*slab).free;
+            if block.is_null() {
+                return None;
+            }
+            (*slab).free = (*block).next;
+            (*slab).used += 1;
+            Some(NonNull::new_unchecked(block.cast()))
+        }
     }
 
     /// The head slab of `class` has no free block: carve more, or move on to the next
     /// slab, or set up a new one.
     #[cold]
-    fn get_small_slow(&mut self, class: usize) -> Option<NonNull<u8>> {
+    pub(crate) fn get_small_slow(&mut self, class: usize) -> Option<NonNull<u8>> {
         loop {
             let slab = self.partial[class];
             if slab.is_null() {
@@ -499,8 +512,44 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     #[inline(always)]
     pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
         // SAFETY: the caller's duty: a live slab block of ours.
+        unsafe { self.put_in(Self::checked_slab(ptr), ptr) }
+    }
+
+    /// The slab `ptr` lives in, checked, with the slab's owner tag.
+    ///
+    /// # Safety
+    ///
+    /// As for [`tag_of`](Slab::tag_of).
+    #[inline(always)]
+    pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, usize) {
+        // SAFETY: the caller's duty.
         unsafe {
             let slab = Self::checked_slab(ptr);
+            (SlabRef(slab), (*slab).tag)
+        }
+    }
+
+    /// [`put_unsized`](Slab::put_unsized) with the slab already found by
+    /// [`slab_and_tag`](Slab::slab_and_tag).
+    ///
+    /// # Safety
+    ///
+    /// As for `put_unsized`, and `slab` is the slab of `ptr`.
+    #[inline(always)]
+    pub(crate) unsafe fn put_in_slab(&mut self, slab: SlabRef, ptr: NonNull<u8>) {
+        // SAFETY: the caller's duty.
+        unsafe { self.put_in(slab.0, ptr) }
+    }
+
+    /// Puts a live block back in its (checked) slab.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is the checked slab of `ptr`, a live block of ours given up by the caller.
+    #[inline(always)]
+    unsafe fn put_in(&mut self, slab: *mut SlabHeader, ptr: NonNull<u8>) {
+        // SAFETY: the caller's duty.
+        unsafe {
             let block = ptr.as_ptr().cast::<FreeBlock>();
             if block == (*slab).free || (*slab).used == 0 {
                 bad_pointer(ptr, "put twice (it is already free)");
@@ -593,6 +642,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         self.empties = 0;
     }
 }
+
+/// A slab found from a block's address (see [`Slab::slab_and_tag`]).
+#[derive(Clone, Copy)]
+pub(crate) struct SlabRef(*mut SlabHeader);
 
 /// A put of something that cannot be one of this layer's blocks.
 #[cold]

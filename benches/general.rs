@@ -1,0 +1,113 @@
+//! The General preset against the allocators a program would pick instead, in one process:
+//! the system allocator (glibc here) and mimalloc (the `mimalloc` crate), each called
+//! through `GlobalAlloc` directly (none of them is this binary's global allocator).
+//!
+//! - `pair`: one 32-byte allocation freed at once, the fast path of every allocator;
+//! - `churn`: a window of 1000 live blocks of 16-1000 bytes, the oldest freed as each new
+//!   one is allocated;
+//! - `cross_thread`: blocks allocated on one thread and freed on another.
+//!
+//! Run with `cargo bench --bench general`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::VecDeque;
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mimalloc::MiMalloc;
+use stratalloc::presets::{General, general};
+
+static GENERAL: General = general();
+
+const STEPS: usize = 4096;
+const LIVE: usize = 1000;
+
+fn layout(i: usize) -> Layout {
+    Layout::from_size_align(16 + (i * 37) % 985, 8).unwrap()
+}
+
+fn pair<A: GlobalAlloc>(a: &A) {
+    let layout = Layout::from_size_align(32, 8).unwrap();
+    for _ in 0..STEPS {
+        // SAFETY: a non-zero layout; the block is written once and freed once.
+        unsafe {
+            let p = a.alloc(black_box(layout));
+            p.write(1);
+            a.dealloc(black_box(p), layout);
+        }
+    }
+}
+
+fn churn<A: GlobalAlloc>(a: &A, window: &mut VecDeque<(*mut u8, Layout)>, start: usize) {
+    for i in start..start + STEPS {
+        if window.len() == LIVE {
+            let (p, layout) = window.pop_front().unwrap();
+            // SAFETY: allocated below with `layout`, freed once.
+            unsafe { a.dealloc(p, layout) };
+        }
+        let layout = layout(i);
+        // SAFETY: a non-zero layout; the block holds at least 16 bytes.
+        let p = unsafe { a.alloc(black_box(layout)) };
+        // SAFETY: as above.
+        unsafe { p.write(1) };
+        window.push_back((p, layout));
+    }
+}
+
+fn measure_churn<A: GlobalAlloc>(b: &mut criterion::Bencher<'_>, a: &A) {
+    let mut window = VecDeque::with_capacity(LIVE);
+    let mut start = 0;
+    b.iter(|| {
+        churn(a, &mut window, start);
+        start += STEPS;
+    });
+    for (p, layout) in window.drain(..) {
+        // SAFETY: live blocks of `a`.
+        unsafe { a.dealloc(p, layout) };
+    }
+}
+
+/// Allocates `STEPS` blocks here and frees them on a helper thread, which hands the
+/// addresses back when done.
+fn cross_thread<A: GlobalAlloc + Sync>(a: &'static A) {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let blocks: Vec<usize> = (0..STEPS)
+        // SAFETY: a non-zero layout.
+        .map(|_| unsafe { a.alloc(layout) }.expose_provenance())
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &p in &blocks {
+                // SAFETY: live blocks of `a`, freed once.
+                unsafe { a.dealloc(std::ptr::with_exposed_provenance_mut(p), layout) };
+            }
+        });
+    });
+}
+
+fn general_vs_peers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pair");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.bench_function("general", |b| b.iter(|| pair(&GENERAL)));
+    group.bench_function("mimalloc", |b| b.iter(|| pair(&MiMalloc)));
+    group.bench_function("system", |b| b.iter(|| pair(&System)));
+    group.finish();
+
+    let mut group = c.benchmark_group("churn");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.bench_function("general", |b| measure_churn(b, &GENERAL));
+    group.bench_function("mimalloc", |b| measure_churn(b, &MiMalloc));
+    group.bench_function("system", |b| measure_churn(b, &System));
+    group.finish();
+
+    static MI: MiMalloc = MiMalloc;
+    let mut group = c.benchmark_group("cross_thread");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.bench_function("general", |b| b.iter(|| cross_thread(&GENERAL)));
+    group.bench_function("mimalloc", |b| b.iter(|| cross_thread(&MI)));
+    group.bench_function("system", |b| b.iter(|| cross_thread(&System)));
+    group.finish();
+}
+
+criterion_group!(benches, general_vs_peers);
+criterion_main!(benches);
