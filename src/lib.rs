@@ -95,4 +95,4 @@ pub use region::{Region, check_leaks};
 #[cfg(feature = "std")]
 pub use router::Router;
 #[cfg(feature = "std")]
-pub use thread_heaps::{HeapSummary, ThreadHeaps};
+pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};

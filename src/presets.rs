@@ -81,10 +81,10 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 /// 3. `Mmap`.
 ///
 /// Each thread heap is a [`Slab`](crate::layers::Slab) over
-/// [`Reserve`](crate::layers::Reserve): 64 KiB slabs of one size class each, from one
+/// [`Reserve`](crate::layers::Reserve): 16 KiB slabs of one size class each, from one
 /// reserved range of address space.
 #[cfg(feature = "std")]
-pub type General = crate::ThreadHeaps<Coalesce<Mmap, { 4 << 20 }>>;
+pub type General = crate::ThreadHeaps<Coalesce<Mmap, { 32 << 20 }>>;
 
 /// Builds a [`General`] allocator.
 #[cfg(feature = "std")]

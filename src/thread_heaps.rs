@@ -18,14 +18,77 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::Locked;
+use crate::{Layer, Locked};
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab};
 
+/// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
+/// grow in place and mixed sizes share memory) keeps memory tighter than size classes.
+const SMALL_LIMIT: usize = 1024;
+const _: () = assert!(SMALL_LIMIT <= SLAB_LIMIT);
+
+/// The slabs of the thread heaps: 16 KiB, so that the partly used slabs each class keeps
+/// (the price of size classes) stay small, and at least 15 blocks of the largest class.
+const SLAB_BYTES: usize = 16 << 10;
+type HeapSlab = Slab<Reserve, SLAB_BYTES>;
+
 /// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
 /// allocations on the thread (other destructors) go to the shared `Large` layer.
 const EXITED: *mut u8 = ptr::without_provenance_mut(1);
+
+/// Slots of the thread-pointer cache: where a thread finds its heap without a
+/// thread-local look-up (which costs a call in a shared library).
+const CACHE_SLOTS: usize = 256;
+
+/// Heaps by thread-pointer hash, type-erased; a slot is only a hint: a heap is used only
+/// when its `thread` is the caller's own thread pointer (see [`ThreadHeaps::heap`]).
+static HEAP_CACHE: [AtomicPtr<u8>; CACHE_SLOTS] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; CACHE_SLOTS];
+
+/// This thread's thread pointer: a word unique to each live thread, read in one
+/// instruction where the platform has a register for it.
+#[inline(always)]
+fn thread_pointer() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    {
+        let tp: usize;
+        // SAFETY: on x86-64 Linux, `fs:0` holds the thread control block's own address
+        // (the TLS ABI's self pointer); reading it touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "mov {}, qword ptr fs:[0]",
+                out(reg) tp,
+                options(nostack, readonly, preserves_flags, pure)
+            )
+        };
+        tp
+    }
+    #[cfg(all(target_arch = "aarch64", target_os = "linux", not(miri)))]
+    {
+        let tp: usize;
+        // SAFETY: `tpidr_el0` is the thread pointer register; reading it has no effect.
+        unsafe {
+            core::arch::asm!(
+                "mrs {}, tpidr_el0",
+                out(reg) tp,
+                options(nostack, nomem, preserves_flags, pure)
+            )
+        };
+        tp
+    }
+    #[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(miri))))]
+    {
+        // The address of a thread-local: unique per live thread, if slower to get.
+        CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0)
+    }
+}
+
+/// The cache slot of a thread pointer.
+#[inline(always)]
+fn cache_slot(tp: usize) -> &'static AtomicPtr<u8> {
+    &HEAP_CACHE[((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS]
+}
 
 thread_local! {
     /// This thread's heap (type-erased: one per thread, whatever `ThreadHeaps` made it),
@@ -45,7 +108,11 @@ struct Padded<T>(T);
 
 /// One thread's heap.
 struct Heap<Large: Measured + Send> {
-    slab: Slab<Reserve>,
+    slab: HeapSlab,
+    /// The thread pointer of the thread using the heap, 0 while none does. Written only by
+    /// that thread (when it takes or hands back the heap) or, after a fork, by the one
+    /// thread left; so a thread that reads its own pointer here owns the heap.
+    thread: AtomicUsize,
     /// The `ThreadHeaps` that made it.
     home: *const ThreadHeaps<Large>,
     /// Blocks of this heap freed by other threads.
@@ -63,11 +130,14 @@ struct Heap<Large: Measured + Send> {
 struct Counters {
     allocations: AtomicUsize,
     frees: AtomicUsize,
+    bytes_allocated: AtomicUsize,
     live_bytes: AtomicUsize,
+    live_blocks: AtomicUsize,
     peak_bytes: AtomicUsize,
-    /// Live blocks per slab class, then (last) the large blocks.
-    live: [AtomicUsize; CLASSES + 1],
-    large_live_bytes: AtomicUsize,
+    /// Blocks live when `peak_bytes` was last raised.
+    peak_blocks: AtomicUsize,
+    /// Live blocks per slab class (large blocks are found by walking `Large`).
+    live: [AtomicUsize; CLASSES],
 }
 
 /// A spin lock guarding a pointer-sized list head.
@@ -155,7 +225,7 @@ unsafe impl<Large: Measured + Send> Send for ThreadHeaps<Large> {}
 /// Whether a request is served by the thread heaps.
 #[inline(always)]
 const fn is_small(layout: Layout) -> bool {
-    layout.size() <= SLAB_LIMIT && layout.align() <= BLOCK_ALIGN
+    layout.size() <= SMALL_LIMIT && layout.align() <= BLOCK_ALIGN
 }
 
 impl<Large: Measured + Send> ThreadHeaps<Large> {
@@ -171,10 +241,12 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             counters: Counters {
                 allocations: ZERO,
                 frees: ZERO,
+                bytes_allocated: ZERO,
                 live_bytes: ZERO,
+                live_blocks: ZERO,
                 peak_bytes: ZERO,
-                live: [ZERO; CLASSES + 1],
-                large_live_bytes: ZERO,
+                peak_blocks: ZERO,
+                live: [ZERO; CLASSES],
             },
         }
     }
@@ -221,21 +293,38 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// after this thread's heap was handed back, or when the thread uses another instance.
     #[inline(always)]
     fn heap(&self) -> Option<&Heap<Large>> {
-        let current = CURRENT.try_with(Cell::get).ok()?;
-        if !current.is_null() && current != EXITED {
-            let heap = current.cast::<Heap<Large>>();
-            // SAFETY: `CURRENT` names a live heap used by this thread alone.
-            if unsafe { (*heap).home } == self {
-                // SAFETY: as above.
-                return Some(unsafe { &*heap });
+        let tp = thread_pointer();
+        let cached = cache_slot(tp).load(Ordering::Relaxed).cast::<Heap<Large>>();
+        if !cached.is_null() {
+            // SAFETY: slots only ever hold registered heaps, which live forever (of some
+            // `ThreadHeaps`; `home` is checked before the heap is taken as ours).
+            let heap = unsafe { &*cached };
+            if heap.thread.load(Ordering::Relaxed) == tp && heap.home == self {
+                return Some(heap);
             }
+        }
+        self.heap_slow(tp)
+    }
+
+    /// [`heap`](ThreadHeaps::heap) past the cache: the thread-local, then attaching.
+    #[cold]
+    fn heap_slow(&self, tp: usize) -> Option<&Heap<Large>> {
+        let current = CURRENT.try_with(Cell::get).ok()?;
+        if current == EXITED {
             return None;
         }
-        if current.is_null() {
-            self.attach()
+        let heap = if current.is_null() {
+            self.attach()?
         } else {
-            None
-        }
+            // SAFETY: `CURRENT` names a live heap used by this thread alone.
+            let heap = unsafe { &*current.cast::<Heap<Large>>() };
+            if heap.home != self {
+                return None;
+            }
+            heap
+        };
+        cache_slot(tp).store(ptr::from_ref(heap).cast_mut().cast(), Ordering::Relaxed);
+        Some(heap)
     }
 
     /// The heap for `CURRENT`, mutably, for the slab calls.
@@ -246,7 +335,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// reference to its slab is live.
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    unsafe fn slab(heap: &Heap<Large>) -> &mut Slab<Reserve> {
+    unsafe fn slab(heap: &Heap<Large>) -> &mut HeapSlab {
         // SAFETY: the heap is this thread's alone (module invariants), and the caller holds
         // no other reference to its slab; the cast goes through the heap's own pointer.
         unsafe { &mut (*(heap as *const Heap<Large>).cast_mut()).slab }
@@ -273,17 +362,19 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             adopted
         };
         CURRENT.try_with(|c| c.set(heap.cast())).ok()?;
+        // SAFETY: the heap is live, and ours from here on.
+        unsafe { (*heap).thread.store(thread_pointer(), Ordering::Relaxed) };
         // SAFETY: `key` is a key we made; the value is only read back by its destructor.
         unsafe { libc::pthread_setspecific(key, heap.cast()) };
         // SAFETY: the heap is now this thread's.
         Some(unsafe { &*heap })
     }
 
-    /// A fresh heap, in memory from `Large`, registered for good.
+    /// A fresh heap, in granules of its own from the reserve (never given back, and never
+    /// counted as a block), registered for good.
     fn make_heap(&self) -> Option<*mut Heap<Large>> {
         let layout = Layout::new::<Heap<Large>>();
-        // SAFETY: the closure only gets one block, ending no other.
-        let memory = unsafe { self.large.with_mut(|large| large.get(layout)) }?;
+        let memory = Reserve::new().get(layout)?;
         let heap = memory.as_ptr().cast::<Heap<Large>>();
         let mut slab = Slab::new(Reserve::new());
         slab.set_tag(heap.expose_provenance());
@@ -293,6 +384,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 slab,
                 home: self,
                 remote: Padded(AtomicPtr::new(ptr::null_mut())),
+                thread: AtomicUsize::new(0),
                 all_next: ptr::null_mut(),
                 pool_next: ptr::null_mut(),
                 abandoned: false,
@@ -341,6 +433,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// Hands this thread's heap back to the pool (thread exit).
     fn abandon(&self, heap: *mut Heap<Large>) {
         let _ = CURRENT.try_with(|c| c.set(EXITED));
+        // SAFETY: the heap is live; this thread stops using it.
+        unsafe { (*heap).thread.store(0, Ordering::Relaxed) };
         // SAFETY: the heap was this thread's; the destructor runs on that thread.
         unsafe { Self::drain(&*heap) };
         self.pool.lock();
@@ -387,7 +481,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 };
                 if let Some(block) = block {
                     if self.counting.load(Ordering::Relaxed) {
-                        self.count_get(class, class_size(class));
+                        self.count_get(Some(class), class_size(class));
                     }
                     return block.as_ptr();
                 }
@@ -426,10 +520,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 if self.counting.load(Ordering::Relaxed) {
                     // SAFETY: a live block of `Large`.
                     let size = unsafe { self.large.lock().usable_size(block) };
-                    self.count_get(CLASSES, size);
-                    self.counters
-                        .large_live_bytes
-                        .fetch_add(size, Ordering::Relaxed);
+                    self.count_get(None, size);
                 }
                 block.as_ptr()
             }
@@ -447,19 +538,18 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if Reserve::contains(ptr.as_ptr()) {
             // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
             // from the reserve), so its slab header is readable and names its owner.
-            let (slab, owner) = unsafe { Slab::<Reserve>::slab_and_tag(ptr) };
+            let (slab, owner) = unsafe { HeapSlab::slab_and_tag(ptr) };
             if self.counting.load(Ordering::Relaxed) {
                 // SAFETY: as above.
-                let size = unsafe { Slab::<Reserve>::usable_size(ptr) };
-                self.count_put(class_of(size), size);
+                let size = unsafe { HeapSlab::usable_size(ptr) };
+                self.count_put(Some(class_of(size)), size);
             }
-            let current = CURRENT.try_with(Cell::get).unwrap_or(EXITED);
-            if owner == current.addr() {
+            // SAFETY: a tag names a live heap for good (registry invariant).
+            let heap = unsafe { &*ptr::with_exposed_provenance::<Heap<Large>>(owner) };
+            if heap.thread.load(Ordering::Relaxed) == thread_pointer() {
                 // SAFETY: the block's heap is this thread's; the caller gives it up.
-                unsafe { Self::slab(&*current.cast::<Heap<Large>>()).put_in_slab(slab, ptr) };
+                unsafe { Self::slab(heap).put_in_slab(slab, ptr) };
             } else {
-                // SAFETY: a tag names a live heap for good (registry invariant).
-                let heap = unsafe { &*ptr::with_exposed_provenance::<Heap<Large>>(owner) };
                 Self::push_remote(heap, ptr);
             }
         } else {
@@ -499,31 +589,44 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             self.large.with_mut(|large| {
                 if self.counting.load(Ordering::Relaxed) {
                     let size = large.usable_size(ptr);
-                    self.count_put(CLASSES, size);
-                    self.counters
-                        .large_live_bytes
-                        .fetch_sub(size, Ordering::Relaxed);
+                    self.count_put(None, size);
                 }
                 large.put_unsized(ptr)
             })
         }
     }
 
-    fn count_get(&self, class: usize, size: usize) {
+    /// Counts a block handed out: of a slab class, or a large one (`None`).
+    #[cold]
+    fn count_get(&self, class: Option<usize>, size: usize) {
         let c = &self.counters;
         c.allocations.fetch_add(1, Ordering::Relaxed);
-        c.live[class].fetch_add(1, Ordering::Relaxed);
-        let live = c
-            .live_bytes
-            .fetch_add(size, Ordering::Relaxed)
-            .wrapping_add(size);
-        c.peak_bytes.fetch_max(live, Ordering::Relaxed);
+        c.bytes_allocated.fetch_add(size, Ordering::Relaxed);
+        if let Some(class) = class {
+            c.live[class].fetch_add(1, Ordering::Relaxed);
+        }
+        let blocks = c.live_blocks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        self.count_growth(size, blocks);
     }
 
-    fn count_put(&self, class: usize, size: usize) {
+    /// Adds `size` live bytes (a block handed out or grown in place), raising the peak.
+    fn count_growth(&self, size: usize, blocks: usize) {
+        let c = &self.counters;
+        let live = c.live_bytes.fetch_add(size, Ordering::Relaxed).wrapping_add(size);
+        if c.peak_bytes.fetch_max(live, Ordering::Relaxed) < live {
+            c.peak_blocks.store(blocks, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a block taken back.
+    #[cold]
+    fn count_put(&self, class: Option<usize>, size: usize) {
         let c = &self.counters;
         c.frees.fetch_add(1, Ordering::Relaxed);
-        c.live[class].fetch_sub(1, Ordering::Relaxed);
+        if let Some(class) = class {
+            c.live[class].fetch_sub(1, Ordering::Relaxed);
+        }
+        c.live_blocks.fetch_sub(1, Ordering::Relaxed);
         c.live_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
@@ -570,7 +673,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         };
         if Reserve::contains(ptr.as_ptr()) {
             // SAFETY: a live slab block (see `release`).
-            unsafe { Slab::<Reserve>::usable_size(ptr) }
+            unsafe { HeapSlab::usable_size(ptr) }
         } else {
             // SAFETY: a live block of `Large`.
             unsafe { self.large.lock().usable_size(ptr) }
@@ -591,6 +694,30 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if size <= usable && size >= usable / 2 {
             return ptr;
         }
+        if size > usable && !Reserve::contains(ptr) {
+            // A large block may grow into a free neighbour, as glibc's do.
+            if let (Ok(old), Ok(new)) = (
+                Layout::from_size_align(usable, BLOCK_ALIGN),
+                Layout::from_size_align(size, BLOCK_ALIGN),
+            ) {
+                // SAFETY: a live block of `Large` (not in the reserve), which fits its
+                // usable size; the closure resizes only that block.
+                let grown = unsafe {
+                    self.large.with_mut(|large| {
+                        large.grow(NonNull::new_unchecked(ptr), old, new)
+                            .then(|| large.usable_size(NonNull::new_unchecked(ptr)))
+                    })
+                };
+                if let Some(now) = grown {
+                    if self.counting.load(Ordering::Relaxed) {
+                        let c = &self.counters;
+                        c.bytes_allocated.fetch_add(now - usable, Ordering::Relaxed);
+                        self.count_growth(now - usable, c.live_blocks.load(Ordering::Relaxed));
+                    }
+                    return ptr;
+                }
+            }
+        }
         let new = self.malloc(size);
         if !new.is_null() {
             // SAFETY: both blocks are live and distinct; `old` holds `usable` bytes, the new
@@ -604,27 +731,32 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     }
 
     /// The figures counted since counting was turned on (see
-    /// [`set_counting`](ThreadHeaps::set_counting)): totals, peak, live blocks by size.
-    pub fn summary(&self) -> HeapSummary {
+    /// [`set_counting`](ThreadHeaps::set_counting)): totals, the peak, and the blocks live
+    /// now by size (slab blocks by class, large blocks found by walking `Large` under its
+    /// lock). It allocates nothing, so it can run at exit inside a malloc replacement.
+    pub fn summary(&self) -> HeapSummary
+    where
+        Large: LiveBlocks,
+    {
         let c = &self.counters;
-        let mut live = [(0, 0); CLASSES + 1];
-        for (class, entry) in live.iter_mut().enumerate() {
-            let size = if class < CLASSES {
-                class_size(class)
-            } else {
-                0
-            };
-            *entry = (size, c.live[class].load(Ordering::Relaxed));
-        }
-        HeapSummary {
+        let mut summary = HeapSummary {
             allocations: c.allocations.load(Ordering::Relaxed),
             frees: c.frees.load(Ordering::Relaxed),
-            live_bytes: c.live_bytes.load(Ordering::Relaxed),
+            bytes_allocated: c.bytes_allocated.load(Ordering::Relaxed),
             peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
-            large_live_bytes: c.large_live_bytes.load(Ordering::Relaxed),
-            live,
+            peak_blocks: c.peak_blocks.load(Ordering::Relaxed),
             heaps: self.heaps(),
+            reserved_bytes: Reserve::used_bytes(),
+            sizes: [(0, 0); SUMMARY_SIZES],
+            kinds: 0,
+            other_blocks: 0,
+            other_bytes: 0,
+        };
+        for (class, live) in c.live.iter().enumerate() {
+            summary.add(class_size(class), live.load(Ordering::Relaxed));
         }
+        self.large.lock().for_each_live(|size| summary.add(size, 1));
+        summary
     }
 
     /// Takes every lock of the allocator, so that `fork` cannot copy one held by another
@@ -667,6 +799,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             // threads that used these heaps no longer exist in this process.
             unsafe {
                 if heap.cast() != current && !(*heap).abandoned {
+                    (*heap).thread.store(0, Ordering::Relaxed);
                     (*heap).abandoned = true;
                     (*heap).pool_next = self.pool.head.get();
                     self.pool.head.set(heap);
@@ -731,67 +864,137 @@ impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
     }
 }
 
-/// The figures of a [`ThreadHeaps`] allocator: totals, peak, live blocks by size.
-/// `Display` writes the heap summary the malloc replacement prints at exit.
+/// A layer that can list the sizes of its live blocks, for [`ThreadHeaps::summary`].
+pub trait LiveBlocks {
+    /// Calls `f` with the usable size of every live block.
+    fn for_each_live(&self, f: impl FnMut(usize));
+}
+
+impl<L: Layer, const ARENA: usize> LiveBlocks for crate::layers::Coalesce<L, ARENA> {
+    fn for_each_live(&self, f: impl FnMut(usize)) {
+        crate::layers::Coalesce::for_each_live(self, f);
+    }
+}
+
+/// Distinct block sizes a [`HeapSummary`] lists one by one (the rest are summed).
+pub const SUMMARY_SIZES: usize = 256;
+
+/// The figures of a [`ThreadHeaps`] allocator: totals, the peak, live blocks by size.
+/// `Display` writes the heap summary the malloc replacement prints at exit:
+///
+/// ```text
+/// stratalloc heap summary (pid 4242)
+/// totals: 5 allocations, 2 frees, 9092980 bytes allocated
+/// peak: 8388608 bytes live in 1 blocks
+/// live blocks by size:
+///   48 B x 1
+///   704512 B x 1
+/// leaks: 2 blocks, 704560 bytes
+/// ```
+///
+/// Sizes are usable sizes (a slab class, or a large block's bytes). "Leaks" are all the
+/// blocks still live when the summary is taken; at exit, that is what the program never
+/// freed (the C library's own buffers included).
 #[derive(Clone, Copy, Debug)]
 pub struct HeapSummary {
     /// Blocks handed out.
     pub allocations: usize,
     /// Blocks given back.
     pub frees: usize,
-    /// Bytes live now (usable sizes).
-    pub live_bytes: usize,
+    /// Bytes handed out, in usable sizes (growth in place included).
+    pub bytes_allocated: usize,
     /// The most bytes live at once.
     pub peak_bytes: usize,
-    /// Of `live_bytes`, those in large blocks.
-    pub large_live_bytes: usize,
-    /// Live blocks per slab class, as `(block size, live)`; the last entry (size 0) counts
-    /// the large blocks.
-    pub live: [(usize, usize); CLASSES + 1],
+    /// Blocks live at that peak.
+    pub peak_blocks: usize,
     /// Thread heaps made.
     pub heaps: usize,
+    /// Bytes of the reserve ever handed out for slabs (the high-water mark of the small
+    /// side's address space; slabs given back are reused from it).
+    pub reserved_bytes: usize,
+    /// Live blocks as `(size, count)`, ascending by size; `kinds` entries are used.
+    pub sizes: [(usize, usize); SUMMARY_SIZES],
+    /// Entries of `sizes` in use.
+    pub kinds: usize,
+    /// Live blocks past the first `SUMMARY_SIZES` distinct sizes.
+    pub other_blocks: usize,
+    /// Their bytes.
+    pub other_bytes: usize,
 }
 
 impl HeapSummary {
+    /// Counts `count` live blocks of `size` bytes, keeping `sizes` sorted.
+    fn add(&mut self, size: usize, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let used = &mut self.sizes[..self.kinds];
+        match used.binary_search_by_key(&size, |&(s, _)| s) {
+            Ok(at) => used[at].1 += count,
+            Err(at) if self.kinds < SUMMARY_SIZES => {
+                self.sizes.copy_within(at..self.kinds, at + 1);
+                self.sizes[at] = (size, count);
+                self.kinds += 1;
+            }
+            Err(_) => {
+                self.other_blocks += count;
+                self.other_bytes += size * count;
+            }
+        }
+    }
+
+    /// The live blocks listed by size.
+    pub fn by_size(&self) -> &[(usize, usize)] {
+        &self.sizes[..self.kinds]
+    }
+
     /// Blocks still live.
     pub fn live_blocks(&self) -> usize {
-        self.live.iter().map(|&(_, n)| n).sum()
+        self.by_size().iter().map(|&(_, n)| n).sum::<usize>() + self.other_blocks
+    }
+
+    /// Bytes still live (usable sizes).
+    pub fn live_bytes(&self) -> usize {
+        self.by_size().iter().map(|&(s, n)| s * n).sum::<usize>() + self.other_bytes
     }
 }
 
 impl fmt::Display for HeapSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "stratalloc heap summary")?;
+        // SAFETY: `getpid` only reads the process id.
+        let pid = unsafe { libc::getpid() };
+        writeln!(f, "stratalloc heap summary (pid {pid})")?;
         writeln!(
             f,
-            "totals: {} allocations, {} frees, {} thread heaps",
-            self.allocations, self.frees, self.heaps
+            "totals: {} allocations, {} frees, {} bytes allocated",
+            self.allocations, self.frees, self.bytes_allocated
         )?;
-        writeln!(f, "peak: {} bytes", self.peak_bytes)?;
         writeln!(
             f,
-            "live: {} blocks, {} bytes",
-            self.live_blocks(),
-            self.live_bytes
+            "peak: {} bytes live in {} blocks",
+            self.peak_bytes, self.peak_blocks
         )?;
-        for &(size, n) in &self.live[..CLASSES] {
-            if n > 0 {
-                writeln!(f, "  {size:>6} B: {n} blocks")?;
-            }
+        writeln!(f, "live blocks by size:")?;
+        for &(size, n) in self.by_size() {
+            writeln!(f, "  {size} B x {n}")?;
         }
-        let large = self.live[CLASSES].1;
-        if large > 0 {
+        if self.other_blocks > 0 {
             writeln!(
                 f,
-                "  large: {large} blocks, {} bytes",
-                self.large_live_bytes
+                "  (other sizes: {} blocks, {} bytes)",
+                self.other_blocks, self.other_bytes
             )?;
         }
         writeln!(
             f,
             "leaks: {} blocks, {} bytes",
             self.live_blocks(),
-            self.live_bytes
+            self.live_bytes()
+        )?;
+        writeln!(
+            f,
+            "thread heaps: {}; slab space used: {} bytes",
+            self.heaps, self.reserved_bytes
         )
     }
 }

@@ -243,6 +243,41 @@ impl<L: Layer, const ARENA: usize> Coalesce<L, ARENA> {
         self.large_count
     }
 
+    /// Calls `f` with the usable size of every live block (arena blocks in address order,
+    /// then the large ones): a walk of every arena's tags, for reports such as a heap
+    /// summary, not for hot paths.
+    pub fn for_each_live(&self, mut f: impl FnMut(usize)) {
+        let mut arena = self.arenas;
+        while !arena.is_null() {
+            // SAFETY: every arena on the list is live and tiled by its tags, from just after
+            // its head up to its edge tag.
+            unsafe {
+                let end = arena.cast::<u8>().add(ARENA - TAG).cast::<Tag>();
+                let mut tag = arena.cast::<u8>().add(size_of::<ArenaHead>()).cast::<Tag>();
+                while tag < end {
+                    let size = (*tag).size;
+                    if Self::state(tag) == USED {
+                        f(size - TAG);
+                    }
+                    if size == 0 {
+                        break;
+                    }
+                    tag = tag.byte_add(size);
+                }
+                arena = (*arena).next;
+            }
+        }
+        let mut large = self.large;
+        while !large.is_null() {
+            // SAFETY: every piece on the large list is live and starts with its head; its
+            // block holds the piece less the payload's offset (as `usable_size` says).
+            unsafe {
+                f((*large).len - (*large).offset);
+                large = (*large).next;
+            }
+        }
+    }
+
     /// The bytes the block at `ptr` really holds (at least the size it was got with, or
     /// grown or shrunk to), read from its header in O(1).
     ///

@@ -29,11 +29,13 @@ pub const SLAB_LIMIT: usize = 8192;
 /// The alignment every slab block has (sizes are multiples of it).
 pub const BLOCK_ALIGN: usize = 16;
 
-/// The number of size classes: 16-byte steps up to 128, then four per doubling up to 8 KiB.
-pub const CLASSES: usize = 8 + 6 * 4;
+/// The number of size classes: 16-byte steps up to 128, then eight per doubling up to 8 KiB.
+pub const CLASSES: usize = 8 + 6 * 8;
 
-/// Spare empty slabs kept for reuse before further ones go back to `L`.
-const EMPTY_KEEP: usize = 4;
+/// Spare empty slabs kept for reuse before further ones go back to `L`: 256 KiB worth, so
+/// that a program that frees and rebuilds its heap in rounds does not hand its slabs back
+/// and fault them in again each round.
+const EMPTY_KEEP_BYTES: usize = 256 << 10;
 
 /// Blocks threaded onto a slab's free list at once when it needs more (the rest stay
 /// uncarved, so a fresh slab touches only the pages it uses).
@@ -90,7 +92,7 @@ pub const fn class_size(class: usize) -> usize {
         (class + 1) * 16
     } else {
         let i = class - 8;
-        (5 + i % 4) << (5 + i / 4)
+        (9 + i % 8) << (4 + i / 8)
     }
 }
 
@@ -103,8 +105,8 @@ pub const fn class_of(size: usize) -> usize {
     } else {
         let s = size - 1;
         let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
-        let shift = top - 2;
-        8 + (top as usize - 7) * 4 + ((s >> shift) & 3)
+        let shift = top - 3;
+        8 + (top as usize - 7) * 8 + ((s >> shift) & 7)
     }
 }
 
@@ -119,7 +121,7 @@ const fn is_small(layout: Layout) -> bool {
 ///
 /// A request of up to [`SLAB_LIMIT`] bytes (aligned to at most [`BLOCK_ALIGN`]) takes the
 /// smallest of [`CLASSES`] size classes that holds it: 16-byte steps up to 128 bytes, then
-/// four classes per doubling, so a block wastes at most a fifth of itself (and at most 15
+/// eight classes per doubling, so a block wastes at most a ninth of itself (and at most 15
 /// bytes below 128). Each class keeps a list of slabs with room; a slab's free blocks form
 /// a list threaded through the blocks themselves, and a slab carves its blocks lazily, so
 /// only the pages in use are touched. A put finds its slab by masking the address (slabs
@@ -161,8 +163,8 @@ unsafe impl<L: Layer + Send, const SLAB: usize> Send for Slab<L, SLAB> {}
 
 impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     const GEOMETRY_OK: () = assert!(
-        SLAB.is_power_of_two() && SLAB >= 65536 && SLAB <= 1 << 24,
-        "SLAB must be a power of two from 64 KiB to 16 MiB"
+        SLAB.is_power_of_two() && SLAB >= 16384 && SLAB <= 1 << 24,
+        "SLAB must be a power of two from 16 KiB to 16 MiB"
     );
 
     /// The layout every slab is got from `L` with.
@@ -170,6 +172,9 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         Ok(layout) => layout,
         Err(_) => panic!("SLAB is not a valid alignment"),
     };
+
+    /// Spare slabs kept (at least one).
+    const EMPTY_KEEP: usize = if EMPTY_KEEP_BYTES / SLAB > 0 { EMPTY_KEEP_BYTES / SLAB } else { 1 };
 
     /// A layer with no slabs yet, over `inner`.
     pub const fn new(inner: L) -> Self {
@@ -587,7 +592,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // SAFETY: the caller's duty.
         unsafe {
             self.unlink(slab);
-            if self.empties < EMPTY_KEEP {
+            if self.empties < Self::EMPTY_KEEP {
                 (*slab).state = State::Empty;
                 (*slab).next = self.empty;
                 self.empty = slab;
@@ -869,7 +874,7 @@ mod tests {
             assert!(heap.live_by_class().iter().all(|&(_, n)| n == 0));
             // Each class keeps its head slab; beyond that only spares remain.
             assert!(
-                heap.slabs() <= sizes.len() + EMPTY_KEEP,
+                heap.slabs() <= sizes.len() + Slab::<Buffer<'_>>::EMPTY_KEEP,
                 "{} slabs",
                 heap.slabs()
             );
@@ -879,7 +884,7 @@ mod tests {
                 "slabs went back"
             );
         }
-        let slab_bytes = 65536 * (sizes.len() + EMPTY_KEEP) as u64;
+        let slab_bytes = 65536 * (sizes.len() + Slab::<Buffer<'_>>::EMPTY_KEEP) as u64;
         assert!(
             heap.inner().gauge().peak_bytes > 3 * slab_bytes,
             "the test filled slabs"
@@ -902,9 +907,9 @@ mod tests {
                 class == 0 || class_size(class - 1) < size,
                 "size {size} not tightest"
             );
-            // The waste bound in the docs: a fifth of the block, or 15 bytes below 128.
+            // The waste bound in the docs: a ninth of the block, or 15 bytes below 128.
             let waste = class_size(class) - size.max(1);
-            assert!(waste <= 15 || waste * 5 <= class_size(class), "size {size}");
+            assert!(waste <= 15 || waste * 9 <= class_size(class), "size {size}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `Reserve`: 64 KiB granules carved from one range of address space that the process
+//! `Reserve`: 16 KiB granules carved from one range of address space that the process
 //! reserves once, so that "is this block in the range?" is a single compare.
 //!
 //! Invariants: the range `[base, base + len)` is mapped readable and writable for the life
@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::Layer;
 
 /// The unit the range is carved in, and the alignment every block has.
-pub const GRANULE: usize = 1 << 16;
+pub const GRANULE: usize = 1 << 14;
 
 /// The address space asked for first; halved on refusal (a strict overcommit policy, an
 /// address-space limit) down to [`SMALLEST_RESERVE`].
@@ -138,7 +138,7 @@ fn map_range(len: usize) -> Option<*mut u8> {
     (map != libc::MAP_FAILED).then_some(map.cast())
 }
 
-/// Blocks of whole 64 KiB granules from the process's reserved range, a source for layers
+/// Blocks of whole 16 KiB granules from the process's reserved range, a source for layers
 /// that want aligned pieces and a cheap "is it one of ours" test
 /// ([`contains`](Reserve::contains)).
 ///
@@ -159,7 +159,7 @@ fn map_range(len: usize) -> Option<*mut u8> {
 /// use stratalloc::{Layer, layers::Reserve};
 ///
 /// let mut reserve = Reserve::new();
-/// let layout = Layout::from_size_align(65536, 65536).unwrap();
+/// let layout = Layout::from_size_align(16384, 16384).unwrap();
 /// let block = reserve.get(layout).unwrap();
 /// assert!(Reserve::contains(block.as_ptr()));
 /// assert!(!Reserve::contains(&layout as *const _ as *mut u8));

@@ -177,12 +177,7 @@ fn frees_from_other_threads_reach_the_owner() {
 fn the_summary_counts_live_blocks_by_size() {
     static HEAP: General = general();
     HEAP.set_counting(true);
-    let kept = [
-        HEAP.malloc(24),
-        HEAP.malloc(24),
-        HEAP.malloc(3000),
-        HEAP.malloc(50_000),
-    ];
+    let kept = [HEAP.malloc(24), HEAP.malloc(24), HEAP.malloc(500), HEAP.malloc(50_000)];
     for _ in 0..10 {
         let p = HEAP.malloc(100);
         // SAFETY: live, freed once.
@@ -192,11 +187,14 @@ fn the_summary_counts_live_blocks_by_size() {
     assert_eq!(summary.allocations, 14);
     assert_eq!(summary.frees, 10);
     assert_eq!(summary.live_blocks(), 4);
+    let sizes: Vec<usize> = summary.by_size().iter().map(|&(s, _)| s).collect();
+    assert_eq!(&sizes[..2], &[32, 512], "slab classes, ascending");
+    assert!(sizes[2] >= 50_000 && sizes.len() == 3, "{sizes:?}");
     let text = summary.to_string();
-    assert!(text.starts_with("stratalloc heap summary\n"), "{text}");
-    assert!(text.contains("      32 B: 2 blocks"), "{text}");
-    assert!(text.contains("large: 1 blocks"), "{text}");
-    assert!(text.contains("leaks: 4 blocks"), "{text}");
+    assert!(text.starts_with("stratalloc heap summary (pid "), "{text}");
+    assert!(text.contains("\n  32 B x 2\n  512 B x 1\n"), "{text}");
+    let leaks = format!("leaks: 4 blocks, {} bytes", 32 * 2 + 512 + sizes[2]);
+    assert!(text.contains(&leaks), "{text}");
     for p in kept {
         // SAFETY: live, freed once.
         unsafe { HEAP.free(p) };
