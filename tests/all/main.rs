@@ -9,6 +9,8 @@ mod check;
 mod chunk;
 mod conformance;
 mod misuse;
+#[cfg(all(feature = "std", target_os = "linux"))]
+mod preload;
 #[cfg(feature = "std")]
 mod regions;
 #[cfg(feature = "std")]
