@@ -18,10 +18,10 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::{Layer, Locked};
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab};
+use crate::{Layer, Locked};
 
 /// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
 /// grow in place and mixed sizes share memory) keeps memory tighter than size classes.
@@ -40,11 +40,6 @@ const EXITED: *mut u8 = ptr::without_provenance_mut(1);
 /// Slots of the thread-pointer cache: where a thread finds its heap without a
 /// thread-local look-up (which costs a call in a shared library).
 const CACHE_SLOTS: usize = 256;
-
-/// Heaps by thread-pointer hash, type-erased; a slot is only a hint: a heap is used only
-/// when its `thread` is the caller's own thread pointer (see [`ThreadHeaps::heap`]).
-static HEAP_CACHE: [AtomicPtr<u8>; CACHE_SLOTS] =
-    [const { AtomicPtr::new(ptr::null_mut()) }; CACHE_SLOTS];
 
 /// This thread's thread pointer: a word unique to each live thread, read in one
 /// instruction where the platform has a register for it.
@@ -77,7 +72,11 @@ fn thread_pointer() -> usize {
         };
         tp
     }
-    #[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(miri))))]
+    #[cfg(not(all(
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        target_os = "linux",
+        not(miri)
+    )))]
     {
         // The address of a thread-local: unique per live thread, if slower to get.
         CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0)
@@ -86,8 +85,8 @@ fn thread_pointer() -> usize {
 
 /// The cache slot of a thread pointer.
 #[inline(always)]
-fn cache_slot(tp: usize) -> &'static AtomicPtr<u8> {
-    &HEAP_CACHE[((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS]
+const fn cache_slot(tp: usize) -> usize {
+    ((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS
 }
 
 thread_local! {
@@ -214,6 +213,10 @@ pub struct ThreadHeaps<Large: Measured + Send> {
     key: AtomicUsize,
     counting: AtomicBool,
     counters: Counters,
+    /// Heaps by thread-pointer hash, where a thread finds its heap without a thread-local
+    /// look-up (which costs a call in a shared library). A slot is only a hint: a heap is
+    /// used only when its `thread` is the caller's own thread pointer.
+    cache: [AtomicPtr<Heap<Large>>; CACHE_SLOTS],
 }
 
 // SAFETY: the heaps are reached only by their own thread (see the module invariants), the
@@ -248,6 +251,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 peak_blocks: ZERO,
                 live: [ZERO; CLASSES],
             },
+            cache: [const { AtomicPtr::new(ptr::null_mut()) }; CACHE_SLOTS],
         }
     }
 
@@ -294,12 +298,11 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     #[inline(always)]
     fn heap(&self) -> Option<&Heap<Large>> {
         let tp = thread_pointer();
-        let cached = cache_slot(tp).load(Ordering::Relaxed).cast::<Heap<Large>>();
+        let cached = self.cache[cache_slot(tp)].load(Ordering::Relaxed);
         if !cached.is_null() {
-            // SAFETY: slots only ever hold registered heaps, which live forever (of some
-            // `ThreadHeaps`; `home` is checked before the heap is taken as ours).
+            // SAFETY: slots only ever hold heaps of this allocator, which live forever.
             let heap = unsafe { &*cached };
-            if heap.thread.load(Ordering::Relaxed) == tp && heap.home == self {
+            if heap.thread.load(Ordering::Relaxed) == tp {
                 return Some(heap);
             }
         }
@@ -323,7 +326,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             }
             heap
         };
-        cache_slot(tp).store(ptr::from_ref(heap).cast_mut().cast(), Ordering::Relaxed);
+        self.cache[cache_slot(tp)].store(ptr::from_ref(heap).cast_mut(), Ordering::Relaxed);
         Some(heap)
     }
 
@@ -605,14 +608,20 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if let Some(class) = class {
             c.live[class].fetch_add(1, Ordering::Relaxed);
         }
-        let blocks = c.live_blocks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let blocks = c
+            .live_blocks
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         self.count_growth(size, blocks);
     }
 
     /// Adds `size` live bytes (a block handed out or grown in place), raising the peak.
     fn count_growth(&self, size: usize, blocks: usize) {
         let c = &self.counters;
-        let live = c.live_bytes.fetch_add(size, Ordering::Relaxed).wrapping_add(size);
+        let live = c
+            .live_bytes
+            .fetch_add(size, Ordering::Relaxed)
+            .wrapping_add(size);
         if c.peak_bytes.fetch_max(live, Ordering::Relaxed) < live {
             c.peak_blocks.store(blocks, Ordering::Relaxed);
         }
@@ -704,7 +713,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 // usable size; the closure resizes only that block.
                 let grown = unsafe {
                     self.large.with_mut(|large| {
-                        large.grow(NonNull::new_unchecked(ptr), old, new)
+                        large
+                            .grow(NonNull::new_unchecked(ptr), old, new)
                             .then(|| large.usable_size(NonNull::new_unchecked(ptr)))
                     })
                 };

@@ -174,7 +174,11 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     };
 
     /// Spare slabs kept (at least one).
-    const EMPTY_KEEP: usize = if EMPTY_KEEP_BYTES / SLAB > 0 { EMPTY_KEEP_BYTES / SLAB } else { 1 };
+    const EMPTY_KEEP: usize = if EMPTY_KEEP_BYTES / SLAB > 0 {
+        EMPTY_KEEP_BYTES / SLAB
+    } else {
+        1
+    };
 
     /// A layer with no slabs yet, over `inner`.
     pub const fn new(inner: L) -> Self {

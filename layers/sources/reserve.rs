@@ -3,9 +3,9 @@
 //!
 //! Invariants: the range `[base, base + len)` is mapped readable and writable for the life
 //! of the process (reserved with `MAP_NORESERVE`: pages cost memory only once touched);
-//! every granule below `bump` is either part of a live block or on the free stack, never
-//! both; a granule on the free stack holds the stack's link in its first word and nothing
-//! else (its pages were given back to the OS when it was put).
+//! every granule below `bump` is either part of a live block or on one of the two free
+//! stacks (`dirty`: pages kept; `free`: pages given back to the OS), never both; a granule
+//! on a free stack holds the stack's link in its first word.
 
 use core::alloc::Layout;
 use core::fmt;
@@ -42,8 +42,12 @@ struct Range {
     bump: AtomicUsize,
     /// Serialises the reservation and the free stack.
     held: AtomicBool,
-    /// Offset of the first free granule plus one (0: none), under `held`.
+    /// Offset of the first free granule whose pages went back to the OS, plus one (0:
+    /// none), under `held`.
     free: AtomicUsize,
+    /// The same for free granules that kept their pages, and their number.
+    dirty: AtomicUsize,
+    dirty_granules: AtomicUsize,
 }
 
 static RANGE: Range = Range {
@@ -52,7 +56,13 @@ static RANGE: Range = Range {
     bump: AtomicUsize::new(0),
     held: AtomicBool::new(false),
     free: AtomicUsize::new(0),
+    dirty: AtomicUsize::new(0),
+    dirty_granules: AtomicUsize::new(0),
 };
+
+/// Free granules kept with their pages (no `MADV_DONTNEED`, so no page faults when they
+/// are reused), up to this many bytes; beyond it, granules put go back to the OS.
+const DIRTY_LIMIT: usize = 32 << 20;
 
 /// The provenance of the reserved range (its mapping), kept for rebuilding block pointers.
 struct BasePtr(core::cell::UnsafeCell<*mut u8>);
@@ -144,9 +154,9 @@ fn map_range(len: usize) -> Option<*mut u8> {
 ///
 /// The range is reserved on first use with `MAP_NORESERVE` (64 GiB on 64-bit targets,
 /// halved until the OS agrees), so it costs memory only as pages are touched. Blocks are
-/// granule-aligned and zero-filled ([`ZEROED`](Layer::ZEROED)): a put gives the pages back
-/// to the OS (`MADV_DONTNEED`) and pushes the granules on a free stack that later
-/// one-granule requests reuse. A request of more than one granule, or aligned to more than
+/// granule-aligned. A put pushes the granules on a free stack that later one-granule
+/// requests reuse: the first 32 MiB of free granules keep their pages (reusing them costs
+/// no page faults), and beyond that the pages go back to the OS (`MADV_DONTNEED`). A request of more than one granule, or aligned to more than
 /// one, takes fresh granules from the top of the range; when it is put its granules join
 /// the free stack one by one, so the range is best used for granule-sized pieces (as
 /// [`Slab`](crate::layers::Slab) asks for). `get` answers `None` once the range is used up.
@@ -205,23 +215,40 @@ impl Reserve {
         unsafe { NonNull::new_unchecked(base.add(offset)) }
     }
 
-    /// Pops a free granule, if any.
+    /// Pops a free granule, one that kept its pages first; under `held`.
     fn pop_free(base: *mut u8) -> Option<NonNull<u8>> {
         RANGE.lock();
-        let top = RANGE.free.load(Ordering::Relaxed);
-        let block = (top != 0).then(|| {
-            let block = Self::at(base, top - 1);
-            // SAFETY: a granule on the free stack holds the next link in its first word.
-            let next = unsafe { block.as_ptr().cast::<usize>().read() };
-            RANGE.free.store(next, Ordering::Relaxed);
-            // The link is the only byte ever written to a free granule: clear it so the
-            // block is zero-filled as promised.
-            // SAFETY: the granule is ours now.
-            unsafe { block.as_ptr().cast::<usize>().write(0) };
-            block
-        });
+        let mut block = Self::pop_stack(base, &RANGE.dirty);
+        if block.is_some() {
+            RANGE.dirty_granules.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            block = Self::pop_stack(base, &RANGE.free);
+        }
         RANGE.unlock();
         block
+    }
+
+    /// Pops a granule off one of the free stacks (`held` is ours).
+    fn pop_stack(base: *mut u8, stack: &AtomicUsize) -> Option<NonNull<u8>> {
+        let top = stack.load(Ordering::Relaxed);
+        (top != 0).then(|| {
+            let block = Self::at(base, top - 1);
+            // SAFETY: a granule on a free stack holds the next link in its first word.
+            let next = unsafe { block.as_ptr().cast::<usize>().read() };
+            stack.store(next, Ordering::Relaxed);
+            block
+        })
+    }
+
+    /// Pushes `granules` granules from `offset` on a free stack (`held` is ours).
+    fn push_stack(base: *mut u8, stack: &AtomicUsize, offset: usize, granules: usize) {
+        for i in 0..granules {
+            let granule = offset + i * GRANULE;
+            let link = Self::at(base, granule).as_ptr().cast::<usize>();
+            // SAFETY: the granule is ours (part of a block put) and holds at least a word.
+            unsafe { link.write(stack.load(Ordering::Relaxed)) };
+            stack.store(granule + 1, Ordering::Relaxed);
+        }
     }
 
     /// Takes `granules` fresh granules, aligned to `align`, from the top of the range.
@@ -253,13 +280,11 @@ impl Reserve {
 }
 
 // SAFETY: blocks are whole granules of the mapped range, disjoint because the bump only
-// moves up and a granule is on the free stack only while no block holds it; fresh
-// granules are untouched anonymous memory and reused ones were emptied with
-// `MADV_DONTNEED` (private anonymous pages read back as zero) and have their link cleared,
-// so every block is zero-filled; every block starts at a granule (and `align`) boundary.
+// moves up and a granule is on a free stack only while no block holds it; every block
+// starts at a granule (and `align`) boundary. Reused granules keep old bytes, so blocks
+// are not promised zeroed.
 unsafe impl Layer for Reserve {
     const MIN_ALIGN: usize = GRANULE;
-    const ZEROED: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let base = RANGE.base()?;
@@ -279,20 +304,25 @@ unsafe impl Layer for Reserve {
             return;
         };
         let offset = ptr.as_ptr().addr() - base.addr();
+        RANGE.lock();
+        let dirty = RANGE.dirty_granules.load(Ordering::Relaxed);
+        if (dirty + granules) * GRANULE <= DIRTY_LIMIT {
+            Self::push_stack(base, &RANGE.dirty, offset, granules);
+            RANGE
+                .dirty_granules
+                .store(dirty + granules, Ordering::Relaxed);
+            RANGE.unlock();
+            return;
+        }
+        RANGE.unlock();
         // SAFETY: the caller gives back a live block of ours: its pages are ours to drop
         // (a private anonymous map reads back zero afterwards). Failure is harmless: the
-        // pages keep their bytes, and get clears the only word it relies on.
+        // pages keep their bytes, which nothing relies on.
         unsafe {
             libc::madvise(ptr.as_ptr().cast(), granules * GRANULE, libc::MADV_DONTNEED);
         }
         RANGE.lock();
-        for i in 0..granules {
-            let granule = offset + i * GRANULE;
-            let link = Self::at(base, granule).as_ptr().cast::<usize>();
-            // SAFETY: the granule is ours (part of the block put) and holds at least a word.
-            unsafe { link.write(RANGE.free.load(Ordering::Relaxed)) };
-            RANGE.free.store(granule + 1, Ordering::Relaxed);
-        }
+        Self::push_stack(base, &RANGE.free, offset, granules);
         RANGE.unlock();
     }
 

@@ -177,7 +177,12 @@ fn frees_from_other_threads_reach_the_owner() {
 fn the_summary_counts_live_blocks_by_size() {
     static HEAP: General = general();
     HEAP.set_counting(true);
-    let kept = [HEAP.malloc(24), HEAP.malloc(24), HEAP.malloc(500), HEAP.malloc(50_000)];
+    let kept = [
+        HEAP.malloc(24),
+        HEAP.malloc(24),
+        HEAP.malloc(500),
+        HEAP.malloc(50_000),
+    ];
     for _ in 0..10 {
         let p = HEAP.malloc(100);
         // SAFETY: live, freed once.
