@@ -880,7 +880,9 @@ pub trait LiveBlocks {
     fn for_each_live(&self, f: impl FnMut(usize));
 }
 
-impl<L: Layer, const ARENA: usize> LiveBlocks for crate::layers::Coalesce<L, ARENA> {
+impl<L: Layer, const ARENA: usize, const KEEP: usize> LiveBlocks
+    for crate::layers::Coalesce<L, ARENA, KEEP>
+{
     fn for_each_live(&self, f: impl FnMut(usize)) {
         crate::layers::Coalesce::for_each_live(self, f);
     }

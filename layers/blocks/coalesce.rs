@@ -1286,7 +1286,9 @@ mod tests {
 // SAFETY: the header before every block records its size (`usable_size` reads it, and it
 // is never below the size the block was got, grown or shrunk with), and `put_unsized`
 // does what `put` does: `put` itself ignores the layout and reads the header.
-unsafe impl<L: Layer, const ARENA: usize> crate::layer::Measured for Coalesce<L, ARENA> {
+unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> crate::layer::Measured
+    for Coalesce<L, ARENA, KEEP>
+{
     unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: the caller's duty, passed on (the inherent function of the same name).
         unsafe { Coalesce::usable_size(self, ptr) }
