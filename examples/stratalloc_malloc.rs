@@ -113,7 +113,7 @@ fn aligned(align: usize, size: usize) -> *mut u8 {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     let block = aligned(align, size);
@@ -228,7 +228,11 @@ extern "C" fn on_load() {
             Some(after_fork_child),
         );
         let wanted = libc::getenv(c"STRATALLOC_SUMMARY".as_ptr());
-        if !wanted.is_null() && *wanted != 0 && !(*wanted == b'0' as libc::c_char) {
+        // Unset, empty and "0" mean no summary.
+        let wanted = !wanted.is_null()
+            && *wanted != 0
+            && (*wanted != b'0' as libc::c_char || *wanted.add(1) != 0);
+        if wanted {
             HEAP.set_counting(true);
             let copy = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100);
             if copy >= 0 {

@@ -234,6 +234,7 @@ const fn is_small(layout: Layout) -> bool {
 impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// An allocator with no heaps yet, over `large`; usable in a `static`.
     pub const fn new(large: Large) -> Self {
+        #[allow(clippy::declare_interior_mutable_const)] // copied into each field, never shared
         const ZERO: AtomicUsize = AtomicUsize::new(0);
         ThreadHeaps {
             large: Locked::new(large),
@@ -472,8 +473,10 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// Allocates a block for `layout`; null when out of memory.
     #[inline(always)]
     fn allocate(&self, layout: Layout) -> *mut u8 {
-        if is_small(layout) {
-            if let Some(heap) = self.heap() {
+        if is_small(layout)
+            && let Some(heap) = self.heap()
+        {
+            {
                 let class = class_of(layout.size());
                 // SAFETY: this thread's heap; no other reference to its slab is live.
                 let slab = unsafe { Self::slab(heap) };

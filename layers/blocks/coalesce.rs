@@ -1074,6 +1074,23 @@ unsafe impl<L: crate::region::Attributed, const ARENA: usize, const KEEP: usize>
     }
 }
 
+// SAFETY: the header before every block records its size (`usable_size` reads it, and it
+// is never below the size the block was got, grown or shrunk with), and `put_unsized`
+// does what `put` does: `put` itself ignores the layout and reads the header.
+unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> crate::layer::Measured
+    for Coalesce<L, ARENA, KEEP>
+{
+    unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: the caller's duty, passed on (the inherent function of the same name).
+        unsafe { Coalesce::usable_size(self, ptr) }
+    }
+
+    unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: as above.
+        unsafe { Coalesce::put_unsized(self, ptr) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1280,22 +1297,5 @@ mod tests {
             last = bin;
             size += size / 7 + GRAIN;
         }
-    }
-}
-
-// SAFETY: the header before every block records its size (`usable_size` reads it, and it
-// is never below the size the block was got, grown or shrunk with), and `put_unsized`
-// does what `put` does: `put` itself ignores the layout and reads the header.
-unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> crate::layer::Measured
-    for Coalesce<L, ARENA, KEEP>
-{
-    unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
-        // SAFETY: the caller's duty, passed on (the inherent function of the same name).
-        unsafe { Coalesce::usable_size(self, ptr) }
-    }
-
-    unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
-        // SAFETY: as above.
-        unsafe { Coalesce::put_unsized(self, ptr) }
     }
 }

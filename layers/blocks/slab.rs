@@ -23,7 +23,7 @@ use crate::abort::abort_with;
 const HEADER: usize = 64;
 
 /// The largest request the slabs serve; larger ones, and alignments above
-/// [`BLOCK_ALIGN`], go straight to `L`.
+/// [`Slab::BLOCK_ALIGN`], go straight to `L`.
 pub const SLAB_LIMIT: usize = 8192;
 
 /// The alignment every slab block has (sizes are multiples of it).
@@ -101,7 +101,7 @@ pub const fn class_size(class: usize) -> usize {
 #[inline(always)]
 pub const fn class_of(size: usize) -> usize {
     if size <= 128 {
-        if size == 0 { 0 } else { (size + 15) / 16 - 1 }
+        if size == 0 { 0 } else { size.div_ceil(16) - 1 }
     } else {
         let s = size - 1;
         let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
@@ -119,8 +119,8 @@ const fn is_small(layout: Layout) -> bool {
 /// Per-size caches of small blocks in `SLAB`-byte slabs got from `L`; larger requests go
 /// straight to `L`.
 ///
-/// A request of up to [`SLAB_LIMIT`] bytes (aligned to at most [`BLOCK_ALIGN`]) takes the
-/// smallest of [`CLASSES`] size classes that holds it: 16-byte steps up to 128 bytes, then
+/// A request of up to [`Slab::LIMIT`] bytes (aligned to at most [`Slab::BLOCK_ALIGN`]) takes the
+/// smallest of [`Slab::CLASSES`] size classes that holds it: 16-byte steps up to 128 bytes, then
 /// eight classes per doubling, so a block wastes at most a ninth of itself (and at most 15
 /// bytes below 128). Each class keeps a list of slabs with room; a slab's free blocks form
 /// a list threaded through the blocks themselves, and a slab carves its blocks lazily, so
@@ -172,6 +172,13 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         Ok(layout) => layout,
         Err(_) => panic!("SLAB is not a valid alignment"),
     };
+
+    /// The largest request the slabs serve (8 KiB); larger ones go to `L`.
+    pub const LIMIT: usize = SLAB_LIMIT;
+    /// The alignment of every slab block (16); requests aligned to more go to `L`.
+    pub const BLOCK_ALIGN: usize = BLOCK_ALIGN;
+    /// The number of size classes.
+    pub const CLASSES: usize = CLASSES;
 
     /// Spare slabs kept (at least one).
     const EMPTY_KEEP: usize = if EMPTY_KEEP_BYTES / SLAB > 0 {
@@ -263,7 +270,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// `ptr` is a live block that a `Slab` with this `SLAB` served from a slab (a request
-    /// of at most [`SLAB_LIMIT`] bytes aligned to at most [`BLOCK_ALIGN`]).
+    /// of at most [`Slab::LIMIT`] bytes aligned to at most [`Slab::BLOCK_ALIGN`]).
     #[inline(always)]
     pub unsafe fn tag_of(ptr: NonNull<u8>) -> usize {
         // SAFETY: the caller's duty.
@@ -309,7 +316,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         }
     }
 
-    /// Gets a block of size class `class` (below [`CLASSES`]) from the slabs: what `get`
+    /// Gets a block of size class `class` (below [`Slab::CLASSES`]) from the slabs: what `get`
     /// does for a small layout, with its class already known.
     #[inline(always)]
     fn get_small(&mut self, class: usize) -> Option<NonNull<u8>> {
@@ -529,6 +536,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// As for [`tag_of`](Slab::tag_of).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, usize) {
         // SAFETY: the caller's duty.
@@ -544,6 +552,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// As for `put_unsized`, and `slab` is the slab of `ptr`.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn put_in_slab(&mut self, slab: SlabRef, ptr: NonNull<u8>) {
         // SAFETY: the caller's duty.
@@ -567,7 +576,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                 let offset = ptr.as_ptr().addr() - slab.addr();
                 let size = (*slab).size as usize;
                 if offset < HEADER
-                    || (offset - HEADER) % size != 0
+                    || !(offset - HEADER).is_multiple_of(size)
                     || (offset - HEADER) / size >= (*slab).carved as usize
                 {
                     bad_pointer(ptr, "it is not the start of a block of its slab");
@@ -654,6 +663,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
 /// A slab found from a block's address (see [`Slab::slab_and_tag`]).
 #[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub(crate) struct SlabRef(*mut SlabHeader);
 
 /// A put of something that cannot be one of this layer's blocks.
@@ -768,7 +778,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
                         let offset = block.addr().wrapping_sub(slab.addr());
                         if free > header.carved
                             || offset < HEADER
-                            || (offset - HEADER) % header.size as usize != 0
+                            || !(offset - HEADER).is_multiple_of(header.size as usize)
                             || (offset - HEADER) / header.size as usize >= header.carved as usize
                         {
                             fail("a free block outside its slab's carved blocks");

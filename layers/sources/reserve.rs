@@ -289,10 +289,11 @@ unsafe impl Layer for Reserve {
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let base = RANGE.base()?;
         let granules = Self::granules(layout)?;
-        if granules == 1 && layout.align() <= GRANULE {
-            if let Some(block) = Self::pop_free(base) {
-                return Some(block);
-            }
+        if granules == 1
+            && layout.align() <= GRANULE
+            && let Some(block) = Self::pop_free(base)
+        {
+            return Some(block);
         }
         Self::bump(base, granules, layout.align().max(GRANULE))
     }

@@ -105,7 +105,7 @@ fn large_alignments_are_honoured() {
         for size in [1, 100, 10_000] {
             let ptr = HEAP.malloc_aligned(size, align);
             assert!(
-                !ptr.is_null() && ptr.addr() % align == 0,
+                !ptr.is_null() && ptr.addr().is_multiple_of(align),
                 "{size} at {align}"
             );
             fill(ptr, size, 1);
