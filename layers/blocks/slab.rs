@@ -37,9 +37,10 @@ pub const CLASSES: usize = 8 + 6 * 8;
 /// and fault them in again each round.
 const EMPTY_KEEP_BYTES: usize = 256 << 10;
 
-/// Blocks threaded onto a slab's free list at once when it needs more (the rest stay
-/// uncarved, so a fresh slab touches only the pages it uses).
-const CARVE_BATCH: u32 = 32;
+/// Bytes of blocks threaded onto a slab's free list at once when it needs more (a page, and
+/// at least 8 blocks): the rest stay uncarved, so a fresh slab touches only the pages it
+/// uses.
+const CARVE_BYTES: usize = 4096;
 
 /// The check word a header keeps: its own address mixed with a constant, so a pointer that
 /// does not lead to a slab header is caught before its header is trusted.
@@ -382,7 +383,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         }
     }
 
-    /// Threads up to `CARVE_BATCH` uncarved blocks of the slab onto its free list.
+    /// Threads a page's worth (`CARVE_BYTES`) of uncarved blocks of the slab onto its free list.
     ///
     /// # Safety
     ///
@@ -392,7 +393,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         unsafe {
             let size = (*slab).size as usize;
             let first = (*slab).carved;
-            let last = (first + CARVE_BATCH).min((*slab).capacity);
+            let batch = (CARVE_BYTES / size).max(8) as u32;
+            let last = (first + batch).min((*slab).capacity);
             let base = slab.cast::<u8>().add(HEADER);
             let mut next = ptr::null_mut::<FreeBlock>();
             for i in (first..last).rev() {
