@@ -73,9 +73,9 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 /// `stratalloc_malloc` example library):
 ///
 /// 1. [`ThreadHeaps`](crate::ThreadHeaps) gives each thread its own heap for blocks of up to
-///    8 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of
+///    1 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of
 ///    exited threads; everything else goes, under a lock, to
-/// 2. `Coalesce<_, 4 MiB>`, boundary-tagged arenas whose free neighbours merge (the tag
+/// 2. `Coalesce<_, 32 MiB>`, boundary-tagged arenas whose free neighbours merge (the tag
 ///    before each block also tells C's `free` its size); blocks too big for an arena get
 ///    a piece of their own from
 /// 3. `Mmap`.

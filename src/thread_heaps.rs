@@ -175,7 +175,7 @@ impl<T> SpinList<T> {
 /// `#[global_allocator]` and, through [`malloc`](ThreadHeaps::malloc) and
 /// [`free`](ThreadHeaps::free) (which take no layout), as C's `malloc`.
 ///
-/// - **Small blocks** (at most 8 KiB, aligned to at most 16): the calling thread's own
+/// - **Small blocks** (at most 1 KiB, aligned to at most 16): the calling thread's own
 ///   [`Slab`] heap, over [`Reserve`] granules, with no lock and no atomic operation on the
 ///   way. A heap is made (or adopted) at a thread's first small allocation.
 /// - **Frees from other threads**: a block's slab records the heap that owns it; a thread
@@ -188,10 +188,10 @@ impl<T> SpinList<T> {
 /// - **Everything else** (large blocks, large alignments, and the allocations of a thread
 ///   whose heap was already handed back at exit) goes to `Large`, under a lock.
 ///
-/// With the [`Router`](crate::Router) a program can have only one global allocator; a
-/// `ThreadHeaps` is meant to be that one. Each thread keeps one heap for the first
-/// `ThreadHeaps` it allocates from; a thread using a second instance is served by that
-/// instance's `Large` layer alone.
+/// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
+/// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first
+/// `ThreadHeaps` it allocates small blocks from; a thread using a second instance is
+/// served by that instance's `Large` layer alone.
 ///
 /// ```
 /// use stratalloc::presets::{General, general};
