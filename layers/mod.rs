@@ -15,4 +15,6 @@ pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;
 #[cfg(feature = "std")]
-pub use sources::{Ground, Mmap, Pipe, Reserve, Sbrk, System};
+pub(crate) use sources::SlabRange;
+#[cfg(feature = "std")]
+pub use sources::{Ground, Mmap, Pipe, Reserve, ReserveRange, Sbrk, SharedRange, System};

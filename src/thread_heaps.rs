@@ -13,14 +13,14 @@
 //!   owner drains.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
-use crate::layers::{Reserve, Slab};
+use crate::layers::{Reserve, Slab, SlabRange};
 use crate::{Layer, Locked};
 
 /// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
@@ -31,7 +31,11 @@ const _: () = assert!(SMALL_LIMIT <= SLAB_LIMIT);
 /// The slabs of the thread heaps: 16 KiB, so that the partly used slabs each class keeps
 /// (the price of size classes) stay small, and at least 15 blocks of the largest class.
 const SLAB_BYTES: usize = 16 << 10;
-type HeapSlab = Slab<Reserve, SLAB_BYTES>;
+type HeapSlab = Slab<SlabSource, SLAB_BYTES>;
+
+/// The thread heaps' own range of address space: only their slabs (and the heaps
+/// themselves) lie in it, whatever `Large` is made of.
+type SlabSource = Reserve<SlabRange>;
 
 /// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
 /// allocations on the thread (other destructors) go to the shared `Large` layer.
@@ -107,7 +111,9 @@ struct Padded<T>(T);
 
 /// One thread's heap.
 struct Heap<Large: Measured + Send> {
-    slab: HeapSlab,
+    /// The heap's slabs: used by its thread alone (or, while it is pooled, under the pool
+    /// lock), while other threads hold `&Heap` to reach `remote` and `thread`.
+    slab: UnsafeCell<HeapSlab>,
     /// The thread pointer of the thread using the heap, 0 while none does. Written only by
     /// that thread (when it takes or hands back the heap) or, after a fork, by the one
     /// thread left; so a thread that reads its own pointer here owns the heap.
@@ -119,9 +125,9 @@ struct Heap<Large: Measured + Send> {
     /// The registry link (every heap, forever).
     all_next: *mut Heap<Large>,
     /// The pool link (abandoned heaps), under the pool lock.
-    pool_next: *mut Heap<Large>,
+    pool_next: Cell<*mut Heap<Large>>,
     /// Whether the heap is in the pool, under the pool lock.
-    abandoned: bool,
+    abandoned: Cell<bool>,
 }
 
 /// Figures kept while counting is on (see [`ThreadHeaps::set_counting`]), for the heap
@@ -154,12 +160,17 @@ impl<T> SpinList<T> {
     }
 
     fn lock(&self) {
+        let mut spins = 0u32;
         while self
             .held
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             while self.held.load(Ordering::Relaxed) {
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(64) {
+                    std::thread::yield_now();
+                }
                 core::hint::spin_loop();
             }
         }
@@ -288,10 +299,27 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         while !heap.is_null() {
             count += 1;
             // SAFETY: pooled heaps are live; their links are read under the pool lock.
-            heap = unsafe { (*heap).pool_next };
+            heap = unsafe { (*heap).pool_next.get() };
         }
         self.pool.unlock();
         count
+    }
+
+    /// Bytes of slabs held by the heaps in the pool (those of exited threads): slabs
+    /// still holding live blocks, and each heap's few spares.
+    pub fn pooled_slab_bytes(&self) -> usize {
+        self.pool.lock();
+        let mut bytes = 0;
+        let mut heap = self.pool.head.get();
+        while !heap.is_null() {
+            // SAFETY: pooled heaps are live and no thread's; the pool lock keeps them so.
+            unsafe {
+                bytes += (*(*heap).slab.get()).slabs() * SLAB_BYTES;
+                heap = (*heap).pool_next.get();
+            }
+        }
+        self.pool.unlock();
+        bytes
     }
 
     /// This thread's heap for this allocator, making or adopting one on first use; `None`
@@ -342,7 +370,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     unsafe fn slab(heap: &Heap<Large>) -> &mut HeapSlab {
         // SAFETY: the heap is this thread's alone (module invariants), and the caller holds
         // no other reference to its slab; the cast goes through the heap's own pointer.
-        unsafe { &mut (*(heap as *const Heap<Large>).cast_mut()).slab }
+        unsafe { &mut *heap.slab.get() }
     }
 
     /// Gives this thread a heap: an abandoned one, or a new one.
@@ -354,9 +382,9 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if !adopted.is_null() {
             // SAFETY: pooled heaps are live; their links change under the pool lock.
             unsafe {
-                self.pool.head.set((*adopted).pool_next);
-                (*adopted).pool_next = ptr::null_mut();
-                (*adopted).abandoned = false;
+                self.pool.head.set((*adopted).pool_next.get());
+                (*adopted).pool_next.set(ptr::null_mut());
+                (*adopted).abandoned.set(false);
             }
         }
         self.pool.unlock();
@@ -378,20 +406,20 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// counted as a block), registered for good.
     fn make_heap(&self) -> Option<*mut Heap<Large>> {
         let layout = Layout::new::<Heap<Large>>();
-        let memory = Reserve::new().get(layout)?;
+        let memory = SlabSource::handle().get(layout)?;
         let heap = memory.as_ptr().cast::<Heap<Large>>();
-        let mut slab = Slab::new(Reserve::new());
+        let mut slab = Slab::new(SlabSource::handle());
         slab.set_tag(heap.expose_provenance());
         // SAFETY: a fresh block that fits a `Heap`.
         unsafe {
             heap.write(Heap {
-                slab,
+                slab: UnsafeCell::new(slab),
                 home: self,
                 remote: Padded(AtomicPtr::new(ptr::null_mut())),
                 thread: AtomicUsize::new(0),
                 all_next: ptr::null_mut(),
-                pool_next: ptr::null_mut(),
-                abandoned: false,
+                pool_next: Cell::new(ptr::null_mut()),
+                abandoned: Cell::new(false),
             });
         }
         let mut head = self.all.load(Ordering::Relaxed);
@@ -444,8 +472,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         self.pool.lock();
         // SAFETY: the heap is live; pool links change under the pool lock.
         unsafe {
-            (*heap).abandoned = true;
-            (*heap).pool_next = self.pool.head.get();
+            (*heap).abandoned.set(true);
+            (*heap).pool_next.set(self.pool.head.get());
         }
         self.pool.head.set(heap);
         self.pool.unlock();
@@ -541,7 +569,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator, not used afterwards.
     #[inline(always)]
     unsafe fn release(&self, ptr: NonNull<u8>) {
-        if Reserve::contains(ptr.as_ptr()) {
+        if SlabSource::contains(ptr.as_ptr()) {
             // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
             // from the reserve), so its slab header is readable and names its owner.
             let (slab, owner) = unsafe { HeapSlab::slab_and_tag(ptr) };
@@ -556,7 +584,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 // SAFETY: the block's heap is this thread's; the caller gives it up.
                 unsafe { Self::slab(heap).put_in_slab(slab, ptr) };
             } else {
-                Self::push_remote(heap, ptr);
+                self.push_remote(heap, ptr);
             }
         } else {
             // SAFETY: not in the reserve, so `Large` served it; the caller gives it up.
@@ -564,8 +592,25 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         }
     }
 
-    /// Pushes a block on another heap's remote stack.
-    fn push_remote(heap: &Heap<Large>, ptr: NonNull<u8>) {
+    /// Gives a block to its heap, which is not this thread's: on its remote stack, or,
+    /// when the heap sits in the pool with no thread to take the stack back, straight into
+    /// its slab under the pool lock (which adoption takes too), so that memory freed into
+    /// the heaps of exited threads is reused and given back, not stranded.
+    fn push_remote(&self, heap: &Heap<Large>, ptr: NonNull<u8>) {
+        if heap.thread.load(Ordering::Relaxed) == 0 {
+            self.pool.lock();
+            if heap.abandoned.get() {
+                // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so; the
+                // block is one of its slab blocks, given up by the caller.
+                unsafe {
+                    Self::drain(heap);
+                    Self::slab(heap).put_unsized(ptr);
+                }
+                self.pool.unlock();
+                return;
+            }
+            self.pool.unlock();
+        }
         let block = ptr.as_ptr().cast::<RemoteBlock>();
         let mut head = heap.remote.0.load(Ordering::Relaxed);
         loop {
@@ -683,7 +728,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         let Some(ptr) = NonNull::new(ptr) else {
             return 0;
         };
-        if Reserve::contains(ptr.as_ptr()) {
+        if SlabSource::contains(ptr.as_ptr()) {
             // SAFETY: a live slab block (see `release`).
             unsafe { HeapSlab::usable_size(ptr) }
         } else {
@@ -706,7 +751,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if size <= usable && size >= usable / 2 {
             return ptr;
         }
-        if size > usable && !Reserve::contains(ptr) {
+        if size > usable && !SlabSource::contains(ptr) {
             // A large block may grow into a free neighbour, as glibc's do.
             if let (Ok(old), Ok(new)) = (
                 Layout::from_size_align(usable, BLOCK_ALIGN),
@@ -759,14 +804,20 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
             peak_blocks: c.peak_blocks.load(Ordering::Relaxed),
             heaps: self.heaps(),
-            reserved_bytes: Reserve::used_bytes(),
+            reserved_bytes: SlabSource::used_bytes(),
             sizes: [(0, 0); SUMMARY_SIZES],
             kinds: 0,
             other_blocks: 0,
             other_bytes: 0,
         };
         for (class, live) in c.live.iter().enumerate() {
-            summary.add(class_size(class), live.load(Ordering::Relaxed));
+            // Frees of blocks handed out before counting began can take a count below
+            // zero (it wraps): such a class counts as empty.
+            let live = live.load(Ordering::Relaxed);
+            summary.add(
+                class_size(class),
+                if live > isize::MAX as usize { 0 } else { live },
+            );
         }
         self.large.lock().for_each_live(|size| summary.add(size, 1));
         summary
@@ -779,7 +830,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     pub fn before_fork(&self) {
         self.pool.lock();
         core::mem::forget(self.large.lock());
-        Reserve::before_fork();
+        SlabSource::before_fork();
     }
 
     /// Releases what [`before_fork`](ThreadHeaps::before_fork) took, in the parent.
@@ -788,34 +839,35 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     ///
     /// Called once after each `before_fork`, on the thread that called it.
     pub unsafe fn after_fork_parent(&self) {
-        Reserve::after_fork();
+        SlabSource::after_fork();
         // SAFETY: `before_fork` took the lock and forgot its guard; it is ours.
         unsafe { self.large.force_unlock() };
         self.pool.unlock();
     }
 
     /// Releases what [`before_fork`](ThreadHeaps::before_fork) took, in the child, and
-    /// hands the heaps of every thread that did not survive the fork to the pool.
+    /// orphans the heaps of every thread that did not survive the fork: one of them may
+    /// have been in the middle of a slab operation, so its heap is never used again in the
+    /// child (frees of its blocks go to its remote stack and stay there; the child only
+    /// loses that memory, never its consistency). Pooled heaps stay adoptable.
     ///
     /// # Safety
     ///
     /// Called once in the child of a `fork` made after `before_fork`, before anything else
     /// allocates there.
     pub unsafe fn after_fork_child(&self) {
-        Reserve::after_fork();
+        SlabSource::after_fork();
         // SAFETY: as in the parent: the copy of the lock is held by this thread.
         unsafe { self.large.force_unlock() };
         let current = CURRENT.try_with(Cell::get).unwrap_or(EXITED);
         let mut heap = self.all.load(Ordering::Acquire);
         while !heap.is_null() {
-            // SAFETY: registered heaps live forever; the pool lock is still ours, and the
-            // threads that used these heaps no longer exist in this process.
+            // SAFETY: registered heaps live forever; the threads that used these heaps no
+            // longer exist in this process. With `thread` 0 and not `abandoned`, a heap is
+            // neither found through the cache nor adopted.
             unsafe {
-                if heap.cast() != current && !(*heap).abandoned {
+                if heap.cast() != current && !(*heap).abandoned.get() {
                     (*heap).thread.store(0, Ordering::Relaxed);
-                    (*heap).abandoned = true;
-                    (*heap).pool_next = self.pool.head.get();
-                    self.pool.head.set(heap);
                 }
                 heap = (*heap).all_next;
             }
@@ -872,7 +924,7 @@ impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadHeaps")
             .field("heaps", &self.heaps())
-            .field("reserved_bytes_used", &Reserve::used_bytes())
+            .field("reserved_bytes_used", &SlabSource::used_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -945,15 +997,15 @@ impl HeapSummary {
         }
         let used = &mut self.sizes[..self.kinds];
         match used.binary_search_by_key(&size, |&(s, _)| s) {
-            Ok(at) => used[at].1 += count,
+            Ok(at) => used[at].1 = used[at].1.saturating_add(count),
             Err(at) if self.kinds < SUMMARY_SIZES => {
                 self.sizes.copy_within(at..self.kinds, at + 1);
                 self.sizes[at] = (size, count);
                 self.kinds += 1;
             }
             Err(_) => {
-                self.other_blocks += count;
-                self.other_bytes += size * count;
+                self.other_blocks = self.other_blocks.saturating_add(count);
+                self.other_bytes = self.other_bytes.saturating_add(size.saturating_mul(count));
             }
         }
     }
@@ -965,12 +1017,19 @@ impl HeapSummary {
 
     /// Blocks still live.
     pub fn live_blocks(&self) -> usize {
-        self.by_size().iter().map(|&(_, n)| n).sum::<usize>() + self.other_blocks
+        let listed = self
+            .by_size()
+            .iter()
+            .fold(0usize, |sum, &(_, n)| sum.saturating_add(n));
+        listed.saturating_add(self.other_blocks)
     }
 
     /// Bytes still live (usable sizes).
     pub fn live_bytes(&self) -> usize {
-        self.by_size().iter().map(|&(s, n)| s * n).sum::<usize>() + self.other_bytes
+        let listed = self.by_size().iter().fold(0usize, |sum, &(s, n)| {
+            sum.saturating_add(s.saturating_mul(n))
+        });
+        listed.saturating_add(self.other_bytes)
     }
 }
 

@@ -11,7 +11,7 @@ mod mmap;
 /// Whole pages from the enclosing region.
 #[cfg(feature = "std")]
 mod pipe;
-/// 64 KiB granules from one reserved range of address space.
+/// 16 KiB granules from one reserved range of address space.
 #[cfg(feature = "std")]
 mod reserve;
 /// The program break, with reuse of freed blocks.
@@ -29,7 +29,9 @@ pub use mmap::Mmap;
 #[cfg(feature = "std")]
 pub use pipe::Pipe;
 #[cfg(feature = "std")]
-pub use reserve::Reserve;
+pub(crate) use reserve::SlabRange;
+#[cfg(feature = "std")]
+pub use reserve::{Reserve, ReserveRange, SharedRange};
 #[cfg(feature = "std")]
 pub use sbrk::Sbrk;
 #[cfg(feature = "std")]

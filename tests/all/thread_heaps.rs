@@ -6,8 +6,13 @@
 
 use std::sync::mpsc;
 
-use stratalloc::layers::Reserve;
+use std::sync::Mutex;
+
 use stratalloc::presets::{General, general};
+
+/// The tests that measure the slab space (shared by every `General` in the process) take
+/// turns, so that one's growth is not the other's.
+static MEASURING: Mutex<()> = Mutex::new(());
 
 /// Allocation sizes that cross every path: slab classes, the 8 KiB limit, large blocks.
 const SIZES: [usize; 12] = [
@@ -121,6 +126,7 @@ fn large_alignments_are_honoured() {
 #[test]
 fn frees_from_other_threads_reach_the_owner() {
     static HEAP: General = general();
+    let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     const THREADS: usize = 4;
     let blocks = if cfg!(miri) { 300 } else { 100_000 };
     let rounds = 3;
@@ -153,7 +159,7 @@ fn frees_from_other_threads_reach_the_owner() {
             thread.join().unwrap();
         }
         if round == 0 {
-            used_after_first = Reserve::used_bytes();
+            used_after_first = HEAP.summary().reserved_bytes;
         }
     }
     // Heaps of exited threads are adopted by the next round's threads: at most one heap
@@ -164,12 +170,71 @@ fn frees_from_other_threads_reach_the_owner() {
         HEAP.heaps(),
         "every thread's heap is back in the pool"
     );
-    // Other tests share the reserve, so allow their growth; without remote frees coming
-    // back, each round would take another ~50 MB.
-    let grown = Reserve::used_bytes() - used_after_first;
+    // Without remote frees coming back, each round would take another ~50 MB.
+    let grown = HEAP.summary().reserved_bytes - used_after_first;
     assert!(
         grown < 40 << 20,
-        "the reserve grew by {grown} bytes after the first round"
+        "the slab space grew by {grown} bytes after the first round"
+    );
+}
+
+/// Threads allocate and exit; another thread frees their blocks afterwards, into heaps
+/// that sit in the pool. Those frees must reach the slabs (and empty them), not pile up
+/// on a remote stack that nobody drains: otherwise every round takes fresh slab space.
+#[test]
+fn frees_into_the_heaps_of_exited_threads_are_reused() {
+    static HEAP: General = general();
+    let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    const THREADS: usize = 8;
+    let blocks = if cfg!(miri) { 100 } else { 20_000 };
+    let mut used_after_first = 0;
+    for round in 0..3 {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    (0..blocks)
+                        .map(|i| {
+                            let ptr = HEAP.malloc(200);
+                            fill(ptr, 200, (i ^ t) as u8);
+                            (ptr.expose_provenance(), (i ^ t) as u8)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            for (addr, byte) in worker.join().unwrap() {
+                let ptr = std::ptr::with_exposed_provenance_mut::<u8>(addr);
+                assert!(
+                    holds(ptr, 200, byte),
+                    "a block of an exited thread was overwritten"
+                );
+                // SAFETY: a live block whose thread has exited, freed once.
+                unsafe { HEAP.free(ptr) };
+            }
+        }
+        assert_eq!(
+            HEAP.pooled_heaps(),
+            HEAP.heaps(),
+            "every heap is back in the pool"
+        );
+        // The frees emptied the pooled heaps' slabs, which went back to the reserve
+        // (beyond a few spares each), instead of waiting for a thread to adopt them.
+        let held = HEAP.pooled_slab_bytes();
+        assert!(
+            held <= HEAP.heaps() * (1 << 20),
+            "pooled heaps still hold {held} bytes"
+        );
+        if round == 0 {
+            used_after_first = HEAP.summary().reserved_bytes;
+        }
+    }
+    // Each round allocates ~33 MB of 200-byte blocks; reusing the emptied slabs, later
+    // rounds need none.
+    let grown = HEAP.summary().reserved_bytes - used_after_first;
+    assert!(
+        grown < 16 << 20,
+        "the slab space grew by {grown} bytes after the first round"
     );
 }
 
