@@ -569,7 +569,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator, not used afterwards.
     #[inline(always)]
     unsafe fn release(&self, ptr: NonNull<u8>) {
-        if SlabSource::contains(ptr.as_ptr()) {
+        if SlabSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
             // from the reserve), so its slab header is readable and names its owner.
             let (slab, owner) = unsafe { HeapSlab::slab_and_tag(ptr) };
@@ -728,7 +728,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         let Some(ptr) = NonNull::new(ptr) else {
             return 0;
         };
-        if SlabSource::contains(ptr.as_ptr()) {
+        if SlabSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: a live slab block (see `release`).
             unsafe { HeapSlab::usable_size(ptr) }
         } else {
@@ -751,7 +751,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if size <= usable && size >= usable / 2 {
             return ptr;
         }
-        if size > usable && !SlabSource::contains(ptr) {
+        if size > usable && !SlabSource::handle().contains(ptr) {
             // A large block may grow into a free neighbour, as glibc's do.
             if let (Ok(old), Ok(new)) = (
                 Layout::from_size_align(usable, BLOCK_ALIGN),
@@ -804,7 +804,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
             peak_blocks: c.peak_blocks.load(Ordering::Relaxed),
             heaps: self.heaps(),
-            reserved_bytes: SlabSource::used_bytes(),
+            reserved_bytes: SlabSource::handle().used_bytes(),
             sizes: [(0, 0); SUMMARY_SIZES],
             kinds: 0,
             other_blocks: 0,
@@ -924,7 +924,7 @@ impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadHeaps")
             .field("heaps", &self.heaps())
-            .field("reserved_bytes_used", &SlabSource::used_bytes())
+            .field("reserved_bytes_used", &SlabSource::handle().used_bytes())
             .finish_non_exhaustive()
     }
 }

@@ -278,8 +278,8 @@ impl ReserveRange for SlabRange {}
 /// let mut reserve = Reserve::new();
 /// let layout = Layout::from_size_align(16384, 16384).unwrap();
 /// let block = reserve.get(layout).unwrap();
-/// assert!(Reserve::contains(block.as_ptr()));
-/// assert!(!Reserve::contains(&layout as *const _ as *mut u8));
+/// assert!(reserve.contains(block.as_ptr()));
+/// assert!(!reserve.contains(&layout as *const _ as *mut u8));
 /// // SAFETY: got above with `layout`, put once.
 /// unsafe { reserve.put(block, layout) };
 /// ```
@@ -317,14 +317,14 @@ impl<R: ReserveRange> Reserve<R> {
 
     /// Whether `ptr` lies in the reserved range: two loads and one compare.
     #[inline(always)]
-    pub fn contains(ptr: *const u8) -> bool {
+    pub fn contains(&self, ptr: *const u8) -> bool {
         let range = Self::range();
         let base = range.base.load(Ordering::Relaxed);
         ptr.addr().wrapping_sub(base) < range.len.load(Ordering::Relaxed)
     }
 
     /// Bytes of the range handed out so far, free granules included.
-    pub fn used_bytes() -> usize {
+    pub fn used_bytes(&self) -> usize {
         Self::range().bump.load(Ordering::Relaxed)
     }
 
@@ -468,7 +468,7 @@ impl<R: ReserveRange> fmt::Debug for Reserve<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reserve")
             .field("reserved", &Self::range().len.load(Ordering::Relaxed))
-            .field("used", &Self::used_bytes())
+            .field("used", &self.used_bytes())
             .finish()
     }
 }
