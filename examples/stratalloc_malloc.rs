@@ -18,7 +18,13 @@
 //!
 //! With `STRATALLOC_SUMMARY` set (to anything but `0`), it prints a heap summary to stderr
 //! at exit, as Hahalloc does: totals, the peak, live blocks by size, and the leaks
-//! (everything still live at exit, the C library's own buffers included).
+//! (everything still live at exit, the C library's own buffers included). It writes to a
+//! copy of stderr made at load time (file descriptor 100 or above), since programs may
+//! close stderr before they exit; a program that closes every descriptor loses it.
+//!
+//! Where glibc versions differ, this follows glibc 2.38: `aligned_alloc` with an alignment
+//! that is not a power of two fails with `EINVAL`; `realloc(p, 0)` frees `p` and returns
+//! null.
 
 #![allow(clippy::missing_safety_doc)] // The C functions' duties are C's.
 

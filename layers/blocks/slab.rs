@@ -590,7 +590,9 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             if (*slab).state == State::Full {
                 self.unlink(slab);
                 self.push_partial_second(slab);
-            } else if (*slab).used == 0 && self.partial[(*slab).class as usize] != slab {
+            }
+            // (A slab of one block goes from full to empty in one put.)
+            if (*slab).used == 0 && self.partial[(*slab).class as usize] != slab {
                 self.retire(slab);
             }
         }
@@ -907,6 +909,25 @@ mod tests {
         );
         heap.deinit();
         assert_eq!(heap.slabs(), 0);
+    }
+
+    /// Small slabs hold one block of the largest class: a put takes such a slab from full
+    /// to empty at once, and it must still be retired.
+    #[test]
+    fn one_block_slabs_are_retired() {
+        let mut memory = alloc::vec![MaybeUninit::<u8>::uninit(); 2 << 22];
+        let mut heap: Slab<Buddy<Buffer<'_>, 14, 22>, 16384> =
+            Slab::new(Buddy::new(Buffer::new(&mut memory)));
+        let layout = Layout::from_size_align(SLAB_LIMIT, 16).unwrap();
+        let blocks: alloc::vec::Vec<_> = (0..40).map(|_| heap.get(layout).unwrap()).collect();
+        assert_eq!(heap.slabs(), 40);
+        for block in blocks {
+            // SAFETY: live blocks of `heap` with this layout, put once.
+            unsafe { heap.put(block, layout) };
+        }
+        heap.check_invariants();
+        let keep = Slab::<Buddy<Buffer<'_>, 14, 22>, 16384>::EMPTY_KEEP;
+        assert!(heap.slabs() <= 1 + keep, "{} slabs left", heap.slabs());
     }
 
     #[test]
