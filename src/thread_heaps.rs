@@ -409,7 +409,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         let memory = SlabSource::handle().get(layout)?;
         let heap = memory.as_ptr().cast::<Heap<Large>>();
         let mut slab = Slab::new(SlabSource::handle());
-        slab.set_tag(heap.expose_provenance());
+        slab.set_tag(heap.cast());
         // SAFETY: a fresh block that fits a `Heap`.
         unsafe {
             heap.write(Heap {
@@ -579,7 +579,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 self.count_put(Some(class_of(size)), size);
             }
             // SAFETY: a tag names a live heap for good (registry invariant).
-            let heap = unsafe { &*ptr::with_exposed_provenance::<Heap<Large>>(owner) };
+            let heap = unsafe { &*owner.cast::<Heap<Large>>() };
             if heap.thread.load(Ordering::Relaxed) == thread_pointer() {
                 // SAFETY: the block's heap is this thread's; the caller gives it up.
                 unsafe { Self::slab(heap).put_in_slab(slab, ptr) };

@@ -79,7 +79,7 @@ struct SlabHeader {
     next: *mut SlabHeader,
     prev: *mut SlabHeader,
     /// The owner tag the layer had when it set up the slab (see [`Slab::set_tag`]).
-    tag: usize,
+    tag: *mut u8,
     /// `address ^ HEADER_CHECK`.
     check: usize,
 }
@@ -154,7 +154,7 @@ pub struct Slab<L: Layer, const SLAB: usize = 65536> {
     empty: *mut SlabHeader,
     empties: usize,
     slabs: usize,
-    tag: usize,
+    tag: *mut u8,
     inner: L,
 }
 
@@ -197,7 +197,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             empty: ptr::null_mut(),
             empties: 0,
             slabs: 0,
-            tag: 0,
+            tag: ptr::null_mut(),
             inner,
         }
     }
@@ -228,12 +228,12 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
     /// Sets the owner tag written into every slab set up from now on (slabs already held
     /// keep theirs until they are given back or reused).
-    pub fn set_tag(&mut self, tag: usize) {
+    pub fn set_tag(&mut self, tag: *mut u8) {
         self.tag = tag;
     }
 
     /// Retags every slab this layer holds, for a new owner of the whole layer.
-    pub fn retag_all(&mut self, tag: usize) {
+    pub fn retag_all(&mut self, tag: *mut u8) {
         self.tag = tag;
         self.for_each_slab(|slab| {
             // SAFETY: every listed slab is live and ours.
@@ -273,7 +273,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// `ptr` is a live block that a `Slab` with this `SLAB` served from a slab (a request
     /// of at most [`Slab::LIMIT`] bytes aligned to at most [`Slab::BLOCK_ALIGN`]).
     #[inline(always)]
-    pub unsafe fn tag_of(ptr: NonNull<u8>) -> usize {
+    pub unsafe fn tag_of(ptr: NonNull<u8>) -> *mut u8 {
         // SAFETY: the caller's duty.
         unsafe { (*Self::checked_slab(ptr)).tag }
     }
@@ -540,7 +540,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// As for [`tag_of`](Slab::tag_of).
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
     #[inline(always)]
-    pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, usize) {
+    pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, *mut u8) {
         // SAFETY: the caller's duty.
         unsafe {
             let slab = Self::checked_slab(ptr);

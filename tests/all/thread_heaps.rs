@@ -14,6 +14,11 @@ use stratalloc::presets::{General, general};
 /// turns, so that one's growth is not the other's.
 static MEASURING: Mutex<()> = Mutex::new(());
 
+/// A block address sent to another thread (raw pointers are not `Send`).
+struct Sent(*mut u8);
+// SAFETY: the tests hand each block to exactly one other thread, which owns it from then on.
+unsafe impl Send for Sent {}
+
 /// Allocation sizes that cross every path: slab classes, the 8 KiB limit, large blocks.
 const SIZES: [usize; 12] = [
     1,
@@ -135,7 +140,7 @@ fn frees_from_other_threads_reach_the_owner() {
         let mut producers = Vec::new();
         let mut consumers = Vec::new();
         for t in 0..THREADS {
-            let (send, receive) = mpsc::sync_channel::<(usize, usize, u8)>(1024);
+            let (send, receive) = mpsc::sync_channel::<(Sent, usize, u8)>(1024);
             producers.push(std::thread::spawn(move || {
                 for i in 0..blocks {
                     let size = 8 + (i * 7 + t * 13) % 600;
@@ -143,12 +148,11 @@ fn frees_from_other_threads_reach_the_owner() {
                     let ptr = HEAP.malloc(size);
                     assert!(!ptr.is_null());
                     fill(ptr, size, byte);
-                    send.send((ptr.expose_provenance(), size, byte)).unwrap();
+                    send.send((Sent(ptr), size, byte)).unwrap();
                 }
             }));
             consumers.push(std::thread::spawn(move || {
-                for (addr, size, byte) in receive {
-                    let ptr = std::ptr::with_exposed_provenance_mut::<u8>(addr);
+                for (Sent(ptr), size, byte) in receive {
                     assert!(holds(ptr, size, byte), "a block was overwritten in flight");
                     // SAFETY: a live block handed over by its producer, freed once.
                     unsafe { HEAP.free(ptr) };
@@ -196,15 +200,14 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
                         .map(|i| {
                             let ptr = HEAP.malloc(200);
                             fill(ptr, 200, (i ^ t) as u8);
-                            (ptr.expose_provenance(), (i ^ t) as u8)
+                            (Sent(ptr), (i ^ t) as u8)
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
         for worker in workers {
-            for (addr, byte) in worker.join().unwrap() {
-                let ptr = std::ptr::with_exposed_provenance_mut::<u8>(addr);
+            for (Sent(ptr), byte) in worker.join().unwrap() {
                 assert!(
                     holds(ptr, 200, byte),
                     "a block of an exited thread was overwritten"
