@@ -75,6 +75,7 @@ pub mod presets;
 pub mod region;
 #[cfg(feature = "std")]
 mod router;
+mod spin;
 #[cfg(feature = "std")]
 mod thread_heaps;
 

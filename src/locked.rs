@@ -7,11 +7,11 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::alloc_ops::{allocate, deallocate, resize};
+use crate::spin::SpinLock;
 use crate::{Gauge, Gauges, Layer};
 
 /// A layer stack behind a lock. `Locked<L>` implements [`GlobalAlloc`], so a stack can be
@@ -50,7 +50,7 @@ use crate::{Gauge, Gauges, Layer};
 /// locked.lock().deinit(); // error: cannot borrow as mutable
 /// ```
 pub struct Locked<L> {
-    held: AtomicBool,
+    held: SpinLock,
     layer: UnsafeCell<L>,
 }
 
@@ -62,7 +62,7 @@ impl<L> Locked<L> {
     /// Wraps a layer stack; usable in a `static`.
     pub const fn new(layer: L) -> Self {
         Locked {
-            held: AtomicBool::new(false),
+            held: SpinLock::new(),
             layer: UnsafeCell::new(layer),
         }
     }
@@ -70,21 +70,7 @@ impl<L> Locked<L> {
     /// Waits for the lock and returns a guard that reads the stack (its gauges, its
     /// `Debug` output) while no one else uses it.
     pub fn lock(&self) -> LockGuard<'_, L> {
-        let mut spins = 0u32;
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            while self.held.load(Ordering::Relaxed) {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(64) {
-                    #[cfg(feature = "std")]
-                    std::thread::yield_now();
-                }
-                core::hint::spin_loop();
-            }
-        }
+        self.held.lock();
         LockGuard {
             locked: self,
             _exclusive: PhantomData,
@@ -115,7 +101,7 @@ impl<L> Locked<L> {
     /// that guard's access afterwards.
     #[cfg(feature = "std")]
     pub(crate) unsafe fn force_unlock(&self) {
-        self.held.store(false, Ordering::Release);
+        self.held.unlock();
     }
 
     /// Exclusive access under the lock, for this module's allocation paths.
@@ -164,7 +150,7 @@ impl<L> Deref for LockGuard<'_, L> {
 
 impl<L> Drop for LockGuard<'_, L> {
     fn drop(&mut self) {
-        self.locked.held.store(false, Ordering::Release);
+        self.locked.held.unlock();
     }
 }
 
@@ -257,7 +243,7 @@ unsafe impl<L: Layer + Send> Allocator for &Locked<L> {
 impl<L> fmt::Debug for Locked<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Locked")
-            .field("held", &self.held.load(Ordering::Relaxed))
+            .field("held", &self.held.is_held())
             .finish_non_exhaustive()
     }
 }

@@ -21,6 +21,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab, SlabRange};
+use crate::spin::SpinLock;
 use crate::{Layer, Locked};
 
 /// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
@@ -145,39 +146,26 @@ struct Counters {
     live: [AtomicUsize; CLASSES],
 }
 
-/// A spin lock guarding a pointer-sized list head.
+/// A list head behind a spin lock.
 struct SpinList<T> {
-    held: AtomicBool,
+    held: SpinLock,
     head: Cell<*mut T>,
 }
 
 impl<T> SpinList<T> {
     const fn new() -> Self {
         SpinList {
-            held: AtomicBool::new(false),
+            held: SpinLock::new(),
             head: Cell::new(ptr::null_mut()),
         }
     }
 
     fn lock(&self) {
-        let mut spins = 0u32;
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            while self.held.load(Ordering::Relaxed) {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(64) {
-                    std::thread::yield_now();
-                }
-                core::hint::spin_loop();
-            }
-        }
+        self.held.lock();
     }
 
     fn unlock(&self) {
-        self.held.store(false, Ordering::Release);
+        self.held.unlock();
     }
 }
 

@@ -14,9 +14,10 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Layer;
+use crate::spin::SpinLock;
 
 /// The unit the range is carved in, and the alignment every block has.
 pub const GRANULE: usize = 1 << 14;
@@ -51,7 +52,7 @@ pub struct Range {
     /// The range's start with the mapping's provenance (written before `base` is
     /// published, read after it is seen).
     base_ptr: UnsafeCell<*mut u8>,
-    held: AtomicBool,
+    held: SpinLock,
     /// The rest is under `held`.
     bump: AtomicUsize,
     committed: AtomicUsize,
@@ -73,7 +74,7 @@ impl Range {
             base: AtomicUsize::new(UNRESERVED),
             len: AtomicUsize::new(0),
             base_ptr: UnsafeCell::new(ptr::null_mut()),
-            held: AtomicBool::new(false),
+            held: SpinLock::new(),
             bump: AtomicUsize::new(0),
             committed: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
@@ -84,24 +85,11 @@ impl Range {
     }
 
     fn lock(&self) {
-        let mut spins = 0u32;
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            while self.held.load(Ordering::Relaxed) {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(64) {
-                    std::thread::yield_now();
-                }
-                core::hint::spin_loop();
-            }
-        }
+        self.held.lock();
     }
 
     fn unlock(&self) {
-        self.held.store(false, Ordering::Release);
+        self.held.unlock();
     }
 
     /// The range's start, reserving it on first use; `None` when the OS refused.
