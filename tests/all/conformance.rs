@@ -487,6 +487,8 @@ mod layers {
         conformance!(buddy_over_system, || Buddy::<_, 4, 17>::new(System));
         #[cfg(not(miri))]
         conformance!(reserve, Reserve::new);
+        // Natively only: under Miri the layer runs over a `Buffer` (see above).
+        #[cfg(not(miri))]
         conformance!(size_header_over_system, || SizeHeader::new(System));
         // Natively only: under Miri the slab logic runs over a `Buffer` (see above).
         #[cfg(not(miri))]
@@ -504,8 +506,14 @@ mod layers {
         ));
         #[cfg(not(miri))]
         conformance!(bitset_over_system, || Bitset::<_, 256, 262144>::new(System));
+        // Natively only: under Miri the layer runs over a `Buffer` (see above).
+        #[cfg(not(miri))]
         conformance!(free_list_over_system, || FreeList::<_, 256>::new(System));
+        // Natively only: under Miri the layer runs over a `Buffer` (see above).
+        #[cfg(not(miri))]
         conformance!(size_classes_over_system, || SizeClasses::<_>::new(System));
+        // Natively only: under Miri the layer runs over a `Buffer` (see above).
+        #[cfg(not(miri))]
         conformance!(coalesce_over_system, || Coalesce::<_, 65536>::new(System));
         #[cfg(not(miri))]
         conformance!(coalesce_over_mmap, || Coalesce::<_, { 4 << 20 }>::new(
