@@ -19,21 +19,12 @@ struct Sent(*mut u8);
 // SAFETY: the tests hand each block to exactly one other thread, which owns it from then on.
 unsafe impl Send for Sent {}
 
-/// Allocation sizes that cross every path: slab classes, the 8 KiB limit, large blocks.
-const SIZES: [usize; 12] = [
-    1,
-    8,
-    16,
-    24,
-    100,
-    128,
-    129,
-    1000,
-    8192,
-    8193,
-    100_000,
-    1 << 20,
-];
+/// Allocation sizes that cross every path: slab classes, the 1 KiB limit of the thread
+/// heaps, the coalescing arenas, blocks of their own.
+const SIZES: [usize; 12] = [1, 8, 16, 24, 100, 128, 129, 1000, 1024, 1025, 100_000, BIG];
+
+/// The largest block the tests make: smaller under Miri, where every byte checked costs.
+const BIG: usize = if cfg!(miri) { 70_000 } else { 1 << 20 };
 
 fn fill(ptr: *mut u8, len: usize, byte: u8) {
     // SAFETY: callers pass a live block of at least `len` bytes.
@@ -92,7 +83,7 @@ fn realloc_keeps_contents_across_every_path() {
     let mut ptr = HEAP.malloc(1);
     fill(ptr, 1, 7);
     let mut size = 1;
-    for next in [3, 17, 200, 5000, 9000, 70_000, 2 << 20, 60_000, 700, 20, 1] {
+    for next in [3, 17, 200, 5000, 9000, 70_000, 2 * BIG, 60_000, 700, 20, 1] {
         // SAFETY: a live block; the old pointer is not used after success.
         let grown = unsafe { HEAP.realloc(ptr, next) };
         assert!(!grown.is_null());
