@@ -903,9 +903,16 @@ mod tests {
                 "slabs went back"
             );
         }
+        // Natively the test fills many slabs; under Miri a few, which still take every
+        // transition (8000-byte blocks are 7 to a slab).
         let slab_bytes = 65536 * (sizes.len() + Slab::<Buffer<'_>>::EMPTY_KEEP) as u64;
+        let filled = if cfg!(miri) {
+            65536 * 2
+        } else {
+            3 * slab_bytes
+        };
         assert!(
-            heap.inner().gauge().peak_bytes > 3 * slab_bytes,
+            heap.inner().gauge().peak_bytes > filled,
             "the test filled slabs"
         );
         heap.deinit();
