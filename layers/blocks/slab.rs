@@ -842,6 +842,10 @@ mod tests {
     /// back to partial, empty out, become spares, and beyond the spares go back to the
     /// source; every block keeps its pattern; at the end only spares remain.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "minutes under Miri; slab_over_buffer and one_block_slabs_are_retired cover the logic there"
+    )]
     fn slabs_fill_empty_and_go_back() {
         // A buddy heap of 64 KiB blocks up to 2^TOP bytes: slabs given back are reused.
         // (`Box::new_uninit_slice`, not `vec![uninit; n]`, which Miri fills byte by byte.)
