@@ -120,6 +120,7 @@ fn large_alignments_are_honoured() {
 /// pattern is verified, and the producers' heaps get the blocks back (the reserve stops
 /// growing once the heaps have warmed up).
 #[test]
+#[cfg_attr(miri, ignore = "minutes under Miri: CI's Miri step has no room for it")]
 fn frees_from_other_threads_reach_the_owner() {
     static HEAP: General = general();
     let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,6 +178,7 @@ fn frees_from_other_threads_reach_the_owner() {
 /// that sit in the pool. Those frees must reach the slabs (and empty them), not pile up
 /// on a remote stack that nobody drains: otherwise every round takes fresh slab space.
 #[test]
+#[cfg_attr(miri, ignore = "minutes under Miri: CI's Miri step has no room for it")]
 fn frees_into_the_heaps_of_exited_threads_are_reused() {
     static HEAP: General = general();
     let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
