@@ -232,15 +232,6 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         self.tag = tag;
     }
 
-    /// Retags every slab this layer holds, for a new owner of the whole layer.
-    pub fn retag_all(&mut self, tag: *mut u8) {
-        self.tag = tag;
-        self.for_each_slab(|slab| {
-            // SAFETY: every listed slab is live and ours.
-            unsafe { (*slab).tag = tag }
-        });
-    }
-
     /// The slab a small block lives in.
     #[inline(always)]
     fn slab_of(ptr: NonNull<u8>) -> *mut SlabHeader {
