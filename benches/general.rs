@@ -7,6 +7,10 @@
 //!   one is allocated;
 //! - `cross_thread`: blocks allocated on one thread and freed on another.
 //!
+//! Each allocator is called through `&dyn GlobalAlloc`, an indirect call into its
+//! `GlobalAlloc` methods, as a program's `__rust_alloc` calls the global allocator's: so
+//! none gets its fast path inlined into the benchmark loop while another pays a call.
+//!
 //! Run with `cargo bench --bench general`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -26,7 +30,7 @@ fn layout(i: usize) -> Layout {
     Layout::from_size_align(16 + (i * 37) % 985, 8).unwrap()
 }
 
-fn pair<A: GlobalAlloc>(a: &A) {
+fn pair(a: &dyn GlobalAlloc) {
     let layout = Layout::from_size_align(32, 8).unwrap();
     for _ in 0..STEPS {
         // SAFETY: a non-zero layout; the block is written once and freed once.
@@ -38,7 +42,7 @@ fn pair<A: GlobalAlloc>(a: &A) {
     }
 }
 
-fn churn<A: GlobalAlloc>(a: &A, window: &mut VecDeque<(*mut u8, Layout)>, start: usize) {
+fn churn(a: &dyn GlobalAlloc, window: &mut VecDeque<(*mut u8, Layout)>, start: usize) {
     for i in start..start + STEPS {
         if window.len() == LIVE {
             let (p, layout) = window.pop_front().unwrap();
@@ -54,7 +58,7 @@ fn churn<A: GlobalAlloc>(a: &A, window: &mut VecDeque<(*mut u8, Layout)>, start:
     }
 }
 
-fn measure_churn<A: GlobalAlloc>(b: &mut criterion::Bencher<'_>, a: &A) {
+fn measure_churn(b: &mut criterion::Bencher<'_>, a: &dyn GlobalAlloc) {
     let mut window = VecDeque::with_capacity(LIVE);
     let mut start = 0;
     b.iter(|| {
@@ -69,7 +73,7 @@ fn measure_churn<A: GlobalAlloc>(b: &mut criterion::Bencher<'_>, a: &A) {
 
 /// Allocates `STEPS` blocks here and frees them on a helper thread, which hands the
 /// addresses back when done.
-fn cross_thread<A: GlobalAlloc + Sync>(a: &'static A) {
+fn cross_thread(a: &'static (dyn GlobalAlloc + Sync)) {
     let layout = Layout::from_size_align(64, 8).unwrap();
     let blocks: Vec<usize> = (0..STEPS)
         // SAFETY: a non-zero layout.

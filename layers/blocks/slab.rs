@@ -97,10 +97,8 @@ pub const fn class_size(class: usize) -> usize {
     }
 }
 
-/// The smallest class whose blocks hold `size` bytes (`size <= SLAB_LIMIT`); a zero size
-/// takes the first class.
-#[inline(always)]
-pub const fn class_of(size: usize) -> usize {
+/// The smallest class whose blocks hold `size` bytes, computed (see [`class_of`]).
+const fn class_of_size(size: usize) -> usize {
     if size <= 128 {
         if size == 0 { 0 } else { size.div_ceil(16) - 1 }
     } else {
@@ -108,6 +106,32 @@ pub const fn class_of(size: usize) -> usize {
         let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
         let shift = top - 3;
         8 + (top as usize - 7) * 8 + ((s >> shift) & 7)
+    }
+}
+
+/// The class of each request size rounded up to 16 bytes: every class size is a multiple
+/// of 16, so a 16-byte step never straddles two classes, and one load replaces the
+/// arithmetic on the allocation fast path.
+static CLASS_BY_STEP: [u8; SLAB_LIMIT / 16 + 1] = {
+    let mut table = [0; SLAB_LIMIT / 16 + 1];
+    let mut step = 0;
+    while step < table.len() {
+        table[step] = class_of_size(step * 16) as u8;
+        step += 1;
+    }
+    table
+};
+const _: () = assert!(CLASSES <= u8::MAX as usize);
+
+/// The smallest class whose blocks hold `size` bytes (`size <= SLAB_LIMIT`); a zero size
+/// takes the first class.
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    // Callers check the limit first, so the index is in bounds (and its check folds away);
+    // a larger size would take the last class rather than panic.
+    match CLASS_BY_STEP.get(size.div_ceil(16)) {
+        Some(&class) => class as usize,
+        None => CLASSES - 1,
     }
 }
 
@@ -323,7 +347,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// [`get_small_slow`](Slab::get_small_slow)).
     #[inline(always)]
     pub(crate) fn pop_free(&mut self, class: usize) -> Option<NonNull<u8>> {
-        let slab = self.partial[class];
+        // (`get`, not indexing: no panic path on the allocation fast path.)
+        let slab = *self.partial.get(class)?;
         if slab.is_null() {
             return None;
         }

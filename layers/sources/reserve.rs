@@ -4,9 +4,10 @@
 //! Invariants (per range, all under its lock but `base` and `len`, which are set once):
 //! - `[base, base + len)` is reserved with no access; `[base, base + committed)` is
 //!   readable and writable (`committed` only grows, in `COMMIT_STEP`s);
-//! - every granule below `bump` is part of a live block, on one of the two free stacks
-//!   (`dirty`: pages kept, linked through their first word; `clean`: pages given back to
-//!   the OS, listed in the side array `clean_list` so that nothing touches them), or was
+//! - every granule below `bump` is part of a live block, on one of the free stacks
+//!   (`young` and `aged`: pages kept, linked through their first word; `clean`: pages given
+//!   back to the OS, listed in the side array `clean_list` so that nothing touches them),
+//!   being given back by one thread (off every stack, between `aged` and `clean`), or was
 //!   skipped to align a block; never two of these.
 
 use core::alloc::Layout;
@@ -14,7 +15,7 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::Layer;
 use crate::spin::SpinLock;
@@ -36,9 +37,19 @@ const SMALLEST_RESERVE: usize = 1 << 24;
 /// The range is made readable and writable this much at a time, as blocks reach it.
 const COMMIT_STEP: usize = 4 << 20;
 
-/// Free granules kept with their pages (no `MADV_DONTNEED`, so no page faults when they
-/// are reused), up to this many bytes; beyond it, granules put go back to the OS.
-const DIRTY_LIMIT: usize = 32 << 20;
+/// Free granules keep their pages (no `MADV_DONTNEED`, so no page faults when they are
+/// reused) for a while: a put pushes them on the `young` stack, and every `DECAY_MS` (at
+/// the next get or put, for there is no thread of our own) the `aged` granules go back to
+/// the OS and the young ones become aged. So a granule left unused for two ticks is given
+/// back, while a program that frees and soon allocates again (in phases, rounds, requests)
+/// reuses its pages. The memory of a heap that shrank for good is not held for no one:
+/// slab memory cannot serve the other layers a program's blocks may move to (say, as its
+/// strings grow past the slab sizes), so pages kept here would add to theirs.
+const DECAY_MS: u64 = 50;
+
+/// At most this many bytes of free granules keep their pages, whatever their age; beyond
+/// it, granules put go back to the OS at once.
+const DIRTY_MAX: usize = 32 << 20;
 
 /// `base` while no reservation was tried yet, and after one failed.
 const UNRESERVED: usize = 0;
@@ -56,9 +67,15 @@ pub struct Range {
     /// The rest is under `held`.
     bump: AtomicUsize,
     committed: AtomicUsize,
-    /// Offset of the first dirty granule plus one (0: none), and the number of them.
-    dirty: AtomicUsize,
-    dirty_granules: AtomicUsize,
+    /// Free granules with their pages, put since the last tick: the offset of the first
+    /// plus one (0: none), and the number of them.
+    young: AtomicUsize,
+    young_granules: AtomicUsize,
+    /// Free granules with their pages, put before the last tick (given back at the next).
+    aged: AtomicUsize,
+    aged_granules: AtomicUsize,
+    /// The monotonic clock at the last tick, in milliseconds.
+    tick: AtomicU64,
     /// The side array of clean granules (indices), its length, in its own map.
     clean_list: UnsafeCell<*mut u32>,
     clean_len: AtomicUsize,
@@ -77,8 +94,11 @@ impl Range {
             held: SpinLock::new(),
             bump: AtomicUsize::new(0),
             committed: AtomicUsize::new(0),
-            dirty: AtomicUsize::new(0),
-            dirty_granules: AtomicUsize::new(0),
+            young: AtomicUsize::new(0),
+            young_granules: AtomicUsize::new(0),
+            aged: AtomicUsize::new(0),
+            aged_granules: AtomicUsize::new(0),
+            tick: AtomicU64::new(0),
             clean_list: UnsafeCell::new(ptr::null_mut()),
             clean_len: AtomicUsize::new(0),
         }
@@ -167,6 +187,27 @@ impl Range {
     }
 }
 
+/// The monotonic clock in milliseconds (coarse: a read of the vDSO's clock, no system
+/// call); 0 if it cannot be read, which only stops the ticks.
+fn now_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let clock = if cfg!(miri) {
+        libc::CLOCK_MONOTONIC
+    } else {
+        libc::CLOCK_MONOTONIC_COARSE
+    };
+    // SAFETY: `clock_gettime` writes the time into the struct we pass.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return 0;
+    }
+    (now.tv_sec as u64)
+        .wrapping_mul(1000)
+        .wrapping_add(now.tv_nsec as u64 / 1_000_000)
+}
+
 /// A quarter of this is the most the range takes of the process's address-space limit.
 fn address_space_limit() -> usize {
     if cfg!(miri) {
@@ -249,9 +290,11 @@ impl ReserveRange for SlabRange {}
 /// opened 4 MiB at a time as blocks reach it, so it costs memory only as pages are touched
 /// and counts against a strict overcommit policy only as it is used. Blocks are
 /// granule-aligned. A put pushes the granules on a free stack that later one-granule
-/// requests reuse: the first 32 MiB of free granules keep their pages (reusing them costs
-/// no page faults); beyond that the pages go back to the OS (`MADV_DONTNEED`) and are not
-/// touched again until reused. A request of more than one granule, or aligned to more than
+/// requests reuse. Free granules keep their pages (reusing them costs no page faults) until
+/// they have been unused for 50-100 ms, or beyond 32 MiB of them; then the pages go back to
+/// the OS (`MADV_DONTNEED`) and are not touched again until reused. (There is no thread of
+/// our own: the clock is read at gets and puts, so a program that stops calling keeps its
+/// last free granules.) A request of more than one granule, or aligned to more than
 /// one, takes fresh granules from the top of the range; when it is put its granules join
 /// the free stacks one by one, so the range is best used for granule-sized pieces (as
 /// [`Slab`](crate::layers::Slab) asks for). `get` answers `None` once the range is used up.
@@ -311,6 +354,32 @@ impl<R: ReserveRange> Reserve<R> {
         ptr.addr().wrapping_sub(base) < range.len.load(Ordering::Relaxed)
     }
 
+    /// Gives the pages of free granules unused for two ticks back to the OS, when a tick
+    /// is due: what gets and puts do anyway, for a layer above to call on its own slow
+    /// paths when granules come and go rarely. Cheap when no tick is due (a read of the
+    /// coarse clock, no lock).
+    pub fn decay(&self) {
+        let range = Self::range();
+        if now_ms().wrapping_sub(range.tick.load(Ordering::Relaxed)) < DECAY_MS {
+            return;
+        }
+        let Some(base) = range.base() else { return };
+        range.lock();
+        let stale = Self::tick(range);
+        range.unlock();
+        Self::give_back(range, base, stale);
+    }
+
+    /// Bytes of free granules that keep their pages (young and aged).
+    pub fn kept_bytes(&self) -> usize {
+        let range = Self::range();
+        range.lock();
+        let kept = range.young_granules.load(Ordering::Relaxed)
+            + range.aged_granules.load(Ordering::Relaxed);
+        range.unlock();
+        kept * GRANULE
+    }
+
     /// Bytes of the range handed out so far, free granules included.
     pub fn used_bytes(&self) -> usize {
         Self::range().bump.load(Ordering::Relaxed)
@@ -334,16 +403,22 @@ impl<R: ReserveRange> Reserve<R> {
         unsafe { NonNull::new_unchecked(base.add(offset)) }
     }
 
-    /// Pops a free granule, one that kept its pages first (`held` is ours).
+    /// Pops a free granule, one that kept its pages first, the most recently put first
+    /// (`held` is ours).
     fn pop_free(range: &Range, base: *mut u8) -> Option<NonNull<u8>> {
-        let top = range.dirty.load(Ordering::Relaxed);
-        if top != 0 {
-            let block = Self::at(base, top - 1);
-            // SAFETY: a dirty granule holds the next link in its first word.
-            let next = unsafe { block.as_ptr().cast::<usize>().read() };
-            range.dirty.store(next, Ordering::Relaxed);
-            range.dirty_granules.fetch_sub(1, Ordering::Relaxed);
-            return Some(block);
+        for (head, count) in [
+            (&range.young, &range.young_granules),
+            (&range.aged, &range.aged_granules),
+        ] {
+            let top = head.load(Ordering::Relaxed);
+            if top != 0 {
+                let block = Self::at(base, top - 1);
+                // SAFETY: a granule on a free stack holds the next link in its first word.
+                let next = unsafe { block.as_ptr().cast::<usize>().read() };
+                head.store(next, Ordering::Relaxed);
+                count.fetch_sub(1, Ordering::Relaxed);
+                return Some(block);
+            }
         }
         let len = range.clean_len.load(Ordering::Relaxed);
         (len != 0).then(|| {
@@ -352,6 +427,73 @@ impl<R: ReserveRange> Reserve<R> {
             let index = unsafe { (*range.clean_list.get()).add(len - 1).read() };
             Self::at(base, index as usize * GRANULE)
         })
+    }
+
+    /// When a tick is due: makes the young granules aged and returns the stack of the
+    /// aged ones (the first offset plus one, 0 for none), taken off, for
+    /// [`give_back`](Reserve::give_back) once `held` is released (`held` is ours).
+    fn tick(range: &Range) -> usize {
+        let now = now_ms();
+        if now.wrapping_sub(range.tick.load(Ordering::Relaxed)) < DECAY_MS {
+            return 0;
+        }
+        range.tick.store(now, Ordering::Relaxed);
+        let stale = range.aged.load(Ordering::Relaxed);
+        range
+            .aged
+            .store(range.young.load(Ordering::Relaxed), Ordering::Relaxed);
+        range.aged_granules.store(
+            range.young_granules.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        range.young.store(0, Ordering::Relaxed);
+        range.young_granules.store(0, Ordering::Relaxed);
+        stale
+    }
+
+    /// Gives the pages of a stack of granules taken off the free stacks back to the OS and
+    /// lists the granules as clean (`held` is not ours).
+    fn give_back(range: &Range, base: *mut u8, mut top: usize) {
+        while top != 0 {
+            let granule = top - 1;
+            let block = Self::at(base, granule);
+            // SAFETY: the granule was on a free stack, so it holds the next link; the stack
+            // was taken off under `held`, so this thread alone owns its granules.
+            top = unsafe { block.as_ptr().cast::<usize>().read() };
+            Self::give_back_block(range, block, 1);
+        }
+    }
+
+    /// Gives the pages of `granules` granules from `block`, owned by this thread and on no
+    /// stack, back to the OS and lists them as clean (`held` is not ours).
+    fn give_back_block(range: &Range, block: NonNull<u8>, granules: usize) {
+        // (Miri has no `madvise`; there the pages simply keep their bytes.)
+        #[cfg(not(miri))]
+        // SAFETY: the granules are ours (the caller's duty): their pages are ours to drop.
+        // Failure is harmless: the pages keep their bytes, which nothing relies on.
+        unsafe {
+            libc::madvise(
+                block.as_ptr().cast(),
+                granules * GRANULE,
+                libc::MADV_DONTNEED,
+            );
+        }
+        let Some(base) = range.base() else { return };
+        let first = (block.as_ptr().addr() - base.addr()) / GRANULE;
+        range.lock();
+        let len = range.clean_len.load(Ordering::Relaxed);
+        for i in 0..granules {
+            // SAFETY: the side array has room for every granule of the range, and a granule
+            // is listed at most once (it was on no stack); indices fit in `u32` (at most
+            // 2^36 / 2^14 granules).
+            unsafe {
+                (*range.clean_list.get())
+                    .add(len + i)
+                    .write((first + i) as u32)
+            };
+        }
+        range.clean_len.store(len + granules, Ordering::Relaxed);
+        range.unlock();
     }
 
     /// Takes `granules` fresh granules, aligned to `align`, from the top of the range
@@ -394,7 +536,9 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         if block.is_none() {
             block = Self::bump(range, base, granules, layout.align().max(GRANULE));
         }
+        let stale = Self::tick(range);
         range.unlock();
+        Self::give_back(range, base, stale);
         block
     }
 
@@ -407,41 +551,26 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         };
         let offset = ptr.as_ptr().addr() - base.addr();
         range.lock();
-        let dirty = range.dirty_granules.load(Ordering::Relaxed);
-        if (dirty + granules) * GRANULE <= DIRTY_LIMIT {
+        let kept = range.young_granules.load(Ordering::Relaxed)
+            + range.aged_granules.load(Ordering::Relaxed);
+        let keep = (kept + granules) * GRANULE <= DIRTY_MAX;
+        if keep {
             for i in 0..granules {
                 let granule = offset + i * GRANULE;
                 let link = Self::at(base, granule).as_ptr().cast::<usize>();
                 // SAFETY: the granule is ours (part of the block put) and holds a word.
-                unsafe { link.write(range.dirty.load(Ordering::Relaxed)) };
-                range.dirty.store(granule + 1, Ordering::Relaxed);
+                unsafe { link.write(range.young.load(Ordering::Relaxed)) };
+                range.young.store(granule + 1, Ordering::Relaxed);
             }
-            range
-                .dirty_granules
-                .store(dirty + granules, Ordering::Relaxed);
-            range.unlock();
-            return;
+            range.young_granules.fetch_add(granules, Ordering::Relaxed);
         }
+        let stale = Self::tick(range);
         range.unlock();
-        // SAFETY: the caller gives back a live block of ours: its pages are ours to drop.
-        // Failure is harmless: the pages keep their bytes, which nothing relies on.
-        unsafe {
-            libc::madvise(ptr.as_ptr().cast(), granules * GRANULE, libc::MADV_DONTNEED);
+        if !keep {
+            // The caller gives back a live block of ours, on no stack.
+            Self::give_back_block(range, ptr, granules);
         }
-        range.lock();
-        let len = range.clean_len.load(Ordering::Relaxed);
-        for i in 0..granules {
-            // SAFETY: the side array has room for every granule of the range, and a granule
-            // is listed at most once (it was part of a live block); indices fit in `u32`
-            // (at most 2^36 / 2^14 granules).
-            unsafe {
-                (*range.clean_list.get())
-                    .add(len + i)
-                    .write((offset / GRANULE + i) as u32)
-            };
-        }
-        range.clean_len.store(len + granules, Ordering::Relaxed);
-        range.unlock();
+        Self::give_back(range, base, stale);
     }
 
     fn init() -> Self {
@@ -458,5 +587,99 @@ impl<R: ReserveRange> fmt::Debug for Reserve<R> {
             .field("reserved", &Self::range().len.load(Ordering::Relaxed))
             .field("used", &self.used_bytes())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range of the tests' own, so that no other test's granules come and go in it.
+    #[derive(Clone, Copy)]
+    struct TestRange;
+    impl sealed::Sealed for TestRange {
+        fn range() -> &'static Range {
+            static RANGE: Range = Range::new();
+            &RANGE
+        }
+    }
+    impl ReserveRange for TestRange {}
+
+    /// Whether the page at `ptr` is in memory (always "yes" under Miri, which has no
+    /// `mincore`).
+    fn resident(ptr: NonNull<u8>) -> bool {
+        if cfg!(miri) {
+            return true;
+        }
+        let mut vec = 0u8;
+        // SAFETY: `ptr` is page-aligned (a granule) and mapped; `mincore` writes one byte
+        // per page of the one-page range.
+        let done = unsafe { libc::mincore(ptr.as_ptr().cast(), 4096, &mut vec) };
+        assert_eq!(done, 0, "mincore");
+        vec & 1 == 1
+    }
+
+    /// Free granules keep their pages through the tick after their put, and give them back
+    /// at the next one: so memory freed and soon reused costs no page faults, and memory
+    /// left unused goes back to the OS. (Planted bug caught: a tick that rotated the
+    /// stacks without giving the aged one back.)
+    #[test]
+    fn unused_granules_go_back_after_two_ticks() {
+        let mut reserve = Reserve::<TestRange>::handle();
+        let layout = Layout::from_size_align(GRANULE, GRANULE).unwrap();
+        let pause = std::time::Duration::from_millis(DECAY_MS + 10);
+        // Reserve the range, then start on a fresh tick, so that the gets and puts below
+        // fall before the next one.
+        let first = reserve.get(layout).unwrap();
+        // SAFETY: got above with `layout`, put once.
+        unsafe { reserve.put(first, layout) };
+        std::thread::sleep(pause);
+        reserve.decay();
+        std::thread::sleep(pause);
+        reserve.decay();
+        assert_eq!(
+            reserve.kept_bytes(),
+            0,
+            "two ticks: the first granule given back"
+        );
+        let blocks: alloc::vec::Vec<NonNull<u8>> = (0..8)
+            .map(|i| {
+                let block = reserve.get(layout).unwrap();
+                // SAFETY: a fresh granule of ours.
+                unsafe { block.as_ptr().write_bytes(i + 1, GRANULE) };
+                block
+            })
+            .collect();
+        for &block in &blocks {
+            // SAFETY: got above with `layout`, put once.
+            unsafe { reserve.put(block, layout) };
+        }
+        assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "just put: all kept");
+        reserve.decay();
+        assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "no tick due yet");
+        std::thread::sleep(pause);
+        reserve.decay();
+        assert_eq!(
+            reserve.kept_bytes(),
+            8 * GRANULE,
+            "one tick: aged, still kept"
+        );
+        assert!(resident(blocks[3]), "an aged granule keeps its pages");
+        std::thread::sleep(pause);
+        reserve.decay();
+        assert_eq!(reserve.kept_bytes(), 0, "two ticks: given back");
+        assert!(!resident(blocks[3]), "a given-back granule has no pages");
+        // Given-back granules are reused (from the clean list) before the range grows.
+        let used = reserve.used_bytes();
+        let again = reserve.get(layout).unwrap();
+        assert!(
+            blocks.contains(&again) || again == first,
+            "a clean granule is reused"
+        );
+        assert_eq!(reserve.used_bytes(), used, "the range did not grow");
+        // SAFETY: a granule of ours, writable again.
+        unsafe { again.as_ptr().write_bytes(0xAA, GRANULE) };
+        // SAFETY: got above with `layout`, put once.
+        unsafe { reserve.put(again, layout) };
     }
 }

@@ -4,10 +4,12 @@
 //! Each test uses its own `static` allocator: the test harness runs every test on a fresh
 //! thread, whose heap belongs to the first `ThreadHeaps` it allocates from.
 
+use std::ptr::NonNull;
 use std::sync::mpsc;
 
 use std::sync::Mutex;
 
+use stratalloc::Layer;
 use stratalloc::presets::{General, general};
 
 /// The tests that measure the slab space (shared by every `General` in the process) take
@@ -97,6 +99,60 @@ fn realloc_keeps_contents_across_every_path() {
     }
     // SAFETY: a live block, freed once.
     unsafe { HEAP.free(ptr) };
+}
+
+/// A block that realloc grows past 256 bytes moves to the coalescing `Large` layer (where
+/// growing strings keep growing in place and their old copies merge back into free space),
+/// while a fresh block of that size stays in a slab; shrunk to less than half, it moves back
+/// to a slab. The counts of the summary follow each move. (Planted bugs caught: grown
+/// blocks left in slabs; a move under the `Large` lock that counted no free.)
+#[test]
+fn blocks_grown_by_realloc_move_to_the_large_layer() {
+    static HEAP: General = general();
+    HEAP.set_counting(true);
+    let in_large = |p: *mut u8| HEAP.large().lock().owns(NonNull::new(p).unwrap());
+    let fresh = HEAP.malloc(300);
+    assert!(!in_large(fresh), "a fresh 300-byte block is a slab block");
+    let mut p = HEAP.malloc(100);
+    fill(p, 100, 3);
+    assert!(!in_large(p));
+    let mut size = 100;
+    let mut blocker = std::ptr::null_mut();
+    for next in [200, 300, 5000, 5100, 20_000, 64, 10] {
+        if next == 5000 {
+            // A large block right after the grown one, so that it cannot grow in place
+            // and moves under the lock.
+            blocker = HEAP.malloc(2000);
+            assert!(in_large(blocker));
+        }
+        // SAFETY: a live block; the old pointer is not used after success.
+        let q = unsafe { HEAP.realloc(p, next) };
+        if next == 5000 {
+            assert_ne!(q, p, "the blocked block moved");
+        }
+        assert!(!q.is_null());
+        assert!(
+            holds(q, size.min(next), 3),
+            "realloc {size} -> {next} lost bytes"
+        );
+        fill(q, next, 3);
+        let large = next > 256;
+        assert_eq!(in_large(q), large, "realloc {size} -> {next}");
+        p = q;
+        size = next;
+    }
+    let summary = HEAP.summary();
+    assert_eq!(summary.live_blocks(), 3, "{summary}");
+    // SAFETY: live blocks, each freed once.
+    unsafe {
+        HEAP.free(p);
+        HEAP.free(fresh);
+        HEAP.free(blocker);
+    }
+    let summary = HEAP.summary();
+    assert_eq!(summary.live_blocks(), 0, "{summary}");
+    assert_eq!(summary.live_bytes(), 0, "{summary}");
+    assert_eq!(summary.allocations - summary.frees, 0, "{summary}");
 }
 
 #[test]
