@@ -38,8 +38,17 @@ SOURCES = ROOT / "benches" / "preload"
 BUILD = ROOT / "target" / "preload-bench"
 LIB_TARGET = ROOT / "target" / "preload"
 OURS = LIB_TARGET / "release" / "examples" / "libstratalloc_malloc.so"
-WORKLOADS = ["small_objects", "producer_consumer", "growing_heap", "realloc_strings",
-             "large_blocks"]
+# The workloads: name -> (the C source in benches/preload/, its arguments). The second
+# realloc workload runs twice as many appends, so that the long strings (one in 16) grow
+# past 1 KiB into tens of KiB: the growth of large blocks, where the first stays small.
+WORKLOADS = {
+    "small_objects": ("small_objects", []),
+    "producer_consumer": ("producer_consumer", []),
+    "growing_heap": ("growing_heap", []),
+    "realloc_strings": ("realloc_strings", []),
+    "realloc_documents": ("realloc_strings", ["6000000"]),
+    "large_blocks": ("large_blocks", []),
+}
 # Debian's packages, and the file each ships (under /usr/lib/<multiarch>/).
 PEERS = [("jemalloc", "libjemalloc2", "libjemalloc.so.2"),
          ("mimalloc", "libmimalloc2.0", "libmimalloc.so.2")]
@@ -72,9 +81,9 @@ def peers():
 
 def build_workloads(names):
     BUILD.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        subprocess.run(["gcc", "-O2", "-pthread", "-Wall", "-o", str(BUILD / name),
-                        str(SOURCES / f"{name}.c")], check=True)
+    for source in sorted({WORKLOADS[name][0] for name in names}):
+        subprocess.run(["gcc", "-O2", "-pthread", "-Wall", "-o", str(BUILD / source),
+                        str(SOURCES / f"{source}.c")], check=True)
 
 
 def build_ours():
@@ -94,7 +103,7 @@ def build_ours():
 # therefore started by a /bin/sh (about 1 MiB) that forks it in the background and exits at
 # once; as a child subreaper this process inherits the orphan and reaps it with os.wait4,
 # whose ru_maxrss is then the workload's own.
-LAUNCH = 'LD_PRELOAD="$1" "$0" >"$2" & echo $!'
+LAUNCH = 'LD_PRELOAD="$1" "$0" $3 >"$2" & echo $!'
 
 
 def become_subreaper():
@@ -103,14 +112,17 @@ def become_subreaper():
         sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
 
 
-def run_once(program, lib):
+def run_once(workload, lib):
     """(wall seconds, cpu seconds, peak RSS in KiB, exit code, stdout) of one run."""
+    source, arguments = WORKLOADS[workload]
+    program = str(BUILD / source)
     env = dict(os.environ)
     env.pop("STRATALLOC_SUMMARY", None)
     env.pop("LD_PRELOAD", None)
-    out_file = f"{program}.out"
+    out_file = str(BUILD / f"{workload}.out")
     start = time.perf_counter()
-    launcher = subprocess.Popen(["/bin/sh", "-c", LAUNCH, program, lib or "", out_file],
+    launcher = subprocess.Popen(["/bin/sh", "-c", LAUNCH, program, lib or "", out_file,
+                                 " ".join(arguments)],
                                 env=env, stdout=subprocess.PIPE)
     pid = int(launcher.stdout.read())
     launcher.wait()
@@ -165,7 +177,7 @@ def main():
     parser.add_argument("--plot", default=str(ROOT / "benches" / "preload.png"))
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
-    workloads = args.only.split(",") if args.only else WORKLOADS
+    workloads = args.only.split(",") if args.only else list(WORKLOADS)
     for name in workloads:
         if name not in WORKLOADS:
             sys.exit(f"unknown workload {name}; the workloads: {', '.join(WORKLOADS)}")
@@ -191,7 +203,7 @@ def main():
             # rotate who goes first, so no allocator always runs after the same one
             turn = allocators[r % len(allocators):] + allocators[:r % len(allocators)]
             for name, lib in turn:
-                wall, cpu, rss, status, out = run_once(str(BUILD / wl), lib)
+                wall, cpu, rss, status, out = run_once(wl, lib)
                 if status != 0:
                     sys.exit(f"{wl} under {name}: exit code {status}")
                 if name == "glibc":

@@ -45,7 +45,9 @@ const COMMIT_STEP: usize = 4 << 20;
 /// reuses its pages. The memory of a heap that shrank for good is not held for no one:
 /// slab memory cannot serve the other layers a program's blocks may move to (say, as its
 /// strings grow past the slab sizes), so pages kept here would add to theirs.
-const DECAY_MS: u64 = 50;
+/// (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks
+/// there themselves.)
+const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 50 };
 
 /// At most this many bytes of free granules keep their pages, whatever their age; beyond
 /// it, granules put go back to the OS at once.
@@ -187,18 +189,17 @@ impl Range {
     }
 }
 
-/// The monotonic clock in milliseconds (coarse: a read of the vDSO's clock, no system
-/// call); 0 if it cannot be read, which only stops the ticks.
+/// The monotonic clock in milliseconds (on Linux the coarse one: a read of the vDSO's
+/// clock, no system call); 0 if it cannot be read, which only stops the ticks.
 fn now_ms() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let clock = if cfg!(miri) {
-        libc::CLOCK_MONOTONIC
-    } else {
-        libc::CLOCK_MONOTONIC_COARSE
-    };
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(miri)))]
+    let clock = libc::CLOCK_MONOTONIC_COARSE;
+    #[cfg(not(all(any(target_os = "linux", target_os = "android"), not(miri))))]
+    let clock = libc::CLOCK_MONOTONIC;
     // SAFETY: `clock_gettime` writes the time into the struct we pass.
     if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
         return 0;
@@ -368,6 +369,18 @@ impl<R: ReserveRange> Reserve<R> {
         let stale = Self::tick(range);
         range.unlock();
         Self::give_back(range, base, stale);
+    }
+
+    /// Makes a tick due now and runs it (for tests, which cannot wait under Miri).
+    #[cfg(test)]
+    fn force_tick(&self) {
+        let range = Self::range();
+        range.lock();
+        range
+            .tick
+            .store(now_ms().wrapping_sub(DECAY_MS), Ordering::Relaxed);
+        range.unlock();
+        self.decay();
     }
 
     /// Bytes of free granules that keep their pages (young and aged).
@@ -605,18 +618,28 @@ mod tests {
     }
     impl ReserveRange for TestRange {}
 
-    /// Whether the page at `ptr` is in memory (always "yes" under Miri, which has no
-    /// `mincore`).
-    fn resident(ptr: NonNull<u8>) -> bool {
+    /// Whether the page at `ptr` is in memory; `None` under Miri, which has no `mincore`.
+    fn resident(ptr: NonNull<u8>) -> Option<bool> {
         if cfg!(miri) {
-            return true;
+            return None;
         }
         let mut vec = 0u8;
         // SAFETY: `ptr` is page-aligned (a granule) and mapped; `mincore` writes one byte
         // per page of the one-page range.
         let done = unsafe { libc::mincore(ptr.as_ptr().cast(), 4096, &mut vec) };
         assert_eq!(done, 0, "mincore");
-        vec & 1 == 1
+        Some(vec & 1 == 1)
+    }
+
+    /// Waits for the next tick and runs it: on the clock natively, forced under Miri
+    /// (where `DECAY_MS` is an hour of a clock that runs with the program's steps).
+    fn next_tick(reserve: &Reserve<TestRange>) {
+        if cfg!(miri) {
+            reserve.force_tick();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(DECAY_MS + 10));
+            reserve.decay();
+        }
     }
 
     /// Free granules keep their pages through the tick after their put, and give them back
@@ -627,16 +650,13 @@ mod tests {
     fn unused_granules_go_back_after_two_ticks() {
         let mut reserve = Reserve::<TestRange>::handle();
         let layout = Layout::from_size_align(GRANULE, GRANULE).unwrap();
-        let pause = std::time::Duration::from_millis(DECAY_MS + 10);
         // Reserve the range, then start on a fresh tick, so that the gets and puts below
         // fall before the next one.
         let first = reserve.get(layout).unwrap();
         // SAFETY: got above with `layout`, put once.
         unsafe { reserve.put(first, layout) };
-        std::thread::sleep(pause);
-        reserve.decay();
-        std::thread::sleep(pause);
-        reserve.decay();
+        next_tick(&reserve);
+        next_tick(&reserve);
         assert_eq!(
             reserve.kept_bytes(),
             0,
@@ -657,18 +677,24 @@ mod tests {
         assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "just put: all kept");
         reserve.decay();
         assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "no tick due yet");
-        std::thread::sleep(pause);
-        reserve.decay();
+        next_tick(&reserve);
         assert_eq!(
             reserve.kept_bytes(),
             8 * GRANULE,
             "one tick: aged, still kept"
         );
-        assert!(resident(blocks[3]), "an aged granule keeps its pages");
-        std::thread::sleep(pause);
-        reserve.decay();
+        assert_ne!(
+            resident(blocks[3]),
+            Some(false),
+            "an aged granule keeps its pages"
+        );
+        next_tick(&reserve);
         assert_eq!(reserve.kept_bytes(), 0, "two ticks: given back");
-        assert!(!resident(blocks[3]), "a given-back granule has no pages");
+        assert_ne!(
+            resident(blocks[3]),
+            Some(true),
+            "a given-back granule has no pages"
+        );
         // Given-back granules are reused (from the clean list) before the range grows.
         let used = reserve.used_bytes();
         let again = reserve.get(layout).unwrap();
