@@ -76,8 +76,9 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 ///    1 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of
 ///    exited threads; everything else goes, under a lock, to
 /// 2. `Coalesce<_, 32 MiB>`, boundary-tagged arenas whose free neighbours merge (the tag
-///    before each block also tells C's `free` its size); blocks too big for an arena get
-///    a piece of their own from
+///    before each block also tells C's `free` its size), which also takes the small
+///    blocks `realloc` grows a little past 256 bytes (strings built by appending, which
+///    grow in place there); blocks too big for an arena get a piece of their own from
 /// 3. `Mmap`.
 ///
 /// Each thread heap is a [`Slab`](crate::layers::Slab) over

@@ -29,15 +29,26 @@ use crate::{Layer, Locked};
 const SMALL_LIMIT: usize = 1024;
 const _: () = assert!(SMALL_LIMIT <= SLAB_LIMIT);
 
-/// A block that `realloc` grows past this many bytes goes to `Large`, even below
-/// `SMALL_LIMIT`. Blocks grown by `realloc` are the ones that pass through size class after
-/// size class (a string built by appending); when many grow together, each class's slabs
-/// fill as the wave passes and stay sparsely used after it, holding memory no other class
-/// can use, where `Large` lets the block grow in place and merges its old copies back into
-/// free space for any size. (`benches/preload.py`'s realloc_strings: peak RSS 1.22x glibc's
-/// with grown blocks in slabs up to 1 KiB; see the README for the figure now.) Fresh blocks
-/// of that size stay in the thread heaps, off the lock.
+/// A block that `realloc` grows a little (to less than 1.5 times what it holds) past this
+/// many bytes goes to `Large`, even below `SMALL_LIMIT`. Such blocks are strings built by
+/// appending, which pass through size class after size class; when many grow together,
+/// each class's slabs fill as the wave passes and stay sparsely used after it, holding
+/// memory no other class can use, where `Large` lets a block grow in place and merges its
+/// old copies back into free space for any size. (`benches/preload.py`'s realloc_strings:
+/// peak RSS 1.22x glibc's with them in slabs up to 1 KiB, 1.07x with this.) Blocks grown
+/// by doubling (a `Vec`'s amortized growth) pass through few classes and stay in the
+/// thread heaps, off the lock, as do fresh blocks of every size up to `SMALL_LIMIT`.
 const GROWN_LIMIT: usize = 256;
+
+/// Whether `realloc` from a slab block holding `usable` bytes to `size` bytes is the
+/// small growth past `GROWN_LIMIT` that moves a block to `Large`.
+const fn grows_into_large(usable: usize, size: usize) -> bool {
+    size > usable && size > GROWN_LIMIT && size < usable + usable / 2
+}
+
+/// A block of `Large` moved by `realloc` is copied outside the lock from this size on, so
+/// that other threads' large blocks do not wait for a long copy.
+const COPY_UNLOCKED: usize = 64 << 10;
 
 /// The slabs of the thread heaps: 16 KiB, so that the partly used slabs each class keeps
 /// (the price of size classes) stay small, and at least 15 blocks of the largest class.
@@ -194,8 +205,9 @@ impl<T> SpinList<T> {
 /// - **Thread exit**: the heap goes to a pool with all its slabs, and the next new thread
 ///   adopts it (along with the frees still arriving for it); heaps are never leaked and
 ///   never freed.
-/// - **Everything else** (large blocks, large alignments, and the allocations of a thread
-///   whose heap was already handed back at exit) goes to `Large`, under a lock.
+/// - **Everything else** (large blocks, large alignments, small blocks that `realloc`
+///   grows a little past 256 bytes, and the allocations of a thread whose heap was already
+///   handed back at exit) goes to `Large`, under a lock.
 ///
 /// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
 /// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first
@@ -499,7 +511,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// Allocates a block for `layout`; null when out of memory.
     ///
     /// The fast path (a small block popped from this thread's heap, counting off) makes no
-    /// call, so it saves no registers; everything else is [`allocate_slow`].
+    /// call where the thread pointer is a register read (x86-64 and aarch64 Linux), so it
+    /// saves no registers; everything else is [`allocate_slow`].
     ///
     /// [`allocate_slow`]: ThreadHeaps::allocate_slow
     #[inline(always)]
@@ -765,13 +778,16 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         }
     }
 
-    /// C's `realloc` for a live block: the block itself when `size` still fits it (and
-    /// does not waste more than half of it), else a new block with the contents moved;
-    /// null when out of memory (the old block then stays live).
+    /// C's `realloc`: the block itself when `size` still fits it (and does not waste more
+    /// than half of it) or when a block of `Large` grows in place into a free neighbour,
+    /// else a new block with the contents moved; null when out of memory (the old block
+    /// then stays live). A null `ptr` is `malloc(size)`. A small block grown a little past
+    /// 256 bytes moves to `Large` (see `GROWN_LIMIT` in the source): strings built by
+    /// appending then keep growing in place there.
     ///
     /// # Safety
     ///
-    /// `ptr` is a live block of this allocator (not null); on success it is not used
+    /// `ptr` is null or a live block of this allocator; on success it is not used
     /// afterwards unless the same pointer came back.
     pub unsafe fn realloc(&self, ptr: *mut u8, size: usize) -> *mut u8 {
         let Some(block) = NonNull::new(ptr) else {
@@ -786,9 +802,9 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if size <= usable && size >= usable / 2 {
             return ptr;
         }
-        // A block growing past `GROWN_LIMIT` moves to `Large`, where it can keep growing in
-        // place and its old copies merge back into free space any size can use.
-        let new = if size > usable && size > GROWN_LIMIT {
+        // A block growing a little past `GROWN_LIMIT` moves to `Large`, where it can keep
+        // growing in place and its old copies merge back into free space any size can use.
+        let new = if grows_into_large(usable, size) {
             match Layout::from_size_align(size, BLOCK_ALIGN) {
                 Ok(layout) => self.allocate_large(layout),
                 Err(_) => ptr::null_mut(),
@@ -802,27 +818,41 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
 
     /// [`realloc`](ThreadHeaps::realloc) of a block of `Large`: kept when it still fits,
     /// grown in place into a free neighbour when it can (as glibc's are), else moved to a
-    /// new block of `Large`, all under one hold of the lock; moved to a new block of any
-    /// kind only when it shrinks to less than half.
+    /// new block of `Large` under the same hold of the lock (a block of `COPY_UNLOCKED`
+    /// bytes or more is copied outside it); moved to a new block of any kind when it
+    /// shrinks to less than half.
     ///
     /// # Safety
     ///
     /// `block` is a live block of `Large`; on success it is not used afterwards unless the
     /// same pointer came back.
     unsafe fn realloc_large(&self, block: NonNull<u8>, size: usize) -> *mut u8 {
+        /// What the locked part decided.
+        enum Resized {
+            /// The block to return: the same, a moved one, or null (out of memory).
+            Done(*mut u8),
+            /// Shrunk to less than half: move it to a fresh block of the right kind.
+            Shrunk,
+            /// A new block of `Large` to copy this many bytes into, outside the lock.
+            CopyUnlocked(NonNull<u8>, usize),
+        }
         let Ok(layout) = Layout::from_size_align(size.max(1), BLOCK_ALIGN) else {
             return ptr::null_mut();
         };
         let counting = self.counting.load(Ordering::Relaxed);
-        // SAFETY: the caller's duty: `block` is a live block of `Large`, which fits its
-        // usable size; the closure resizes, or moves and puts, only that block.
+        // SAFETY: the caller's duty: `block` is a live block of `Large`; the closure
+        // resizes, or moves and puts, only that block.
         let resized = unsafe {
             self.large.with_mut(|large| {
                 let usable = large.usable_size(block);
                 if size <= usable {
-                    // Kept, or (`None`) shrunk to less than half.
-                    return (size >= usable / 2).then_some(block.as_ptr());
+                    return if size >= usable / 2 {
+                        Resized::Done(block.as_ptr())
+                    } else {
+                        Resized::Shrunk
+                    };
                 }
+                // (A live block's usable size fits a layout: at most `isize::MAX`.)
                 let old = Layout::from_size_align_unchecked(usable, BLOCK_ALIGN);
                 if large.grow(block, old, layout) {
                     if counting {
@@ -831,26 +861,35 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                         c.bytes_allocated.fetch_add(now - usable, Ordering::Relaxed);
                         self.count_growth(now - usable, c.live_blocks.load(Ordering::Relaxed));
                     }
-                    return Some(block.as_ptr());
+                    return Resized::Done(block.as_ptr());
                 }
                 let Some(new) = large.get(layout) else {
-                    return Some(ptr::null_mut());
+                    return Resized::Done(ptr::null_mut());
                 };
-                ptr::copy_nonoverlapping(block.as_ptr(), new.as_ptr(), usable);
                 if counting {
                     self.count_get(None, large.usable_size(new));
+                }
+                if usable >= COPY_UNLOCKED {
+                    return Resized::CopyUnlocked(new, usable);
+                }
+                // The new block is fresh (distinct) and holds `size > usable` bytes.
+                ptr::copy_nonoverlapping(block.as_ptr(), new.as_ptr(), usable);
+                if counting {
                     self.count_put(None, usable);
                 }
                 large.put_unsized(block);
-                Some(new.as_ptr())
+                Resized::Done(new.as_ptr())
             })
         };
         match resized {
-            Some(done) => done,
-            // Shrunk to less than half: a fresh block of the right kind (a slab one, when
-            // small enough).
+            Resized::Done(done) => done,
             // SAFETY: the caller's duty; the new block is null or holds `size` bytes.
-            None => unsafe { self.move_block(block.as_ptr(), self.malloc(size), size) },
+            Resized::Shrunk => unsafe { self.move_block(block.as_ptr(), self.malloc(size), size) },
+            // SAFETY: the caller's duty; `new` is a fresh live block of `Large` holding more
+            // than `usable` bytes, and `block` (live, holding `usable`) is freed once.
+            Resized::CopyUnlocked(new, usable) => unsafe {
+                self.move_block(block.as_ptr(), new.as_ptr(), usable)
+            },
         }
     }
 

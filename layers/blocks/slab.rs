@@ -16,7 +16,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use crate::Layer;
-use crate::abort::abort_with;
+use crate::abort::{abort_with, debug_require};
 
 /// The bytes at the start of every slab kept for its header (a cache line, so that blocks
 /// start 64-byte aligned and the header never shares a line with a block).
@@ -127,8 +127,11 @@ const _: () = assert!(CLASSES <= u8::MAX as usize);
 /// takes the first class.
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
-    // Callers check the limit first, so the index is in bounds (and its check folds away);
-    // a larger size would take the last class rather than panic.
+    debug_require!(
+        size <= SLAB_LIMIT,
+        "Slab: class_of({size}) is past the slab limit"
+    );
+    // Callers check the limit first, so the index is in bounds (and its check folds away).
     match CLASS_BY_STEP.get(size.div_ceil(16)) {
         Some(&class) => class as usize,
         None => CLASSES - 1,

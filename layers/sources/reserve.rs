@@ -1,14 +1,17 @@
 //! `Reserve<R>`: 16 KiB granules carved from one range of address space that the process
 //! reserves once, so that "is this block in the range?" is a single compare.
 //!
-//! Invariants (per range, all under its lock but `base` and `len`, which are set once):
+//! Invariants (per range, all under its lock but `base` and `len`, which are set once, and
+//! `tick`, also read without the lock as a hint):
 //! - `[base, base + len)` is reserved with no access; `[base, base + committed)` is
 //!   readable and writable (`committed` only grows, in `COMMIT_STEP`s);
 //! - every granule below `bump` is part of a live block, on one of the free stacks
 //!   (`young` and `aged`: pages kept, linked through their first word; `clean`: pages given
 //!   back to the OS, listed in the side array `clean_list` so that nothing touches them),
-//!   being given back by one thread (off every stack, between `aged` and `clean`), or was
-//!   skipped to align a block; never two of these.
+//!   being given back by one thread (off every stack, on its way from `aged`, or from a
+//!   put when 32 MiB are kept already, to `clean`), or was skipped to align a block; never
+//!   two of these. (A `fork` while a thread is giving granules back leaves those in the
+//!   child on no list: address space lost to the child, never handed out twice.)
 
 use core::alloc::Layout;
 use core::cell::UnsafeCell;
@@ -76,8 +79,11 @@ pub struct Range {
     /// Free granules with their pages, put before the last tick (given back at the next).
     aged: AtomicUsize,
     aged_granules: AtomicUsize,
-    /// The monotonic clock at the last tick, in milliseconds.
+    /// The monotonic clock at the last tick, in milliseconds (read without `held` as a
+    /// hint that a tick may be due, written under it).
     tick: AtomicU64,
+    /// Milliseconds between ticks: `DECAY_MS`, or longer for a test's range.
+    decay_ms: u64,
     /// The side array of clean granules (indices), its length, in its own map.
     clean_list: UnsafeCell<*mut u32>,
     clean_len: AtomicUsize,
@@ -89,6 +95,11 @@ unsafe impl Sync for Range {}
 
 impl Range {
     const fn new() -> Self {
+        Range::with_decay(DECAY_MS)
+    }
+
+    /// A range whose ticks come `decay_ms` apart.
+    const fn with_decay(decay_ms: u64) -> Self {
         Range {
             base: AtomicUsize::new(UNRESERVED),
             len: AtomicUsize::new(0),
@@ -101,6 +112,7 @@ impl Range {
             aged: AtomicUsize::new(0),
             aged_granules: AtomicUsize::new(0),
             tick: AtomicU64::new(0),
+            decay_ms,
             clean_list: UnsafeCell::new(ptr::null_mut()),
             clean_len: AtomicUsize::new(0),
         }
@@ -190,7 +202,7 @@ impl Range {
 }
 
 /// The monotonic clock in milliseconds (on Linux the coarse one: a read of the vDSO's
-/// clock, no system call); 0 if it cannot be read, which only stops the ticks.
+/// clock, no system call); 0 if it cannot be read, which at worst makes one tick early.
 fn now_ms() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -361,7 +373,10 @@ impl<R: ReserveRange> Reserve<R> {
     /// coarse clock, no lock).
     pub fn decay(&self) {
         let range = Self::range();
-        if now_ms().wrapping_sub(range.tick.load(Ordering::Relaxed)) < DECAY_MS {
+        if now_ms().wrapping_sub(range.tick.load(Ordering::Relaxed)) < range.decay_ms
+            || range.base.load(Ordering::Acquire) <= FAILED
+        {
+            // No tick due, or no range reserved yet (and none to reserve for this).
             return;
         }
         let Some(base) = range.base() else { return };
@@ -378,7 +393,7 @@ impl<R: ReserveRange> Reserve<R> {
         range.lock();
         range
             .tick
-            .store(now_ms().wrapping_sub(DECAY_MS), Ordering::Relaxed);
+            .store(now_ms().wrapping_sub(range.decay_ms), Ordering::Relaxed);
         range.unlock();
         self.decay();
     }
@@ -447,7 +462,7 @@ impl<R: ReserveRange> Reserve<R> {
     /// [`give_back`](Reserve::give_back) once `held` is released (`held` is ours).
     fn tick(range: &Range) -> usize {
         let now = now_ms();
-        if now.wrapping_sub(range.tick.load(Ordering::Relaxed)) < DECAY_MS {
+        if now.wrapping_sub(range.tick.load(Ordering::Relaxed)) < range.decay_ms {
             return 0;
         }
         range.tick.store(now, Ordering::Relaxed);
@@ -465,47 +480,75 @@ impl<R: ReserveRange> Reserve<R> {
     }
 
     /// Gives the pages of a stack of granules taken off the free stacks back to the OS and
-    /// lists the granules as clean (`held` is not ours).
+    /// lists the granules as clean (`held` is not ours): a batch of links read at a time
+    /// (before any of their pages go), one `madvise` per run of neighbouring granules, and
+    /// one hold of `held` per batch.
     fn give_back(range: &Range, base: *mut u8, mut top: usize) {
+        const BATCH: usize = 64;
         while top != 0 {
-            let granule = top - 1;
-            let block = Self::at(base, granule);
-            // SAFETY: the granule was on a free stack, so it holds the next link; the stack
-            // was taken off under `held`, so this thread alone owns its granules.
-            top = unsafe { block.as_ptr().cast::<usize>().read() };
-            Self::give_back_block(range, block, 1);
+            let mut batch = [0u32; BATCH];
+            let mut count = 0;
+            while top != 0 && count < BATCH {
+                let offset = top - 1;
+                // SAFETY: the granule was on a free stack, so it holds the next link; the
+                // stack was taken off under `held`, so this thread alone owns its granules.
+                top = unsafe { Self::at(base, offset).as_ptr().cast::<usize>().read() };
+                // (At most 2^36 / 2^14 granules: an index fits in `u32`.)
+                batch[count] = (offset / GRANULE) as u32;
+                count += 1;
+            }
+            let batch = &mut batch[..count];
+            batch.sort_unstable();
+            let mut run = 0;
+            while run < batch.len() {
+                let mut end = run + 1;
+                while end < batch.len() && batch[end] == batch[end - 1] + 1 {
+                    end += 1;
+                }
+                Self::drop_pages(base, batch[run] as usize, end - run);
+                run = end;
+            }
+            Self::list_clean(range, batch.iter().copied());
         }
     }
 
     /// Gives the pages of `granules` granules from `block`, owned by this thread and on no
     /// stack, back to the OS and lists them as clean (`held` is not ours).
-    fn give_back_block(range: &Range, block: NonNull<u8>, granules: usize) {
+    fn give_back_block(range: &Range, base: *mut u8, block: NonNull<u8>, granules: usize) {
+        let first = (block.as_ptr().addr() - base.addr()) / GRANULE;
+        Self::drop_pages(base, first, granules);
+        // (At most 2^36 / 2^14 granules: an index fits in `u32`.)
+        Self::list_clean(range, (first..first + granules).map(|index| index as u32));
+    }
+
+    /// `MADV_DONTNEED` for `granules` granules from index `first`, which this thread owns.
+    fn drop_pages(base: *mut u8, first: usize, granules: usize) {
+        let _ = (base, first, granules);
         // (Miri has no `madvise`; there the pages simply keep their bytes.)
         #[cfg(not(miri))]
-        // SAFETY: the granules are ours (the caller's duty): their pages are ours to drop.
-        // Failure is harmless: the pages keep their bytes, which nothing relies on.
+        // SAFETY: the granules are in the range and ours (the caller's duty): their pages
+        // are ours to drop. Failure is harmless: the pages keep their bytes, which nothing
+        // relies on.
         unsafe {
             libc::madvise(
-                block.as_ptr().cast(),
+                Self::at(base, first * GRANULE).as_ptr().cast(),
                 granules * GRANULE,
                 libc::MADV_DONTNEED,
             );
         }
-        let Some(base) = range.base() else { return };
-        let first = (block.as_ptr().addr() - base.addr()) / GRANULE;
+    }
+
+    /// Appends granule indices to the clean list, under `held` (which is not ours yet).
+    fn list_clean(range: &Range, indices: impl Iterator<Item = u32>) {
         range.lock();
-        let len = range.clean_len.load(Ordering::Relaxed);
-        for i in 0..granules {
+        let mut len = range.clean_len.load(Ordering::Relaxed);
+        for index in indices {
             // SAFETY: the side array has room for every granule of the range, and a granule
-            // is listed at most once (it was on no stack); indices fit in `u32` (at most
-            // 2^36 / 2^14 granules).
-            unsafe {
-                (*range.clean_list.get())
-                    .add(len + i)
-                    .write((first + i) as u32)
-            };
+            // is listed at most once (it was on no stack), under `held`.
+            unsafe { (*range.clean_list.get()).add(len).write(index) };
+            len += 1;
         }
-        range.clean_len.store(len + granules, Ordering::Relaxed);
+        range.clean_len.store(len, Ordering::Relaxed);
         range.unlock();
     }
 
@@ -581,7 +624,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         range.unlock();
         if !keep {
             // The caller gives back a live block of ours, on no stack.
-            Self::give_back_block(range, ptr, granules);
+            Self::give_back_block(range, base, ptr, granules);
         }
         Self::give_back(range, base, stale);
     }
@@ -607,16 +650,34 @@ impl<R: ReserveRange> fmt::Debug for Reserve<R> {
 mod tests {
     use super::*;
 
-    /// A range of the tests' own, so that no other test's granules come and go in it.
+    /// A range of the tests' own, so that no other test's granules come and go in it, whose
+    /// ticks never come by themselves: the test forces each one, so its steps do not hang
+    /// on the clock.
     #[derive(Clone, Copy)]
-    struct TestRange;
-    impl sealed::Sealed for TestRange {
+    struct ForcedTicks;
+    impl sealed::Sealed for ForcedTicks {
+        fn range() -> &'static Range {
+            static RANGE: Range = Range::with_decay(u64::MAX / 2);
+            &RANGE
+        }
+    }
+    impl ReserveRange for ForcedTicks {}
+
+    /// A range of the tests' own with the real ticks.
+    #[derive(Clone, Copy)]
+    struct ClockTicks;
+    impl sealed::Sealed for ClockTicks {
         fn range() -> &'static Range {
             static RANGE: Range = Range::new();
             &RANGE
         }
     }
-    impl ReserveRange for TestRange {}
+    impl ReserveRange for ClockTicks {}
+
+    const ONE: Layout = match Layout::from_size_align(GRANULE, GRANULE) {
+        Ok(layout) => layout,
+        Err(_) => panic!("one granule"),
+    };
 
     /// Whether the page at `ptr` is in memory; `None` under Miri, which has no `mincore`.
     fn resident(ptr: NonNull<u8>) -> Option<bool> {
@@ -631,53 +692,29 @@ mod tests {
         Some(vec & 1 == 1)
     }
 
-    /// Waits for the next tick and runs it: on the clock natively, forced under Miri
-    /// (where `DECAY_MS` is an hour of a clock that runs with the program's steps).
-    fn next_tick(reserve: &Reserve<TestRange>) {
-        if cfg!(miri) {
-            reserve.force_tick();
-        } else {
-            std::thread::sleep(std::time::Duration::from_millis(DECAY_MS + 10));
-            reserve.decay();
-        }
-    }
-
     /// Free granules keep their pages through the tick after their put, and give them back
     /// at the next one: so memory freed and soon reused costs no page faults, and memory
     /// left unused goes back to the OS. (Planted bug caught: a tick that rotated the
     /// stacks without giving the aged one back.)
     #[test]
     fn unused_granules_go_back_after_two_ticks() {
-        let mut reserve = Reserve::<TestRange>::handle();
-        let layout = Layout::from_size_align(GRANULE, GRANULE).unwrap();
-        // Reserve the range, then start on a fresh tick, so that the gets and puts below
-        // fall before the next one.
-        let first = reserve.get(layout).unwrap();
-        // SAFETY: got above with `layout`, put once.
-        unsafe { reserve.put(first, layout) };
-        next_tick(&reserve);
-        next_tick(&reserve);
-        assert_eq!(
-            reserve.kept_bytes(),
-            0,
-            "two ticks: the first granule given back"
-        );
+        let mut reserve = Reserve::<ForcedTicks>::handle();
         let blocks: alloc::vec::Vec<NonNull<u8>> = (0..8)
             .map(|i| {
-                let block = reserve.get(layout).unwrap();
+                let block = reserve.get(ONE).unwrap();
                 // SAFETY: a fresh granule of ours.
                 unsafe { block.as_ptr().write_bytes(i + 1, GRANULE) };
                 block
             })
             .collect();
         for &block in &blocks {
-            // SAFETY: got above with `layout`, put once.
-            unsafe { reserve.put(block, layout) };
+            // SAFETY: got above with `ONE`, put once.
+            unsafe { reserve.put(block, ONE) };
         }
         assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "just put: all kept");
         reserve.decay();
-        assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "no tick due yet");
-        next_tick(&reserve);
+        assert_eq!(reserve.kept_bytes(), 8 * GRANULE, "no tick due");
+        reserve.force_tick();
         assert_eq!(
             reserve.kept_bytes(),
             8 * GRANULE,
@@ -688,24 +725,57 @@ mod tests {
             Some(false),
             "an aged granule keeps its pages"
         );
-        next_tick(&reserve);
-        assert_eq!(reserve.kept_bytes(), 0, "two ticks: given back");
-        assert_ne!(
-            resident(blocks[3]),
-            Some(true),
-            "a given-back granule has no pages"
+        // A granule reused in between is young again: it survives the next tick.
+        let reused = reserve.get(ONE).unwrap();
+        // SAFETY: got above with `ONE`, put once.
+        unsafe { reserve.put(reused, ONE) };
+        reserve.force_tick();
+        assert_eq!(
+            reserve.kept_bytes(),
+            GRANULE,
+            "two ticks: the aged given back"
         );
+        for &block in blocks.iter().filter(|&&block| block != reused) {
+            assert_ne!(
+                resident(block),
+                Some(true),
+                "a given-back granule has no pages"
+            );
+        }
+        reserve.force_tick();
+        assert_eq!(reserve.kept_bytes(), 0, "the reused one too, a tick later");
         // Given-back granules are reused (from the clean list) before the range grows.
         let used = reserve.used_bytes();
-        let again = reserve.get(layout).unwrap();
-        assert!(
-            blocks.contains(&again) || again == first,
-            "a clean granule is reused"
-        );
+        let again = reserve.get(ONE).unwrap();
+        assert!(blocks.contains(&again), "a clean granule is reused");
         assert_eq!(reserve.used_bytes(), used, "the range did not grow");
         // SAFETY: a granule of ours, writable again.
         unsafe { again.as_ptr().write_bytes(0xAA, GRANULE) };
-        // SAFETY: got above with `layout`, put once.
-        unsafe { reserve.put(again, layout) };
+        // SAFETY: got above with `ONE`, put once.
+        unsafe { reserve.put(again, ONE) };
+    }
+
+    /// On the real clock, a granule left unused goes back within a few ticks, with no call
+    /// but `decay`.
+    #[test]
+    #[cfg_attr(miri, ignore = "the ticks are an hour apart under Miri")]
+    fn the_clock_ticks() {
+        let mut reserve = Reserve::<ClockTicks>::handle();
+        let block = reserve.get(ONE).unwrap();
+        // SAFETY: a fresh granule of ours; got above with `ONE`, put once.
+        unsafe {
+            block.as_ptr().write_bytes(1, GRANULE);
+            reserve.put(block, ONE);
+        }
+        let start = std::time::Instant::now();
+        while reserve.kept_bytes() != 0 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no tick gave the granule back in 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            reserve.decay();
+        }
+        assert!(start.elapsed() >= std::time::Duration::from_millis(DECAY_MS));
     }
 }
