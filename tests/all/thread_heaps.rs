@@ -282,7 +282,7 @@ fn strings_grown_by_realloc_on_many_threads_keep_every_byte() {
                         (ptr, sid)
                     };
                     // Mostly a few bytes, now and then a long piece, to pass 64 KiB.
-                    let piece = if seed % 97 == 0 {
+                    let piece = if seed.is_multiple_of(97) {
                         20_000
                     } else {
                         1 + seed as usize % 9
