@@ -18,9 +18,12 @@ use core::ptr::{self, NonNull};
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 
-/// The bytes at the start of every slab kept for its header (a cache line, so that blocks
-/// start 64-byte aligned and the header never shares a line with a block).
-const HEADER: usize = 64;
+/// The bytes at the start of every slab kept for its header: two cache lines, one for the
+/// fields the owner writes as it allocates and frees, one for those other threads read
+/// when they free (never written while the slab is in use), so that frees from other
+/// threads do not pull the owner's line away from it; blocks start 64-byte aligned and
+/// never share a line with the header.
+const HEADER: usize = 128;
 
 /// The largest request the slabs serve; larger ones, and alignments above
 /// [`Slab::BLOCK_ALIGN`], go straight to `L`.
@@ -78,6 +81,14 @@ struct SlabHeader {
     state: State,
     next: *mut SlabHeader,
     prev: *mut SlabHeader,
+    /// What a free from another thread reads, on the second line.
+    fixed: FixedHeader,
+}
+
+/// The part of a slab header set up with the slab and then only read (until the slab goes
+/// back to `L`), on a cache line of its own.
+#[repr(C, align(64))]
+struct FixedHeader {
     /// The owner tag the layer had when it set up the slab (see [`Slab::set_tag`]).
     tag: *mut u8,
     /// `address ^ HEADER_CHECK`.
@@ -275,7 +286,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     unsafe fn checked_slab(ptr: NonNull<u8>) -> *mut SlabHeader {
         let slab = Self::slab_of(ptr);
         // SAFETY: the caller promises a live slab there, which starts with its header.
-        if unsafe { (*slab).check } != slab.addr() ^ HEADER_CHECK {
+        if unsafe { (*slab).fixed.check } != slab.addr() ^ HEADER_CHECK {
             bad_pointer(
                 ptr,
                 "its slab header is not one (not a block of this layer?)",
@@ -293,7 +304,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     #[inline(always)]
     pub unsafe fn tag_of(ptr: NonNull<u8>) -> *mut u8 {
         // SAFETY: the caller's duty.
-        unsafe { (*Self::checked_slab(ptr)).tag }
+        unsafe { (*Self::checked_slab(ptr)).fixed.tag }
     }
 
     /// The bytes a slab block really holds: its class's size.
@@ -457,8 +468,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                 state: State::Partial,
                 next: ptr::null_mut(),
                 prev: ptr::null_mut(),
-                tag: self.tag,
-                check: slab.addr() ^ HEADER_CHECK,
+                fixed: FixedHeader {
+                    tag: self.tag,
+                    check: slab.addr() ^ HEADER_CHECK,
+                },
             });
             Self::carve(slab);
             self.push(slab, State::Partial);
@@ -563,7 +576,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // SAFETY: the caller's duty.
         unsafe {
             let slab = Self::checked_slab(ptr);
-            (SlabRef(slab), (*slab).tag)
+            (SlabRef(slab), (*slab).fixed.tag)
         }
     }
 
@@ -648,7 +661,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // SAFETY: the caller's duty; the slab came from `L` with `SLAB_LAYOUT`. Its check
         // word is cleared first, so a stale pointer into it is caught if the memory stays.
         unsafe {
-            (*slab).check = 0;
+            (*slab).fixed.check = 0;
             self.inner
                 .put(NonNull::new_unchecked(slab.cast()), Self::SLAB_LAYOUT);
         }
@@ -788,7 +801,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
                     if header.class as usize != class || header.size as usize != class_size(class) {
                         fail("a slab on another class's list");
                     }
-                    if header.check != slab.addr() ^ HEADER_CHECK || slab.addr() % SLAB != 0 {
+                    if header.fixed.check != slab.addr() ^ HEADER_CHECK || slab.addr() % SLAB != 0 {
                         fail("header check word or slab alignment");
                     }
                     if header.used > header.carved || header.carved > header.capacity {
