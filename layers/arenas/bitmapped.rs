@@ -1,13 +1,14 @@
 //! `Bitset<L, BLOCK, ARENA>`: fixed-size blocks in arenas taken from `L`, one bit per block
-//! in a [`BitSet`]; larger requests take runs of consecutive blocks, found first-fit with
-//! the help of a summary of the bitmap (the [`RunIndex`] in `bitmapped/run_index.rs`).
+//! in a [`BitSet`]; larger requests take runs of consecutive blocks, found through a
+//! summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`).
 //!
 //! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
 //! it belongs to a live run; each arena's bitmap keeps the `BitSet` invariants (its count
-//! matches its bits); each arena's run index agrees with its bitmap: every bitmap word's
-//! recorded class is the number of lengths `2^c` (`c < 7`) of free runs that start in it,
-//! the per-class trees mark exactly the words of a class above `c`, and `first[c]` is the
-//! lowest such word (the full list is on [`RunIndex`]).
+//! matches its bits); each arena's run index bounds its bitmap from above: every bitmap
+//! word's recorded class is at least the number of lengths `2^c` (`c < 7`) of free runs
+//! that start in it, each entry of a level above is at least the largest of the 64 below
+//! it, and no word below `first[c]` has a recorded class above `c` (the full list is on
+//! [`RunIndex`]). The bitmap is the truth; the index only says where not to look.
 
 mod run_index;
 
@@ -74,14 +75,22 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 }
 
 /// The bitmapped-block allocator: memory is cut into blocks of `BLOCK` bytes, one bit each
-/// (set = in use), and a request takes the first run of `ceil(size / BLOCK)` clear bits
-/// that starts at its alignment, found by word-at-a-time scans of the bitmap.
+/// (set = in use), and a request takes a run of `n = ceil(size / BLOCK)` clear bits that
+/// starts at its alignment.
+///
+/// Which run: for `n <= 64`, the first fit inside the lowest bitmap word where a run of
+/// `n.next_power_of_two()` free blocks starts (any such word has a fit), or, when no word
+/// has one, the first fit of all. Longer runs take the first fit. A summary of the bitmap,
+/// a class per word (the longest free run starting in it, to a power of two) under a
+/// max-tree of fan-out 64, leads the search to those words in a few loads; a put raises the
+/// classes of the words it frees blocks in, and a get leaves them high until a search
+/// finds them so.
 ///
 /// Memory comes from `L` one *arena* at a time: `ARENA` bytes (1 MiB unless given) aligned
-/// to `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits). A
-/// put finds its arena from the address alone (a mask) and clears the run's bits. A new
-/// arena is taken when no arena has a fitting run; arenas stay until
-/// [`deinit`](Layer::deinit), which returns them to `L`.
+/// to `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits) and
+/// its summary (about a byte per 64 blocks). A put finds its arena from the address alone
+/// (a mask) and clears the run's bits. A new arena is taken when no arena has a fitting
+/// run; arenas stay until [`deinit`](Layer::deinit), which returns them to `L`.
 ///
 /// - Every block is aligned to `BLOCK` ([`MIN_ALIGN`](Layer::MIN_ALIGN)); larger
 ///   alignments, up to `ARENA`, are served by starting the run at a multiple of
@@ -462,13 +471,33 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         None
     }
 
-    /// Finds and books the first run of `blocks` free blocks starting at a multiple of
-    /// `stride` in the arena whose metadata is at `meta`; returns the index of its first
-    /// block.
+    /// [`search`](Self::search), out of line: for the second search of a request, which
+    /// runs only when the first finds no word of the class that always fits.
     ///
-    /// For `blocks <= 64`, the run starts in a word of class above `floor(log2 blocks)`:
-    /// the search visits those words only, lowest first, through the run index, and takes
-    /// the first fit in the first word that has one (often the first word visited).
+    /// # Safety
+    ///
+    /// As for [`search`](Self::search).
+    #[cold]
+    #[inline(never)]
+    unsafe fn search_cold(
+        map: RawBits,
+        index: Index<BLOCK, ARENA>,
+        class: usize,
+        blocks: usize,
+        stride: usize,
+    ) -> Option<usize> {
+        // SAFETY: the caller's duties.
+        unsafe { Self::search(map, index, class, blocks, stride) }
+    }
+
+    /// Finds and books a run of `blocks` free blocks starting at a multiple of `stride` in
+    /// the arena whose metadata is at `meta` (the one the type's docs describe); returns
+    /// the index of its first block.
+    ///
+    /// For `blocks <= 64`, the search visits the words of a class above
+    /// `ceil(log2 blocks)` (where a fit is certain but for stale records and alignment),
+    /// lowest first, and takes the first fit in the first that has one; when none has, the
+    /// words of a class above `floor(log2 blocks)` (where any fit must start) the same way.
     ///
     /// # Safety
     ///
@@ -487,7 +516,9 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
             unsafe {
                 match Self::search(map, index, fits, blocks, stride) {
                     Some(at) => at,
-                    None if may_fit < fits => Self::search(map, index, may_fit, blocks, stride)?,
+                    None if may_fit < fits => {
+                        Self::search_cold(map, index, may_fit, blocks, stride)?
+                    }
                     None => return None,
                 }
             }
@@ -742,8 +773,8 @@ mod tests {
     /// first fit in its word, and either the first fit of all or one in a word below which
     /// no run of the next power of two starts; `None` only when nothing fits. Planting a bug
     /// in `Bitset::mark` (not raising the word below, whose run runs on into a freed run)
-    /// made `check_invariants` fail here, and one in `RunIndex::raise` (not lowering
-    /// `first`) made the model disagree.
+    /// made `check_invariants` fail here, and so did one in `RunIndex::raise` (not lowering
+    /// `first`).
     #[test]
     fn first_fit_matches_a_model() {
         type Heap<'a> = Bitset<Buffer<'a>, 16, 8192>;

@@ -417,8 +417,8 @@ mod tests {
     /// Raising and lowering records keeps the levels and `first` right, and `next` finds
     /// what a scan of the records finds (through groups whose records are too high), over
     /// an index of three levels (4097 words). Planting a bug in `raise` (stopping after
-    /// level 1) made `check` fail here, and one in `next_far` (lowering a group's record
-    /// after a scan that did not start at the group's first entry) made `next` miss words.
+    /// level 1) made `next` miss the last word here, and so did one in `next_far`
+    /// (lowering a group's record after a scan that did not start at its first entry).
     #[test]
     fn next_matches_a_scan() {
         const WORDS: usize = 4097;
@@ -433,7 +433,18 @@ mod tests {
         // SAFETY: the index's words, used only through `index`.
         let index = unsafe { Index::new(memory.as_mut_ptr()) };
         index.init();
-        let mut classes = vec![CLASSES; WORDS];
+        // Every word in use, and every group's record found too high and lowered, so that
+        // raises have to climb every level.
+        for w in 0..WORDS {
+            index.lower(w, 0);
+        }
+        for c in 0..CLASSES {
+            // Twice: the first search lowers level 1, the second the top level's last
+            // entry (for the last word, alone in its group of 4096).
+            assert_eq!(index.next(c, 0), WORDS);
+            assert_eq!(index.next(c, 0), WORDS);
+        }
+        let mut classes = vec![0; WORDS];
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = |m: usize| {
             seed ^= seed << 13;
@@ -443,8 +454,13 @@ mod tests {
         };
         let steps = if cfg!(miri) { 30 } else { 20_000 };
         for step in 0..steps {
-            // Mostly empty words, so that whole level-0 words go to zero and back.
-            let w = if next(2) == 0 { next(200) } else { next(WORDS) };
+            // Half the changes among the first 200 words, so that groups fill and empty,
+            // and some on the last word, whose records up to the top were lowered.
+            let w = match next(8) {
+                0..4 => next(200),
+                4 => WORDS - 1,
+                _ => next(WORDS),
+            };
             let k = [0, 0, 0, 1, 3, CLASSES][next(6)];
             if k > classes[w] {
                 index.raise(w, k);
