@@ -760,7 +760,6 @@ impl<L: Layer + fmt::Debug, const BLOCK: usize, const ARENA: usize> fmt::Debug
 mod tests {
     use super::*;
     use crate::layers::Buffer;
-    use core::mem::MaybeUninit;
 
     type Small<'a> = Bitset<Buffer<'a>, 16, 1024>;
 
@@ -780,7 +779,8 @@ mod tests {
         type Heap<'a> = Bitset<Buffer<'a>, 16, 8192>;
         const N: usize = Heap::BLOCKS;
         // Room for one aligned arena only: a request with no fit gets `None`.
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 2 * 8192 + 8 * Heap::META_WORDS];
+        // Uninitialised without a loop (which Miri would take seconds over).
+        let mut memory = alloc::boxed::Box::new_uninit_slice(2 * 8192 + 8 * Heap::META_WORDS);
         let mut heap = Heap::new(Buffer::new(&mut memory));
         let mut used = alloc::vec![false; N];
         let mut live: alloc::vec::Vec<(NonNull<u8>, Layout)> = alloc::vec::Vec::new();
@@ -803,20 +803,31 @@ mod tests {
                 let got = heap.get(l);
                 let base = *base.get_or_insert_with(|| got.map(|p| p.as_ptr().addr()));
                 let at = got.map(|p| (p.as_ptr().addr() - base.unwrap()) / 16);
-                let what = alloc::format!("{blocks} blocks at a stride of {stride}: {at:?}");
                 match (at, first_fit) {
                     (None, None) => {}
                     (Some(at), Some(first_fit)) if at != first_fit => {
-                        assert!(blocks <= 64, "{what}: longer runs take the first fit");
-                        assert!(at.is_multiple_of(stride) && free(at, blocks), "{what}");
+                        assert!(
+                            blocks <= 64,
+                            "{blocks} at {stride}: {at}, long runs take the first fit"
+                        );
+                        assert!(
+                            at.is_multiple_of(stride) && free(at, blocks),
+                            "{blocks} at {stride}: {at}"
+                        );
                         let word = at / 64 * 64;
                         let earlier = (word..at).step_by(stride).find(|&s| free(s, blocks));
-                        assert_eq!(earlier, None, "{what}: not the first fit in its word");
+                        assert_eq!(
+                            earlier, None,
+                            "{blocks} at {stride}: {at}, not the first fit in its word"
+                        );
                         let long = blocks.next_power_of_two();
                         let below = (0..word).step_by(stride).find(|&s| free(s, long));
-                        assert_eq!(below, None, "{what}: a run of {long} starts below");
+                        assert_eq!(
+                            below, None,
+                            "{blocks} at {stride}: {at}, a run of {long} starts below"
+                        );
                     }
-                    _ => assert_eq!(at, first_fit, "{what}"),
+                    _ => assert_eq!(at, first_fit, "{blocks} blocks at a stride of {stride}"),
                 }
                 if let (Some(p), Some(at)) = (got, at) {
                     used[at..at + blocks].fill(true);
@@ -836,7 +847,7 @@ mod tests {
 
     #[test]
     fn runs_first_fit_and_alignment() {
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 8192];
+        let mut memory = alloc::boxed::Box::new_uninit_slice(8192);
         let mut heap = Small::new(Buffer::new(&mut memory));
         let a = heap.get(layout(16, 1)).unwrap();
         let b = heap.get(layout(40, 1)).unwrap(); // three blocks
