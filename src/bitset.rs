@@ -567,13 +567,6 @@ impl RawBits {
         unsafe { self.at.as_ptr().add(HEADER_WORDS + w) }
     }
 
-    /// The number of bits set (the header's count).
-    #[inline(always)]
-    pub(crate) fn len(self) -> usize {
-        // SAFETY: `new`'s duties make the header readable.
-        unsafe { self.count_word().read() as usize }
-    }
-
     /// Adds `added` and takes `removed` from the count.
     #[inline(always)]
     fn add_count(self, added: u64, removed: u64) {
@@ -627,29 +620,26 @@ impl RawBits {
         self.add_count(0, u64::from(old & mask != 0));
     }
 
-    /// Sets (`value`) or resets the `count` bits from `start`, as
-    /// [`BitSet::set_range`] and [`BitSet::reset_range`] do.
+    /// Sets (`value`) or resets the `count` bits from `start`, all of which are `!value`, as
+    /// [`BitSet::set_range`] and [`BitSet::reset_range`] do, keeping the count without
+    /// counting the bits that change (all do).
     ///
     /// # Safety
     ///
-    /// `start + count` is at most the set's number of bits.
+    /// `start + count` is at most the set's number of bits, and every bit in the range is
+    /// `!value`.
     #[inline(always)]
-    pub(crate) unsafe fn fill_range(self, start: usize, count: usize, value: bool) {
-        let mut changed = 0;
+    pub(crate) unsafe fn flip_range(self, start: usize, count: usize, value: bool) {
         BitSet::for_each_word(start, count, |w, mask| {
             // SAFETY: the caller's duty keeps every word the range touches inside the set.
             let word = unsafe { self.word(w) };
             // SAFETY: as above.
-            let old = unsafe { word.read() };
-            let new = if value { old | mask } else { old & !mask };
-            changed += u64::from((old ^ new).count_ones());
-            // SAFETY: as above.
-            unsafe { word.write(new) };
+            unsafe { word.write(word.read() ^ mask) };
         });
         if value {
-            self.add_count(changed, 0);
+            self.add_count(count as u64, 0);
         } else {
-            self.add_count(0, changed);
+            self.add_count(0, count as u64);
         }
     }
 }

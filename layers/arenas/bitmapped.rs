@@ -1,10 +1,16 @@
 //! `Bitset<L, BLOCK, ARENA>`: fixed-size blocks in arenas taken from `L`, one bit per block
-//! in a [`BitSet`]; larger requests take runs of consecutive blocks, found first-fit.
+//! in a [`BitSet`]; larger requests take runs of consecutive blocks, found through a
+//! summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`).
 //!
 //! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
-//! it belongs to a live run; for each `c < HINTS`, no run of `2^c` clear bits starts below an
-//! arena's `hints[c]` (so `hints[0]` is at most the first clear bit); each arena's bitmap
-//! keeps the `BitSet` invariants (its count matches its bits).
+//! it belongs to a live run; each arena's bitmap keeps the `BitSet` invariants (its count
+//! matches its bits); each arena's run index bounds its bitmap from above: every bitmap
+//! word's recorded class is at least the number of lengths `2^c` (`c < 7`) of free runs
+//! that start in it, each entry of a level above is at least the largest of the 64 below
+//! it, and no word below `first[c]` has a recorded class above `c` (the full list is on
+//! [`RunIndex`]). The bitmap is the truth; the index only says where not to look.
+
+mod run_index;
 
 use core::alloc::Layout;
 use core::fmt;
@@ -15,50 +21,76 @@ use crate::abort::{abort_with, debug_require};
 use crate::bitset::RawBits;
 use crate::layer::served_size;
 use crate::{BitSet, Layer};
+use run_index::{CLASSES, RunIndex, Words, class_of};
 
 /// The first words of an arena's metadata, which follows its `ARENA` data bytes; the
-/// bitmap comes right after.
+/// bitmap comes right after, then the run index.
 #[repr(C)]
 struct ArenaMeta {
     /// The base of the next (older) arena, or null.
     next: *mut u8,
-    /// No run of `2^c` clear bits starts below `hints[c]`: a first-fit search for `n >= 2^c`
-    /// blocks starts there. A search that finds (or fails to find) `n <= 2^c` blocks raises
-    /// `hints[c]`; a put lowers each hint to where a run through the freed blocks could
-    /// start.
-    hints: [usize; HINTS],
 }
-
-/// Run lengths with a hint of their own: 1, 2, 4, ... `2^(HINTS - 1)` blocks.
-const HINTS: usize = 8;
 
 const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
 
+/// The bitmap size of a `Bitset<_, BLOCK, ARENA>`, for its [`RunIndex`].
+struct Geometry<const BLOCK: usize, const ARENA: usize>;
+
+impl<const BLOCK: usize, const ARENA: usize> Words for Geometry<BLOCK, ARENA> {
+    const WORDS: usize = (ARENA / BLOCK).div_ceil(64);
+}
+
+/// The run index of an arena of a `Bitset<_, BLOCK, ARENA>`.
+type Index<const BLOCK: usize, const ARENA: usize> = RunIndex<Geometry<BLOCK, ARENA>>;
+
 /// Bit `i` is set when bits `i..i + n` of `free` are all set (`1 <= n <= 64`): the starts of
-/// the runs of `n` that lie inside the word.
+/// the runs of `n` that lie inside the word. Without a branch: the starts of runs of
+/// `2^f <= n` (by doubling), and of two such runs `n - 2^f` apart, which overlap.
 #[inline(always)]
 fn runs_in_word(free: u64, n: usize) -> u64 {
-    let mut starts = free;
-    let mut have = 1;
-    while have < n {
-        // Doubling: a run of `have` at `i` and one at `i + step` (`step <= have`) make a run
-        // of `have + step` at `i`. `step < 64`, since `have < n <= 64`.
-        let step = (n - have).min(have);
-        starts &= starts >> step;
-        have += step;
+    let r2 = free & (free >> 1);
+    let r4 = r2 & (r2 >> 2);
+    let r8 = r4 & (r4 >> 4);
+    let r16 = r8 & (r8 >> 8);
+    let r32 = r16 & (r16 >> 16);
+    let r64 = r32 & (r32 >> 32);
+    let f = n.ilog2() as usize;
+    let runs = [free, r2, r4, r8, r16, r32, r64, 0][f & 7];
+    runs & (runs >> ((n - (1 << f)) & 63))
+}
+
+/// The first start of a run of `n` free blocks (`1 <= n <= 64`) inside word `lo` or running
+/// on into the next word `hi`, among the starts in `starts` (for a `stride` below 64; only
+/// bit 0 for larger strides, whose runs cannot cross into `hi` and still start in `lo`).
+#[inline(always)]
+fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option<usize> {
+    let found = runs_in_word(lo, n) & starts;
+    if found != 0 {
+        return Some(found.trailing_zeros() as usize);
     }
-    starts
+    // The run at the top of `lo`, from its first allowed start, continued into `hi`.
+    let top = lo.leading_ones() as usize;
+    let start = (64 - top + (stride - 1)) & !(stride - 1);
+    (top != 0 && start < 64 && 64 - start + hi.trailing_ones() as usize >= n).then_some(start)
 }
 
 /// The bitmapped-block allocator: memory is cut into blocks of `BLOCK` bytes, one bit each
-/// (set = in use), and a request takes the first run of `ceil(size / BLOCK)` clear bits
-/// that starts at its alignment, found by word-at-a-time scans of the bitmap.
+/// (set = in use), and a request takes a run of `n = ceil(size / BLOCK)` clear bits that
+/// starts at its alignment.
+///
+/// Which run: for `n <= 64`, the first fit inside the lowest bitmap word where a run of
+/// `n.next_power_of_two()` free blocks starts (any such word has a fit), or, when no word
+/// has one, the first fit of all. Longer runs take the first fit. A summary of the bitmap,
+/// a class per word (the longest free run starting in it, to a power of two) under a
+/// max-tree of fan-out 64, leads the search to those words in a few loads; a put raises the
+/// classes of the words it frees blocks in, and a get leaves them high until a search
+/// finds them so.
 ///
 /// Memory comes from `L` one *arena* at a time: `ARENA` bytes (1 MiB unless given) aligned
-/// to `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits). A
-/// put finds its arena from the address alone (a mask) and clears the run's bits. A new
-/// arena is taken when no arena has a fitting run; arenas stay until
-/// [`deinit`](Layer::deinit), which returns them to `L`.
+/// to `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits) and
+/// its summary (about a byte per 64 blocks). A put finds its arena from the address alone
+/// (a mask) and clears the run's bits. A new arena is taken when no arena has a fitting
+/// run; arenas stay until [`deinit`](Layer::deinit), which returns them to `L`.
 ///
 /// - Every block is aligned to `BLOCK` ([`MIN_ALIGN`](Layer::MIN_ALIGN)); larger
 ///   alignments, up to `ARENA`, are served by starting the run at a multiple of
@@ -107,8 +139,14 @@ unsafe impl<L: Layer + Send, const BLOCK: usize, const ARENA: usize> Send
 impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
     /// Blocks in an arena: bits in its bitmap.
     pub const BLOCKS: usize = ARENA / BLOCK;
-    /// Words of metadata after each arena's data: the header, then the bitmap.
-    const META_WORDS: usize = META_HEADER_WORDS + BitSet::words_for(Self::BLOCKS);
+    /// Words of bits in an arena's bitmap.
+    const WORDS: usize = Self::BLOCKS.div_ceil(64);
+    /// The bits of the last bitmap word that are blocks (the others are padding).
+    const LAST_MASK: u64 = u64::MAX >> ((64 - Self::BLOCKS % 64) % 64);
+    /// Where the run index starts in the metadata, in words.
+    const INDEX_AT: usize = META_HEADER_WORDS + BitSet::words_for(Self::BLOCKS);
+    /// Words of metadata after each arena's data: the header, the bitmap, the run index.
+    const META_WORDS: usize = Self::INDEX_AT + Index::<BLOCK, ARENA>::INDEX_WORDS;
 
     /// A bitmapped-block heap over `inner`, holding no arena yet.
     pub const fn new(inner: L) -> Self {
@@ -232,104 +270,141 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         }
     }
 
-    /// The hints of the arena whose metadata is at `meta`.
+    /// The run index of the arena whose metadata is at `meta`.
     ///
     /// # Safety
     ///
-    /// `meta` is the metadata of a live arena of this layer; the result is used while no
-    /// other reference to the header is.
+    /// `meta` is the metadata of a live arena of this layer (with provenance over it); the
+    /// result is used while nothing else accesses the index.
     #[inline(always)]
-    unsafe fn hints<'m>(meta: *mut u8) -> &'m mut [usize; HINTS] {
-        // SAFETY: the metadata starts with an `ArenaMeta`; the caller's duties make the
-        // reference unique.
-        unsafe { &mut (*meta.cast::<ArenaMeta>()).hints }
+    unsafe fn index(meta: *mut u8) -> Index<BLOCK, ARENA> {
+        // SAFETY: the index follows the bitmap inside the metadata, `INDEX_WORDS` words,
+        // aligned to 8; the caller's duties make it ours.
+        unsafe { RunIndex::new(meta.cast::<u64>().add(Self::INDEX_AT)) }
     }
 
-    /// Lowers the hints of the arena at `meta` after blocks from `at` went free: a run of
-    /// `2^c` clear bits through them starts at `at - (2^c - 1)` or later.
+    /// The free blocks of bitmap word `w` as set bits (padding past `BLOCKS` counts as in
+    /// use); 0 for `w == WORDS`.
     ///
     /// # Safety
     ///
-    /// As for [`hints`](Self::hints).
+    /// `map` is the bitmap of a live arena of this layer; `w <= WORDS`.
     #[inline(always)]
-    unsafe fn freed_from(meta: *mut u8, at: usize) {
-        // SAFETY: the caller's duties.
-        let hints = unsafe { Self::hints(meta) };
-        for (c, hint) in hints.iter_mut().enumerate() {
-            *hint = (*hint).min(at.saturating_sub((1 << c) - 1));
+    unsafe fn free_word(map: RawBits, w: usize) -> u64 {
+        if w == Self::WORDS {
+            return 0;
+        }
+        // SAFETY: `w < WORDS`; the caller's duties.
+        let free = !unsafe { map.word(w).read() };
+        if w + 1 == Self::WORDS {
+            free & Self::LAST_MASK
+        } else {
+            free
         }
     }
 
-    /// The first start at or after `from`, a multiple of `stride`, of a run of `blocks` clear
-    /// bits in `map`; and the first clear bit at or after `from` (`BLOCKS` when none).
-    /// Scans a word at a time, carrying the clear run at the top of each word into the next.
+    /// The class of bitmap word `w` as the bitmap has it now.
     ///
     /// # Safety
     ///
-    /// `map` is the bitmap of a live arena of this layer; `from <= BLOCKS`; `stride` is a
-    /// power of two.
+    /// `map` is the bitmap of a live arena of this layer; `w < WORDS`.
     #[inline(always)]
-    unsafe fn find_run(
+    unsafe fn class_now(map: RawBits, w: usize) -> usize {
+        // SAFETY: the caller's duties; `w + 1 <= WORDS`.
+        unsafe { class_of(Self::free_word(map, w), Self::free_word(map, w + 1)) }
+    }
+
+    /// Raises the class that `index` records for bitmap word `w` to the bitmap's, after
+    /// blocks went free (the record may stay above it: it drops lazily, in `take`).
+    ///
+    /// # Safety
+    ///
+    /// `map` and `index` belong to one live arena of this layer; `w < WORDS`.
+    #[inline(always)]
+    unsafe fn raise(map: RawBits, index: Index<BLOCK, ARENA>, w: usize) {
+        // SAFETY: the caller's duties.
+        let class = unsafe { Self::class_now(map, w) };
+        if class > index.class(w) {
+            index.raise(w, class);
+        }
+    }
+
+    /// Books (`used`) or frees the run of `blocks` blocks from `at` in the arena whose
+    /// metadata is at `meta`. Booking leaves the run index as it is (a word's recorded
+    /// class may be above the bitmap's, never below); freeing raises the classes of the
+    /// words whose runs it lengthens.
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of a live arena of this layer, accessed by nothing else
+    /// meanwhile; `1 <= blocks` and `at + blocks <= BLOCKS`; every block of the run is now
+    /// free (for `used`) or in use (otherwise).
+    #[inline(always)]
+    unsafe fn mark(meta: *mut u8, at: usize, blocks: usize, used: bool) {
+        // SAFETY: the caller's duties; the bitmap and the index are disjoint.
+        let (map, index) = unsafe { (Self::raw_bitmap(meta), Self::index(meta)) };
+        // SAFETY: the run lies inside the bitmap, all of it `!used`.
+        unsafe { map.flip_range(at, blocks, used) };
+        if used {
+            return;
+        }
+        let (first, last) = (at / 64, (at + blocks - 1) / 64);
+        // The word below sees this one only through its low run of free blocks, which the
+        // change reaches when every block below the run (unchanged) is free.
+        let below = (1u64 << (at % 64)) - 1;
+        // SAFETY: `first < WORDS`, since the run is inside the arena.
+        if first > 0 && unsafe { Self::free_word(map, first) } & below == below {
+            // SAFETY: `first - 1 < WORDS`.
+            unsafe { Self::raise(map, index, first - 1) };
+        }
+        for w in first..=last {
+            // SAFETY: `last < WORDS`, since the run is inside the arena.
+            unsafe { Self::raise(map, index, w) };
+        }
+    }
+
+    /// The first start, a multiple of `stride`, of a run of `blocks > 64` free blocks in
+    /// `map`, whose run index is `index`. Scans a word at a time, carrying the free run at
+    /// the top of each word into the next; where no run is carried in, it jumps to the next
+    /// word where a run of 64 starts (any longer run starts in such a word).
+    ///
+    /// # Safety
+    ///
+    /// `map` and `index` belong to one live arena of this layer; `stride` is a power of two.
+    #[inline]
+    unsafe fn find_long_run(
         map: RawBits,
-        from: usize,
+        index: Index<BLOCK, ARENA>,
         blocks: usize,
         stride: usize,
-    ) -> (Option<usize>, usize) {
-        let words = Self::BLOCKS.div_ceil(64);
-        let mut first_free = Self::BLOCKS;
-        // Clear bits in a row just below bit `64 * w`.
+    ) -> Option<usize> {
+        const LONG: usize = CLASSES - 1;
+        // Free blocks in a row just below bit `64 * w`.
         let mut run = 0usize;
-        let mut w = from / 64;
-        // The bits of word `w` inside `from..BLOCKS`.
-        let mut inside = u64::MAX << (from % 64);
-        // Bits at the multiples of `stride`, for strides below 64 (the divisor is 0 only for
-        // multiples of 64, where this is not used).
-        let aligned = u64::MAX
-            .checked_div((1u64 << (stride % 64)) - 1)
-            .unwrap_or(u64::MAX);
-        while w < words {
-            if !Self::BLOCKS.is_multiple_of(64) {
-                // Only when `BLOCKS < 64`: one word, with padding above `BLOCKS`.
-                inside &= u64::MAX >> (64 - Self::BLOCKS % 64);
-            }
-            // SAFETY: `w < words`, inside the bitmap; the caller's duties.
-            let free = !unsafe { map.word(w).read() } & inside;
-            inside = u64::MAX;
-            if free == 0 {
-                run = 0;
-                w += 1;
-                continue;
-            }
+        let mut w = index.next(LONG, index.first(LONG));
+        index.set_first(LONG, w);
+        while w < Self::WORDS {
+            // SAFETY: `w < WORDS`; the caller's duties.
+            let free = unsafe { Self::free_word(map, w) };
             let bit = w * 64;
-            if first_free == Self::BLOCKS {
-                first_free = bit + free.trailing_zeros() as usize;
-            }
-            // The run carried in from below, continued by this word's low clear bits.
+            // The run carried in from below, continued by this word's low free blocks.
             // Rounded up to a multiple of `stride`, a power of two (a mask, not a division).
             let start = (bit - run + (stride - 1)) & !(stride - 1);
             if start + blocks <= bit + free.trailing_ones() as usize {
-                return (Some(start), first_free);
-            }
-            // Runs that start inside this word and end inside it.
-            if blocks <= 64 {
-                let starts = if stride < 64 {
-                    aligned
-                } else {
-                    u64::from(bit.is_multiple_of(stride))
-                };
-                let found = runs_in_word(free, blocks) & starts;
-                if found != 0 {
-                    return (Some(bit + found.trailing_zeros() as usize), first_free);
-                }
+                return Some(start);
             }
             run = if free == u64::MAX {
                 run + 64
             } else {
                 free.leading_ones() as usize
             };
-            w += 1;
+            w = if run == 0 {
+                index.next(LONG, w + 1)
+            } else {
+                w + 1
+            };
         }
-        (None, first_free)
+        None
     }
 
     /// Calls `each` with the metadata of every arena, newest first.
@@ -344,49 +419,115 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         }
     }
 
-    /// Finds and books the first run of `blocks` clear bits starting at a multiple of
-    /// `stride` in the arena whose metadata is at `meta`; returns the index of its first
-    /// block.
+    /// The first fit of a run of `blocks <= 64` free blocks, starting at a multiple of
+    /// `stride`, in the lowest word of a class above `class` that has one.
     ///
     /// # Safety
     ///
-    /// `meta` is the metadata of a live arena of this layer; `1 <= blocks <= BLOCKS`;
-    /// `stride` is a power of two.
+    /// `map` and `index` belong to one live arena of this layer; `stride` is a power of two.
+    #[inline(always)]
+    unsafe fn search(
+        map: RawBits,
+        index: Index<BLOCK, ARENA>,
+        class: usize,
+        blocks: usize,
+        stride: usize,
+    ) -> Option<usize> {
+        // The starts at multiples of `stride` inside a word, for strides below 64 (the
+        // divisor is 0 only for strides of 64 or more, which use one start a word).
+        let aligned = u64::MAX
+            .checked_div((1u64 << (stride % 64)) - 1)
+            .unwrap_or(1);
+        // Words that hold no start at a multiple of a large stride are skipped (a power of
+        // two: a mask, not a division).
+        let skip = (stride / 64).max(1) - 1;
+        let mut w = index.next(class, index.first(class));
+        // The first word visited whose class stays above `class`: where `first` goes (but
+        // for large strides, whose search skips words).
+        let mut first = if skip == 0 {
+            Self::WORDS
+        } else {
+            index.first(class)
+        };
+        while w < Self::WORDS {
+            if stride <= 64 || (w * 64).is_multiple_of(stride) {
+                // SAFETY: `w < WORDS`; the caller's duties.
+                let (lo, hi) = unsafe { (Self::free_word(map, w), Self::free_word(map, w + 1)) };
+                if let Some(bit) = fit_in_word(lo, hi, blocks, aligned, stride) {
+                    index.set_first(class, first.min(w));
+                    return Some(w * 64 + bit);
+                }
+            }
+            // No fit here: the word's recorded class comes down to the bitmap's.
+            // SAFETY: `w < WORDS`.
+            let now = unsafe { Self::class_now(map, w) };
+            index.lower(w, now);
+            if now > class {
+                first = first.min(w);
+            }
+            w = index.next(class, (w + 1 + skip) & !skip);
+        }
+        index.set_first(class, first);
+        None
+    }
+
+    /// [`search`](Self::search), out of line: for the second search of a request, which
+    /// runs only when the first finds no word of the class that always fits.
+    ///
+    /// # Safety
+    ///
+    /// As for [`search`](Self::search).
+    #[cold]
+    #[inline(never)]
+    unsafe fn search_cold(
+        map: RawBits,
+        index: Index<BLOCK, ARENA>,
+        class: usize,
+        blocks: usize,
+        stride: usize,
+    ) -> Option<usize> {
+        // SAFETY: the caller's duties.
+        unsafe { Self::search(map, index, class, blocks, stride) }
+    }
+
+    /// Finds and books a run of `blocks` free blocks starting at a multiple of `stride` in
+    /// the arena whose metadata is at `meta` (the one the type's docs describe); returns
+    /// the index of its first block.
+    ///
+    /// For `blocks <= 64`, the search visits the words of a class above
+    /// `ceil(log2 blocks)` (where a fit is certain but for stale records and alignment),
+    /// lowest first, and takes the first fit in the first that has one; when none has, the
+    /// words of a class above `floor(log2 blocks)` (where any fit must start) the same way.
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of a live arena of this layer, accessed by nothing else
+    /// meanwhile; `1 <= blocks <= BLOCKS`; `stride` is a power of two.
     #[inline(always)]
     unsafe fn take(meta: *mut u8, blocks: usize, stride: usize) -> Option<usize> {
-        // SAFETY: the caller's duty; the header and the bitmap are disjoint words.
-        let (map, hints) = unsafe { (Self::raw_bitmap(meta), Self::hints(meta)) };
-        if Self::BLOCKS - map.len() < blocks {
-            return None;
-        }
-        // `2^below <= blocks`: no run of `blocks` starts below `hints[below]`, nor below
-        // `hints[0]`. `2^above >= blocks`: a run of `2^above` is one of `blocks`.
-        let below = (blocks.checked_ilog2().unwrap_or(0) as usize).min(HINTS - 1);
-        let above = blocks.next_power_of_two().trailing_zeros() as usize;
-        let from = hints[0].max(hints[below]);
-        // SAFETY: the caller's duties; the hints are at most `BLOCKS` (the invariant).
-        let (found, first_free) = unsafe { Self::find_run(map, from, blocks, stride) };
-        // Every bit in `from..first_free` is set, so no run of any length starts below it.
-        if from == hints[0] {
-            hints[0] = first_free;
-        }
-        let Some(at) = found else {
-            if stride == 1 && above < HINTS {
-                // No run of `blocks` anywhere, so none of `2^above`.
-                hints[above] = Self::BLOCKS;
+        // SAFETY: the caller's duties; the bitmap and the index are disjoint.
+        let (map, index) = unsafe { (Self::raw_bitmap(meta), Self::index(meta)) };
+        let at = if blocks <= 64 {
+            let (fits, may_fit) = (
+                blocks.next_power_of_two().ilog2() as usize,
+                blocks.ilog2() as usize,
+            );
+            // SAFETY: the caller's duties.
+            unsafe {
+                match Self::search(map, index, fits, blocks, stride) {
+                    Some(at) => at,
+                    None if may_fit < fits => {
+                        Self::search_cold(map, index, may_fit, blocks, stride)?
+                    }
+                    None => return None,
+                }
             }
-            return None;
+        } else {
+            // SAFETY: the caller's duties.
+            unsafe { Self::find_long_run(map, index, blocks, stride) }?
         };
-        // SAFETY: `find_run` keeps the run inside the arena.
-        unsafe { map.fill_range(at, blocks, true) };
-        if at == hints[0] {
-            hints[0] = at + blocks;
-        }
-        if stride == 1 && above < HINTS {
-            // No run of `blocks` starts below `at` (first fit), and none at or after it
-            // overlaps the run just booked: none of `2^above` starts below `at + blocks`.
-            hints[above] = hints[above].max(at + blocks);
-        }
+        // SAFETY: the search keeps the run inside the arena, all of it free.
+        unsafe { Self::mark(meta, at, blocks, true) };
         Some(at)
     }
 
@@ -408,10 +549,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
                 meta.addr().is_multiple_of(align_of::<ArenaMeta>()),
                 "Bitset: ARENA below the metadata's alignment"
             );
-            meta.cast::<ArenaMeta>().write(ArenaMeta {
-                next: self.arenas,
-                hints: [0; HINTS],
-            });
+            meta.cast::<ArenaMeta>()
+                .write(ArenaMeta { next: self.arenas });
             let at = meta.cast::<u64>().add(META_HEADER_WORDS);
             // Cannot fail: the words were sized by `words_for`.
             let _ = BitSet::init_raw(
@@ -419,6 +558,15 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
                 BitSet::words_for(Self::BLOCKS),
                 Self::BLOCKS,
             );
+            // Every word free: all of class `CLASSES`, but for a last word cut short.
+            let index = Self::index(meta);
+            index.init();
+            if Self::LAST_MASK != u64::MAX {
+                index.lower(
+                    Self::WORDS - 1,
+                    Self::class_now(Self::raw_bitmap(meta), Self::WORDS - 1),
+                );
+            }
             self.arenas = base;
             self.arena_count += 1;
             Some(meta)
@@ -501,12 +649,9 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
                 ));
             }
         }
-        // SAFETY: as above: the run lies inside the arena's bitmap; no `BitSet` handle is
-        // alive; the header is disjoint from the bitmap.
-        unsafe {
-            Self::raw_bitmap(meta).fill_range(at, blocks, false);
-            Self::freed_from(meta, at);
-        }
+        // SAFETY: as above: the run lies inside the arena's bitmap, all of it in use; no
+        // `BitSet` handle is alive.
+        unsafe { Self::mark(meta, at, blocks, false) };
     }
 
     fn init() -> Self {
@@ -528,11 +673,17 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
             return false;
         }
         // SAFETY: the caller's duties make `ptr` a live run in one of our arenas.
-        let mut map = unsafe { Self::bitmap(meta) };
-        if map.find_set(at + had..at + needs).is_some() {
+        if unsafe { Self::bitmap(meta) }
+            .find_set(at + had..at + needs)
+            .is_some()
+        {
             return false;
         }
-        let _ = map.set_range(at + had, needs - had);
+        if needs > had {
+            // SAFETY: the blocks after the run are free and inside the arena; the `BitSet`
+            // handle is gone.
+            unsafe { Self::mark(meta, at + had, needs - had, true) };
+        }
         true
     }
 
@@ -542,10 +693,11 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
             return false;
         };
         let (meta, at) = Self::locate(ptr);
-        // SAFETY: the caller's duties make `ptr` a live run in one of our arenas.
-        let _ = unsafe { Self::bitmap(meta) }.reset_range(at + needs, had - needs);
-        // SAFETY: as above; the `BitSet` handle is gone.
-        unsafe { Self::freed_from(meta, at + needs) };
+        if had > needs {
+            // SAFETY: the caller's duties make `ptr` a live run of `had` blocks in one of our
+            // arenas; its tail goes free.
+            unsafe { Self::mark(meta, at + needs, had - needs, false) };
+        }
         true
     }
 
@@ -562,32 +714,17 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
         self.for_each_arena(|meta| {
             arenas += 1;
             // SAFETY: `meta` belongs to a live arena; one bitmap handle at a time.
-            let (map, hints) = unsafe { (Self::bitmap(meta), (*meta.cast::<ArenaMeta>()).hints) };
-            if let Err(error) = map.check() {
+            if let Err(error) = unsafe { Self::bitmap(meta) }.check() {
                 abort_with(format_args!(
                     "Bitset invariant broken: bitmap at {meta:p}: {error}"
                 ));
             }
-            if let Some(hint) = hints.iter().find(|&&hint| hint > Self::BLOCKS) {
-                abort_with(format_args!(
-                    "Bitset invariant broken: a hint {hint} past the end, arena {meta:p}"
-                ));
-            }
-            // Every run of clear bits (maximal), against every hint.
-            let mut at = map.find_clear(0..Self::BLOCKS);
-            while let Some(start) = at {
-                let end = map.find_set(start..Self::BLOCKS).unwrap_or(Self::BLOCKS);
-                for (c, &hint) in hints.iter().enumerate() {
-                    if end - start >= 1 << c && start < hint {
-                        abort_with(format_args!(
-                            "Bitset invariant broken: a run of {} clear bits at {start} \
-                             (arena {meta:p}), below hints[{c}] = {hint}",
-                            end - start
-                        ));
-                    }
-                }
-                at = map.find_clear(end..Self::BLOCKS);
-            }
+            // SAFETY: as above; the `BitSet` handle is gone, and the index only reads.
+            let (map, index) = unsafe { (Self::raw_bitmap(meta), Self::index(meta)) };
+            index.check(meta.wrapping_sub(ARENA), |w| {
+                // SAFETY: `w < WORDS`.
+                unsafe { class_of(Self::free_word(map, w), Self::free_word(map, w + 1)) }
+            });
         });
         if arenas != self.arena_count {
             abort_with(format_args!(
@@ -623,7 +760,6 @@ impl<L: Layer + fmt::Debug, const BLOCK: usize, const ARENA: usize> fmt::Debug
 mod tests {
     use super::*;
     use crate::layers::Buffer;
-    use core::mem::MaybeUninit;
 
     type Small<'a> = Bitset<Buffer<'a>, 16, 1024>;
 
@@ -631,14 +767,20 @@ mod tests {
         Layout::from_size_align(size, align).unwrap()
     }
 
-    /// The word-at-a-time search and the hints give exactly first fit: against a model
-    /// (`Vec<bool>`), over runs that cross words and alignments up to and past a word.
+    /// The search through the run index gives what the docs promise, against a model
+    /// (`Vec<bool>`), over runs that cross words and alignments up to and past a word: the
+    /// first fit in its word, and either the first fit of all or one in a word below which
+    /// no run of the next power of two starts; `None` only when nothing fits. Planting a bug
+    /// in `Bitset::mark` (not raising the word below, whose run runs on into a freed run)
+    /// made `check_invariants` fail here, and so did one in `RunIndex::raise` (not lowering
+    /// `first`).
     #[test]
     fn first_fit_matches_a_model() {
         type Heap<'a> = Bitset<Buffer<'a>, 16, 8192>;
         const N: usize = Heap::BLOCKS;
         // Room for one aligned arena only: a request with no fit gets `None`.
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 2 * 8192 + 8 * Heap::META_WORDS];
+        // Uninitialised without a loop (which Miri would take seconds over).
+        let mut memory = alloc::boxed::Box::new_uninit_slice(2 * 8192 + 8 * Heap::META_WORDS);
         let mut heap = Heap::new(Buffer::new(&mut memory));
         let mut used = alloc::vec![false; N];
         let mut live: alloc::vec::Vec<(NonNull<u8>, Layout)> = alloc::vec::Vec::new();
@@ -656,13 +798,37 @@ mod tests {
                 let blocks = [1, 2, 3, 5, 8, 13, 40, 64, 65, 130][next(10)];
                 let stride = [1, 1, 1, 2, 4, 64, 128][next(7)];
                 let l = layout(blocks * 16 - next(16), stride * 16);
-                let expect = (0..N)
-                    .step_by(stride)
-                    .find(|&s| s + blocks <= N && used[s..s + blocks].iter().all(|u| !u));
+                let free = |s: usize, n: usize| s + n <= N && used[s..s + n].iter().all(|u| !u);
+                let first_fit = (0..N).step_by(stride).find(|&s| free(s, blocks));
                 let got = heap.get(l);
                 let base = *base.get_or_insert_with(|| got.map(|p| p.as_ptr().addr()));
                 let at = got.map(|p| (p.as_ptr().addr() - base.unwrap()) / 16);
-                assert_eq!(at, expect, "{blocks} blocks at a stride of {stride}");
+                match (at, first_fit) {
+                    (None, None) => {}
+                    (Some(at), Some(first_fit)) if at != first_fit => {
+                        assert!(
+                            blocks <= 64,
+                            "{blocks} at {stride}: {at}, long runs take the first fit"
+                        );
+                        assert!(
+                            at.is_multiple_of(stride) && free(at, blocks),
+                            "{blocks} at {stride}: {at}"
+                        );
+                        let word = at / 64 * 64;
+                        let earlier = (word..at).step_by(stride).find(|&s| free(s, blocks));
+                        assert_eq!(
+                            earlier, None,
+                            "{blocks} at {stride}: {at}, not the first fit in its word"
+                        );
+                        let long = blocks.next_power_of_two();
+                        let below = (0..word).step_by(stride).find(|&s| free(s, long));
+                        assert_eq!(
+                            below, None,
+                            "{blocks} at {stride}: {at}, a run of {long} starts below"
+                        );
+                    }
+                    _ => assert_eq!(at, first_fit, "{blocks} blocks at a stride of {stride}"),
+                }
                 if let (Some(p), Some(at)) = (got, at) {
                     used[at..at + blocks].fill(true);
                     live.push((p, l));
@@ -681,7 +847,7 @@ mod tests {
 
     #[test]
     fn runs_first_fit_and_alignment() {
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 8192];
+        let mut memory = alloc::boxed::Box::new_uninit_slice(8192);
         let mut heap = Small::new(Buffer::new(&mut memory));
         let a = heap.get(layout(16, 1)).unwrap();
         let b = heap.get(layout(40, 1)).unwrap(); // three blocks
