@@ -35,7 +35,7 @@ const _: () = assert!(SMALL_LIMIT <= SLAB_LIMIT);
 /// each class's slabs fill as the wave passes and stay sparsely used after it, holding
 /// memory no other class can use, where `Large` lets a block grow in place and merges its
 /// old copies back into free space for any size. (`benches/preload.py`'s realloc_strings:
-/// peak RSS 1.22x glibc's with them in slabs up to 1 KiB, 1.06x with this.) Blocks grown
+/// peak RSS 1.22x glibc's with them in slabs up to 1 KiB, 1.07x with this.) Blocks grown
 /// by doubling (a `Vec`'s amortized growth) pass through few classes and stay in the
 /// thread heaps, off the lock, as do fresh blocks of every size up to `SMALL_LIMIT`.
 const GROWN_LIMIT: usize = 256;
