@@ -634,7 +634,14 @@ impl RawBits {
             // SAFETY: the caller's duty keeps every word the range touches inside the set.
             let word = unsafe { self.word(w) };
             // SAFETY: as above.
-            unsafe { word.write(word.read() ^ mask) };
+            let old = unsafe { word.read() };
+            // A bit already `value` would flip the wrong way and the count would drift.
+            crate::abort::debug_require!(
+                old & mask == if value { 0 } else { mask },
+                "BitSet: flip_range({start}, {count}, {value}) over bits already {value}"
+            );
+            // SAFETY: as above.
+            unsafe { word.write(old ^ mask) };
         });
         if value {
             self.add_count(count as u64, 0);

@@ -522,8 +522,8 @@ impl<R: ReserveRange> Reserve<R> {
     }
 
     /// `MADV_DONTNEED` for `granules` granules from index `first`, which this thread owns.
+    #[cfg_attr(miri, allow(unused_variables))]
     fn drop_pages(base: *mut u8, first: usize, granules: usize) {
-        let _ = (base, first, granules);
         // (Miri has no `madvise`; there the pages simply keep their bytes.)
         #[cfg(not(miri))]
         // SAFETY: the granules are in the range and ours (the caller's duty): their pages
