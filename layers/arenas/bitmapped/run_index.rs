@@ -18,7 +18,7 @@
 
 use core::marker::PhantomData;
 
-use crate::abort::{abort_with, debug_require};
+use crate::abort::abort_with;
 
 /// Run lengths with a tree of their own: `2^c` blocks for `c < CLASSES`, i.e. 1 to 64.
 pub(super) const CLASSES: usize = 7;
@@ -63,6 +63,13 @@ pub(super) fn class_of(lo: u64, hi: u64) -> usize {
         u64::from(top + hi.trailing_ones()).min(64)
     };
     inside.max((u64::BITS - reach.leading_zeros()) as usize)
+}
+
+/// A run index reached outside its memory: a bug in `Bitset`, never a caller's.
+#[cold]
+#[inline(never)]
+fn out_of_range(i: usize) -> ! {
+    abort_with(format_args!("RunIndex: word {i} is outside the index"))
 }
 
 /// Entries in each level of an index over `words` bitmap words, bottom first (0 above the
@@ -156,19 +163,26 @@ impl<G: Words> RunIndex<G> {
         }
     }
 
-    /// Word `i` of the index.
+    /// Word `i` of the index. Checked in every build (an index out of range aborts), so
+    /// that the safe methods below never reach memory outside the index whatever their
+    /// arguments.
     #[inline(always)]
     fn word(self, i: usize) -> *mut u64 {
-        debug_require!(i < Self::INDEX_WORDS, "RunIndex: word {i} out of range");
-        // SAFETY: `new`'s duties, and every caller keeps `i < INDEX_WORDS`.
+        if i >= Self::INDEX_WORDS {
+            out_of_range(i);
+        }
+        // SAFETY: `new`'s duties, and `i < INDEX_WORDS`.
         unsafe { self.at.add(i) }
     }
 
-    /// The byte of entry `i` of level `level` (`i` below the level's padded size).
+    /// The byte of entry `i` of level `level` (`i` below the level's padded size), checked
+    /// as [`word`](Self::word) is.
     #[inline(always)]
     fn entry(self, level: usize, i: usize) -> *mut u8 {
-        // SAFETY: inside the level's words, so inside the index.
-        unsafe { self.word(Self::LEVEL_AT[level]).cast::<u8>().add(i) }
+        let byte = Self::LEVEL_AT[level] * 8 + i;
+        let word = self.word(byte / 8);
+        // SAFETY: byte `byte % 8` of a word inside the index.
+        unsafe { word.cast::<u8>().add(byte % 8) }
     }
 
     /// Writes the index of a bitmap whose every word is free and of class `CLASSES`.
@@ -243,8 +257,10 @@ impl<G: Words> RunIndex<G> {
     #[inline(always)]
     fn scan(self, level: usize, i: usize, c: usize) -> Option<usize> {
         let group = i & !63;
-        // `i` is below the level's padded size, so its 64 bytes are inside it.
+        // Both ends of the group's 64 bytes are checked to lie inside the index (they do
+        // when `i` is below the level's padded size).
         let words = self.entry(level, group).cast::<u64>();
+        let _ = self.entry(level, group | 63);
         let mut q = (i % 64) / 8;
         let mut keep = u64::MAX << (8 * (i % 8));
         while q < 8 {
