@@ -3,8 +3,9 @@
 (LD_PRELOAD) and prints the ratio table.
 
 Each workload is built with `gcc -O2 -pthread` into target/preload-bench; our library is
-built with `cargo build --release --example stratalloc_malloc` into target/preload (the
-directory the LD_PRELOAD tests use). jemalloc and mimalloc are Debian's packages
+built with `cargo build --profile preload --example stratalloc_malloc` (release with fat
+LTO, one codegen unit and panic = "abort", as the README says) into target/preload, the
+build the LD_PRELOAD tests use. jemalloc and mimalloc are Debian's packages
 (libjemalloc2, libmimalloc2.0): run as root, the script installs them with apt-get when
 they are missing; otherwise it says how and leaves them out.
 
@@ -37,7 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "benches" / "preload"
 BUILD = ROOT / "target" / "preload-bench"
 LIB_TARGET = ROOT / "target" / "preload"
-OURS = LIB_TARGET / "release" / "examples" / "libstratalloc_malloc.so"
+OURS = LIB_TARGET / "preload" / "examples" / "libstratalloc_malloc.so"
 # The workloads: name -> (the C source in benches/preload/, its arguments). The second
 # realloc workload runs twice as many appends, so that the long strings (one in 16) grow
 # past 1 KiB into tens of KiB: the growth of large blocks, where the first stays small.
@@ -90,7 +91,7 @@ def build_ours():
     env = dict(os.environ, CARGO_TARGET_DIR=str(LIB_TARGET))
     env.pop("LD_PRELOAD", None)
     result = subprocess.run(
-        ["cargo", "build", "--release", "--example", "stratalloc_malloc"],
+        ["cargo", "build", "--profile", "preload", "--example", "stratalloc_malloc"],
         cwd=ROOT, env=env)
     if result.returncode != 0 or not OURS.is_file():
         sys.exit("building libstratalloc_malloc.so failed; `--lib PATH` measures another "

@@ -3,9 +3,9 @@
 //! can load with `LD_PRELOAD`.
 //!
 //! ```text
-//! cargo build --release --example stratalloc_malloc
-//! LD_PRELOAD=target/release/examples/libstratalloc_malloc.so ls -l
-//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/release/examples/libstratalloc_malloc.so ls -l
+//! cargo build --profile preload --example stratalloc_malloc
+//! LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
+//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
 //! ```
 //!
 //! It exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
