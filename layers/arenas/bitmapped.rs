@@ -23,6 +23,15 @@ use crate::layer::served_size;
 use crate::{BitSet, Layer};
 use run_index::{CLASSES, RunIndex, Words, class_of};
 
+use super::put_cache::PutCache;
+
+/// The longest run a put caches, in blocks (and at most `CACHED_RUN_BYTES`).
+const CACHED_RUN_BLOCKS: usize = 16;
+/// The most bytes a cached run holds.
+const CACHED_RUN_BYTES: usize = 4096;
+/// Stacks of the put cache, one per run length (0 unused).
+const CACHE_SLOTS: usize = (CACHED_RUN_BLOCKS + 1).next_power_of_two();
+
 /// The first words of an arena's metadata, which follows its `ARENA` data bytes; the
 /// bitmap comes right after, then the run index.
 #[repr(C)]
@@ -100,6 +109,17 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// - `shrink` in place always succeeds and frees the tail of the run; `grow` in place
 ///   succeeds when the blocks after the run are free.
 ///
+/// **Put runs are cached before they go free**, as [`Buddy`](super::Buddy) caches its
+/// blocks: a put of a run of at most 16 blocks and 4 KiB pushes it on a stack for its
+/// length, holding up to `CACHE` runs (32 by default), and a get of that length (aligned to
+/// no more than `BLOCK`) pops it again, without a search or a bitmap write. A put beyond
+/// `CACHE` frees the run. Cached runs count as in use: [`used_blocks`](Bitset::used_blocks)
+/// includes them, [`cached_blocks`](Bitset::cached_blocks) tells them, and
+/// [`flush_cache`](Bitset::flush_cache) frees them. No arena is taken while cached runs
+/// could serve a request: a get that finds no fitting run flushes the cache and searches
+/// again first. (Blocks smaller than a pointer are never cached, since a cached run holds
+/// a link.) `CACHE = 0` frees every run at its put.
+///
 /// `BLOCK` and `ARENA` must be powers of two with `BLOCK <= ARENA <= 2^(usize::BITS - 2)`
 /// (checked at compile time). A misconfigured `Bitset` does not build:
 ///
@@ -120,23 +140,30 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// assert_eq!(blocks.used_blocks(), 4);
 /// // SAFETY: `run` came from `blocks` with `layout` and is put back once.
 /// unsafe { blocks.put(run, layout) };
+/// assert_eq!(blocks.cached_blocks(), 4, "the run waits in the cache for its length");
+/// blocks.flush_cache();
 /// assert_eq!(blocks.used_blocks(), 0);
 /// ```
-pub struct Bitset<L: Layer, const BLOCK: usize, const ARENA: usize = 1048576> {
+pub struct Bitset<L: Layer, const BLOCK: usize, const ARENA: usize = 1048576, const CACHE: u32 = 32>
+{
     /// The newest arena's base; older ones follow the `next` links in their metadata.
     arenas: *mut u8,
     arena_count: usize,
+    /// The put runs of each length not freed yet.
+    cache: PutCache<CACHE_SLOTS>,
     inner: L,
 }
 
 // SAFETY: a `Bitset` exclusively owns its arenas; the raw pointers are not shared with
 // anything else, so moving it to another thread is as safe as moving `L`.
-unsafe impl<L: Layer + Send, const BLOCK: usize, const ARENA: usize> Send
-    for Bitset<L, BLOCK, ARENA>
+unsafe impl<L: Layer + Send, const BLOCK: usize, const ARENA: usize, const CACHE: u32> Send
+    for Bitset<L, BLOCK, ARENA, CACHE>
 {
 }
 
-impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
+impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
+    Bitset<L, BLOCK, ARENA, CACHE>
+{
     /// Blocks in an arena: bits in its bitmap.
     pub const BLOCKS: usize = ARENA / BLOCK;
     /// Words of bits in an arena's bitmap.
@@ -171,6 +198,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         Bitset {
             arenas: ptr::null_mut(),
             arena_count: 0,
+            cache: PutCache::new(),
             inner,
         }
     }
@@ -203,7 +231,74 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         self.arena_count
     }
 
-    /// Blocks in use in all arenas.
+    /// A run of `blocks` starting at a multiple of `stride`, from the first arena that has
+    /// one; the cache is flushed, and then an arena taken, when none has. (Not inlined, so
+    /// that `get`'s cached path stays a leaf that saves no registers.)
+    #[inline(never)]
+    fn search_arenas(&mut self, blocks: usize, stride: usize) -> Option<NonNull<u8>> {
+        loop {
+            let mut base = self.arenas;
+            while !base.is_null() {
+                // SAFETY: `base` is a live arena; its metadata follows its data.
+                let meta = unsafe { base.add(ARENA) };
+                // SAFETY: as above.
+                if let Some(at) = unsafe { Self::take(meta, blocks, stride) } {
+                    // SAFETY: block `at` lies inside the arena, which is not at null.
+                    return Some(unsafe { NonNull::new_unchecked(base.add(at * BLOCK)) });
+                }
+                // SAFETY: as above.
+                base = unsafe { (*meta.cast::<ArenaMeta>()).next };
+            }
+            if !self.flush_cache() {
+                break;
+            }
+        }
+        let meta = self.add_arena()?;
+        // SAFETY: a fresh arena; its run starts at block 0, which fits any request that
+        // `blocks_of` accepted.
+        let at = unsafe { Self::take(meta, blocks, stride) }?;
+        // SAFETY: block `at` lies inside the new arena, just before its metadata.
+        Some(unsafe { NonNull::new_unchecked(meta.sub(ARENA).add(at * BLOCK)) })
+    }
+
+    /// Blocks of the runs waiting in the cache: put, but not free yet.
+    pub fn cached_blocks(&self) -> usize {
+        (1..=CACHED_RUN_BLOCKS)
+            .map(|n| n * self.cache.count(n) as usize)
+            .sum()
+    }
+
+    /// Frees every cached run, as if each had been put with no cache. Returns whether there
+    /// was any.
+    pub fn flush_cache(&mut self) -> bool {
+        if self.cache.is_empty() {
+            return false;
+        }
+        // Taken out, so that the frees can use `self`; every stack is drained below.
+        let mut cache = core::mem::replace(&mut self.cache, PutCache::new());
+        for n in 1..=CACHED_RUN_BLOCKS {
+            // SAFETY: the cached runs are live runs of `n` blocks of ours, untouched since
+            // their put; each is freed once.
+            unsafe {
+                cache.drain(n, |run| {
+                    let (meta, at) = Self::locate(run);
+                    Self::free_run(meta, at, n);
+                })
+            };
+        }
+        true
+    }
+
+    /// Whether put runs of `blocks` blocks go to the cache when it has room.
+    #[inline(always)]
+    const fn caches(blocks: usize) -> bool {
+        CACHE > 0
+            && BLOCK >= align_of::<*mut u8>()
+            && blocks <= CACHED_RUN_BLOCKS
+            && blocks * BLOCK <= CACHED_RUN_BYTES
+    }
+
+    /// Blocks in use in all arenas, cached runs included.
     pub fn used_blocks(&self) -> usize {
         let mut used = 0;
         self.for_each_arena(|meta| {
@@ -327,6 +422,18 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         if class > index.class(w) {
             index.raise(w, class);
         }
+    }
+
+    /// [`mark`](Self::mark)s a run free, out of line (so that `put`'s cached path stays a
+    /// leaf that saves no registers).
+    ///
+    /// # Safety
+    ///
+    /// As for `mark`, with every block of the run in use.
+    #[inline(never)]
+    unsafe fn free_run(meta: *mut u8, at: usize, blocks: usize) {
+        // SAFETY: the caller's duties are `mark`'s.
+        unsafe { Self::mark(meta, at, blocks, false) }
     }
 
     /// Books (`used`) or frees the run of `blocks` blocks from `at` in the arena whose
@@ -590,6 +697,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
         }
         self.arenas = ptr::null_mut();
         self.arena_count = 0;
+        self.cache.clear();
     }
 
     /// The run a live block occupies: its arena's metadata and its first block's index.
@@ -605,30 +713,22 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize> Bitset<L, BLOCK, ARENA> {
 // a multiple of `max(align, BLOCK)` bytes from the arena's `ARENA`-aligned base, whose bits
 // were all clear and are set while it is live; so it is disjoint from every other live
 // block. Puts clear exactly the run's bits. Arenas go back to `L` at deinit only.
-unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L, BLOCK, ARENA> {
+unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> Layer
+    for Bitset<L, BLOCK, ARENA, CACHE>
+{
     const MIN_ALIGN: usize = BLOCK;
     const OWNS_EXACT: bool = true;
 
+    #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let (blocks, stride) = Self::blocks_of(layout)?;
-        let mut base = self.arenas;
-        while !base.is_null() {
-            // SAFETY: `base` is a live arena; its metadata follows its data.
-            let meta = unsafe { base.add(ARENA) };
-            // SAFETY: as above.
-            if let Some(at) = unsafe { Self::take(meta, blocks, stride) } {
-                // SAFETY: block `at` lies inside the arena, which is not at null.
-                return Some(unsafe { NonNull::new_unchecked(base.add(at * BLOCK)) });
+        if stride == 1 && Self::caches(blocks) {
+            // SAFETY: the cached runs are ours, untouched since their put.
+            if let Some(run) = unsafe { self.cache.pop(blocks) } {
+                return Some(run);
             }
-            // SAFETY: as above.
-            base = unsafe { (*meta.cast::<ArenaMeta>()).next };
         }
-        let meta = self.add_arena()?;
-        // SAFETY: a fresh arena; its run starts at block 0, which fits any request that
-        // `blocks_of` accepted.
-        let at = unsafe { Self::take(meta, blocks, stride) }?;
-        // SAFETY: block `at` lies inside the new arena, just before its metadata.
-        Some(unsafe { NonNull::new_unchecked(meta.sub(ARENA).add(at * BLOCK)) })
+        self.search_arenas(blocks, stride)
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
@@ -648,10 +748,20 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
                     "Bitset: put of {ptr:p} ({layout:?}), whose blocks are not all in use"
                 ));
             }
+            // SAFETY: the cached runs are ours, untouched since their put.
+            if unsafe { self.cache.contains(blocks, ptr) } {
+                abort_with(format_args!(
+                    "Bitset: put of {ptr:p} ({layout:?}), which is already put (cached)"
+                ));
+            }
         }
-        // SAFETY: as above: the run lies inside the arena's bitmap, all of it in use; no
-        // `BitSet` handle is alive.
-        unsafe { Self::mark(meta, at, blocks, false) };
+        // SAFETY: the run is ours, at least a pointer long and aligned (`caches` checks
+        // `BLOCK`), and no longer in use, nor cached or free (the caller's duties).
+        if Self::caches(blocks) && unsafe { self.cache.push(blocks, ptr, CACHE) } {
+            return;
+        }
+        // SAFETY: as above: the run lies inside the arena's bitmap, all of it in use.
+        unsafe { Self::free_run(meta, at, blocks) };
     }
 
     fn init() -> Self {
@@ -732,18 +842,52 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize> Layer for Bitset<L
                 self.arena_count
             ));
         }
+        for n in 0..CACHE_SLOTS {
+            if !Self::caches(n) && self.cache.count(n) != 0 {
+                abort_with(format_args!(
+                    "Bitset invariant broken: a cache for runs of {n}, which are not cached"
+                ));
+            }
+            let in_use = |run: NonNull<u8>| {
+                let (meta, at) = Self::locate(run);
+                let mut ours = false;
+                self.for_each_arena(|m| ours |= m == meta);
+                // SAFETY: `meta` belongs to a live arena (just checked), and no other
+                // bitmap handle is alive.
+                let used = ours
+                    && run.as_ptr().addr().is_multiple_of(BLOCK)
+                    && at + n <= Self::BLOCKS
+                    && unsafe { Self::bitmap(meta) }
+                        .find_clear(at..at + n)
+                        .is_none();
+                if !used {
+                    abort_with(format_args!(
+                        "Bitset invariant broken: cached run {run:p} of {n} blocks is not a \
+                         run in use of ours"
+                    ));
+                }
+            };
+            // SAFETY: the cached runs are ours, untouched since their put.
+            if let Err(error) = unsafe { self.cache.check(n, CACHE, in_use) } {
+                abort_with(format_args!(
+                    "Bitset invariant broken: the cache of runs of {n} {error}"
+                ));
+            }
+        }
         self.inner.check_invariants();
     }
 }
 
-impl<L: Layer, const BLOCK: usize, const ARENA: usize> Drop for Bitset<L, BLOCK, ARENA> {
+impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> Drop
+    for Bitset<L, BLOCK, ARENA, CACHE>
+{
     fn drop(&mut self) {
         self.deinit();
     }
 }
 
-impl<L: Layer + fmt::Debug, const BLOCK: usize, const ARENA: usize> fmt::Debug
-    for Bitset<L, BLOCK, ARENA>
+impl<L: Layer + fmt::Debug, const BLOCK: usize, const ARENA: usize, const CACHE: u32> fmt::Debug
+    for Bitset<L, BLOCK, ARENA, CACHE>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bitset")
@@ -751,6 +895,7 @@ impl<L: Layer + fmt::Debug, const BLOCK: usize, const ARENA: usize> fmt::Debug
             .field("arena", &ARENA)
             .field("arenas", &self.arena_count)
             .field("used_blocks", &self.used_blocks())
+            .field("cached_blocks", &self.cached_blocks())
             .field("inner", &self.inner)
             .finish()
     }
@@ -761,7 +906,8 @@ mod tests {
     use super::*;
     use crate::layers::Buffer;
 
-    type Small<'a> = Bitset<Buffer<'a>, 16, 1024>;
+    /// No cache, so that every put frees its run at once.
+    type Small<'a> = Bitset<Buffer<'a>, 16, 1024, 0>;
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).unwrap()
@@ -776,7 +922,7 @@ mod tests {
     /// `first`).
     #[test]
     fn first_fit_matches_a_model() {
-        type Heap<'a> = Bitset<Buffer<'a>, 16, 8192>;
+        type Heap<'a> = Bitset<Buffer<'a>, 16, 8192, 0>;
         const N: usize = Heap::BLOCKS;
         // Room for one aligned arena only: a request with no fit gets `None`.
         // Uninitialised without a loop (which Miri would take seconds over).
@@ -889,5 +1035,76 @@ mod tests {
         }
         heap.deinit();
         assert_eq!((heap.arenas(), heap.used_blocks()), (0, 0));
+    }
+
+    #[test]
+    fn put_runs_wait_in_the_cache_and_serve_their_length_again() {
+        let mut memory = alloc::vec![core::mem::MaybeUninit::uninit(); 4096];
+        let mut heap = Bitset::<Buffer<'_>, 16, 1024, 2>::new(Buffer::new(&mut memory));
+        let runs: alloc::vec::Vec<_> = (0..3).map(|_| heap.get(layout(40, 8)).unwrap()).collect();
+        for &run in &runs {
+            // SAFETY: each got above, put once.
+            unsafe { heap.put(run, layout(40, 8)) };
+            heap.check_invariants();
+        }
+        assert_eq!(
+            heap.cached_blocks(),
+            2 * 3,
+            "two runs of 3 cached, the third freed"
+        );
+        assert_eq!(heap.used_blocks(), 2 * 3);
+        assert_eq!(
+            heap.get(layout(33, 1)),
+            Some(runs[1]),
+            "the last cached run first"
+        );
+        // An aligned request of the same length does not take a cached run.
+        let aligned = heap.get(layout(40, 256)).unwrap();
+        assert_eq!(aligned.as_ptr().addr() % 256, 0);
+        assert_eq!(heap.cached_blocks(), 3);
+        // SAFETY: got above, put once.
+        unsafe {
+            heap.put(aligned, layout(40, 256));
+            heap.put(runs[1], layout(33, 1));
+        }
+        assert!(heap.flush_cache());
+        assert!(!heap.flush_cache());
+        heap.check_invariants();
+        assert_eq!(heap.used_blocks(), 0);
+    }
+
+    #[test]
+    fn a_get_frees_the_cached_runs_before_it_takes_an_arena() {
+        let mut memory = alloc::vec![core::mem::MaybeUninit::uninit(); 4096];
+        let mut heap = Bitset::<Buffer<'_>, 16, 1024>::new(Buffer::new(&mut memory));
+        let runs: alloc::vec::Vec<_> = (0..64).map(|_| heap.get(layout(16, 1)).unwrap()).collect();
+        assert_eq!(heap.arenas(), 1);
+        for &run in &runs {
+            // SAFETY: each got above, put once.
+            unsafe { heap.put(run, layout(16, 1)) };
+        }
+        assert_eq!(heap.cached_blocks(), 32, "the default depth");
+        let whole = heap
+            .get(layout(1024, 1))
+            .expect("the cached runs went free");
+        assert_eq!(heap.arenas(), 1);
+        heap.check_invariants();
+        // SAFETY: got above, put once.
+        unsafe { heap.put(whole, layout(1024, 1)) };
+        assert_eq!(
+            heap.used_blocks(),
+            0,
+            "a run longer than 16 blocks is never cached"
+        );
+    }
+
+    #[test]
+    fn blocks_smaller_than_a_pointer_are_never_cached() {
+        let mut memory = alloc::vec![core::mem::MaybeUninit::uninit(); 4096];
+        let mut heap = Bitset::<Buffer<'_>, 4, 1024>::new(Buffer::new(&mut memory));
+        let run = heap.get(layout(16, 4)).unwrap();
+        // SAFETY: got above, put once.
+        unsafe { heap.put(run, layout(16, 4)) };
+        assert_eq!((heap.cached_blocks(), heap.used_blocks()), (0, 0));
     }
 }

@@ -17,6 +17,8 @@ use crate::bitset::RawBits;
 use crate::layer::served_size;
 use crate::{BitSet, Layer};
 
+use super::put_cache::PutCache;
+
 /// The links written into every free block; the list of its order goes through them.
 #[repr(C)]
 struct FreeNode {
@@ -30,6 +32,9 @@ struct ArenaMeta {
     /// The base of the next (older) arena, or null.
     next: *mut u8,
 }
+
+/// The largest order whose freed blocks are cached: blocks up to 4 KiB.
+const CACHE_TOP_ORDER: u32 = 12;
 
 /// Words of [`ArenaMeta`] before the first bitmap.
 const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
@@ -59,6 +64,20 @@ const ORDER_SLOTS: usize = 64;
 /// - `shrink` in place always succeeds, giving back the halves it no longer needs; `grow`
 ///   in place succeeds when the order does not change.
 ///
+/// **Freed small blocks are cached before they merge** (a lazy buddy system): a put of a
+/// block of at most 4 KiB (and below `MAX_ORDER`) pushes it on a stack for its order,
+/// holding up to `CACHE` blocks (32 by default), and a get of that order pops it again,
+/// with no split, no merge and no bitmap touched; a put beyond `CACHE` merges as usual.
+/// A program that frees and allocates blocks of the same sizes, as most do, so pays for
+/// splits and merges only when the mix of sizes shifts. Cached blocks count as in use:
+/// [`free_blocks`](Buddy::free_blocks) and [`free_bytes`](Buddy::free_bytes) leave them
+/// out, [`cached_bytes`](Buddy::cached_bytes) tells them, and
+/// [`flush_cache`](Buddy::flush_cache) merges them back. No arena is taken while cached
+/// blocks could serve a request: a get that finds no free block large enough flushes the
+/// cache and looks again first. At most `CACHE` blocks of each order from `MIN_ORDER` to
+/// 12 are held, 256 KiB in all with the default (less when `MAX_ORDER` is small, since an
+/// arena's largest block is never cached). `CACHE = 0` makes a strictly eager buddy heap.
+///
 /// The orders are checked at compile time: `MIN_ORDER <= MAX_ORDER`,
 /// `MAX_ORDER <= usize::BITS - 2`, and a `2^MIN_ORDER` block must hold two pointers (so
 /// `MIN_ORDER >= 4` on 64-bit targets). A misconfigured `Buddy` does not build:
@@ -81,13 +100,17 @@ const ORDER_SLOTS: usize = 64;
 /// assert!(buddy.get(Layout::from_size_align(1 << 17, 8).unwrap()).is_none());
 /// // SAFETY: `block` came from `buddy` with `layout` and is put back once.
 /// unsafe { buddy.put(block, layout) };
+/// assert_eq!(buddy.cached_bytes(), 128, "the block waits in the cache for its order");
+/// buddy.flush_cache();
 /// assert_eq!(buddy.free_blocks(16), 1, "merged back into one whole arena");
 /// ```
-pub struct Buddy<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> {
+pub struct Buddy<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32 = 32> {
     /// Free list heads, indexed by order.
     heads: [*mut FreeNode; ORDER_SLOTS],
     /// Bit `k` is set when free list `k` is not empty.
     nonempty: u64,
+    /// The put blocks of each order not merged yet.
+    cache: PutCache<ORDER_SLOTS>,
     /// The newest arena's base; older ones follow the `next` links in their metadata.
     arenas: *mut u8,
     arena_count: usize,
@@ -96,12 +119,14 @@ pub struct Buddy<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> {
 
 // SAFETY: a `Buddy` exclusively owns its arenas; the raw pointers are not shared with
 // anything else, so moving it to another thread is as safe as moving `L`.
-unsafe impl<L: Layer + Send, const MIN_ORDER: u32, const MAX_ORDER: u32> Send
-    for Buddy<L, MIN_ORDER, MAX_ORDER>
+unsafe impl<L: Layer + Send, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32> Send
+    for Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>
 {
 }
 
-impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, MAX_ORDER> {
+impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
+    Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>
+{
     /// Bytes in an arena, and the largest block: `2^MAX_ORDER`.
     pub const ARENA_BYTES: usize = 1 << MAX_ORDER;
     /// The smallest block: `2^MIN_ORDER` bytes.
@@ -139,6 +164,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
         Buddy {
             heads: [ptr::null_mut(); ORDER_SLOTS],
             nonempty: 0,
+            cache: PutCache::new(),
             arenas: ptr::null_mut(),
             arena_count: 0,
             inner,
@@ -186,11 +212,133 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
         count
     }
 
-    /// Free bytes in all arenas.
+    /// Free bytes in all arenas (cached blocks left out).
     pub fn free_bytes(&self) -> usize {
         (MIN_ORDER..=MAX_ORDER)
             .map(|k| self.free_blocks(k) << k)
             .sum()
+    }
+
+    /// Bytes of the blocks waiting in the cache: put, but not merged yet.
+    pub fn cached_bytes(&self) -> usize {
+        (MIN_ORDER..=MAX_ORDER)
+            .map(|k| (self.cache.count(k as usize) as usize) << k)
+            .sum()
+    }
+
+    /// Merges every cached block back into the free blocks, as if each had been put with
+    /// no cache. Returns whether there was any.
+    pub fn flush_cache(&mut self) -> bool {
+        if self.cache.is_empty() {
+            return false;
+        }
+        // Taken out, so that the merges can use `self`; every stack is drained below.
+        let mut cache = core::mem::replace(&mut self.cache, PutCache::new());
+        for order in MIN_ORDER..=Self::CACHE_TOP {
+            // SAFETY: the cached blocks are blocks of `order` in live arenas, untouched since
+            // their put; each is merged once, neither free nor in use until then.
+            unsafe { cache.drain(order as usize, |block| self.merge(block.as_ptr(), order)) };
+        }
+        true
+    }
+
+    /// The largest order the cache holds: blocks up to 4 KiB, never a whole arena; 0 (below
+    /// every order) when `CACHE` is 0.
+    const CACHE_TOP: u32 = if CACHE == 0 || MAX_ORDER <= MIN_ORDER {
+        0
+    } else if CACHE_TOP_ORDER < MAX_ORDER {
+        CACHE_TOP_ORDER
+    } else {
+        MAX_ORDER - 1
+    };
+
+    /// Whether freed blocks of `order` (one of ours) go to the cache when it has room.
+    #[inline(always)]
+    const fn caches(order: u32) -> bool {
+        order <= Self::CACHE_TOP
+    }
+
+    /// Books `block`, of `order`, free, merged with its buddies as far as they are free.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a block of `order` in a live arena of ours, neither free, cached nor in
+    /// use. (Not inlined, so that `put`'s cached path stays a leaf.)
+    #[inline(never)]
+    unsafe fn merge(&mut self, block: *mut u8, mut order: u32) {
+        let base = block.addr() & !(Self::ARENA_BYTES - 1);
+        let mut offset = block.addr() - base;
+        let meta = Self::meta_of(block);
+        while order < MAX_ORDER {
+            let buddy = offset ^ (1 << order);
+            // SAFETY: `meta` is the metadata of the block's live arena, `order < MAX_ORDER`,
+            // and the index is below `2^(MAX_ORDER - order)`, the bitmap's size.
+            if !unsafe { Self::raw_bitmap(meta, order).get(buddy >> order) } {
+                break;
+            }
+            // SAFETY: a set bit means a free block of this order starts at `buddy`, on
+            // list `order`; the address is inside the block's arena.
+            unsafe { self.unlink(block.with_addr(base + buddy).cast(), order) };
+            offset &= !(1 << order);
+            order += 1;
+        }
+        // SAFETY: the merged block lies in the arena, aligned to its order, and is free.
+        unsafe { self.push(block.with_addr(base + offset), order) };
+    }
+
+    /// A block of `order` off the free lists, split from a larger one as needed; the
+    /// cache is flushed, and then an arena taken, when no free block is large enough.
+    /// (Not inlined, so that `get`'s cached path stays a leaf that saves no registers.)
+    #[inline(never)]
+    fn split_for(&mut self, order: u32) -> Option<NonNull<u8>> {
+        let mut fitting = self.nonempty & (u64::MAX << order);
+        if fitting == 0 && self.flush_cache() {
+            fitting = self.nonempty & (u64::MAX << order);
+        }
+        let mut from = if fitting == 0 {
+            self.add_arena()?;
+            MAX_ORDER
+        } else {
+            fitting.trailing_zeros()
+        };
+        let node = self.heads[from as usize];
+        // SAFETY: list `from` is not empty (bit `from` of `nonempty` is set, or an arena was
+        // just booked on it), so `node` is its head.
+        unsafe { self.unlink(node, from) };
+        let block = node.cast::<u8>();
+        while from > order {
+            from -= 1;
+            // SAFETY: the upper half of a free block of order `from + 1` is a free block of
+            // order `from`, in the same arena.
+            unsafe { self.push(block.add(1 << from), from) };
+        }
+        // SAFETY: `block` came off a free list, so it lies in an arena and is not null.
+        Some(unsafe { NonNull::new_unchecked(block) })
+    }
+
+    /// Aborts when `block`, of `order`, is already free or cached (debug builds only: a
+    /// put's caller guarantees it is not).
+    fn require_in_use(&self, block: *mut u8, order: u32, layout: Layout) {
+        let offset = block.addr() & (Self::ARENA_BYTES - 1);
+        let meta = Self::meta_of(block);
+        for k in order..=MAX_ORDER {
+            // SAFETY: the caller's duties make `block` a block of a live arena of ours; no
+            // other bitmap handle is alive.
+            if let Ok(true) = unsafe { Self::bitmap(meta, k) }.get(offset >> k) {
+                abort_with(format_args!(
+                    "Buddy: put of {block:p} ({layout:?}), which is already free"
+                ));
+            }
+        }
+        // SAFETY: the cached blocks are ours, untouched since their put; `block` is not null.
+        if unsafe {
+            self.cache
+                .contains(order as usize, NonNull::new_unchecked(block))
+        } {
+            abort_with(format_args!(
+                "Buddy: put of {block:p} ({layout:?}), which is already put (cached)"
+            ));
+        }
     }
 
     /// Words from the start of an arena's metadata to the bitmap of `order`.
@@ -381,6 +529,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
         self.arena_count = 0;
         self.heads = [ptr::null_mut(); ORDER_SLOTS];
         self.nonempty = 0;
+        self.cache.clear();
     }
 
     /// The arena whose data holds `addr`, if it is one of ours.
@@ -397,78 +546,50 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Buddy<L, MIN_ORDER, M
 
 // SAFETY: every block handed out is a block of some order `k` carved by halving from a
 // whole arena got from `L`, aligned to `2^k >= max(size, align)`; it was taken off the free
-// lists (and its bitmap bit cleared) when handed out, so it is disjoint from every free
-// block and from every other live block. A put books the block free again and merges it
-// only with a buddy the bitmaps show free at the same order. Arenas go back to `L` at
-// deinit only.
-unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Layer
-    for Buddy<L, MIN_ORDER, MAX_ORDER>
+// lists (and its bitmap bit cleared) or off the cache of its order when handed out, so it
+// is disjoint from every free or cached block and from every other live block. A put
+// caches the block (its bit stays clear, so no merge takes it) or books it free again,
+// merging it only with a buddy the bitmaps show free at the same order. Arenas go back to
+// `L` at deinit only.
+unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32> Layer
+    for Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>
 {
     const MIN_ALIGN: usize = 1 << MIN_ORDER;
     const OWNS_EXACT: bool = true;
 
+    #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let order = Self::order_of(layout)?;
-        let fitting = self.nonempty & (u64::MAX << order);
-        let mut from = if fitting == 0 {
-            self.add_arena()?;
-            MAX_ORDER
-        } else {
-            fitting.trailing_zeros()
-        };
-        let node = self.heads[from as usize];
-        // SAFETY: list `from` is not empty (bit `from` of `nonempty` is set, or an arena was
-        // just booked on it), so `node` is its head.
-        unsafe { self.unlink(node, from) };
-        let block = node.cast::<u8>();
-        while from > order {
-            from -= 1;
-            // SAFETY: the upper half of a free block of order `from + 1` is a free block of
-            // order `from`, in the same arena.
-            unsafe { self.push(block.add(1 << from), from) };
+        if Self::caches(order) {
+            // SAFETY: the cached blocks are ours, untouched since their put.
+            if let Some(block) = unsafe { self.cache.pop(order as usize) } {
+                return Some(block);
+            }
         }
-        // SAFETY: `block` came off a free list, so it lies in an arena and is not null.
-        Some(unsafe { NonNull::new_unchecked(block) })
+        self.split_for(order)
     }
-
+    #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        let Some(mut order) = Self::order_of(layout) else {
+        let Some(order) = Self::order_of(layout) else {
             debug_require!(false, "Buddy: put of {ptr:p} with {layout:?}, never served");
             return;
         };
         let block = ptr.as_ptr();
-        let base = block.addr() & !(Self::ARENA_BYTES - 1);
-        let mut offset = block.addr() - base;
-        let meta = Self::meta_of(block);
         debug_require!(
-            offset.is_multiple_of(1 << order),
+            block.addr().is_multiple_of(1 << order),
             "Buddy: put of {ptr:p}, not a block of order {order}"
         );
         if cfg!(debug_assertions) {
-            for k in order..=MAX_ORDER {
-                // SAFETY: the caller's duties make `ptr` a block of a live arena of ours.
-                if let Ok(true) = unsafe { Self::bitmap(meta, k) }.get(offset >> k) {
-                    abort_with(format_args!(
-                        "Buddy: put of {ptr:p} ({layout:?}), which is already free"
-                    ));
-                }
-            }
+            self.require_in_use(block, order, layout);
         }
-        while order < MAX_ORDER {
-            let buddy = offset ^ (1 << order);
-            // SAFETY: as above; `order < MAX_ORDER`, and the index is below
-            // `2^(MAX_ORDER - order)`, the bitmap's size.
-            if !unsafe { Self::raw_bitmap(meta, order).get(buddy >> order) } {
-                break;
-            }
-            // SAFETY: a set bit means a free block of this order starts at `buddy`, on
-            // list `order`; the address is inside the caller's block's arena.
-            unsafe { self.unlink(block.with_addr(base + buddy).cast(), order) };
-            offset &= !(1 << order);
-            order += 1;
+        // SAFETY: the block is ours, of at least `MIN_BLOCK` bytes aligned to them (room
+        // for the link), and no longer in use, nor cached or free (the caller's duties).
+        if Self::caches(order) && unsafe { self.cache.push(order as usize, ptr, CACHE) } {
+            return;
         }
-        // SAFETY: the merged block lies in the arena, aligned to its order, and is free.
-        unsafe { self.push(block.with_addr(base + offset), order) };
+        // SAFETY: the caller's duties make `block` a block of `order` of ours, in use until
+        // now.
+        unsafe { self.merge(block, order) };
     }
 
     fn init() -> Self {
@@ -548,6 +669,39 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Layer
             ));
         }
         for k in 0..ORDER_SLOTS as u32 {
+            if !Self::caches(k) && self.cache.count(k as usize) != 0 {
+                fail(format_args!("a cache for order {k}, which is not cached"));
+            }
+            let mut each = |block: NonNull<u8>| {
+                let addr = block.as_ptr().addr();
+                let Some(base) = self.arena_of(addr) else {
+                    fail(format_args!(
+                        "cached block {block:p} of order {k} is in no arena"
+                    ));
+                };
+                let offset = addr - base.addr();
+                if !offset.is_multiple_of(1 << k) {
+                    fail(format_args!(
+                        "cached block {block:p} is not a block of order {k}"
+                    ));
+                }
+                for up in k..=MAX_ORDER {
+                    // SAFETY: `base` is a live arena; one bitmap handle at a time.
+                    let map = unsafe { Self::bitmap(Self::meta_of(base), up) };
+                    if map.get(offset >> up) == Ok(true) {
+                        fail(format_args!(
+                            "cached block {block:p} of order {k} is (inside) a free block of \
+                             order {up}"
+                        ));
+                    }
+                }
+            };
+            // SAFETY: the cached blocks are ours, untouched since their put.
+            if let Err(error) = unsafe { self.cache.check(k as usize, CACHE, &mut each) } {
+                fail(format_args!("the cache of order {k} {error}"));
+            }
+        }
+        for k in 0..ORDER_SLOTS as u32 {
             let head = self.heads[k as usize];
             if (self.nonempty >> k & 1 == 1) == head.is_null() {
                 fail(format_args!("nonempty mask differs from list {k}"));
@@ -596,20 +750,23 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Layer
     }
 }
 
-impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32> Drop for Buddy<L, MIN_ORDER, MAX_ORDER> {
+impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32> Drop
+    for Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>
+{
     fn drop(&mut self) {
         self.deinit();
     }
 }
 
-impl<L: Layer + fmt::Debug, const MIN_ORDER: u32, const MAX_ORDER: u32> fmt::Debug
-    for Buddy<L, MIN_ORDER, MAX_ORDER>
+impl<L: Layer + fmt::Debug, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32> fmt::Debug
+    for Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Buddy")
             .field("orders", &(MIN_ORDER..=MAX_ORDER))
             .field("arenas", &self.arena_count)
             .field("free_bytes", &self.free_bytes())
+            .field("cached_bytes", &self.cached_bytes())
             .field("inner", &self.inner)
             .finish()
     }
@@ -621,7 +778,10 @@ mod tests {
     use crate::layers::Buffer;
     use core::mem::MaybeUninit;
 
-    type Small<'a> = Buddy<Buffer<'a>, 4, 10>;
+    /// Eager (no cache), so that every put merges at once.
+    type Small<'a> = Buddy<Buffer<'a>, 4, 10, 0>;
+    /// A cache of two blocks per order.
+    type Cached<'a> = Buddy<Buffer<'a>, 4, 10, 2>;
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).unwrap()
@@ -686,5 +846,86 @@ mod tests {
         assert_eq!(buddy.free_blocks(10), 2);
         buddy.deinit();
         assert_eq!((buddy.arenas(), buddy.free_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_put_block_waits_in_the_cache_and_is_served_again() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 4096];
+        let mut buddy = Cached::new(Buffer::new(&mut memory));
+        let a = buddy.get(layout(16, 1)).unwrap();
+        let free = buddy.free_bytes();
+        // SAFETY: got just above.
+        unsafe { buddy.put(a, layout(16, 1)) };
+        buddy.check_invariants();
+        assert_eq!(buddy.cached_bytes(), 16);
+        assert_eq!(buddy.free_bytes(), free, "a cached block is not free");
+        assert_eq!(
+            buddy.get(layout(10, 8)),
+            Some(a),
+            "same order, from the cache"
+        );
+        assert_eq!(buddy.cached_bytes(), 0);
+        // SAFETY: got just above.
+        unsafe { buddy.put(a, layout(10, 8)) };
+        assert!(buddy.flush_cache());
+        assert!(!buddy.flush_cache(), "nothing left to flush");
+        buddy.check_invariants();
+        assert_eq!(buddy.free_blocks(10), 1, "merged back whole");
+    }
+
+    #[test]
+    fn puts_beyond_the_cache_depth_merge() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 4096];
+        let mut buddy = Cached::new(Buffer::new(&mut memory));
+        let blocks: alloc::vec::Vec<_> =
+            (0..4).map(|_| buddy.get(layout(32, 8)).unwrap()).collect();
+        for &block in &blocks {
+            // SAFETY: each got above, put once.
+            unsafe { buddy.put(block, layout(32, 8)) };
+            buddy.check_invariants();
+        }
+        assert_eq!(
+            buddy.cached_bytes(),
+            2 * 32,
+            "two cached, the other two merged"
+        );
+        assert_eq!(buddy.free_bytes(), 1024 - 2 * 32);
+        // Orders above the cache's top (the whole arena here) are never cached.
+        let whole = buddy.get(layout(1024, 8)).is_none();
+        assert!(!whole, "the get flushed the cache to find a whole arena");
+        assert_eq!(buddy.arenas(), 1);
+        assert_eq!(buddy.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn a_get_flushes_the_cache_before_it_takes_an_arena() {
+        // Room for more than one arena: the test is that no second one is taken.
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 4096];
+        let mut buddy = Buddy::<Buffer<'_>, 4, 10>::new(Buffer::new(&mut memory));
+        let blocks: alloc::vec::Vec<_> =
+            (0..64).map(|_| buddy.get(layout(16, 1)).unwrap()).collect();
+        for &block in &blocks {
+            // SAFETY: each got above, put once.
+            unsafe { buddy.put(block, layout(16, 1)) };
+        }
+        assert_eq!(buddy.cached_bytes(), 32 * 16, "the default depth, 32");
+        let whole = buddy.get(layout(1024, 1)).expect("the cache merged back");
+        buddy.check_invariants();
+        assert_eq!(buddy.arenas(), 1);
+        // SAFETY: got just above.
+        unsafe { buddy.put(whole, layout(1024, 1)) };
+        assert_eq!(buddy.free_blocks(10), 1, "a whole arena is never cached");
+    }
+
+    #[test]
+    fn an_eager_heap_caches_nothing() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 4096];
+        let mut buddy = Small::new(Buffer::new(&mut memory));
+        let a = buddy.get(layout(16, 1)).unwrap();
+        // SAFETY: got just above.
+        unsafe { buddy.put(a, layout(16, 1)) };
+        assert_eq!(buddy.cached_bytes(), 0);
+        assert!(!buddy.flush_cache());
+        assert_eq!(buddy.free_blocks(10), 1);
     }
 }

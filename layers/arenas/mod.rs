@@ -8,6 +8,8 @@ mod bitmapped;
 mod buddy;
 /// Bump allocation out of fixed-size chunks.
 mod chunk;
+/// Stacks of put blocks by size, handed out again before they are booked free.
+mod put_cache;
 
 pub use batch::Batch;
 pub use bitmapped::Bitset;

@@ -100,6 +100,8 @@ fn buddy_refuses_requests_above_its_max_order() {
         buddy.put(small, layout(0, 1));
     }
     buddy.check_invariants();
+    assert!(buddy.flush_cache(), "the small block waited in the cache");
+    buddy.check_invariants();
     assert_eq!(buddy.free_blocks(12), 2, "every arena merged back whole");
     assert_eq!(buddy.free_bytes(), 2 * 4096);
 }
@@ -118,8 +120,9 @@ fn bitset_refuses_requests_larger_than_an_arena() {
     heap.check_invariants();
 }
 
-/// Many blocks of mixed sizes, freed in a scrambled order: the buddy heap ends with every
-/// arena whole again, the bitmapped heap with every bit clear.
+/// Many blocks of mixed sizes, freed in a scrambled order: once their caches are flushed,
+/// the buddy heap ends with every arena whole again, the bitmapped heap with every bit
+/// clear.
 #[test]
 fn everything_comes_back_after_scrambled_frees() {
     let count = if cfg!(miri) { 40 } else { 2000 };
@@ -148,7 +151,15 @@ fn everything_comes_back_after_scrambled_frees() {
     }
     buddy.check_invariants();
     bitmapped.check_invariants();
+    assert!(buddy.cached_bytes() > 0);
+    buddy.flush_cache();
+    buddy.check_invariants();
+    assert_eq!(buddy.cached_bytes(), 0);
     assert_eq!(buddy.free_blocks(14), buddy.arenas());
     assert_eq!(buddy.free_bytes(), buddy.arenas() << 14);
+    assert!(bitmapped.cached_blocks() > 0);
+    assert_eq!(bitmapped.used_blocks(), bitmapped.cached_blocks());
+    bitmapped.flush_cache();
+    bitmapped.check_invariants();
     assert_eq!(bitmapped.used_blocks(), 0);
 }

@@ -417,12 +417,20 @@ mod layers {
     // Each suite run costs ~15 s under Miri: the layers run there over a `Buffer`; the other
     // sources and stacks only natively.
     #[cfg(not(miri))]
+    conformance!(eager_buddy_over_buffer, || Buddy::<_, 4, 16, 0>::new(
+        super::suite_buffer()
+    ));
+    #[cfg(not(miri))]
     conformance!(
         buddy_under_check,
         || Check::new(Buddy::<_, 4, 16>::new(super::suite_buffer())),
         gauged
     );
     conformance!(bitset_over_buffer, || Bitset::<_, 64, 65536>::new(
+        super::suite_buffer()
+    ));
+    #[cfg(not(miri))]
+    conformance!(eager_bitset_over_buffer, || Bitset::<_, 64, 65536, 0>::new(
         super::suite_buffer()
     ));
     // Small requests to bump chunks, large ones straight to a buffer; a `Check` on each

@@ -8,7 +8,7 @@ mod aborts {
     use std::ptr::NonNull;
 
     use stratalloc::Layer;
-    use stratalloc::layers::{Batch, Check, Coalesce, Mmap, System};
+    use stratalloc::layers::{Batch, Bitset, Buddy, Check, Coalesce, Mmap, System};
 
     /// The child side: does nothing unless started by `run_child`.
     #[test]
@@ -73,6 +73,26 @@ mod aborts {
                     let _ = b;
                     heap.put(a, layout);
                 }
+                "buddy_cached_double_put" => {
+                    let mut heap = Buddy::<_, 4, 16>::new(Mmap::new());
+                    let a = heap.get(layout).unwrap();
+                    let _b = heap.get(layout).unwrap();
+                    heap.put(a, layout);
+                    heap.put(a, layout);
+                }
+                "buddy_merged_double_put" => {
+                    let mut heap = Buddy::<_, 4, 16, 0>::new(Mmap::new());
+                    let a = heap.get(layout).unwrap();
+                    let _b = heap.get(layout).unwrap();
+                    heap.put(a, layout);
+                    heap.put(a, layout);
+                }
+                "bitset_cached_double_put" => {
+                    let mut heap = Bitset::<_, 16, 65536>::new(Mmap::new());
+                    let a = heap.get(layout).unwrap();
+                    heap.put(a, layout);
+                    heap.put(a, layout);
+                }
                 other => panic!("unknown scenario {other}"),
             }
         }
@@ -133,6 +153,36 @@ mod aborts {
     #[cfg_attr(miri, ignore = "Miri cannot start processes")]
     fn check_aborts_on_a_pointer_it_never_handed_out() {
         expect_abort("stranger", "which is not a live block of this layer");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "Buddy checks puts in debug builds only"
+    )]
+    fn buddy_aborts_on_a_double_put_of_a_cached_block() {
+        expect_abort("buddy_cached_double_put", "which is already put (cached)");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "Buddy checks puts in debug builds only"
+    )]
+    fn buddy_aborts_on_a_double_put_of_a_free_block() {
+        expect_abort("buddy_merged_double_put", "which is already free");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "Bitset checks puts in debug builds only"
+    )]
+    fn bitset_aborts_on_a_double_put_of_a_cached_run() {
+        expect_abort("bitset_cached_double_put", "which is already put (cached)");
     }
 
     #[test]

@@ -82,7 +82,13 @@ fn find_or_build_library() -> Result<PathBuf, String> {
     let target = Path::new(REPO).join("target").join("preload");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
-        .args(["build", "--profile", "preload", "--example", "stratalloc_malloc"])
+        .args([
+            "build",
+            "--profile",
+            "preload",
+            "--example",
+            "stratalloc_malloc",
+        ])
         .current_dir(REPO)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("LD_PRELOAD")
