@@ -540,11 +540,20 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         blocks: usize,
         stride: usize,
     ) -> Option<usize> {
-        // The starts at multiples of `stride` inside a word, for strides below 64 (the
-        // divisor is 0 only for strides of 64 or more, which use one start a word).
-        let aligned = u64::MAX
-            .checked_div((1u64 << (stride % 64)) - 1)
-            .unwrap_or(1);
+        // The starts at multiples of `stride` inside a word (bit 0 alone for strides of 64
+        // or more, which use one start a word): a table, not a division, which cost a tenth
+        // of a search.
+        const ALIGNED: [u64; 8] = [
+            u64::MAX,
+            0x5555_5555_5555_5555,
+            0x1111_1111_1111_1111,
+            0x0101_0101_0101_0101,
+            0x0001_0001_0001_0001,
+            0x0000_0001_0000_0001,
+            1,
+            1,
+        ];
+        let aligned = ALIGNED[(stride.trailing_zeros() as usize).min(7)];
         // Words that hold no start at a multiple of a large stride are skipped (a power of
         // two: a mask, not a division).
         let skip = (stride / 64).max(1) - 1;
