@@ -53,18 +53,16 @@ impl<const BLOCK: usize, const ARENA: usize> Words for Geometry<BLOCK, ARENA> {
 type Index<const BLOCK: usize, const ARENA: usize> = RunIndex<Geometry<BLOCK, ARENA>>;
 
 /// Bit `i` is set when bits `i..i + n` of `free` are all set (`1 <= n <= 64`): the starts of
-/// the runs of `n` that lie inside the word. Without a branch: the starts of runs of
-/// `2^f <= n` (by doubling), and of two such runs `n - 2^f` apart, which overlap.
+/// the runs of `n` that lie inside the word: the starts of runs of `2^f <= n` (by doubling,
+/// `f` steps), and of two such runs `n - 2^f` apart, which overlap. (Not all seven doublings
+/// and a pick from an array: that array went through the stack on every search.)
 #[inline(always)]
 fn runs_in_word(free: u64, n: usize) -> u64 {
-    let r2 = free & (free >> 1);
-    let r4 = r2 & (r2 >> 2);
-    let r8 = r4 & (r4 >> 4);
-    let r16 = r8 & (r8 >> 8);
-    let r32 = r16 & (r16 >> 16);
-    let r64 = r32 & (r32 >> 32);
-    let f = n.ilog2() as usize;
-    let runs = [free, r2, r4, r8, r16, r32, r64, 0][f & 7];
+    let f = n.ilog2();
+    let mut runs = free;
+    for k in 0..f {
+        runs &= runs >> (1u32 << k);
+    }
     runs & (runs >> ((n - (1 << f)) & 63))
 }
 
@@ -256,9 +254,22 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         let meta = self.add_arena()?;
         // SAFETY: a fresh arena; its run starts at block 0, which fits any request that
         // `blocks_of` accepted.
-        let at = unsafe { Self::take(meta, blocks, stride) }?;
+        let at = unsafe { Self::take_from_fresh(meta, blocks, stride) }?;
         // SAFETY: block `at` lies inside the new arena, just before its metadata.
         Some(unsafe { NonNull::new_unchecked(meta.sub(ARENA).add(at * BLOCK)) })
+    }
+
+    /// [`take`](Self::take) from a fresh arena, out of line, so that `search_arenas` holds
+    /// one copy of the search (a second one cost it register spills on every call).
+    ///
+    /// # Safety
+    ///
+    /// As for `take`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn take_from_fresh(meta: *mut u8, blocks: usize, stride: usize) -> Option<usize> {
+        // SAFETY: the caller's duties.
+        unsafe { Self::take(meta, blocks, stride) }
     }
 
     /// Blocks of the runs waiting in the cache: put, but not free yet.
@@ -270,6 +281,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
 
     /// Frees every cached run, as if each had been put with no cache. Returns whether there
     /// was any.
+    #[cold]
+    #[inline(never)]
     pub fn flush_cache(&mut self) -> bool {
         if self.cache.is_empty() {
             return false;
@@ -478,7 +491,9 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     /// # Safety
     ///
     /// `map` and `index` belong to one live arena of this layer; `stride` is a power of two.
-    #[inline]
+    /// (Out of line: long runs are rare, and inlined it cost the short ones' search register
+    /// spills.)
+    #[inline(never)]
     unsafe fn find_long_run(
         map: RawBits,
         index: Index<BLOCK, ARENA>,

@@ -228,6 +228,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
 
     /// Merges every cached block back into the free blocks, as if each had been put with
     /// no cache. Returns whether there was any.
+    #[cold]
+    #[inline(never)]
     pub fn flush_cache(&mut self) -> bool {
         if self.cache.is_empty() {
             return false;
