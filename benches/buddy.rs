@@ -1,8 +1,8 @@
 //! `Buddy` against buddy_system_allocator and `Bitset` against talc, each over one big
 //! region of anonymous memory: alloc/free pairs with a window of live blocks, and 64Ki live
-//! blocks allocated and then freed in scrambled order. (At a million live blocks
-//! buddy_system_allocator, whose frees search a linked list for the buddy, does not finish
-//! in minutes.)
+//! blocks allocated and then freed in scrambled order; `Bitset` and talc also with a
+//! million (2^20) live blocks. (At a million live blocks buddy_system_allocator, whose frees
+//! search a linked list for the buddy, does not finish in minutes.)
 
 use std::alloc::Layout;
 use std::hint::black_box;
@@ -18,6 +18,8 @@ const REGION: usize = 1 << REGION_ORDER;
 
 /// Live blocks in the second workload.
 const MANY: usize = 1 << 16;
+/// Live blocks in the third (`Bitset` and talc only).
+const MILLION: usize = 1 << 20;
 
 /// One arena as big as the peers' region, blocks of 16 bytes and up.
 type OurBuddy = Buddy<Mmap, 4, REGION_ORDER>;
@@ -128,16 +130,17 @@ fn pairs(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>) {
     }
 }
 
-/// `MANY` blocks of 16-64 bytes allocated, then freed in a scrambled order. Each block is
+/// `count` (a power of two) blocks of 16-64 bytes allocated, then freed in a scrambled
+/// order. Each block is
 /// stored in a scrambled slot and the frees walk the slots in order, so that the harness's
 /// own loads are sequential and the time is the allocator's (reading the slots in a
 /// scrambled order instead made a cache miss per free, the same for both sides, most of
 /// the time measured).
-fn many_live(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>) {
-    live.resize(MANY, (NonNull::dangling(), Layout::new::<u8>()));
+fn many_live(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>, count: usize) {
+    live.resize(count, (NonNull::dangling(), Layout::new::<u8>()));
     let mut at = 0usize;
-    for i in 0..MANY {
-        at = (at + 40_503) % MANY; // odd, so coprime with 2^16: visits every index once
+    for i in 0..count {
+        at = (at + 40_503) % count; // odd, so coprime with 2^k: visits every index once
         let layout = Layout::from_size_align(16 + (i * 7) % 49, 8).unwrap();
         live[at] = (subject.get(layout), layout);
     }
@@ -147,13 +150,16 @@ fn many_live(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>) 
     live.clear();
 }
 
+/// The workloads, ours then the peer's in each group; with `million`, the million-live one
+/// too.
 fn compare<A: Subject, B: Subject>(
     c: &mut Criterion,
     group: &str,
     (ours, mut a): (&str, A),
     (peer, mut b): (&str, B),
+    million: bool,
 ) {
-    let mut live = Vec::with_capacity(MANY);
+    let mut live = Vec::with_capacity(if million { MILLION } else { MANY });
     let mut g = c.benchmark_group(format!("{group}_pairs"));
     g.bench_function(ours, |bench| bench.iter(|| pairs(&mut a, &mut live)));
     for (block, layout) in live.drain(..) {
@@ -166,9 +172,24 @@ fn compare<A: Subject, B: Subject>(
     g.finish();
     let mut g = c.benchmark_group(format!("{group}_many_live"));
     g.sample_size(10);
-    g.bench_function(ours, |bench| bench.iter(|| many_live(&mut a, &mut live)));
-    g.bench_function(peer, |bench| bench.iter(|| many_live(&mut b, &mut live)));
+    g.bench_function(ours, |bench| {
+        bench.iter(|| many_live(&mut a, &mut live, MANY))
+    });
+    g.bench_function(peer, |bench| {
+        bench.iter(|| many_live(&mut b, &mut live, MANY))
+    });
     g.finish();
+    if million {
+        let mut g = c.benchmark_group(format!("{group}_million_live"));
+        g.sample_size(10);
+        g.bench_function(ours, |bench| {
+            bench.iter(|| many_live(&mut a, &mut live, MILLION))
+        });
+        g.bench_function(peer, |bench| {
+            bench.iter(|| many_live(&mut b, &mut live, MILLION))
+        });
+        g.finish();
+    }
 }
 
 fn buddy(c: &mut Criterion) {
@@ -177,6 +198,7 @@ fn buddy(c: &mut Criterion) {
         "buddy",
         ("stratalloc_buddy", OurBuddy::new(Mmap::new())),
         ("buddy_system_allocator", PeerBuddy::new()),
+        false,
     );
 }
 
@@ -186,6 +208,7 @@ fn bitset(c: &mut Criterion) {
         "bitset",
         ("stratalloc_bitset", OurBitset::new(Mmap::new())),
         ("talc", PeerTalc::new()),
+        true,
     );
 }
 
