@@ -1,6 +1,7 @@
-//! `Bitset<L, BLOCK, ARENA>`: fixed-size blocks in arenas taken from `L`, one bit per block
-//! in a [`BitSet`]; larger requests take runs of consecutive blocks, found through a
-//! summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`).
+//! `Bitset<L, BLOCK, ARENA, CACHE>`: fixed-size blocks in arenas taken from `L`, one bit
+//! per block in a [`BitSet`]; larger requests take runs of consecutive blocks, found through
+//! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`);
+//! put runs are cached a while before they go free.
 //!
 //! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
 //! it belongs to a live run; each arena's bitmap keeps the `BitSet` invariants (its count
@@ -8,7 +9,9 @@
 //! word's recorded class is at least the number of lengths `2^c` (`c < 7`) of free runs
 //! that start in it, each entry of a level above is at least the largest of the 64 below
 //! it, and no word below `first[c]` has a recorded class above `c` (the full list is on
-//! [`RunIndex`]). The bitmap is the truth; the index only says where not to look.
+//! [`RunIndex`]). The bitmap is the truth; the index only says where not to look. A cached
+//! run of `n` blocks is a run in use of one of our arenas (all its bits set), on cache `n`
+//! once, and cache `n` holds at most `CACHE` runs.
 
 mod run_index;
 

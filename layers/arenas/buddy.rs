@@ -1,11 +1,15 @@
-//! `Buddy<L, MIN_ORDER, MAX_ORDER>`: a binary buddy heap over arenas of `2^MAX_ORDER` bytes
-//! taken from `L`, its free blocks booked in one [`BitSet`] per order.
+//! `Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>`: a binary buddy heap over arenas of
+//! `2^MAX_ORDER` bytes taken from `L`, its free blocks booked in one [`BitSet`] per order,
+//! its put blocks cached a while before they merge.
 //!
 //! Invariants (checked by `check_invariants` in tests): a free block of order `k` at offset
 //! `o` of its arena has bit `o >> k` set in that arena's order-`k` bitmap, and is on free
 //! list `k` exactly once, and nothing else is; no two free blocks overlap (no free block
 //! lies inside a larger free one); no free block has its buddy free at the same order
-//! (merging is complete); bit `k` of `nonempty` is set exactly when list `k` is not empty.
+//! (merging is complete among free blocks); bit `k` of `nonempty` is set exactly when list
+//! `k` is not empty. A cached block of order `k` is a block of one of our arenas, on cache
+//! `k` once, with no bit set for it or around it at orders `k` and up (it is neither free
+//! nor inside a free block), and cache `k` holds at most `CACHE` blocks.
 
 use core::alloc::Layout;
 use core::fmt;
@@ -261,11 +265,12 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     }
 
     /// Books `block`, of `order`, free, merged with its buddies as far as they are free.
+    /// (Not inlined, so that `put`'s cached path stays a leaf.)
     ///
     /// # Safety
     ///
     /// `block` is a block of `order` in a live arena of ours, neither free, cached nor in
-    /// use. (Not inlined, so that `put`'s cached path stays a leaf.)
+    /// use.
     #[inline(never)]
     unsafe fn merge(&mut self, block: *mut u8, mut order: u32) {
         let base = block.addr() & !(Self::ARENA_BYTES - 1);
