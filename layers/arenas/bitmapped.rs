@@ -99,8 +99,8 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// Memory comes from `L` one *arena* at a time: `ARENA` bytes (1 MiB unless given) aligned
 /// to `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits) and
 /// its summary (about a byte per 64 blocks). A put finds its arena from the address alone
-/// (a mask) and clears the run's bits. A new arena is taken when no arena has a fitting
-/// run; arenas stay until [`deinit`](Layer::deinit), which returns them to `L`.
+/// (a mask) and clears the run's bits (or caches the run: see below). A new arena is taken
+/// when no arena has a fitting run, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns them to `L`.
 ///
 /// - Every block is aligned to `BLOCK` ([`MIN_ALIGN`](Layer::MIN_ALIGN)); larger
 ///   alignments, up to `ARENA`, are served by starting the run at a multiple of
@@ -118,8 +118,8 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// includes them, [`cached_blocks`](Bitset::cached_blocks) tells them, and
 /// [`flush_cache`](Bitset::flush_cache) frees them. No arena is taken while cached runs
 /// could serve a request: a get that finds no fitting run flushes the cache and searches
-/// again first. (Blocks smaller than a pointer are never cached, since a cached run holds
-/// a link.) `CACHE = 0` frees every run at its put.
+/// again first. (Blocks smaller than a pointer, or aligned to less, are never cached, since
+/// a cached run holds a link.) `CACHE = 0` frees every run at its put.
 ///
 /// `BLOCK` and `ARENA` must be powers of two with `BLOCK <= ARENA <= 2^(usize::BITS - 2)`
 /// (checked at compile time). A misconfigured `Bitset` does not build:
@@ -309,6 +309,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     #[inline(always)]
     const fn caches(blocks: usize) -> bool {
         CACHE > 0
+            && BLOCK >= size_of::<*mut u8>()
             && BLOCK >= align_of::<*mut u8>()
             && blocks <= CACHED_RUN_BLOCKS
             && blocks * BLOCK <= CACHED_RUN_BYTES
@@ -737,9 +738,12 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
 }
 
 // SAFETY: a block handed out is a run of blocks inside one arena got from `L`, starting at
-// a multiple of `max(align, BLOCK)` bytes from the arena's `ARENA`-aligned base, whose bits
-// were all clear and are set while it is live; so it is disjoint from every other live
-// block. Puts clear exactly the run's bits. Arenas go back to `L` at deinit only.
+// a multiple of `max(align, BLOCK)` bytes from the arena's `ARENA`-aligned base: either a
+// run whose bits were all clear, or a cached run of the same length (aligned to `BLOCK`,
+// for a request aligned to no more) taken off its stack. Its bits stay set while it is live
+// or cached, so it is disjoint from every other live or cached block. A put either caches
+// the run (its bits stay set) or clears exactly the run's bits. Arenas go back to `L` at
+// deinit only.
 unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> Layer
     for Bitset<L, BLOCK, ARENA, CACHE>
 {
@@ -775,15 +779,19 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
                     "Bitset: put of {ptr:p} ({layout:?}), whose blocks are not all in use"
                 ));
             }
+            let (start, end) = (ptr.as_ptr().addr(), ptr.as_ptr().addr() + blocks * BLOCK);
             // SAFETY: the cached runs are ours, untouched since their put.
-            if unsafe { self.cache.contains(blocks, ptr) } {
+            if unsafe {
+                self.cache
+                    .overlaps(1..=CACHED_RUN_BLOCKS, start, end, |n| n * BLOCK)
+            } {
                 abort_with(format_args!(
                     "Bitset: put of {ptr:p} ({layout:?}), which is already put (cached)"
                 ));
             }
         }
-        // SAFETY: the run is ours, at least a pointer long and aligned (`caches` checks
-        // `BLOCK`), and no longer in use, nor cached or free (the caller's duties).
+        // SAFETY: the run is ours, at least a pointer long and aligned to one (`caches`
+        // checks `BLOCK`), and no longer in use, nor cached or free (the caller's duties).
         if Self::caches(blocks) && unsafe { self.cache.push(blocks, ptr, CACHE) } {
             return;
         }
@@ -1128,10 +1136,10 @@ mod tests {
     #[test]
     fn blocks_smaller_than_a_pointer_are_never_cached() {
         let mut memory = alloc::vec![core::mem::MaybeUninit::uninit(); 4096];
-        let mut heap = Bitset::<Buffer<'_>, 4, 1024>::new(Buffer::new(&mut memory));
-        let run = heap.get(layout(16, 4)).unwrap();
+        let mut heap = Bitset::<Buffer<'_>, 2, 1024>::new(Buffer::new(&mut memory));
+        let run = heap.get(layout(16, 2)).unwrap();
         // SAFETY: got above, put once.
-        unsafe { heap.put(run, layout(16, 4)) };
+        unsafe { heap.put(run, layout(16, 2)) };
         assert_eq!((heap.cached_blocks(), heap.used_blocks()), (0, 0));
     }
 }

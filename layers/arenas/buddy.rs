@@ -46,13 +46,14 @@ const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
 const ORDER_SLOTS: usize = 64;
 
 /// A binary buddy heap: blocks of `2^k` bytes for orders `k` in `MIN_ORDER..=MAX_ORDER`,
-/// split in halves on the way out and merged with their free buddy on the way back.
+/// split in halves on the way out and merged with their free buddy on the way back (after
+/// a while in the cache, for small blocks: see below).
 ///
 /// Memory comes from `L` one *arena* at a time: `2^MAX_ORDER` bytes aligned to
 /// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`BitSet`] per
 /// order, with bit `i` of order `k` set when the block at offset `i << k` is free at that
 /// order; about `2^(MAX_ORDER - MIN_ORDER - 2)` bytes in all). A new arena is taken when no
-/// free block is large enough; arenas stay until [`deinit`](Layer::deinit), which returns
+/// free block is large enough, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns
 /// them to `L`. The free lists are intrusive (their links live in the free blocks) and
 /// shared by all arenas, so a `get` finds its block in O(1) plus the splits, and a `put`
 /// finds the arena from the address alone (a mask) and merges in O(orders).
@@ -261,7 +262,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     /// Whether freed blocks of `order` (one of ours) go to the cache when it has room.
     #[inline(always)]
     const fn caches(order: u32) -> bool {
-        order <= Self::CACHE_TOP
+        MIN_ORDER <= order && order <= Self::CACHE_TOP
     }
 
     /// Books `block`, of `order`, free, merged with its buddies as far as they are free.
@@ -323,9 +324,13 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         Some(unsafe { NonNull::new_unchecked(block) })
     }
 
-    /// Aborts when `block`, of `order`, is already free or cached (debug builds only: a
-    /// put's caller guarantees it is not).
-    fn require_in_use(&self, block: *mut u8, order: u32, layout: Layout) {
+    /// Aborts when `block`, of `order`, is already free or cached, or overlaps a cached
+    /// block (debug builds only: a put's caller guarantees none of it).
+    ///
+    /// # Safety
+    ///
+    /// `block` is a block of `order` of a live arena of ours.
+    unsafe fn require_in_use(&self, block: *mut u8, order: u32, layout: Layout) {
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
         let meta = Self::meta_of(block);
         for k in order..=MAX_ORDER {
@@ -337,10 +342,15 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
                 ));
             }
         }
-        // SAFETY: the cached blocks are ours, untouched since their put; `block` is not null.
+        let (start, end) = (block.addr(), block.addr() + (1 << order));
+        // SAFETY: the cached blocks are ours, untouched since their put.
         if unsafe {
-            self.cache
-                .contains(order as usize, NonNull::new_unchecked(block))
+            self.cache.overlaps(
+                MIN_ORDER as usize..=Self::CACHE_TOP as usize,
+                start,
+                end,
+                |k| 1 << k,
+            )
         } {
             abort_with(format_args!(
                 "Buddy: put of {block:p} ({layout:?}), which is already put (cached)"
@@ -587,7 +597,8 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
             "Buddy: put of {ptr:p}, not a block of order {order}"
         );
         if cfg!(debug_assertions) {
-            self.require_in_use(block, order, layout);
+            // SAFETY: the caller's duties make `block` a block of `order` of ours.
+            unsafe { self.require_in_use(block, order, layout) };
         }
         // SAFETY: the block is ours, of at least `MIN_BLOCK` bytes aligned to them (room
         // for the link), and no longer in use, nor cached or free (the caller's duties).
@@ -897,9 +908,11 @@ mod tests {
             "two cached, the other two merged"
         );
         assert_eq!(buddy.free_bytes(), 1024 - 2 * 32);
-        // Orders above the cache's top (the whole arena here) are never cached.
-        let whole = buddy.get(layout(1024, 8)).is_none();
-        assert!(!whole, "the get flushed the cache to find a whole arena");
+        let whole = buddy.get(layout(1024, 8));
+        assert!(
+            whole.is_some(),
+            "the get flushed the cache to find a whole arena"
+        );
         assert_eq!(buddy.arenas(), 1);
         assert_eq!(buddy.cached_bytes(), 0);
     }
@@ -907,7 +920,7 @@ mod tests {
     #[test]
     fn a_get_flushes_the_cache_before_it_takes_an_arena() {
         // Room for more than one arena: the test is that no second one is taken.
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 4096];
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 8192];
         let mut buddy = Buddy::<Buffer<'_>, 4, 10>::new(Buffer::new(&mut memory));
         let blocks: alloc::vec::Vec<_> =
             (0..64).map(|_| buddy.get(layout(16, 1)).unwrap()).collect();
@@ -922,6 +935,23 @@ mod tests {
         // SAFETY: got just above.
         unsafe { buddy.put(whole, layout(1024, 1)) };
         assert_eq!(buddy.free_blocks(10), 1, "a whole arena is never cached");
+    }
+
+    #[test]
+    fn blocks_above_4_kib_are_never_cached() {
+        let mut memory = alloc::vec![MaybeUninit::uninit(); 3 << 16];
+        let mut buddy = Buddy::<Buffer<'_>, 4, 16>::new(Buffer::new(&mut memory));
+        let (big, small) = (layout(8192, 8), layout(4096, 8));
+        let a = buddy.get(big).unwrap();
+        let b = buddy.get(small).unwrap();
+        // SAFETY: each got above, put once.
+        unsafe {
+            buddy.put(a, big);
+            assert_eq!(buddy.cached_bytes(), 0, "order 13 merges at once");
+            buddy.put(b, small);
+        }
+        assert_eq!(buddy.cached_bytes(), 4096, "order 12 is cached");
+        buddy.check_invariants();
     }
 
     #[test]

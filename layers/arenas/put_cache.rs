@@ -57,10 +57,11 @@ impl<const CLASSES: usize> PutCache<CLASSES> {
     ///
     /// # Safety
     ///
-    /// `block` is valid for writes of a pointer and aligned to one, not on any stack of the
-    /// cache, and unused by anyone until it is popped or drained.
+    /// `block` is valid for writes of a pointer (as long as one) and aligned to one, not on
+    /// any stack of the cache, and unused by anyone until it is popped or drained.
     #[inline(always)]
     pub(super) unsafe fn push(&mut self, class: usize, block: NonNull<u8>, depth: u32) -> bool {
+        debug_assert!(block.as_ptr().cast::<Node>().is_aligned());
         let slot = Self::slot(class);
         if self.counts[slot] >= depth {
             return false;
@@ -110,30 +111,42 @@ impl<const CLASSES: usize> PutCache<CLASSES> {
         *self = Self::new();
     }
 
-    /// Whether `block` is on `class`'s stack (for debug checks of puts).
+    /// Whether a block on the stack of a class in `classes` overlaps `start..end` (for debug
+    /// checks of puts, which may name a cached block with another size); `bytes` gives the
+    /// size of a class's blocks.
     ///
     /// # Safety
     ///
     /// As for [`pop`](PutCache::pop).
-    pub(super) unsafe fn contains(&self, class: usize, block: NonNull<u8>) -> bool {
-        let mut node = self.heads[Self::slot(class)];
-        // At most `counts` steps, so that a corrupted link cannot loop forever.
-        for _ in 0..self.counts[Self::slot(class)] {
-            if node.is_null() {
-                break;
+    pub(super) unsafe fn overlaps(
+        &self,
+        classes: core::ops::RangeInclusive<usize>,
+        start: usize,
+        end: usize,
+        bytes: impl Fn(usize) -> usize,
+    ) -> bool {
+        for class in classes {
+            let slot = Self::slot(class);
+            let mut node = self.heads[slot];
+            for _ in 0..self.counts[slot] {
+                if node.is_null() {
+                    break;
+                }
+                let at = node.addr();
+                if at < end && start < at + bytes(class) {
+                    return true;
+                }
+                // SAFETY: as in `pop`.
+                node = unsafe { node.read() }.next;
             }
-            if node.cast() == block.as_ptr() {
-                return true;
-            }
-            // SAFETY: as in `pop`.
-            node = unsafe { node.read() }.next;
         }
         false
     }
 
     /// Checks `class`'s stack (for `check_invariants`): it holds at most `depth` blocks,
-    /// as many as its count says, none twice; `each` sees every block. The error names what
-    /// is wrong.
+    /// as many as its count says, none twice; `each` sees every block before its link is
+    /// read (so that it can abort on a block that is not the holder's first). The error
+    /// names what is wrong.
     ///
     /// # Safety
     ///
@@ -156,11 +169,11 @@ impl<const CLASSES: usize> PutCache<CLASSES> {
             if seen > count {
                 return Err("holds more blocks than its count says (or a loop)");
             }
+            each(block.cast());
             // SAFETY: one of the first `count` blocks of the stack, the caller's duty.
             if unsafe { self.on_stack_below(block.as_ptr(), count - seen) } {
                 return Err("holds a block twice");
             }
-            each(block.cast());
             // SAFETY: as above.
             node = unsafe { node.read() }.next;
         }
@@ -208,7 +221,11 @@ mod tests {
             assert!(!cache.push(1, c, 2), "the stack is at its depth");
             assert!(cache.push(3, c, 2));
             assert_eq!((cache.count(1), cache.count(3)), (2, 1));
-            assert!(cache.contains(1, a) && !cache.contains(3, a));
+            let at = a.as_ptr().addr();
+            let one = |_| 1;
+            assert!(
+                cache.overlaps(1..=1, at, at + 1, one) && !cache.overlaps(3..=3, at, at + 1, one)
+            );
             assert_eq!(cache.check(1, 2, |_| ()), Ok(()));
             assert_eq!(
                 cache.check(1, 1, |_| ()),
@@ -223,6 +240,27 @@ mod tests {
         assert!(!cache.is_empty());
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn overlaps_finds_a_block_by_any_byte() {
+        let mut words = [0usize; 4];
+        let [a, ..] = words.each_mut().map(|w| NonNull::from(w).cast::<u8>());
+        let mut cache = PutCache::<4>::new();
+        let word = size_of::<usize>();
+        // SAFETY: as above.
+        unsafe {
+            cache.push(2, a, 4);
+            let at = a.as_ptr().addr();
+            // Class 2's blocks are two words long here: `a` covers the second word too.
+            let bytes = |class: usize| class * word;
+            assert!(cache.overlaps(0..=3, at + word, at + 2 * word, bytes));
+            assert!(
+                !cache.overlaps(0..=1, at, at + word, bytes),
+                "class 2 not searched"
+            );
+            assert!(!cache.overlaps(0..=3, at + 2 * word, at + 3 * word, bytes));
+        }
     }
 
     #[test]

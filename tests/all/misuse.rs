@@ -93,6 +93,13 @@ mod aborts {
                     heap.put(a, layout);
                     heap.put(a, layout);
                 }
+                "bitset_cached_put_again_smaller" => {
+                    let mut heap = Bitset::<_, 16, 65536>::new(Mmap::new());
+                    let long = Layout::from_size_align(48, 8).unwrap();
+                    let a = heap.get(long).unwrap();
+                    heap.put(a, long);
+                    heap.put(a, layout);
+                }
                 other => panic!("unknown scenario {other}"),
             }
         }
@@ -183,6 +190,19 @@ mod aborts {
     )]
     fn bitset_aborts_on_a_double_put_of_a_cached_run() {
         expect_abort("bitset_cached_double_put", "which is already put (cached)");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "Bitset checks puts in debug builds only"
+    )]
+    fn bitset_aborts_on_a_second_put_of_a_cached_run_with_another_size() {
+        expect_abort(
+            "bitset_cached_put_again_smaller",
+            "which is already put (cached)",
+        );
     }
 
     #[test]
