@@ -133,9 +133,8 @@ fn pairs(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>) {
 /// `count` (a power of two) blocks of 16-64 bytes allocated, then freed in a scrambled
 /// order. Each block is stored in a scrambled slot and the frees walk the slots in order,
 /// so that the harness's own loads are sequential and the time is the allocator's (reading
-/// the slots in a
-/// scrambled order instead made a cache miss per free, the same for both sides, most of
-/// the time measured).
+/// the slots in a scrambled order instead made a cache miss per free, the same for both
+/// sides, most of the time measured).
 fn many_live(subject: &mut impl Subject, live: &mut Vec<(NonNull<u8>, Layout)>, count: usize) {
     live.resize(count, (NonNull::dangling(), Layout::new::<u8>()));
     let mut at = 0usize;
