@@ -287,21 +287,18 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     #[cold]
     #[inline(never)]
     pub fn flush_cache(&mut self) -> bool {
-        if self.cache.is_empty() {
+        // Taken out, so that the frees can use `self`.
+        let Some(mut cache) = self.cache.take_all() else {
             return false;
-        }
-        // Taken out, so that the frees can use `self`; every stack is drained below.
-        let mut cache = core::mem::replace(&mut self.cache, PutCache::new());
-        for n in 1..=CACHED_RUN_BLOCKS {
-            // SAFETY: the cached runs are live runs of `n` blocks of ours, untouched since
-            // their put; each is freed once.
-            unsafe {
-                cache.drain(n, |run| {
-                    let (meta, at) = Self::locate(run);
-                    Self::free_run(meta, at, n);
-                })
-            };
-        }
+        };
+        // SAFETY: the cached runs are live runs of `n` blocks of ours, untouched since their
+        // put; each is freed once.
+        unsafe {
+            cache.drain_all(1..=CACHED_RUN_BLOCKS, |n, run| {
+                let (meta, at) = Self::locate(run);
+                Self::free_run(meta, at, n);
+            })
+        };
         true
     }
 

@@ -236,16 +236,17 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     #[cold]
     #[inline(never)]
     pub fn flush_cache(&mut self) -> bool {
-        if self.cache.is_empty() {
+        // Taken out, so that the merges can use `self`.
+        let Some(mut cache) = self.cache.take_all() else {
             return false;
-        }
-        // Taken out, so that the merges can use `self`; every stack is drained below.
-        let mut cache = core::mem::replace(&mut self.cache, PutCache::new());
-        for order in MIN_ORDER..=Self::CACHE_TOP {
-            // SAFETY: the cached blocks are blocks of `order` in live arenas, untouched since
-            // their put; each is merged once, neither free nor in use until then.
-            unsafe { cache.drain(order as usize, |block| self.merge(block.as_ptr(), order)) };
-        }
+        };
+        // SAFETY: the cached blocks are blocks of their order in live arenas, untouched
+        // since their put; each is merged once, neither free nor in use until then.
+        unsafe {
+            cache.drain_all(MIN_ORDER as usize..=Self::CACHE_TOP as usize, |k, block| {
+                self.merge(block.as_ptr(), k as u32)
+            })
+        };
         true
     }
 

@@ -96,6 +96,29 @@ impl<const CLASSES: usize> PutCache<CLASSES> {
         }
     }
 
+    /// Takes every stack, leaving the cache empty, so that the holder can drain them while
+    /// it uses itself; `None` when no class holds a block.
+    pub(super) fn take_all(&mut self) -> Option<Self> {
+        (!self.is_empty()).then(|| core::mem::replace(self, Self::new()))
+    }
+
+    /// Empties the stacks of `classes`, handing each block and its class to `each` (after
+    /// its link was read).
+    ///
+    /// # Safety
+    ///
+    /// As for [`pop`](PutCache::pop).
+    pub(super) unsafe fn drain_all(
+        &mut self,
+        classes: core::ops::RangeInclusive<usize>,
+        mut each: impl FnMut(usize, NonNull<u8>),
+    ) {
+        for class in classes {
+            // SAFETY: the caller's duty.
+            unsafe { self.drain(class, |block| each(class, block)) };
+        }
+    }
+
     /// Blocks on `class`'s stack.
     pub(super) const fn count(&self, class: usize) -> u32 {
         self.counts[Self::slot(class)]
