@@ -291,14 +291,11 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         let Some(mut cache) = self.cache.take_all() else {
             return false;
         };
-        // SAFETY: the cached runs are live runs of `n` blocks of ours, untouched since their
-        // put; each is freed once.
-        unsafe {
-            cache.drain_all(1..=CACHED_RUN_BLOCKS, |n, run| {
-                let (meta, at) = Self::locate(run);
-                Self::free_run(meta, at, n);
-            })
-        };
+        cache.drain_all(1..=CACHED_RUN_BLOCKS, |n, run| {
+            let (meta, at) = Self::locate(run);
+            // SAFETY: a cached run is a live run of `n` blocks of ours, freed once here.
+            unsafe { Self::free_run(meta, at, n) };
+        });
         true
     }
 
@@ -750,11 +747,11 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let (blocks, stride) = Self::blocks_of(layout)?;
-        if stride == 1 && Self::caches(blocks) {
-            // SAFETY: the cached runs are ours, untouched since their put.
-            if let Some(run) = unsafe { self.cache.pop(blocks) } {
-                return Some(run);
-            }
+        if stride == 1
+            && Self::caches(blocks)
+            && let Some(run) = self.cache.pop(blocks)
+        {
+            return Some(run);
         }
         self.search_arenas(blocks, stride)
     }
@@ -777,11 +774,10 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
                 ));
             }
             let (start, end) = (ptr.as_ptr().addr(), ptr.as_ptr().addr() + blocks * BLOCK);
-            // SAFETY: the cached runs are ours, untouched since their put.
-            if unsafe {
-                self.cache
-                    .overlaps(1..=CACHED_RUN_BLOCKS, start, end, |n| n * BLOCK)
-            } {
+            if self
+                .cache
+                .overlaps(1..=CACHED_RUN_BLOCKS, start, end, |n| n * BLOCK)
+            {
                 abort_with(format_args!(
                     "Bitset: put of {ptr:p} ({layout:?}), which is already put (cached)"
                 ));
@@ -899,8 +895,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
                     ));
                 }
             };
-            // SAFETY: the cached runs are ours, untouched since their put.
-            if let Err(error) = unsafe { self.cache.check(n, CACHE, in_use) } {
+            if let Err(error) = self.cache.check(n, CACHE, in_use) {
                 abort_with(format_args!(
                     "Bitset invariant broken: the cache of runs of {n} {error}"
                 ));

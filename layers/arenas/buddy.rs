@@ -240,13 +240,11 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         let Some(mut cache) = self.cache.take_all() else {
             return false;
         };
-        // SAFETY: the cached blocks are blocks of their order in live arenas, untouched
-        // since their put; each is merged once, neither free nor in use until then.
-        unsafe {
-            cache.drain_all(MIN_ORDER as usize..=Self::CACHE_TOP as usize, |k, block| {
-                self.merge(block.as_ptr(), k as u32)
-            })
-        };
+        cache.drain_all(MIN_ORDER as usize..=Self::CACHE_TOP as usize, |k, block| {
+            // SAFETY: a cached block is a block of order `k` in a live arena, neither free
+            // nor in use; it is merged once, here.
+            unsafe { self.merge(block.as_ptr(), k as u32) }
+        });
         true
     }
 
@@ -344,15 +342,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
             }
         }
         let (start, end) = (block.addr(), block.addr() + (1 << order));
-        // SAFETY: the cached blocks are ours, untouched since their put.
-        if unsafe {
-            self.cache.overlaps(
-                MIN_ORDER as usize..=Self::CACHE_TOP as usize,
-                start,
-                end,
-                |k| 1 << k,
-            )
-        } {
+        let orders = MIN_ORDER as usize..=Self::CACHE_TOP as usize;
+        if self.cache.overlaps(orders, start, end, |k| 1 << k) {
             abort_with(format_args!(
                 "Buddy: put of {block:p} ({layout:?}), which is already put (cached)"
             ));
@@ -578,11 +569,10 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let order = Self::order_of(layout)?;
-        if Self::caches(order) {
-            // SAFETY: the cached blocks are ours, untouched since their put.
-            if let Some(block) = unsafe { self.cache.pop(order as usize) } {
-                return Some(block);
-            }
+        if Self::caches(order)
+            && let Some(block) = self.cache.pop(order as usize)
+        {
+            return Some(block);
         }
         self.split_for(order)
     }
@@ -715,8 +705,7 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
                     }
                 }
             };
-            // SAFETY: the cached blocks are ours, untouched since their put.
-            if let Err(error) = unsafe { self.cache.check(k as usize, CACHE, &mut each) } {
+            if let Err(error) = self.cache.check(k as usize, CACHE, &mut each) {
                 fail(format_args!("the cache of order {k} {error}"));
             }
         }

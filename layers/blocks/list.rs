@@ -1,5 +1,5 @@
-//! `BlockList`: the intrusive LIFO list of free blocks that `FreeList` and `SizeClasses`
-//! share. Invariant (its whole contract, below): `count` nodes are linked from `head`, the
+//! `BlockList`: the intrusive LIFO list of free blocks that `FreeList`, `SizeClasses` and the
+//! arenas' put caches share. Invariant (its whole contract, below): `count` nodes are linked from `head`, the
 //! last one's link is null, and each node is a free block of at least a pointer's size,
 //! aligned for a pointer, that nothing else uses.
 
@@ -11,21 +11,21 @@ use crate::abort::debug_require;
 ///
 /// The list owns nothing: its user decides which blocks go on it and what they are. It
 /// only keeps the duty stated on [`push`](BlockList::push) for every node.
-pub(super) struct BlockList {
+pub(crate) struct BlockList {
     head: *mut u8,
     count: usize,
 }
 
 impl BlockList {
     /// An empty list.
-    pub(super) const EMPTY: BlockList = BlockList {
+    pub(crate) const EMPTY: BlockList = BlockList {
         head: ptr::null_mut(),
         count: 0,
     };
 
     /// Blocks on the list.
     #[inline(always)]
-    pub(super) const fn len(&self) -> usize {
+    pub(crate) const fn len(&self) -> usize {
         self.count
     }
 
@@ -36,7 +36,7 @@ impl BlockList {
     /// Callers must ensure that `block` is valid for writes of a pointer, aligned for one,
     /// and unused by anything else until it is popped (or the list is forgotten).
     #[inline(always)]
-    pub(super) unsafe fn push(&mut self, block: NonNull<u8>) {
+    pub(crate) unsafe fn push(&mut self, block: NonNull<u8>) {
         debug_require!(
             block.as_ptr().addr().is_multiple_of(align_of::<*mut u8>()),
             "BlockList: push of {block:p}, which is not aligned for its link"
@@ -49,7 +49,7 @@ impl BlockList {
 
     /// Pops the most recently pushed block, if any.
     #[inline(always)]
-    pub(super) fn pop(&mut self) -> Option<NonNull<u8>> {
+    pub(crate) fn pop(&mut self) -> Option<NonNull<u8>> {
         let block = NonNull::new(self.head)?;
         // SAFETY: `block` is on the list, so `push`'s duty holds: it is ours, readable and
         // holds its link in its first word.
@@ -61,7 +61,7 @@ impl BlockList {
     /// Walks the list, at most `count` nodes, calling `visit` on each, and returns a
     /// description of the first broken invariant (a list longer or shorter than its
     /// count), for the users' `check_invariants`.
-    pub(super) fn check(&self, mut visit: impl FnMut(NonNull<u8>)) -> Result<(), &'static str> {
+    pub(crate) fn check(&self, mut visit: impl FnMut(NonNull<u8>)) -> Result<(), &'static str> {
         let mut node = self.head;
         for _ in 0..self.count {
             let Some(block) = NonNull::new(node) else {

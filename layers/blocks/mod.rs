@@ -5,8 +5,9 @@
 mod coalesce;
 /// Freed blocks of one size kept on an intrusive list for reuse.
 mod free_list;
-/// The intrusive list of free blocks that `FreeList` and `SizeClasses` share (private).
-mod list;
+/// The intrusive list of free blocks that `FreeList`, `SizeClasses` and the arenas' put
+/// caches share (crate-private).
+pub(crate) mod list;
 /// A bucketizer: 40 size classes up to 32 KiB, a free list each, carved from runs.
 mod size_classes;
 /// A header recording each block's layout, so blocks go back by address alone.
