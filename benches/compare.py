@@ -75,6 +75,8 @@ def main():
          ratio(region, free_list)),
         ("binary trees 18, bare free list Box vs bumpalo (reference)", free_list, bump,
          ratio(free_list, bump)),
+        ("binary trees 18, bumpalo arena per tree vs system Box (reference)", bump, system,
+         ratio(bump, system)),
         ("churn 100k allocations, mimalloc vs system (reference)", churn_mimalloc,
          churn_system, ratio(churn_mimalloc, churn_system)),
     ]

@@ -10,7 +10,9 @@ use core::ptr::{self, NonNull};
 use std::alloc::System;
 
 use crate::page_map;
-use crate::region::{alloc_in, current_and_token, drivable, free_in, resize_in_place, token};
+use crate::region::{
+    alloc_in, carve_in, current_and_token, drivable, free_in, resize_in_place, token,
+};
 
 /// The global allocator that makes [regions](crate::region) work. Install it once:
 ///
@@ -43,6 +45,17 @@ fn allocate(layout: Layout, current: *const crate::region::Owner) -> *mut u8 {
     }
     // SAFETY: the current region is on this thread's stack, so it is this thread's and
     // active, and the router is not inside a stack call (layers never allocate through it).
+    match unsafe { carve_in(current, layout) } {
+        Some(block) => block.as_ptr(),
+        None => allocate_in_stack(layout, current),
+    }
+}
+
+/// The rest of [`allocate`] for a region: a call into its stack (or a new window), out of
+/// line so that the carving fast path needs no stack frame.
+#[inline(never)]
+fn allocate_in_stack(layout: Layout, current: *const crate::region::Owner) -> *mut u8 {
+    // SAFETY: as in `allocate`.
     match unsafe { alloc_in(current, layout) } {
         Ok(block) => block.map_or(ptr::null_mut(), NonNull::as_ptr),
         // SAFETY: as above.

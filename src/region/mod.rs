@@ -77,7 +77,7 @@ use core::ptr::{self, NonNull};
 
 pub(crate) use frames::{current_and_token, enclosing, token};
 pub(crate) use owner::Owner;
-pub(crate) use owner::{alloc_in, drivable, free_in, resize_in_place};
+pub(crate) use owner::{alloc_in, carve_in, drivable, free_in, resize_in_place};
 
 use crate::layers::{Check, Chunk, Mmap};
 use crate::{Gauge, Gauges, Layer, LeakReport};
@@ -231,7 +231,7 @@ impl<L: Attributed + Send + 'static> Region<L> {
         owner::catch_up(owner);
         let _restore = Restore(owner, owner.busy_now());
         owner.set_busy(true);
-        // SAFETY: with `busy` set, the router creates no `&mut` to the stack until `f`
+        // SAFETY: with the region marked busy, the router creates no `&mut` to the stack until `f`
         // returns; the record outlives `self`.
         f(unsafe { &self.record.as_ref().layer })
     }

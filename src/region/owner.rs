@@ -28,7 +28,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::alloc::System;
 
 use crate::Layer;
@@ -172,33 +172,46 @@ impl<L: Layer> Stack for L {
     }
 }
 
+/// [`Owner::driver`] while the owner thread has the stack in a call or lent out.
+const BUSY: usize = 1;
+/// [`Owner::driver`] once the handle has ended (a zombie), and for good when the region was
+/// made during thread teardown (when there is no token to name its thread by).
+const NO_DRIVER: usize = 2;
+
 /// The header of a region's record; the page map points here.
+///
+/// The fields a free and a carved allocation read come first, within one cache line (the
+/// header is aligned to one).
+#[repr(C, align(64))]
 pub(crate) struct Owner {
     magic: u64,
-    /// The stack in the same record.
-    stack: *mut dyn Stack,
-    /// The owner thread's token (see `frames::token`).
-    thread: usize,
-    lock: AtomicBool,
-    /// Guarded by `lock`.
-    queue: UnsafeCell<Queue>,
-    /// Whether the queue holds entries: a hint the owner reads without the lock.
-    pending: AtomicBool,
-    /// The owner thread's copy of the queue's zombie flag.
-    zombie: Cell<bool>,
-    /// Set by the owner thread while the stack is in a call (`with_stack`) or lent out by
-    /// `Region::with_layer`: a busy region is never driven again until it is not (its
-    /// allocations fall back to the system allocator, its frees wait in the queue), which
-    /// rules out re-entering a stack through `Pipe` chains.
-    busy: Cell<bool>,
+    /// Who may drive the stack right now: the owner thread's token while the region is
+    /// active and not busy, [`BUSY`] while the owner thread has the stack in a call (in
+    /// `with_stack`) or lent out by `Region::with_layer`, [`NO_DRIVER`] once it is a
+    /// zombie. A busy region is never driven again until it is not (its allocations fall
+    /// back to the system allocator, its frees wait in the queue), which rules out
+    /// re-entering a stack through `Pipe` chains. Written by the owner thread only; other
+    /// threads compare it with their own token, which it never holds, so a free asks one
+    /// question: "may I drive it?". Tokens are addresses of thread states, never 1 or 2.
+    driver: AtomicUsize,
     live: Cell<usize>,
-    /// The stack's `WINDOW_LIMIT`: blocks whose size and alignment are at most this are
-    /// carved by the router from the current window and never go back into the stack.
+    /// The stack's `WINDOW_LIMIT`: blocks whose size and alignment, or-ed, are at most this
+    /// (see [`Owner::carved`]) are carved by the router from the current window and never
+    /// go back into the stack; the rest go through the stack.
     window_limit: usize,
     /// The current window's free part: blocks are carved downward from `window_top`, never
     /// below `window_floor` (both null before the first window). Owner thread only.
     window_top: Cell<*mut u8>,
     window_floor: Cell<*mut u8>,
+    /// The owner thread's token (see `frames::token`), or [`NO_DRIVER`].
+    thread: usize,
+    /// The stack in the same record.
+    stack: *mut dyn Stack,
+    lock: AtomicBool,
+    /// Whether the queue holds entries: a hint the owner reads without the lock.
+    pending: AtomicBool,
+    /// Guarded by `lock`.
+    queue: UnsafeCell<Queue>,
     /// Frees the record (type-erased: it knows the stack's type).
     release_record: unsafe fn(*mut Owner),
 }
@@ -210,19 +223,21 @@ impl Owner {
         window_limit: usize,
         release: unsafe fn(*mut Owner),
     ) -> Self {
+        // During thread teardown there is no token (0, which every thread in teardown
+        // shares): such a region is never driven, and its frees are queued.
+        let thread = if thread == 0 { NO_DRIVER } else { thread };
         Owner {
             magic: MAGIC,
-            stack,
-            thread,
-            lock: AtomicBool::new(false),
-            queue: UnsafeCell::new(Queue::EMPTY),
-            pending: AtomicBool::new(false),
-            zombie: Cell::new(false),
-            busy: Cell::new(false),
+            driver: AtomicUsize::new(thread),
             live: Cell::new(0),
             window_limit,
             window_top: Cell::new(ptr::null_mut()),
             window_floor: Cell::new(ptr::null_mut()),
+            thread,
+            stack,
+            lock: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+            queue: UnsafeCell::new(Queue::EMPTY),
             release_record: release,
         }
     }
@@ -231,18 +246,25 @@ impl Owner {
         self.live.get()
     }
 
+    /// Marks the stack busy or not (owner thread, region active).
+    #[inline(always)]
     pub(crate) fn set_busy(&self, busy: bool) {
-        self.busy.set(busy);
+        let driver = if busy { BUSY } else { self.thread };
+        self.driver.store(driver, Ordering::Relaxed);
     }
 
+    /// Whether the stack is busy (owner thread, region active).
+    #[inline(always)]
     pub(crate) fn busy_now(&self) -> bool {
-        self.busy.get()
+        self.driver.load(Ordering::Relaxed) == BUSY
     }
 
-    /// Whether blocks of `layout` are carved from windows (and so never put).
+    /// Whether blocks of `layout` are carved from windows (and so never put). Allocation
+    /// and free ask with the same layout, so any test that implies "size and alignment at
+    /// most the limit" is exact; or-ing the two costs one compare.
     #[inline(always)]
     fn carved(&self, layout: Layout) -> bool {
-        layout.size() <= self.window_limit && layout.align() <= self.window_limit
+        (layout.size() | layout.align()) <= self.window_limit
     }
 
     /// Forgets the current window: call before anything that ends the stack's blocks.
@@ -318,11 +340,11 @@ impl Owner {
 /// The owner thread, region active and not busy.
 #[inline(always)]
 unsafe fn with_stack<T>(owner: &Owner, f: impl FnOnce(&mut dyn Stack) -> T) -> T {
-    owner.busy.set(true);
-    // SAFETY: as the caller promises, no other reference to the stack exists, and `busy`
+    owner.set_busy(true);
+    // SAFETY: as the caller promises, no other reference to the stack exists, and being busy
     // keeps any nested router call from making one until this one ends.
     let result = f(unsafe { &mut *owner.stack });
-    owner.busy.set(false);
+    owner.set_busy(false);
     result
 }
 
@@ -348,6 +370,25 @@ fn corrupted(owner: &Owner) -> ! {
     ))
 }
 
+/// The fast path of [`alloc_in`]: a block carved from the current window, when the region
+/// is not busy, carves blocks of `layout` and its window has room. `None` means "ask
+/// [`alloc_in`]", not "out of memory".
+///
+/// # Safety
+///
+/// As [`alloc_in`].
+#[inline(always)]
+pub(crate) unsafe fn carve_in(owner: *const Owner, layout: Layout) -> Option<NonNull<u8>> {
+    // SAFETY: as the caller promises, a live record header.
+    let owner = unsafe { &*owner };
+    if owner.busy_now() || !owner.carved(layout) {
+        return None;
+    }
+    let block = owner.carve(layout)?;
+    owner.live.set(owner.live.get().wrapping_add(1));
+    Some(block)
+}
+
 /// Allocates from the active region `owner`, which is this thread's: `Err(())` when the
 /// region is busy (in a call, or lent out by `Region::with_layer`) and cannot serve,
 /// `Ok(None)` when its stack is out of memory.
@@ -356,14 +397,14 @@ fn corrupted(owner: &Owner) -> ! {
 ///
 /// `owner` is the header of an active region owned by this thread (taken from this
 /// thread's frames, or checked already), so its magic is not checked again here.
-#[inline(always)]
+#[inline(never)]
 pub(crate) unsafe fn alloc_in(
     owner: *const Owner,
     layout: Layout,
 ) -> Result<Option<NonNull<u8>>, ()> {
     // SAFETY: as the caller promises, a live record header.
     let owner = unsafe { &*owner };
-    if owner.busy.get() {
+    if owner.busy_now() {
         return Err(());
     }
     let block = if owner.carved(layout) {
@@ -430,8 +471,7 @@ pub(crate) unsafe fn resize_in_place(
 /// Whether blocks of `owner` can be allocated and put from this thread right now.
 #[inline(always)]
 pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
-    let owner = checked(owner);
-    owner.thread == thread && !owner.zombie.get() && !owner.busy.get()
+    checked(owner).driver.load(Ordering::Relaxed) == thread
 }
 
 /// Gives a block back to its region `owner`, from any thread.
@@ -440,19 +480,33 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 ///
 /// `ptr` is a live block that the router got from `owner`'s stack with `layout`, with
 /// provenance over its whole allocation (the page map's base), and is freed once.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8>, layout: Layout) {
-    if drivable(owner, thread) {
-        let owner = checked(owner);
-        if !owner.carved(layout) {
-            // SAFETY: the owner thread, active, not busy.
-            unsafe { with_stack(owner, |stack| stack.put(ptr, layout)) };
-        }
-        owner.live.set(owner.live.get().wrapping_sub(1));
-        return;
+    if !drivable(owner, thread) {
+        // SAFETY: passed on from the caller.
+        return unsafe { free_queued(owner, ptr, layout) };
     }
-    // SAFETY: passed on from the caller.
-    unsafe { free_queued(owner, ptr, layout) }
+    let owner = checked(owner);
+    if owner.carved(layout) {
+        // A carved block only counts: its bytes go back with its window.
+        owner.live.set(owner.live.get().wrapping_sub(1));
+    } else {
+        // SAFETY: passed on from the caller; the owner thread, active, not busy.
+        unsafe { put_in_stack(owner, ptr, layout) }
+    }
+}
+
+/// Puts a block into the stack of a region this thread drives: the out-of-line half of
+/// [`free_in`], so that a carved block's free needs no stack frame.
+///
+/// # Safety
+///
+/// As [`free_in`]; `drivable(owner, this thread)` holds.
+#[inline(never)]
+unsafe fn put_in_stack(owner: &Owner, ptr: NonNull<u8>, layout: Layout) {
+    // SAFETY: the owner thread, active, not busy; the block is live in the stack.
+    unsafe { with_stack(owner, |stack| stack.put(ptr, layout)) };
+    owner.live.set(owner.live.get().wrapping_sub(1));
 }
 
 /// A free from a thread that cannot drive the stack now: queue it for the owner, or, for a
@@ -506,7 +560,7 @@ unsafe fn release(owner: *const Owner) {
 /// catches up later.
 #[inline(always)]
 pub(crate) fn catch_up(owner: &Owner) {
-    if owner.pending.load(Ordering::Acquire) && !owner.busy.get() {
+    if owner.pending.load(Ordering::Acquire) && !owner.busy_now() {
         drain(owner);
     }
 }
@@ -571,7 +625,7 @@ pub(crate) unsafe fn end(owner: *const Owner) -> usize {
         owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
     }
     taken.free();
-    owner_ref.zombie.set(true);
+    owner_ref.driver.store(NO_DRIVER, Ordering::Relaxed);
     let live = owner_ref.live.get();
     if live == 0 {
         // SAFETY: nothing is live, so no free can reach the record any more.
