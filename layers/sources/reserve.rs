@@ -48,9 +48,14 @@ const COMMIT_STEP: usize = 4 << 20;
 /// reuses its pages. The memory of a heap that shrank for good is not held for no one:
 /// slab memory cannot serve the other layers a program's blocks may move to (say, as its
 /// strings grow past the slab sizes), so pages kept here would add to theirs.
+///
+/// 10 ms (so 10-20 ms unused), the purge delay mimalloc 2 uses. With 50 ms a short program
+/// can reach its peak before any tick: `benches/preload.py`'s realloc_strings, run in
+/// 170 ms on a fast day, peaked at 1.32x glibc's RSS with 50 ms (its strings' old slabs
+/// still held) and 1.06x with 10 ms, while small_objects kept its time (0.57x glibc's).
 /// (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks
 /// there themselves.)
-const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 50 };
+const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 10 };
 
 /// At most this many bytes of free granules keep their pages, whatever their age; beyond
 /// it, granules put go back to the OS at once.
@@ -304,7 +309,7 @@ impl ReserveRange for SlabRange {}
 /// and counts against a strict overcommit policy only as it is used. Blocks are
 /// granule-aligned. A put pushes the granules on a free stack that later one-granule
 /// requests reuse. Free granules keep their pages (reusing them costs no page faults) until
-/// they have been unused for 50-100 ms, or beyond 32 MiB of them; then the pages go back to
+/// they have been unused for 10-20 ms, or beyond 32 MiB of them; then the pages go back to
 /// the OS (`MADV_DONTNEED`) and are not touched again until reused. (There is no thread of
 /// our own: the clock is read at gets and puts, so a program that stops calling keeps its
 /// last free granules.) A request of more than one granule, or aligned to more than
