@@ -49,13 +49,14 @@ const COMMIT_STEP: usize = 4 << 20;
 /// slab memory cannot serve the other layers a program's blocks may move to (say, as its
 /// strings grow past the slab sizes), so pages kept here would add to theirs.
 ///
-/// 10 ms (so 10-20 ms unused), the purge delay mimalloc 2 uses. With 50 ms a short program
-/// can reach its peak before any tick: `benches/preload.py`'s realloc_strings, run in
-/// 170 ms on a fast day, peaked at 1.32x glibc's RSS with 50 ms (its strings' old slabs
-/// still held) and 1.06x with 10 ms, while small_objects kept its time (0.57x glibc's).
+/// 20 ms (so 20-40 ms unused). With 50 ms a short program can reach its peak before any
+/// tick: `benches/preload.py`'s realloc_strings, run in 170 ms on a fast day, peaked at
+/// 1.33x glibc's RSS with 50 ms (its strings' old slabs still held), 1.07x with 20 ms and
+/// 1.06x with 10 ms; small_objects, which frees everything between rounds, took 4% longer
+/// with 20 ms than with 50 ms and 13% longer with 10 ms (medians of 15 interleaved runs).
 /// (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks
 /// there themselves.)
-const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 10 };
+const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 20 };
 
 /// At most this many bytes of free granules keep their pages, whatever their age; beyond
 /// it, granules put go back to the OS at once.
@@ -309,7 +310,7 @@ impl ReserveRange for SlabRange {}
 /// and counts against a strict overcommit policy only as it is used. Blocks are
 /// granule-aligned. A put pushes the granules on a free stack that later one-granule
 /// requests reuse. Free granules keep their pages (reusing them costs no page faults) until
-/// they have been unused for 10-20 ms, or beyond 32 MiB of them; then the pages go back to
+/// they have been unused for 20-40 ms, or beyond 32 MiB of them; then the pages go back to
 /// the OS (`MADV_DONTNEED`) and are not touched again until reused. (There is no thread of
 /// our own: the clock is read at gets and puts, so a program that stops calling keeps its
 /// last free granules.) A request of more than one granule, or aligned to more than
