@@ -51,7 +51,7 @@ const COMMIT_STEP: usize = 4 << 20;
 ///
 /// 20 ms (so 20-40 ms unused). With 50 ms a short program can reach its peak before any
 /// tick: `benches/preload.py`'s realloc_strings, run in 170 ms on a fast day, peaked at
-/// 1.33x glibc's RSS with 50 ms (its strings' old slabs still held), 1.07x with 20 ms and
+/// 1.32x glibc's RSS with 50 ms (its strings' old slabs still held), 1.07x with 20 ms and
 /// 1.06x with 10 ms; small_objects, which frees everything between rounds, took 4% longer
 /// with 20 ms than with 50 ms and 13% longer with 10 ms (medians of 15 interleaved runs).
 /// (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks

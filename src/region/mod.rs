@@ -231,8 +231,8 @@ impl<L: Attributed + Send + 'static> Region<L> {
         owner::catch_up(owner);
         let _restore = Restore(owner, owner.busy_now());
         owner.set_busy(true);
-        // SAFETY: with the region marked busy, the router creates no `&mut` to the stack until `f`
-        // returns; the record outlives `self`.
+        // SAFETY: with the region marked busy, the router creates no `&mut` to the stack
+        // until `f` returns; the record outlives `self`.
         f(unsafe { &self.record.as_ref().layer })
     }
 
