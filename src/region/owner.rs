@@ -254,6 +254,13 @@ impl Owner {
         self.driver.store(driver, Ordering::Relaxed);
     }
 
+    /// Whether the thread with token `thread` may drive the stack now: its owner, with
+    /// the region active and not busy. Any thread may ask.
+    #[inline(always)]
+    fn drivable_by(&self, thread: usize) -> bool {
+        self.driver.load(Ordering::Relaxed) == thread
+    }
+
     /// Whether the stack is busy (owner thread, region active).
     #[inline(always)]
     pub(crate) fn busy_now(&self) -> bool {
@@ -472,7 +479,7 @@ pub(crate) unsafe fn resize_in_place(
 /// Whether blocks of `owner` can be allocated and put from this thread right now.
 #[inline(always)]
 pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
-    checked(owner).driver.load(Ordering::Relaxed) == thread
+    checked(owner).drivable_by(thread)
 }
 
 /// Gives a block back to its region `owner`, from any thread.
@@ -483,17 +490,17 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 /// provenance over its whole allocation (the page map's base), and is freed once.
 #[inline(always)]
 pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8>, layout: Layout) {
-    if !drivable(owner, thread) {
+    let owner_ref = checked(owner);
+    if !owner_ref.drivable_by(thread) {
         // SAFETY: passed on from the caller.
         return unsafe { free_queued(owner, ptr, layout) };
     }
-    let owner = checked(owner);
-    if owner.carved(layout) {
+    if owner_ref.carved(layout) {
         // A carved block only counts: its bytes go back with its window.
-        owner.live.set(owner.live.get().wrapping_sub(1));
+        owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
     } else {
         // SAFETY: passed on from the caller; the owner thread, active, not busy.
-        unsafe { put_in_stack(owner, ptr, layout) }
+        unsafe { put_in_stack(owner_ref, ptr, layout) }
     }
 }
 
