@@ -3,9 +3,9 @@
 (LD_PRELOAD) and prints the ratio table.
 
 Each workload is built with `gcc -O2 -pthread` into target/preload-bench; our library is
-built with `cargo build --profile preload --example stratalloc_malloc` (release with fat
-LTO, one codegen unit and panic = "abort", as the README says) into target/preload, the
-build the LD_PRELOAD tests use. jemalloc and mimalloc are Debian's packages
+built with `cargo build --profile preload --no-default-features --features os --example
+stratalloc_malloc` (release with fat LTO, one codegen unit and panic = "abort", no_std:
+as the README says) into target/preload, the build the LD_PRELOAD tests use. jemalloc and mimalloc are Debian's packages
 (libjemalloc2, libmimalloc2.0): run as root, the script installs them with apt-get when
 they are missing; otherwise it says how and leaves them out.
 
@@ -91,7 +91,8 @@ def build_ours():
     env = dict(os.environ, CARGO_TARGET_DIR=str(LIB_TARGET))
     env.pop("LD_PRELOAD", None)
     result = subprocess.run(
-        ["cargo", "build", "--profile", "preload", "--example", "stratalloc_malloc"],
+        ["cargo", "build", "--profile", "preload", "--no-default-features", "--features",
+         "os", "--example", "stratalloc_malloc"],
         cwd=ROOT, env=env)
     if result.returncode != 0 or not OURS.is_file():
         sys.exit("building libstratalloc_malloc.so failed; `--lib PATH` measures another "

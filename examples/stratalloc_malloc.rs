@@ -3,10 +3,18 @@
 //! can load with `LD_PRELOAD`.
 //!
 //! ```text
-//! cargo build --profile preload --example stratalloc_malloc
+//! cargo build --profile preload --no-default-features --features os --example stratalloc_malloc
 //! LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
 //! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
 //! ```
+//!
+//! Built that way (the crate's `os` feature without `std`, and the `preload` profile's
+//! `panic = "abort"`) the library is `no_std`: it needs only libc, and maps none of std's
+//! panic, backtrace and unwinding code (nor `libgcc_s`) into the programs it is loaded
+//! into, about 250 KiB of resident pages in each. A panic, which the allocator's own code
+//! never raises on purpose (misuse it detects aborts with a message instead), aborts. Built
+//! with the default features, or in a profile that unwinds, it links std as usual and
+//! behaves the same.
 //!
 //! It exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
 //! `aligned_alloc`, `memalign`, `valloc`, `pvalloc` and `malloc_usable_size` with their C
@@ -27,6 +35,7 @@
 //! null.
 
 #![allow(clippy::missing_safety_doc)] // The C functions' duties are C's.
+#![cfg_attr(all(panic = "abort", not(feature = "std")), no_std)]
 
 use core::ffi::c_void;
 use core::fmt::Write as _;
@@ -34,7 +43,29 @@ use core::ptr;
 
 use stratalloc::presets::{General, general};
 
+/// The heap behind the C functions, and the library's own Rust allocations (there are
+/// none on purpose; without std something must still be the global allocator).
+#[global_allocator]
 static HEAP: General = general();
+
+// Without std nothing else links the C library (the `libc` crate leaves that to std when
+// its own `std` feature is on, as the dev-dependencies turn it on); the library must name
+// it so that the loader binds `mmap`, `write` and the rest to it.
+#[cfg(all(panic = "abort", not(feature = "std")))]
+#[link(name = "c")]
+unsafe extern "C" {}
+
+/// Without std, a panic writes its message and location to stderr and aborts: nothing may
+/// unwind out of malloc.
+#[cfg(all(panic = "abort", not(feature = "std")))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut text = StackText::<512>::new();
+    let _ = writeln!(text, "stratalloc_malloc: {info}; aborting");
+    write_all(2, text.as_bytes());
+    // SAFETY: `abort` takes nothing and never returns.
+    unsafe { libc::abort() }
+}
 
 /// Alignment `malloc` guarantees: 16, as glibc's on 64-bit targets.
 const MALLOC_ALIGN: usize = 16;
@@ -187,13 +218,39 @@ extern "C" fn after_fork_child() {
     unsafe { HEAP.after_fork_child() }
 }
 
-/// Text formatted on the stack: the summary is printed without allocating.
-struct StackText {
-    bytes: [u8; 8192],
+/// Up to `N` bytes of text formatted on the stack (the rest is cut): the summary and a
+/// panic's message are printed without allocating.
+struct StackText<const N: usize> {
+    bytes: [u8; N],
     len: usize,
 }
 
-impl core::fmt::Write for StackText {
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Writes all of `bytes` to `fd` with raw `write` calls, giving up at the first error.
+fn write_all(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live slice; `write` reads at most its length.
+        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if written <= 0 {
+            break;
+        }
+        bytes = &bytes[written as usize..];
+    }
+}
+
+impl<const N: usize> core::fmt::Write for StackText<N> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let take = s.len().min(self.bytes.len() - self.len);
         self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
@@ -208,20 +265,9 @@ static SUMMARY_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32
 
 extern "C" fn print_summary() {
     let fd = SUMMARY_FD.load(core::sync::atomic::Ordering::Relaxed);
-    let mut text = StackText {
-        bytes: [0; 8192],
-        len: 0,
-    };
+    let mut text = StackText::<8192>::new();
     let _ = write!(text, "{}", HEAP.summary());
-    let mut bytes = &text.bytes[..text.len];
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live slice; `write` reads at most its length.
-        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if written <= 0 {
-            break;
-        }
-        bytes = &bytes[written as usize..];
-    }
+    write_all(fd, text.as_bytes());
 }
 
 /// Runs when the library is loaded: fork handlers, and the summary when asked for.

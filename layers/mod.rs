@@ -3,7 +3,7 @@
 
 mod arenas;
 mod blocks;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub(crate) use blocks::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 mod combinators;
 pub(crate) mod debug;
@@ -14,7 +14,9 @@ pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, LeakReport, Stats};
 pub use sources::Buffer;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub(crate) use sources::SlabRange;
 #[cfg(feature = "std")]
-pub use sources::{Ground, Mmap, Pipe, Reserve, ReserveRange, Sbrk, SharedRange, System};
+pub use sources::{Ground, Pipe, Sbrk, System};
+#[cfg(feature = "os")]
+pub use sources::{Mmap, Reserve, ReserveRange, SharedRange};

@@ -7,13 +7,13 @@
 use core::fmt;
 
 /// A fixed buffer that a message is formatted into, cut short if it does not fit.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[cfg_attr(not(feature = "os"), allow(dead_code))]
 pub(crate) struct LineBuffer {
     bytes: [u8; 512],
     len: usize,
 }
 
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[cfg_attr(not(feature = "os"), allow(dead_code))]
 impl LineBuffer {
     pub(crate) const fn new() -> Self {
         LineBuffer {
@@ -56,28 +56,29 @@ pub(crate) use debug_require;
 
 /// Writes `stratalloc: <message>` and a newline to stderr, then aborts the process.
 ///
-/// Without the `std` feature there is neither stderr nor a portable abort: the message is
-/// raised as a panic instead, and a `no_std` program that uses checking layers inside its
-/// global allocator should build with `panic = "abort"`.
+/// Without the `os` feature (which `std` implies) there is neither stderr nor a portable
+/// abort: the message is raised as a panic instead, and a `no_std` program that uses
+/// checking layers inside its global allocator should build with `panic = "abort"`.
 #[cold]
 #[inline(never)]
 pub(crate) fn abort_with(message: fmt::Arguments<'_>) -> ! {
-    #[cfg(feature = "std")]
+    #[cfg(feature = "os")]
     {
         use fmt::Write as _;
         let mut line = LineBuffer::new();
         let _ = writeln!(line, "stratalloc: {message}");
         write_stderr(line.as_str().as_bytes());
-        std::process::abort()
+        // SAFETY: `abort` takes no arguments and does not return.
+        unsafe { libc::abort() }
     }
-    #[cfg(not(feature = "std"))]
+    #[cfg(not(feature = "os"))]
     {
         panic!("stratalloc: {}", message)
     }
 }
 
 /// Writes bytes to file descriptor 2 with raw `write` calls: no lock, no allocation.
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub(crate) fn write_stderr(mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: `bytes` is a live slice; `write` reads at most `bytes.len()` bytes of it.

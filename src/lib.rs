@@ -47,10 +47,18 @@
 //!
 //! # Features
 //!
-//! `std` (default) adds the OS sources, regions and the router, the blob heap, and stderr
-//! reports.
-//! Without it the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
-//! `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `BitSet`, `Heap` and `Locked` remain.
+//! - `std` (default, implies `os`) adds the sources that need std (`Sbrk`, `System`,
+//!   `Ground`, `Pipe`), regions and the router, the blob heap, and leak reports on stderr.
+//! - `os`, without `std`: the crate stays `no_std` but talks to the OS through libc:
+//!   [`Mmap`](layers::Mmap), [`Reserve`](layers::Reserve), [`ThreadHeaps`] and the
+//!   [`General`](presets::General), [`Arena`](presets::Arena) and
+//!   [`AuditedArena`](presets::AuditedArena) presets, and misuse reports written to
+//!   stderr before an abort. This is how the malloc replacement (the `stratalloc_malloc`
+//!   example) is built: without std's panic and backtrace machinery it maps a fraction
+//!   of the pages into every program it is loaded into.
+//! - With neither, the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
+//!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `BitSet`, `Heap` and `Locked`
+//!   remain.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
@@ -58,6 +66,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
+// Unit tests may use std (threads, clocks) whatever the features.
+#[cfg(all(test, not(feature = "std")))]
+extern crate std;
 
 mod abort;
 mod alloc_ops;
@@ -76,7 +87,7 @@ pub mod region;
 #[cfg(feature = "std")]
 mod router;
 mod spin;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 mod thread_heaps;
 
 // The layers live in a top-level `layers/` folder, one file each, so that the crate's
@@ -95,5 +106,5 @@ pub use locked::{LockGuard, Locked};
 pub use region::{Region, check_leaks};
 #[cfg(feature = "std")]
 pub use router::Router;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};

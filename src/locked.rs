@@ -99,7 +99,7 @@ impl<L> Locked<L> {
     ///
     /// The lock is held, by a guard that was forgotten on this thread, and nothing uses
     /// that guard's access afterwards.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "os")]
     pub(crate) unsafe fn force_unlock(&self) {
         self.held.unlock();
     }

@@ -28,8 +28,11 @@ impl SpinLock {
             while self.held.load(Ordering::Relaxed) {
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(64) {
-                    #[cfg(feature = "std")]
-                    std::thread::yield_now();
+                    // SAFETY: `sched_yield` takes nothing and only gives up the CPU.
+                    #[cfg(feature = "os")]
+                    unsafe {
+                        libc::sched_yield()
+                    };
                 }
                 core::hint::spin_loop();
             }

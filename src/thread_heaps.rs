@@ -105,7 +105,13 @@ fn thread_pointer() -> usize {
     )))]
     {
         // The address of a thread-local: unique per live thread, if slower to get.
-        CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0)
+        #[cfg(feature = "std")]
+        return CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0);
+        // `pthread_self`, which is unique per live thread too (plus one: Miri numbers the
+        // main thread 0, and 0 means "no thread" here).
+        #[cfg(not(feature = "std"))]
+        // SAFETY: `pthread_self` only reads the calling thread's identifier.
+        return (unsafe { libc::pthread_self() } as usize).wrapping_add(1);
     }
 }
 
@@ -115,9 +121,12 @@ const fn cache_slot(tp: usize) -> usize {
     ((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS
 }
 
+#[cfg(feature = "std")]
 thread_local! {
     /// This thread's heap (type-erased: one per thread, whatever `ThreadHeaps` made it),
-    /// null before the first small allocation, `EXITED` after thread exit.
+    /// null before the first small allocation, `EXITED` after thread exit. Without std
+    /// there are no thread-locals on stable Rust, and each instance's pthread key holds
+    /// the thread's heap instead (see [`ThreadHeaps::current`]).
     static CURRENT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
 }
 
@@ -212,7 +221,8 @@ impl<T> SpinList<T> {
 /// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
 /// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first
 /// `ThreadHeaps` it allocates small blocks from; a thread using a second instance is
-/// served by that instance's `Large` layer alone.
+/// served by that instance's `Large` layer alone. (Without the `std` feature a thread
+/// keeps a heap in each instance it uses: see the `os` feature in the crate docs.)
 ///
 /// ```
 /// use stratalloc::presets::{General, general};
@@ -351,7 +361,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// [`heap`](ThreadHeaps::heap) past the cache: the thread-local, then attaching.
     #[cold]
     fn heap_slow(&self, tp: usize) -> Option<&Heap<Large>> {
-        let current = CURRENT.try_with(Cell::get).ok()?;
+        let current = self.current()?;
         if current == EXITED {
             return None;
         }
@@ -367,6 +377,31 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         };
         self.cache[cache_slot(tp)].store(ptr::from_ref(heap).cast_mut(), Ordering::Relaxed);
         Some(heap)
+    }
+
+    /// This thread's heap, as type-erased `CURRENT` holds it: null before the thread's
+    /// first small allocation, `EXITED` after its heap was handed back; `None` while the
+    /// thread-local is being destroyed.
+    ///
+    /// Without std it is this instance's pthread key, whose value the thread's heap is
+    /// anyway. There a thread keeps a heap per instance, and at thread exit glibc clears a
+    /// key before calling its destructor, so allocations from destructors that run later
+    /// get a heap (pooled again by the key's next round of destructors) instead of going
+    /// to `Large`; one made after the last round (glibc makes four) is never pooled.
+    #[inline]
+    fn current(&self) -> Option<*mut u8> {
+        #[cfg(feature = "std")]
+        {
+            CURRENT.try_with(Cell::get).ok()
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            match self.key.load(Ordering::Acquire) {
+                0 => Some(ptr::null_mut()),
+                // SAFETY: a key we made; reading a key's value has no other effect.
+                key => Some(unsafe { libc::pthread_getspecific((key - 1) as _) }.cast()),
+            }
+        }
     }
 
     /// The heap for `CURRENT`, mutably, for the slab calls.
@@ -403,6 +438,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         } else {
             adopted
         };
+        #[cfg(feature = "std")]
         CURRENT.try_with(|c| c.set(heap.cast())).ok()?;
         // SAFETY: the heap is live, and ours from here on.
         unsafe { (*heap).thread.store(thread_pointer(), Ordering::Relaxed) };
@@ -474,6 +510,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
 
     /// Hands this thread's heap back to the pool (thread exit).
     fn abandon(&self, heap: *mut Heap<Large>) {
+        #[cfg(feature = "std")]
         let _ = CURRENT.try_with(|c| c.set(EXITED));
         // SAFETY: the heap is live; this thread stops using it.
         unsafe { (*heap).thread.store(0, Ordering::Relaxed) };
@@ -983,7 +1020,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         SlabSource::after_fork();
         // SAFETY: as in the parent: the copy of the lock is held by this thread.
         unsafe { self.large.force_unlock() };
-        let current = CURRENT.try_with(Cell::get).unwrap_or(EXITED);
+        let current = self.current().unwrap_or(EXITED);
         let mut heap = self.all.load(Ordering::Acquire);
         while !heap.is_null() {
             // SAFETY: registered heaps live forever; the threads that used these heaps no

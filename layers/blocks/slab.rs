@@ -570,7 +570,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// As for [`tag_of`](Slab::tag_of).
-    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    #[cfg_attr(not(feature = "os"), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, *mut u8) {
         // SAFETY: the caller's duty.
@@ -586,7 +586,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// As for `put_unsized`, and `slab` is the slab of `ptr`.
-    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    #[cfg_attr(not(feature = "os"), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn put_in_slab(&mut self, slab: SlabRef, ptr: NonNull<u8>) {
         // SAFETY: the caller's duty.
@@ -699,7 +699,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
 /// A slab found from a block's address (see [`Slab::slab_and_tag`]).
 #[derive(Clone, Copy)]
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[cfg_attr(not(feature = "os"), allow(dead_code))]
 pub(crate) struct SlabRef(*mut SlabHeader);
 
 /// A put of something that cannot be one of this layer's blocks.

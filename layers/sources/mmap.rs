@@ -1,4 +1,4 @@
-//! `Mmap`: pages straight from the OS (anonymous maps through memmap2), one map per block.
+//! `Mmap`: pages straight from the OS (anonymous `mmap`s), one map per block.
 
 use core::alloc::Layout;
 use core::fmt;
@@ -6,16 +6,59 @@ use core::mem::{MaybeUninit, size_of};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
-
 use crate::Layer;
 use crate::abort::abort_with;
 use crate::layer::served_size;
+#[cfg(feature = "std")]
 use crate::page_map;
+#[cfg(feature = "std")]
 use crate::region::{Attributed, Attribution};
 
 /// Bytes mapped by every `Mmap` layer of the process, blocks and bookkeeping together.
 static PROCESS_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// One anonymous map, unmapped when dropped. Its pointer comes straight from `mmap`, with
+/// no reference in between: a reference to the whole map would cut the permission of every
+/// block pointer handed out from it.
+struct Map {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Map {
+    /// `len` fresh, zero-filled bytes of read-write pages, or `None`.
+    fn new(len: usize) -> Option<Map> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: an anonymous map at an address of the kernel's choosing touches no
+        // existing memory.
+        let base = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
+        (base != libc::MAP_FAILED).then(|| Map {
+            base: base.cast(),
+            len,
+        })
+    }
+
+    fn as_mut_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        self.base
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: the map is ours alone, and nothing uses its pages after it is dropped
+        // (every block in it was put, or the layer is being deinitialised).
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
 
 /// Each `get` maps fresh anonymous pages; each `put` unmaps them; `deinit` unmaps every
 /// map the layer still holds.
@@ -27,13 +70,14 @@ static PROCESS_MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// not for small objects.
 ///
 /// The layer remembers its maps in a table that lives in a map of its own, never in the
-/// global allocator, so it can serve one. In a [region](crate::region) it claims each
-/// map's pages for the region in the page map while the map lives.
+/// global allocator, so it can serve one. In a [region](crate::region) (with `std`) it
+/// claims each map's pages for the region in the page map while the map lives.
 pub struct Mmap {
-    /// The table: an array of `MmapRaw`, `len` of them initialised.
-    table: Option<MmapRaw>,
+    /// The table: an array of `Map`, `len` of them initialised.
+    table: Option<Map>,
     len: usize,
     mapped: usize,
+    #[cfg(feature = "std")]
     claims: Attribution,
 }
 
@@ -47,6 +91,7 @@ impl Mmap {
             table: None,
             len: 0,
             mapped: 0,
+            #[cfg(feature = "std")]
             claims: Attribution::NONE,
         }
     }
@@ -78,29 +123,28 @@ impl Mmap {
         page
     }
 
-    /// A fresh anonymous map. Kept as `MmapRaw`, whose pointers come straight from the
-    /// map's own, without references in between: a reference to the whole map would cut
-    /// the permission of every block pointer handed out from it.
-    fn map(len: usize) -> Option<MmapRaw> {
-        let map = MmapRaw::from(MmapOptions::new().len(len).map_anon().ok()?);
+    /// A fresh anonymous map, counted.
+    fn map(len: usize) -> Option<Map> {
+        let map = Map::new(len)?;
         PROCESS_MAPPED.fetch_add(map.len(), Ordering::Relaxed);
         Some(map)
     }
 
     /// Releases the map's pages in the page map (when they were claimed) and unmaps it.
-    fn unmap(&self, map: MmapRaw) {
+    fn unmap(&self, map: Map) {
+        #[cfg(feature = "std")]
         if self.claims.is_some() {
             page_map::set(map.as_mut_ptr(), map.len(), core::ptr::null());
         }
         Self::unmap_table(map);
     }
 
-    fn unmap_table(map: MmapRaw) {
+    fn unmap_table(map: Map) {
         PROCESS_MAPPED.fetch_sub(map.len(), Ordering::Relaxed);
         drop(map);
     }
 
-    fn entries(&mut self) -> *mut MmapRaw {
+    fn entries(&mut self) -> *mut Map {
         match &mut self.table {
             Some(table) => table.as_mut_ptr().cast(),
             None => core::ptr::null_mut(),
@@ -110,7 +154,7 @@ impl Mmap {
     fn capacity(&self) -> usize {
         self.table
             .as_ref()
-            .map_or(0, |t| t.len() / size_of::<MmapRaw>())
+            .map_or(0, |t| t.len() / size_of::<Map>())
     }
 
     /// Makes room for one more entry, doubling the table when it is full.
@@ -118,12 +162,12 @@ impl Mmap {
         if self.len < self.capacity() {
             return Some(());
         }
-        let new_capacity = (self.capacity() * 2).max(Self::page_size() / size_of::<MmapRaw>());
-        let table = Self::map(new_capacity.checked_mul(size_of::<MmapRaw>())?)?;
+        let new_capacity = (self.capacity() * 2).max(Self::page_size() / size_of::<Map>());
+        let table = Self::map(new_capacity.checked_mul(size_of::<Map>())?)?;
         let old = self.entries();
         if !old.is_null() {
             // SAFETY: the first `len` entries of the old table are initialised; the new
-            // table is larger, page-aligned (so aligned for `MmapRaw`) and disjoint from the
+            // table is larger, page-aligned (so aligned for `Map`) and disjoint from the
             // old one. The entries are moved bitwise; the old table is then unmapped as raw
             // bytes, so no entry is dropped twice.
             unsafe { core::ptr::copy_nonoverlapping(old, table.as_mut_ptr().cast(), self.len) };
@@ -137,9 +181,9 @@ impl Mmap {
     /// The index of the map that contains `addr`, searching newest first.
     fn find(&self, addr: usize) -> Option<usize> {
         let table = self.table.as_ref()?;
-        let entries: *const MaybeUninit<MmapRaw> = table.as_ptr().cast();
+        let entries: *const MaybeUninit<Map> = table.as_ptr().cast();
         (0..self.len).rev().find(|&i| {
-            // SAFETY: entries `0..len` are initialised `MmapRaw`s inside the table.
+            // SAFETY: entries `0..len` are initialised `Map`s inside the table.
             let map = unsafe { (*entries.add(i)).assume_init_ref() };
             addr.wrapping_sub(map.as_ptr().addr()) < map.len()
         })
@@ -173,6 +217,7 @@ unsafe impl Layer for Mmap {
         self.reserve_one()?;
         let map = Self::map(len)?;
         let base = map.as_mut_ptr();
+        #[cfg(feature = "std")]
         if self.claims.is_some() && !page_map::set(base, len, self.claims.0) {
             // Outside the address range the page map covers: the router could not find it.
             Self::unmap_table(map);
@@ -261,7 +306,7 @@ unsafe impl Layer for Mmap {
             }
             return;
         };
-        let entries: *const MmapRaw = table.as_ptr().cast();
+        let entries: *const Map = table.as_ptr().cast();
         // SAFETY: entries `0..len` are initialised.
         let mapped: usize = (0..self.len)
             .map(|i| unsafe { (&*entries.add(i)).len() })
@@ -278,13 +323,14 @@ unsafe impl Layer for Mmap {
 // SAFETY: every block lies in a map of its own, whose pages are claimed for the region
 // from the moment the map is made until just before it is unmapped (maps made before
 // `attribute` are claimed by it).
+#[cfg(feature = "std")]
 unsafe impl Attributed for Mmap {
     fn attribute(&mut self, owner: Attribution) {
         self.claims = owner;
         let Some(table) = &self.table else {
             return;
         };
-        let entries: *const MmapRaw = table.as_ptr().cast();
+        let entries: *const Map = table.as_ptr().cast();
         for i in 0..self.len {
             // SAFETY: entries `0..len` are initialised.
             let map = unsafe { &*entries.add(i) };

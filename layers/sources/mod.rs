@@ -6,13 +6,13 @@ mod buffer;
 #[cfg(feature = "std")]
 mod ground;
 /// Anonymous page maps from the OS, one per block.
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 mod mmap;
 /// Whole pages from the enclosing region.
 #[cfg(feature = "std")]
 mod pipe;
 /// 16 KiB granules from one reserved range of address space.
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 mod reserve;
 /// The program break, with reuse of freed blocks.
 #[cfg(feature = "std")]
@@ -24,13 +24,13 @@ mod system;
 pub use buffer::Buffer;
 #[cfg(feature = "std")]
 pub use ground::Ground;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub use mmap::Mmap;
 #[cfg(feature = "std")]
 pub use pipe::Pipe;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub(crate) use reserve::SlabRange;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub use reserve::{Reserve, ReserveRange, SharedRange};
 #[cfg(feature = "std")]
 pub use sbrk::Sbrk;

@@ -18,7 +18,7 @@ mod routing_model;
 #[cfg(feature = "std")]
 mod sbrk;
 mod suite_finds_bugs;
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 mod thread_heaps;
 
 /// The router is this binary's global allocator: with no region entered it hands
@@ -42,11 +42,11 @@ pub fn proptest_config() -> proptest::test_runner::Config {
 }
 
 /// The environment variable that tells a re-executed test binary which scenario to run.
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 const CHILD_VAR: &str = "STRATALLOC_CHILD";
 
 /// The scenario this process was started for, when it is a child of `run_child`.
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub fn child_scenario() -> Option<String> {
     std::env::var(CHILD_VAR).ok()
 }
@@ -54,7 +54,7 @@ pub fn child_scenario() -> Option<String> {
 /// Starts this test binary again for the single test `test` with the scenario in the
 /// environment, and returns at once (the child's stderr, where a failure is reported, goes
 /// to this process's; its test harness chatter on stdout does not).
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub fn spawn_child(test: &str, scenario: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().expect("test binary path"))
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -66,7 +66,7 @@ pub fn spawn_child(test: &str, scenario: &str) -> std::process::Child {
 
 /// Re-runs this test binary for the single test `test` (its full path), with the scenario
 /// in the environment, on one test thread, and returns what it did.
-#[cfg(feature = "std")]
+#[cfg(feature = "os")]
 pub fn run_child(test: &str, scenario: &str) -> std::process::Output {
     std::process::Command::new(std::env::current_exe().expect("test binary path"))
         .args([test, "--exact", "--nocapture", "--test-threads=1"])

@@ -248,8 +248,8 @@ mod aborts {
     }
 }
 
-/// Without `std` there is no abort to call: the same misuse raises a panic.
-#[cfg(not(feature = "std"))]
+/// Without `os` (or `std`) there is no abort to call: the same misuse raises a panic.
+#[cfg(not(feature = "os"))]
 mod panics {
     use std::alloc::Layout;
 

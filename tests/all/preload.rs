@@ -3,7 +3,8 @@
 //! exit.
 //!
 //! The library is `libstratalloc_malloc.so`, the cdylib example `stratalloc_malloc`, built
-//! once per test run with `cargo build --profile preload --example stratalloc_malloc` into
+//! once per test run with `cargo build --profile preload --no-default-features --features os
+//! --example stratalloc_malloc` (the `no_std` build the README describes) into
 //! `target/preload` (a target dir of its own, so the build does not wait on the lock of the
 //! cargo that runs these tests). A failed build fails every test here, with cargo's output.
 //! With `STRATALLOC_PRELOAD_LIB=/path/to/lib.so` the tests use that library instead and
@@ -86,6 +87,9 @@ fn find_or_build_library() -> Result<PathBuf, String> {
             "build",
             "--profile",
             "preload",
+            "--no-default-features",
+            "--features",
+            "os",
             "--example",
             "stratalloc_malloc",
         ])
@@ -96,7 +100,8 @@ fn find_or_build_library() -> Result<PathBuf, String> {
         .map_err(|e| format!("starting {}: {e}", Path::new(&cargo).display()))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --profile preload --example stratalloc_malloc failed ({}):\n{}{}",
+            "cargo build --profile preload --no-default-features --features os \
+             --example stratalloc_malloc failed ({}):\n{}{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)

@@ -337,6 +337,58 @@ fn strings_grown_by_realloc_on_many_threads_keep_every_byte() {
     }
 }
 
+/// Allocations made at thread exit after the thread's heap was handed back (by a pthread
+/// key destructor that runs after the allocator's own, as a C library's would) work, and
+/// leak no heap: with std they go to the large layer, without std the thread takes a
+/// pooled heap again and the key's next round of destructors hands it back. Either way
+/// threads that do this one after another share one heap.
+#[test]
+fn allocations_after_the_heap_was_handed_back_leak_no_heap() {
+    static HEAP: General = general();
+    static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+    static LATE_OK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    extern "C" fn late(_: *mut libc::c_void) {
+        let ptr = HEAP.malloc(48);
+        if !ptr.is_null() {
+            fill(ptr, 48, 0x5a);
+            if holds(ptr, 48, 0x5a) {
+                LATE_OK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // SAFETY: the block just allocated, freed once.
+            unsafe { HEAP.free(ptr) };
+        }
+    }
+
+    const THREADS: usize = 6;
+    for _ in 0..THREADS {
+        std::thread::spawn(|| {
+            // The allocator's key is made at this thread's first small allocation, so
+            // the test's key, made after it, is destroyed after it.
+            let first = HEAP.malloc(16);
+            // SAFETY: the block just allocated, freed once.
+            unsafe { HEAP.free(first) };
+            let key = *KEY.get_or_init(|| {
+                let mut key = 0;
+                // SAFETY: a valid place for the key, and an `extern "C"` destructor.
+                assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(late)) }, 0);
+                key
+            });
+            // SAFETY: a key made above; any non-null value makes its destructor run.
+            unsafe { libc::pthread_setspecific(key, std::ptr::dangling_mut::<u8>().cast()) };
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(
+        LATE_OK.load(std::sync::atomic::Ordering::Relaxed),
+        THREADS,
+        "every late allocation was served and kept its bytes"
+    );
+    assert_eq!(HEAP.heaps(), 1, "the threads shared one heap");
+    assert_eq!(HEAP.pooled_heaps(), 1, "the heap is back in the pool");
+}
+
 /// Threads allocate and exit; another thread frees their blocks afterwards, into heaps
 /// that sit in the pool. Those frees must reach the slabs (and empty them), not pile up
 /// on a remote stack that nobody drains: otherwise every round takes fresh slab space.
