@@ -11,7 +11,7 @@
 //! Built that way (the crate's `os` feature without `std`, and the `preload` profile's
 //! `panic = "abort"`) the library is `no_std`: it needs only libc, and maps none of std's
 //! panic, backtrace and unwinding code (nor `libgcc_s`) into the programs it is loaded
-//! into, about 250 KiB of resident pages in each. A panic, which the allocator's own code
+//! into, about 170 KiB of resident pages in each. A panic, which the allocator's own code
 //! never raises on purpose (misuse it detects aborts with a message instead), aborts. Built
 //! with the default features, or in a profile that unwinds, it links std as usual and
 //! behaves the same.
