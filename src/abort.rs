@@ -77,6 +77,34 @@ pub(crate) fn abort_with(message: fmt::Arguments<'_>) -> ! {
     }
 }
 
+/// Runs `f`, a call into layer code made from inside an allocator, and aborts with one
+/// line naming `layer` and `method` if it unwinds: a panic must not leave a global
+/// allocator (that is undefined behaviour), and a stack that panicked half-way through an
+/// operation cannot be trusted with the next one. The panic's own message has been printed
+/// by the panic hook by then. On the normal path the guard costs nothing: it is forgotten.
+#[inline(always)]
+pub(crate) fn no_unwind<R>(layer: &'static str, method: &'static str, f: impl FnOnce() -> R) -> R {
+    /// Aborts when dropped, which only unwinding does.
+    struct Unwinding {
+        layer: &'static str,
+        method: &'static str,
+    }
+    impl Drop for Unwinding {
+        #[cold]
+        fn drop(&mut self) {
+            abort_with(format_args!(
+                "`{}::{}` panicked inside the allocator; a panic cannot unwind out of an \
+                 allocator, so the process aborts",
+                self.layer, self.method
+            ))
+        }
+    }
+    let guard = Unwinding { layer, method };
+    let result = f();
+    core::mem::forget(guard);
+    result
+}
+
 /// Writes bytes to file descriptor 2 with raw `write` calls: no lock, no allocation.
 #[cfg(feature = "os")]
 pub(crate) fn write_stderr(mut bytes: &[u8]) {
