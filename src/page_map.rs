@@ -119,11 +119,7 @@ fn split(addr: usize) -> Option<(usize, usize)> {
 #[inline(always)]
 fn entry(addr: usize) -> Option<&'static Entry> {
     let (root, index) = split(addr)?;
-    let leaf = root_slot(root).load(Ordering::Acquire);
-    if leaf.is_null() {
-        return None;
-    }
-    let leaf = LeafPtr(leaf);
+    let leaf = installed(root)?;
     let word = leaf.claimed(index / 64).load(Ordering::Acquire);
     (word & (1 << (index % 64)) != 0).then(|| leaf.entry(index))
 }
@@ -151,93 +147,173 @@ pub(crate) fn lookup(ptr: *mut u8) -> (*const Owner, *mut u8) {
 
 /// The leaf for root slot `root`, mapping it on first use. `None` when the OS refuses.
 fn leaf(root: usize) -> Option<LeafPtr> {
-    let mut leaf = root_slot(root).load(Ordering::Acquire);
-    if leaf.is_null() {
-        let size = size_of::<Leaf>();
-        // SAFETY: an anonymous private map of `size` bytes; the result is checked.
-        let fresh = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if fresh == libc::MAP_FAILED {
-            return None;
-        }
-        // Zero-filled by the OS: no page claimed, every entry two null `AtomicPtr`s.
-        let fresh = fresh.cast::<Leaf>();
-        match root_slot(root).compare_exchange(
+    if let Some(leaf) = installed(root) {
+        return Some(leaf);
+    }
+    #[cfg(test)]
+    if tests::REFUSED_ROOT.load(Ordering::Relaxed) == root {
+        return None;
+    }
+    let size = size_of::<Leaf>();
+    // SAFETY: an anonymous private map of `size` bytes; the result is checked.
+    let fresh = unsafe {
+        libc::mmap(
             ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => leaf = fresh,
-            Err(winner) => {
-                // Another thread installed one first: ours was never shared.
-                // SAFETY: `fresh` is our own map of `size` bytes.
-                unsafe { libc::munmap(fresh.cast(), size) };
-                leaf = winner;
-            }
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if fresh == libc::MAP_FAILED {
+        return None;
+    }
+    // Zero-filled by the OS: no page claimed, every entry two null `AtomicPtr`s.
+    let fresh = fresh.cast::<Leaf>();
+    match root_slot(root).compare_exchange(
+        ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => Some(LeafPtr(fresh)),
+        Err(winner) => {
+            // Another thread installed one first: ours was never shared.
+            // SAFETY: `fresh` is our own map of `size` bytes.
+            unsafe { libc::munmap(fresh.cast(), size) };
+            Some(LeafPtr(winner))
         }
     }
-    Some(LeafPtr(leaf))
 }
 
-/// Records `owner` (null to release) and `base` for every page of the range of `len`
-/// bytes at `base` (whole pages). Returns `false`, changing nothing that was not already
-/// set, when a page lies outside the mapped address space or a leaf cannot be mapped.
-pub(crate) fn set(base: *mut u8, len: usize, owner: *const Owner) -> bool {
-    let start = base.addr();
+/// The root slot and in-leaf index range of each leaf a page-aligned range `[start, end)`
+/// touches, in address order. The caller has checked that `end - 1` splits.
+fn leaf_spans(start: usize, end: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut addr = start;
+    core::iter::from_fn(move || {
+        if addr >= end {
+            return None;
+        }
+        let (root, index) = split(addr).unwrap_or((0, 0));
+        let stop = ((root + 1) << (LEAF_BITS + PAGE_BITS)).min(end);
+        let count = (stop - addr) >> PAGE_BITS;
+        addr = stop;
+        Some((root, index, count))
+    })
+}
+
+/// The range `[start, end)` of a page-aligned range of `len` bytes at `start`, when every
+/// page of it lies in the address space the map covers.
+fn span(start: usize, len: usize) -> Option<(usize, usize)> {
     debug_require!(
         start.is_multiple_of(PAGE) && len.is_multiple_of(PAGE),
         "page map: unaligned range {start:#x} + {len:#x}"
     );
-    let Some(end) = start.checked_add(len) else {
+    let end = start.checked_add(len)?;
+    (len == 0 || split(end - 1).is_some()).then_some((start, end))
+}
+
+/// Sets or clears the claimed bits of `count` pages from `index` in `leaf`, one atomic
+/// operation per word of 64 pages.
+fn mark(leaf: LeafPtr, index: usize, count: usize, claimed: bool) {
+    let mut first = index;
+    while first < index + count {
+        let last = (first | 63).min(index + count - 1);
+        let bits = (u64::MAX >> (63 - (last - first))) << (first % 64);
+        if claimed {
+            leaf.claimed(first / 64).fetch_or(bits, Ordering::Release);
+        } else {
+            leaf.claimed(first / 64).fetch_and(!bits, Ordering::Release);
+        }
+        first = last + 1;
+    }
+}
+
+/// Claims every page of the range of `len` bytes at `base` (whole pages) for `owner`,
+/// recording `base` as the pointer the pages' blocks are rebuilt from. All or nothing:
+/// returns `false`, having claimed no page, when a page lies outside the address space the
+/// map covers or a leaf cannot be mapped (the leaves the range needs are all mapped before
+/// any page is written).
+pub(crate) fn claim(base: *mut u8, len: usize, owner: *const Owner) -> bool {
+    debug_require!(!owner.is_null(), "page map: a claim for no owner");
+    let Some((start, end)) = span(base.addr(), len) else {
         return false;
     };
-    if len == 0 {
-        return true;
-    }
-    if split(end - 1).is_none() {
+    if leaf_spans(start, end).any(|(root, _, _)| leaf(root).is_none()) {
         return false;
     }
-    let mut addr = start;
-    while addr < end {
-        let (root, index) = split(addr).unwrap_or((0, 0));
-        let Some(leaf) = leaf(root) else {
+    for (root, index, count) in leaf_spans(start, end) {
+        let Some(leaf) = installed(root) else {
             return false;
         };
-        let stop = ((root + 1) << (LEAF_BITS + PAGE_BITS)).min(end);
-        let count = (stop - addr) >> PAGE_BITS;
         for entry in (index..index + count).map(|i| leaf.entry(i)) {
             entry.base.store(base, Ordering::Relaxed);
             entry.owner.store(owner.cast_mut(), Ordering::Release);
         }
-        // The claimed bits, one atomic operation per word of 64 pages.
-        let mut first = index;
-        while first < index + count {
-            let last = (first | 63).min(index + count - 1);
-            let bits = (u64::MAX >> (63 - (last - first))) << (first % 64);
-            if owner.is_null() {
-                leaf.claimed(first / 64).fetch_and(!bits, Ordering::Release);
-            } else {
-                leaf.claimed(first / 64).fetch_or(bits, Ordering::Release);
-            }
-            first = last + 1;
-        }
-        addr = stop;
+        mark(leaf, index, count, true);
     }
     true
+}
+
+/// Hands the claimed pages of the range of `len` bytes at `start` to `owner`, keeping the
+/// pointer their blocks are rebuilt from (a piece that a [`Pipe`](crate::layers::Pipe)
+/// takes from its enclosing region, and gives back). Every page of the range is claimed
+/// (by the region the piece came from), so its leaf exists and nothing can fail.
+pub(crate) fn reassign(start: *mut u8, len: usize, owner: *const Owner) {
+    debug_require!(!owner.is_null(), "page map: a claim handed to no owner");
+    let Some((start, end)) = span(start.addr(), len) else {
+        return;
+    };
+    for (root, index, count) in leaf_spans(start, end) {
+        let Some(leaf) = installed(root) else {
+            continue;
+        };
+        for i in index..index + count {
+            debug_require!(
+                leaf.claimed(i / 64).load(Ordering::Relaxed) & (1 << (i % 64)) != 0,
+                "page map: a page handed on that nobody claimed"
+            );
+            leaf.entry(i)
+                .owner
+                .store(owner.cast_mut(), Ordering::Release);
+        }
+    }
+}
+
+/// Releases every page of the range of `len` bytes at `base` (whole pages): its blocks
+/// belong to nobody from here on. Cannot fail: pages in leaves never mapped were never
+/// claimed.
+pub(crate) fn release(base: *mut u8, len: usize) {
+    let Some((start, end)) = span(base.addr(), len) else {
+        return;
+    };
+    for (root, index, count) in leaf_spans(start, end) {
+        let Some(leaf) = installed(root) else {
+            continue;
+        };
+        mark(leaf, index, count, false);
+        for entry in (index..index + count).map(|i| leaf.entry(i)) {
+            entry.owner.store(ptr::null_mut(), Ordering::Release);
+            entry.base.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The leaf of root slot `root` when it is mapped.
+fn installed(root: usize) -> Option<LeafPtr> {
+    let leaf = root_slot(root).load(Ordering::Acquire);
+    (!leaf.is_null()).then_some(LeafPtr(leaf))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::sync::atomic::AtomicUsize;
+
+    /// A root slot whose leaf `leaf` refuses to map, as the OS does under `RLIMIT_AS`
+    /// (`usize::MAX`: none).
+    pub(super) static REFUSED_ROOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
     #[test]
     fn claims_and_releases_ranges_across_leaves() {
@@ -245,7 +321,7 @@ mod tests {
         // A range that straddles a leaf boundary (1 GiB), far from real allocations.
         let start = (5usize << 30) - 2 * PAGE;
         let base = ptr::without_provenance_mut::<u8>(start);
-        assert!(set(base, 4 * PAGE, owner));
+        assert!(claim(base, 4 * PAGE, owner));
         for page in 0..4 {
             assert_eq!(owner_of(start + page * PAGE + 17), owner);
         }
@@ -255,7 +331,7 @@ mod tests {
             lookup(base.wrapping_add(PAGE + 5)).1.addr(),
             start + PAGE + 5
         );
-        assert!(set(base, 4 * PAGE, ptr::null()));
+        release(base, 4 * PAGE);
         assert!(owner_of(start + PAGE).is_null());
     }
 
@@ -265,28 +341,75 @@ mod tests {
         // Pages 60..260 of a leaf far from real allocations: five bitmap words.
         let start = (7usize << 30) + 60 * PAGE;
         let base = ptr::without_provenance_mut::<u8>(start);
-        assert!(set(base, 200 * PAGE, owner));
+        assert!(claim(base, 200 * PAGE, owner));
         for page in [0, 3, 4, 67, 68, 131, 199] {
             assert_eq!(owner_of(start + page * PAGE), owner, "page {page}");
         }
         assert!(owner_of(start - PAGE).is_null());
         assert!(owner_of(start + 200 * PAGE).is_null());
-        assert!(set(base.wrapping_add(64 * PAGE), 64 * PAGE, ptr::null()));
+        release(base.wrapping_add(64 * PAGE), 64 * PAGE);
         assert!(owner_of(start + 100 * PAGE).is_null());
         assert_eq!(owner_of(start + 63 * PAGE), owner);
         assert_eq!(owner_of(start + 128 * PAGE), owner);
-        assert!(set(base, 200 * PAGE, ptr::null()));
+        release(base, 200 * PAGE);
     }
 
     #[test]
     fn addresses_beyond_48_bits_are_nobody_s() {
         let owner = ptr::without_provenance::<Owner>(0x1000);
         assert!(owner_of(usize::MAX).is_null());
-        assert!(!set(ptr::without_provenance_mut(1 << 48), PAGE, owner));
-        assert!(!set(
+        assert!(!claim(ptr::without_provenance_mut(1 << 48), PAGE, owner));
+        assert!(!claim(
             ptr::without_provenance_mut(usize::MAX - PAGE + 1),
             PAGE,
             owner
         ));
+    }
+
+    #[test]
+    fn a_claim_that_cannot_map_a_leaf_claims_nothing() {
+        let owner = ptr::without_provenance::<Owner>(0x3000);
+        // Eight pages each side of the boundary between the leaves of 9 and 10 GiB, far
+        // from real allocations; the second leaf refuses to map.
+        let start = (10usize << 30) - 8 * PAGE;
+        let base = ptr::without_provenance_mut::<u8>(start);
+        REFUSED_ROOT.store(split(10 << 30).unwrap().0, Ordering::Relaxed);
+        let claimed = claim(base, 16 * PAGE, owner);
+        REFUSED_ROOT.store(usize::MAX, Ordering::Relaxed);
+        assert!(!claimed, "the claim reports the failure");
+        for page in 0..16 {
+            assert!(
+                owner_of(start + page * PAGE).is_null(),
+                "page {page} stayed claimed after a failed claim"
+            );
+        }
+        assert!(
+            claim(base, 16 * PAGE, owner),
+            "with both leaves it succeeds"
+        );
+        assert_eq!(owner_of(start + 15 * PAGE), owner);
+        release(base, 16 * PAGE);
+        assert!(owner_of(start).is_null());
+    }
+
+    #[test]
+    fn a_reassigned_range_keeps_its_base() {
+        let (first, second) = (
+            ptr::without_provenance::<Owner>(0x4000),
+            ptr::without_provenance::<Owner>(0x5000),
+        );
+        let start = (11usize << 30) + 16 * PAGE;
+        let base = ptr::without_provenance_mut::<u8>(start);
+        assert!(claim(base, 8 * PAGE, first));
+        reassign(base.wrapping_add(2 * PAGE), 2 * PAGE, second);
+        assert_eq!(owner_of(start + PAGE), first);
+        assert_eq!(owner_of(start + 3 * PAGE + 9), second);
+        let (owner, rebuilt) = lookup(base.wrapping_add(3 * PAGE + 9));
+        assert_eq!(owner, second);
+        assert_eq!(rebuilt.addr(), start + 3 * PAGE + 9);
+        reassign(base.wrapping_add(2 * PAGE), 2 * PAGE, first);
+        assert_eq!(owner_of(start + 3 * PAGE), first);
+        release(base, 8 * PAGE);
+        assert!(owner_of(start + 3 * PAGE).is_null());
     }
 }

@@ -3,7 +3,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Layer;
@@ -141,7 +141,7 @@ unsafe impl Layer for Ground {
             // SAFETY: `pages` has a non-zero size.
             None => NonNull::new(unsafe { std::alloc::System.alloc(pages) })?,
         };
-        if self.claims.is_some() && !page_map::set(block.as_ptr(), pages.size(), self.claims.0) {
+        if self.claims.is_some() && !page_map::claim(block.as_ptr(), pages.size(), self.claims.0) {
             // SAFETY: just allocated with `pages`, never handed out.
             unsafe { std::alloc::System.dealloc(block.as_ptr(), pages) };
             return None;
@@ -156,7 +156,7 @@ unsafe impl Layer for Ground {
             return;
         };
         if self.claims.is_some() {
-            page_map::set(ptr.as_ptr(), pages.size(), ptr::null());
+            page_map::release(ptr.as_ptr(), pages.size());
         }
         self.held = self.held.wrapping_sub(pages.size());
         if let Some(piece) = CACHE.keep(ptr, pages) {

@@ -134,7 +134,7 @@ impl Mmap {
     fn unmap(&self, map: Map) {
         #[cfg(feature = "std")]
         if self.claims.is_some() {
-            page_map::set(map.as_mut_ptr(), map.len(), core::ptr::null());
+            page_map::release(map.as_mut_ptr(), map.len());
         }
         Self::unmap_table(map);
     }
@@ -218,8 +218,9 @@ unsafe impl Layer for Mmap {
         let map = Self::map(len)?;
         let base = map.as_mut_ptr();
         #[cfg(feature = "std")]
-        if self.claims.is_some() && !page_map::set(base, len, self.claims.0) {
-            // Outside the address range the page map covers: the router could not find it.
+        if self.claims.is_some() && !page_map::claim(base, len, self.claims.0) {
+            // Outside the address range the page map covers, or no memory for the map's
+            // leaf: the router could not find the block. The claim changed nothing.
             Self::unmap_table(map);
             return None;
         }
@@ -334,7 +335,14 @@ unsafe impl Attributed for Mmap {
         for i in 0..self.len {
             // SAFETY: entries `0..len` are initialised.
             let map = unsafe { &*entries.add(i) };
-            page_map::set(map.as_mut_ptr(), map.len(), owner.0);
+            if !owner.is_some() {
+                page_map::release(map.as_mut_ptr(), map.len());
+            } else if !page_map::claim(map.as_mut_ptr(), map.len(), owner.0) {
+                abort_with(format_args!(
+                    "Mmap: no memory to claim a map of {} bytes for a region",
+                    map.len()
+                ));
+            }
         }
     }
 }

@@ -85,7 +85,11 @@ impl Pipe {
         origin: *const Owner,
     ) {
         if claims.is_some() {
-            page_map::set(piece.as_ptr(), pages.size(), origin);
+            if origin.is_null() {
+                page_map::release(piece.as_ptr(), pages.size());
+            } else {
+                page_map::reassign(piece.as_ptr(), pages.size(), origin);
+            }
         }
         *held = held.wrapping_sub(pages.size());
         if origin.is_null() {
@@ -137,10 +141,18 @@ unsafe impl Layer for Pipe {
             }
         };
         self.held += pages.size();
-        if self.claims.is_some() && !page_map::set(piece.as_ptr(), pages.size(), self.claims.0) {
-            // SAFETY: just got from `origin` with `pages`, never handed out.
-            unsafe { Self::give_back(self.claims, &mut self.held, piece, pages, origin) };
-            return None;
+        if self.claims.is_some() {
+            if !origin.is_null() {
+                // The origin's pages are claimed already: hand them over, keeping the base
+                // their blocks are rebuilt from (the origin's source's).
+                page_map::reassign(piece.as_ptr(), pages.size(), self.claims.0);
+            } else if !page_map::claim(piece.as_ptr(), pages.size(), self.claims.0) {
+                // SAFETY: just got from the system allocator with `pages`, never handed out;
+                // the failed claim changed nothing.
+                unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) };
+                self.held -= pages.size();
+                return None;
+            }
         }
         let booked = Slot {
             ptr: piece.as_ptr(),

@@ -12,6 +12,8 @@ mod misuse;
 #[cfg(all(feature = "std", target_os = "linux"))]
 mod preload;
 #[cfg(feature = "std")]
+mod region_hazards;
+#[cfg(feature = "std")]
 mod regions;
 #[cfg(feature = "std")]
 mod routing_model;
@@ -73,4 +75,31 @@ pub fn run_child(test: &str, scenario: &str) -> std::process::Output {
         .env(CHILD_VAR, scenario)
         .output()
         .expect("re-running the test binary")
+}
+
+/// As [`run_child`], but gives up after `limit`: the child is killed and the result says
+/// so (`None`), for scenarios whose failure is a hang.
+#[cfg(feature = "os")]
+pub fn run_child_within(
+    test: &str,
+    scenario: &str,
+    limit: std::time::Duration,
+) -> Option<std::process::Output> {
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, scenario)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the test binary again");
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("waiting for the child").is_some() {
+            return Some(child.wait_with_output().expect("the child's output"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
