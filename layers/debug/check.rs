@@ -115,6 +115,16 @@ impl<L: Layer> Check<L> {
         Some(report)
     }
 
+    /// The size of the largest live block whose layout has alignment `align`.
+    #[cfg(feature = "std")]
+    pub(crate) fn largest_live_with_align(&self, align: usize) -> Option<usize> {
+        self.table
+            .iter()
+            .filter(|slot| slot.align() == align)
+            .map(|slot| slot.size())
+            .max()
+    }
+
     /// Moves the table to a bigger block from `L`. `None` when `L` has no room for it.
     #[cold]
     fn grow_table(&mut self) -> Option<()> {

@@ -4,18 +4,18 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Layer;
 use crate::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
+use crate::spin::SpinLock;
 
 /// Pieces given back by `Ground` layers, kept for the next ones instead of going back to
 /// the system allocator at once: regions made and dropped in quick succession (one per
 /// request, one per tree) would otherwise make the system allocator return and re-fault
 /// the same pages again and again.
 struct PieceCache {
-    held: AtomicBool,
+    held: SpinLock,
     pieces: UnsafeCell<[CachedPiece; CACHED_PIECES]>,
 }
 
@@ -30,7 +30,7 @@ const CACHED_MAX: usize = 1 << 20;
 unsafe impl Sync for PieceCache {}
 
 static CACHE: PieceCache = PieceCache {
-    held: AtomicBool::new(false),
+    held: SpinLock::new(),
     pieces: UnsafeCell::new([None; CACHED_PIECES]),
 };
 
@@ -39,16 +39,12 @@ impl PieceCache {
         &self,
         f: impl FnOnce(&mut [Option<(NonNull<u8>, Layout)>; CACHED_PIECES]) -> R,
     ) -> R {
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-        // SAFETY: `held` is ours until the store below.
+        // The lock is held only for a look at the 16 slots: pieces go back to the system
+        // allocator after it is let go.
+        self.held.lock();
+        // SAFETY: `held` is ours until the unlock below.
         let result = f(unsafe { &mut *self.pieces.get() });
-        self.held.store(false, Ordering::Release);
+        self.held.unlock();
         result
     }
 

@@ -13,7 +13,9 @@ use crate::abort::abort_with;
 use crate::layers::Mmap;
 use crate::layers::debug::live_table::{LiveTable, Slot};
 use crate::page_map::{self, PAGE};
-use crate::region::{Attributed, Attribution, Owner, alloc_in, enclosing, free_in, token};
+use crate::region::{
+    Attributed, Attribution, Owner, enclosing, lend_in, lends_to, take_back_in, token,
+};
 
 /// Where a piece came from (null: the system allocator), and its layout there.
 type Origin = (*const Owner, Layout);
@@ -24,9 +26,13 @@ type Origin = (*const Owner, Layout);
 ///
 /// Like [`Ground`](crate::layers::Ground) it works in whole 4 KiB pages, so it belongs
 /// under `Chunk`. Each piece remembers where it came from and goes back there when put,
-/// even if the stack has changed since; the enclosing region counts it as live meanwhile,
-/// so it cannot be released under the pipe. When the enclosing region is itself in the
-/// middle of a call (a region entered twice, pipes in a cycle), the piece comes from the
+/// even if the stack has changed since; the enclosing region counts it as live (lent)
+/// meanwhile, so it cannot be released under the pipe.
+///
+/// A pipe takes pieces only from a region made *before* its own: two regions can then never
+/// hold pieces of each other, a cycle in which neither could ever be released. When the
+/// enclosing region is younger than the pipe's own (regions entered in the other order), or
+/// is itself in the middle of a call (a region entered twice), the piece comes from the
 /// system allocator instead.
 pub struct Pipe {
     claims: Attribution,
@@ -96,8 +102,8 @@ impl Pipe {
             // SAFETY: the piece came from the system allocator with `pages`.
             unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) };
         } else {
-            // SAFETY: the piece came from `origin` through the router's path with `pages`.
-            unsafe { free_in(origin, token(), piece, pages) };
+            // SAFETY: the piece was lent by `origin` with `pages`.
+            unsafe { take_back_in(origin, token(), piece, pages) };
         }
     }
 }
@@ -123,10 +129,10 @@ unsafe impl Layer for Pipe {
             ptr::null()
         };
         let mut piece = None;
-        if !origin.is_null() && origin != self.claims.0 {
+        if !origin.is_null() && lends_to(origin, self.claims.0) {
             // SAFETY: the enclosing region is on this thread's stack, so it is this
-            // thread's and active; `alloc_in` refuses it (`Err`) if it is busy.
-            match unsafe { alloc_in(origin, pages) } {
+            // thread's and active; `lend_in` refuses it (`Err`) if it is busy.
+            match unsafe { lend_in(origin, pages) } {
                 Ok(Some(block)) => piece = Some(block),
                 Ok(None) => return None,
                 Err(()) => {}

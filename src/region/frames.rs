@@ -55,6 +55,16 @@ pub(crate) fn current_and_token() -> (*const Owner, usize) {
 }
 
 /// A token naming this thread, distinct from every live thread's (0 during teardown).
+///
+/// A token is the address of the thread's state, so a thread made after another exited may
+/// get the same one. That is what happens to a region whose handle was forgotten
+/// (`mem::forget`) by a thread that then exited: the region still names the old token as
+/// its owner, and a later thread holding that token frees its blocks as the owner would,
+/// driving its stack. This is sound: tokens are unique among live threads, so at most one
+/// thread drives the stack at any time, and a thread's state is handed to a new thread only
+/// after the old one ended, through the C library's own synchronisation (thread creation
+/// and the reuse of a dead thread's stack), which orders the old owner's last use of the
+/// stack before the new one's first. The region itself, forgotten, is never released.
 #[inline(always)]
 pub(crate) fn token() -> usize {
     THREAD

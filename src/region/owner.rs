@@ -9,49 +9,81 @@
 //! - while the region is *active* (its `Region` handle alive), only its owner thread, which
 //!   is the only thread that can enter it (`Region` is neither `Send` nor `Sync`);
 //! - other threads never do: a block they free goes on the region's queue, an array beside
-//!   the stack guarded by `lock`, which the owner drains into the stack. Nothing is ever
-//!   written into the freed block itself: the program may still hold a protected reference
-//!   to it while it is being freed (a `self: Box<Self>` freed inside its own method), and
-//!   only the allocator's own bookkeeping may change then;
-//! - once the handle is dropped with blocks still live, the region is a *zombie*: the queue
-//!   says so, and any thread that frees one of its blocks puts it into the stack itself,
-//!   under `lock`. The last free releases the stack and the record.
+//!   the stack guarded by `lock`, which the owner drains into the stack;
+//! - once the handle is dropped with blocks still live, the region is a *zombie*: its frees
+//!   are queued too, and one thread at a time (the *driver*, marked by `driving`) puts them
+//!   into the stack, outside the lock; the last one releases the stack and the record.
+//!
+//! Two rules shape every path (the router's rule 5):
+//! - **No stack code runs while an owner's lock is held.** The lock guards only the queue
+//!   and the zombie's flags; puts happen after it is let go. Stack code may free into
+//!   another region (a `Pipe` giving a piece back), which takes that region's lock: with
+//!   no stack code under a lock, no two locks are ever held at once.
+//! - **A block's memory is not touched, nor released, during its own free.** The program
+//!   may free a `Box` it received by value, whose memory the language still protects until
+//!   the function it was passed to returns (Stacked and Tree Borrows: an access through the
+//!   source's pointer would be undefined behaviour). So a free that needs the stack is
+//!   never put there inside the `dealloc` call that frees it: on the owner thread it waits
+//!   in `deferred`, put at the next allocation the stack serves (or when `deferred` is
+//!   full, or at a region operation); a zombie's waits in its queue until the next region
+//!   operation of any thread services the zombies (see [`service_zombies`]). Nothing is
+//!   ever written into a freed block by this module.
+//!
+//! Pieces a [`Pipe`](crate::layers::Pipe) region takes from its enclosing region are *lent*
+//! and counted apart (`lent`), so that a region whose only live blocks are pieces lent to
+//! other regions' pipes does not report an escape. A pipe takes pieces only from a region
+//! made before its own (`seq`), so lending never forms a cycle and every zombie chain ends.
 //!
 //! Counters use wrapping arithmetic: an overflow panic in a debug build would unwind out of
-//! the global allocator. The queue's memory comes from the system allocator directly.
+//! the global allocator. The queue's memory comes from the system allocator directly. Every
+//! call into the stack goes through [`Stack`], whose methods abort with one line if the
+//! layer code unwinds.
 //!
 //! Invariants: `live` counts blocks handed out by the router and not yet put back into the
-//! stack (blocks waiting in the queue still count); it is written only by the owner thread
-//! while active, and only under `lock` afterwards (the owner holds the lock across the
-//! switch). `pending` is set whenever the queue holds entries.
+//! stack (deferred and queued frees still count), `lent` those of them lent to pipes; both
+//! are written only by the owner thread while active, and by the zombie's driver under
+//! `lock` afterwards. `pending` is set whenever the queue of an active region holds
+//! entries. A zombie is on the service list (`listed`) only while its queue holds entries
+//! and no thread drives it.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::alloc::System;
 
 use crate::Layer;
-use crate::abort::{abort_with, debug_require};
+use crate::abort::{abort_with, debug_require, no_unwind};
 use crate::layer::served_size;
 use crate::layers::LeakReport;
+use crate::spin::SpinLock;
 
 const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
 
-/// A block freed by another thread, waiting for the owner.
+/// Frees the owner thread makes that wait for the next allocation to be put into the stack.
+const DEFERRED: usize = 16;
+
+/// A block freed but not yet put into the stack.
 #[derive(Clone, Copy)]
 struct Entry {
     block: NonNull<u8>,
     layout: Layout,
+    /// A piece lent to a pipe, coming back.
+    lent: bool,
 }
 
-/// Frees from other threads, in an array from the system allocator; guarded by `lock`.
+/// Frees waiting under `lock`, in an array from the system allocator, with the region's
+/// state as other threads see it.
 struct Queue {
     entries: *mut Entry,
     len: usize,
     capacity: usize,
-    /// Set when the region's handle ended: frees then put into the stack directly.
+    /// Set when the region's handle ended.
     zombie: bool,
+    /// A zombie whose stack a thread is putting frees into, outside the lock.
+    driving: bool,
+    /// A zombie on the service list.
+    listed: bool,
 }
 
 impl Queue {
@@ -60,6 +92,8 @@ impl Queue {
         len: 0,
         capacity: 0,
         zombie: false,
+        driving: false,
+        listed: false,
     };
 
     /// Appends an entry, growing the array; aborts when the system allocator has no room
@@ -81,7 +115,7 @@ impl Queue {
             };
             if entries.is_null() {
                 abort_with(format_args!(
-                    "router: no memory to queue a free from another thread ({} waiting)",
+                    "router: no memory to queue a free ({} waiting)",
                     self.len
                 ));
             }
@@ -98,15 +132,16 @@ impl Queue {
         unsafe { Layout::array::<Entry>(capacity).unwrap_unchecked() }
     }
 
-    /// Takes the entries out, leaving the queue empty (and without an array).
+    /// Takes the entries out, leaving the queue empty (without an array) and its flags
+    /// as they were.
     fn take(&mut self) -> Queue {
-        core::mem::replace(
-            self,
-            Queue {
-                zombie: self.zombie,
-                ..Queue::EMPTY
-            },
-        )
+        let flags = Queue {
+            zombie: self.zombie,
+            driving: self.driving,
+            listed: self.listed,
+            ..Queue::EMPTY
+        };
+        core::mem::replace(self, flags)
     }
 
     fn entries(&self) -> &[Entry] {
@@ -126,7 +161,9 @@ impl Queue {
     }
 }
 
-/// A layer stack with its type erased, as the router drives it.
+/// A layer stack with its type erased, as the router drives it. Each method aborts with
+/// one line naming the layer if the layer's code unwinds (the router may be inside a
+/// global allocator, which must not unwind).
 pub(crate) trait Stack {
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>>;
     /// # Safety
@@ -143,32 +180,42 @@ pub(crate) trait Stack {
 impl<L: Layer> Stack for L {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        Layer::get(self, layout)
+        no_unwind(core::any::type_name::<L>(), "get", || {
+            Layer::get(self, layout)
+        })
     }
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: the caller's duties are `Layer::put`'s.
-        unsafe { Layer::put(self, ptr, layout) }
+        no_unwind(core::any::type_name::<L>(), "put", || unsafe {
+            Layer::put(self, ptr, layout)
+        })
     }
     unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         // SAFETY: the caller's duties are those of the method the sizes select.
-        unsafe {
+        no_unwind(core::any::type_name::<L>(), "grow/shrink", || unsafe {
             if new.size() >= old.size() {
                 Layer::grow(self, ptr, old, new)
             } else {
                 Layer::shrink(self, ptr, old, new)
             }
-        }
+        })
     }
     #[inline(never)]
     fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
-        Layer::window(self, layout)
+        no_unwind(core::any::type_name::<L>(), "window", || {
+            Layer::window(self, layout)
+        })
     }
     fn leak_report(&self) -> Option<LeakReport> {
-        Layer::leak_report(self)
+        no_unwind(core::any::type_name::<L>(), "leak_report", || {
+            Layer::leak_report(self)
+        })
     }
     fn deinit(&mut self) {
-        Layer::deinit(self)
+        no_unwind(core::any::type_name::<L>(), "deinit", || {
+            Layer::deinit(self)
+        })
     }
 }
 
@@ -178,11 +225,19 @@ const BUSY: usize = 1;
 /// made during thread teardown (when there is no token to name its thread by).
 const NO_DRIVER: usize = 2;
 
+/// The creation order of regions: a pipe takes pieces only from older regions.
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Zombies whose queues hold frees that no thread is putting: a stack linked through
+/// [`Owner::service_next`], pushed under each zombie's lock, taken whole by
+/// [`service_zombies`].
+static ZOMBIES: AtomicPtr<Owner> = AtomicPtr::new(ptr::null_mut());
+
 /// The header of a region's record; the page map points here.
 ///
-/// The fields a free and a carved allocation read come first, in 48 bytes. (Aligning the
-/// header to a cache line made the system allocator serve each record through
-/// `posix_memalign`, which cost more in short-lived regions than the lines it saved.)
+/// The fields a free and a carved allocation read come first. (Aligning the header to a
+/// cache line made the system allocator serve each record through `posix_memalign`, which
+/// cost more in short-lived regions than the lines it saved.)
 #[repr(C)]
 pub(crate) struct Owner {
     magic: u64,
@@ -208,11 +263,22 @@ pub(crate) struct Owner {
     thread: usize,
     /// The stack in the same record.
     stack: *mut dyn Stack,
-    lock: AtomicBool,
-    /// Whether the queue holds entries: a hint the owner reads without the lock.
+    /// Of the `live` blocks, the pieces lent to pipes.
+    lent: Cell<usize>,
+    /// Frees made by the owner thread, waiting to be put (owner thread only).
+    deferred: [Cell<Option<Entry>>; DEFERRED],
+    deferred_len: Cell<usize>,
+    /// The region's place in the creation order.
+    seq: u64,
+    lock: SpinLock,
+    /// Whether the queue of an active region holds entries: a hint the owner reads without
+    /// the lock.
     pending: AtomicBool,
     /// Guarded by `lock`.
     queue: UnsafeCell<Queue>,
+    /// The next zombie on the service list: written by the thread that lists this one
+    /// (before it publishes it), read by the thread that takes the list.
+    service_next: Cell<*mut Owner>,
     /// Frees the record (type-erased: it knows the stack's type).
     release_record: unsafe fn(*mut Owner),
 }
@@ -236,15 +302,26 @@ impl Owner {
             window_floor: Cell::new(ptr::null_mut()),
             thread,
             stack,
-            lock: AtomicBool::new(false),
+            lent: Cell::new(0),
+            deferred: [const { Cell::new(None) }; DEFERRED],
+            deferred_len: Cell::new(0),
+            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
+            lock: SpinLock::new(),
             pending: AtomicBool::new(false),
             queue: UnsafeCell::new(Queue::EMPTY),
+            service_next: Cell::new(ptr::null_mut()),
             release_record: release,
         }
     }
 
+    /// Blocks handed out and not yet back in the stack, lent pieces included.
     pub(crate) fn live(&self) -> usize {
         self.live.get()
+    }
+
+    /// Of those, the ones the program holds: all but the pieces lent to pipes.
+    pub(crate) fn held_by_the_program(&self) -> usize {
+        self.live.get().wrapping_sub(self.lent.get())
     }
 
     /// Marks the stack busy or not (owner thread, region active).
@@ -295,37 +372,30 @@ impl Owner {
         Some(unsafe { NonNull::new_unchecked(block) })
     }
 
-    /// Puts a block into the stack, unless it was carved from a window.
+    /// Puts a freed block into the stack, unless it was carved from a window.
     ///
     /// # Safety
     ///
     /// As [`Layer::put`], with exclusive access to the stack.
     #[inline(always)]
-    unsafe fn put_into(&self, stack: &mut dyn Stack, ptr: NonNull<u8>, layout: Layout) {
-        if !self.carved(layout) {
+    unsafe fn put_into(&self, stack: &mut dyn Stack, entry: Entry) {
+        if !self.carved(entry.layout) {
             // SAFETY: as the caller promises.
-            unsafe { stack.put(ptr, layout) }
+            unsafe { stack.put(entry.block, entry.layout) }
         }
+    }
+
+    /// Counts `blocks` freed blocks, `lent` of them pieces lent to pipes, as back in the
+    /// stack.
+    fn count_back(&self, blocks: usize, lent: usize) {
+        self.live.set(self.live.get().wrapping_sub(blocks));
+        self.lent.set(self.lent.get().wrapping_sub(lent));
     }
 
     /// The stack; dereferenced only by the owner thread while the region is active and
-    /// outside any stack call, or under `lock` once it is a zombie.
+    /// outside any stack call, or by a zombie's driver.
     pub(crate) fn stack(&self) -> *mut dyn Stack {
         self.stack
-    }
-
-    fn lock(&self) {
-        while self
-            .lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-    }
-
-    fn unlock(&self) {
-        self.lock.store(false, Ordering::Release);
     }
 
     /// The queue.
@@ -398,7 +468,8 @@ pub(crate) unsafe fn carve_in(owner: *const Owner, layout: Layout) -> Option<Non
 }
 
 /// Allocates from the active region `owner`, which is this thread's: `Err(())` when the
-/// region is busy (in a call, or lent out by `Region::with_layer`) and cannot serve,
+/// region cannot serve (busy: in a call, or lent out by `Region::with_layer`; or the thread
+/// is panicking, whose allocations are the panic machinery's and go to the ground), and
 /// `Ok(None)` when its stack is out of memory.
 ///
 /// # Safety
@@ -412,9 +483,10 @@ pub(crate) unsafe fn alloc_in(
 ) -> Result<Option<NonNull<u8>>, ()> {
     // SAFETY: as the caller promises, a live record header.
     let owner = unsafe { &*owner };
-    if owner.busy_now() {
+    if owner.busy_now() || std::thread::panicking() {
         return Err(());
     }
+    service_zombies();
     let block = if owner.carved(layout) {
         match owner.carve(layout) {
             Some(block) => Some(block),
@@ -429,6 +501,33 @@ pub(crate) unsafe fn alloc_in(
         owner.live.set(owner.live.get().wrapping_add(1));
     }
     Ok(block)
+}
+
+/// [`alloc_in`] for a piece that a pipe region takes from `owner`, its enclosing region:
+/// counted as lent, so that `owner` ending does not report it as an escape.
+///
+/// # Safety
+///
+/// As [`alloc_in`].
+pub(crate) unsafe fn lend_in(
+    owner: *const Owner,
+    layout: Layout,
+) -> Result<Option<NonNull<u8>>, ()> {
+    // SAFETY: passed on from the caller.
+    let block = unsafe { alloc_in(owner, layout) };
+    if let Ok(Some(_)) = block {
+        // SAFETY: as above, a live record header of this thread's active region.
+        let owner = unsafe { &*owner };
+        owner.lent.set(owner.lent.get().wrapping_add(1));
+    }
+    block
+}
+
+/// Whether a pipe in region `borrower` may take pieces from region `lender`: only from a
+/// region made before it, so that no two regions ever hold pieces of each other (a cycle
+/// that no free could end).
+pub(crate) fn lends_to(lender: *const Owner, borrower: *const Owner) -> bool {
+    checked(lender).seq < checked(borrower).seq
 }
 
 /// Takes a new window from the stack and carves the block from it (`None`: out of memory).
@@ -490,63 +589,211 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 /// provenance over its whole allocation (the page map's base), and is freed once.
 #[inline(always)]
 pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8>, layout: Layout) {
+    let entry = Entry {
+        block: ptr,
+        layout,
+        lent: false,
+    };
     let owner_ref = checked(owner);
     if !owner_ref.drivable_by(thread) {
         // SAFETY: passed on from the caller.
-        return unsafe { free_queued(owner, ptr, layout) };
+        return unsafe { free_queued(owner, entry) };
     }
     if owner_ref.carved(layout) {
         // A carved block only counts: its bytes go back with its window.
         owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
     } else {
         // SAFETY: passed on from the caller; the owner thread, active, not busy.
-        unsafe { put_in_stack(owner_ref, ptr, layout) }
+        unsafe { defer(owner_ref, entry) }
     }
 }
 
-/// Puts a block into the stack of a region this thread drives: the out-of-line half of
-/// [`free_in`], so that a carved block's free needs no stack frame.
+/// Gives back a piece that a pipe took from `owner` with [`lend_in`], from any thread.
+///
+/// # Safety
+///
+/// As [`free_in`], for a piece got with `lend_in`.
+pub(crate) unsafe fn take_back_in(
+    owner: *const Owner,
+    thread: usize,
+    ptr: NonNull<u8>,
+    layout: Layout,
+) {
+    let entry = Entry {
+        block: ptr,
+        layout,
+        lent: true,
+    };
+    let owner_ref = checked(owner);
+    if !owner_ref.drivable_by(thread) {
+        // SAFETY: passed on from the caller.
+        unsafe { free_queued(owner, entry) }
+    } else if owner_ref.carved(layout) {
+        owner_ref.count_back(1, 1);
+    } else {
+        // SAFETY: passed on from the caller; the owner thread, active, not busy.
+        unsafe { defer(owner_ref, entry) }
+    }
+}
+
+/// Parks a free of the owner thread until the stack's next allocation: the out-of-line
+/// half of [`free_in`], so that a carved block's free needs no stack frame. When the
+/// parking place is full, the frees parked earlier are put first; the block being freed
+/// never is.
 ///
 /// # Safety
 ///
 /// As [`free_in`]; `drivable(owner, this thread)` holds.
 #[inline(never)]
-unsafe fn put_in_stack(owner: &Owner, ptr: NonNull<u8>, layout: Layout) {
-    // SAFETY: the owner thread, active, not busy; the block is live in the stack.
-    unsafe { with_stack(owner, |stack| stack.put(ptr, layout)) };
-    owner.live.set(owner.live.get().wrapping_sub(1));
+unsafe fn defer(owner: &Owner, entry: Entry) {
+    if owner.deferred_len.get() == DEFERRED {
+        // SAFETY: the owner thread, active, not busy (the caller's duty).
+        unsafe { put_deferred(owner) };
+    }
+    let len = owner.deferred_len.get();
+    owner.deferred[len].set(Some(entry));
+    owner.deferred_len.set(len + 1);
 }
 
-/// A free from a thread that cannot drive the stack now: queue it for the owner, or, for a
-/// zombie, put it into the stack under the lock.
+/// Puts the owner thread's parked frees into the stack.
+///
+/// # Safety
+///
+/// The owner thread, region active and not busy.
+#[cold]
+unsafe fn put_deferred(owner: &Owner) {
+    let count = owner.deferred_len.replace(0);
+    let mut lent = 0;
+    // SAFETY: as the caller promises; each parked entry is a live block of this region,
+    // freed once.
+    unsafe {
+        with_stack(owner, |stack| {
+            for slot in &owner.deferred[..count] {
+                if let Some(entry) = slot.take() {
+                    lent += usize::from(entry.lent);
+                    stack.put(entry.block, entry.layout);
+                }
+            }
+        })
+    };
+    owner.count_back(count, lent);
+}
+
+/// A free from a thread that cannot drive the stack now: queued for the owner, or, for a
+/// zombie, for its driver (and the zombie listed for service when no thread drives it).
+/// Runs no stack code.
 ///
 /// # Safety
 ///
 /// As [`free_in`].
 #[cold]
-unsafe fn free_queued(owner: *const Owner, block: NonNull<u8>, layout: Layout) {
+unsafe fn free_queued(owner: *const Owner, entry: Entry) {
     let owner_ref = checked(owner);
-    owner_ref.lock();
-    // SAFETY: the lock is held until the end of this function (or the record is gone).
+    owner_ref.lock.lock();
+    // SAFETY: the lock is held until the end of this function.
     let queue = unsafe { owner_ref.queue() };
+    queue.push(entry);
     if !queue.zombie {
-        queue.push(Entry { block, layout });
         owner_ref.pending.store(true, Ordering::Release);
-        owner_ref.unlock();
-        return;
+    } else if !queue.driving && !queue.listed {
+        queue.listed = true;
+        list_zombie(owner.cast_mut());
     }
-    // A zombie: the lock gives exclusive access to its stack (the owner no longer drives
-    // it), and the stack is `Send`, so any thread may.
-    // SAFETY: as above; the block is live in the stack with `layout`.
-    unsafe { owner_ref.put_into(&mut *owner_ref.stack, block, layout) };
-    let live = owner_ref.live.get().wrapping_sub(1);
-    owner_ref.live.set(live);
-    if live == 0 {
-        // The last block: no other free can reach the record any more.
-        // SAFETY: nothing is live and the lock is ours.
-        unsafe { release(owner) };
-    } else {
-        owner_ref.unlock();
+    owner_ref.lock.unlock();
+}
+
+/// Pushes a zombie on the service list (its lock held by the caller).
+fn list_zombie(owner: *mut Owner) {
+    // SAFETY: a live record header; `service_next` is ours to write until the push below
+    // publishes it, and it is read only by the thread that takes the list.
+    let next = unsafe { &(*owner).service_next };
+    let mut head = ZOMBIES.load(Ordering::Relaxed);
+    loop {
+        next.set(head);
+        match ZOMBIES.compare_exchange_weak(head, owner, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Puts the queued frees of every listed zombie into its stack, releasing each zombie
+/// whose last block that was. Called where no block is being freed: at allocations that
+/// reach a stack and at region operations, on any thread.
+#[inline(always)]
+pub(crate) fn service_zombies() {
+    if !ZOMBIES.load(Ordering::Relaxed).is_null() {
+        service_listed();
+    }
+}
+
+/// The body of [`service_zombies`].
+#[cold]
+#[inline(never)]
+fn service_listed() {
+    loop {
+        let mut zombie = ZOMBIES.swap(ptr::null_mut(), Ordering::Acquire);
+        if zombie.is_null() {
+            return;
+        }
+        while !zombie.is_null() {
+            let owner = checked(zombie);
+            // Read before the zombie is driven (and perhaps released).
+            let next = owner.service_next.get();
+            owner.lock.lock();
+            // SAFETY: the lock is held.
+            let queue = unsafe { owner.queue() };
+            queue.listed = false;
+            if queue.driving {
+                // Its driver will see the queue before it lets go.
+                owner.lock.unlock();
+            } else {
+                queue.driving = true;
+                // SAFETY: a zombie, its lock held and `driving` set by us.
+                unsafe { drive(zombie) };
+            }
+            zombie = next;
+        }
+    }
+}
+
+/// Puts a zombie's queued frees into its stack, letting go of the lock around each batch,
+/// until the queue is empty; then releases the region if none of its blocks is live.
+/// Returns with the lock let go.
+///
+/// # Safety
+///
+/// `owner` is a zombie, its lock held by the caller, who set `driving`.
+unsafe fn drive(owner: *const Owner) {
+    let owner_ref = checked(owner);
+    loop {
+        // SAFETY: the lock is held (the caller's duty, or taken again below).
+        let queue = unsafe { owner_ref.queue() };
+        let taken = queue.take();
+        if taken.len == 0 {
+            queue.driving = false;
+            let dead = owner_ref.live.get() == 0;
+            owner_ref.lock.unlock();
+            taken.free();
+            if dead {
+                // SAFETY: nothing is live and nothing is queued, so no free can reach the
+                // record any more, and it is on no list (a listed zombie has entries).
+                unsafe { release(owner) };
+            }
+            return;
+        }
+        owner_ref.lock.unlock();
+        let mut lent = 0;
+        for &entry in taken.entries() {
+            lent += usize::from(entry.lent);
+            // SAFETY: the driver alone touches a zombie's stack (`driving`), and the stack
+            // is `Send`; each entry is a live block of this region, queued once.
+            unsafe { owner_ref.put_into(&mut *owner_ref.stack, entry) };
+        }
+        let count = taken.len;
+        taken.free();
+        owner_ref.lock.lock();
+        owner_ref.count_back(count, lent);
     }
 }
 
@@ -564,82 +811,75 @@ unsafe fn release(owner: *const Owner) {
     }
 }
 
-/// Puts the queued frees into the stack (owner thread, region active). A busy region
-/// catches up later.
+/// Puts the owner thread's parked frees and the frees other threads queued into the stack
+/// (owner thread, region active). A busy region catches up later.
 #[inline(always)]
 pub(crate) fn catch_up(owner: &Owner) {
-    if owner.pending.load(Ordering::Acquire) && !owner.busy_now() {
+    if owner.busy_now() {
+        return;
+    }
+    if owner.deferred_len.get() != 0 {
+        // SAFETY: the owner thread (the caller's duty), active, not busy.
+        unsafe { put_deferred(owner) };
+    }
+    if owner.pending.load(Ordering::Acquire) {
         drain(owner);
     }
 }
 
-/// The body of [`catch_up`], out of the allocation path.
+/// Puts the queued frees of an active region into its stack (owner thread).
 #[cold]
 #[inline(never)]
 fn drain(owner: &Owner) {
-    owner.lock();
+    owner.lock.lock();
     // SAFETY: the lock is held.
     let taken = unsafe { owner.queue() }.take();
     owner.pending.store(false, Ordering::Relaxed);
-    owner.unlock();
-    // The puts run without the lock, so that a stack that frees into another region (a
-    // `Pipe`) never holds two locks.
-    for entry in taken.entries() {
+    owner.lock.unlock();
+    // The puts run without the lock (no stack code runs under one).
+    let mut lent = 0;
+    for &entry in taken.entries() {
+        lent += usize::from(entry.lent);
         // SAFETY: the owner thread, active, not busy; each entry is a live block of this
         // region, queued once.
-        unsafe {
-            with_stack(owner, |stack| {
-                owner.put_into(stack, entry.block, entry.layout)
-            })
-        };
-        owner.live.set(owner.live.get().wrapping_sub(1));
+        unsafe { with_stack(owner, |stack| owner.put_into(stack, entry)) };
     }
-    owner.lock();
+    owner.count_back(taken.len, lent);
+    owner.lock.lock();
     // SAFETY: the lock is held.
     let queue = unsafe { owner.queue() };
     if queue.entries.is_null() {
         // Keep the array for the next frees.
-        *queue = Queue {
-            len: 0,
-            zombie: queue.zombie,
-            ..taken
-        };
+        queue.entries = taken.entries;
+        queue.capacity = taken.capacity;
     } else {
         taken.free();
     }
-    owner.unlock();
+    owner.lock.unlock();
 }
 
 /// Ends the region's handle: the region is released now if no block is live, or becomes a
-/// zombie that the last free releases. Returns the number of blocks still live.
+/// zombie that the last free releases (through the service of zombies). Returns the number
+/// of blocks the program still holds (lent pieces not counted).
 ///
 /// # Safety
 ///
 /// Called once, by the owner thread, when the handle is dropped, outside any stack call.
 pub(crate) unsafe fn end(owner: *const Owner) -> usize {
     let owner_ref = checked(owner);
-    owner_ref.lock();
-    // Under the lock from here on: frees that come later wait for it, and so see
-    // everything done here.
+    catch_up(owner_ref);
+    owner_ref.drop_window();
+    owner_ref.lock.lock();
+    // From here on frees from other threads are a zombie's; this thread drives it until its
+    // queue is empty.
     // SAFETY: the lock is held.
     let queue = unsafe { owner_ref.queue() };
     queue.zombie = true;
-    owner_ref.drop_window();
-    let taken = queue.take();
-    for entry in taken.entries() {
-        // SAFETY: the owner thread holds the lock of its zombie region; each entry is a
-        // live block of this region, queued once.
-        unsafe { owner_ref.put_into(&mut *owner_ref.stack, entry.block, entry.layout) };
-        owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
-    }
-    taken.free();
+    queue.driving = true;
+    owner_ref.pending.store(false, Ordering::Relaxed);
     owner_ref.driver.store(NO_DRIVER, Ordering::Relaxed);
-    let live = owner_ref.live.get();
-    if live == 0 {
-        // SAFETY: nothing is live, so no free can reach the record any more.
-        unsafe { release(owner) };
-    } else {
-        owner_ref.unlock();
-    }
-    live
+    let held = owner_ref.held_by_the_program();
+    // SAFETY: a zombie now, its lock held, `driving` set.
+    unsafe { drive(owner) };
+    held
 }

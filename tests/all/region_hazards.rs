@@ -4,10 +4,13 @@
 //! protected `Box`, and the standard library's lazily made state inside checking regions.
 
 use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::mpsc;
 use std::time::Duration;
 
-use stratalloc::layers::Mmap;
-use stratalloc::{Region, region};
+use stratalloc::layers::{Check, Chunk, Mmap, Pipe, Stats};
+use stratalloc::region::{Attributed, Attribution};
+use stratalloc::{Layer, Region, check_leaks, region};
 
 /// The bytes of address space this process has mapped (`VmSize`).
 fn mapped_address_space() -> usize {
@@ -46,6 +49,10 @@ fn child() {
     };
     match scenario.as_str() {
         "refused_leaf" => refused_leaf(),
+        "pipes_both_ways" => pipes_both_ways(),
+        "pipe_zombies_freed_from_two_threads" => pipe_zombies_freed_from_two_threads(),
+        "panicking_layer" => panicking_layer(),
+        "panic_inside_check_leaks" => panic_inside_check_leaks(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -106,4 +113,332 @@ fn a_claim_the_os_refuses_half_way_claims_nothing() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A pipe region over `Chunk<_, 4096>`: blocks of more than a quarter of a chunk go to the
+/// pipe as pieces of their own, so that freeing one gives a piece back to its origin.
+type Piped = Stats<Chunk<Pipe, 4096>>;
+
+fn piped() -> Region<Piped> {
+    Region::new(Stats::new(Chunk::new(Pipe::new())))
+}
+
+/// Two pipe regions inside an outer region, entered in both orders, then all dropped once
+/// every block is freed: everything must be given back, and no escape reported.
+fn pipes_both_ways() {
+    let start = Mmap::process_mapped_bytes();
+    let outer = Region::new(Chunk::<_, 65536>::new(Mmap::new()));
+    let (a, b) = (piped(), piped());
+    // Small blocks make each region take a chunk from the one it is entered in (and keep
+    // it until it ends); large ones take pieces of their own (given back when freed).
+    region::enter(&outer, || {
+        region::enter(&a, || region::enter(&b, || drop(Box::new([1u8; 64]))));
+        region::enter(&b, || region::enter(&a, || drop(Box::new([2u8; 64]))));
+        region::enter(&a, || region::enter(&b, || drop(vec![3u8; 3000])));
+        region::enter(&b, || region::enter(&a, || drop(vec![4u8; 3000])));
+    });
+    drop(a);
+    drop(outer);
+    drop(b);
+    region::release_zombies();
+    assert_eq!(
+        Mmap::process_mapped_bytes(),
+        start,
+        "memory stayed mapped after every region ended"
+    );
+    println!("pipes both ways child passed");
+}
+
+/// Blocks of two pipe regions entered in both orders, dropped while their blocks live on,
+/// then freed from two threads at once.
+fn pipe_zombies_freed_from_two_threads() {
+    const BLOCKS: usize = 5000;
+    let (a, b) = (piped(), piped());
+    let in_b: Vec<Vec<u8>> = region::enter(&a, || {
+        region::enter(&b, || (0..BLOCKS).map(|_| vec![1u8; 2000]).collect())
+    });
+    let in_a: Vec<Vec<u8>> = region::enter(&b, || {
+        region::enter(&a, || (0..BLOCKS).map(|_| vec![2u8; 2000]).collect())
+    });
+    let addresses: Vec<usize> = in_a
+        .iter()
+        .chain(&in_b)
+        .map(|v| v.as_ptr().addr())
+        .collect();
+    drop(a);
+    drop(b);
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        for blocks in [in_a, in_b] {
+            let start = &start;
+            scope.spawn(move || {
+                start.wait();
+                for block in blocks {
+                    drop(block);
+                }
+            });
+        }
+    });
+    region::release_zombies();
+    let still_claimed = addresses
+        .iter()
+        .filter(|&&a| region::served_by_a_region(std::ptr::without_provenance(a)))
+        .count();
+    assert_eq!(
+        still_claimed, 0,
+        "pages of the ended regions stayed claimed"
+    );
+    println!("pipe zombies child passed");
+}
+
+/// A user's layer whose `get` panics when asked for 999 bytes.
+struct Panicky<L>(L);
+
+// SAFETY: every block comes unchanged from `L`; puts go back to it.
+unsafe impl<L: Layer> Layer for Panicky<L> {
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        assert_ne!(layout.size(), 999, "Panicky refuses 999 bytes");
+        self.0.get(layout)
+    }
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's duties are `L::put`'s.
+        unsafe { self.0.put(ptr, layout) }
+    }
+    fn init() -> Self {
+        Panicky(L::init())
+    }
+    fn deinit(&mut self) {
+        self.0.deinit()
+    }
+}
+
+// SAFETY: forwarded to `L`, which claims the pages of every block.
+unsafe impl<L: Attributed> Attributed for Panicky<L> {
+    fn attribute(&mut self, owner: Attribution) {
+        self.0.attribute(owner)
+    }
+}
+
+fn panicking_layer() {
+    let region = Region::new(Panicky(Mmap::new()));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        region::enter(&region, || vec![0u8; 999].len())
+    }));
+    println!("the panic unwound out of the allocator: {caught:?}");
+}
+
+fn panic_inside_check_leaks() {
+    let checked = check_leaks(|| {
+        let caught = std::panic::catch_unwind(|| panic!("a panic caught inside the scope"));
+        caught.is_err()
+    });
+    match checked {
+        Ok(true) => println!("panic inside check_leaks child passed"),
+        Ok(false) => panic!("the panic was not caught"),
+        Err(report) => panic!("the panic machinery was charged to the closure: {report}"),
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn pipe_regions_entered_both_ways_give_everything_back() {
+    let output = crate::run_child_within(
+        "region_hazards::child",
+        "pipes_both_ways",
+        Duration::from_secs(60),
+    )
+    .expect("the child finished");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("pipes both ways child passed"),
+        "{:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        !stderr.contains("still live"),
+        "an escape was reported where every block was freed: {stderr}"
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn zombie_pipe_regions_freed_from_two_threads_do_not_deadlock() {
+    for _ in 0..3 {
+        let output = crate::run_child_within(
+            "region_hazards::child",
+            "pipe_zombies_freed_from_two_threads",
+            Duration::from_secs(30),
+        )
+        .expect("the child hung: zombie pipe regions deadlocked");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("pipe zombies child passed"),
+            "{:?}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_panicking_layer_aborts_with_one_line_instead_of_unwinding() {
+    use std::os::unix::process::ExitStatusExt;
+    let output = crate::run_child_within(
+        "region_hazards::child",
+        "panicking_layer",
+        Duration::from_secs(60),
+    )
+    .expect("the child finished");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stratalloc:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("Panicky") && lines[0].contains("::get` panicked inside the allocator"),
+        "{}",
+        lines[0]
+    );
+}
+
+/// Runs the scenario in a child with libtest's output capture on or off and
+/// `RUST_BACKTRACE` as given.
+fn run_child_captured(scenario: &str, capture: bool, backtrace: &str) -> std::process::Output {
+    let mut args = vec!["region_hazards::child", "--exact", "--test-threads=1"];
+    if !capture {
+        args.push("--nocapture");
+    }
+    std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(args)
+        .env("STRATALLOC_CHILD", scenario)
+        .env("RUST_BACKTRACE", backtrace)
+        .output()
+        .expect("running the test binary again")
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_panic_caught_inside_check_leaks_is_not_charged_to_it() {
+    for capture in [false, true] {
+        for backtrace in ["0", "1", "full"] {
+            let output = run_child_captured("panic_inside_check_leaks", capture, backtrace);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "capture {capture}, RUST_BACKTRACE={backtrace}: {:?}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_panic_caught_inside_check_leaks_in_this_process() {
+    panic_inside_check_leaks();
+}
+
+#[test]
+fn printing_inside_check_leaks_is_not_a_leak() {
+    // `cargo test` captures output: the first print of a test allocates the capture's
+    // buffer, here inside the checked closure.
+    let checked = check_leaks(|| {
+        println!("printed inside the checked closure");
+        eprintln!("and to stderr");
+        1
+    });
+    assert_eq!(checked.map_err(|r| r.to_string()), Ok(1));
+}
+
+#[test]
+fn a_byte_buffer_leaked_after_printing_is_still_reported() {
+    let report = check_leaks(|| {
+        println!("printed inside the checked closure");
+        String::from("leaked").leak().len()
+    })
+    .expect_err("the leaked string went unreported");
+    assert_eq!((report.blocks(), report.bytes()), (1, 6), "{report}");
+}
+
+#[test]
+fn blocks_of_a_region_forgotten_by_an_exited_thread_are_freed_anywhere() {
+    // The region's owner thread forgets its handle and exits; threads made afterwards may
+    // reuse its thread state, and with it the token the region still names as its owner.
+    let count = if cfg!(miri) { 6 } else { 200 };
+    let blocks: Vec<(Vec<u8>, u8)> = std::thread::spawn(move || {
+        let region = Region::new(Stats::new(Chunk::<_, 4096>::new(Mmap::new())));
+        let blocks = region::enter(&region, || {
+            (0..count)
+                .map(|i| (vec![i as u8; if i % 3 == 0 { 3000 } else { 40 }], i as u8))
+                .collect()
+        });
+        std::mem::forget(region);
+        blocks
+    })
+    .join()
+    .unwrap();
+    let mut rest = blocks;
+    while !rest.is_empty() {
+        let batch: Vec<(Vec<u8>, u8)> = rest.drain(..rest.len().min(count / 4 + 1)).collect();
+        std::thread::spawn(move || {
+            for (block, byte) in batch {
+                assert!(block.iter().all(|&b| b == byte), "block {byte} changed");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+// The releases that must wait for the end of a block's own `dealloc` call (run under Miri
+// with Stacked and Tree Borrows: releasing the memory of a `Box` while it is still
+// protected is undefined behaviour there).
+
+#[test]
+fn a_box_freed_in_an_mmap_region_is_released_after_its_free() {
+    let region = Region::new(Mmap::new());
+    region::enter(&region, || {
+        drop(Box::new([7u8; 64]));
+        let kept = Box::new([8u8; 64]);
+        assert_eq!(kept[63], 8);
+    });
+    assert_eq!(region.live_blocks(), 0);
+}
+
+#[test]
+fn a_box_outliving_its_region_is_freed_into_the_zombie() {
+    let region = Region::new(Chunk::<_, 65536>::new(Mmap::new()));
+    let kept = region::enter(&region, || Box::new([9u8; 64]));
+    drop(region);
+    assert_eq!(kept[0], 9);
+    drop(kept);
+    region::release_zombies();
+}
+
+#[test]
+fn a_channel_s_block_freed_into_a_zombie() {
+    let region = Region::new(Chunk::<_, 65536>::new(Mmap::new()));
+    let (sender, receiver) = mpsc::channel::<u64>();
+    region::enter(&region, || sender.send(5).unwrap());
+    drop(region);
+    let receiving = std::thread::spawn(move || receiver.recv().unwrap());
+    assert_eq!(receiving.join().unwrap(), 5);
+    drop(sender);
+    region::release_zombies();
+}
+
+#[test]
+fn a_checked_region_s_figures_count_deferred_frees() {
+    let region = Region::new(Check::new(Chunk::<_, 65536>::new(Mmap::new())));
+    region::enter(&region, || {
+        for i in 0..100 {
+            drop(Box::new(i));
+        }
+    });
+    assert_eq!(region.live_blocks(), 0);
+    assert!(region.with_layer(|stack| stack.leaks()).is_none());
 }

@@ -486,6 +486,7 @@ fn child() {
                 );
             }
             drop(escaped);
+            region::release_zombies();
             assert_eq!(
                 Mmap::process_mapped_bytes(),
                 start,
