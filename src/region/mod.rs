@@ -18,25 +18,42 @@
 //!
 //! # What holds (the router's rules)
 //!
+//! No safe program reaches undefined behaviour, a hang, or a free sent to the wrong
+//! allocator through the router; CI runs the tests under Miri (Stacked and Tree Borrows)
+//! and the threaded ones under ThreadSanitizer. Precisely:
+//!
 //! 1. A free goes to the region that owns the block, whichever region is current: the
 //!    page map (a radix table over the address space) says, in two loads and without
 //!    touching the block, which region's sources obtained the page. Pages nobody claimed
-//!    belong to the system allocator.
+//!    belong to the system allocator. A source claims a range's pages all or nothing: a
+//!    claim the OS refuses half-way (no memory for the map itself) leaves no page claimed.
 //! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region
 //!    whose handle is dropped while blocks are live keeps its memory until the last one is
 //!    freed (a *zombie*), and the escape is reported: a panic carrying the
 //!    [`LeakReport`] when the stack has a [`Check`]
-//!    on top, one line on stderr otherwise.
+//!    on top, one line on stderr otherwise. Pieces that [`Pipe`](crate::layers::Pipe)
+//!    regions took from it are not escapes: they go back when those regions end.
 //! 3. A block freed on another thread goes on its region's queue (an array beside the
 //!    stack, behind a short spin lock, never written into the block), which the owner
-//!    drains into the stack.
+//!    drains into the stack; a zombie's queue is drained by whichever thread next makes a
+//!    region operation. No layer code runs while a region's lock is held, so frees that
+//!    travel between regions (pipes giving pieces back) cannot deadlock.
 //! 4. `realloc` keeps a block in its region when that region belongs to this thread (an
 //!    outer `Vec` grown inside a region stays outer); otherwise the block moves to the
 //!    current region. Blocks of the system allocator stay there.
-//! 5. Nothing in the router panics; what cannot go on aborts with one line.
+//! 5. Nothing in the router panics or unwinds; what cannot go on aborts with one line, and
+//!    so does a layer of the stack that panics (its call is guarded). The memory of a
+//!    freed block is neither released nor written during its own `dealloc` call: a `Box`
+//!    passed by value is still protected there. Frees that need the stack wait for its next
+//!    allocation or region operation (at most 16 of them on the owner thread), and a zombie
+//!    whose last block was freed is released at the next region operation of any thread,
+//!    or by [`release_zombies`].
 //! 6. [`enter`] and [`escape`] restore the stack on unwind; a new thread starts at the
 //!    ground.
-//! 7. Layer code never allocates through the global allocator.
+//! 7. Layer code never allocates through the global allocator; while a thread is
+//!    panicking, allocations that would reach a region's stack go to the ground, so that
+//!    the panic machinery's (the message, the payload, a backtrace's caches) never land in
+//!    a region.
 //! 8. Only stacks whose blocks the page map can attribute can be regions: the bottom of
 //!    the stack must be a page source ([`Mmap`],
 //!    [`Ground`](crate::layers::Ground), [`Pipe`](crate::layers::Pipe)). A per-object
@@ -53,6 +70,20 @@
 //! from the current window, without a call into the stack, and their frees only count
 //! them. A stack with [`Stats`](crate::layers::Stats) or [`Check`] on top sees every block
 //! instead, at the cost of a call per block.
+//!
+//! # Documented limits
+//!
+//! - Miri's aliasing models protect a `Box` passed by value until the function it was
+//!   passed to returns, and do not know that a global allocator's `dealloc` ends the
+//!   block: a function that frees such a `Box` and then lets a region operation release or
+//!   reuse that memory before it returns is reported by Miri, as it is for every allocator
+//!   that reuses memory. By the language's rules the block ended at its `dealloc`; the
+//!   program is sound.
+//! - Small blocks carved from a window (see below) are carved even while the thread is
+//!   panicking: only allocations that reach the stack go to the ground then.
+//! - A pipe takes pieces only from a region made before its own; when the enclosing region
+//!   is younger (regions entered in the other order), its pieces come from the system
+//!   allocator.
 //!
 //! # Things that outlive a closure without saying so
 //!
@@ -286,7 +317,8 @@ impl<L: Attributed + Send + 'static> Region<L> {
     }
 
     /// Blocks the router got from this region and that are not freed yet (frees that other
-    /// threads made and the owner has not put yet count as freed).
+    /// threads made and the owner has not put yet count as freed), pieces lent to the pipes
+    /// of other regions included.
     pub fn live_blocks(&self) -> usize {
         owner::service_zombies();
         owner::catch_up(self.owner());
