@@ -39,6 +39,17 @@
 //! call into the stack goes through [`Stack`], whose methods abort with one line if the
 //! layer code unwinds.
 //!
+//! `fork` in a multi-threaded program: the router registers no fork handlers. A region's
+//! lock (or `Ground`'s piece cache) that another thread holds at the moment of the fork
+//! stays held in the child, and a free into that region there would wait for good. POSIX
+//! allows the child of a multi-threaded program only async-signal-safe calls until it
+//! calls `exec`, which rules out allocating and freeing; `fork` is an `unsafe` call in
+//! Rust for that reason, and `std::process::Command` allocates nothing between its `fork`
+//! and `exec`. A single-threaded program forks with no lock held (each is let go before the
+//! call that took it returns). The locks are held only for a few stores each (no layer code
+//! runs under them), so programs that ignore the rule rarely meet it, but the router does
+//! not promise to survive it.
+//!
 //! Invariants: `live` counts blocks handed out by the router and not yet put back into the
 //! stack (deferred and queued frees still count), `lent` those of them lent to pipes; both
 //! are written only by the owner thread while active, and by the zombie's driver under
