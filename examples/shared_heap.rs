@@ -24,7 +24,9 @@ fn map(path: &str) -> memmap2::MmapMut {
 /// The reader: attaches, then for each offset on stdin reads the message and frees it.
 fn reader(path: &str) {
     let mut blob = map(path);
-    let heap = BlobHeap::attach(&mut blob).expect("attaching to the heap");
+    // SAFETY: the writer made the heap in this file with `init`, and both processes change
+    // it only through heap handles.
+    let heap = unsafe { BlobHeap::attach(&mut blob) }.expect("attaching to the heap");
     let pid = std::process::id();
     for line in std::io::stdin().lock().lines() {
         let offset: u64 = line

@@ -10,8 +10,10 @@
 //!
 //! <a id="currently-allocated"></a>**Currently allocated.** A block is *currently
 //! allocated* by a layer from the moment `get` returns it until the first of: it is put back
-//! to that layer, the layer's [`deinit`](Layer::deinit) runs, or an operation documented as
-//! ending every block (such as [`Chunk::reset`](crate::layers::Chunk::reset)) runs.
+//! to that layer, the layer's [`deinit`](Layer::deinit) runs, the layer is dropped (also a
+//! layer without a `Drop` of its own, such as a [`Buffer`](crate::layers::Buffer) whose
+//! memory goes back to its owner), or an operation documented as ending every block (such
+//! as [`Chunk::reset`](crate::layers::Chunk::reset)) runs.
 //!
 //! <a id="fits"></a>**Fits.** A layout *fits* a block when it is the layout the block was
 //! got with (same size, same alignment), or the layout most recently accepted for it by a
@@ -85,6 +87,17 @@ use core::ptr::NonNull;
 /// - No method allocates through the global allocator (a layer may be serving it), and no
 ///   code of the layer (its methods, and its `Debug` and [`Gauge`](crate::Gauge) impls)
 ///   reaches back into an adapter that holds it.
+/// - No panic unwinds out of [`get`](Layer::get), [`put`](Layer::put),
+///   [`grow`](Layer::grow), [`shrink`](Layer::shrink) or [`window`](Layer::window): a layer
+///   may be serving the global allocator, and unwinding out of an allocator is undefined
+///   behaviour. Where a layer finds something it cannot go on from, it aborts with one line
+///   (as the crate's layers do on a double put). [`deinit`](Layer::deinit) does not unwind
+///   either, except to report leaks after it has released everything, as
+///   [`Check`](crate::layers::Check) does; allocators never call it from inside an
+///   allocation or a free of a live stack. Callers that are allocators (the region router,
+///   [`Locked`](crate::Locked)'s `GlobalAlloc`) still guard every call they make into a
+///   stack, so that a layer that breaks this duty aborts the process with one line naming
+///   it instead of unwinding; other callers may rely on the duty.
 /// - A layer that is `Send` keeps all of the above when moved to another thread.
 ///
 /// **Callers must** keep the duties listed on [`put`](Layer::put), [`grow`](Layer::grow)
@@ -104,6 +117,11 @@ use core::ptr::NonNull;
 /// // SAFETY: every block comes unchanged from `L`, which keeps the contract; puts go back
 /// // to `L` with the caller's duties passed on.
 /// unsafe impl<L: Layer> Layer for Forward<L> {
+///     // Both properties pass through only because `Forward` hands out `L`'s blocks
+///     // unchanged. A layer that moves blocks within `L`'s (a header in front) keeps only
+///     // the alignment it can prove; one that writes into blocks (a free-list link, a fill
+///     // pattern, a header) or reuses them must not claim `ZEROED` from `L`: leave the
+///     // default `false`. `WINDOW_LIMIT` stays 0: a window would bypass this layer.
 ///     const MIN_ALIGN: usize = L::MIN_ALIGN;
 ///     const ZEROED: bool = L::ZEROED;
 ///     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -39,6 +39,14 @@ impl SpinLock {
         }
     }
 
+    /// Takes the lock if it is free; returns whether it did.
+    #[inline(always)]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.held
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Whether some caller holds the lock right now (a snapshot, for `Debug`).
     pub(crate) fn is_held(&self) -> bool {
         self.held.load(Ordering::Relaxed)

@@ -58,7 +58,24 @@ impl<L: Layer> SizeHeader<L> {
     }
 
     /// The layer below, mutably.
-    pub fn inner_mut(&mut self) -> &mut L {
+    ///
+    /// # Safety
+    ///
+    /// Callers must not put or deinit, through this reference, the blocks this layer got
+    /// from the inner one, and must not replace the inner layer (which drops or moves it,
+    /// blocks and all): each holds one of this layer's blocks and its header, which
+    /// [`put_unsized`](Measured::put_unsized) and [`usable_size`](Measured::usable_size)
+    /// read (see [owner](crate::layer#owner)).
+    ///
+    /// Safe code cannot do it:
+    ///
+    /// ```compile_fail,E0133
+    /// use stratalloc::{Layer, layers::{SizeHeader, System}};
+    ///
+    /// let mut heap = SizeHeader::new(System);
+    /// heap.inner_mut().deinit(); // error: call to unsafe function
+    /// ```
+    pub const unsafe fn inner_mut(&mut self) -> &mut L {
         &mut self.inner
     }
 

@@ -245,9 +245,26 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         &self.inner
     }
 
-    /// The layer below, mutably. Taking or returning its memory behind the slabs' back
-    /// breaks nothing here, but its blocks must keep their owners.
-    pub fn inner_mut(&mut self) -> &mut L {
+    /// The layer below, mutably.
+    ///
+    /// # Safety
+    ///
+    /// Callers must not put, deinit or reset, through this reference, the slabs and the
+    /// large blocks this layer got from the inner one, and must not replace the inner layer
+    /// (an assignment or a `mem::replace` drops or moves it, slabs and all): they belong to
+    /// this layer (see [owner](crate::layer#owner)), which reads and writes the slabs on
+    /// its next call.
+    ///
+    /// Safe code cannot do it:
+    ///
+    /// ```compile_fail,E0133
+    /// use stratalloc::{Layer, layers::{Mmap, Slab}};
+    ///
+    /// let mut slab: Slab<Mmap> = Slab::new(Mmap::new());
+    /// let _ = slab.get(core::alloc::Layout::new::<u64>());
+    /// slab.inner_mut().deinit(); // error: call to unsafe function
+    /// ```
+    pub const unsafe fn inner_mut(&mut self) -> &mut L {
         &mut self.inner
     }
 
@@ -266,6 +283,11 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
     /// Sets the owner tag written into every slab set up from now on (slabs already held
     /// keep theirs until they are given back or reused).
+    ///
+    /// Safe: to the slab the tag is a number it stores and never reads through. Code that
+    /// turns tags back into pointers (as `ThreadHeaps` does with
+    /// [`tag_of`](Slab::tag_of)) must keep the `Slab` to itself, so that no one else can
+    /// set a tag.
     pub fn set_tag(&mut self, tag: *mut u8) {
         self.tag = tag;
     }

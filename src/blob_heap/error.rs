@@ -144,8 +144,8 @@ pub enum BlobError {
         /// How long it waited.
         waited: Duration,
     },
-    /// This thread already holds the heap's lock (a [`BlobGuard`](super::BlobGuard) is
-    /// alive): use the guard's operations, or drop it first.
+    /// This thread already holds the heap's lock (inside
+    /// [`with_lock`](super::BlobHeap::with_lock)): use the guard's operations.
     AlreadyLocked,
     /// The lock inside the heap failed (an OS error number).
     Lock {
@@ -246,7 +246,7 @@ impl fmt::Display for BlobError {
                 write!(f, "no block of {size} bytes was freed within {waited:?}")
             }
             BlobError::AlreadyLocked => {
-                f.write_str("this thread already holds the heap's lock (a BlobGuard is alive)")
+                f.write_str("this thread already holds the heap's lock (inside with_lock)")
             }
             BlobError::Lock { errno } => write!(f, "the heap's lock failed (errno {errno})"),
         }

@@ -311,9 +311,31 @@ impl<'a> BlobHeap<'a> {
     ///
     /// Errors, never a crash, for memory that does not hold a heap: a wrong magic word,
     /// another version, an impossible geometry, a blob smaller than the geometry needs.
-    pub fn attach(blob: &'a mut [u8]) -> Result<Self, BlobError> {
+    ///
+    /// # Safety
+    ///
+    /// The heap's lock lives in the blob, and the lock calls take it as they find it (a
+    /// process-shared `pthread_mutex_t` on Linux, which no check can validate: bytes that
+    /// merely look like one can hang the caller or corrupt the thread's list of held
+    /// locks). So callers must ensure that, when `blob` passes the checks above, it holds a
+    /// heap that [`init`](Self::init) or [`init_raw`](Self::init_raw) made in this very
+    /// memory (or in the same file, mapped by another process), and that its header has
+    /// been changed since only by heap handles: not copied from elsewhere, and not written
+    /// by other code. Memory that fails the checks is reported as an error, whatever it
+    /// holds.
+    ///
+    /// Safe code cannot attach to bytes it wrote:
+    ///
+    /// ```compile_fail,E0133
+    /// use stratalloc::blob_heap::BlobHeap;
+    ///
+    /// let mut bytes = vec![0u8; 4096];
+    /// let _ = BlobHeap::attach(&mut bytes); // error: call to unsafe function
+    /// ```
+    pub unsafe fn attach(blob: &'a mut [u8]) -> Result<Self, BlobError> {
         let len = blob.len();
-        // SAFETY: as in `init`.
+        // SAFETY: the slice is ours, exclusively, for `'a`; the heap in it is the caller's
+        // duty.
         unsafe { Self::attach_raw(NonNull::from(blob).cast(), len) }
     }
 
@@ -357,7 +379,8 @@ impl<'a> BlobHeap<'a> {
     ///
     /// # Safety
     ///
-    /// As [`init_raw`](Self::init_raw), except that other handles may be using the heap.
+    /// As [`init_raw`](Self::init_raw), except that other handles may be using the heap,
+    /// and as [`attach`](Self::attach) for the heap the memory holds.
     pub unsafe fn attach_raw(base: NonNull<u8>, len: usize) -> Result<Self, BlobError> {
         if len < size_of::<Header>() {
             return Err(BlobError::BlobTooSmall {
@@ -461,11 +484,45 @@ impl<'a> BlobHeap<'a> {
         unsafe { &*self.base.as_ptr().cast::<Header>() }
     }
 
-    /// Takes the heap's lock for a run of operations (see [`BlobGuard`]).
+    /// Runs `f` with the heap's lock held, for a run of allocations and frees through the
+    /// [`BlobGuard`] it is given; the lock is released when `f` returns or unwinds.
     ///
-    /// Errors: the heap was destroyed, or the lock failed. A lock whose holder died is
-    /// taken, and the heap then needs recovery.
-    pub fn lock(&self) -> Result<BlobGuard<'_, 'a>, BlobError> {
+    /// Errors: the heap was destroyed, the lock failed, or this thread holds it already
+    /// (inside another `with_lock`). A lock whose holder died is taken, and the heap then
+    /// needs recovery.
+    ///
+    /// The guard is lent to `f`, never handed out: on Linux the lock is a robust mutex,
+    /// which the C library keeps on a list of the locking thread, linked through the
+    /// mutex's own bytes in the blob, for as long as it is held. A guard that could be
+    /// forgotten (`mem::forget`) would keep it there after the blob went back to its owner,
+    /// and the next lock the thread takes would write into that memory. So the guard cannot
+    /// leave `f`:
+    ///
+    /// ```compile_fail
+    /// use stratalloc::blob_heap::{BlobGuard, BlobHeap};
+    ///
+    /// fn keep<'h, 'a>(heap: &'h BlobHeap<'a>) -> &'h BlobGuard<'h, 'a> {
+    ///     heap.with_lock(|guard| guard).unwrap() // error: the guard escapes the closure
+    /// }
+    /// ```
+    ///
+    /// and no method hands one out to own:
+    ///
+    /// ```compile_fail,E0624
+    /// use stratalloc::blob_heap::BlobHeap;
+    ///
+    /// fn hold(heap: &BlobHeap<'_>) {
+    ///     std::mem::forget(heap.lock()); // error: `lock` is private
+    /// }
+    /// ```
+    pub fn with_lock<R>(&self, f: impl FnOnce(&BlobGuard<'_, 'a>) -> R) -> Result<R, BlobError> {
+        let guard = self.lock()?;
+        Ok(f(&guard))
+    }
+
+    /// Takes the heap's lock (see [`with_lock`](Self::with_lock)); the guard never leaves
+    /// this module but lent.
+    fn lock(&self) -> Result<BlobGuard<'_, 'a>, BlobError> {
         let header = self.header();
         if header.magic.load(Ordering::Acquire) != MAGIC {
             return Err(BlobError::Destroyed);
@@ -1020,11 +1077,12 @@ impl Link {
     };
 }
 
-/// The heap's lock, held: several allocations and frees without taking it for each.
-/// Dropping the guard releases the lock. While a guard lives, every other handle waits, in
-/// this process and others, and this thread's calls through the heap (rather than the
-/// guard) fail with [`BlobError::AlreadyLocked`] (`stats` and `dump` still work); if its process dies, the next handle to lock finds that out
-/// and the heap asks for [`recover`](BlobHeap::recover).
+/// The heap's lock, held: several allocations and frees without taking it for each, lent
+/// by [`BlobHeap::with_lock`] for the length of a closure. While it is held, every other
+/// handle waits, in this process and others, and this thread's calls through the heap
+/// (rather than the guard) fail with [`BlobError::AlreadyLocked`] (`stats` and `dump` still
+/// work); if its process dies, the next handle to lock finds that out and the heap asks
+/// for [`recover`](BlobHeap::recover).
 pub struct BlobGuard<'h, 'a> {
     heap: &'h BlobHeap<'a>,
     /// The lock belongs to this thread.

@@ -160,3 +160,18 @@ fn stats_clear_restarts_the_counts_around_live_blocks() {
     heap.layer_mut().check_invariants();
     assert_eq!(heap.gauge().live, 0);
 }
+
+/// Through the `Allocator` impl a panic may unwind (it is no global allocator there); the
+/// lock goes with it, so the stack stays usable.
+#[cfg(feature = "std")]
+#[test]
+fn a_panic_in_a_layer_under_locked_allocator_releases_the_lock() {
+    use stratalloc::layers::System;
+    let locked = Locked::new(crate::misuse::Panicky::<false>(System));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Vec::<u8, _>::with_capacity_in(8, &locked)
+    }));
+    assert!(caught.is_err(), "the layer panicked");
+    assert!(!format!("{locked:?}").contains("held: true"), "{locked:?}");
+    drop(locked.lock());
+}

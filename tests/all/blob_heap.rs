@@ -33,6 +33,14 @@ impl Blob {
     }
 }
 
+/// Attaches to memory that fails `attach`'s checks, or holds a heap that `init` made there.
+fn attach(blob: &mut [u8]) -> Result<BlobHeap<'_>, BlobError> {
+    // SAFETY: every caller passes memory that fails the header checks (garbage, zeroes,
+    // a damaged version or geometry, too few bytes, a destroyed heap), which `attach`
+    // reports before it touches the lock, or a heap `init` made in it and left alone.
+    unsafe { BlobHeap::attach(blob) }
+}
+
 fn geometry(max: u32, min: u32) -> BlobGeometry {
     BlobGeometry::new(max, min, 64).unwrap()
 }
@@ -148,25 +156,25 @@ fn blobs_that_do_not_hold_a_heap_are_errors() {
     ));
     // Garbage, zeroes, a header cut short.
     assert_eq!(
-        BlobHeap::attach(blob.bytes()).unwrap_err(),
+        attach(blob.bytes()).unwrap_err(),
         BlobError::NotAHeap {
             found: 0xEEEE_EEEE_EEEE_EEEE
         }
     );
     blob.bytes().fill(0);
     assert_eq!(
-        BlobHeap::attach(blob.bytes()).unwrap_err(),
+        attach(blob.bytes()).unwrap_err(),
         BlobError::NotAHeap { found: 0 }
     );
     assert!(matches!(
-        BlobHeap::attach(&mut blob.bytes()[..16]),
+        attach(&mut blob.bytes()[..16]),
         Err(BlobError::BlobTooSmall { given: 16, .. })
     ));
     // A heap of another version, or with a damaged geometry.
     drop(BlobHeap::init(blob.bytes(), g).unwrap());
     blob.bytes()[8..12].copy_from_slice(&(BLOB_VERSION + 1).to_ne_bytes());
     assert_eq!(
-        BlobHeap::attach(blob.bytes()).unwrap_err(),
+        attach(blob.bytes()).unwrap_err(),
         BlobError::VersionMismatch {
             found: BLOB_VERSION + 1,
             expected: BLOB_VERSION
@@ -175,7 +183,7 @@ fn blobs_that_do_not_hold_a_heap_are_errors() {
     blob.bytes()[8..12].copy_from_slice(&BLOB_VERSION.to_ne_bytes());
     blob.bytes()[12..16].copy_from_slice(&99u32.to_ne_bytes());
     assert_eq!(
-        BlobHeap::attach(blob.bytes()).unwrap_err(),
+        attach(blob.bytes()).unwrap_err(),
         BlobError::BadGeometry {
             max_order: 99,
             min_order: 6,
@@ -186,7 +194,7 @@ fn blobs_that_do_not_hold_a_heap_are_errors() {
     blob.bytes()[12..16].copy_from_slice(&20u32.to_ne_bytes());
     let given = blob.bytes().len();
     assert!(matches!(
-        BlobHeap::attach(blob.bytes()),
+        attach(blob.bytes()),
         Err(BlobError::BlobTooSmall { given: g, .. }) if g == given
     ));
 }
@@ -225,12 +233,19 @@ fn bad_offsets_and_requests_are_errors_naming_them() {
         })
     );
     // Locking twice on one thread is an error, not a hang; the guard's operations work.
-    let guard = heap.lock().unwrap();
-    assert_eq!(heap.alloc(64), Err(BlobError::AlreadyLocked));
-    assert!(matches!(heap.lock(), Err(BlobError::AlreadyLocked)));
-    let under_guard = guard.alloc(64).unwrap();
-    guard.free(under_guard.offset).unwrap();
-    drop(guard);
+    heap.with_lock(|guard| {
+        assert_eq!(heap.alloc(64), Err(BlobError::AlreadyLocked));
+        assert!(matches!(
+            heap.with_lock(|_| ()),
+            Err(BlobError::AlreadyLocked)
+        ));
+        let under_guard = guard.alloc(64).unwrap();
+        guard.free(under_guard.offset).unwrap();
+    })
+    .unwrap();
+    // A panic inside releases the lock on its way out.
+    let caught = std::panic::catch_unwind(|| heap.with_lock(|_| panic!("inside with_lock")));
+    assert!(caught.is_err());
     let whole = heap.alloc(4096).unwrap();
     assert_eq!(heap.alloc(0), Err(BlobError::OutOfMemory { size: 0 }));
     assert_eq!(heap.recover(), Err(BlobError::NoRecoveryNeeded));
@@ -364,7 +379,7 @@ fn a_second_handle_sees_and_frees_the_same_blocks() {
     );
     first.destroy().unwrap();
     assert!(matches!(
-        BlobHeap::attach(blob.bytes()),
+        attach(blob.bytes()),
         Err(BlobError::NotAHeap { .. })
     ));
 }
@@ -689,7 +704,9 @@ fn child() {
         parts.next().unwrap().parse::<u64>().unwrap(),
     );
     let mut blob = FileBlob::open(path);
-    let heap = BlobHeap::attach(&mut blob.map).unwrap();
+    // SAFETY: the parent made the heap in this file with `init`; both processes touch it
+    // only through heap handles and their blocks.
+    let heap = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap();
     let mailbox = Mailbox(heap.block(mailbox).unwrap());
     match kind {
         "share" => {
@@ -702,16 +719,18 @@ fn child() {
         }
         "die" => {
             let mine = churn(&heap, 1, 500);
-            let guard = heap.lock().unwrap();
-            // One more block, allocated under the lock the child then dies holding.
-            let last = guard.alloc(1000).unwrap();
-            fill(&last, 99);
-            let mut published = mine.clone();
-            published.push((last.offset, 99));
-            mailbox.publish(1, &published);
-            mailbox.word(HOLDING).store(1, Ordering::Release);
-            std::thread::sleep(Duration::from_secs(120));
-            unreachable!("the parent kills this process");
+            heap.with_lock(|guard| {
+                // One more block, allocated under the lock the child then dies holding.
+                let last = guard.alloc(1000).unwrap();
+                fill(&last, 99);
+                let mut published = mine.clone();
+                published.push((last.offset, 99));
+                mailbox.publish(1, &published);
+                mailbox.word(HOLDING).store(1, Ordering::Release);
+                std::thread::sleep(Duration::from_secs(120));
+                unreachable!("the parent kills this process");
+            })
+            .unwrap();
         }
         other => panic!("unknown scenario {other}"),
     }

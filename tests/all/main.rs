@@ -45,7 +45,7 @@ pub fn proptest_config() -> proptest::test_runner::Config {
 
 /// The environment variable that tells a re-executed test binary which scenario to run.
 #[cfg(feature = "os")]
-const CHILD_VAR: &str = "STRATALLOC_CHILD";
+pub const CHILD_VAR: &str = "STRATALLOC_CHILD";
 
 /// The scenario this process was started for, when it is a child of `run_child`.
 #[cfg(feature = "os")]

@@ -2,13 +2,46 @@
 //! on stderr naming the address and layout, then abort. Each runs in a child process.
 
 #[cfg(feature = "std")]
+use std::{alloc::Layout, ptr::NonNull};
+
+#[cfg(feature = "std")]
+use stratalloc::{Layer, layers::System};
+
+/// A layer that breaks the contract: its `get` (or, with `PUT`, its `put`) panics.
+#[cfg(feature = "std")]
+pub(crate) struct Panicky<const PUT: bool>(pub(crate) System);
+
+// SAFETY: none; the layer panics on purpose. The blocks it does hand out are `System`'s.
+#[cfg(feature = "std")]
+unsafe impl<const PUT: bool> Layer for Panicky<PUT> {
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if !PUT {
+            panic!("a layer whose get panics");
+        }
+        self.0.get(layout)
+    }
+
+    unsafe fn put(&mut self, _: NonNull<u8>, _: Layout) {
+        panic!("a layer whose put panics");
+    }
+
+    fn init() -> Self {
+        Panicky(System)
+    }
+
+    fn deinit(&mut self) {}
+}
+
+#[cfg(feature = "std")]
 mod aborts {
-    use std::alloc::Layout;
+    use std::alloc::{GlobalAlloc, Layout};
     use std::os::unix::process::ExitStatusExt;
     use std::ptr::NonNull;
 
-    use stratalloc::Layer;
     use stratalloc::layers::{Batch, Bitset, Buddy, Check, Coalesce, Mmap, System};
+    use stratalloc::{Layer, Locked};
+
+    use super::Panicky;
 
     /// The child side: does nothing unless started by `run_child`.
     #[test]
@@ -100,14 +133,53 @@ mod aborts {
                     heap.put(a, long);
                     heap.put(a, layout);
                 }
+                "locked_get_panics" => {
+                    let locked = Locked::new(Panicky::<false>(System));
+                    locked.alloc(layout);
+                }
+                "locked_put_panics" => {
+                    // The free is parked; the next allocation makes it.
+                    let locked = Locked::new(Panicky::<true>(System));
+                    let p = locked.alloc(layout);
+                    locked.dealloc(p, layout);
+                    locked.alloc(layout);
+                }
+                "locked_entered_again" => {
+                    let locked = Locked::new(System);
+                    let _guard = locked.lock();
+                    locked.alloc(layout);
+                }
                 other => panic!("unknown scenario {other}"),
             }
         }
         unreachable!("the misuse was not caught");
     }
 
+    /// Runs the child for `scenario` and returns what it did; a child that runs for a
+    /// minute is killed and counts as hung.
+    fn run_child(scenario: &str) -> std::process::Output {
+        use std::time::{Duration, Instant};
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["misuse::aborts::child", "--exact", "--nocapture"])
+            .args(["--test-threads=1"])
+            .env(crate::CHILD_VAR, scenario)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the test binary again");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("{scenario}: the child hung");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     fn expect_abort(scenario: &str, message: &str) {
-        let output = crate::run_child("misuse::aborts::child", scenario);
+        let output = run_child(scenario);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(
             output.status.signal(),
@@ -245,6 +317,31 @@ mod aborts {
     #[cfg_attr(miri, ignore = "Miri cannot start processes")]
     fn mmap_aborts_on_a_pointer_it_never_handed_out() {
         expect_abort("mmap_stranger", "Mmap: put of 0x");
+    }
+
+    /// A panic must not unwind out of `GlobalAlloc` (undefined behaviour): `Locked` guards
+    /// every layer call it makes there, the parked puts included.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn locked_aborts_when_a_layer_panics_inside_global_alloc() {
+        expect_abort(
+            "locked_get_panics",
+            "misuse::Panicky<false>::get` panicked inside the allocator",
+        );
+        expect_abort(
+            "locked_put_panics",
+            "misuse::Panicky<true>::put` panicked inside the allocator",
+        );
+    }
+
+    /// An allocation by the thread that holds the lock would spin forever.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn locked_aborts_when_the_lock_holder_allocates_through_it() {
+        expect_abort(
+            "locked_entered_again",
+            "System>` was entered again by the thread that holds its lock",
+        );
     }
 }
 
