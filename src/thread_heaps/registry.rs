@@ -540,7 +540,11 @@ extern "C" fn thread_exit(heap: *mut libc::c_void) {
 /// Registers the fork handlers with `pthread_atfork`, once per process, before the first
 /// registry is claimed (so before any of their locks is taken). Other threads claiming a
 /// registry meanwhile wait for the registration to finish; the registering thread itself
-/// passes (it may allocate, and so come back here, inside `pthread_atfork`).
+/// passes (it may allocate, and so come back here, inside `pthread_atfork`). A thread that
+/// waits here from inside another library's fork handler would wait for good (the
+/// registering thread needs the C library's fork lock): that takes a fork racing with the
+/// process's very first claim, which for a global allocator comes with its first
+/// allocation, in practice before `main`.
 fn register_fork_handlers() {
     /// 0: not yet; 1: done; else the thread pointer (at least 2) of the thread registering.
     static STATE: AtomicUsize = AtomicUsize::new(0);
