@@ -20,9 +20,10 @@
 //! `aligned_alloc`, `memalign`, `valloc`, `pvalloc` and `malloc_usable_size` with their C
 //! semantics, over the [`General`] preset (per-thread slab heaps, a shared large-block
 //! layer). Failures return null with `errno` set to `ENOMEM` (or `EINVAL` for a bad
-//! alignment, which `posix_memalign` returns instead). Locks are taken around `fork`
-//! (`pthread_atfork`), so a child never inherits one held by a thread that did not
-//! survive, and the heaps of those threads go to the pool for reuse.
+//! alignment, which `posix_memalign` returns instead). The allocator's locks are taken
+//! around `fork` (the crate registers its handlers with `pthread_atfork` at the first
+//! allocation), so a child never inherits one held by a thread that did not survive, and
+//! the heaps of those threads are never used there.
 //!
 //! With `STRATALLOC_SUMMARY` set (to anything but `0`), it prints a heap summary to stderr
 //! at exit, as Hahalloc does: totals, the peak, live blocks by size, and the leaks
@@ -204,20 +205,6 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     unsafe { HEAP.usable_size(ptr.cast()) }
 }
 
-extern "C" fn before_fork() {
-    HEAP.before_fork();
-}
-
-extern "C" fn after_fork_parent() {
-    // SAFETY: registered with `pthread_atfork` after `before_fork`.
-    unsafe { HEAP.after_fork_parent() }
-}
-
-extern "C" fn after_fork_child() {
-    // SAFETY: as above, in the child.
-    unsafe { HEAP.after_fork_child() }
-}
-
 /// Up to `N` bytes of text formatted on the stack (the rest is cut): the summary and a
 /// panic's message are printed without allocating.
 struct StackText<const N: usize> {
@@ -270,15 +257,10 @@ extern "C" fn print_summary() {
     write_all(fd, text.as_bytes());
 }
 
-/// Runs when the library is loaded: fork handlers, and the summary when asked for.
+/// Runs when the library is loaded: the summary, when asked for.
 extern "C" fn on_load() {
-    // SAFETY: plain C calls with valid function pointers and a NUL-terminated name.
+    // SAFETY: plain C calls with a valid function pointer and a NUL-terminated name.
     unsafe {
-        libc::pthread_atfork(
-            Some(before_fork),
-            Some(after_fork_parent),
-            Some(after_fork_child),
-        );
         let wanted = libc::getenv(c"STRATALLOC_SUMMARY".as_ptr());
         // Unset, empty and "0" mean no summary.
         let wanted = !wanted.is_null()

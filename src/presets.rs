@@ -96,7 +96,7 @@ pub const fn general() -> General {
 }
 
 #[cfg(feature = "os")]
-assert_impl_all!(General: core::alloc::GlobalAlloc, Sync, core::fmt::Debug);
+assert_impl_all!(General: core::alloc::GlobalAlloc, Send, Sync, core::fmt::Debug);
 #[cfg(feature = "os")]
 assert_impl_all!(AuditedArena: Layer, Gauge, Send, core::fmt::Debug);
 #[cfg(feature = "os")]

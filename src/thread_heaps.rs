@@ -3,26 +3,26 @@
 //! `Large` layer for the rest. The adapter behind the [`General`](crate::presets::General)
 //! preset and the malloc replacement.
 //!
-//! Invariants:
-//! - every heap ever made is on the registry list (`all`) for the life of the process (a
-//!   heap's memory is never given back, so a slab's owner tag always names a live heap);
-//! - a heap is used by at most one thread at a time: the thread whose `CURRENT` names it,
-//!   or none while it sits in the pool of abandoned heaps;
-//! - a small block lives in a slab of the heap its tag names; only that heap's thread puts
-//!   it on a slab free list; other threads push it on the heap's `remote` stack, which the
-//!   owner drains.
+//! This file is the instance: the allocation paths, the heap cache, `Large` and the
+//! counters. The heaps, the registry they share and the fork handlers, which all outlive
+//! any instance, are in `thread_heaps/registry.rs`, with the invariants.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::{Cell, UnsafeCell};
+use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
+mod registry;
+
+use registry::{EXITED, Heap, Registry, thread_pointer};
+
+use crate::Layer;
+use crate::abort::no_unwind;
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab, SlabRange};
 use crate::spin::SpinLock;
-use crate::{Layer, Locked};
 
 /// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
 /// grow in place and mixed sizes share memory) keeps memory tighter than size classes.
@@ -55,110 +55,18 @@ const COPY_UNLOCKED: usize = 64 << 10;
 const SLAB_BYTES: usize = 16 << 10;
 type HeapSlab = Slab<SlabSource, SLAB_BYTES>;
 
-/// The thread heaps' own range of address space: only their slabs (and the heaps
-/// themselves) lie in it, whatever `Large` is made of.
+/// The thread heaps' own range of address space: only their slabs (and the heaps and
+/// registries themselves) lie in it, whatever `Large` is made of.
 type SlabSource = Reserve<SlabRange>;
-
-/// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
-/// allocations on the thread (other destructors) go to the shared `Large` layer.
-const EXITED: *mut u8 = ptr::without_provenance_mut(1);
 
 /// Slots of the thread-pointer cache: where a thread finds its heap without a
 /// thread-local look-up (which costs a call in a shared library).
 const CACHE_SLOTS: usize = 256;
 
-/// This thread's thread pointer: a word unique to each live thread, read in one
-/// instruction where the platform has a register for it.
-#[inline(always)]
-fn thread_pointer() -> usize {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
-    {
-        let tp: usize;
-        // SAFETY: on x86-64 Linux, `fs:0` holds the thread control block's own address
-        // (the TLS ABI's self pointer); reading it touches nothing else.
-        unsafe {
-            core::arch::asm!(
-                "mov {}, qword ptr fs:[0]",
-                out(reg) tp,
-                options(nostack, readonly, preserves_flags, pure)
-            )
-        };
-        tp
-    }
-    #[cfg(all(target_arch = "aarch64", target_os = "linux", not(miri)))]
-    {
-        let tp: usize;
-        // SAFETY: `tpidr_el0` is the thread pointer register; reading it has no effect.
-        unsafe {
-            core::arch::asm!(
-                "mrs {}, tpidr_el0",
-                out(reg) tp,
-                options(nostack, nomem, preserves_flags, pure)
-            )
-        };
-        tp
-    }
-    #[cfg(not(all(
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        target_os = "linux",
-        not(miri)
-    )))]
-    {
-        // The address of a thread-local: unique per live thread, if slower to get.
-        #[cfg(feature = "std")]
-        return CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0);
-        // `pthread_self`, which is unique per live thread too (plus one: Miri numbers the
-        // main thread 0, and 0 means "no thread" here).
-        #[cfg(not(feature = "std"))]
-        // SAFETY: `pthread_self` only reads the calling thread's identifier.
-        return (unsafe { libc::pthread_self() } as usize).wrapping_add(1);
-    }
-}
-
 /// The cache slot of a thread pointer.
 #[inline(always)]
 const fn cache_slot(tp: usize) -> usize {
     ((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS
-}
-
-#[cfg(feature = "std")]
-thread_local! {
-    /// This thread's heap (type-erased: one per thread, whatever `ThreadHeaps` made it),
-    /// null before the first small allocation, `EXITED` after thread exit. Without std
-    /// there are no thread-locals on stable Rust, and each instance's pthread key holds
-    /// the thread's heap instead (see [`ThreadHeaps::current`]).
-    static CURRENT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
-}
-
-/// A block on a heap's remote stack: the link, written into the freed block.
-struct RemoteBlock {
-    next: *mut RemoteBlock,
-}
-
-/// An atomic on a cache line of its own, so that other threads pushing frees do not slow
-/// the owner's slab work next to it.
-#[repr(align(64))]
-struct Padded<T>(T);
-
-/// One thread's heap.
-struct Heap<Large: Measured + Send> {
-    /// The heap's slabs: used by its thread alone (or, while it is pooled, under the pool
-    /// lock), while other threads hold `&Heap` to reach `remote` and `thread`.
-    slab: UnsafeCell<HeapSlab>,
-    /// The thread pointer of the thread using the heap, 0 while none does. Written only by
-    /// that thread (when it takes or hands back the heap) or, after a fork, by the one
-    /// thread left; so a thread that reads its own pointer here owns the heap.
-    thread: AtomicUsize,
-    /// The `ThreadHeaps` that made it.
-    home: *const ThreadHeaps<Large>,
-    /// Blocks of this heap freed by other threads.
-    remote: Padded<AtomicPtr<RemoteBlock>>,
-    /// The registry link (every heap, forever).
-    all_next: *mut Heap<Large>,
-    /// The pool link (abandoned heaps), under the pool lock.
-    pool_next: Cell<*mut Heap<Large>>,
-    /// Whether the heap is in the pool, under the pool lock.
-    abandoned: Cell<bool>,
 }
 
 /// Figures kept while counting is on (see [`ThreadHeaps::set_counting`]), for the heap
@@ -174,29 +82,6 @@ struct Counters {
     peak_blocks: AtomicUsize,
     /// Live blocks per slab class (large blocks are found by walking `Large`).
     live: [AtomicUsize; CLASSES],
-}
-
-/// A list head behind a spin lock.
-struct SpinList<T> {
-    held: SpinLock,
-    head: Cell<*mut T>,
-}
-
-impl<T> SpinList<T> {
-    const fn new() -> Self {
-        SpinList {
-            held: SpinLock::new(),
-            head: Cell::new(ptr::null_mut()),
-        }
-    }
-
-    fn lock(&self) {
-        self.held.lock();
-    }
-
-    fn unlock(&self) {
-        self.held.unlock();
-    }
 }
 
 /// Per-thread heaps of slabs for small blocks over one shared, locked `Large` layer for
@@ -234,27 +119,49 @@ impl<T> SpinList<T> {
 /// let joined = std::thread::spawn(move || words.join(",")).join().unwrap();
 /// assert!(joined.starts_with("0,1,2"));
 /// ```
+///
+/// # Instances that are not `static`s
+///
+/// An instance may live anywhere, move, and be dropped. Everything its heaps need after
+/// their thread let go of the instance (the list of heaps, the pool of abandoned ones, the
+/// pthread key whose destructor hands a heap back at thread exit, and the lock of `Large`)
+/// is in a *registry* that the instance claims at its first allocation and that lives for
+/// the process; the instance holds a pointer to it, the heap cache and `Large` (whose
+/// blocks the [`Layer`] contract keeps valid across moves). Dropping an instance drops
+/// `Large` and releases the registry with its heaps, still held by their threads or
+/// pooled: the next instance to make its first allocation claims it (so a program that
+/// makes and drops instances in turn reuses one registry, its heaps and their slabs).
+/// Small blocks still live when their instance is dropped stay allocated in those slabs.
+///
+/// # Fork
+///
+/// At the first allocation of the process's first instance, handlers are registered with
+/// `pthread_atfork` that take every lock of every instance (each `Large` lock, each pool of
+/// abandoned heaps, the slab reserve's) before `fork` and give them back after it, in both
+/// processes; in the child they also retire the heaps of the threads that did not survive
+/// the fork (one may have been half-way through an operation). So a child can allocate
+/// whatever the other threads were doing. A thread that forks inside
+/// [`with_large`](ThreadHeaps::with_large) deadlocks. Locks inside `Large` itself (a
+/// layer that shares a lock with other code) are that layer's to handle.
 pub struct ThreadHeaps<Large: Measured + Send> {
-    large: Locked<Large>,
-    /// Every heap made, newest first.
-    all: AtomicPtr<Heap<Large>>,
-    /// Abandoned heaps, ready for adoption.
-    pool: SpinList<Heap<Large>>,
-    /// The pthread key whose destructor hands a heap back, plus one (0: not made yet).
-    key: AtomicUsize,
+    /// The registry, claimed at the first allocation (null before); never changes after.
+    registry: AtomicPtr<Registry>,
+    /// The shared layer, under the registry's `large` lock.
+    large: UnsafeCell<Large>,
     counting: AtomicBool,
     counters: Counters,
     /// Heaps by thread-pointer hash, where a thread finds its heap without a thread-local
     /// look-up (which costs a call in a shared library). A slot is only a hint: a heap is
-    /// used only when its `thread` is the caller's own thread pointer.
-    cache: [AtomicPtr<Heap<Large>>; CACHE_SLOTS],
+    /// used only when its `thread` is the caller's own thread pointer. Slots only ever hold
+    /// heaps of this instance's registry, stored with Release after the heap was written.
+    cache: [AtomicPtr<Heap>; CACHE_SLOTS],
 }
 
-// SAFETY: the heaps are reached only by their own thread (see the module invariants), the
-// pool's head only under its lock, the large layer only under its lock; the rest is atomic.
+// SAFETY: the heaps are reached only by their own thread (see the invariants in
+// `registry.rs`), `Large` only under the registry's lock, the rest is atomic; so sharing
+// the allocator is like sharing a `Mutex<Large>`: sound when `Large` can move between
+// threads. (`Send` follows from the fields: an instance holds nothing tied to a thread.)
 unsafe impl<Large: Measured + Send> Sync for ThreadHeaps<Large> {}
-// SAFETY: as above: nothing in it is tied to the thread that made it.
-unsafe impl<Large: Measured + Send> Send for ThreadHeaps<Large> {}
 
 /// Whether a request is served by the thread heaps.
 #[inline(always)]
@@ -268,10 +175,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         #[allow(clippy::declare_interior_mutable_const)] // copied into each field, never shared
         const ZERO: AtomicUsize = AtomicUsize::new(0);
         ThreadHeaps {
-            large: Locked::new(large),
-            all: AtomicPtr::new(ptr::null_mut()),
-            pool: SpinList::new(),
-            key: AtomicUsize::new(0),
+            registry: AtomicPtr::new(ptr::null_mut()),
+            large: UnsafeCell::new(large),
             counting: AtomicBool::new(false),
             counters: Counters {
                 allocations: ZERO,
@@ -287,9 +192,75 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         }
     }
 
-    /// The shared layer behind the heaps.
-    pub fn large(&self) -> &Locked<Large> {
-        &self.large
+    /// Runs `f` with the shared layer behind the heaps, under its lock (so `f` must not
+    /// allocate through this allocator, which would deadlock, nor fork, which would too).
+    pub fn with_large<R>(&self, f: impl FnOnce(&Large) -> R) -> R {
+        /// Unlocks when dropped, also when `f` unwinds.
+        struct Unlock(&'static SpinLock);
+        impl Drop for Unlock {
+            fn drop(&mut self) {
+                self.0.unlock();
+            }
+        }
+        let registry = self.registry();
+        registry.large.lock();
+        let _unlock = Unlock(&registry.large);
+        // SAFETY: the lock makes this the only access to `Large` until `_unlock` drops;
+        // `f` gets shared access only, so it cannot end blocks that live elsewhere.
+        f(unsafe { &*self.large.get() })
+    }
+
+    /// Runs `f` with exclusive access to `Large`, under its lock, for the allocation paths;
+    /// aborts with one line if `f` (a call into the layer) unwinds.
+    #[inline]
+    fn locked_large<R>(&self, method: &'static str, f: impl FnOnce(&mut Large) -> R) -> R {
+        let registry = self.registry();
+        registry.large.lock();
+        let result = no_unwind("ThreadHeaps' Large", method, || {
+            // SAFETY: the lock makes this the only access to `Large` until it is released
+            // below; `f` is one of this file's operations, which end no block but theirs.
+            f(unsafe { &mut *self.large.get() })
+        });
+        registry.large.unlock();
+        result
+    }
+
+    /// This instance's registry, claimed on first use.
+    #[inline]
+    fn registry(&self) -> &'static Registry {
+        let registry = self.registry.load(Ordering::Acquire);
+        if registry.is_null() {
+            return self.claim_registry();
+        }
+        // SAFETY: published registries live for the process, written before publication
+        // (the Acquire load pairs with the Release that published it).
+        unsafe { &*registry }
+    }
+
+    /// The registry, if the instance claimed one yet.
+    fn registry_if_any(&self) -> Option<&'static Registry> {
+        // SAFETY: as in `registry`.
+        unsafe { self.registry.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Claims a registry for this instance; if another thread claimed one for it first,
+    /// releases ours and uses theirs.
+    #[cold]
+    fn claim_registry(&self) -> &'static Registry {
+        let claimed = Registry::claim();
+        match self.registry.compare_exchange(
+            ptr::null_mut(),
+            ptr::from_ref(claimed).cast_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => claimed,
+            Err(theirs) => {
+                claimed.release();
+                // SAFETY: as in `registry`.
+                unsafe { &*theirs }
+            }
+        }
     }
 
     /// Turns the counting behind [`summary`](ThreadHeaps::summary) on or off. It costs a
@@ -299,250 +270,60 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         self.counting.store(on, Ordering::Relaxed);
     }
 
-    /// Heaps made so far (in use and abandoned).
+    /// Heaps made so far (in use and abandoned), by this instance and by the instances
+    /// that used its registry before it.
     pub fn heaps(&self) -> usize {
-        let mut count = 0;
-        let mut heap = self.all.load(Ordering::Acquire);
-        while !heap.is_null() {
-            count += 1;
-            // SAFETY: registered heaps live forever; `all_next` is set before publication.
-            heap = unsafe { (*heap).all_next };
-        }
-        count
+        self.registry_if_any().map_or(0, Registry::heaps)
     }
 
     /// Abandoned heaps waiting for a thread.
     pub fn pooled_heaps(&self) -> usize {
-        self.pool.lock();
-        let mut count = 0;
-        let mut heap = self.pool.head.get();
-        while !heap.is_null() {
-            count += 1;
-            // SAFETY: pooled heaps are live; their links are read under the pool lock.
-            heap = unsafe { (*heap).pool_next.get() };
-        }
-        self.pool.unlock();
-        count
+        self.registry_if_any().map_or(0, Registry::pooled_heaps)
     }
 
     /// Bytes of slabs held by the heaps in the pool (those of exited threads): slabs
     /// still holding live blocks, and each heap's few spares.
     pub fn pooled_slab_bytes(&self) -> usize {
-        self.pool.lock();
-        let mut bytes = 0;
-        let mut heap = self.pool.head.get();
-        while !heap.is_null() {
-            // SAFETY: pooled heaps are live and no thread's; the pool lock keeps them so.
-            unsafe {
-                bytes += (*(*heap).slab.get()).slabs() * SLAB_BYTES;
-                heap = (*heap).pool_next.get();
-            }
-        }
-        self.pool.unlock();
-        bytes
+        self.registry_if_any()
+            .map_or(0, Registry::pooled_slab_bytes)
     }
 
     /// This thread's heap for this allocator, making or adopting one on first use; `None`
     /// after this thread's heap was handed back, or when the thread uses another instance.
     #[inline(always)]
-    fn heap(&self) -> Option<&Heap<Large>> {
+    fn heap(&self) -> Option<&'static Heap> {
         let tp = thread_pointer();
-        let cached = self.cache[cache_slot(tp)].load(Ordering::Relaxed);
-        if !cached.is_null() {
-            // SAFETY: slots only ever hold heaps of this allocator, which live forever.
-            let heap = unsafe { &*cached };
-            if heap.thread.load(Ordering::Relaxed) == tp {
-                return Some(heap);
-            }
+        let cached = self.cache[cache_slot(tp)].load(Ordering::Acquire);
+        // SAFETY: slots only ever hold heaps, which live for the process, written before
+        // they were stored (the Acquire load pairs with that Release store).
+        if let Some(heap) = unsafe { cached.as_ref() }
+            && heap.thread.load(Ordering::Relaxed) == tp
+        {
+            return Some(heap);
         }
         self.heap_slow(tp)
     }
 
-    /// [`heap`](ThreadHeaps::heap) past the cache: the thread-local, then attaching.
+    /// [`heap`](ThreadHeaps::heap) past the cache: the thread's heap, then attaching.
     #[cold]
-    fn heap_slow(&self, tp: usize) -> Option<&Heap<Large>> {
-        let current = self.current()?;
+    fn heap_slow(&self, tp: usize) -> Option<&'static Heap> {
+        let registry = self.registry();
+        let current = registry.current()?;
         if current == EXITED {
             return None;
         }
         let heap = if current.is_null() {
-            self.attach()?
+            registry.attach()?
         } else {
-            // SAFETY: `CURRENT` names a live heap used by this thread alone.
-            let heap = unsafe { &*current.cast::<Heap<Large>>() };
-            if heap.home != self {
+            // SAFETY: `CURRENT` (or the key) names a live heap used by this thread alone.
+            let heap = unsafe { &*current.cast::<Heap>() };
+            if !heap.is_in(registry) {
                 return None;
             }
             heap
         };
-        self.cache[cache_slot(tp)].store(ptr::from_ref(heap).cast_mut(), Ordering::Relaxed);
+        self.cache[cache_slot(tp)].store(ptr::from_ref(heap).cast_mut(), Ordering::Release);
         Some(heap)
-    }
-
-    /// This thread's heap, as type-erased `CURRENT` holds it: null before the thread's
-    /// first small allocation, `EXITED` after its heap was handed back; `None` while the
-    /// thread-local is being destroyed.
-    ///
-    /// Without std it is this instance's pthread key, whose value the thread's heap is
-    /// anyway. There a thread keeps a heap per instance, and at thread exit glibc clears a
-    /// key before calling its destructor, so allocations from destructors that run later
-    /// get a heap (pooled again by the key's next round of destructors) instead of going
-    /// to `Large`; one made after the last round (glibc makes four) is never pooled.
-    #[inline]
-    fn current(&self) -> Option<*mut u8> {
-        #[cfg(feature = "std")]
-        {
-            CURRENT.try_with(Cell::get).ok()
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            match self.key.load(Ordering::Acquire) {
-                0 => Some(ptr::null_mut()),
-                // SAFETY: a key we made; reading a key's value has no other effect.
-                key => Some(unsafe { libc::pthread_getspecific((key - 1) as _) }.cast()),
-            }
-        }
-    }
-
-    /// The heap for `CURRENT`, mutably, for the slab calls.
-    ///
-    /// # Safety
-    ///
-    /// `heap` is this thread's heap (from [`heap`](ThreadHeaps::heap)), and no other
-    /// reference to its slab is live.
-    #[allow(clippy::mut_from_ref)]
-    #[inline(always)]
-    unsafe fn slab(heap: &Heap<Large>) -> &mut HeapSlab {
-        // SAFETY: the heap is this thread's alone (module invariants), and the caller holds
-        // no other reference to its slab; the cast goes through the heap's own pointer.
-        unsafe { &mut *heap.slab.get() }
-    }
-
-    /// Gives this thread a heap: an abandoned one, or a new one.
-    #[cold]
-    fn attach(&self) -> Option<&Heap<Large>> {
-        let key = self.key()?;
-        self.pool.lock();
-        let adopted = self.pool.head.get();
-        if !adopted.is_null() {
-            // SAFETY: pooled heaps are live; their links change under the pool lock.
-            unsafe {
-                self.pool.head.set((*adopted).pool_next.get());
-                (*adopted).pool_next.set(ptr::null_mut());
-                (*adopted).abandoned.set(false);
-            }
-        }
-        self.pool.unlock();
-        let heap = if adopted.is_null() {
-            self.make_heap()?
-        } else {
-            adopted
-        };
-        #[cfg(feature = "std")]
-        CURRENT.try_with(|c| c.set(heap.cast())).ok()?;
-        // SAFETY: the heap is live, and ours from here on.
-        unsafe { (*heap).thread.store(thread_pointer(), Ordering::Relaxed) };
-        // SAFETY: `key` is a key we made; the value is only read back by its destructor.
-        unsafe { libc::pthread_setspecific(key, heap.cast()) };
-        // SAFETY: the heap is now this thread's.
-        Some(unsafe { &*heap })
-    }
-
-    /// A fresh heap, in granules of its own from the reserve (never given back, and never
-    /// counted as a block), registered for good.
-    fn make_heap(&self) -> Option<*mut Heap<Large>> {
-        let layout = Layout::new::<Heap<Large>>();
-        let memory = SlabSource::handle().get(layout)?;
-        let heap = memory.as_ptr().cast::<Heap<Large>>();
-        let mut slab = Slab::new(SlabSource::handle());
-        slab.set_tag(heap.cast());
-        // SAFETY: a fresh block that fits a `Heap`.
-        unsafe {
-            heap.write(Heap {
-                slab: UnsafeCell::new(slab),
-                home: self,
-                remote: Padded(AtomicPtr::new(ptr::null_mut())),
-                thread: AtomicUsize::new(0),
-                all_next: ptr::null_mut(),
-                pool_next: Cell::new(ptr::null_mut()),
-                abandoned: Cell::new(false),
-            });
-        }
-        let mut head = self.all.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: not yet published: ours alone.
-            unsafe { (*heap).all_next = head };
-            match self
-                .all
-                .compare_exchange_weak(head, heap, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(heap),
-                Err(now) => head = now,
-            }
-        }
-    }
-
-    /// The pthread key whose destructor hands heaps back, made on first use.
-    fn key(&self) -> Option<libc::pthread_key_t> {
-        let key = self.key.load(Ordering::Acquire);
-        if key != 0 {
-            return Some((key - 1) as libc::pthread_key_t);
-        }
-        let mut made: libc::pthread_key_t = 0;
-        // SAFETY: `made` is a valid place for the key; the destructor is an `extern "C"`
-        // function that takes the value we store (a heap of this type).
-        if unsafe { libc::pthread_key_create(&mut made, Some(thread_exit::<Large>)) } != 0 {
-            return None;
-        }
-        match self
-            .key
-            .compare_exchange(0, made as usize + 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Some(made),
-            Err(theirs) => {
-                // Another thread made one first: use theirs.
-                // SAFETY: `made` is ours and unused.
-                unsafe { libc::pthread_key_delete(made) };
-                Some((theirs - 1) as libc::pthread_key_t)
-            }
-        }
-    }
-
-    /// Hands this thread's heap back to the pool (thread exit).
-    fn abandon(&self, heap: *mut Heap<Large>) {
-        #[cfg(feature = "std")]
-        let _ = CURRENT.try_with(|c| c.set(EXITED));
-        // SAFETY: the heap is live; this thread stops using it.
-        unsafe { (*heap).thread.store(0, Ordering::Relaxed) };
-        // SAFETY: the heap was this thread's; the destructor runs on that thread.
-        unsafe { Self::drain(&*heap) };
-        self.pool.lock();
-        // SAFETY: the heap is live; pool links change under the pool lock.
-        unsafe {
-            (*heap).abandoned.set(true);
-            (*heap).pool_next.set(self.pool.head.get());
-        }
-        self.pool.head.set(heap);
-        self.pool.unlock();
-    }
-
-    /// Takes the heap's remote stack and puts every block on it back in its slab.
-    ///
-    /// # Safety
-    ///
-    /// `heap` is this thread's heap.
-    #[cold]
-    unsafe fn drain(heap: &Heap<Large>) {
-        let mut block = heap.remote.0.swap(ptr::null_mut(), Ordering::Acquire);
-        // SAFETY: the heap is ours; each block on the stack is a live block of one of its
-        // slabs, given up by the thread that pushed it (its link is the only thing in it).
-        unsafe {
-            let slab = Self::slab(heap);
-            while let Some(b) = NonNull::new(block) {
-                block = (*block).next;
-                slab.put_unsized(b.cast());
-            }
-        }
     }
 
     /// Allocates a block for `layout`; null when out of memory.
@@ -556,16 +337,16 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     fn allocate(&self, layout: Layout) -> *mut u8 {
         if is_small(layout) && !self.counting.load(Ordering::Relaxed) {
             let tp = thread_pointer();
-            let cached = self.cache[cache_slot(tp)].load(Ordering::Relaxed);
-            if !cached.is_null() {
-                // SAFETY: slots only ever hold heaps of this allocator, which live forever.
-                let heap = unsafe { &*cached };
-                if heap.thread.load(Ordering::Relaxed) == tp {
-                    // SAFETY: this thread's heap; no other reference to its slab is live.
-                    let slab = unsafe { Self::slab(heap) };
-                    if let Some(block) = slab.pop_free(class_of(layout.size())) {
-                        return block.as_ptr();
-                    }
+            let cached = self.cache[cache_slot(tp)].load(Ordering::Acquire);
+            // SAFETY: slots only ever hold heaps, which live for the process, written
+            // before they were stored (the Acquire load pairs with that Release store).
+            if let Some(heap) = unsafe { cached.as_ref() }
+                && heap.thread.load(Ordering::Relaxed) == tp
+            {
+                // SAFETY: this thread's heap; no other reference to its slab is live.
+                let slab = unsafe { heap.slab() };
+                if let Some(block) = slab.pop_free(class_of(layout.size())) {
+                    return block.as_ptr();
                 }
             }
         }
@@ -582,7 +363,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         {
             let class = class_of(layout.size());
             // SAFETY: this thread's heap; no other reference to its slab is live.
-            let slab = unsafe { Self::slab(heap) };
+            let slab = unsafe { heap.slab() };
             let block = match slab.pop_free(class) {
                 Some(block) => Some(block),
                 // SAFETY: this thread's heap.
@@ -605,19 +386,19 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     ///
     /// `heap` is this thread's heap, and no reference to its slab is live.
     #[cold]
-    unsafe fn refill(heap: &Heap<Large>, class: usize) -> Option<NonNull<u8>> {
+    unsafe fn refill(heap: &Heap, class: usize) -> Option<NonNull<u8>> {
         // SAFETY: the caller's duty.
         unsafe {
-            if !heap.remote.0.load(Ordering::Relaxed).is_null() {
-                Self::drain(heap);
-                if let Some(block) = Self::slab(heap).pop_free(class) {
+            if heap.has_remote_frees() {
+                heap.drain();
+                if let Some(block) = heap.slab().pop_free(class) {
                     return Some(block);
                 }
             }
             // A slow path taken every few dozen allocations: the moment to let free
             // granules that stayed unused go back to the OS (see `Reserve::decay`).
             SlabSource::handle().decay();
-            Self::slab(heap).get_small_slow(class)
+            heap.slab().get_small_slow(class)
         }
     }
 
@@ -625,19 +406,17 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     #[cold]
     fn allocate_large(&self, layout: Layout) -> *mut u8 {
         SlabSource::handle().decay();
-        // SAFETY: the closure only gets one block.
-        let block = unsafe { self.large.with_mut(|large| large.get(layout)) };
-        match block {
-            Some(block) => {
-                if self.counting.load(Ordering::Relaxed) {
-                    // SAFETY: a live block of `Large`.
-                    let size = unsafe { self.large.lock().usable_size(block) };
-                    self.count_get(None, size);
-                }
-                block.as_ptr()
+        let counting = self.counting.load(Ordering::Relaxed);
+        let block = self.locked_large("get", |large| {
+            let block = large.get(layout)?;
+            if counting {
+                // SAFETY: a live block of `Large`, just got.
+                let size = unsafe { large.usable_size(block) };
+                self.count_get(None, size);
             }
-            None => ptr::null_mut(),
-        }
+            Some(block)
+        });
+        block.map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
     /// Frees a block, whichever thread and heap it came from.
@@ -656,53 +435,20 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 let size = unsafe { HeapSlab::usable_size(ptr) };
                 self.count_put(Some(class_of(size)), size);
             }
-            // SAFETY: a tag names a live heap for good (registry invariant).
-            let heap = unsafe { &*owner.cast::<Heap<Large>>() };
+            // SAFETY: a tag names a live heap for good (registry invariants), which this
+            // thread reached after the heap was written: through the block, handed to it
+            // after its allocation on the heap's thread.
+            let heap = unsafe { &*owner.cast::<Heap>() };
             if heap.thread.load(Ordering::Relaxed) == thread_pointer() {
                 // SAFETY: the block's heap is this thread's; the caller gives it up.
-                unsafe { Self::slab(heap).put_in_slab(slab, ptr) };
+                unsafe { heap.slab().put_in_slab(slab, ptr) };
             } else {
-                self.push_remote(heap, ptr);
+                // SAFETY: a live block of the heap's slabs, given up by the caller.
+                unsafe { heap.push_remote(ptr) };
             }
         } else {
             // SAFETY: not in the reserve, so `Large` served it; the caller gives it up.
             unsafe { self.release_large(ptr) }
-        }
-    }
-
-    /// Gives a block to its heap, which is not this thread's: on its remote stack, or,
-    /// when the heap sits in the pool with no thread to take the stack back, straight into
-    /// its slab under the pool lock (which adoption takes too), so that memory freed into
-    /// the heaps of exited threads is reused and given back, not stranded.
-    fn push_remote(&self, heap: &Heap<Large>, ptr: NonNull<u8>) {
-        if heap.thread.load(Ordering::Relaxed) == 0 {
-            self.pool.lock();
-            if heap.abandoned.get() {
-                // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so; the
-                // block is one of its slab blocks, given up by the caller.
-                unsafe {
-                    Self::drain(heap);
-                    Self::slab(heap).put_unsized(ptr);
-                }
-                self.pool.unlock();
-                return;
-            }
-            self.pool.unlock();
-        }
-        let block = ptr.as_ptr().cast::<RemoteBlock>();
-        let mut head = heap.remote.0.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the block is given up by the caller: its first word is ours to use.
-            unsafe { block.write(RemoteBlock { next: head }) };
-            match heap.remote.0.compare_exchange_weak(
-                head,
-                block,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
         }
     }
 
@@ -713,16 +459,15 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of `Large`, not used afterwards.
     #[cold]
     unsafe fn release_large(&self, ptr: NonNull<u8>) {
-        // SAFETY: the closure puts only the caller's block.
-        unsafe {
-            self.large.with_mut(|large| {
-                if self.counting.load(Ordering::Relaxed) {
-                    let size = large.usable_size(ptr);
-                    self.count_put(None, size);
-                }
-                large.put_unsized(ptr)
-            })
-        }
+        let counting = self.counting.load(Ordering::Relaxed);
+        // SAFETY: the closure puts only the caller's block, live in `Large`.
+        self.locked_large("put", |large| unsafe {
+            if counting {
+                let size = large.usable_size(ptr);
+                self.count_put(None, size);
+            }
+            large.put_unsized(ptr)
+        })
     }
 
     /// Counts a block handed out: of a slab class, or a large one (`None`).
@@ -811,7 +556,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             unsafe { HeapSlab::usable_size(ptr) }
         } else {
             // SAFETY: a live block of `Large`.
-            unsafe { self.large.lock().usable_size(ptr) }
+            self.locked_large("usable_size", |large| unsafe { large.usable_size(ptr) })
         }
     }
 
@@ -880,7 +625,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         // SAFETY: the caller's duty: `block` is a live block of `Large`; the closure
         // resizes, or moves and puts, only that block.
         let resized = unsafe {
-            self.large.with_mut(|large| {
+            self.locked_large("realloc", |large| {
                 let usable = large.usable_size(block);
                 if size <= usable {
                     return if size >= usable / 2 {
@@ -980,70 +725,19 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 if live > isize::MAX as usize { 0 } else { live },
             );
         }
-        self.large.lock().for_each_live(|size| summary.add(size, 1));
+        self.with_large(|large| large.for_each_live(|size| summary.add(size, 1)));
         summary
-    }
-
-    /// Takes every lock of the allocator, so that `fork` cannot copy one held by another
-    /// thread. Follow it with [`after_fork_parent`](ThreadHeaps::after_fork_parent) in the
-    /// parent and [`after_fork_child`](ThreadHeaps::after_fork_child) in the child (the
-    /// malloc replacement registers all three with `pthread_atfork`).
-    pub fn before_fork(&self) {
-        self.pool.lock();
-        core::mem::forget(self.large.lock());
-        SlabSource::before_fork();
-    }
-
-    /// Releases what [`before_fork`](ThreadHeaps::before_fork) took, in the parent.
-    ///
-    /// # Safety
-    ///
-    /// Called once after each `before_fork`, on the thread that called it.
-    pub unsafe fn after_fork_parent(&self) {
-        SlabSource::after_fork();
-        // SAFETY: `before_fork` took the lock and forgot its guard; it is ours.
-        unsafe { self.large.force_unlock() };
-        self.pool.unlock();
-    }
-
-    /// Releases what [`before_fork`](ThreadHeaps::before_fork) took, in the child, and
-    /// orphans the heaps of every thread that did not survive the fork: one of them may
-    /// have been in the middle of a slab operation, so its heap is never used again in the
-    /// child (frees of its blocks go to its remote stack and stay there; the child only
-    /// loses that memory, never its consistency). Pooled heaps stay adoptable.
-    ///
-    /// # Safety
-    ///
-    /// Called once in the child of a `fork` made after `before_fork`, before anything else
-    /// allocates there.
-    pub unsafe fn after_fork_child(&self) {
-        SlabSource::after_fork();
-        // SAFETY: as in the parent: the copy of the lock is held by this thread.
-        unsafe { self.large.force_unlock() };
-        let current = self.current().unwrap_or(EXITED);
-        let mut heap = self.all.load(Ordering::Acquire);
-        while !heap.is_null() {
-            // SAFETY: registered heaps live forever; the threads that used these heaps no
-            // longer exist in this process. With `thread` 0 and not `abandoned`, a heap is
-            // neither found through the cache nor adopted.
-            unsafe {
-                if heap.cast() != current && !(*heap).abandoned.get() {
-                    (*heap).thread.store(0, Ordering::Relaxed);
-                }
-                heap = (*heap).all_next;
-            }
-        }
-        self.pool.unlock();
     }
 }
 
-/// The pthread key's destructor: hands the exiting thread's heap back.
-extern "C" fn thread_exit<Large: Measured + Send>(heap: *mut libc::c_void) {
-    let heap = heap.cast::<Heap<Large>>();
-    // SAFETY: the key's values are heaps of this type, whose `home` lives forever (it is
-    // the allocator, a `static` in practice, and heaps refer to it only while it is in use).
-    let home = unsafe { &*(*heap).home };
-    home.abandon(heap);
+impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
+    /// Releases the registry, with its heaps, for the next instance to claim; `Large` is
+    /// dropped after this, as a field.
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry_if_any() {
+            registry.release();
+        }
+    }
 }
 
 // SAFETY: small blocks come from this thread's `Slab` (a layer keeping the contract) and

@@ -168,11 +168,12 @@ impl Range {
                         *self.base_ptr.get() = map.add(skip);
                         *self.clean_list.get() = list.cast();
                     }
-                    self.len.store(len - skip, Ordering::Relaxed);
                     // Under Miri the range is mapped readable and writable whole.
                     let committed = if cfg!(miri) { len - skip } else { 0 };
                     self.committed.store(committed, Ordering::Relaxed);
                     self.base.store(map.addr() + skip, Ordering::Release);
+                    // The length last: `contains` reads it first (see there).
+                    self.len.store(len - skip, Ordering::Release);
                     return;
                 }
                 // SAFETY: the map was made just above and nothing uses it.
@@ -181,6 +182,39 @@ impl Range {
             len /= 2;
         }
         self.base.store(FAILED, Ordering::Release);
+    }
+
+    /// Whether `addr` lies in the range (false while it is not reserved).
+    ///
+    /// No lock, and it may run while another thread reserves the range: `reserve` stores
+    /// `base` and then `len` (Release), and this loads `len` first (Acquire). A length of
+    /// 0 (not reserved yet, or the reservation failed) contains nothing, whatever `base`
+    /// is; a length seen set was stored after `base`, so the `base` loaded after it is the
+    /// range's (it is written once). Loaded the other way round, `base` could still be 0
+    /// with the length already set, and every address below the length would be "in".
+    #[inline(always)]
+    fn contains(&self, addr: usize) -> bool {
+        let len = self.len.load(Ordering::Acquire);
+        let base = self.base.load(Ordering::Relaxed);
+        addr.wrapping_sub(base) < len
+    }
+
+    /// Gives the range's address space back (most of it: the few bytes skipped for
+    /// alignment stay mapped), for tests that reserve ranges of their own again and again.
+    #[cfg(all(test, not(miri)))]
+    fn unreserve(&self) {
+        let base = self.base.load(Ordering::Acquire);
+        if base <= FAILED {
+            return;
+        }
+        let len = self.len.load(Ordering::Relaxed);
+        let list_len = (len / GRANULE * size_of::<u32>()).next_multiple_of(4096);
+        // SAFETY: the range and its side array were mapped by `reserve`, and the test that
+        // calls this uses neither again.
+        unsafe {
+            libc::munmap(*self.base_ptr.get() as *mut libc::c_void, len);
+            libc::munmap(*self.clean_list.get() as *mut libc::c_void, list_len);
+        }
     }
 
     /// Makes the range readable and writable up to at least `end` (`held` is ours).
@@ -368,9 +402,7 @@ impl<R: ReserveRange> Reserve<R> {
     /// Whether `ptr` lies in the reserved range: two loads and one compare.
     #[inline(always)]
     pub fn contains(&self, ptr: *const u8) -> bool {
-        let range = Self::range();
-        let base = range.base.load(Ordering::Relaxed);
-        ptr.addr().wrapping_sub(base) < range.len.load(Ordering::Relaxed)
+        Self::range().contains(ptr.addr())
     }
 
     /// Gives the pages of free granules unused for two ticks back to the OS, when a tick
@@ -783,5 +815,43 @@ mod tests {
             reserve.decay();
         }
         assert!(start.elapsed() >= std::time::Duration::from_millis(DECAY_MS));
+    }
+
+    /// While one thread reserves a range, another asks whether an address far below it
+    /// lies in it: the answer must be no at every moment (it was yes for a moment, with
+    /// the length published before the base, and a block of another layer at a low address
+    /// was then taken for one of the range's). Many fresh ranges, to meet that moment.
+    #[test]
+    fn contains_is_false_for_outside_addresses_during_the_first_reservation() {
+        let rounds = if cfg!(miri) { 1 } else { 1000 };
+        for _ in 0..rounds {
+            let range = alloc::boxed::Box::new(Range::new());
+            let range = &*range;
+            let go = std::sync::Barrier::new(2);
+            let wrong = std::thread::scope(|s| {
+                let asker = s.spawn(|| {
+                    go.wait();
+                    let mut wrong = 0usize;
+                    // Until the range is there, then a little longer.
+                    let mut after = 0;
+                    while after < 100 {
+                        if range.contains(GRANULE) {
+                            wrong += 1;
+                        }
+                        if range.len.load(Ordering::Acquire) != 0 {
+                            after += 1;
+                        }
+                        core::hint::spin_loop();
+                    }
+                    wrong
+                });
+                go.wait();
+                assert!(range.base().is_some(), "the range was reserved");
+                asker.join().unwrap()
+            });
+            assert_eq!(wrong, 0, "an address below the range was said to be in it");
+            #[cfg(not(miri))]
+            range.unreserve();
+        }
     }
 }

@@ -110,7 +110,7 @@ fn realloc_keeps_contents_across_every_path() {
 fn blocks_grown_by_realloc_move_to_the_large_layer() {
     static HEAP: General = general();
     HEAP.set_counting(true);
-    let in_large = |p: *mut u8| HEAP.large().lock().owns(NonNull::new(p).unwrap());
+    let in_large = |p: *mut u8| HEAP.with_large(|large| large.owns(NonNull::new(p).unwrap()));
     let fresh = HEAP.malloc(300);
     assert!(!in_large(fresh), "a fresh 300-byte block is a slab block");
     let mut p = HEAP.malloc(100);
@@ -449,6 +449,28 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
     );
 }
 
+/// A thread that finds the heap of an exited thread in its slot of the heap cache (the
+/// next thread often gets the exited one's thread pointer, as glibc reuses its stack)
+/// reads that heap's `thread` field: the heap's initialising writes must happen before
+/// that read with nothing but the cache between the two threads (the first one is not
+/// joined; the second waits for it by the clock alone). ThreadSanitizer checks it: with
+/// the cache stored and loaded Relaxed it reported a data race here.
+#[test]
+fn a_thread_finds_an_exited_thread_s_heap_in_the_cache_initialised() {
+    static HEAP: General = general();
+    fn allocate() {
+        let p = HEAP.malloc(32);
+        fill(p, 32, 9);
+        // SAFETY: live, freed once.
+        unsafe { HEAP.free(p) };
+    }
+    for _ in 0..if cfg!(miri) { 2 } else { 8 } {
+        drop(std::thread::spawn(allocate));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::spawn(allocate).join().unwrap();
+    }
+}
+
 #[test]
 fn the_summary_counts_live_blocks_by_size() {
     static HEAP: General = general();
@@ -505,4 +527,257 @@ fn a_double_free_aborts_with_a_message() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("put twice"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Instances that are not `static`s, and `fork`
+// ---------------------------------------------------------------------------------------
+
+/// Runs `run`, a scenario whose failure is a crash or a hang: under Miri in this process
+/// (Miri cannot start processes, and reports the undefined behaviour itself), else in a
+/// child process (this test binary again, for `test` alone) that must succeed within 30 s.
+/// (Under ThreadSanitizer the child runs instrumented too.)
+fn in_child(test: &str, scenario: &str, run: impl FnOnce()) {
+    if cfg!(miri) || crate::child_scenario().as_deref() == Some(scenario) {
+        run();
+        return;
+    }
+    let mut child = crate::spawn_child(test, scenario);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            assert!(status.success(), "{scenario}: the child failed: {status}");
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{scenario}: the child hung (killed after 30 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Memory kept for the life of the process (reachable from here, so not a leak to Miri).
+static KEPT: Mutex<Vec<Box<dyn Send>>> = Mutex::new(Vec::new());
+
+/// Allocates a block of `len` bytes filled with 0xFF through the test binary's allocator
+/// and keeps it for good: it likely takes the place of a block of that size just freed,
+/// so that whatever still reads the freed block reads garbage instead of its old bytes.
+fn scribble(len: usize) {
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(vec![0xFFu8; len]));
+}
+
+/// Small blocks through both entry points (`GlobalAlloc::alloc` and `malloc`), checked and
+/// freed: the calling thread takes a heap of `heap`.
+fn use_small_blocks(heap: &General, rounds: usize) {
+    use std::alloc::{GlobalAlloc, Layout};
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    let mut blocks = Vec::new();
+    for i in 0..rounds {
+        // SAFETY: a layout of non-zero size.
+        let a = unsafe { heap.alloc(layout) };
+        let b = heap.malloc(100);
+        assert!(!a.is_null() && !b.is_null());
+        fill(a, 48, i as u8);
+        fill(b, 100, !(i as u8));
+        blocks.push((a, b, i as u8));
+    }
+    for (a, b, byte) in blocks {
+        assert!(holds(a, 48, byte) && holds(b, 100, !byte));
+        // SAFETY: live blocks of `heap`, each freed once.
+        unsafe {
+            heap.dealloc(a, layout);
+            heap.free(b);
+        }
+    }
+}
+
+/// A `General` made, used for small blocks and dropped inside a thread that then exits,
+/// and the same on a few more threads after it: the thread-exit hand-back of each thread's
+/// heap must not reach the dropped instance (it hung, or read freed memory under Miri).
+/// The registry a dropped instance leaves behind, with its heaps, goes to the next
+/// instance made, so the rounds after the first take no new memory.
+#[test]
+fn an_instance_dropped_inside_a_thread_leaves_its_heaps_sound() {
+    in_child(
+        "thread_heaps::an_instance_dropped_inside_a_thread_leaves_its_heaps_sound",
+        "dropped instance",
+        || {
+            let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+            let rounds = if cfg!(miri) { 3 } else { 6 };
+            let mut reserved = Vec::new();
+            for _ in 0..rounds {
+                let (heaps, used) = std::thread::spawn(|| {
+                    let heap = Box::new(general());
+                    use_small_blocks(&heap, if cfg!(miri) { 20 } else { 500 });
+                    let figures = (heap.heaps(), heap.summary().reserved_bytes);
+                    drop(heap);
+                    scribble(size_of::<General>());
+                    figures
+                })
+                .join()
+                .unwrap();
+                assert_eq!(
+                    heaps, 1,
+                    "one heap: made, or adopted from the thread before"
+                );
+                reserved.push(used);
+            }
+            if crate::child_scenario().is_some() {
+                // Alone in its process: every round after the first claimed the registry
+                // the one before released, adopted its heap and took no new slab space.
+                assert!(
+                    reserved.windows(2).all(|w| w[0] == w[1]),
+                    "slab space used by round: {reserved:?}"
+                );
+            }
+        },
+    );
+}
+
+/// An instance moved (here out of one box into another) after threads took heaps from
+/// it: the heaps must not refer to where it was (the first thread's exit hung, or read
+/// freed memory under Miri), and the moved instance serves threads that come and go.
+#[test]
+fn an_instance_moved_after_its_first_allocation_stays_sound() {
+    in_child(
+        "thread_heaps::an_instance_moved_after_its_first_allocation_stays_sound",
+        "moved instance",
+        || {
+            std::thread::spawn(|| {
+                let first = Box::new(general());
+                let kept = first.malloc(64);
+                fill(kept, 64, 0x3c);
+                use_small_blocks(&first, 10);
+                let moved = rebox(first);
+                scribble(size_of::<General>());
+                assert!(holds(kept, 64, 0x3c));
+                for _ in 0..3 {
+                    std::thread::scope(|s| {
+                        s.spawn(|| use_small_blocks(&moved, 10));
+                    });
+                }
+                use_small_blocks(&moved, 10);
+                // SAFETY: a live block of the instance, which moved with it; freed once.
+                unsafe { moved.free(kept) };
+                KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(moved);
+            })
+            .join()
+            .unwrap();
+        },
+    );
+}
+
+/// Moves an instance into a new box and frees the old one.
+fn rebox(heap: Box<General>) -> Box<General> {
+    Box::new(*heap)
+}
+
+/// Waits up to 30 s for the forked child `pid` to exit with status 0; kills it if not.
+fn wait_for_forked(pid: libc::pid_t) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid place for its status.
+        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(done >= 0, "waitpid failed");
+        if done == pid {
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the forked child failed: status {status:#x}"
+            );
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            // SAFETY: a signal to our own child, then reaping it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("the forked child hung (killed after 30 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Forks; the child allocates and frees a small and a large block of `heap`, touching
+/// nothing else (a child of a multi-threaded process), and exits with 0 when both came.
+fn fork_and_allocate(heap: &'static General) -> libc::pid_t {
+    // SAFETY: the child calls only the allocator under test (which allocates nothing
+    // through the global allocator) and `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let small = heap.malloc(64);
+        let large = heap.malloc(100_000);
+        let ok = !small.is_null() && !large.is_null();
+        // SAFETY: live blocks (or null), each freed once; `_exit` ends the child.
+        unsafe {
+            heap.free(small);
+            heap.free(large);
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+    }
+    pid
+}
+
+/// A fork while another thread holds the large layer's lock: the fork waits for it (the
+/// fork handlers take every lock of the thread heaps first), so the child finds it free.
+/// (Without handlers the child spun forever on the copy of the held lock.)
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot fork")]
+fn a_fork_while_another_thread_holds_the_large_layer_leaves_the_child_working() {
+    static HEAP: General = general();
+    let p = HEAP.malloc(100_000);
+    // SAFETY: live, freed once.
+    unsafe { HEAP.free(p) };
+    let (locked, is_locked) = mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        HEAP.with_large(|_| {
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+    });
+    is_locked.recv().unwrap();
+    let pid = fork_and_allocate(&HEAP);
+    holder.join().unwrap();
+    wait_for_forked(pid);
+}
+
+/// Forks while other threads allocate and free small and large blocks as fast as they
+/// can: every child must be able to allocate.
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot fork")]
+fn forks_while_threads_allocate_leave_every_child_working() {
+    static HEAP: General = general();
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    let size = if i.is_multiple_of(8) {
+                        20_000 + t
+                    } else {
+                        16 + i % 1000
+                    };
+                    let p = HEAP.malloc(size);
+                    fill(p, size.min(64), 1);
+                    // SAFETY: live, freed once.
+                    unsafe { HEAP.free(p) };
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        wait_for_forked(fork_and_allocate(&HEAP));
+    }
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.join().unwrap();
+    }
 }

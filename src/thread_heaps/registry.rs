@@ -1,0 +1,633 @@
+//! The thread heaps and their registries: everything of a [`ThreadHeaps`](super::ThreadHeaps)
+//! that must outlive the instance (which may move, or be dropped while threads still hold
+//! its heaps), and the process-wide `fork` handlers. Entry points: [`Registry::claim`],
+//! [`Registry::attach`], `thread_exit` (a pthread key's destructor) and the fork handlers.
+//!
+//! Invariants:
+//! - a registry lives for the process, in a granule of the slab reserve that is never
+//!   given back (or it is the static `FALLBACK`), and is on the process's list
+//!   (`REGISTRIES`) from the moment it is published; at most one instance uses it at a time
+//!   (`claimed`), but the fallback, which has no heaps, is shared;
+//! - every heap is on its registry's list (`all`) for the life of the process, and belongs
+//!   to that registry for good (a heap's memory is never given back, so a slab's owner tag
+//!   always names a live heap, and a heap always names a live registry);
+//! - a heap is used by at most one thread at a time: the thread whose thread pointer is in
+//!   its `thread` field (and whose `CURRENT`, or key value, names it), or none while it
+//!   sits in its registry's pool of abandoned heaps (then under the pool lock);
+//! - a small block lives in a slab of the heap its tag names; only that heap's thread puts
+//!   it on a slab free list; other threads push it on the heap's `remote` stack, which the
+//!   owner drains.
+//!
+//! Publication (what makes another thread's reads of these fields race-free): a registry
+//! is written before it is pushed on `REGISTRIES` (a Release store, read Acquire) and
+//! before an instance publishes it (a Release compare-and-swap, read Acquire); a heap is
+//! written before it is pushed on `all` (Release, read Acquire) and before the instance's
+//! heap cache holds it (Release, read Acquire); it passes between threads through the pool
+//! lock; blocks on a remote stack are written before the Release compare-and-swap that
+//! pushes them and read after the Acquire swap that takes the stack. The `thread` field is
+//! compared by other threads only with their own thread pointer, which only they write.
+
+use core::alloc::Layout;
+use core::cell::{Cell, UnsafeCell};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use super::{HeapSlab, SLAB_BYTES, SlabSource};
+use crate::Layer;
+use crate::layers::Slab;
+use crate::spin::SpinLock;
+
+// ---------------------------------------------------------------------------------------
+// The thread pointer and the thread's heap
+// ---------------------------------------------------------------------------------------
+
+/// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
+/// allocations on the thread (other destructors) go to the shared `Large` layer.
+pub(super) const EXITED: *mut u8 = ptr::without_provenance_mut(1);
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// This thread's heap (one per thread, whatever registry it belongs to), null before
+    /// the first small allocation, `EXITED` after thread exit. Without std there are no
+    /// thread-locals on stable Rust, and each registry's pthread key holds the thread's
+    /// heap instead (see [`Registry::current`]).
+    static CURRENT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// This thread's thread pointer: a word unique to each live thread, read in one
+/// instruction where the platform has a register for it.
+#[inline(always)]
+pub(super) fn thread_pointer() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    {
+        let tp: usize;
+        // SAFETY: on x86-64 Linux, `fs:0` holds the thread control block's own address
+        // (the TLS ABI's self pointer); reading it touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "mov {}, qword ptr fs:[0]",
+                out(reg) tp,
+                options(nostack, readonly, preserves_flags, pure)
+            )
+        };
+        tp
+    }
+    #[cfg(all(target_arch = "aarch64", target_os = "linux", not(miri)))]
+    {
+        let tp: usize;
+        // SAFETY: `tpidr_el0` is the thread pointer register; reading it has no effect.
+        unsafe {
+            core::arch::asm!(
+                "mrs {}, tpidr_el0",
+                out(reg) tp,
+                options(nostack, nomem, preserves_flags, pure)
+            )
+        };
+        tp
+    }
+    #[cfg(not(all(
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        target_os = "linux",
+        not(miri)
+    )))]
+    {
+        // The address of a thread-local: unique per live thread, if slower to get.
+        #[cfg(feature = "std")]
+        return CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0);
+        // `pthread_self`, which is unique per live thread too (plus one: Miri numbers the
+        // main thread 0, and 0 means "no thread" here).
+        #[cfg(not(feature = "std"))]
+        // SAFETY: `pthread_self` only reads the calling thread's identifier.
+        return (unsafe { libc::pthread_self() } as usize).wrapping_add(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Heaps
+// ---------------------------------------------------------------------------------------
+
+/// A block on a heap's remote stack: the link, written into the freed block.
+struct RemoteBlock {
+    next: *mut RemoteBlock,
+}
+
+/// An atomic on a cache line of its own, so that other threads pushing frees do not slow
+/// the owner's slab work next to it.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// One thread's heap.
+pub(super) struct Heap {
+    /// The heap's slabs: used by its thread alone (or, while it is pooled, under the pool
+    /// lock), while other threads hold `&Heap` to reach `remote` and `thread`.
+    slab: UnsafeCell<HeapSlab>,
+    /// The thread pointer of the thread using the heap, 0 while none does. Written only by
+    /// that thread (when it takes or hands back the heap) or, after a fork, by the one
+    /// thread left; so a thread that reads its own pointer here owns the heap.
+    pub(super) thread: AtomicUsize,
+    /// The registry it belongs to, for good.
+    registry: *const Registry,
+    /// Blocks of this heap freed by other threads.
+    remote: Padded<AtomicPtr<RemoteBlock>>,
+    /// The registry link (every heap, forever).
+    all_next: *mut Heap,
+    /// The pool link (abandoned heaps), under the pool lock.
+    pool_next: Cell<*mut Heap>,
+    /// Whether the heap is in the pool, under the pool lock.
+    abandoned: Cell<bool>,
+}
+
+impl Heap {
+    /// Whether the heap belongs to `registry`.
+    pub(super) fn is_in(&self, registry: &Registry) -> bool {
+        ptr::eq(self.registry, registry)
+    }
+
+    /// The heap's slab layer, mutably.
+    ///
+    /// # Safety
+    ///
+    /// The heap is this thread's (its `thread` is this thread's pointer), or it is pooled
+    /// and the caller holds its registry's pool lock; no other reference to its slab is
+    /// live.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(super) unsafe fn slab(&self) -> &mut HeapSlab {
+        // SAFETY: the caller's duty makes this the only access to the slab; the cast goes
+        // through the heap's own cell.
+        unsafe { &mut *self.slab.get() }
+    }
+
+    /// Takes the heap's remote stack and puts every block on it back in its slab.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slab`](Heap::slab).
+    #[cold]
+    pub(super) unsafe fn drain(&self) {
+        let mut block = self.remote.0.swap(ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: the heap is ours (the caller's duty); each block on the stack is a live
+        // block of one of its slabs, given up by the thread that pushed it (its link is the
+        // only thing in it), written before the push that the swap's Acquire pairs with.
+        unsafe {
+            let slab = self.slab();
+            while let Some(b) = NonNull::new(block) {
+                block = (*block).next;
+                slab.put_unsized(b.cast());
+            }
+        }
+    }
+
+    /// Whether other threads freed blocks of this heap since its last drain (a hint).
+    #[inline]
+    pub(super) fn has_remote_frees(&self) -> bool {
+        !self.remote.0.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Gives a block to this heap, which is not the calling thread's: on its remote stack,
+    /// or, when the heap sits in the pool with no thread to take the stack back, straight
+    /// into its slab under the pool lock (which adoption takes too), so that memory freed
+    /// into the heaps of exited threads is reused and given back, not stranded.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of one of this heap's slabs, given up by the caller.
+    pub(super) unsafe fn push_remote(&self, ptr: NonNull<u8>) {
+        if self.thread.load(Ordering::Relaxed) == 0 {
+            // SAFETY: a heap's registry lives for the process.
+            let pool = unsafe { &(*self.registry).pool };
+            pool.lock();
+            if self.abandoned.get() {
+                // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so; the
+                // block is one of its slab blocks, given up by the caller.
+                unsafe {
+                    self.drain();
+                    self.slab().put_unsized(ptr);
+                }
+                pool.unlock();
+                return;
+            }
+            pool.unlock();
+        }
+        let block = ptr.as_ptr().cast::<RemoteBlock>();
+        let mut head = self.remote.0.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is given up by the caller: its first word is ours to use.
+            unsafe { block.write(RemoteBlock { next: head }) };
+            match self.remote.0.compare_exchange_weak(
+                head,
+                block,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+}
+
+/// A list head behind a spin lock.
+struct SpinList<T> {
+    held: SpinLock,
+    head: Cell<*mut T>,
+}
+
+impl<T> SpinList<T> {
+    const fn new() -> Self {
+        SpinList {
+            held: SpinLock::new(),
+            head: Cell::new(ptr::null_mut()),
+        }
+    }
+
+    fn lock(&self) {
+        self.held.lock();
+    }
+
+    fn unlock(&self) {
+        self.held.unlock();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Registries
+// ---------------------------------------------------------------------------------------
+
+/// What the heaps of one `ThreadHeaps` share, and the lock of its `Large` layer: the
+/// instance holds only a pointer to it, so that the instance can move and be dropped while
+/// the heaps, their thread-exit hand-back and the fork handlers keep working.
+pub(super) struct Registry {
+    /// The lock of the instance's `Large` layer: here, where the fork handlers find it.
+    pub(super) large: SpinLock,
+    /// Every heap made, newest first.
+    all: AtomicPtr<Heap>,
+    /// Abandoned heaps, ready for adoption.
+    pool: SpinList<Heap>,
+    /// The pthread key whose destructor hands a heap back, plus one; 0 for none (the
+    /// fallback), in which case the registry has no heaps.
+    key: usize,
+    /// Whether an instance uses the registry.
+    claimed: AtomicBool,
+    /// The next registry on `REGISTRIES` (set before the registry is published there).
+    next: *const Registry,
+}
+
+// SAFETY: the cells are the pool's, read and written under the pool lock; `key` and `next`
+// are written before the registry is published and only read afterwards; the rest is
+// atomic.
+unsafe impl Sync for Registry {}
+
+/// Every registry made, newest first: pushed under `PUSHING`, read without it.
+static REGISTRIES: AtomicPtr<Registry> = AtomicPtr::new(ptr::null_mut());
+
+/// Taken to push a registry on `REGISTRIES`, and held by the fork handlers across a fork,
+/// so that no registry appears (with a lock someone holds) while they take every lock.
+static PUSHING: SpinLock = SpinLock::new();
+
+/// The registry of instances that could not have one of their own (no reserve, or no
+/// pthread key left): no heaps, so everything goes to `Large`. Shared, which is sound:
+/// with no heaps it holds nothing but the lock that the `Large` layers of those instances
+/// then take turns on.
+static FALLBACK: Registry = Registry {
+    large: SpinLock::new(),
+    all: AtomicPtr::new(ptr::null_mut()),
+    pool: SpinList::new(),
+    key: 0,
+    claimed: AtomicBool::new(true),
+    next: ptr::null(),
+};
+
+impl Registry {
+    /// A registry for an instance: a released one (with the heaps it kept), or a new one,
+    /// or the fallback.
+    #[cold]
+    pub(super) fn claim() -> &'static Registry {
+        register_fork_handlers();
+        let mut registry = REGISTRIES.load(Ordering::Acquire);
+        // SAFETY: published registries live for the process.
+        while let Some(r) = unsafe { registry.as_ref() } {
+            if r.claimed
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return r;
+            }
+            registry = r.next.cast_mut();
+        }
+        Registry::make().unwrap_or(&FALLBACK)
+    }
+
+    /// A new registry, claimed, in a granule of its own from the slab reserve (never given
+    /// back), published on `REGISTRIES`.
+    fn make() -> Option<&'static Registry> {
+        let layout = Layout::new::<Registry>();
+        let memory = SlabSource::handle().get(layout)?;
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid place for the key; the destructor is an `extern "C"`
+        // function that takes the values stored under it (heaps).
+        if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
+            // SAFETY: the block was got just above with `layout`, and is unused.
+            unsafe { SlabSource::handle().put(memory, layout) };
+            return None;
+        }
+        let registry = memory.as_ptr().cast::<Registry>();
+        PUSHING.lock();
+        // SAFETY: a fresh block that fits a `Registry`, not yet published: ours alone.
+        unsafe {
+            registry.write(Registry {
+                large: SpinLock::new(),
+                all: AtomicPtr::new(ptr::null_mut()),
+                pool: SpinList::new(),
+                key: key as usize + 1,
+                claimed: AtomicBool::new(true),
+                next: REGISTRIES.load(Ordering::Relaxed),
+            });
+        }
+        REGISTRIES.store(registry, Ordering::Release);
+        PUSHING.unlock();
+        // SAFETY: written above; registries live for the process.
+        Some(unsafe { &*registry })
+    }
+
+    /// Gives the registry up, heaps and all, for the next instance to claim (the fallback
+    /// stays shared).
+    pub(super) fn release(&self) {
+        if !ptr::eq(self, &FALLBACK) {
+            self.claimed.store(false, Ordering::Release);
+        }
+    }
+
+    /// Heaps made so far (in use and abandoned).
+    pub(super) fn heaps(&self) -> usize {
+        let mut count = 0;
+        let mut heap = self.all.load(Ordering::Acquire);
+        while !heap.is_null() {
+            count += 1;
+            // SAFETY: registered heaps live forever; `all_next` is set before publication.
+            heap = unsafe { (*heap).all_next };
+        }
+        count
+    }
+
+    /// Abandoned heaps waiting for a thread.
+    pub(super) fn pooled_heaps(&self) -> usize {
+        self.pool.lock();
+        let mut count = 0;
+        let mut heap = self.pool.head.get();
+        while !heap.is_null() {
+            count += 1;
+            // SAFETY: pooled heaps are live; their links are read under the pool lock.
+            heap = unsafe { (*heap).pool_next.get() };
+        }
+        self.pool.unlock();
+        count
+    }
+
+    /// Bytes of slabs held by the heaps in the pool.
+    pub(super) fn pooled_slab_bytes(&self) -> usize {
+        self.pool.lock();
+        let mut bytes = 0;
+        let mut heap = self.pool.head.get();
+        while !heap.is_null() {
+            // SAFETY: pooled heaps are live and no thread's; the pool lock keeps them so.
+            unsafe {
+                bytes += (*heap).slab().slabs() * SLAB_BYTES;
+                heap = (*heap).pool_next.get();
+            }
+        }
+        self.pool.unlock();
+        bytes
+    }
+
+    /// The pthread key, if the registry has one.
+    fn key(&self) -> Option<libc::pthread_key_t> {
+        (self.key != 0).then(|| (self.key - 1) as libc::pthread_key_t)
+    }
+
+    /// This thread's heap, type-erased: null before the thread's first small allocation,
+    /// `EXITED` after its heap was handed back; `None` while the thread-local is being
+    /// destroyed. The heap may belong to another registry.
+    ///
+    /// Without std it is this registry's pthread key, whose value the thread's heap is
+    /// anyway. There a thread keeps a heap per registry, and at thread exit glibc clears a
+    /// key before calling its destructor, so allocations from destructors that run later
+    /// get a heap (pooled again by the key's next round of destructors) instead of going
+    /// to `Large`; one made after the last round (glibc makes four) is never pooled.
+    #[inline]
+    pub(super) fn current(&self) -> Option<*mut u8> {
+        #[cfg(feature = "std")]
+        {
+            CURRENT.try_with(Cell::get).ok()
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            match self.key() {
+                None => Some(ptr::null_mut()),
+                // SAFETY: a key we made; reading a key's value has no other effect.
+                Some(key) => Some(unsafe { libc::pthread_getspecific(key) }.cast()),
+            }
+        }
+    }
+
+    /// Gives this thread a heap of this registry: an abandoned one, or a new one; `None`
+    /// when the registry has no key or no heap can be made.
+    #[cold]
+    pub(super) fn attach(&'static self) -> Option<&'static Heap> {
+        let key = self.key()?;
+        self.pool.lock();
+        let adopted = self.pool.head.get();
+        if !adopted.is_null() {
+            // SAFETY: pooled heaps are live; their links change under the pool lock.
+            unsafe {
+                self.pool.head.set((*adopted).pool_next.get());
+                (*adopted).pool_next.set(ptr::null_mut());
+                (*adopted).abandoned.set(false);
+            }
+        }
+        self.pool.unlock();
+        let heap = if adopted.is_null() {
+            self.make_heap()?
+        } else {
+            adopted
+        };
+        #[cfg(feature = "std")]
+        CURRENT.try_with(|c| c.set(heap.cast())).ok()?;
+        // SAFETY: the heap is live, and ours from here on.
+        unsafe { (*heap).thread.store(thread_pointer(), Ordering::Relaxed) };
+        // SAFETY: `key` is a key we made; the value is only read back by its destructor.
+        unsafe { libc::pthread_setspecific(key, heap.cast()) };
+        // SAFETY: heaps live for the process; this one is now this thread's.
+        Some(unsafe { &*heap })
+    }
+
+    /// A fresh heap, in granules of its own from the reserve (never given back, and never
+    /// counted as a block), registered for good.
+    fn make_heap(&'static self) -> Option<*mut Heap> {
+        let layout = Layout::new::<Heap>();
+        let memory = SlabSource::handle().get(layout)?;
+        let heap = memory.as_ptr().cast::<Heap>();
+        let mut slab = Slab::new(SlabSource::handle());
+        slab.set_tag(heap.cast());
+        // SAFETY: a fresh block that fits a `Heap`.
+        unsafe {
+            heap.write(Heap {
+                slab: UnsafeCell::new(slab),
+                registry: self,
+                remote: Padded(AtomicPtr::new(ptr::null_mut())),
+                thread: AtomicUsize::new(0),
+                all_next: ptr::null_mut(),
+                pool_next: Cell::new(ptr::null_mut()),
+                abandoned: Cell::new(false),
+            });
+        }
+        let mut head = self.all.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: not yet published: ours alone.
+            unsafe { (*heap).all_next = head };
+            match self
+                .all
+                .compare_exchange_weak(head, heap, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(heap),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Hands this thread's heap back to the pool (thread exit).
+    fn abandon(&self, heap: &Heap) {
+        #[cfg(feature = "std")]
+        let _ = CURRENT.try_with(|c| c.set(EXITED));
+        heap.thread.store(0, Ordering::Relaxed);
+        // SAFETY: the heap was this thread's until just now, and no other thread takes it
+        // before it is in the pool.
+        unsafe { heap.drain() };
+        self.pool.lock();
+        heap.abandoned.set(true);
+        heap.pool_next.set(self.pool.head.get());
+        self.pool.head.set(ptr::from_ref(heap).cast_mut());
+        self.pool.unlock();
+    }
+
+    /// Every registry of the process, the fallback included.
+    fn for_each(mut f: impl FnMut(&'static Registry)) {
+        f(&FALLBACK);
+        let mut registry = REGISTRIES.load(Ordering::Acquire);
+        // SAFETY: published registries live for the process; `next` is set before.
+        while let Some(r) = unsafe { registry.as_ref() } {
+            f(r);
+            registry = r.next.cast_mut();
+        }
+    }
+}
+
+/// The pthread keys' destructor: hands the exiting thread's heap back to its registry.
+/// It touches the heap and the registry only, which live for the process.
+extern "C" fn thread_exit(heap: *mut libc::c_void) {
+    // SAFETY: the keys' values are heaps (set in `attach`), which live for the process and
+    // name their registry, which does too.
+    let heap = unsafe { &*heap.cast::<Heap>() };
+    // SAFETY: as above.
+    let registry = unsafe { &*heap.registry };
+    registry.abandon(heap);
+}
+
+// ---------------------------------------------------------------------------------------
+// Fork
+// ---------------------------------------------------------------------------------------
+
+/// Registers the fork handlers with `pthread_atfork`, once per process, before the first
+/// registry is claimed (so before any of their locks is taken). Other threads claiming a
+/// registry meanwhile wait for the registration to finish; the registering thread itself
+/// passes (it may allocate, and so come back here, inside `pthread_atfork`). A thread that
+/// waits here from inside another library's fork handler would wait for good (the
+/// registering thread needs the C library's fork lock): that takes a fork racing with the
+/// process's very first claim, which for a global allocator comes with its first
+/// allocation, in practice before `main`.
+fn register_fork_handlers() {
+    /// 0: not yet; 1: done; else the thread pointer (at least 2) of the thread registering.
+    static STATE: AtomicUsize = AtomicUsize::new(0);
+    const DONE: usize = 1;
+    if STATE.load(Ordering::Acquire) == DONE {
+        return;
+    }
+    let me = thread_pointer().max(2);
+    match STATE.compare_exchange(0, me, Ordering::Acquire, Ordering::Acquire) {
+        Ok(_) => {
+            // (Miri cannot fork, and has no `pthread_atfork`.)
+            #[cfg(not(miri))]
+            // SAFETY: three `extern "C"` functions that take and give back the locks below.
+            unsafe {
+                libc::pthread_atfork(
+                    Some(before_fork),
+                    Some(after_fork_parent),
+                    Some(after_fork_child),
+                );
+            }
+            STATE.store(DONE, Ordering::Release);
+        }
+        Err(registering) if registering == me => {}
+        Err(_) => {
+            let mut spins = 0u32;
+            while STATE.load(Ordering::Acquire) != DONE {
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(64) {
+                    // SAFETY: `sched_yield` takes nothing and only gives up the CPU.
+                    unsafe { libc::sched_yield() };
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Before `fork`: takes every lock of the thread heaps (no new registry, each registry's
+/// `Large` lock and pool, then the slab reserve's), so that the child gets none of them
+/// held by a thread that will not exist there. A thread that forks while it holds one of
+/// them itself (inside [`with_large`](super::ThreadHeaps::with_large)) deadlocks.
+extern "C" fn before_fork() {
+    PUSHING.lock();
+    Registry::for_each(|r| {
+        r.large.lock();
+        r.pool.lock();
+    });
+    SlabSource::before_fork();
+}
+
+/// After `fork`, in the parent: gives back what [`before_fork`] took.
+extern "C" fn after_fork_parent() {
+    SlabSource::after_fork();
+    Registry::for_each(|r| {
+        r.pool.unlock();
+        r.large.unlock();
+    });
+    PUSHING.unlock();
+}
+
+/// After `fork`, in the child: gives back what [`before_fork`] took, and orphans the
+/// heaps of every thread that did not survive the fork. One of them may have been in the
+/// middle of a slab operation, and a new thread may get its thread pointer (glibc reuses
+/// the control blocks of dead threads), so such a heap is never used again in the child:
+/// with `thread` 0 and not `abandoned`, it is neither found through a cache nor adopted;
+/// frees of its blocks go to its remote stack and stay there (the child loses that memory,
+/// never its consistency). Pooled heaps stay adoptable.
+extern "C" fn after_fork_child() {
+    SlabSource::after_fork();
+    let me = thread_pointer();
+    Registry::for_each(|r| {
+        let mut heap = r.all.load(Ordering::Acquire);
+        // SAFETY: registered heaps live forever; the threads that used the others no
+        // longer exist in this process, which has this one thread.
+        while let Some(h) = unsafe { heap.as_ref() } {
+            let thread = h.thread.load(Ordering::Relaxed);
+            if thread != 0 && thread != me {
+                h.thread.store(0, Ordering::Relaxed);
+            }
+            heap = h.all_next;
+        }
+        r.pool.unlock();
+        r.large.unlock();
+    });
+    PUSHING.unlock();
+}
