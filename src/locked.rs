@@ -237,19 +237,6 @@ impl<L: Layer> Locked<L> {
         })
     }
 
-    /// Releases the lock without a guard: the other half of a guard that was forgotten
-    /// (`mem::forget`) to keep the lock held across `fork`.
-    ///
-    /// # Safety
-    ///
-    /// The lock is held, by a guard that was forgotten on this thread, and nothing uses
-    /// that guard's access afterwards.
-    #[cfg(feature = "os")]
-    pub(crate) unsafe fn force_unlock(&self) {
-        self.holder.store(0, Ordering::Relaxed);
-        self.held.unlock();
-    }
-
     /// Exclusive access under the lock, after the parked frees, for the `Allocator` paths.
     #[inline(always)]
     fn locked_stack<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
