@@ -452,14 +452,26 @@ impl<R: ReserveRange> Reserve<R> {
     }
 
     /// Takes the range's lock, so that a `fork` cannot copy it held by another thread.
-    /// Every call must be followed by one [`after_fork`](Reserve::after_fork), in the
-    /// parent and in the child.
-    pub fn before_fork() {
+    /// (`General` registers this and [`after_fork`](Reserve::after_fork) as fork handlers
+    /// for its own range; a program forking with a reserve of its own does the same.)
+    ///
+    /// # Safety
+    ///
+    /// The call is followed, on the same thread and before anything else uses a reserve of
+    /// this range, by one [`after_fork`](Reserve::after_fork) in the parent and one in the
+    /// child: until then every use of the range waits.
+    pub unsafe fn before_fork() {
         Self::range().lock();
     }
 
     /// Releases the lock [`before_fork`](Reserve::before_fork) took.
-    pub fn after_fork() {
+    ///
+    /// # Safety
+    ///
+    /// The calling thread took the lock with `before_fork` (in this process, or in the
+    /// parent it was forked from) and has not released it since: releasing a lock another
+    /// thread holds would let two threads change the free granules at once.
+    pub unsafe fn after_fork() {
         Self::range().unlock();
     }
 

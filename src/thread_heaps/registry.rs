@@ -592,12 +592,15 @@ extern "C" fn before_fork() {
         r.large.lock();
         r.pool.lock();
     });
-    SlabSource::before_fork();
+    // SAFETY: `after_fork_parent` or `after_fork_child` follows on this thread, as
+    // `pthread_atfork` promises, before anything else runs in either process.
+    unsafe { SlabSource::before_fork() };
 }
 
 /// After `fork`, in the parent: gives back what [`before_fork`] took.
 extern "C" fn after_fork_parent() {
-    SlabSource::after_fork();
+    // SAFETY: `before_fork` took the reserve's lock on this thread.
+    unsafe { SlabSource::after_fork() };
     Registry::for_each(|r| {
         r.pool.unlock();
         r.large.unlock();
@@ -613,7 +616,8 @@ extern "C" fn after_fork_parent() {
 /// frees of its blocks go to its remote stack and stay there (the child loses that memory,
 /// never its consistency). Pooled heaps stay adoptable.
 extern "C" fn after_fork_child() {
-    SlabSource::after_fork();
+    // SAFETY: `before_fork` took the reserve's lock on this thread, in the parent.
+    unsafe { SlabSource::after_fork() };
     let me = thread_pointer();
     Registry::for_each(|r| {
         let mut heap = r.all.load(Ordering::Acquire);
