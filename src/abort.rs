@@ -77,29 +77,54 @@ pub(crate) fn abort_with(message: fmt::Arguments<'_>) -> ! {
     }
 }
 
-/// Runs `f`, a call into layer code made from inside an allocator, and aborts with one
-/// line naming `layer` and `method` if it unwinds: a panic must not leave a global
-/// allocator (that is undefined behaviour), and a stack that panicked half-way through an
-/// operation cannot be trusted with the next one. The panic's own message has been printed
-/// by the panic hook by then. On the normal path the guard costs nothing: it is forgotten.
+/// The layer calls [`no_unwind`] can name, as its `CALL` parameter.
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) mod call {
+    pub(crate) const GET: u8 = 0;
+    pub(crate) const PUT: u8 = 1;
+    pub(crate) const GROW: u8 = 2;
+    pub(crate) const SHRINK: u8 = 3;
+    pub(crate) const WINDOW: u8 = 4;
+    pub(crate) const DEINIT: u8 = 5;
+    pub(crate) const LEAK_REPORT: u8 = 6;
+    pub(crate) const USABLE_SIZE: u8 = 7;
+    pub(crate) const RESIZE: u8 = 8;
+    /// Their names, by number.
+    pub(super) const NAMES: [&str; 9] = [
+        "get",
+        "put",
+        "grow",
+        "shrink",
+        "window",
+        "deinit",
+        "leak_report",
+        "usable_size",
+        "grow, shrink or move",
+    ];
+}
+
+/// Runs `f`, a call into the code of layer `L` made from inside an allocator, and aborts
+/// with one line naming `L` and the call (a [`call`] constant) if it unwinds: a panic must
+/// not leave a global allocator (that is undefined behaviour), and a stack that panicked
+/// half-way through an operation cannot be trusted with the next one. The panic's own
+/// message has been printed by the panic hook by then. The guard is zero-sized and
+/// forgotten on the normal path, so it costs nothing there but the landing pad.
 #[inline(always)]
-pub(crate) fn no_unwind<R>(layer: &'static str, method: &'static str, f: impl FnOnce() -> R) -> R {
+pub(crate) fn no_unwind<L: ?Sized, const CALL: u8, R>(f: impl FnOnce() -> R) -> R {
     /// Aborts when dropped, which only unwinding does.
-    struct Unwinding {
-        layer: &'static str,
-        method: &'static str,
-    }
-    impl Drop for Unwinding {
+    struct Unwinding<L: ?Sized, const CALL: u8>(core::marker::PhantomData<L>);
+    impl<L: ?Sized, const CALL: u8> Drop for Unwinding<L, CALL> {
         #[cold]
         fn drop(&mut self) {
             abort_with(format_args!(
                 "`{}::{}` panicked inside the allocator; a panic cannot unwind out of an \
                  allocator, so the process aborts",
-                self.layer, self.method
+                core::any::type_name::<L>(),
+                call::NAMES.get(usize::from(CALL)).copied().unwrap_or("?")
             ))
         }
     }
-    let guard = Unwinding { layer, method };
+    let guard = Unwinding::<L, CALL>(core::marker::PhantomData);
     let result = f();
     core::mem::forget(guard);
     result

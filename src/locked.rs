@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
-use crate::abort::{abort_with, no_unwind};
+use crate::abort::{abort_with, call, no_unwind};
 use crate::alloc_ops::{allocate, deallocate, resize};
 use crate::spin::SpinLock;
 use crate::{Gauge, Gauges, Layer};
@@ -130,7 +130,7 @@ impl Parked {
         let parked = core::mem::take(&mut self.len);
         for &(block, layout) in &self.blocks[..parked] {
             // SAFETY: the caller's duty; a parked block is never null (it came from `get`).
-            no_unwind(type_name::<L>(), "put", || unsafe {
+            no_unwind::<L, { call::PUT }, _>(|| unsafe {
                 stack.put(NonNull::new_unchecked(block), layout)
             });
         }
@@ -327,7 +327,7 @@ unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
         self.with_parked(|stack, parked| {
             // SAFETY: parked blocks are frees of this stack's blocks.
             unsafe { parked.put_all(stack) };
-            no_unwind(type_name::<L>(), "get", || stack.get(layout))
+            no_unwind::<L, { call::GET }, _>(|| stack.get(layout))
         })
         .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
@@ -337,7 +337,7 @@ unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
         self.with_parked(|stack, parked| {
             // SAFETY: parked blocks are frees of this stack's blocks.
             unsafe { parked.put_all(stack) };
-            no_unwind(type_name::<L>(), "get", || allocate(stack, layout, true))
+            no_unwind::<L, { call::GET }, _>(|| allocate(stack, layout, true))
         })
         .map_or(ptr::null_mut(), |b| b.cast().as_ptr())
     }
@@ -366,19 +366,15 @@ unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
             let in_place = if new_size >= layout.size() {
                 // SAFETY: `block` is live with `layout`; the alignment is kept and the size
                 // does not shrink.
-                no_unwind(type_name::<L>(), "grow", || unsafe {
-                    stack.grow(block, layout, new)
-                })
+                no_unwind::<L, { call::GROW }, _>(|| unsafe { stack.grow(block, layout, new) })
             } else {
                 // SAFETY: as above, and the size does not grow.
-                no_unwind(type_name::<L>(), "shrink", || unsafe {
-                    stack.shrink(block, layout, new)
-                })
+                no_unwind::<L, { call::SHRINK }, _>(|| unsafe { stack.shrink(block, layout, new) })
             };
             if in_place {
                 return ptr;
             }
-            let Some(moved) = no_unwind(type_name::<L>(), "get", || stack.get(new)) else {
+            let Some(moved) = no_unwind::<L, { call::GET }, _>(|| stack.get(new)) else {
                 return ptr::null_mut();
             };
             // SAFETY: both blocks are live and disjoint, the smaller size in bounds of

@@ -301,6 +301,7 @@ pub(crate) fn release(base: *mut u8, len: usize) {
 }
 
 /// The leaf of root slot `root` when it is mapped.
+#[inline(always)]
 fn installed(root: usize) -> Option<LeafPtr> {
     let leaf = root_slot(root).load(Ordering::Acquire);
     (!leaf.is_null()).then_some(LeafPtr(leaf))

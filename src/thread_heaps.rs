@@ -18,7 +18,7 @@ mod registry;
 use registry::{EXITED, Heap, Registry, thread_pointer};
 
 use crate::Layer;
-use crate::abort::no_unwind;
+use crate::abort::{call, no_unwind};
 use crate::layer::Measured;
 use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab, SlabRange};
@@ -213,10 +213,10 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// Runs `f` with exclusive access to `Large`, under its lock, for the allocation paths;
     /// aborts with one line if `f` (a call into the layer) unwinds.
     #[inline]
-    fn locked_large<R>(&self, method: &'static str, f: impl FnOnce(&mut Large) -> R) -> R {
+    fn locked_large<const CALL: u8, R>(&self, f: impl FnOnce(&mut Large) -> R) -> R {
         let registry = self.registry();
         registry.large.lock();
-        let result = no_unwind("ThreadHeaps' Large", method, || {
+        let result = no_unwind::<Large, CALL, _>(|| {
             // SAFETY: the lock makes this the only access to `Large` until it is released
             // below; `f` is one of this file's operations, which end no block but theirs.
             f(unsafe { &mut *self.large.get() })
@@ -407,7 +407,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     fn allocate_large(&self, layout: Layout) -> *mut u8 {
         SlabSource::handle().decay();
         let counting = self.counting.load(Ordering::Relaxed);
-        let block = self.locked_large("get", |large| {
+        let block = self.locked_large::<{ call::GET }, _>(|large| {
             let block = large.get(layout)?;
             if counting {
                 // SAFETY: a live block of `Large`, just got.
@@ -461,7 +461,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     unsafe fn release_large(&self, ptr: NonNull<u8>) {
         let counting = self.counting.load(Ordering::Relaxed);
         // SAFETY: the closure puts only the caller's block, live in `Large`.
-        self.locked_large("put", |large| unsafe {
+        self.locked_large::<{ call::PUT }, _>(|large| unsafe {
             if counting {
                 let size = large.usable_size(ptr);
                 self.count_put(None, size);
@@ -556,7 +556,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             unsafe { HeapSlab::usable_size(ptr) }
         } else {
             // SAFETY: a live block of `Large`.
-            self.locked_large("usable_size", |large| unsafe { large.usable_size(ptr) })
+            self.locked_large::<{ call::USABLE_SIZE }, _>(|large| unsafe { large.usable_size(ptr) })
         }
     }
 
@@ -625,7 +625,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         // SAFETY: the caller's duty: `block` is a live block of `Large`; the closure
         // resizes, or moves and puts, only that block.
         let resized = unsafe {
-            self.locked_large("realloc", |large| {
+            self.locked_large::<{ call::RESIZE }, _>(|large| {
                 let usable = large.usable_size(block);
                 if size <= usable {
                     return if size >= usable / 2 {

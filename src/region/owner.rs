@@ -64,7 +64,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering
 use std::alloc::System;
 
 use crate::Layer;
-use crate::abort::{abort_with, debug_require, no_unwind};
+use crate::abort::{abort_with, call, debug_require, no_unwind};
 use crate::layer::served_size;
 use crate::layers::LeakReport;
 use crate::spin::SpinLock;
@@ -81,6 +81,24 @@ struct Entry {
     layout: Layout,
     /// A piece lent to a pipe, coming back.
     lent: bool,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn freed(block: NonNull<u8>, layout: Layout, lent: bool) -> Entry {
+        Entry {
+            block,
+            layout,
+            lent,
+        }
+    }
+
+    /// What fills the slots of `deferred` that hold no free.
+    const UNUSED: Entry = Entry {
+        block: NonNull::dangling(),
+        layout: Layout::new::<u8>(),
+        lent: false,
+    };
 }
 
 /// Frees waiting under `lock`, in an array from the system allocator, with the region's
@@ -191,20 +209,16 @@ pub(crate) trait Stack {
 impl<L: Layer> Stack for L {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        no_unwind(core::any::type_name::<L>(), "get", || {
-            Layer::get(self, layout)
-        })
+        no_unwind::<L, { call::GET }, _>(|| Layer::get(self, layout))
     }
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: the caller's duties are `Layer::put`'s.
-        no_unwind(core::any::type_name::<L>(), "put", || unsafe {
-            Layer::put(self, ptr, layout)
-        })
+        no_unwind::<L, { call::PUT }, _>(|| unsafe { Layer::put(self, ptr, layout) })
     }
     unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         // SAFETY: the caller's duties are those of the method the sizes select.
-        no_unwind(core::any::type_name::<L>(), "grow/shrink", || unsafe {
+        no_unwind::<L, { call::RESIZE }, _>(|| unsafe {
             if new.size() >= old.size() {
                 Layer::grow(self, ptr, old, new)
             } else {
@@ -214,19 +228,13 @@ impl<L: Layer> Stack for L {
     }
     #[inline(never)]
     fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
-        no_unwind(core::any::type_name::<L>(), "window", || {
-            Layer::window(self, layout)
-        })
+        no_unwind::<L, { call::WINDOW }, _>(|| Layer::window(self, layout))
     }
     fn leak_report(&self) -> Option<LeakReport> {
-        no_unwind(core::any::type_name::<L>(), "leak_report", || {
-            Layer::leak_report(self)
-        })
+        no_unwind::<L, { call::LEAK_REPORT }, _>(|| Layer::leak_report(self))
     }
     fn deinit(&mut self) {
-        no_unwind(core::any::type_name::<L>(), "deinit", || {
-            Layer::deinit(self)
-        })
+        no_unwind::<L, { call::DEINIT }, _>(|| Layer::deinit(self))
     }
 }
 
@@ -277,7 +285,7 @@ pub(crate) struct Owner {
     /// Of the `live` blocks, the pieces lent to pipes.
     lent: Cell<usize>,
     /// Frees made by the owner thread, waiting to be put (owner thread only).
-    deferred: [Cell<Option<Entry>>; DEFERRED],
+    deferred: [Cell<Entry>; DEFERRED],
     deferred_len: Cell<usize>,
     /// The region's place in the creation order.
     seq: u64,
@@ -314,7 +322,7 @@ impl Owner {
             thread,
             stack,
             lent: Cell::new(0),
-            deferred: [const { Cell::new(None) }; DEFERRED],
+            deferred: [const { Cell::new(Entry::UNUSED) }; DEFERRED],
             deferred_len: Cell::new(0),
             seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
             lock: SpinLock::new(),
@@ -600,22 +608,17 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 /// provenance over its whole allocation (the page map's base), and is freed once.
 #[inline(always)]
 pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8>, layout: Layout) {
-    let entry = Entry {
-        block: ptr,
-        layout,
-        lent: false,
-    };
     let owner_ref = checked(owner);
     if !owner_ref.drivable_by(thread) {
         // SAFETY: passed on from the caller.
-        return unsafe { free_queued(owner, entry) };
+        return unsafe { free_queued(owner, Entry::freed(ptr, layout, false)) };
     }
     if owner_ref.carved(layout) {
         // A carved block only counts: its bytes go back with its window.
         owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
     } else {
         // SAFETY: passed on from the caller; the owner thread, active, not busy.
-        unsafe { defer(owner_ref, entry) }
+        unsafe { defer(owner_ref, Entry::freed(ptr, layout, false)) }
     }
 }
 
@@ -630,11 +633,7 @@ pub(crate) unsafe fn take_back_in(
     ptr: NonNull<u8>,
     layout: Layout,
 ) {
-    let entry = Entry {
-        block: ptr,
-        layout,
-        lent: true,
-    };
+    let entry = Entry::freed(ptr, layout, true);
     let owner_ref = checked(owner);
     if !owner_ref.drivable_by(thread) {
         // SAFETY: passed on from the caller.
@@ -662,8 +661,11 @@ unsafe fn defer(owner: &Owner, entry: Entry) {
         unsafe { put_deferred(owner) };
     }
     let len = owner.deferred_len.get();
-    owner.deferred[len].set(Some(entry));
-    owner.deferred_len.set(len + 1);
+    // (`len < DEFERRED` after the flush above; `get` keeps even a broken count in bounds.)
+    if let Some(slot) = owner.deferred.get(len) {
+        slot.set(entry);
+        owner.deferred_len.set(len + 1);
+    }
 }
 
 /// Puts the owner thread's parked frees into the stack.
@@ -679,11 +681,10 @@ unsafe fn put_deferred(owner: &Owner) {
     // freed once.
     unsafe {
         with_stack(owner, |stack| {
-            for slot in &owner.deferred[..count] {
-                if let Some(entry) = slot.take() {
-                    lent += usize::from(entry.lent);
-                    stack.put(entry.block, entry.layout);
-                }
+            for slot in owner.deferred.iter().take(count) {
+                let entry = slot.get();
+                lent += usize::from(entry.lent);
+                stack.put(entry.block, entry.layout);
             }
         })
     };
