@@ -929,7 +929,7 @@ mod tests {
 
     #[test]
     fn blocks_above_4_kib_are_never_cached() {
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 3 << 16];
+        let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(3 << 16);
         let mut buddy = Buddy::<Buffer<'_>, 4, 16>::new(Buffer::new(&mut memory));
         let (big, small) = (layout(8192, 8), layout(4096, 8));
         let a = buddy.get(big).unwrap();

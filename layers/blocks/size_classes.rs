@@ -476,7 +476,6 @@ mod tests {
     use super::*;
     use crate::Gauge;
     use crate::layers::{Buffer, Stats};
-    use core::mem::MaybeUninit;
 
     type Classes<'a> = SizeClasses<Stats<Buffer<'a>>, 8192>;
 
@@ -530,7 +529,7 @@ mod tests {
 
     #[test]
     fn classes_reuse_their_own_blocks() {
-        let mut memory = alloc::vec![MaybeUninit::uninit(); 1 << 16];
+        let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(1 << 16);
         let mut heap: Classes<'_> = SizeClasses::new(Stats::new(Buffer::new(&mut memory)));
         let at = |size, align| Layout::from_size_align(size, align).unwrap();
         let a = heap.get(at(100, 8)).unwrap();

@@ -161,7 +161,6 @@ impl<Small: fmt::Debug, Large: fmt::Debug, const LIMIT: usize> fmt::Debug
 mod tests {
     use super::*;
     use crate::layers::{Bitset, Buffer};
-    use core::mem::MaybeUninit;
 
     /// The small side (a bitmapped arena) could grow a block in place past the limit, and
     /// the large side (a buffer) could shrink one below it; both would send the block's
@@ -169,8 +168,8 @@ mod tests {
     #[test]
     fn resizes_never_cross_the_limit() {
         // Room for a 64 KiB-aligned arena and its bitmap wherever the buffer lands.
-        let mut small_memory = alloc::vec![MaybeUninit::uninit(); 1 << 18];
-        let mut large_memory = alloc::vec![MaybeUninit::uninit(); 1 << 14];
+        let mut small_memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(1 << 18);
+        let mut large_memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(1 << 14);
         let mut heap: Segregate<Bitset<Buffer<'_>, 16, 65536>, Buffer<'_>, 64> = Segregate::new(
             Bitset::new(Buffer::new(&mut small_memory)),
             Buffer::new(&mut large_memory),

@@ -189,6 +189,7 @@ fn every_put_reaches_the_region_that_handed_the_block_out() {
     let mut runner = TestRunner::new(Config {
         cases: if cfg!(miri) { 4 } else { 64 },
         failure_persistence: None,
+        rng_algorithm: crate::RNG,
         ..Config::default()
     });
     let max_ops = if cfg!(miri) { 40 } else { 200 };
