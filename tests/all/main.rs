@@ -87,28 +87,54 @@ pub fn run_child(test: &str, scenario: &str) -> std::process::Output {
 }
 
 /// As [`run_child`], but gives up after `limit`: the child is killed and the result says
-/// so (`None`), for scenarios whose failure is a hang.
+/// so (`None`), for scenarios whose failure is a hang. Its output is read as it comes, so a
+/// talkative child cannot block on a full pipe.
 #[cfg(feature = "os")]
 pub fn run_child_within(
     test: &str,
     scenario: &str,
     limit: std::time::Duration,
 ) -> Option<std::process::Output> {
-    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, scenario)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting the test binary again");
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if child.try_wait().expect("waiting for the child").is_some() {
-            return Some(child.wait_with_output().expect("the child's output"));
+    let pid = child.id() as libc::pid_t;
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match finished.recv_timeout(limit) {
+        Ok(output) => Some(output.expect("the child's output")),
+        Err(_) => {
+            // SAFETY: signalling our own child, which has not been waited for yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            None
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+}
+
+/// Checks that a child aborted (SIGABRT) after writing exactly one `stratalloc:` line to
+/// stderr, and that the line contains `message`.
+#[cfg(feature = "os")]
+pub fn assert_aborted_with(output: &std::process::Output, message: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGABRT),
+        "expected an abort, got {:?}; stderr:\n{stderr}",
+        output.status
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stratalloc:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line expected; stderr:\n{stderr}");
+    assert!(
+        lines[0].contains(message),
+        "{:?} does not say {message:?}",
+        lines[0]
+    );
 }

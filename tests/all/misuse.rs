@@ -35,7 +35,6 @@ unsafe impl<const PUT: bool> Layer for Panicky<PUT> {
 #[cfg(feature = "std")]
 mod aborts {
     use std::alloc::{GlobalAlloc, Layout};
-    use std::os::unix::process::ExitStatusExt;
     use std::ptr::NonNull;
 
     use stratalloc::layers::{Batch, Bitset, Buddy, Check, Coalesce, Mmap, System};
@@ -155,52 +154,16 @@ mod aborts {
         unreachable!("the misuse was not caught");
     }
 
-    /// Runs the child for `scenario` and returns what it did; a child that runs for a
-    /// minute is killed and counts as hung.
-    fn run_child(scenario: &str) -> std::process::Output {
-        use std::time::{Duration, Instant};
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["misuse::aborts::child", "--exact", "--nocapture"])
-            .args(["--test-threads=1"])
-            .env(crate::CHILD_VAR, scenario)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting the test binary again");
-        let start = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if start.elapsed() > Duration::from_secs(60) {
-                child.kill().unwrap();
-                panic!("{scenario}: the child hung");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
-    }
-
+    /// Runs the child for `scenario` and checks that it aborted with one line saying
+    /// `message`; a child that runs for a minute is killed and counts as hung.
     fn expect_abort(scenario: &str, message: &str) {
-        let output = run_child(scenario);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            output.status.signal(),
-            Some(libc::SIGABRT),
-            "{scenario}: expected an abort, got {:?}; stderr:\n{stderr}",
-            output.status
-        );
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("stratalloc:"))
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{scenario}: one line expected; stderr:\n{stderr}"
-        );
-        assert!(
-            lines[0].contains(message),
-            "{scenario}: {:?} does not say {message:?}",
-            lines[0]
-        );
+        let output = crate::run_child_within(
+            "misuse::aborts::child",
+            scenario,
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| panic!("{scenario}: the child hung"));
+        crate::assert_aborted_with(&output, message);
     }
 
     #[test]

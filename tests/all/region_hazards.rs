@@ -284,24 +284,15 @@ fn zombie_pipe_regions_freed_from_two_threads_do_not_deadlock() {
 #[test]
 #[cfg_attr(miri, ignore = "Miri cannot start processes")]
 fn a_panicking_layer_aborts_with_one_line_instead_of_unwinding() {
-    use std::os::unix::process::ExitStatusExt;
     let output = crate::run_child_within(
         "region_hazards::child",
         "panicking_layer",
         Duration::from_secs(60),
     )
     .expect("the child finished");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{stderr}");
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("stratalloc:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].contains("Panicky") && lines[0].contains("::get` panicked inside the allocator"),
-        "{}",
-        lines[0]
+    crate::assert_aborted_with(
+        &output,
+        "region_hazards::Panicky<stratalloc::layers::sources::mmap::Mmap>::get` panicked inside the allocator",
     );
 }
 
