@@ -79,13 +79,9 @@ mod gauge;
 mod heap;
 pub mod layer;
 mod locked;
-#[cfg(feature = "std")]
-mod page_map;
 pub mod presets;
 #[cfg(feature = "std")]
 pub mod region;
-#[cfg(feature = "std")]
-mod router;
 mod spin;
 #[cfg(feature = "os")]
 mod thread_heaps;
@@ -103,8 +99,8 @@ pub use layer::{Layer, Measured};
 pub use layers::LeakReport;
 pub use locked::{LockGuard, Locked};
 #[cfg(feature = "std")]
-pub use region::{Region, check_leaks};
+pub use region::Router;
 #[cfg(feature = "std")]
-pub use router::Router;
+pub use region::{Region, check_leaks};
 #[cfg(feature = "os")]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};

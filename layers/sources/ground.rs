@@ -6,7 +6,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
-use crate::page_map::{self, PAGE};
+use crate::region::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 use crate::spin::SpinLock;
 

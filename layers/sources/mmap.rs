@@ -10,7 +10,7 @@ use crate::Layer;
 use crate::abort::abort_with;
 use crate::layer::served_size;
 #[cfg(feature = "std")]
-use crate::page_map;
+use crate::region::page_map;
 #[cfg(feature = "std")]
 use crate::region::{Attributed, Attribution};
 

@@ -12,7 +12,7 @@ use crate::Layer;
 use crate::abort::abort_with;
 use crate::layers::Mmap;
 use crate::layers::debug::live_table::{LiveTable, Slot};
-use crate::page_map::{self, PAGE};
+use crate::region::page_map::{self, PAGE};
 use crate::region::{
     Attributed, Attribution, Owner, enclosing, lend_in, lends_to, take_back_in, token,
 };

@@ -99,6 +99,8 @@
 
 mod frames;
 mod owner;
+pub(crate) mod page_map;
+mod router;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
@@ -111,6 +113,7 @@ pub(crate) use owner::Owner;
 pub(crate) use owner::{
     alloc_in, carve_in, drivable, free_in, lend_in, lends_to, resize_in_place, take_back_in,
 };
+pub use router::Router;
 
 use crate::layers::{Check, Chunk, Mmap};
 use crate::{Gauge, Gauges, Layer, LeakReport};
@@ -369,7 +372,7 @@ impl<L: Attributed + Send + fmt::Debug + 'static> fmt::Debug for Region<L> {
 
 /// Runs `f` with `region` on top of this thread's region stack: the allocations `f` makes
 /// through the global allocator come from the region's stack. Nests; the stack is restored
-/// when `f` returns or unwinds. Needs the [`Router`](crate::Router) as the global
+/// when `f` returns or unwinds. Needs the [`Router`] as the global
 /// allocator; without it, allocations are unaffected.
 pub fn enter<L, R>(region: &Region<L>, f: impl FnOnce() -> R) -> R
 where
@@ -407,7 +410,7 @@ pub fn release_zombies() {
 /// without reading the block; any pointer may be asked about.
 #[inline]
 pub fn served_by_a_region(ptr: *const u8) -> bool {
-    !crate::page_map::owner_of(ptr.addr()).is_null()
+    !page_map::owner_of(ptr.addr()).is_null()
 }
 
 /// The stack [`check_leaks`] runs closures in: a checker over a bump arena of 64 KiB

@@ -21,8 +21,8 @@ use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
+use super::Owner;
 use crate::abort::debug_require;
-use crate::region::Owner;
 
 /// Granularity of the map: claims cover whole 4 KiB pages.
 pub(crate) const PAGE: usize = 4096;

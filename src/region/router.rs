@@ -9,9 +9,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 use std::alloc::System;
 
-use crate::page_map;
-use crate::region::{
-    alloc_in, carve_in, current_and_token, drivable, free_in, resize_in_place, token,
+use super::page_map;
+use super::{
+    Owner, alloc_in, carve_in, current_and_token, drivable, free_in, resize_in_place, token,
 };
 
 /// The global allocator that makes [regions](crate::region) work. Install it once:
@@ -38,7 +38,7 @@ impl Router {
 /// Allocates from the current region, or from the system allocator at the ground (and
 /// while the current region is lent out by `with_layer`).
 #[inline(always)]
-fn allocate(layout: Layout, current: *const crate::region::Owner) -> *mut u8 {
+fn allocate(layout: Layout, current: *const Owner) -> *mut u8 {
     if current.is_null() {
         // SAFETY: `GlobalAlloc` callers pass non-zero sizes.
         return unsafe { System.alloc(layout) };
@@ -54,7 +54,7 @@ fn allocate(layout: Layout, current: *const crate::region::Owner) -> *mut u8 {
 /// The rest of [`allocate`] for a region: a call into its stack (or a new window), out of
 /// line so that the carving fast path needs no stack frame.
 #[inline(never)]
-fn allocate_in_stack(layout: Layout, current: *const crate::region::Owner) -> *mut u8 {
+fn allocate_in_stack(layout: Layout, current: *const Owner) -> *mut u8 {
     // SAFETY: as in `allocate`.
     match unsafe { alloc_in(current, layout) } {
         Ok(block) => block.map_or(ptr::null_mut(), NonNull::as_ptr),
