@@ -14,7 +14,6 @@ use std::ptr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-#[path = "workloads/mod.rs"]
 mod workloads;
 
 const NODE: usize = 16;

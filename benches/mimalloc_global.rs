@@ -2,7 +2,6 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-#[path = "workloads/mod.rs"]
 mod workloads;
 
 #[global_allocator]

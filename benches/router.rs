@@ -9,7 +9,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use stratalloc::layers::{Chunk, Ground};
 use stratalloc::{Region, Router, region};
 
-#[path = "workloads/mod.rs"]
 mod workloads;
 
 #[global_allocator]

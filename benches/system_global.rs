@@ -3,7 +3,6 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-#[path = "workloads/mod.rs"]
 mod workloads;
 
 fn benches(c: &mut Criterion) {

@@ -152,7 +152,7 @@ unsafe impl Layer for Ground {
             return;
         };
         if self.claims.is_some() {
-            page_map::release(ptr.as_ptr(), pages.size());
+            page_map::unclaim(ptr.as_ptr(), pages.size());
         }
         self.held = self.held.wrapping_sub(pages.size());
         if let Some(piece) = CACHE.keep(ptr, pages) {

@@ -134,7 +134,7 @@ impl Mmap {
     fn unmap(&self, map: Map) {
         #[cfg(feature = "std")]
         if self.claims.is_some() {
-            page_map::release(map.as_mut_ptr(), map.len());
+            page_map::unclaim(map.as_mut_ptr(), map.len());
         }
         Self::unmap_table(map);
     }
@@ -336,7 +336,7 @@ unsafe impl Attributed for Mmap {
             // SAFETY: entries `0..len` are initialised.
             let map = unsafe { &*entries.add(i) };
             if !owner.is_some() {
-                page_map::release(map.as_mut_ptr(), map.len());
+                page_map::unclaim(map.as_mut_ptr(), map.len());
             } else if !page_map::claim(map.as_mut_ptr(), map.len(), owner.0) {
                 abort_with(format_args!(
                     "Mmap: no memory to claim a map of {} bytes for a region",

@@ -92,7 +92,7 @@ impl Pipe {
     ) {
         if claims.is_some() {
             if origin.is_null() {
-                page_map::release(piece.as_ptr(), pages.size());
+                page_map::unclaim(piece.as_ptr(), pages.size());
             } else {
                 page_map::reassign(piece.as_ptr(), pages.size(), origin);
             }

@@ -187,7 +187,7 @@ struct Record<L> {
 /// # Safety
 ///
 /// `owner` heads a `Record<L>` made by `Region::new`, used by no one any more.
-unsafe fn release_record<L>(owner: *mut Owner) {
+unsafe fn free_record<L>(owner: *mut Owner) {
     let record = owner.cast::<Record<L>>();
     // SAFETY: as the caller promises; the layer was deinitialised already, and dropping it
     // deinitialises again, which does nothing. The record came from the system allocator
@@ -231,14 +231,14 @@ impl<L: Attributed + Send + 'static> Region<L> {
                 stack,
                 frames::token(),
                 L::WINDOW_LIMIT,
-                release_record::<L>,
+                free_record::<L>,
             ));
             (*record)
                 .layer
                 .attribute(Attribution(record.cast::<Owner>()));
         }
         Region {
-            // SAFETY: `mmap` succeeded, so the address is not null.
+            // SAFETY: the system allocator returned a block (checked above), so it is not null.
             record: unsafe { NonNull::new_unchecked(record) },
             reported: Cell::new(false),
             _this_thread: PhantomData,

@@ -299,7 +299,7 @@ pub(crate) struct Owner {
     /// (before it publishes it), read by the thread that takes the list.
     service_next: Cell<*mut Owner>,
     /// Frees the record (type-erased: it knows the stack's type).
-    release_record: unsafe fn(*mut Owner),
+    free_record: unsafe fn(*mut Owner),
 }
 
 impl Owner {
@@ -307,7 +307,7 @@ impl Owner {
         stack: *mut dyn Stack,
         thread: usize,
         window_limit: usize,
-        release: unsafe fn(*mut Owner),
+        free_record: unsafe fn(*mut Owner),
     ) -> Self {
         // During thread teardown there is no token (0, which every thread in teardown
         // shares): such a region is never driven, and its frees are queued.
@@ -329,7 +329,7 @@ impl Owner {
             pending: AtomicBool::new(false),
             queue: UnsafeCell::new(Queue::EMPTY),
             service_next: Cell::new(ptr::null_mut()),
-            release_record: release,
+            free_record,
         }
     }
 
@@ -790,7 +790,7 @@ unsafe fn drive(owner: *const Owner) {
             if dead {
                 // SAFETY: nothing is live and nothing is queued, so no free can reach the
                 // record any more, and it is on no list (a listed zombie has entries).
-                unsafe { release(owner) };
+                unsafe { dispose(owner) };
             }
             return;
         }
@@ -814,12 +814,12 @@ unsafe fn drive(owner: *const Owner) {
 /// # Safety
 ///
 /// No block of the region is live and no other thread can reach the record.
-unsafe fn release(owner: *const Owner) {
+unsafe fn dispose(owner: *const Owner) {
     // SAFETY: exclusive access, as the caller promises.
     unsafe {
         (*(*owner).stack).deinit();
         (*(*owner).queue.get()).take().free();
-        ((*owner).release_record)(owner.cast_mut());
+        ((*owner).free_record)(owner.cast_mut());
     }
 }
 

@@ -13,7 +13,7 @@
 //! sees it, which keeps the provenance of the source's own allocation.
 //!
 //! Invariants: a page is claimed by at most one owner at a time; the source that claimed a
-//! range releases it before the memory goes back to where it came from. Leaves are mapped
+//! range unclaims it before the memory goes back to where it came from. Leaves are mapped
 //! on first use, straight from the OS, and never freed (2 MiB of address space each, of
 //! which only touched pages cost memory).
 
@@ -284,7 +284,7 @@ pub(crate) fn reassign(start: *mut u8, len: usize, owner: *const Owner) {
 /// Releases every page of the range of `len` bytes at `base` (whole pages): its blocks
 /// belong to nobody from here on. Cannot fail: pages in leaves never mapped were never
 /// claimed.
-pub(crate) fn release(base: *mut u8, len: usize) {
+pub(crate) fn unclaim(base: *mut u8, len: usize) {
     let Some((start, end)) = span(base.addr(), len) else {
         return;
     };
@@ -317,7 +317,7 @@ mod tests {
     pub(super) static REFUSED_ROOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
     #[test]
-    fn claims_and_releases_ranges_across_leaves() {
+    fn claims_and_unclaims_ranges_across_leaves() {
         let owner = ptr::without_provenance::<Owner>(0x1000);
         // A range that straddles a leaf boundary (1 GiB), far from real allocations.
         let start = (5usize << 30) - 2 * PAGE;
@@ -332,7 +332,7 @@ mod tests {
             lookup(base.wrapping_add(PAGE + 5)).1.addr(),
             start + PAGE + 5
         );
-        release(base, 4 * PAGE);
+        unclaim(base, 4 * PAGE);
         assert!(owner_of(start + PAGE).is_null());
     }
 
@@ -348,11 +348,11 @@ mod tests {
         }
         assert!(owner_of(start - PAGE).is_null());
         assert!(owner_of(start + 200 * PAGE).is_null());
-        release(base.wrapping_add(64 * PAGE), 64 * PAGE);
+        unclaim(base.wrapping_add(64 * PAGE), 64 * PAGE);
         assert!(owner_of(start + 100 * PAGE).is_null());
         assert_eq!(owner_of(start + 63 * PAGE), owner);
         assert_eq!(owner_of(start + 128 * PAGE), owner);
-        release(base, 200 * PAGE);
+        unclaim(base, 200 * PAGE);
     }
 
     #[test]
@@ -389,7 +389,7 @@ mod tests {
             "with both leaves it succeeds"
         );
         assert_eq!(owner_of(start + 15 * PAGE), owner);
-        release(base, 16 * PAGE);
+        unclaim(base, 16 * PAGE);
         assert!(owner_of(start).is_null());
     }
 
@@ -410,7 +410,7 @@ mod tests {
         assert_eq!(rebuilt.addr(), start + 3 * PAGE + 9);
         reassign(base.wrapping_add(2 * PAGE), 2 * PAGE, first);
         assert_eq!(owner_of(start + 3 * PAGE), first);
-        release(base, 8 * PAGE);
+        unclaim(base, 8 * PAGE);
         assert!(owner_of(start + 3 * PAGE).is_null());
     }
 }

@@ -1,4 +1,4 @@
-//! Rule 9: a proptest program of enter / escape / alloc / free / realloc / free-on-another-
+//! A proptest program of enter / escape / alloc / free / realloc / free-on-another-
 //! thread, at nesting depths up to 16, checked against a model that says which region every
 //! get and put must reach. Zero mismatches: each region's `Stats` equals the model's count.
 
