@@ -13,6 +13,7 @@ use core::fmt;
 use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
+use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 use crate::layer::served_size;
@@ -79,19 +80,21 @@ fn seal(tag: *const Tag, state: u32) -> u32 {
 }
 
 /// Free lists: 8 bins per power of two (two-level segregated fit, as TLSF), from 32 bytes
-/// to 2 GiB.
-const SUB_BITS: u32 = 3;
-const SUBS: usize = 1 << SUB_BITS;
-const FIRST_LEVEL: u32 = MIN_BLOCK.trailing_zeros();
-const LEVELS: usize = 31 - FIRST_LEVEL as usize;
-const BINS: usize = LEVELS * SUBS;
+/// to 2 GiB. The bins are the classes of a size-class policy (`classes.rs`): a free block is
+/// filed on the largest class no bigger than it; the last class (2 GiB) only bounds the
+/// sizes, so it is no bin. Bin `level * SUBS + sub` holds the blocks of `2^(level + 5)`
+/// bytes and up, `sub` steps of `2^(level + 2)` above it.
+type Bins = ClassMap<MIN_BLOCK, MIN_BLOCK, SUBS, { 1 << 31 }>;
+const SUBS: usize = 8;
+const BINS: usize = Bins::COUNT - 1;
+const LEVELS: usize = BINS / SUBS;
+// One linear class, so the bins go level by level from `MIN_BLOCK`, `SUBS` to a level.
+const _: () = assert!(Bins::class_size(0) == MIN_BLOCK && BINS == LEVELS * SUBS);
 
 /// The bin of a free block of `size` bytes (`MIN_BLOCK <= size < 2^31`).
 #[inline(always)]
 const fn bin_of(size: usize) -> usize {
-    let level = usize::BITS - 1 - size.leading_zeros();
-    let sub = (size >> (level - SUB_BITS)) & (SUBS - 1);
-    (level - FIRST_LEVEL) as usize * SUBS + sub
+    Bins::class_at_most(size)
 }
 
 /// Rounds a size up to a multiple of 16, or `None` on overflow.
@@ -1284,6 +1287,40 @@ mod tests {
         }
         heap.check_invariants();
         assert_eq!(heap.empty_arenas(), 1);
+    }
+
+    /// The bin of a free block as it was computed before the policy.
+    const fn old_bin_of(size: usize) -> usize {
+        let level = usize::BITS - 1 - size.leading_zeros();
+        let sub = (size >> (level - 3)) & (SUBS - 1);
+        (level - MIN_BLOCK.trailing_zeros()) as usize * SUBS + sub
+    }
+
+    /// The policy's instance files every free block size on the bin it was filed on before:
+    /// every size up to 4 MiB (every 16th under Miri), every size within 64 bytes of a bin's
+    /// lower bound beyond, and a scramble of sizes up to 2 GiB.
+    #[test]
+    fn policy_matches_the_bins() {
+        Bins::check_properties();
+        assert_eq!(Bins::COUNT - 1, BINS);
+        let check = |size: usize| assert_eq!(bin_of(size), old_bin_of(size), "size {size}");
+        let every = if cfg!(miri) { 16 } else { 1 };
+        for size in (MIN_BLOCK..1 << 22).step_by(every) {
+            check(size);
+        }
+        for bin in 0..BINS {
+            let low = Bins::class_size(bin);
+            for size in low.saturating_sub(64).max(MIN_BLOCK)..(low + 64).min(1 << 31) {
+                check(size);
+            }
+        }
+        let mut seed = 0x9E37_79B9_u32;
+        for _ in 0..if cfg!(miri) { 1000 } else { 1_000_000 } {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            check((seed as usize & ((1 << 31) - 1)).max(MIN_BLOCK));
+        }
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Building blocks: layers that reuse freed memory (free lists, size classes, slabs,
 //! coalescing), the pieces of a general-purpose allocator.
 
+/// The size-class policy (linear steps, then `K` classes per doubling) that `Slab`,
+/// `SizeClasses` and `Coalesce` each name an instance of.
+pub(crate) mod classes;
+
 /// Coalescing arenas with boundary tags, for large blocks; frees without a layout.
 mod coalesce;
 /// Freed blocks of one size kept on an intrusive list for reuse.

@@ -15,6 +15,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::{self, NonNull};
 
+use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 
@@ -32,8 +33,16 @@ pub const SLAB_LIMIT: usize = 8192;
 /// The alignment every slab block has (sizes are multiples of it).
 pub const BLOCK_ALIGN: usize = 16;
 
-/// The number of size classes: 16-byte steps up to 128, then eight per doubling up to 8 KiB.
-pub const CLASSES: usize = 8 + 6 * 8;
+/// The slabs' size classes: 16-byte steps up to 128 bytes, then eight per doubling up to
+/// `SLAB_LIMIT`, so a block wastes at most a ninth of itself (at most 15 bytes below 128).
+type SlabClasses = ClassMap<BLOCK_ALIGN, 128, 8, SLAB_LIMIT>;
+
+/// The number of size classes (56).
+pub const CLASSES: usize = SlabClasses::COUNT;
+
+// Every class size is a multiple of the block alignment, and a class fits a `u8`.
+const _: () =
+    assert!(SlabClasses::GRAIN.is_multiple_of(BLOCK_ALIGN) && CLASSES <= u8::MAX as usize);
 
 /// Spare empty slabs kept for reuse before further ones go back to `L`: 256 KiB worth, so
 /// that a program that frees and rebuilds its heap in rounds does not hand its slabs back
@@ -100,39 +109,12 @@ static_assertions::const_assert!(core::mem::size_of::<SlabHeader>() <= HEADER);
 /// The block size of class `class`.
 #[inline(always)]
 pub const fn class_size(class: usize) -> usize {
-    if class < 8 {
-        (class + 1) * 16
-    } else {
-        let i = class - 8;
-        (9 + i % 8) << (4 + i / 8)
-    }
+    SlabClasses::class_size(class)
 }
 
-/// The smallest class whose blocks hold `size` bytes, computed (see [`class_of`]).
-const fn class_of_size(size: usize) -> usize {
-    if size <= 128 {
-        if size == 0 { 0 } else { size.div_ceil(16) - 1 }
-    } else {
-        let s = size - 1;
-        let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
-        let shift = top - 3;
-        8 + (top as usize - 7) * 8 + ((s >> shift) & 7)
-    }
-}
-
-/// The class of each request size rounded up to 16 bytes: every class size is a multiple
-/// of 16, so a 16-byte step never straddles two classes, and one load replaces the
-/// arithmetic on the allocation fast path.
-static CLASS_BY_STEP: [u8; SLAB_LIMIT / 16 + 1] = {
-    let mut table = [0; SLAB_LIMIT / 16 + 1];
-    let mut step = 0;
-    while step < table.len() {
-        table[step] = class_of_size(step * 16) as u8;
-        step += 1;
-    }
-    table
-};
-const _: () = assert!(CLASSES <= u8::MAX as usize);
+/// The class of every request size rounded up to a multiple of 16, so that one load
+/// replaces the arithmetic on the allocation fast path.
+static CLASS_BY_GRAIN: [u8; SLAB_LIMIT / SlabClasses::GRAIN + 1] = SlabClasses::table();
 
 /// The smallest class whose blocks hold `size` bytes (`size <= SLAB_LIMIT`); a zero size
 /// takes the first class.
@@ -143,10 +125,7 @@ pub fn class_of(size: usize) -> usize {
         "Slab: class_of({size}) is past the slab limit"
     );
     // Callers check the limit first, so the index is in bounds (and its check folds away).
-    match CLASS_BY_STEP.get(size.div_ceil(16)) {
-        Some(&class) => class as usize,
-        None => CLASSES - 1,
-    }
+    SlabClasses::class_in(&CLASS_BY_GRAIN, size)
 }
 
 /// Whether a request is served from slabs.
@@ -994,6 +973,41 @@ mod tests {
         heap.check_invariants();
         let keep = Slab::<Buddy<Buffer<'_>, 14, 22>, 16384>::EMPTY_KEEP;
         assert!(heap.slabs() <= 1 + keep, "{} slabs left", heap.slabs());
+    }
+
+    /// The slab classes as they were written before the policy: the reference below.
+    const fn old_class_size(class: usize) -> usize {
+        if class < 8 {
+            (class + 1) * 16
+        } else {
+            let i = class - 8;
+            (9 + i % 8) << (4 + i / 8)
+        }
+    }
+
+    /// The class of a size as it was computed before the policy.
+    const fn old_class_of(size: usize) -> usize {
+        if size <= 128 {
+            if size == 0 { 0 } else { size.div_ceil(16) - 1 }
+        } else {
+            let s = size - 1;
+            let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
+            let shift = top - 3;
+            8 + (top as usize - 7) * 8 + ((s >> shift) & 7)
+        }
+    }
+
+    /// The policy's instance gives every size up to the limit the class it had before.
+    #[test]
+    fn policy_matches_the_slab_classes() {
+        SlabClasses::check_properties();
+        assert_eq!(CLASSES, 8 + 6 * 8);
+        for class in 0..CLASSES {
+            assert_eq!(class_size(class), old_class_size(class), "class {class}");
+        }
+        for size in 0..=SLAB_LIMIT {
+            assert_eq!(class_of(size), old_class_of(size), "size {size}");
+        }
     }
 
     #[test]
