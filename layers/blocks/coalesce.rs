@@ -1289,50 +1289,23 @@ mod tests {
         assert_eq!(heap.empty_arenas(), 1);
     }
 
-    /// The bin of a free block as it was computed before the policy.
-    const fn old_bin_of(size: usize) -> usize {
-        let level = usize::BITS - 1 - size.leading_zeros();
-        let sub = (size >> (level - 3)) & (SUBS - 1);
-        (level - MIN_BLOCK.trailing_zeros()) as usize * SUBS + sub
-    }
-
-    /// The policy's instance files every free block size on the bin it was filed on before:
-    /// every size up to 4 MiB (every 16th under Miri), every size within 64 bytes of a bin's
-    /// lower bound beyond, and a scramble of sizes up to 2 GiB.
+    /// Bin `level * SUBS + sub` starts at `2^(level + 5) + sub * 2^(level + 2)` bytes, as
+    /// documented, and every size is filed on the bin it reaches.
     #[test]
-    fn policy_matches_the_bins() {
+    fn bins_are_the_documented_ones() {
         Bins::check_properties();
-        assert_eq!(Bins::COUNT - 1, BINS);
-        let check = |size: usize| assert_eq!(bin_of(size), old_bin_of(size), "size {size}");
-        let every = if cfg!(miri) { 16 } else { 1 };
-        for size in (MIN_BLOCK..1 << 22).step_by(every) {
-            check(size);
-        }
-        for bin in 0..BINS {
-            let low = Bins::class_size(bin);
-            for size in low.saturating_sub(64).max(MIN_BLOCK)..(low + 64).min(1 << 31) {
-                check(size);
+        assert_eq!((LEVELS, BINS), (26, 208));
+        for level in 0..LEVELS {
+            for sub in 0..SUBS {
+                let low = (1 << (level + 5)) + (sub << (level + 2));
+                let bin = level * SUBS + sub;
+                assert_eq!(Bins::class_size(bin), low, "bin {bin}");
+                assert_eq!(bin_of(low), bin, "bin {bin}");
+                if bin > 0 {
+                    assert_eq!(bin_of(low - 1), bin - 1, "bin {bin}");
+                }
             }
         }
-        let mut seed = 0x9E37_79B9_u32;
-        for _ in 0..if cfg!(miri) { 1000 } else { 1_000_000 } {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            check((seed as usize & ((1 << 31) - 1)).max(MIN_BLOCK));
-        }
-    }
-
-    #[test]
-    fn bins_are_found_in_order() {
-        assert_eq!(bin_of(MIN_BLOCK), 0);
-        let mut last = 0;
-        let mut size = MIN_BLOCK;
-        while size < 1 << 30 {
-            let bin = bin_of(size);
-            assert!(bin >= last && bin < BINS, "size {size}");
-            last = bin;
-            size += size / 7 + GRAIN;
-        }
+        assert_eq!(bin_of((1 << 31) - 1), BINS - 1);
     }
 }

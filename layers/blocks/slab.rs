@@ -975,55 +975,24 @@ mod tests {
         assert!(heap.slabs() <= 1 + keep, "{} slabs left", heap.slabs());
     }
 
-    /// The slab classes as they were written before the policy: the reference below.
-    const fn old_class_size(class: usize) -> usize {
-        if class < 8 {
-            (class + 1) * 16
-        } else {
-            let i = class - 8;
-            (9 + i % 8) << (4 + i / 8)
-        }
-    }
-
-    /// The class of a size as it was computed before the policy.
-    const fn old_class_of(size: usize) -> usize {
-        if size <= 128 {
-            if size == 0 { 0 } else { size.div_ceil(16) - 1 }
-        } else {
-            let s = size - 1;
-            let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
-            let shift = top - 3;
-            8 + (top as usize - 7) * 8 + ((s >> shift) & 7)
-        }
-    }
-
-    /// The policy's instance gives every size up to the limit the class it had before.
+    /// The classes are the documented ones, and every size up to the limit takes the
+    /// tightest (through the table as through the arithmetic).
     #[test]
-    fn policy_matches_the_slab_classes() {
+    fn classes_are_the_documented_ones_and_fit() {
         SlabClasses::check_properties();
-        assert_eq!(CLASSES, 8 + 6 * 8);
-        for class in 0..CLASSES {
-            assert_eq!(class_size(class), old_class_size(class), "class {class}");
+        let sizes = [
+            16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
+            352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280,
+            1408, 1536, 1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096,
+            4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192,
+        ];
+        assert_eq!(CLASSES, sizes.len());
+        for (class, &size) in sizes.iter().enumerate() {
+            assert_eq!(class_size(class), size, "class {class}");
         }
-        for size in 0..=SLAB_LIMIT {
-            assert_eq!(class_of(size), old_class_of(size), "size {size}");
-        }
-    }
-
-    #[test]
-    fn classes_are_monotone_and_fit() {
-        for class in 1..CLASSES {
-            assert!(class_size(class) > class_size(class - 1));
-            assert_eq!(class_size(class) % BLOCK_ALIGN, 0);
-        }
-        assert_eq!(class_size(CLASSES - 1), SLAB_LIMIT);
         for size in 0..=SLAB_LIMIT {
             let class = class_of(size);
-            assert!(class_size(class) >= size, "size {size}");
-            assert!(
-                class == 0 || class_size(class - 1) < size,
-                "size {size} not tightest"
-            );
+            assert_eq!(class, SlabClasses::class_of(size), "size {size}");
             // The waste bound in the docs: a ninth of the block, or 15 bytes below 128.
             let waste = class_size(class) - size.max(1);
             assert!(waste <= 15 || waste * 9 <= class_size(class), "size {size}");
