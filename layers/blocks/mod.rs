@@ -24,5 +24,3 @@ pub use free_list::FreeList;
 pub use size_classes::SizeClasses;
 pub use size_header::SizeHeader;
 pub use slab::Slab;
-#[cfg(feature = "os")]
-pub(crate) use slab::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
