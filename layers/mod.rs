@@ -3,8 +3,6 @@
 
 mod arenas;
 mod blocks;
-#[cfg(feature = "os")]
-pub(crate) use blocks::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 mod combinators;
 pub(crate) mod debug;
 mod sources;

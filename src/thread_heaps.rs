@@ -20,14 +20,13 @@ use registry::{EXITED, Heap, Registry, thread_pointer};
 use crate::Layer;
 use crate::abort::{call, no_unwind};
 use crate::layer::Measured;
-use crate::layers::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};
 use crate::layers::{Reserve, Slab, SlabRange};
 use crate::spin::SpinLock;
 
 /// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
 /// grow in place and mixed sizes share memory) keeps memory tighter than size classes.
 const SMALL_LIMIT: usize = 1024;
-const _: () = assert!(SMALL_LIMIT <= SLAB_LIMIT);
+const _: () = assert!(SMALL_LIMIT <= HeapSlab::LIMIT);
 
 /// A block that `realloc` grows a little (to less than 1.5 times what it holds) past this
 /// many bytes goes to `Large`, even below `SMALL_LIMIT`. Such blocks are strings built by
@@ -81,7 +80,7 @@ struct Counters {
     /// Blocks live when `peak_bytes` was last raised.
     peak_blocks: AtomicUsize,
     /// Live blocks per slab class (large blocks are found by walking `Large`).
-    live: [AtomicUsize; CLASSES],
+    live: [AtomicUsize; HeapSlab::CLASSES],
 }
 
 /// Per-thread heaps of slabs for small blocks over one shared, locked `Large` layer for
@@ -166,7 +165,7 @@ unsafe impl<Large: Measured + Send> Sync for ThreadHeaps<Large> {}
 /// Whether a request is served by the thread heaps.
 #[inline(always)]
 const fn is_small(layout: Layout) -> bool {
-    layout.size() <= SMALL_LIMIT && layout.align() <= BLOCK_ALIGN
+    layout.size() <= SMALL_LIMIT && layout.align() <= HeapSlab::BLOCK_ALIGN
 }
 
 impl<Large: Measured + Send> ThreadHeaps<Large> {
@@ -186,7 +185,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 live_blocks: ZERO,
                 peak_bytes: ZERO,
                 peak_blocks: ZERO,
-                live: [ZERO; CLASSES],
+                live: [ZERO; HeapSlab::CLASSES],
             },
             cache: [const { AtomicPtr::new(ptr::null_mut()) }; CACHE_SLOTS],
         }
@@ -345,7 +344,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             {
                 // SAFETY: this thread's heap; no other reference to its slab is live.
                 let slab = unsafe { heap.slab() };
-                if let Some(block) = slab.pop_free(class_of(layout.size())) {
+                if let Some(block) = slab.pop_free(HeapSlab::class_of(layout.size())) {
                     return block.as_ptr();
                 }
             }
@@ -361,7 +360,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         if is_small(layout)
             && let Some(heap) = self.heap()
         {
-            let class = class_of(layout.size());
+            let class = HeapSlab::class_of(layout.size());
             // SAFETY: this thread's heap; no other reference to its slab is live.
             let slab = unsafe { heap.slab() };
             let block = match slab.pop_free(class) {
@@ -371,7 +370,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             };
             if let Some(block) = block {
                 if self.counting.load(Ordering::Relaxed) {
-                    self.count_get(Some(class), class_size(class));
+                    self.count_get(Some(class), HeapSlab::class_size(class));
                 }
                 return block.as_ptr();
             }
@@ -433,7 +432,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             if self.counting.load(Ordering::Relaxed) {
                 // SAFETY: as above.
                 let size = unsafe { HeapSlab::usable_size(ptr) };
-                self.count_put(Some(class_of(size)), size);
+                self.count_put(Some(HeapSlab::class_of(size)), size);
             }
             // SAFETY: a tag names a live heap for good (registry invariants), which this
             // thread reached after the heap was written: through the block, handed to it
@@ -513,7 +512,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// C's `malloc`: a block of at least `size` bytes aligned to 16, or null.
     #[inline]
     pub fn malloc(&self, size: usize) -> *mut u8 {
-        match Layout::from_size_align(size.max(1), BLOCK_ALIGN) {
+        match Layout::from_size_align(size.max(1), HeapSlab::BLOCK_ALIGN) {
             Ok(layout) => self.allocate(layout),
             Err(_) => ptr::null_mut(),
         }
@@ -521,7 +520,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
 
     /// A block of at least `size` bytes aligned to `align` (a power of two), or null.
     pub fn malloc_aligned(&self, size: usize, align: usize) -> *mut u8 {
-        match Layout::from_size_align(size.max(1), align.max(BLOCK_ALIGN)) {
+        match Layout::from_size_align(size.max(1), align.max(HeapSlab::BLOCK_ALIGN)) {
             Ok(layout) => self.allocate(layout),
             Err(_) => ptr::null_mut(),
         }
@@ -587,7 +586,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         // A block growing a little past `GROWN_LIMIT` moves to `Large`, where it can keep
         // growing in place and its old copies merge back into free space any size can use.
         let new = if grows_into_large(usable, size) {
-            match Layout::from_size_align(size, BLOCK_ALIGN) {
+            match Layout::from_size_align(size, HeapSlab::BLOCK_ALIGN) {
                 Ok(layout) => self.allocate_large(layout),
                 Err(_) => ptr::null_mut(),
             }
@@ -618,7 +617,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             /// A new block of `Large` to copy this many bytes into, outside the lock.
             CopyUnlocked(NonNull<u8>, usize),
         }
-        let Ok(layout) = Layout::from_size_align(size.max(1), BLOCK_ALIGN) else {
+        let Ok(layout) = Layout::from_size_align(size.max(1), HeapSlab::BLOCK_ALIGN) else {
             return ptr::null_mut();
         };
         let counting = self.counting.load(Ordering::Relaxed);
@@ -635,7 +634,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                     };
                 }
                 // (A live block's usable size fits a layout: at most `isize::MAX`.)
-                let old = Layout::from_size_align_unchecked(usable, BLOCK_ALIGN);
+                let old = Layout::from_size_align_unchecked(usable, HeapSlab::BLOCK_ALIGN);
                 if large.grow(block, old, layout) {
                     if counting {
                         let now = large.usable_size(block);
@@ -721,7 +720,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             // zero (it wraps): such a class counts as empty.
             let live = live.load(Ordering::Relaxed);
             summary.add(
-                class_size(class),
+                HeapSlab::class_size(class),
                 if live > isize::MAX as usize { 0 } else { live },
             );
         }
@@ -757,7 +756,7 @@ unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= BLOCK_ALIGN {
+        if layout.align() <= HeapSlab::BLOCK_ALIGN {
             // SAFETY: a live block; C's `realloc` keeps alignments up to 16.
             return unsafe { ThreadHeaps::realloc(self, ptr, new_size) };
         }

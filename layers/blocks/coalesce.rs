@@ -13,6 +13,7 @@ use core::fmt;
 use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
+use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 use crate::layer::served_size;
@@ -79,19 +80,21 @@ fn seal(tag: *const Tag, state: u32) -> u32 {
 }
 
 /// Free lists: 8 bins per power of two (two-level segregated fit, as TLSF), from 32 bytes
-/// to 2 GiB.
-const SUB_BITS: u32 = 3;
-const SUBS: usize = 1 << SUB_BITS;
-const FIRST_LEVEL: u32 = MIN_BLOCK.trailing_zeros();
-const LEVELS: usize = 31 - FIRST_LEVEL as usize;
-const BINS: usize = LEVELS * SUBS;
+/// to 2 GiB. The bins are the classes of a size-class policy (`classes.rs`): a free block is
+/// filed on the largest class no bigger than it; the last class (2 GiB) only bounds the
+/// sizes, so it is no bin. Bin `level * SUBS + sub` holds the blocks of `2^(level + 5)`
+/// bytes and up, `sub` steps of `2^(level + 2)` above it.
+type Bins = ClassMap<MIN_BLOCK, MIN_BLOCK, SUBS, { 1 << 31 }>;
+const SUBS: usize = 8;
+const BINS: usize = Bins::COUNT - 1;
+const LEVELS: usize = BINS / SUBS;
+// One linear class, so the bins go level by level from `MIN_BLOCK`, `SUBS` to a level.
+const _: () = assert!(Bins::class_size(0) == MIN_BLOCK && BINS == LEVELS * SUBS);
 
 /// The bin of a free block of `size` bytes (`MIN_BLOCK <= size < 2^31`).
 #[inline(always)]
 const fn bin_of(size: usize) -> usize {
-    let level = usize::BITS - 1 - size.leading_zeros();
-    let sub = (size >> (level - SUB_BITS)) & (SUBS - 1);
-    (level - FIRST_LEVEL) as usize * SUBS + sub
+    Bins::class_at_most(size)
 }
 
 /// Rounds a size up to a multiple of 16, or `None` on overflow.
@@ -1286,16 +1289,23 @@ mod tests {
         assert_eq!(heap.empty_arenas(), 1);
     }
 
+    /// Bin `level * SUBS + sub` starts at `2^(level + 5) + sub * 2^(level + 2)` bytes, as
+    /// documented, and every size is filed on the bin it reaches.
     #[test]
-    fn bins_are_found_in_order() {
-        assert_eq!(bin_of(MIN_BLOCK), 0);
-        let mut last = 0;
-        let mut size = MIN_BLOCK;
-        while size < 1 << 30 {
-            let bin = bin_of(size);
-            assert!(bin >= last && bin < BINS, "size {size}");
-            last = bin;
-            size += size / 7 + GRAIN;
+    fn bins_are_the_documented_ones() {
+        Bins::check_properties();
+        assert_eq!((LEVELS, BINS), (26, 208));
+        for level in 0..LEVELS {
+            for sub in 0..SUBS {
+                let low = (1 << (level + 5)) + (sub << (level + 2));
+                let bin = level * SUBS + sub;
+                assert_eq!(Bins::class_size(bin), low, "bin {bin}");
+                assert_eq!(bin_of(low), bin, "bin {bin}");
+                if bin > 0 {
+                    assert_eq!(bin_of(low - 1), bin - 1, "bin {bin}");
+                }
+            }
         }
+        assert_eq!(bin_of((1 << 31) - 1), BINS - 1);
     }
 }

@@ -1,6 +1,10 @@
 //! Building blocks: layers that reuse freed memory (free lists, size classes, slabs,
 //! coalescing), the pieces of a general-purpose allocator.
 
+/// The size-class policy (linear steps, then `K` classes per doubling) that `Slab`,
+/// `SizeClasses` and `Coalesce` each name an instance of.
+pub(crate) mod classes;
+
 /// Coalescing arenas with boundary tags, for large blocks; frees without a layout.
 mod coalesce;
 /// Freed blocks of one size kept on an intrusive list for reuse.
@@ -20,5 +24,3 @@ pub use free_list::FreeList;
 pub use size_classes::SizeClasses;
 pub use size_header::SizeHeader;
 pub use slab::Slab;
-#[cfg(feature = "os")]
-pub(crate) use slab::{BLOCK_ALIGN, CLASSES, SLAB_LIMIT, class_of, class_size};

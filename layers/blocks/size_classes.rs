@@ -14,15 +14,18 @@ use core::fmt;
 use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
+use super::classes::ClassMap;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
 
-/// The number of size classes: 8 steps of 16 bytes up to 128, then 4 per doubling up to
-/// 32 KiB (8 doublings).
-const CLASSES: usize = 8 + 4 * 8;
 /// The largest class.
 const LIMIT: usize = 32 << 10;
+/// The classes: 8 steps of 16 bytes up to 128, then 4 per doubling up to `LIMIT`, so a
+/// block above 128 bytes wastes less than a fifth of itself.
+type BucketClasses = ClassMap<GRAIN, 128, 4, LIMIT>;
+/// The number of size classes (40).
+const CLASSES: usize = BucketClasses::COUNT;
 /// The largest alignment a class promises: a page.
 const MAX_ALIGN: usize = 4096;
 /// Every block of this layer is aligned to at least this.
@@ -30,35 +33,10 @@ const GRAIN: usize = 16;
 /// The fewest objects a run holds, for the largest classes.
 const MIN_OBJECTS: usize = 4;
 
-/// The size of class `index` (`index < CLASSES`).
-const fn class_size(index: usize) -> usize {
-    if index < 8 {
-        (index + 1) * 16
-    } else {
-        let k = index - 8;
-        let e = 7 + k / 4;
-        (1 << e) + ((k % 4) + 1) * (1 << (e - 2))
-    }
-}
-
-/// The class of a request of `size` bytes (`size <= LIMIT`), in O(1): the smallest class
-/// that holds it.
-#[inline(always)]
-const fn class_index(size: usize) -> usize {
-    if size <= 128 {
-        // Size 0 (a zero-size request, one byte) goes to the first class too.
-        size.saturating_sub(1) / 16
-    } else {
-        let s = size - 1;
-        let e = (usize::BITS - 1 - s.leading_zeros()) as usize; // floor(log2(s)), >= 7
-        8 + (e - 7) * 4 + ((s >> (e - 2)) & 3)
-    }
-}
-
 /// The alignment every block of class `index` has: the largest power of two dividing its
 /// size, at most a page.
 const fn class_align(index: usize) -> usize {
-    let size = class_size(index);
+    let size = BucketClasses::class_size(index);
     let low = size & size.wrapping_neg();
     if low > MAX_ALIGN { MAX_ALIGN } else { low }
 }
@@ -193,7 +171,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
     /// The size of class `index` (0 past the last class).
     pub const fn class_size(index: usize) -> usize {
         if index < CLASSES {
-            class_size(index)
+            BucketClasses::class_size(index)
         } else {
             0
         }
@@ -228,7 +206,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
         if size > LIMIT {
             return None;
         }
-        Some(class_index(size))
+        Some(BucketClasses::class_of(size))
     }
 
     /// Runs held now.
@@ -243,7 +221,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
 
     /// Blocks of one run of class `index`.
     const fn objects(index: usize) -> usize {
-        let per_run = RUN / class_size(index);
+        let per_run = RUN / BucketClasses::class_size(index);
         if per_run < MIN_OBJECTS {
             MIN_OBJECTS
         } else {
@@ -253,7 +231,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
 
     /// The layout of a run of class `index`: its blocks, then its footer.
     fn run_layout(index: usize) -> Layout {
-        let size = Self::objects(index) * class_size(index) + size_of::<RunFooter>();
+        let size = Self::objects(index) * BucketClasses::class_size(index) + size_of::<RunFooter>();
         // SAFETY: the alignment is a power of two (16 to 4096), and the size is at most
         // `max(RUN, 4 * LIMIT) + 16`, which is a multiple of 16 far below `isize::MAX`.
         unsafe { Layout::from_size_align_unchecked(size, class_align(index)) }
@@ -271,7 +249,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
     fn refill(&mut self, index: usize) -> Option<NonNull<u8>> {
         let layout = Self::run_layout(index);
         let base = self.inner.get(layout)?;
-        let carved = Self::objects(index) * class_size(index);
+        let carved = Self::objects(index) * BucketClasses::class_size(index);
         // SAFETY: the run holds `carved` bytes of blocks followed by the footer's 16 bytes,
         // at an offset that is a multiple of 16 (class sizes are), so aligned for it.
         let footer = unsafe { base.as_ptr().add(carved) }.cast::<RunFooter>();
@@ -286,7 +264,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
         self.run_count += 1;
         let class = &mut self.classes[index];
         // SAFETY: the first block ends inside the run (a run holds at least 4 blocks).
-        class.next = unsafe { base.as_ptr().add(class_size(index)) };
+        class.next = unsafe { base.as_ptr().add(BucketClasses::class_size(index)) };
         class.end = footer.cast();
         Some(base)
     }
@@ -302,7 +280,7 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
                 let RunFooter { prev, class } = footer.read();
                 let base = footer
                     .cast::<u8>()
-                    .sub(Self::objects(class) * class_size(class));
+                    .sub(Self::objects(class) * BucketClasses::class_size(class));
                 self.runs = prev;
                 self.inner
                     .put(NonNull::new_unchecked(base), Self::run_layout(class));
@@ -340,7 +318,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
             let block = class.next;
             // SAFETY: `next < end`, and the carvable part of a run is a whole number of
             // blocks, so the block ends at or before `end`.
-            class.next = unsafe { block.add(class_size(index)) };
+            class.next = unsafe { block.add(BucketClasses::class_size(index)) };
             // SAFETY: `block` lies inside a live run, which is not at null.
             return Some(unsafe { NonNull::new_unchecked(block) });
         }
@@ -416,7 +394,8 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
             }
             if class.next.is_null() != class.end.is_null()
                 || class.next > class.end
-                || !(class.end.addr() - class.next.addr()).is_multiple_of(class_size(index))
+                || !(class.end.addr() - class.next.addr())
+                    .is_multiple_of(BucketClasses::class_size(index))
                 || !class.next.addr().is_multiple_of(class_align(index))
             {
                 fail("a class's bump pointer is outside its run");
@@ -479,17 +458,20 @@ mod tests {
 
     type Classes<'a> = SizeClasses<Stats<Buffer<'a>>, 8192>;
 
+    /// The classes are the documented ones, within the documented waste.
     #[test]
-    fn the_table_is_monotone_and_ends_at_the_limit() {
-        assert_eq!(class_size(0), 16);
-        assert_eq!(class_size(7), 128);
-        assert_eq!(class_size(8), 160);
-        assert_eq!(class_size(CLASSES - 1), LIMIT);
-        for index in 1..CLASSES {
-            let (prev, size) = (class_size(index - 1), class_size(index));
-            assert!(prev < size, "class {index}: {prev} then {size}");
-            assert!(size.is_multiple_of(GRAIN));
+    fn the_classes_are_the_documented_ones() {
+        BucketClasses::check_properties();
+        let sizes = [
+            16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
+            896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192,
+            10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
+        ];
+        assert_eq!(CLASSES, sizes.len());
+        for (index, &size) in sizes.iter().enumerate() {
+            assert_eq!(BucketClasses::class_size(index), size, "class {index}");
             // The wasted-space bound the docs give: under 16 bytes, or under 20% above 128.
+            let prev = if index == 0 { 0 } else { sizes[index - 1] };
             let waste = size - prev - 1;
             assert!(
                 waste < 16 || waste * 5 < size,
@@ -504,8 +486,8 @@ mod tests {
     fn every_request_fits_its_class() {
         let step = if cfg!(miri) { 257 } else { 1 };
         for size in (0..=LIMIT).step_by(step).chain([LIMIT]) {
-            let index = class_index(size);
-            let smallest = (0..CLASSES).find(|&i| class_size(i) >= size.max(1));
+            let index = BucketClasses::class_of(size);
+            let smallest = (0..CLASSES).find(|&i| BucketClasses::class_size(i) >= size.max(1));
             assert_eq!(Some(index), smallest, "size {size}");
             for align_log2 in 0..=12 {
                 let layout = Layout::from_size_align(size, 1 << align_log2).unwrap();
@@ -513,7 +495,10 @@ mod tests {
                     assert!(size.next_multiple_of(layout.align().max(16)) > LIMIT);
                     continue;
                 };
-                assert!(class_size(index) >= size.max(1), "{layout:?}");
+                assert!(
+                    BucketClasses::class_size(index) >= size.max(1),
+                    "{layout:?}"
+                );
                 assert!(class_align(index) >= layout.align(), "{layout:?}");
             }
         }

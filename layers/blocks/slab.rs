@@ -10,11 +10,16 @@
 //!   block; the head is the slab `get` takes from) or *full* (every carved block live and
 //!   nothing left to carve); spare empty slabs sit on the `empty` stack, on no class list;
 //! - `used` counts the slab's live blocks; the free list holds `carved - used` blocks.
+//!
+//! The classes are `SlabClasses`, an instance of the size-class policy (`classes.rs`). The
+//! entry points are `get` and `put`, and, for the thread heaps, the crate-internal interface
+//! in the section "the thread heaps' interface".
 
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr::{self, NonNull};
 
+use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 
@@ -27,13 +32,21 @@ const HEADER: usize = 128;
 
 /// The largest request the slabs serve; larger ones, and alignments above
 /// [`Slab::BLOCK_ALIGN`], go straight to `L`.
-pub const SLAB_LIMIT: usize = 8192;
+const SLAB_LIMIT: usize = 8192;
 
 /// The alignment every slab block has (sizes are multiples of it).
-pub const BLOCK_ALIGN: usize = 16;
+const BLOCK_ALIGN: usize = 16;
 
-/// The number of size classes: 16-byte steps up to 128, then eight per doubling up to 8 KiB.
-pub const CLASSES: usize = 8 + 6 * 8;
+/// The slabs' size classes: 16-byte steps up to 128 bytes, then eight per doubling up to
+/// `SLAB_LIMIT`, so a block wastes at most a ninth of itself (at most 15 bytes below 128).
+type SlabClasses = ClassMap<BLOCK_ALIGN, 128, 8, SLAB_LIMIT>;
+
+/// The number of size classes (56).
+const CLASSES: usize = SlabClasses::COUNT;
+
+// Every class size is a multiple of the block alignment, and a class fits a `u8`.
+const _: () =
+    assert!(SlabClasses::GRAIN.is_multiple_of(BLOCK_ALIGN) && CLASSES <= u8::MAX as usize);
 
 /// Spare empty slabs kept for reuse before further ones go back to `L`: 256 KiB worth, so
 /// that a program that frees and rebuilds its heap in rounds does not hand its slabs back
@@ -97,57 +110,9 @@ struct FixedHeader {
 
 static_assertions::const_assert!(core::mem::size_of::<SlabHeader>() <= HEADER);
 
-/// The block size of class `class`.
-#[inline(always)]
-pub const fn class_size(class: usize) -> usize {
-    if class < 8 {
-        (class + 1) * 16
-    } else {
-        let i = class - 8;
-        (9 + i % 8) << (4 + i / 8)
-    }
-}
-
-/// The smallest class whose blocks hold `size` bytes, computed (see [`class_of`]).
-const fn class_of_size(size: usize) -> usize {
-    if size <= 128 {
-        if size == 0 { 0 } else { size.div_ceil(16) - 1 }
-    } else {
-        let s = size - 1;
-        let top = usize::BITS - 1 - s.leading_zeros(); // >= 7
-        let shift = top - 3;
-        8 + (top as usize - 7) * 8 + ((s >> shift) & 7)
-    }
-}
-
-/// The class of each request size rounded up to 16 bytes: every class size is a multiple
-/// of 16, so a 16-byte step never straddles two classes, and one load replaces the
-/// arithmetic on the allocation fast path.
-static CLASS_BY_STEP: [u8; SLAB_LIMIT / 16 + 1] = {
-    let mut table = [0; SLAB_LIMIT / 16 + 1];
-    let mut step = 0;
-    while step < table.len() {
-        table[step] = class_of_size(step * 16) as u8;
-        step += 1;
-    }
-    table
-};
-const _: () = assert!(CLASSES <= u8::MAX as usize);
-
-/// The smallest class whose blocks hold `size` bytes (`size <= SLAB_LIMIT`); a zero size
-/// takes the first class.
-#[inline(always)]
-pub fn class_of(size: usize) -> usize {
-    debug_require!(
-        size <= SLAB_LIMIT,
-        "Slab: class_of({size}) is past the slab limit"
-    );
-    // Callers check the limit first, so the index is in bounds (and its check folds away).
-    match CLASS_BY_STEP.get(size.div_ceil(16)) {
-        Some(&class) => class as usize,
-        None => CLASSES - 1,
-    }
-}
+/// The class of every request size rounded up to a multiple of 16, so that one load
+/// replaces the arithmetic on the allocation fast path.
+static CLASS_BY_GRAIN: [u8; SLAB_LIMIT / SlabClasses::GRAIN + 1] = SlabClasses::table();
 
 /// Whether a request is served from slabs.
 #[inline(always)]
@@ -345,7 +310,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     pub fn live_by_class(&self) -> [(usize, usize); CLASSES] {
         let mut out = [(0, 0); CLASSES];
         for (class, entry) in out.iter_mut().enumerate() {
-            entry.0 = class_size(class);
+            entry.0 = Self::class_size(class);
         }
         self.for_each_slab(|slab| {
             // SAFETY: every listed slab is live and ours.
@@ -375,63 +340,6 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         match self.pop_free(class) {
             Some(block) => Some(block),
             None => self.get_small_slow(class),
-        }
-    }
-
-    /// The fast half of [`get_small`](Slab::get_small): a block off the free list of the
-    /// class's head slab, or `None` when that list is empty (then call
-    /// [`get_small_slow`](Slab::get_small_slow)).
-    #[inline(always)]
-    pub(crate) fn pop_free(&mut self, class: usize) -> Option<NonNull<u8>> {
-        // (`get`, not indexing: no panic path on the allocation fast path.)
-        let slab = *self.partial.get(class)?;
-        if slab.is_null() {
-            return None;
-        }
-        // SAFETY: the head of a partial list is a live slab of ours.
-        unsafe {
-            let block = (*slab).free;
-            if block.is_null() {
-                return None;
-            }
-            (*slab).free = (*block).next;
-            (*slab).used += 1;
-            Some(NonNull::new_unchecked(block.cast()))
-        }
-    }
-
-    /// The head slab of `class` has no free block: carve more, or move on to the next
-    /// slab, or set up a new one.
-    #[cold]
-    pub(crate) fn get_small_slow(&mut self, class: usize) -> Option<NonNull<u8>> {
-        loop {
-            let slab = self.partial[class];
-            if slab.is_null() {
-                break;
-            }
-            // SAFETY: listed slabs are live and ours.
-            unsafe {
-                if (*slab).free.is_null() && (*slab).carved < (*slab).capacity {
-                    Self::carve(slab);
-                }
-                let block = (*slab).free;
-                if !block.is_null() {
-                    (*slab).free = (*block).next;
-                    (*slab).used += 1;
-                    return Some(NonNull::new_unchecked(block.cast()));
-                }
-                // Nothing free and nothing to carve: the slab is full.
-                self.unlink(slab);
-                self.push(slab, State::Full);
-            }
-        }
-        let slab = self.new_slab(class)?;
-        // SAFETY: a fresh slab of ours, with at least one block carved.
-        unsafe {
-            let block = (*slab).free;
-            (*slab).free = (*block).next;
-            (*slab).used += 1;
-            Some(NonNull::new_unchecked(block.cast()))
         }
     }
 
@@ -477,7 +385,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             self.empties -= 1;
             slab
         };
-        let size = class_size(class);
+        let size = Self::class_size(class);
         // SAFETY: `slab` is SLAB bytes of ours, aligned to SLAB, not on any list.
         unsafe {
             slab.write(SlabHeader {
@@ -587,34 +495,6 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         unsafe { self.put_in(Self::checked_slab(ptr), ptr) }
     }
 
-    /// The slab `ptr` lives in, checked, with the slab's owner tag.
-    ///
-    /// # Safety
-    ///
-    /// As for [`tag_of`](Slab::tag_of).
-    #[cfg_attr(not(feature = "os"), allow(dead_code))]
-    #[inline(always)]
-    pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, *mut u8) {
-        // SAFETY: the caller's duty.
-        unsafe {
-            let slab = Self::checked_slab(ptr);
-            (SlabRef(slab), (*slab).fixed.tag)
-        }
-    }
-
-    /// [`put_unsized`](Slab::put_unsized) with the slab already found by
-    /// [`slab_and_tag`](Slab::slab_and_tag).
-    ///
-    /// # Safety
-    ///
-    /// As for `put_unsized`, and `slab` is the slab of `ptr`.
-    #[cfg_attr(not(feature = "os"), allow(dead_code))]
-    #[inline(always)]
-    pub(crate) unsafe fn put_in_slab(&mut self, slab: SlabRef, ptr: NonNull<u8>) {
-        // SAFETY: the caller's duty.
-        unsafe { self.put_in(slab.0, ptr) }
-    }
-
     /// Puts a live block back in its (checked) slab.
     ///
     /// # Safety
@@ -719,6 +599,130 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     }
 }
 
+// ---- the thread heaps' interface (crate-internal) ----------------------------------------
+
+/// What the thread heaps (`src/thread_heaps.rs`) call in place of `get` and `put`, so that
+/// their fast paths stay a few loads inlined into `malloc` and `free`, with their own work
+/// between the halves. Each keeps the invariants at the top of this file, as `get` and `put`
+/// do.
+///
+/// - The class map: [`class_of`](Slab::class_of) (one table load) and
+///   [`class_size`](Slab::class_size), for requests of at most [`LIMIT`](Slab::LIMIT)
+///   bytes aligned to at most [`BLOCK_ALIGN`](Slab::BLOCK_ALIGN), in
+///   [`CLASSES`](Slab::CLASSES) classes.
+/// - A get in two halves: [`pop_free`](Slab::pop_free), a block off the free list of the
+///   class's head slab or `None`; then [`get_small_slow`](Slab::get_small_slow), which
+///   carves, moves on to the next slab or sets up a new one.
+/// - A put in two halves: [`slab_and_tag`](Slab::slab_and_tag) finds a block's slab and its
+///   owner tag from the address alone (and [`usable_size`](Slab::usable_size) its size);
+///   [`put_in_slab`](Slab::put_in_slab) puts it back in that slab, once the caller knows
+///   the slab is its own. Blocks freed on other threads come back through
+///   [`put_unsized`](Slab::put_unsized).
+impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
+    /// The smallest class whose blocks hold `size` bytes (at most [`LIMIT`](Slab::LIMIT));
+    /// a zero size takes the first class.
+    #[inline(always)]
+    pub(crate) fn class_of(size: usize) -> usize {
+        debug_require!(
+            size <= SLAB_LIMIT,
+            "Slab: class_of({size}) is past the slab limit"
+        );
+        // Callers check the limit first, so the index is in bounds (and its check folds away).
+        SlabClasses::class_in(&CLASS_BY_GRAIN, size)
+    }
+
+    /// The block size of class `class` (below [`CLASSES`](Slab::CLASSES)).
+    #[inline(always)]
+    pub(crate) const fn class_size(class: usize) -> usize {
+        SlabClasses::class_size(class)
+    }
+
+    /// The fast half of [`get_small`](Slab::get_small): a block off the free list of the
+    /// class's head slab, or `None` when that list is empty (then call
+    /// [`get_small_slow`](Slab::get_small_slow)).
+    #[inline(always)]
+    pub(crate) fn pop_free(&mut self, class: usize) -> Option<NonNull<u8>> {
+        // (`get`, not indexing: no panic path on the allocation fast path.)
+        let slab = *self.partial.get(class)?;
+        if slab.is_null() {
+            return None;
+        }
+        // SAFETY: the head of a partial list is a live slab of ours.
+        unsafe {
+            let block = (*slab).free;
+            if block.is_null() {
+                return None;
+            }
+            (*slab).free = (*block).next;
+            (*slab).used += 1;
+            Some(NonNull::new_unchecked(block.cast()))
+        }
+    }
+
+    /// The head slab of `class` has no free block: carve more, or move on to the next
+    /// slab, or set up a new one.
+    #[cold]
+    pub(crate) fn get_small_slow(&mut self, class: usize) -> Option<NonNull<u8>> {
+        loop {
+            let slab = self.partial[class];
+            if slab.is_null() {
+                break;
+            }
+            // SAFETY: listed slabs are live and ours.
+            unsafe {
+                if (*slab).free.is_null() && (*slab).carved < (*slab).capacity {
+                    Self::carve(slab);
+                }
+                let block = (*slab).free;
+                if !block.is_null() {
+                    (*slab).free = (*block).next;
+                    (*slab).used += 1;
+                    return Some(NonNull::new_unchecked(block.cast()));
+                }
+                // Nothing free and nothing to carve: the slab is full.
+                self.unlink(slab);
+                self.push(slab, State::Full);
+            }
+        }
+        let slab = self.new_slab(class)?;
+        // SAFETY: a fresh slab of ours, with at least one block carved.
+        unsafe {
+            let block = (*slab).free;
+            (*slab).free = (*block).next;
+            (*slab).used += 1;
+            Some(NonNull::new_unchecked(block.cast()))
+        }
+    }
+
+    /// The slab `ptr` lives in, checked, with the slab's owner tag.
+    ///
+    /// # Safety
+    ///
+    /// As for [`tag_of`](Slab::tag_of).
+    #[cfg_attr(not(feature = "os"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, *mut u8) {
+        // SAFETY: the caller's duty.
+        unsafe {
+            let slab = Self::checked_slab(ptr);
+            (SlabRef(slab), (*slab).fixed.tag)
+        }
+    }
+
+    /// [`put_unsized`](Slab::put_unsized) with the slab already found by
+    /// [`slab_and_tag`](Slab::slab_and_tag).
+    ///
+    /// # Safety
+    ///
+    /// As for `put_unsized`, and `slab` is the slab of `ptr`.
+    #[cfg_attr(not(feature = "os"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) unsafe fn put_in_slab(&mut self, slab: SlabRef, ptr: NonNull<u8>) {
+        // SAFETY: the caller's duty.
+        unsafe { self.put_in(slab.0, ptr) }
+    }
+}
+
 /// A slab found from a block's address (see [`Slab::slab_and_tag`]).
 #[derive(Clone, Copy)]
 #[cfg_attr(not(feature = "os"), allow(dead_code))]
@@ -754,7 +758,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         if is_small(layout) {
-            self.get_small(class_of(layout.size()))
+            self.get_small(Self::class_of(layout.size()))
         } else {
             self.inner.get(layout)
         }
@@ -783,7 +787,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         match (is_small(old), is_small(new)) {
-            (true, true) => class_of(old.size()) == class_of(new.size()),
+            (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
             // SAFETY: a large block of `L`, staying large.
             (false, false) => unsafe { self.inner.grow(ptr, old, new) },
             _ => false,
@@ -792,7 +796,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         match (is_small(old), is_small(new)) {
-            (true, true) => class_of(old.size()) == class_of(new.size()),
+            (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
             // SAFETY: a large block of `L`, staying large.
             (false, false) => unsafe { self.inner.shrink(ptr, old, new) },
             _ => false,
@@ -820,7 +824,9 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
                     if header.prev != prev || header.state != state {
                         fail("list links or state");
                     }
-                    if header.class as usize != class || header.size as usize != class_size(class) {
+                    if header.class as usize != class
+                        || header.size as usize != Self::class_size(class)
+                    {
                         fail("a slab on another class's list");
                     }
                     if header.fixed.check != slab.addr() ^ HEADER_CHECK || slab.addr() % SLAB != 0 {
@@ -996,23 +1002,31 @@ mod tests {
         assert!(heap.slabs() <= 1 + keep, "{} slabs left", heap.slabs());
     }
 
+    /// The classes are the documented ones, and every size up to the limit takes the
+    /// tightest (through the table as through the arithmetic).
     #[test]
-    fn classes_are_monotone_and_fit() {
-        for class in 1..CLASSES {
-            assert!(class_size(class) > class_size(class - 1));
-            assert_eq!(class_size(class) % BLOCK_ALIGN, 0);
+    fn classes_are_the_documented_ones_and_fit() {
+        type Map = Slab<Buffer<'static>>;
+        SlabClasses::check_properties();
+        let sizes = [
+            16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
+            352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280,
+            1408, 1536, 1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096,
+            4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192,
+        ];
+        assert_eq!(CLASSES, sizes.len());
+        for (class, &size) in sizes.iter().enumerate() {
+            assert_eq!(Map::class_size(class), size, "class {class}");
         }
-        assert_eq!(class_size(CLASSES - 1), SLAB_LIMIT);
         for size in 0..=SLAB_LIMIT {
-            let class = class_of(size);
-            assert!(class_size(class) >= size, "size {size}");
-            assert!(
-                class == 0 || class_size(class - 1) < size,
-                "size {size} not tightest"
-            );
+            let class = Map::class_of(size);
+            assert_eq!(class, SlabClasses::class_of(size), "size {size}");
             // The waste bound in the docs: a ninth of the block, or 15 bytes below 128.
-            let waste = class_size(class) - size.max(1);
-            assert!(waste <= 15 || waste * 9 <= class_size(class), "size {size}");
+            let waste = Map::class_size(class) - size.max(1);
+            assert!(
+                waste <= 15 || waste * 9 <= Map::class_size(class),
+                "size {size}"
+            );
         }
     }
 }
