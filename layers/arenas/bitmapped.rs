@@ -1,10 +1,10 @@
 //! `Bitset<L, BLOCK, ARENA, CACHE>`: fixed-size blocks in arenas taken from `L`, one bit
-//! per block in a [`BitSet`]; larger requests take runs of consecutive blocks, found through
+//! per block in a [`Bitmap`]; larger requests take runs of consecutive blocks, found through
 //! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`);
 //! put runs are cached a while before they go free.
 //!
 //! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
-//! it belongs to a live run; each arena's bitmap keeps the `BitSet` invariants (its count
+//! it belongs to a live run; each arena's bitmap keeps the `Bitmap` invariants (its count
 //! matches its bits); each arena's run index bounds its bitmap from above: every bitmap
 //! word's recorded class is at least the number of lengths `2^c` (`c < 7`) of free runs
 //! that start in it, each entry of a level above is at least the largest of the 64 below
@@ -21,9 +21,9 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
-use crate::bitset::RawBits;
+use crate::bitmap::RawBits;
 use crate::layer::served_size;
-use crate::{BitSet, Layer};
+use crate::{Bitmap, Layer};
 use run_index::{CLASSES, RunIndex, Words, class_of};
 
 use super::put_cache::PutCache;
@@ -172,7 +172,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     /// The bits of the last bitmap word that are blocks (the others are padding).
     const LAST_MASK: u64 = u64::MAX >> ((64 - Self::BLOCKS % 64) % 64);
     /// Where the run index starts in the metadata, in words.
-    const INDEX_AT: usize = META_HEADER_WORDS + BitSet::words_for(Self::BLOCKS);
+    const INDEX_AT: usize = META_HEADER_WORDS + Bitmap::words_for(Self::BLOCKS);
     /// Words of metadata after each arena's data: the header, the bitmap, the run index.
     const META_WORDS: usize = Self::INDEX_AT + Index::<BLOCK, ARENA>::INDEX_WORDS;
 
@@ -341,15 +341,15 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
-    /// no other `BitSet` over that bitmap is used while this one lives.
+    /// no other `Bitmap` handle over its words is used while this one lives.
     #[inline(always)]
-    unsafe fn bitmap<'m>(meta: *mut u8) -> BitSet<'m> {
+    unsafe fn bitmap<'m>(meta: *mut u8) -> Bitmap<'m> {
         // SAFETY: the bitmap follows the header inside the metadata.
         let at = unsafe { meta.cast::<u64>().add(META_HEADER_WORDS) };
         // SAFETY: `at` is inside an arena, so not null; the caller's duties give exclusive,
         // valid access to the words.
         match unsafe {
-            BitSet::attach_raw(NonNull::new_unchecked(at), BitSet::words_for(Self::BLOCKS))
+            Bitmap::attach_raw(NonNull::new_unchecked(at), Bitmap::words_for(Self::BLOCKS))
         } {
             Ok(set) => set,
             Err(error) => abort_with(format_args!(
@@ -364,11 +364,11 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
-    /// no `BitSet` over that bitmap is used while the result is.
+    /// no `Bitmap` handle over its words is used while the result is.
     #[inline(always)]
     unsafe fn raw_bitmap(meta: *mut u8) -> RawBits {
         // SAFETY: the bitmap follows the header inside the metadata, where `add_arena` made
-        // a `BitSet`; the caller's duties give exclusive access. Not null: inside an arena.
+        // a `Bitmap`; the caller's duties give exclusive access. Not null: inside an arena.
         unsafe {
             RawBits::new(NonNull::new_unchecked(
                 meta.cast::<u64>().add(META_HEADER_WORDS),
@@ -682,9 +682,9 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
                 .write(ArenaMeta { next: self.arenas });
             let at = meta.cast::<u64>().add(META_HEADER_WORDS);
             // Cannot fail: the words were sized by `words_for`.
-            let _ = BitSet::init_raw(
+            let _ = Bitmap::init_raw(
                 NonNull::new_unchecked(at),
-                BitSet::words_for(Self::BLOCKS),
+                Bitmap::words_for(Self::BLOCKS),
                 Self::BLOCKS,
             );
             // Every word free: all of class `CLASSES`, but for a last word cut short.
@@ -818,7 +818,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
             return false;
         }
         if needs > had {
-            // SAFETY: the blocks after the run are free and inside the arena; the `BitSet`
+            // SAFETY: the blocks after the run are free and inside the arena; the `Bitmap`
             // handle is gone.
             unsafe { Self::mark(meta, at + had, needs - had, true) };
         }
@@ -857,7 +857,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
                     "Bitset invariant broken: bitmap at {meta:p}: {error}"
                 ));
             }
-            // SAFETY: as above; the `BitSet` handle is gone, and the index only reads.
+            // SAFETY: as above; the `Bitmap` handle is gone, and the index only reads.
             let (map, index) = unsafe { (Self::raw_bitmap(meta), Self::index(meta)) };
             index.check(meta.wrapping_sub(ARENA), |w| {
                 // SAFETY: `w < WORDS`.

@@ -1,5 +1,5 @@
 //! `Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>`: a binary buddy heap over arenas of
-//! `2^MAX_ORDER` bytes taken from `L`, its free blocks booked in one [`BitSet`] per order,
+//! `2^MAX_ORDER` bytes taken from `L`, its free blocks booked in one [`Bitmap`] per order,
 //! its put blocks cached a while before they merge.
 //!
 //! Invariants (checked by `check_invariants` in tests): a free block of order `k` at offset
@@ -17,9 +17,9 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
-use crate::bitset::RawBits;
+use crate::bitmap::RawBits;
 use crate::layer::served_size;
-use crate::{BitSet, Layer};
+use crate::{Bitmap, Layer};
 
 use super::put_cache::PutCache;
 
@@ -50,7 +50,7 @@ const ORDER_SLOTS: usize = 64;
 /// a while in the cache, for small blocks: see below).
 ///
 /// Memory comes from `L` one *arena* at a time: `2^MAX_ORDER` bytes aligned to
-/// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`BitSet`] per
+/// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`Bitmap`] per
 /// order, with bit `i` of order `k` set when the block at offset `i << k` is free at that
 /// order; about `2^(MAX_ORDER - MIN_ORDER - 2)` bytes in all). A new arena is taken when no
 /// free block is large enough, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns
@@ -136,7 +136,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     pub const ARENA_BYTES: usize = 1 << MAX_ORDER;
     /// The smallest block: `2^MIN_ORDER` bytes.
     pub const MIN_BLOCK: usize = 1 << MIN_ORDER;
-    /// Words of metadata after each arena's data: a header, then one bit set per order.
+    /// Words of metadata after each arena's data: a header, then one bitmap per order.
     const META_WORDS: usize = Self::bitmap_offset(MAX_ORDER + 1);
     /// [`bitmap_offset`](Self::bitmap_offset) of every order, for the hot paths (0 for
     /// orders outside `MIN_ORDER..=MAX_ORDER`).
@@ -355,7 +355,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         let mut at = META_HEADER_WORDS;
         let mut k = MIN_ORDER;
         while k < order {
-            at += BitSet::words_for(1 << (MAX_ORDER - k));
+            at += Bitmap::words_for(1 << (MAX_ORDER - k));
             k += 1;
         }
         at
@@ -389,15 +389,15 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
-    /// no other `BitSet` over the same bitmap is used while this one lives.
+    /// no other `Bitmap` handle over the same words is used while this one lives.
     #[inline(always)]
-    unsafe fn bitmap<'m>(meta: *mut u8, order: u32) -> BitSet<'m> {
-        let words = BitSet::words_for(1 << (MAX_ORDER - order));
+    unsafe fn bitmap<'m>(meta: *mut u8, order: u32) -> Bitmap<'m> {
+        let words = Bitmap::words_for(1 << (MAX_ORDER - order));
         // SAFETY: the bitmap lies inside the metadata, which is `META_WORDS` words long.
         let at = unsafe { meta.cast::<u64>().add(Self::bitmap_offset(order)) };
         // SAFETY: `at` is not null (it is inside an arena); the caller's duties give
         // exclusive, valid access to the words.
-        match unsafe { BitSet::attach_raw(NonNull::new_unchecked(at), words) } {
+        match unsafe { Bitmap::attach_raw(NonNull::new_unchecked(at), words) } {
             Ok(set) => set,
             Err(error) => abort_with(format_args!(
                 "Buddy: the order-{order} bitmap at {at:p} is corrupt (memory overrun?): {error}"
@@ -411,14 +411,14 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it),
-    /// `order` is in `MIN_ORDER..=MAX_ORDER`, and no `BitSet` over the same bitmap is used
+    /// `order` is in `MIN_ORDER..=MAX_ORDER`, and no `Bitmap` handle over the same words is used
     /// while the result is.
     #[inline(always)]
     unsafe fn raw_bitmap(meta: *mut u8, order: u32) -> RawBits {
         // `order < ORDER_SLOTS`, so the mask changes nothing but spares a bounds check.
         let offset = Self::BITMAP_AT[order as usize & (ORDER_SLOTS - 1)];
         // SAFETY: the bitmap lies inside the metadata, which is `META_WORDS` words long, and
-        // `add_arena` made a `BitSet` there; the caller's duties give exclusive access.
+        // `add_arena` made a `Bitmap` there; the caller's duties give exclusive access.
         unsafe { RawBits::new(NonNull::new_unchecked(meta.cast::<u64>().add(offset))) }
     }
 
@@ -457,7 +457,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         self.nonempty |= 1 << order;
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
         // SAFETY: `block` is in a live arena and `order` one of ours, so the index is below
-        // `2^(MAX_ORDER - order)`, the bitmap's size; no `BitSet` handle is alive.
+        // `2^(MAX_ORDER - order)`, the bitmap's size; no `Bitmap` handle is alive.
         unsafe { Self::raw_bitmap(Self::meta_of(block), order).set(offset >> order) };
     }
 
@@ -486,7 +486,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         let block = node.cast::<u8>();
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
         // SAFETY: `node` is in a live arena and `order` one of ours, so the index is below
-        // the bitmap's size; no `BitSet` handle is alive.
+        // the bitmap's size; no `Bitmap` handle is alive.
         unsafe { Self::raw_bitmap(Self::meta_of(block), order).reset(offset >> order) };
     }
 
@@ -510,7 +510,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
                 let bits = 1 << (MAX_ORDER - order);
                 let at = meta.cast::<u64>().add(Self::bitmap_offset(order));
                 // Cannot fail: the words were sized by `words_for`.
-                let _ = BitSet::init_raw(NonNull::new_unchecked(at), BitSet::words_for(bits), bits);
+                let _ = Bitmap::init_raw(NonNull::new_unchecked(at), Bitmap::words_for(bits), bits);
             }
             self.arenas = base;
             self.arena_count += 1;
