@@ -1,6 +1,6 @@
 //! `Bitset<L, BLOCK, ARENA, CACHE>`: fixed-size blocks in arenas taken from `L`, one bit
 //! per block in a [`Bitmap`]; larger requests take runs of consecutive blocks, found through
-//! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`);
+//! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitset/run_index.rs`);
 //! put runs are cached a while before they go free.
 //!
 //! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
@@ -949,12 +949,12 @@ mod tests {
     /// `first`).
     #[test]
     fn first_fit_matches_a_model() {
-        type Heap<'a> = Bitset<Buffer<'a>, 16, 8192, 0>;
-        const N: usize = Heap::BLOCKS;
+        type OneArena<'a> = Bitset<Buffer<'a>, 16, 8192, 0>;
+        const N: usize = OneArena::BLOCKS;
         // Room for one aligned arena only: a request with no fit gets `None`.
         // Uninitialised without a loop (which Miri would take seconds over).
-        let mut memory = alloc::boxed::Box::new_uninit_slice(2 * 8192 + 8 * Heap::META_WORDS);
-        let mut heap = Heap::new(Buffer::new(&mut memory));
+        let mut memory = alloc::boxed::Box::new_uninit_slice(2 * 8192 + 8 * OneArena::META_WORDS);
+        let mut heap = OneArena::new(Buffer::new(&mut memory));
         let mut used = alloc::vec![false; N];
         let mut live: alloc::vec::Vec<(NonNull<u8>, Layout)> = alloc::vec::Vec::new();
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
