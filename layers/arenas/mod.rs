@@ -1,5 +1,7 @@
 //! Arenas: layers that carve or keep blocks and give memory back in bulk.
 
+/// The chain of arenas that `Buddy` and `Bitset` take from the layer below.
+mod arena_chain;
 /// Books every block; frees them all at deinit.
 mod batch;
 /// Fixed-size blocks tracked by a bitmap; runs of blocks for larger requests.
