@@ -76,6 +76,16 @@ const ORDER_SLOTS: usize = 64;
 /// 12 are held, 256 KiB in all with the default (less when `MAX_ORDER` is small, since an
 /// arena's largest block is never cached). `CACHE = 0` makes a strictly eager buddy heap.
 ///
+/// **`Buddy` and [`BlobHeap`](crate::blob_heap::BlobHeap)** are both binary buddy heaps.
+/// `Buddy` is a layer for one owner (`&mut self`) in one process: it takes arenas from the
+/// layer below as it needs them, links its free lists by address, keeps its bitmaps beside
+/// each arena, caches put blocks, and is freed with the layout (sized puts). `BlobHeap`
+/// keeps everything (header, bitmaps, free lists) inside one blob of fixed size that the
+/// caller gives it, names blocks by their offset, frees by offset alone, and is shared by
+/// several handles and processes under a process-shared lock, with
+/// [`recover`](crate::blob_heap::BlobHeap::recover) after damage or a dead lock holder.
+/// Stack `Buddy` into an allocator; use `BlobHeap` for a heap in shared memory.
+///
 /// The orders are checked at compile time: `MIN_ORDER <= MAX_ORDER`,
 /// `MAX_ORDER <= usize::BITS - 2`, and a `2^MIN_ORDER` block must hold two pointers (so
 /// `MIN_ORDER >= 4` on 64-bit targets). A misconfigured `Buddy` does not build:
