@@ -33,8 +33,8 @@
 //!   between threads and can be the `#[global_allocator]`.
 //! - [`presets`]: named stacks, documented level by level.
 //! - [`Gauge`]: the figures a stack reports.
-//! - [`BitSet`]: a bit set in caller memory that another handle can attach to (the
-//!   bitmap under `Buddy` and `Bitset`).
+//! - [`Bitmap`]: a bitmap in caller memory that another handle can attach to (the Dragon
+//!   seed's `BitSet`; the bitmap under the `Buddy` and `Bitset` layers).
 //! - [`blob_heap`] (with `std`): a buddy heap whose metadata lives inside the blob it
 //!   manages (caller memory or a shared file map), addressed by offsets, so that several
 //!   handles and processes can attach to it; a robust process-shared lock, `recover`.
@@ -57,7 +57,7 @@
 //!   example) is built: without std's panic and backtrace machinery it maps a fraction
 //!   of the pages into every program it is loaded into.
 //! - With neither, the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
-//!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `BitSet`, `Heap` and `Locked`
+//!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `Bitmap`, `Heap` and `Locked`
 //!   remain.
 
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -72,7 +72,7 @@ extern crate std;
 
 mod abort;
 mod alloc_ops;
-mod bitset;
+mod bitmap;
 #[cfg(feature = "std")]
 pub mod blob_heap;
 mod gauge;
@@ -92,7 +92,7 @@ mod thread_heaps;
 #[path = "../layers/mod.rs"]
 pub mod layers;
 
-pub use bitset::{BitSet, BitSetError};
+pub use bitmap::{Bitmap, BitmapError};
 pub use gauge::{Gauge, Gauges};
 pub use heap::Heap;
 pub use layer::{Layer, Measured};

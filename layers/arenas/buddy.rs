@@ -1,13 +1,14 @@
 //! `Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>`: a binary buddy heap over arenas of
-//! `2^MAX_ORDER` bytes taken from `L`, its free blocks booked in one [`BitSet`] per order,
+//! `2^MAX_ORDER` bytes taken from `L`, its free blocks booked in one [`Bitmap`] per order,
 //! its put blocks cached a while before they merge.
 //!
-//! Invariants (checked by `check_invariants` in tests): a free block of order `k` at offset
-//! `o` of its arena has bit `o >> k` set in that arena's order-`k` bitmap, and is on free
-//! list `k` exactly once, and nothing else is; no two free blocks overlap (no free block
-//! lies inside a larger free one); no free block has its buddy free at the same order
-//! (merging is complete among free blocks); bit `k` of `nonempty` is set exactly when list
-//! `k` is not empty. A cached block of order `k` is a block of one of our arenas, on cache
+//! Invariants (checked by `check_invariants` in tests): the arenas keep the
+//! [`ArenaChain`]'s (written there); a free block of order `k` at offset `o` of its arena
+//! has bit `o >> k` set in that arena's order-`k` bitmap, and is on free list `k` exactly
+//! once, and nothing else is; no two free blocks overlap (no free block lies inside a
+//! larger free one); no free block has its buddy free at the same order (merging is
+//! complete among free blocks); bit `k` of `nonempty` is set exactly when list `k` is not
+//! empty. A cached block of order `k` is a block of one of our arenas, on cache
 //! `k` once, with no bit set for it or around it at orders `k` and up (it is neither free
 //! nor inside a free block), and cache `k` holds at most `CACHE` blocks.
 
@@ -17,10 +18,11 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
-use crate::bitset::RawBits;
+use crate::bitmap::RawBits;
 use crate::layer::served_size;
-use crate::{BitSet, Layer};
+use crate::{Bitmap, Layer};
 
+use super::arena_chain::{ArenaChain, ArenaShape, LINK_WORDS};
 use super::put_cache::PutCache;
 
 /// The links written into every free block; the list of its order goes through them.
@@ -30,18 +32,9 @@ struct FreeNode {
     next: *mut FreeNode,
 }
 
-/// The first words of an arena's metadata, which follows its `2^MAX_ORDER` data bytes.
-#[repr(C)]
-struct ArenaMeta {
-    /// The base of the next (older) arena, or null.
-    next: *mut u8,
-}
-
 /// The largest order whose freed blocks are cached: blocks up to 4 KiB.
 const CACHE_TOP_ORDER: u32 = 12;
 
-/// Words of [`ArenaMeta`] before the first bitmap.
-const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
 /// Room for the free list heads of every order a `u64` mask can name.
 const ORDER_SLOTS: usize = 64;
 
@@ -50,7 +43,7 @@ const ORDER_SLOTS: usize = 64;
 /// a while in the cache, for small blocks: see below).
 ///
 /// Memory comes from `L` one *arena* at a time: `2^MAX_ORDER` bytes aligned to
-/// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`BitSet`] per
+/// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`Bitmap`] per
 /// order, with bit `i` of order `k` set when the block at offset `i << k` is free at that
 /// order; about `2^(MAX_ORDER - MIN_ORDER - 2)` bytes in all). A new arena is taken when no
 /// free block is large enough, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns
@@ -82,6 +75,16 @@ const ORDER_SLOTS: usize = 64;
 /// cache and looks again first. At most `CACHE` blocks of each order from `MIN_ORDER` to
 /// 12 are held, 256 KiB in all with the default (less when `MAX_ORDER` is small, since an
 /// arena's largest block is never cached). `CACHE = 0` makes a strictly eager buddy heap.
+///
+/// **`Buddy` and [`BlobHeap`](crate::blob_heap::BlobHeap)** are both binary buddy heaps.
+/// `Buddy` is a layer for one owner (`&mut self`) in one process: it takes arenas from the
+/// layer below as it needs them, links its free lists by address, keeps its bitmaps beside
+/// each arena, caches put blocks, and is freed with the layout (sized puts). `BlobHeap`
+/// keeps everything (header, bitmaps, free lists) inside one blob of fixed size that the
+/// caller gives it, names blocks by their offset, frees by offset alone, and is shared by
+/// several handles and processes under a process-shared lock, with
+/// [`recover`](crate::blob_heap::BlobHeap::recover) after damage or a dead lock holder.
+/// Stack `Buddy` into an allocator; use `BlobHeap` for a heap in shared memory.
 ///
 /// The orders are checked at compile time: `MIN_ORDER <= MAX_ORDER`,
 /// `MAX_ORDER <= usize::BITS - 2`, and a `2^MIN_ORDER` block must hold two pointers (so
@@ -116,9 +119,8 @@ pub struct Buddy<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CAC
     nonempty: u64,
     /// The put blocks of each order not merged yet.
     cache: PutCache<ORDER_SLOTS>,
-    /// The newest arena's base; older ones follow the `next` links in their metadata.
-    arenas: *mut u8,
-    arena_count: usize,
+    /// The arenas taken from `inner`.
+    arenas: ArenaChain<Self>,
     inner: L,
 }
 
@@ -136,8 +138,6 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     pub const ARENA_BYTES: usize = 1 << MAX_ORDER;
     /// The smallest block: `2^MIN_ORDER` bytes.
     pub const MIN_BLOCK: usize = 1 << MIN_ORDER;
-    /// Words of metadata after each arena's data: a header, then one bit set per order.
-    const META_WORDS: usize = Self::bitmap_offset(MAX_ORDER + 1);
     /// [`bitmap_offset`](Self::bitmap_offset) of every order, for the hot paths (0 for
     /// orders outside `MIN_ORDER..=MAX_ORDER`).
     const BITMAP_AT: [usize; ORDER_SLOTS] = {
@@ -170,8 +170,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
             heads: [ptr::null_mut(); ORDER_SLOTS],
             nonempty: 0,
             cache: PutCache::new(),
-            arenas: ptr::null_mut(),
-            arena_count: 0,
+            arenas: ArenaChain::new(),
             inner,
         }
     }
@@ -201,7 +200,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
 
     /// Arenas held now.
     pub const fn arenas(&self) -> usize {
-        self.arena_count
+        self.arenas.len()
     }
 
     /// Free blocks of `order` in all arenas (0 for an order outside `MIN_ORDER..=MAX_ORDER`).
@@ -209,12 +208,11 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
             return 0;
         }
-        let mut count = 0;
-        self.for_each_arena(|base| {
+        self.arenas
+            .iter()
             // SAFETY: `base` is a live arena; the bitmap is not otherwise in use.
-            count += unsafe { Self::bitmap(Self::meta_of(base), order) }.len();
-        });
-        count
+            .map(|base| unsafe { Self::bitmap(Self::meta_of(base.as_ptr()), order) }.len())
+            .sum()
     }
 
     /// Free bytes in all arenas (cached blocks left out).
@@ -350,21 +348,16 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         }
     }
 
-    /// Words from the start of an arena's metadata to the bitmap of `order`.
+    /// Words from the start of an arena's metadata to the bitmap of `order` (the chain's
+    /// link comes first).
     const fn bitmap_offset(order: u32) -> usize {
-        let mut at = META_HEADER_WORDS;
+        let mut at = LINK_WORDS;
         let mut k = MIN_ORDER;
         while k < order {
-            at += BitSet::words_for(1 << (MAX_ORDER - k));
+            at += Bitmap::words_for(1 << (MAX_ORDER - k));
             k += 1;
         }
         at
-    }
-
-    /// The piece got from `L` for one arena: its data, then its metadata.
-    fn arena_layout() -> Option<Layout> {
-        let size = Self::ARENA_BYTES.checked_add(Self::META_WORDS.checked_mul(8)?)?;
-        Layout::from_size_align(size, Self::ARENA_BYTES).ok()
     }
 
     /// The order that serves `layout`, or `None` when it is larger than an arena.
@@ -389,15 +382,15 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
-    /// no other `BitSet` over the same bitmap is used while this one lives.
+    /// no other `Bitmap` handle over the same words is used while this one lives.
     #[inline(always)]
-    unsafe fn bitmap<'m>(meta: *mut u8, order: u32) -> BitSet<'m> {
-        let words = BitSet::words_for(1 << (MAX_ORDER - order));
+    unsafe fn bitmap<'m>(meta: *mut u8, order: u32) -> Bitmap<'m> {
+        let words = Bitmap::words_for(1 << (MAX_ORDER - order));
         // SAFETY: the bitmap lies inside the metadata, which is `META_WORDS` words long.
         let at = unsafe { meta.cast::<u64>().add(Self::bitmap_offset(order)) };
         // SAFETY: `at` is not null (it is inside an arena); the caller's duties give
         // exclusive, valid access to the words.
-        match unsafe { BitSet::attach_raw(NonNull::new_unchecked(at), words) } {
+        match unsafe { Bitmap::attach_raw(NonNull::new_unchecked(at), words) } {
             Ok(set) => set,
             Err(error) => abort_with(format_args!(
                 "Buddy: the order-{order} bitmap at {at:p} is corrupt (memory overrun?): {error}"
@@ -411,26 +404,15 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it),
-    /// `order` is in `MIN_ORDER..=MAX_ORDER`, and no `BitSet` over the same bitmap is used
+    /// `order` is in `MIN_ORDER..=MAX_ORDER`, and no `Bitmap` handle over the same words is used
     /// while the result is.
     #[inline(always)]
     unsafe fn raw_bitmap(meta: *mut u8, order: u32) -> RawBits {
         // `order < ORDER_SLOTS`, so the mask changes nothing but spares a bounds check.
         let offset = Self::BITMAP_AT[order as usize & (ORDER_SLOTS - 1)];
         // SAFETY: the bitmap lies inside the metadata, which is `META_WORDS` words long, and
-        // `add_arena` made a `BitSet` there; the caller's duties give exclusive access.
+        // `add_arena` made a `Bitmap` there; the caller's duties give exclusive access.
         unsafe { RawBits::new(NonNull::new_unchecked(meta.cast::<u64>().add(offset))) }
-    }
-
-    fn for_each_arena(&self, mut each: impl FnMut(*mut u8)) {
-        let mut base = self.arenas;
-        while !base.is_null() {
-            // SAFETY: every arena on the chain is live and its metadata starts with an
-            // `ArenaMeta`.
-            let next = unsafe { (*Self::meta_of(base).cast::<ArenaMeta>()).next };
-            each(base);
-            base = next;
-        }
     }
 
     /// Puts `block`, a free block of `order`, at the head of its list and sets its bit.
@@ -457,7 +439,7 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         self.nonempty |= 1 << order;
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
         // SAFETY: `block` is in a live arena and `order` one of ours, so the index is below
-        // `2^(MAX_ORDER - order)`, the bitmap's size; no `BitSet` handle is alive.
+        // `2^(MAX_ORDER - order)`, the bitmap's size; no `Bitmap` handle is alive.
         unsafe { Self::raw_bitmap(Self::meta_of(block), order).set(offset >> order) };
     }
 
@@ -486,34 +468,24 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         let block = node.cast::<u8>();
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
         // SAFETY: `node` is in a live arena and `order` one of ours, so the index is below
-        // the bitmap's size; no `BitSet` handle is alive.
+        // the bitmap's size; no `Bitmap` handle is alive.
         unsafe { Self::raw_bitmap(Self::meta_of(block), order).reset(offset >> order) };
     }
 
     /// Takes a new arena from `L` and books it as one free block of `MAX_ORDER`.
     #[cold]
     fn add_arena(&mut self) -> Option<()> {
-        let layout = Self::arena_layout()?;
-        let base = self.inner.get(layout)?.as_ptr();
-        debug_require!(
-            base.addr() % Self::ARENA_BYTES == 0,
-            "Buddy: the layer below returned an arena at {base:p}, not aligned to {}",
-            Self::ARENA_BYTES
-        );
+        let base = self.arenas.add(&mut self.inner)?.as_ptr();
         // SAFETY: the piece holds `ARENA_BYTES` of data then `META_WORDS` words, aligned to
         // at least 8 since the arena is; it is ours alone.
         unsafe {
             let meta = base.add(Self::ARENA_BYTES);
-            meta.cast::<ArenaMeta>()
-                .write(ArenaMeta { next: self.arenas });
             for order in MIN_ORDER..=MAX_ORDER {
                 let bits = 1 << (MAX_ORDER - order);
                 let at = meta.cast::<u64>().add(Self::bitmap_offset(order));
                 // Cannot fail: the words were sized by `words_for`.
-                let _ = BitSet::init_raw(NonNull::new_unchecked(at), BitSet::words_for(bits), bits);
+                let _ = Bitmap::init_raw(NonNull::new_unchecked(at), Bitmap::words_for(bits), bits);
             }
-            self.arenas = base;
-            self.arena_count += 1;
             self.push(base, MAX_ORDER);
         }
         Some(())
@@ -521,36 +493,20 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
 
     /// Gives every arena back to `L`, leaving this layer empty.
     fn release(&mut self) {
-        let Some(layout) = Self::arena_layout() else {
-            return;
-        };
-        let mut base = self.arenas;
-        while !base.is_null() {
-            // SAFETY: `base` is a live arena got from `L` with `layout`; its link is read
-            // before the arena goes back.
-            unsafe {
-                let next = (*Self::meta_of(base).cast::<ArenaMeta>()).next;
-                self.inner.put(NonNull::new_unchecked(base), layout);
-                base = next;
-            }
-        }
-        self.arenas = ptr::null_mut();
-        self.arena_count = 0;
+        self.arenas.put_all(&mut self.inner);
         self.heads = [ptr::null_mut(); ORDER_SLOTS];
         self.nonempty = 0;
         self.cache.clear();
     }
+}
 
-    /// The arena whose data holds `addr`, if it is one of ours.
-    fn arena_of(&self, addr: usize) -> Option<*mut u8> {
-        let mut found = None;
-        self.for_each_arena(|base| {
-            if addr.wrapping_sub(base.addr()) < Self::ARENA_BYTES {
-                found = Some(base);
-            }
-        });
-        found
-    }
+impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32> ArenaShape
+    for Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>
+{
+    const NAME: &'static str = "Buddy";
+    const BYTES: usize = Self::ARENA_BYTES;
+    /// The chain's link, then one bitmap per order.
+    const META_WORDS: usize = Self::bitmap_offset(MAX_ORDER + 1);
 }
 
 // SAFETY: every block handed out is a block of some order `k` carved by halving from a
@@ -631,18 +587,17 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.arena_of(ptr.as_ptr().addr()).is_some()
+        self.arenas.find(ptr.as_ptr().addr()).is_some()
     }
 
     fn check_invariants(&self) {
         let fail = |what: core::fmt::Arguments<'_>| -> ! {
             abort_with(format_args!("Buddy invariant broken: {what}"))
         };
-        let mut arenas = 0;
+        self.arenas.check();
         let mut free = [0usize; ORDER_SLOTS];
-        self.for_each_arena(|base| {
-            arenas += 1;
-            let meta = Self::meta_of(base);
+        for base in self.arenas.iter() {
+            let meta = Self::meta_of(base.as_ptr());
             for k in MIN_ORDER..=MAX_ORDER {
                 // SAFETY: `base` is a live arena; one bitmap handle at a time.
                 let map = unsafe { Self::bitmap(meta, k) };
@@ -670,12 +625,6 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
                     at = map.next_set(i + 1);
                 }
             }
-        });
-        if arenas != self.arena_count {
-            fail(format_args!(
-                "{arenas} arenas on the chain, {} counted",
-                self.arena_count
-            ));
         }
         for k in 0..ORDER_SLOTS as u32 {
             if !Self::caches(k) && self.cache.count(k as usize) != 0 {
@@ -683,12 +632,12 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
             }
             let mut each = |block: NonNull<u8>| {
                 let addr = block.as_ptr().addr();
-                let Some(base) = self.arena_of(addr) else {
+                let Some(base) = self.arenas.find(addr) else {
                     fail(format_args!(
                         "cached block {block:p} of order {k} is in no arena"
                     ));
                 };
-                let offset = addr - base.addr();
+                let offset = addr - base.as_ptr().addr();
                 if !offset.is_multiple_of(1 << k) {
                     fail(format_args!(
                         "cached block {block:p} is not a block of order {k}"
@@ -696,7 +645,7 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
                 }
                 for up in k..=MAX_ORDER {
                     // SAFETY: `base` is a live arena; one bitmap handle at a time.
-                    let map = unsafe { Self::bitmap(Self::meta_of(base), up) };
+                    let map = unsafe { Self::bitmap(Self::meta_of(base.as_ptr()), up) };
                     if map.get(offset >> up) == Ok(true) {
                         fail(format_args!(
                             "cached block {block:p} of order {k} is (inside) a free block of \
@@ -729,12 +678,12 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
                     fail(format_args!("list {k} is longer than its bitmaps say"));
                 }
                 let addr = node.addr();
-                let Some(base) = self.arena_of(addr) else {
+                let Some(base) = self.arenas.find(addr) else {
                     fail(format_args!("node {node:p} on list {k} is in no arena"));
                 };
-                let offset = addr - base.addr();
+                let offset = addr - base.as_ptr().addr();
                 // SAFETY: `base` is a live arena.
-                let map = unsafe { Self::bitmap(Self::meta_of(base), k) };
+                let map = unsafe { Self::bitmap(Self::meta_of(base.as_ptr()), k) };
                 if !offset.is_multiple_of(1 << k) || map.get(offset >> k) != Ok(true) {
                     fail(format_args!("node {node:p} on list {k} is not booked free"));
                 }
@@ -772,7 +721,7 @@ impl<L: Layer + fmt::Debug, const MIN_ORDER: u32, const MAX_ORDER: u32, const CA
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Buddy")
             .field("orders", &(MIN_ORDER..=MAX_ORDER))
-            .field("arenas", &self.arena_count)
+            .field("arenas", &self.arenas.len())
             .field("free_bytes", &self.free_bytes())
             .field("cached_bytes", &self.cached_bytes())
             .field("inner", &self.inner)

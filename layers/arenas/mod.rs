@@ -1,9 +1,11 @@
 //! Arenas: layers that carve or keep blocks and give memory back in bulk.
 
+/// The chain of arenas that `Buddy` and `Bitset` take from the layer below.
+mod arena_chain;
 /// Books every block; frees them all at deinit.
 mod batch;
 /// Fixed-size blocks tracked by a bitmap; runs of blocks for larger requests.
-mod bitmapped;
+mod bitset;
 /// A binary buddy heap: power-of-two blocks, split and merged.
 mod buddy;
 /// Bump allocation out of fixed-size chunks.
@@ -12,6 +14,6 @@ mod chunk;
 mod put_cache;
 
 pub use batch::Batch;
-pub use bitmapped::Bitset;
+pub use bitset::Bitset;
 pub use buddy::Buddy;
 pub use chunk::Chunk;

@@ -248,6 +248,16 @@ pub struct BlobStats {
 /// threads; other handles, in this process or others, see the same heap. Dropping the
 /// handle detaches it.
 ///
+/// **`BlobHeap` and [`Buddy`](crate::layers::Buddy)** are both binary buddy heaps.
+/// `BlobHeap` keeps everything (header, bitmaps, free lists) inside the one blob of fixed
+/// size it is given, names blocks by their offset (so a process that maps the blob
+/// elsewhere reads the same heap), frees by offset alone (a bitmap of live blocks gives the
+/// order), changes the heap under a process-shared lock, and can
+/// [`recover`](Self::recover). `Buddy` is a [`Layer`](crate::Layer) for one owner in one
+/// process: it takes arenas from the layer below as it needs them, links its free lists by
+/// address, keeps its bitmaps beside each arena, caches put blocks, and is freed with the
+/// layout. Use `BlobHeap` for a heap in shared memory; stack `Buddy` into an allocator.
+///
 /// ```
 /// use stratalloc::blob_heap::{BlobGeometry, BlobHeap};
 ///

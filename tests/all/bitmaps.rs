@@ -1,4 +1,4 @@
-//! The bitmap (`BitSet`) and the two layers built on it (`Buddy`, `Bitset`): clear errors
+//! The bitmap (`Bitmap`) and the two layers built on it (`Buddy`, `Bitset`): clear errors
 //! for bad input, the limits each layer documents, and memory coming back whole.
 //!
 //! Misconfigured layers (`MIN_ORDER > MAX_ORDER`, a `BLOCK` that is not a power of two) do
@@ -8,7 +8,7 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use stratalloc::layers::{Bitset, Buddy};
-use stratalloc::{BitSet, BitSetError, Layer};
+use stratalloc::{Bitmap, BitmapError, Layer};
 
 use crate::conformance::OwnedBuffer;
 
@@ -17,27 +17,27 @@ fn layout(size: usize, align: usize) -> Layout {
 }
 
 #[test]
-fn bitset_out_of_range_names_index_and_length() {
-    let mut memory = vec![0u64; BitSet::words_for(100)];
-    let mut set = BitSet::init(&mut memory, 100).unwrap();
+fn bitmap_out_of_range_names_index_and_length() {
+    let mut memory = vec![0u64; Bitmap::words_for(100)];
+    let mut set = Bitmap::init(&mut memory, 100).unwrap();
     let error = set.set(100).unwrap_err();
     assert_eq!(
         error,
-        BitSetError::OutOfRange {
+        BitmapError::OutOfRange {
             index: 100,
             len: 100
         }
     );
     assert_eq!(
         error.to_string(),
-        "bit index 100 is out of range for a bit set of 100 bits"
+        "bit index 100 is out of range for a bitmap of 100 bits"
     );
     assert!(set.get(usize::MAX).is_err());
     assert!(set.reset(1000).is_err());
     assert!(set.zeroes_to_right(100).is_err());
     assert_eq!(
         set.set_range(90, 20).unwrap_err().to_string(),
-        "bit range 90..110 is out of range for a bit set of 100 bits"
+        "bit range 90..110 is out of range for a bitmap of 100 bits"
     );
     // Nothing changed.
     assert!(set.is_empty());
@@ -45,21 +45,21 @@ fn bitset_out_of_range_names_index_and_length() {
 }
 
 #[test]
-fn bitset_attach_rejects_memory_without_a_set() {
+fn bitmap_attach_rejects_memory_without_a_bitmap() {
     let mut garbage = vec![0x5555_5555_5555_5555u64; 16];
-    let error = BitSet::attach(&mut garbage).unwrap_err();
-    assert!(matches!(error, BitSetError::NotABitSet { .. }));
-    assert!(error.to_string().contains("holds no bit set"), "{error}");
-    let mut memory = vec![0u64; BitSet::words_for(1000)];
-    let error = BitSet::init(&mut memory[..5], 1000).unwrap_err();
+    let error = Bitmap::attach(&mut garbage).unwrap_err();
+    assert!(matches!(error, BitmapError::NotABitmap { .. }));
+    assert!(error.to_string().contains("holds no bitmap"), "{error}");
+    let mut memory = vec![0u64; Bitmap::words_for(1000)];
+    let error = Bitmap::init(&mut memory[..5], 1000).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "a bit set needs 19 words of memory, 5 were given"
+        "a bitmap needs 19 words of memory, 5 were given"
     );
-    BitSet::init(&mut memory, 1000).unwrap();
+    Bitmap::init(&mut memory, 1000).unwrap();
     assert!(matches!(
-        BitSet::attach(&mut memory[..10]),
-        Err(BitSetError::MemoryTooSmall {
+        Bitmap::attach(&mut memory[..10]),
+        Err(BitmapError::MemoryTooSmall {
             needed: 19,
             given: 10
         })
@@ -68,9 +68,9 @@ fn bitset_attach_rejects_memory_without_a_set() {
 
 #[cfg(feature = "std")]
 #[test]
-fn bitset_dumps_to_a_writer() {
-    let mut memory = vec![0u64; BitSet::words_for(16)];
-    let mut set = BitSet::init(&mut memory, 16).unwrap();
+fn bitmap_dumps_to_a_writer() {
+    let mut memory = vec![0u64; Bitmap::words_for(16)];
+    let mut set = Bitmap::init(&mut memory, 16).unwrap();
     set.set_range(2, 3).unwrap();
     let mut out = Vec::new();
     set.dump_to_io(&mut out, "free blocks", "> ").unwrap();
@@ -121,7 +121,7 @@ fn bitset_refuses_requests_larger_than_an_arena() {
 }
 
 /// Many blocks of mixed sizes, freed in a scrambled order: once their caches are flushed,
-/// the buddy heap ends with every arena whole again, the bitmapped heap with every bit
+/// the buddy heap ends with every arena whole again, the `Bitset` heap with every bit
 /// clear.
 #[test]
 fn everything_comes_back_after_scrambled_frees() {
@@ -129,16 +129,16 @@ fn everything_comes_back_after_scrambled_frees() {
     let sizes = [1usize, 16, 17, 100, 512, 1000, 3000, 0, 64, 4096];
     let bytes = if cfg!(miri) { 1 << 20 } else { 48 << 20 };
     let mut buddy = Buddy::<_, 4, 14>::new(OwnedBuffer::new(bytes));
-    let mut bitmapped = Bitset::<_, 16, 16384>::new(OwnedBuffer::new(bytes));
+    let mut bitset = Bitset::<_, 16, 16384>::new(OwnedBuffer::new(bytes));
     let mut blocks = Vec::new();
     for i in 0..count {
         let l = layout(sizes[i % sizes.len()], 1 << (i % 5));
         let a = buddy.get(l).unwrap();
-        let b = bitmapped.get(l).unwrap();
+        let b = bitset.get(l).unwrap();
         blocks.push((a, b, l));
     }
     buddy.check_invariants();
-    bitmapped.check_invariants();
+    bitset.check_invariants();
     let mut state = 12345u64;
     while !blocks.is_empty() {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -146,20 +146,20 @@ fn everything_comes_back_after_scrambled_frees() {
         // SAFETY: each block goes back once, with the layout it was got with.
         unsafe {
             buddy.put(a, l);
-            bitmapped.put(b, l);
+            bitset.put(b, l);
         }
     }
     buddy.check_invariants();
-    bitmapped.check_invariants();
+    bitset.check_invariants();
     assert!(buddy.cached_bytes() > 0);
     buddy.flush_cache();
     buddy.check_invariants();
     assert_eq!(buddy.cached_bytes(), 0);
     assert_eq!(buddy.free_blocks(14), buddy.arenas());
     assert_eq!(buddy.free_bytes(), buddy.arenas() << 14);
-    assert!(bitmapped.cached_blocks() > 0);
-    assert_eq!(bitmapped.used_blocks(), bitmapped.cached_blocks());
-    bitmapped.flush_cache();
-    bitmapped.check_invariants();
-    assert_eq!(bitmapped.used_blocks(), 0);
+    assert!(bitset.cached_blocks() > 0);
+    assert_eq!(bitset.used_blocks(), bitset.cached_blocks());
+    bitset.flush_cache();
+    bitset.check_invariants();
+    assert_eq!(bitset.used_blocks(), 0);
 }

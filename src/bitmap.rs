@@ -1,8 +1,8 @@
-//! `BitSet`: a bit set that lives in caller memory (header and bits), as in the Dragon
-//! heap manager seed; the layout and its invariants are written on [`BitSet`].
+//! `Bitmap`: a bitmap that lives in caller memory (header and bits), the Dragon heap
+//! manager seed's `BitSet`; the layout and its invariants are written on [`Bitmap`].
 //!
-//! Entry points: [`BitSet::words_for`] to size the memory, [`BitSet::init`] to make a set in
-//! it, [`BitSet::attach`] to use one that is already there, [`BitSet::detach`] to get the
+//! Entry points: [`Bitmap::words_for`] to size the memory, [`Bitmap::init`] to make a set in
+//! it, [`Bitmap::attach`] to use one that is already there, [`Bitmap::detach`] to get the
 //! memory back.
 
 use core::fmt;
@@ -11,15 +11,16 @@ use core::ptr::NonNull;
 
 /// Words of header before the bits: a magic word, the number of bits, the number of bits set.
 const HEADER_WORDS: usize = 3;
-/// The first word of every bit set in memory (`"BitSet01"` in little-endian bytes).
+/// The first word of every bitmap in memory (`"BitSet01"` in little-endian bytes: the
+/// seed's name, kept so that memory laid out by earlier versions still attaches).
 const MAGIC: u64 = u64::from_le_bytes(*b"BitSet01");
 const MAGIC_AT: usize = 0;
 const BITS_AT: usize = 1;
 const COUNT_AT: usize = 2;
 
-/// What went wrong with a [`BitSet`] call. Every variant names the figures involved.
+/// What went wrong with a [`Bitmap`] call. Every variant names the figures involved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BitSetError {
+pub enum BitmapError {
     /// A bit index at or past the end of the set.
     OutOfRange {
         /// The index asked for.
@@ -38,13 +39,13 @@ pub enum BitSetError {
     },
     /// The memory given is smaller than the set needs.
     MemoryTooSmall {
-        /// Words the set needs ([`BitSet::words_for`]).
+        /// Words the set needs ([`Bitmap::words_for`]).
         needed: usize,
         /// Words given.
         given: usize,
     },
-    /// The memory does not start with a bit set's header (its first word is not the magic).
-    NotABitSet {
+    /// The memory does not start with a bitmap's header (its first word is not the magic).
+    NotABitmap {
         /// The first word found.
         found: u64,
     },
@@ -55,42 +56,43 @@ pub enum BitSetError {
     },
 }
 
-impl fmt::Display for BitSetError {
+impl fmt::Display for BitmapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            BitSetError::OutOfRange { index, len } => {
+            BitmapError::OutOfRange { index, len } => {
                 write!(
                     f,
-                    "bit index {index} is out of range for a bit set of {len} bits"
+                    "bit index {index} is out of range for a bitmap of {len} bits"
                 )
             }
-            BitSetError::RangeOutOfRange { start, end, len } => write!(
+            BitmapError::RangeOutOfRange { start, end, len } => write!(
                 f,
-                "bit range {start}..{end} is out of range for a bit set of {len} bits"
+                "bit range {start}..{end} is out of range for a bitmap of {len} bits"
             ),
-            BitSetError::MemoryTooSmall { needed, given } => write!(
+            BitmapError::MemoryTooSmall { needed, given } => write!(
                 f,
-                "a bit set needs {needed} words of memory, {given} were given"
+                "a bitmap needs {needed} words of memory, {given} were given"
             ),
-            BitSetError::NotABitSet { found } => write!(
+            BitmapError::NotABitmap { found } => write!(
                 f,
-                "the memory holds no bit set (first word {found:#018x}, expected {MAGIC:#018x})"
+                "the memory holds no bitmap (first word {found:#018x}, expected {MAGIC:#018x})"
             ),
-            BitSetError::Corrupt { what } => write!(f, "the bit set is corrupt: {what}"),
+            BitmapError::Corrupt { what } => write!(f, "the bitmap is corrupt: {what}"),
         }
     }
 }
 
-impl core::error::Error for BitSetError {}
+impl core::error::Error for BitmapError {}
 
-/// A set of the integers `0..num_bits`, one bit each, kept in memory the caller provides,
-/// in the shape of the Dragon seed's `dragonBitSet_t`: the header lives in that memory with
-/// the bits, so another handle (or, for shared memory, another process) can
-/// [`attach`](BitSet::attach) to a set that is already there.
+/// A bitmap: a set of the integers `0..num_bits`, one bit each, kept in memory the caller
+/// provides. This is the Dragon seed's `BitSet` (`dragonBitSet_t`), named `Bitmap` here so
+/// that it is not mistaken for the [`Bitset`](crate::layers::Bitset) layer built on it: the
+/// header lives in that memory with the bits, so another handle (or, for shared memory,
+/// another process) can [`attach`](Bitmap::attach) to a set that is already there.
 ///
 /// # Layout
 ///
-/// [`words_for(n)`](BitSet::words_for) `u64` words: a header of three words (a magic word,
+/// [`words_for(n)`](Bitmap::words_for) `u64` words: a header of three words (a magic word,
 /// `n`, and the number of bits set), then `ceil(n / 64)` words of bits. Bit `i` is bit
 /// `i % 64` (counting from the least significant) of bits word `i / 64`. [`dump`]
 /// prints bit 0 on the left, as the seed does, so that a dump reads in index order.
@@ -98,25 +100,25 @@ impl core::error::Error for BitSetError {}
 /// # Invariants
 ///
 /// The count in the header equals the number of bits set, and the padding bits of the last
-/// word (past `n`) are 0. [`init`](BitSet::init) establishes both, every method keeps them;
-/// [`attach`](BitSet::attach) checks the header in O(1), [`check`](BitSet::check) checks
+/// word (past `n`) are 0. [`init`](Bitmap::init) establishes both, every method keeps them;
+/// [`attach`](Bitmap::attach) checks the header in O(1), [`check`](Bitmap::check) checks
 /// everything in O(n / 64). Scans read a word at a time and never report an index `>= n`,
 /// even over memory that breaks the invariants.
 ///
 /// # Words
 ///
-/// - *Length* follows the seed: [`len`](BitSet::len) is the number of members (bits set),
-///   [`num_bits`](BitSet::num_bits) the number of bits.
-/// - *Zeroes to the right* of `i` ([`zeroes_to_right`](BitSet::zeroes_to_right)) follows the
+/// - *Length* follows the seed: [`len`](Bitmap::len) is the number of members (bits set),
+///   [`num_bits`](Bitmap::num_bits) the number of bits.
+/// - *Zeroes to the right* of `i` ([`zeroes_to_right`](Bitmap::zeroes_to_right)) follows the
 ///   seed too: the number of 0 bits directly after `i` (indices `i + 1`, `i + 2`, ...) up to
 ///   the next set bit or the end; bit `i` itself is not counted, whatever its value. "Right"
 ///   is toward higher indices, as in a dump.
 ///
 /// ```
-/// use stratalloc::BitSet;
+/// use stratalloc::Bitmap;
 ///
-/// let mut memory = [0u64; BitSet::words_for(100)];
-/// let mut set = BitSet::init(&mut memory, 100).unwrap();
+/// let mut memory = [0u64; Bitmap::words_for(100)];
+/// let mut set = Bitmap::init(&mut memory, 100).unwrap();
 /// set.set(3).unwrap();
 /// set.set(42).unwrap();
 /// assert_eq!(set.len(), 2);
@@ -126,18 +128,18 @@ impl core::error::Error for BitSetError {}
 /// let memory = set.detach();
 ///
 /// // Another handle over the same memory sees the same set.
-/// let again = BitSet::attach(memory).unwrap();
+/// let again = Bitmap::attach(memory).unwrap();
 /// assert_eq!(again.next_set(4), Some(42));
 /// ```
 ///
-/// [`dump`]: BitSet::dump
-pub struct BitSet<'a> {
+/// [`dump`]: Bitmap::dump
+pub struct Bitmap<'a> {
     num_bits: usize,
     /// The header and the bits: exactly `words_for(num_bits)` words.
     words: &'a mut [u64],
 }
 
-impl<'a> BitSet<'a> {
+impl<'a> Bitmap<'a> {
     /// Words of memory a set of `num_bits` bits needs, header included.
     pub const fn words_for(num_bits: usize) -> usize {
         HEADER_WORDS + num_bits.div_ceil(64)
@@ -150,12 +152,12 @@ impl<'a> BitSet<'a> {
     }
 
     /// Makes an empty set of `num_bits` bits in `memory`, overwriting what was there (the
-    /// header and the bits; words past [`words_for(num_bits)`](BitSet::words_for) are not
+    /// header and the bits; words past [`words_for(num_bits)`](Bitmap::words_for) are not
     /// touched).
-    pub fn init(memory: &'a mut [u64], num_bits: usize) -> Result<Self, BitSetError> {
+    pub fn init(memory: &'a mut [u64], num_bits: usize) -> Result<Self, BitmapError> {
         let needed = Self::words_for(num_bits);
         if memory.len() < needed {
-            return Err(BitSetError::MemoryTooSmall {
+            return Err(BitmapError::MemoryTooSmall {
                 needed,
                 given: memory.len(),
             });
@@ -164,49 +166,49 @@ impl<'a> BitSet<'a> {
         words.fill(0);
         words[MAGIC_AT] = MAGIC;
         words[BITS_AT] = num_bits as u64;
-        Ok(BitSet { num_bits, words })
+        Ok(Bitmap { num_bits, words })
     }
 
-    /// Uses the set that `memory` already holds (made by [`init`](BitSet::init), possibly
+    /// Uses the set that `memory` already holds (made by [`init`](Bitmap::init), possibly
     /// through another handle). Checks the header in O(1): the magic word, that the memory
     /// holds as many bits as the header says, and that the count is not above that; use
-    /// [`check`](BitSet::check) to verify the bits too.
-    pub fn attach(memory: &'a mut [u64]) -> Result<Self, BitSetError> {
+    /// [`check`](Bitmap::check) to verify the bits too.
+    pub fn attach(memory: &'a mut [u64]) -> Result<Self, BitmapError> {
         if memory.len() < HEADER_WORDS {
-            return Err(BitSetError::MemoryTooSmall {
+            return Err(BitmapError::MemoryTooSmall {
                 needed: HEADER_WORDS,
                 given: memory.len(),
             });
         }
         if memory[MAGIC_AT] != MAGIC {
-            return Err(BitSetError::NotABitSet {
+            return Err(BitmapError::NotABitmap {
                 found: memory[MAGIC_AT],
             });
         }
         let Ok(num_bits) = usize::try_from(memory[BITS_AT]) else {
-            return Err(BitSetError::Corrupt {
+            return Err(BitmapError::Corrupt {
                 what: "the number of bits does not fit in a usize",
             });
         };
         let needed = HEADER_WORDS.saturating_add(num_bits.div_ceil(64));
         if memory.len() < needed {
-            return Err(BitSetError::MemoryTooSmall {
+            return Err(BitmapError::MemoryTooSmall {
                 needed,
                 given: memory.len(),
             });
         }
         if memory[COUNT_AT] > num_bits as u64 {
-            return Err(BitSetError::Corrupt {
+            return Err(BitmapError::Corrupt {
                 what: "more bits counted as set than the set has",
             });
         }
-        Ok(BitSet {
+        Ok(Bitmap {
             num_bits,
             words: &mut memory[..needed],
         })
     }
 
-    /// [`init`](BitSet::init) over `words` words at `ptr`, for memory that is not a Rust
+    /// [`init`](Bitmap::init) over `words` words at `ptr`, for memory that is not a Rust
     /// slice (a block a layer got from the layer below it).
     ///
     /// # Safety
@@ -217,7 +219,7 @@ impl<'a> BitSet<'a> {
         ptr: NonNull<u64>,
         words: usize,
         num_bits: usize,
-    ) -> Result<Self, BitSetError> {
+    ) -> Result<Self, BitmapError> {
         // SAFETY: the caller's duties are exactly `from_raw_parts_mut`'s.
         Self::init(
             unsafe { core::slice::from_raw_parts_mut(ptr.as_ptr(), words) },
@@ -225,19 +227,19 @@ impl<'a> BitSet<'a> {
         )
     }
 
-    /// [`attach`](BitSet::attach) over `words` words at `ptr`, for memory that is not a Rust
+    /// [`attach`](Bitmap::attach) over `words` words at `ptr`, for memory that is not a Rust
     /// slice.
     ///
     /// # Safety
     ///
-    /// As for [`init_raw`](BitSet::init_raw): `ptr` is valid for reads and writes of
+    /// As for [`init_raw`](Bitmap::init_raw): `ptr` is valid for reads and writes of
     /// `words` `u64`s for `'a`, and nothing else reads or writes them during `'a`.
-    pub unsafe fn attach_raw(ptr: NonNull<u64>, words: usize) -> Result<Self, BitSetError> {
+    pub unsafe fn attach_raw(ptr: NonNull<u64>, words: usize) -> Result<Self, BitmapError> {
         // SAFETY: the caller's duties are exactly `from_raw_parts_mut`'s.
         Self::attach(unsafe { core::slice::from_raw_parts_mut(ptr.as_ptr(), words) })
     }
 
-    /// Lets go of the memory, which keeps the set: a later [`attach`](BitSet::attach) finds
+    /// Lets go of the memory, which keeps the set: a later [`attach`](Bitmap::attach) finds
     /// it as it was. Returns the words the set occupies.
     pub fn detach(self) -> &'a mut [u64] {
         self.words
@@ -278,21 +280,21 @@ impl<'a> BitSet<'a> {
     }
 
     #[inline]
-    fn in_range(&self, index: usize) -> Result<(), BitSetError> {
+    fn in_range(&self, index: usize) -> Result<(), BitmapError> {
         if index < self.num_bits {
             Ok(())
         } else {
-            Err(BitSetError::OutOfRange {
+            Err(BitmapError::OutOfRange {
                 index,
                 len: self.num_bits,
             })
         }
     }
 
-    fn range_in(&self, start: usize, count: usize) -> Result<(), BitSetError> {
+    fn range_in(&self, start: usize, count: usize) -> Result<(), BitmapError> {
         match start.checked_add(count) {
             Some(end) if end <= self.num_bits => Ok(()),
-            end => Err(BitSetError::RangeOutOfRange {
+            end => Err(BitmapError::RangeOutOfRange {
                 start,
                 end: end.unwrap_or(usize::MAX),
                 len: self.num_bits,
@@ -302,14 +304,14 @@ impl<'a> BitSet<'a> {
 
     /// Whether bit `index` is set.
     #[inline]
-    pub fn get(&self, index: usize) -> Result<bool, BitSetError> {
+    pub fn get(&self, index: usize) -> Result<bool, BitmapError> {
         self.in_range(index)?;
         Ok(self.bits()[index / 64] >> (index % 64) & 1 == 1)
     }
 
     /// Sets bit `index` to 1; returns whether it was already set.
     #[inline]
-    pub fn set(&mut self, index: usize) -> Result<bool, BitSetError> {
+    pub fn set(&mut self, index: usize) -> Result<bool, BitmapError> {
         self.in_range(index)?;
         let mask = 1u64 << (index % 64);
         let word = &mut self.bits_mut()[index / 64];
@@ -321,7 +323,7 @@ impl<'a> BitSet<'a> {
 
     /// Resets bit `index` to 0; returns whether it was set.
     #[inline]
-    pub fn reset(&mut self, index: usize) -> Result<bool, BitSetError> {
+    pub fn reset(&mut self, index: usize) -> Result<bool, BitmapError> {
         self.in_range(index)?;
         let mask = 1u64 << (index % 64);
         let word = &mut self.bits_mut()[index / 64];
@@ -347,7 +349,7 @@ impl<'a> BitSet<'a> {
     }
 
     /// Sets the `count` bits from `start`, a word at a time.
-    pub fn set_range(&mut self, start: usize, count: usize) -> Result<(), BitSetError> {
+    pub fn set_range(&mut self, start: usize, count: usize) -> Result<(), BitmapError> {
         self.range_in(start, count)?;
         let mut added = 0;
         let bits = &mut self.words[HEADER_WORDS..];
@@ -360,7 +362,7 @@ impl<'a> BitSet<'a> {
     }
 
     /// Resets the `count` bits from `start`, a word at a time.
-    pub fn reset_range(&mut self, start: usize, count: usize) -> Result<(), BitSetError> {
+    pub fn reset_range(&mut self, start: usize, count: usize) -> Result<(), BitmapError> {
         self.range_in(start, count)?;
         let mut removed = 0;
         let bits = &mut self.words[HEADER_WORDS..];
@@ -438,8 +440,8 @@ impl<'a> BitSet<'a> {
     /// of the set. Bit `index` itself is not looked at. So `index + zeroes_to_right(index) +
     /// 1` is the next member after `index` when there is one, and the last index gives 0.
     ///
-    /// Errors with [`BitSetError::OutOfRange`] when `index >= num_bits()`.
-    pub fn zeroes_to_right(&self, index: usize) -> Result<usize, BitSetError> {
+    /// Errors with [`BitmapError::OutOfRange`] when `index >= num_bits()`.
+    pub fn zeroes_to_right(&self, index: usize) -> Result<usize, BitmapError> {
         self.in_range(index)?;
         let next = self.next_set(index + 1).unwrap_or(self.num_bits);
         Ok(next - index - 1)
@@ -447,11 +449,11 @@ impl<'a> BitSet<'a> {
 
     /// Checks every invariant in O(num_bits / 64): the count in the header against the bits,
     /// and that the padding bits past the end are 0.
-    pub fn check(&self) -> Result<(), BitSetError> {
+    pub fn check(&self) -> Result<(), BitmapError> {
         let bits = self.bits();
         let ones: u64 = bits.iter().map(|w| u64::from(w.count_ones())).sum();
         if ones != self.len() as u64 {
-            return Err(BitSetError::Corrupt {
+            return Err(BitmapError::Corrupt {
                 what: "the count in the header differs from the bits set",
             });
         }
@@ -459,7 +461,7 @@ impl<'a> BitSet<'a> {
             && let Some(last) = bits.last()
             && last >> (self.num_bits % 64) != 0
         {
-            return Err(BitSetError::Corrupt {
+            return Err(BitmapError::Corrupt {
                 what: "a padding bit past the end is set",
             });
         }
@@ -504,7 +506,7 @@ impl<'a> BitSet<'a> {
         Ok(())
     }
 
-    /// [`dump`](BitSet::dump) into a new `String`.
+    /// [`dump`](Bitmap::dump) into a new `String`.
     pub fn dump_to_string(&self, title: &str, indent: &str) -> alloc::string::String {
         let mut out = alloc::string::String::new();
         // Writing to a `String` cannot fail.
@@ -512,7 +514,7 @@ impl<'a> BitSet<'a> {
         out
     }
 
-    /// [`dump`](BitSet::dump) to any [`std::io::Write`] (a file, stderr).
+    /// [`dump`](Bitmap::dump) to any [`std::io::Write`] (a file, stderr).
     #[cfg(feature = "std")]
     pub fn dump_to_io(
         &self,
@@ -524,11 +526,11 @@ impl<'a> BitSet<'a> {
     }
 }
 
-/// Word-level access to a set that [`BitSet::init`] made, for a layer's hot paths: no
+/// Word-level access to a set that [`Bitmap::init`] made, for a layer's hot paths: no
 /// header check and no bounds check per access (the caller vouches for both), the count in
-/// the header kept as every [`BitSet`] method keeps it. [`BitSet`] stays the way to make,
+/// the header kept as every [`Bitmap`] method keeps it. [`Bitmap`] stays the way to make,
 /// attach, check and dump the set; a `RawBits` is a bare pointer, so it may be copied and
-/// kept while no [`BitSet`] handle over the same memory is in use.
+/// kept while no [`Bitmap`] handle over the same memory is in use.
 #[derive(Clone, Copy)]
 pub(crate) struct RawBits {
     /// The set's first word (its header).
@@ -540,9 +542,9 @@ impl RawBits {
     ///
     /// # Safety
     ///
-    /// Callers must ensure that `at` holds a set made by [`BitSet::init`], valid for
-    /// reads and writes of its [`words_for`](BitSet::words_for) words for as long as the
-    /// `RawBits` (or a copy) is used, and that no [`BitSet`] handle over the same memory is
+    /// Callers must ensure that `at` holds a set made by [`Bitmap::init`], valid for
+    /// reads and writes of its [`words_for`](Bitmap::words_for) words for as long as the
+    /// `RawBits` (or a copy) is used, and that no [`Bitmap`] handle over the same memory is
     /// used meanwhile. Every index given to a method is below the set's number of bits.
     #[inline(always)]
     pub(crate) const unsafe fn new(at: NonNull<u64>) -> Self {
@@ -586,7 +588,7 @@ impl RawBits {
         unsafe { self.word(index / 64).read() >> (index % 64) & 1 == 1 }
     }
 
-    /// Sets bit `index`, as [`BitSet::set`] does.
+    /// Sets bit `index`, as [`Bitmap::set`] does.
     ///
     /// # Safety
     ///
@@ -603,7 +605,7 @@ impl RawBits {
         self.add_count(u64::from(old & mask == 0), 0);
     }
 
-    /// Resets bit `index`, as [`BitSet::reset`] does.
+    /// Resets bit `index`, as [`Bitmap::reset`] does.
     ///
     /// # Safety
     ///
@@ -621,7 +623,7 @@ impl RawBits {
     }
 
     /// Sets (`value`) or resets the `count` bits from `start`, all of which are `!value`, as
-    /// [`BitSet::set_range`] and [`BitSet::reset_range`] do, keeping the count without
+    /// [`Bitmap::set_range`] and [`Bitmap::reset_range`] do, keeping the count without
     /// counting the bits that change (all do).
     ///
     /// # Safety
@@ -630,7 +632,7 @@ impl RawBits {
     /// `!value`.
     #[inline(always)]
     pub(crate) unsafe fn flip_range(self, start: usize, count: usize, value: bool) {
-        BitSet::for_each_word(start, count, |w, mask| {
+        Bitmap::for_each_word(start, count, |w, mask| {
             // SAFETY: the caller's duty keeps every word the range touches inside the set.
             let word = unsafe { self.word(w) };
             // SAFETY: as above.
@@ -638,7 +640,7 @@ impl RawBits {
             // A bit already `value` would flip the wrong way and the count would drift.
             crate::abort::debug_require!(
                 old & mask == if value { 0 } else { mask },
-                "BitSet: flip_range({start}, {count}, {value}) over bits already {value}"
+                "Bitmap: flip_range({start}, {count}, {value}) over bits already {value}"
             );
             // SAFETY: as above.
             unsafe { word.write(old ^ mask) };
@@ -651,9 +653,9 @@ impl RawBits {
     }
 }
 
-impl fmt::Debug for BitSet<'_> {
+impl fmt::Debug for Bitmap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BitSet")
+        f.debug_struct("Bitmap")
             .field("num_bits", &self.num_bits)
             .field("len", &self.len())
             .finish()
@@ -666,9 +668,9 @@ mod tests {
     use alloc::vec;
     use alloc::vec::Vec;
 
-    fn with_set(num_bits: usize, f: impl FnOnce(&mut BitSet<'_>)) {
-        let mut memory = vec![0xAAAA_AAAA_AAAA_AAAAu64; BitSet::words_for(num_bits) + 1];
-        let mut set = BitSet::init(&mut memory, num_bits).unwrap();
+    fn with_set(num_bits: usize, f: impl FnOnce(&mut Bitmap<'_>)) {
+        let mut memory = vec![0xAAAA_AAAA_AAAA_AAAAu64; Bitmap::words_for(num_bits) + 1];
+        let mut set = Bitmap::init(&mut memory, num_bits).unwrap();
         f(&mut set);
         set.check().unwrap();
         assert_eq!(
@@ -685,11 +687,11 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(BitSet::words_for(0), 3);
-        assert_eq!(BitSet::words_for(1), 4);
-        assert_eq!(BitSet::words_for(64), 4);
-        assert_eq!(BitSet::words_for(65), 5);
-        assert_eq!(BitSet::bytes_for(128), 40);
+        assert_eq!(Bitmap::words_for(0), 3);
+        assert_eq!(Bitmap::words_for(1), 4);
+        assert_eq!(Bitmap::words_for(64), 4);
+        assert_eq!(Bitmap::words_for(65), 5);
+        assert_eq!(Bitmap::bytes_for(128), 40);
     }
 
     #[test]
@@ -699,7 +701,7 @@ mod tests {
             assert!(set.is_empty());
             assert_eq!(
                 set.get(0),
-                Err(BitSetError::OutOfRange { index: 0, len: 0 })
+                Err(BitmapError::OutOfRange { index: 0, len: 0 })
             );
             assert!(set.set(0).is_err() && set.reset(0).is_err());
             assert!(set.zeroes_to_right(0).is_err());
@@ -716,7 +718,7 @@ mod tests {
         with_set(70, |set| {
             assert_eq!(
                 set.set(70),
-                Err(BitSetError::OutOfRange { index: 70, len: 70 })
+                Err(BitmapError::OutOfRange { index: 70, len: 70 })
             );
             let message = alloc::format!("{}", set.get(71).unwrap_err());
             assert!(
@@ -725,7 +727,7 @@ mod tests {
             );
             assert_eq!(
                 set.reset_range(60, 11),
-                Err(BitSetError::RangeOutOfRange {
+                Err(BitmapError::RangeOutOfRange {
                     start: 60,
                     end: 71,
                     len: 70
@@ -733,7 +735,7 @@ mod tests {
             );
             assert!(matches!(
                 set.set_range(1, usize::MAX),
-                Err(BitSetError::RangeOutOfRange {
+                Err(BitmapError::RangeOutOfRange {
                     end: usize::MAX,
                     ..
                 })
@@ -828,12 +830,12 @@ mod tests {
 
     #[test]
     fn attach_sees_the_same_set_and_rejects_garbage() {
-        let mut memory = vec![0u64; BitSet::words_for(100)];
-        let mut set = BitSet::init(&mut memory, 100).unwrap();
+        let mut memory = vec![0u64; Bitmap::words_for(100)];
+        let mut set = Bitmap::init(&mut memory, 100).unwrap();
         set.set(99).unwrap();
         let words = set.detach();
-        assert_eq!(words.len(), BitSet::words_for(100));
-        let set = BitSet::attach(words).unwrap();
+        assert_eq!(words.len(), Bitmap::words_for(100));
+        let set = Bitmap::attach(words).unwrap();
         assert_eq!(
             (set.num_bits(), set.len(), set.first_set()),
             (100, 1, Some(99))
@@ -842,19 +844,19 @@ mod tests {
         // Too small to init, and too small for the header it holds.
         let mut small = [0u64; 4];
         assert_eq!(
-            BitSet::init(&mut small, 65).unwrap_err(),
-            BitSetError::MemoryTooSmall {
+            Bitmap::init(&mut small, 65).unwrap_err(),
+            BitmapError::MemoryTooSmall {
                 needed: 5,
                 given: 4
             }
         );
         assert!(matches!(
-            BitSet::attach(&mut memory[..4]),
-            Err(BitSetError::MemoryTooSmall { needed: 5, .. })
+            Bitmap::attach(&mut memory[..4]),
+            Err(BitmapError::MemoryTooSmall { needed: 5, .. })
         ));
         assert!(matches!(
-            BitSet::attach(&mut small[..2]),
-            Err(BitSetError::MemoryTooSmall {
+            Bitmap::attach(&mut small[..2]),
+            Err(BitmapError::MemoryTooSmall {
                 needed: 3,
                 given: 2
             })
@@ -862,23 +864,23 @@ mod tests {
         // Not a set at all.
         let mut zeroes = [0u64; 8];
         assert_eq!(
-            BitSet::attach(&mut zeroes).unwrap_err(),
-            BitSetError::NotABitSet { found: 0 }
+            Bitmap::attach(&mut zeroes).unwrap_err(),
+            BitmapError::NotABitmap { found: 0 }
         );
         // A count above the number of bits.
         memory[COUNT_AT] = 1000;
         assert!(matches!(
-            BitSet::attach(&mut memory),
-            Err(BitSetError::Corrupt { .. })
+            Bitmap::attach(&mut memory),
+            Err(BitmapError::Corrupt { .. })
         ));
         // A count that attach accepts but check catches, and a stray padding bit.
         memory[COUNT_AT] = 2;
-        assert!(BitSet::attach(&mut memory).unwrap().check().is_err());
+        assert!(Bitmap::attach(&mut memory).unwrap().check().is_err());
         memory[COUNT_AT] = 1;
         *memory.last_mut().unwrap() |= 1 << 63;
         memory[COUNT_AT] = 2;
-        let set = BitSet::attach(&mut memory).unwrap();
-        assert!(matches!(set.check(), Err(BitSetError::Corrupt { .. })));
+        let set = Bitmap::attach(&mut memory).unwrap();
+        assert!(matches!(set.check(), Err(BitmapError::Corrupt { .. })));
         // Scans never report the stray bit past the end.
         assert_eq!(set.next_set(100), None);
         assert_eq!(set.zeroes_to_right(99), Ok(0));
@@ -886,13 +888,13 @@ mod tests {
 
     #[test]
     fn raw_constructors() {
-        let mut memory: Vec<u64> = vec![0; BitSet::words_for(10)];
+        let mut memory: Vec<u64> = vec![0; Bitmap::words_for(10)];
         let ptr = NonNull::new(memory.as_mut_ptr()).unwrap();
         // SAFETY: `memory` holds the words and is not used while the sets live.
         unsafe {
-            let mut set = BitSet::init_raw(ptr, memory.len(), 10).unwrap();
+            let mut set = Bitmap::init_raw(ptr, memory.len(), 10).unwrap();
             set.set(4).unwrap();
-            let set = BitSet::attach_raw(ptr, BitSet::words_for(10)).unwrap();
+            let set = Bitmap::attach_raw(ptr, Bitmap::words_for(10)).unwrap();
             assert_eq!(set.first_set(), Some(4));
         }
     }

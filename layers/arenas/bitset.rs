@@ -1,11 +1,12 @@
 //! `Bitset<L, BLOCK, ARENA, CACHE>`: fixed-size blocks in arenas taken from `L`, one bit
-//! per block in a [`BitSet`]; larger requests take runs of consecutive blocks, found through
-//! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitmapped/run_index.rs`);
+//! per block in a [`Bitmap`]; larger requests take runs of consecutive blocks, found through
+//! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitset/run_index.rs`);
 //! put runs are cached a while before they go free.
 //!
-//! Invariants (checked by `check_invariants` in tests): a block's bit is set exactly while
-//! it belongs to a live run; each arena's bitmap keeps the `BitSet` invariants (its count
-//! matches its bits); each arena's run index bounds its bitmap from above: every bitmap
+//! Invariants (checked by `check_invariants` in tests): the arenas keep the
+//! [`ArenaChain`]'s (written there); a block's bit is set exactly while it belongs to a live
+//! run; each arena's bitmap keeps the `Bitmap` invariants (its count matches its bits);
+//! each arena's run index bounds its bitmap from above: every bitmap
 //! word's recorded class is at least the number of lengths `2^c` (`c < 7`) of free runs
 //! that start in it, each entry of a level above is at least the largest of the 64 below
 //! it, and no word below `first[c]` has a recorded class above `c` (the full list is on
@@ -21,11 +22,12 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
-use crate::bitset::RawBits;
+use crate::bitmap::RawBits;
 use crate::layer::served_size;
-use crate::{BitSet, Layer};
+use crate::{Bitmap, Layer};
 use run_index::{CLASSES, RunIndex, Words, class_of};
 
+use super::arena_chain::{ArenaChain, ArenaShape, LINK_WORDS};
 use super::put_cache::PutCache;
 
 /// The longest run a put caches, in blocks (and at most `CACHED_RUN_BYTES`).
@@ -34,16 +36,6 @@ const CACHED_RUN_BLOCKS: usize = 16;
 const CACHED_RUN_BYTES: usize = 4096;
 /// Stacks of the put cache, one per run length (0 unused).
 const CACHE_SLOTS: usize = (CACHED_RUN_BLOCKS + 1).next_power_of_two();
-
-/// The first words of an arena's metadata, which follows its `ARENA` data bytes; the
-/// bitmap comes right after, then the run index.
-#[repr(C)]
-struct ArenaMeta {
-    /// The base of the next (older) arena, or null.
-    next: *mut u8,
-}
-
-const META_HEADER_WORDS: usize = size_of::<ArenaMeta>().div_ceil(8);
 
 /// The bitmap size of a `Bitset<_, BLOCK, ARENA>`, for its [`RunIndex`].
 struct Geometry<const BLOCK: usize, const ARENA: usize>;
@@ -147,9 +139,8 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// ```
 pub struct Bitset<L: Layer, const BLOCK: usize, const ARENA: usize = 1048576, const CACHE: u32 = 32>
 {
-    /// The newest arena's base; older ones follow the `next` links in their metadata.
-    arenas: *mut u8,
-    arena_count: usize,
+    /// The arenas taken from `inner`.
+    arenas: ArenaChain<Self>,
     /// The put runs of each length not freed yet.
     cache: PutCache<CACHE_SLOTS>,
     inner: L,
@@ -171,10 +162,9 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     const WORDS: usize = Self::BLOCKS.div_ceil(64);
     /// The bits of the last bitmap word that are blocks (the others are padding).
     const LAST_MASK: u64 = u64::MAX >> ((64 - Self::BLOCKS % 64) % 64);
-    /// Where the run index starts in the metadata, in words.
-    const INDEX_AT: usize = META_HEADER_WORDS + BitSet::words_for(Self::BLOCKS);
-    /// Words of metadata after each arena's data: the header, the bitmap, the run index.
-    const META_WORDS: usize = Self::INDEX_AT + Index::<BLOCK, ARENA>::INDEX_WORDS;
+    /// Where the run index starts in the metadata, in words (after the chain's link and
+    /// the bitmap).
+    const INDEX_AT: usize = LINK_WORDS + Bitmap::words_for(Self::BLOCKS);
 
     /// A bitmapped-block heap over `inner`, holding no arena yet.
     pub const fn new(inner: L) -> Self {
@@ -197,8 +187,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
             );
         }
         Bitset {
-            arenas: ptr::null_mut(),
-            arena_count: 0,
+            arenas: ArenaChain::new(),
             cache: PutCache::new(),
             inner,
         }
@@ -229,7 +218,7 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
 
     /// Arenas held now.
     pub const fn arenas(&self) -> usize {
-        self.arena_count
+        self.arenas.len()
     }
 
     /// A run of `blocks` starting at a multiple of `stride`, from the first arena that has
@@ -238,28 +227,25 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     #[inline(never)]
     fn search_arenas(&mut self, blocks: usize, stride: usize) -> Option<NonNull<u8>> {
         loop {
-            let mut base = self.arenas;
-            while !base.is_null() {
+            for base in self.arenas.iter() {
                 // SAFETY: `base` is a live arena; its metadata follows its data.
-                let meta = unsafe { base.add(ARENA) };
+                let meta = unsafe { base.as_ptr().add(ARENA) };
                 // SAFETY: as above.
                 if let Some(at) = unsafe { Self::take(meta, blocks, stride) } {
-                    // SAFETY: block `at` lies inside the arena, which is not at null.
-                    return Some(unsafe { NonNull::new_unchecked(base.add(at * BLOCK)) });
+                    // SAFETY: block `at` lies inside the arena.
+                    return Some(unsafe { base.add(at * BLOCK) });
                 }
-                // SAFETY: as above.
-                base = unsafe { (*meta.cast::<ArenaMeta>()).next };
             }
             if !self.flush_cache() {
                 break;
             }
         }
-        let meta = self.add_arena()?;
-        // SAFETY: a fresh arena; its run starts at block 0, which fits any request that
-        // `blocks_of` accepted.
-        let at = unsafe { Self::take_from_fresh(meta, blocks, stride) }?;
-        // SAFETY: block `at` lies inside the new arena, just before its metadata.
-        Some(unsafe { NonNull::new_unchecked(meta.sub(ARENA).add(at * BLOCK)) })
+        let base = self.add_arena()?;
+        // SAFETY: a fresh arena, whose metadata follows its data; its run starts at block 0,
+        // which fits any request that `blocks_of` accepted.
+        let at = unsafe { Self::take_from_fresh(base.as_ptr().add(ARENA), blocks, stride) }?;
+        // SAFETY: block `at` lies inside the new arena.
+        Some(unsafe { base.add(at * BLOCK) })
     }
 
     /// [`take`](Self::take) from a fresh arena, out of line, so that `search_arenas` holds
@@ -311,18 +297,12 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
 
     /// Blocks in use in all arenas, cached runs included.
     pub fn used_blocks(&self) -> usize {
-        let mut used = 0;
-        self.for_each_arena(|meta| {
-            // SAFETY: `meta` belongs to a live arena; no other bitmap handle is alive.
-            used += unsafe { Self::bitmap(meta) }.len();
-        });
-        used
-    }
-
-    /// The piece got from `L` for one arena: its data, then its metadata.
-    fn arena_layout() -> Option<Layout> {
-        let size = ARENA.checked_add(Self::META_WORDS.checked_mul(8)?)?;
-        Layout::from_size_align(size, ARENA).ok()
+        self.arenas
+            .iter()
+            // SAFETY: `base` is a live arena, its metadata after its data; no other bitmap
+            // handle is alive.
+            .map(|base| unsafe { Self::bitmap(base.as_ptr().add(ARENA)) }.len())
+            .sum()
     }
 
     /// Blocks that serve `layout`, and the stride (in blocks) its run must start at; `None`
@@ -341,15 +321,15 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
-    /// no other `BitSet` over that bitmap is used while this one lives.
+    /// no other `Bitmap` handle over its words is used while this one lives.
     #[inline(always)]
-    unsafe fn bitmap<'m>(meta: *mut u8) -> BitSet<'m> {
-        // SAFETY: the bitmap follows the header inside the metadata.
-        let at = unsafe { meta.cast::<u64>().add(META_HEADER_WORDS) };
+    unsafe fn bitmap<'m>(meta: *mut u8) -> Bitmap<'m> {
+        // SAFETY: the bitmap follows the chain's link inside the metadata.
+        let at = unsafe { meta.cast::<u64>().add(LINK_WORDS) };
         // SAFETY: `at` is inside an arena, so not null; the caller's duties give exclusive,
         // valid access to the words.
         match unsafe {
-            BitSet::attach_raw(NonNull::new_unchecked(at), BitSet::words_for(Self::BLOCKS))
+            Bitmap::attach_raw(NonNull::new_unchecked(at), Bitmap::words_for(Self::BLOCKS))
         } {
             Ok(set) => set,
             Err(error) => abort_with(format_args!(
@@ -364,16 +344,13 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
     /// # Safety
     ///
     /// `meta` is the metadata of a live arena of this layer (with provenance over it), and
-    /// no `BitSet` over that bitmap is used while the result is.
+    /// no `Bitmap` handle over its words is used while the result is.
     #[inline(always)]
     unsafe fn raw_bitmap(meta: *mut u8) -> RawBits {
-        // SAFETY: the bitmap follows the header inside the metadata, where `add_arena` made
-        // a `BitSet`; the caller's duties give exclusive access. Not null: inside an arena.
-        unsafe {
-            RawBits::new(NonNull::new_unchecked(
-                meta.cast::<u64>().add(META_HEADER_WORDS),
-            ))
-        }
+        // SAFETY: the bitmap follows the chain's link inside the metadata, where `add_arena`
+        // made a `Bitmap`; the caller's duties give exclusive access. Not null: inside an
+        // arena.
+        unsafe { RawBits::new(NonNull::new_unchecked(meta.cast::<u64>().add(LINK_WORDS))) }
     }
 
     /// The run index of the arena whose metadata is at `meta`.
@@ -527,18 +504,6 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         None
     }
 
-    /// Calls `each` with the metadata of every arena, newest first.
-    fn for_each_arena(&self, mut each: impl FnMut(*mut u8)) {
-        let mut base = self.arenas;
-        while !base.is_null() {
-            // SAFETY: every arena on the chain is live; its metadata follows its data.
-            let meta = unsafe { base.add(ARENA) };
-            // SAFETY: the metadata starts with an `ArenaMeta`.
-            base = unsafe { (*meta.cast::<ArenaMeta>()).next };
-            each(meta);
-        }
-    }
-
     /// The first fit of a run of `blocks <= 64` free blocks, starting at a multiple of
     /// `stride`, in the lowest word of a class above `class` that has one.
     ///
@@ -660,31 +625,21 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         Some(at)
     }
 
-    /// Takes a new arena from `L`, with an empty bitmap, at the head of the chain.
+    /// Takes a new arena from `L`, with an empty bitmap, at the head of the chain; returns
+    /// its base.
     #[cold]
-    fn add_arena(&mut self) -> Option<*mut u8> {
-        let layout = Self::arena_layout()?;
-        let base = self.inner.get(layout)?.as_ptr();
-        debug_require!(
-            base.addr().is_multiple_of(ARENA),
-            "Bitset: the layer below returned an arena at {base:p}, not aligned to {ARENA}"
-        );
+    fn add_arena(&mut self) -> Option<NonNull<u8>> {
+        let base = self.arenas.add(&mut self.inner)?;
         // SAFETY: the piece holds `ARENA` bytes of data then `META_WORDS` words, aligned to
-        // at least 8 (`ARENA` is a power of two, and the header's alignment is checked
-        // below); it is ours alone.
+        // at least 8 (`ARENA` is a power of two; debug builds check in `ArenaChain::add` that
+        // it is at least a pointer's alignment); it is ours alone.
         unsafe {
-            let meta = base.add(ARENA);
-            debug_require!(
-                meta.addr().is_multiple_of(align_of::<ArenaMeta>()),
-                "Bitset: ARENA below the metadata's alignment"
-            );
-            meta.cast::<ArenaMeta>()
-                .write(ArenaMeta { next: self.arenas });
-            let at = meta.cast::<u64>().add(META_HEADER_WORDS);
+            let meta = base.as_ptr().add(ARENA);
+            let at = meta.cast::<u64>().add(LINK_WORDS);
             // Cannot fail: the words were sized by `words_for`.
-            let _ = BitSet::init_raw(
+            let _ = Bitmap::init_raw(
                 NonNull::new_unchecked(at),
-                BitSet::words_for(Self::BLOCKS),
+                Bitmap::words_for(Self::BLOCKS),
                 Self::BLOCKS,
             );
             // Every word free: all of class `CLASSES`, but for a last word cut short.
@@ -696,29 +651,13 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
                     Self::class_now(Self::raw_bitmap(meta), Self::WORDS - 1),
                 );
             }
-            self.arenas = base;
-            self.arena_count += 1;
-            Some(meta)
         }
+        Some(base)
     }
 
     /// Gives every arena back to `L`, leaving this layer empty.
     fn release(&mut self) {
-        let Some(layout) = Self::arena_layout() else {
-            return;
-        };
-        let mut base = self.arenas;
-        while !base.is_null() {
-            // SAFETY: `base` is a live arena got from `L` with `layout`; its link is read
-            // before the arena goes back.
-            unsafe {
-                let next = (*base.add(ARENA).cast::<ArenaMeta>()).next;
-                self.inner.put(NonNull::new_unchecked(base), layout);
-                base = next;
-            }
-        }
-        self.arenas = ptr::null_mut();
-        self.arena_count = 0;
+        self.arenas.put_all(&mut self.inner);
         self.cache.clear();
     }
 
@@ -729,6 +668,15 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         let base = block.addr() & !(ARENA - 1);
         (block.with_addr(base + ARENA), (block.addr() - base) / BLOCK)
     }
+}
+
+impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> ArenaShape
+    for Bitset<L, BLOCK, ARENA, CACHE>
+{
+    const NAME: &'static str = "Bitset";
+    const BYTES: usize = ARENA;
+    /// The chain's link, the bitmap, the run index.
+    const META_WORDS: usize = Self::INDEX_AT + Index::<BLOCK, ARENA>::INDEX_WORDS;
 }
 
 // SAFETY: a block handed out is a run of blocks inside one arena got from `L`, starting at
@@ -818,7 +766,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
             return false;
         }
         if needs > had {
-            // SAFETY: the blocks after the run are free and inside the arena; the `BitSet`
+            // SAFETY: the blocks after the run are free and inside the arena; the `Bitmap`
             // handle is gone.
             unsafe { Self::mark(meta, at + had, needs - had, true) };
         }
@@ -840,35 +788,26 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
-        let mut owned = false;
-        self.for_each_arena(|meta| {
-            owned |= ptr.as_ptr().addr().wrapping_sub(meta.addr() - ARENA) < ARENA;
-        });
-        owned
+        self.arenas.find(ptr.as_ptr().addr()).is_some()
     }
 
     fn check_invariants(&self) {
-        let mut arenas = 0;
-        self.for_each_arena(|meta| {
-            arenas += 1;
-            // SAFETY: `meta` belongs to a live arena; one bitmap handle at a time.
+        self.arenas.check();
+        for base in self.arenas.iter() {
+            // SAFETY: `base` is a live arena, its metadata after its data.
+            let meta = unsafe { base.as_ptr().add(ARENA) };
+            // SAFETY: as above; one bitmap handle at a time.
             if let Err(error) = unsafe { Self::bitmap(meta) }.check() {
                 abort_with(format_args!(
                     "Bitset invariant broken: bitmap at {meta:p}: {error}"
                 ));
             }
-            // SAFETY: as above; the `BitSet` handle is gone, and the index only reads.
+            // SAFETY: as above; the `Bitmap` handle is gone, and the index only reads.
             let (map, index) = unsafe { (Self::raw_bitmap(meta), Self::index(meta)) };
-            index.check(meta.wrapping_sub(ARENA), |w| {
+            index.check(base.as_ptr(), |w| {
                 // SAFETY: `w < WORDS`.
                 unsafe { class_of(Self::free_word(map, w), Self::free_word(map, w + 1)) }
             });
-        });
-        if arenas != self.arena_count {
-            abort_with(format_args!(
-                "Bitset invariant broken: {arenas} arenas on the chain, {} counted",
-                self.arena_count
-            ));
         }
         for n in 0..CACHE_SLOTS {
             if !Self::caches(n) && self.cache.count(n) != 0 {
@@ -878,8 +817,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
             }
             let in_use = |run: NonNull<u8>| {
                 let (meta, at) = Self::locate(run);
-                let mut ours = false;
-                self.for_each_arena(|m| ours |= m == meta);
+                let ours = self.arenas.find(run.as_ptr().addr()).is_some();
                 // SAFETY: `meta` belongs to a live arena (just checked), and no other
                 // bitmap handle is alive.
                 let used = ours
@@ -920,7 +858,7 @@ impl<L: Layer + fmt::Debug, const BLOCK: usize, const ARENA: usize, const CACHE:
         f.debug_struct("Bitset")
             .field("block", &BLOCK)
             .field("arena", &ARENA)
-            .field("arenas", &self.arena_count)
+            .field("arenas", &self.arenas.len())
             .field("used_blocks", &self.used_blocks())
             .field("cached_blocks", &self.cached_blocks())
             .field("inner", &self.inner)
@@ -949,12 +887,12 @@ mod tests {
     /// `first`).
     #[test]
     fn first_fit_matches_a_model() {
-        type Heap<'a> = Bitset<Buffer<'a>, 16, 8192, 0>;
-        const N: usize = Heap::BLOCKS;
+        type OneArena<'a> = Bitset<Buffer<'a>, 16, 8192, 0>;
+        const N: usize = OneArena::BLOCKS;
         // Room for one aligned arena only: a request with no fit gets `None`.
         // Uninitialised without a loop (which Miri would take seconds over).
-        let mut memory = alloc::boxed::Box::new_uninit_slice(2 * 8192 + 8 * Heap::META_WORDS);
-        let mut heap = Heap::new(Buffer::new(&mut memory));
+        let mut memory = alloc::boxed::Box::new_uninit_slice(2 * 8192 + 8 * OneArena::META_WORDS);
+        let mut heap = OneArena::new(Buffer::new(&mut memory));
         let mut used = alloc::vec![false; N];
         let mut live: alloc::vec::Vec<(NonNull<u8>, Layout)> = alloc::vec::Vec::new();
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
