@@ -1,6 +1,7 @@
 //! `SpinLock<T>`: the one lock the allocator paths share, since they can use no OS lock
 //! that might allocate. It owns what it protects and hands it out through a
-//! [`SpinGuard`], which lets go of the lock when dropped; [`Backoff`] is its wait.
+//! [`SpinGuard`], which lets go of the lock when dropped; [`Backoff`] is its wait, which
+//! other spinning waits in the crate use too.
 //!
 //! Two ways out of the guard, each for a documented reason at its call site:
 //! [`SpinGuard::unlocked`] lets go of the lock while a closure runs (a zombie region's

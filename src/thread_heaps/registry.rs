@@ -35,7 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use super::{HeapSlab, SLAB_BYTES, SlabSource};
 use crate::Layer;
 use crate::layers::Slab;
-use crate::spin::SpinLock;
+use crate::spin::{Backoff, SpinLock};
 
 // ---------------------------------------------------------------------------------------
 // The thread pointer and the thread's heap
@@ -545,14 +545,9 @@ fn register_fork_handlers() {
         }
         Err(registering) if registering == me => {}
         Err(_) => {
-            let mut spins = 0u32;
+            let mut backoff = Backoff::new();
             while STATE.load(Ordering::Acquire) != DONE {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(64) {
-                    // SAFETY: `sched_yield` takes nothing and only gives up the CPU.
-                    unsafe { libc::sched_yield() };
-                }
-                core::hint::spin_loop();
+                backoff.pause();
             }
         }
     }
