@@ -4,7 +4,6 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::any::type_name;
 use core::fmt;
-use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +12,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::abort::{abort_with, call, no_unwind};
 use crate::alloc_ops::{allocate, deallocate, resize};
+use crate::layer::into_field;
 use crate::spin::{SpinGuard, SpinLock};
 use crate::{Gauge, Gauges, Layer};
 
@@ -260,12 +260,11 @@ impl<L: Layer> Locked<L> {
     }
 
     /// Unwraps the stack, after every parked free was put.
-    pub fn into_inner(mut self) -> L {
-        self.get_mut();
-        let this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the stack is moved out once;
-        // the other field holds nothing to drop (and the parked array is empty).
-        unsafe { ptr::read(&this.held) }.into_inner().layer
+    pub fn into_inner(self) -> L {
+        // SAFETY: `held` is a field of the `Locked`; the other (`holder`) holds nothing.
+        let guarded = unsafe { into_field(self, |this| _ = this.get_mut(), |this| &this.held) };
+        // (The parked array is empty: `get_mut` put every parked free.)
+        guarded.into_inner().layer
     }
 
     /// The stack's gauges, copied out under the lock (with every parked free put).
