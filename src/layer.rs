@@ -314,3 +314,120 @@ pub unsafe trait Measured: Layer {
 pub(crate) const fn served_size(layout: Layout) -> usize {
     if layout.size() == 0 { 1 } else { layout.size() }
 }
+
+/// Takes a wrapper apart for its `into_inner`, written once for every layer with a `Drop`
+/// (which forbids moving a field out): runs `finish` on the wrapper (what its `Drop` would
+/// have done first, such as giving back what it holds to the layer inside), then moves the
+/// field that `field` picks out, and forgets the rest. The wrapper's `Drop` never runs, not
+/// even when `finish` unwinds.
+///
+/// # Safety
+///
+/// `field` returns a field of the value it is given, found without following a pointer
+/// (`|this| &this.inner`): that field is moved out once, and it is all of the value that
+/// is ever dropped. What the other fields still hold is leaked.
+#[inline]
+pub(crate) unsafe fn into_field<T, F>(
+    value: T,
+    finish: impl FnOnce(&mut T),
+    field: impl FnOnce(&T) -> &F,
+) -> F {
+    let mut value = core::mem::ManuallyDrop::new(value);
+    finish(&mut value);
+    // SAFETY: the field lies inside `value` (the caller's duty), which is never used or
+    // dropped again, so the field is moved out once.
+    unsafe { core::ptr::read(field(&value)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::Cell;
+
+    /// Counts its drops in the cell it points to.
+    struct Counted<'a>(&'a Cell<u32>);
+
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    /// A wrapper whose `Drop` must not run once it is taken apart.
+    struct Wrapper<'a> {
+        inner: Counted<'a>,
+        finished: bool,
+    }
+
+    impl Drop for Wrapper<'_> {
+        fn drop(&mut self) {
+            panic!("the wrapper's `Drop` ran");
+        }
+    }
+
+    #[test]
+    fn into_field_finishes_then_moves_the_field_out_once() {
+        let drops = Cell::new(0);
+        let wrapper = Wrapper {
+            inner: Counted(&drops),
+            finished: false,
+        };
+        let mut finished = false;
+        // SAFETY: `inner` is a field of the wrapper.
+        let inner = unsafe {
+            into_field(
+                wrapper,
+                |this| {
+                    this.finished = true;
+                    finished = this.finished;
+                },
+                |this| &this.inner,
+            )
+        };
+        assert!(finished);
+        assert_eq!(drops.get(), 0, "moved, not dropped");
+        drop(inner);
+        assert_eq!(drops.get(), 1, "dropped once");
+    }
+
+    /// Every layer's `into_inner` gives back what the layer holds before it hands out the
+    /// layer below.
+    #[test]
+    fn into_inner_gives_everything_back_first() {
+        use crate::Gauge;
+        use crate::layers::{
+            Batch, Bitset, Buddy, Buffer, Check, Chunk, Coalesce, FreeList, SizeClasses, Slab,
+            Stats,
+        };
+        type Below<'a> = Stats<Buffer<'a>>;
+        fn layout(i: usize) -> Layout {
+            Layout::from_size_align(16 << (i % 6), 8).expect("a valid layout")
+        }
+        macro_rules! gives_back {
+            ($($layer:ty),* $(,)?) => {$({
+                let mut memory = alloc::boxed::Box::new_uninit_slice(4 << 20);
+                let mut layer = <$layer>::new(Stats::new(Buffer::new(&mut memory)));
+                let blocks: alloc::vec::Vec<_> = (0..8)
+                    .map(|i| layer.get(layout(i)).expect("memory enough"))
+                    .collect();
+                for (i, block) in blocks.into_iter().enumerate() {
+                    // SAFETY: got just above with this layout, put once.
+                    unsafe { layer.put(block, layout(i)) };
+                }
+                let below = layer.into_inner();
+                assert_eq!(below.gauge().live, 0, "{}", core::any::type_name::<$layer>());
+            })*};
+        }
+        gives_back!(
+            Batch<Below<'_>>,
+            Bitset<Below<'_>, 64, 65536>,
+            Buddy<Below<'_>, 5, 16>,
+            Check<Below<'_>>,
+            Chunk<Below<'_>, 4096>,
+            Coalesce<Below<'_>, 65536>,
+            FreeList<Below<'_>, 32>,
+            SizeClasses<Below<'_>, 16384>,
+            Slab<Below<'_>, 16384>,
+        );
+    }
+}

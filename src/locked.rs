@@ -3,10 +3,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::any::type_name;
-use core::cell::UnsafeCell;
 use core::fmt;
-use core::marker::PhantomData;
-use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +12,8 @@ use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::abort::{abort_with, call, no_unwind};
 use crate::alloc_ops::{allocate, deallocate, resize};
-use crate::spin::SpinLock;
+use crate::layer::into_field;
+use crate::spin::{SpinGuard, SpinLock};
 use crate::{Gauge, Gauges, Layer};
 
 /// Frees that `GlobalAlloc::dealloc` and `realloc` park before they are put.
@@ -89,29 +87,35 @@ const PARKED: usize = 16;
 /// locked.lock().deinit(); // error: cannot borrow as mutable
 /// ```
 pub struct Locked<L: Layer> {
-    held: SpinLock,
+    /// The stack and its parked frees. `Locked` is `Sync` and `Send` when `L` is `Send`,
+    /// as a `Mutex<L>` is.
+    held: SpinLock<Guarded<L>>,
     /// The thread holding `held` (see [`this_thread`]), 0 when none: a call that finds the
     /// lock held by its own thread has re-entered the allocator and would spin forever.
     holder: AtomicUsize,
-    /// Blocks freed through `GlobalAlloc` and not put yet; used only under the lock.
-    parked: UnsafeCell<Parked>,
-    layer: UnsafeCell<L>,
 }
 
-// SAFETY: the stack and the parked blocks are reached only under the lock (a `LockGuard`),
-// which makes that access exclusive, so sharing `Locked` is like sharing a `Mutex<L>`:
-// sound when `L` can move between threads. The parked blocks are blocks of the stack.
-unsafe impl<L: Layer + Send> Sync for Locked<L> {}
-
-// SAFETY: the parked pointers are blocks of the stack that no one else uses; they move with
-// it, as the stack's own pointers do when `L` is `Send`.
-unsafe impl<L: Layer + Send> Send for Locked<L> {}
+/// What the lock of a [`Locked`] protects.
+struct Guarded<L> {
+    /// Blocks freed through `GlobalAlloc` and not put yet.
+    parked: Parked,
+    layer: L,
+}
 
 /// The frees waiting to be put, with the layouts they were freed with.
 struct Parked {
     blocks: [(*mut u8, Layout); PARKED],
     len: usize,
 }
+
+// SAFETY: the parked pointers are blocks of the stack beside them that no one else uses;
+// they move with it, as the stack's own pointers do, and they are followed only by
+// `put_all`, with the stack borrowed mutably.
+unsafe impl Send for Parked {}
+
+// SAFETY: shared access to `Parked` reads the pointers' values only (nothing follows them
+// through `&Parked`).
+unsafe impl Sync for Parked {}
 
 impl Parked {
     const EMPTY: Parked = Parked {
@@ -174,10 +178,11 @@ impl<L: Layer> Locked<L> {
     /// Wraps a layer stack; usable in a `static`.
     pub const fn new(layer: L) -> Self {
         Locked {
-            held: SpinLock::new(),
+            held: SpinLock::new(Guarded {
+                parked: Parked::EMPTY,
+                layer,
+            }),
             holder: AtomicUsize::new(0),
-            parked: UnsafeCell::new(Parked::EMPTY),
-            layer: UnsafeCell::new(layer),
         }
     }
 
@@ -187,36 +192,34 @@ impl<L: Layer> Locked<L> {
     #[inline(always)]
     fn acquire(&self) -> LockGuard<'_, L> {
         let me = this_thread();
-        if !self.held.try_lock() {
-            if me != 0 && self.holder.load(Ordering::Relaxed) == me {
-                reentered(type_name::<L>());
+        let held = match self.held.try_lock() {
+            Some(held) => held,
+            None => {
+                if me != 0 && self.holder.load(Ordering::Relaxed) == me {
+                    reentered(type_name::<L>());
+                }
+                self.held.lock()
             }
-            self.held.lock();
-        }
+        };
         self.holder.store(me, Ordering::Relaxed);
-        LockGuard {
-            locked: self,
-            _exclusive: PhantomData,
-        }
+        LockGuard { held, locked: self }
     }
 
     /// Runs `f` on the stack and the parked frees, under the lock.
     #[inline(always)]
     fn with_parked<R>(&self, f: impl FnOnce(&mut L, &mut Parked) -> R) -> R {
-        let _guard = self.acquire();
-        // SAFETY: the guard holds the lock, so these are the only references to the stack
-        // and the parked array until it drops; `f` is one of this module's operations,
-        // which keep the `Layer` contract and end no block but the ones they are given.
-        unsafe { f(&mut *self.layer.get(), &mut *self.parked.get()) }
+        let mut guard = self.acquire();
+        let Guarded { parked, layer } = &mut *guard.held;
+        f(layer, parked)
     }
 
     /// Waits for the lock, puts every parked free, and returns a guard that reads the stack
     /// (its gauges, its `Debug` output) while no one else uses it.
     pub fn lock(&self) -> LockGuard<'_, L> {
-        let guard = self.acquire();
-        // SAFETY: the guard holds the lock and no reference into the stack is alive yet;
-        // parked blocks are frees of this stack's blocks.
-        unsafe { (*self.parked.get()).put_all(&mut *self.layer.get()) };
+        let mut guard = self.acquire();
+        let Guarded { parked, layer } = &mut *guard.held;
+        // SAFETY: parked blocks are frees of this stack's blocks.
+        unsafe { parked.put_all(layer) };
         guard
     }
 
@@ -250,19 +253,18 @@ impl<L: Layer> Locked<L> {
     /// The stack, with no locking (`&mut self` proves no one else uses it), after every
     /// parked free was put.
     pub fn get_mut(&mut self) -> &mut L {
-        let stack = self.layer.get_mut();
+        let Guarded { parked, layer } = self.held.get_mut();
         // SAFETY: parked blocks are frees of this stack's blocks.
-        unsafe { self.parked.get_mut().put_all(stack) };
-        stack
+        unsafe { parked.put_all(layer) };
+        layer
     }
 
     /// Unwraps the stack, after every parked free was put.
-    pub fn into_inner(mut self) -> L {
-        self.get_mut();
-        let this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the stack is moved out once;
-        // the other fields hold nothing to drop (the parked array is empty).
-        unsafe { ptr::read(&this.layer) }.into_inner()
+    pub fn into_inner(self) -> L {
+        // SAFETY: `held` is a field of the `Locked`; the other (`holder`) holds nothing.
+        let guarded = unsafe { into_field(self, |this| _ = this.get_mut(), |this| &this.held) };
+        // (The parked array is empty: `get_mut` put every parked free.)
+        guarded.into_inner().layer
     }
 
     /// The stack's gauges, copied out under the lock (with every parked free put).
@@ -294,24 +296,24 @@ impl<L: Layer> Drop for Locked<L> {
 
 /// Shared access to a [`Locked`] stack while holding its lock; unlocks when dropped (also
 /// on unwind).
+///
+/// It stands for exclusive use of `L`: `Send` when `L` is, `Sync` only when `L` is.
 pub struct LockGuard<'a, L: Layer> {
+    /// Lets go of the lock when dropped, after the guard's own `drop` cleared `holder`.
+    held: SpinGuard<'a, Guarded<L>>,
     locked: &'a Locked<L>,
-    /// The guard stands for exclusive use of `L`: `Sync` only when `L` is.
-    _exclusive: PhantomData<&'a mut L>,
 }
 
 impl<L: Layer> Deref for LockGuard<'_, L> {
     type Target = L;
     fn deref(&self) -> &L {
-        // SAFETY: the guard exists only while the lock is held by it.
-        unsafe { &*self.locked.layer.get() }
+        &self.held.layer
     }
 }
 
 impl<L: Layer> Drop for LockGuard<'_, L> {
     fn drop(&mut self) {
         self.locked.holder.store(0, Ordering::Relaxed);
-        self.locked.held.unlock();
     }
 }
 
@@ -458,16 +460,39 @@ mod tests {
         alloc::boxed::Box::new_uninit_slice(16 << 10)
     }
 
-    /// The figures of the stack as they are, parked frees not put (no lock: the tests
-    /// below use the `Locked` from one thread).
+    /// A layer that must stay on its thread, and one that may move but not be shared.
+    struct Pinned<T>(core::marker::PhantomData<T>);
+
+    // SAFETY: it hands out no block.
+    unsafe impl<T> Layer for Pinned<T> {
+        fn get(&mut self, _: Layout) -> Option<NonNull<u8>> {
+            None
+        }
+        unsafe fn put(&mut self, _: NonNull<u8>, _: Layout) {}
+        fn init() -> Self {
+            Pinned(core::marker::PhantomData)
+        }
+        fn deinit(&mut self) {}
+    }
+
+    type OnItsThread = Pinned<*mut u8>;
+    type Unshared = Pinned<core::cell::Cell<u8>>;
+
+    // `Locked<L>` is shared and sent as a `Mutex<L>` is: when `L` may move between threads.
+    // Its guard reads `L`, so it is `Sync` only when `L` is too.
+    static_assertions::assert_impl_all!(Locked<Unshared>: Send, Sync);
+    static_assertions::assert_not_impl_any!(Locked<OnItsThread>: Send, Sync);
+    static_assertions::assert_impl_all!(LockGuard<'static, Unshared>: Send);
+    static_assertions::assert_not_impl_any!(LockGuard<'static, Unshared>: Sync);
+    static_assertions::assert_not_impl_any!(LockGuard<'static, OnItsThread>: Send, Sync);
+
+    /// The figures of the stack as they are, parked frees not put.
     fn puts_made(locked: &Locked<Stats<Buffer<'_>>>) -> u64 {
-        // SAFETY: nothing else uses the stack meanwhile.
-        unsafe { (*locked.layer.get()).gauge().puts }
+        locked.acquire().gauge().puts
     }
 
     fn parked(locked: &Locked<Stats<Buffer<'_>>>) -> usize {
-        // SAFETY: as above.
-        unsafe { (*locked.parked.get()).len }
+        locked.acquire().held.parked.len
     }
 
     #[test]

@@ -21,7 +21,6 @@ use crate::Layer;
 use crate::abort::{call, no_unwind};
 use crate::layer::Measured;
 use crate::layers::{Reserve, Slab, SlabRange};
-use crate::spin::SpinLock;
 
 /// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
 /// grow in place and mixed sizes share memory) keeps memory tighter than size classes.
@@ -194,17 +193,9 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// Runs `f` with the shared layer behind the heaps, under its lock (so `f` must not
     /// allocate through this allocator, which would deadlock, nor fork, which would too).
     pub fn with_large<R>(&self, f: impl FnOnce(&Large) -> R) -> R {
-        /// Unlocks when dropped, also when `f` unwinds.
-        struct Unlock(&'static SpinLock);
-        impl Drop for Unlock {
-            fn drop(&mut self) {
-                self.0.unlock();
-            }
-        }
-        let registry = self.registry();
-        registry.large.lock();
-        let _unlock = Unlock(&registry.large);
-        // SAFETY: the lock makes this the only access to `Large` until `_unlock` drops;
+        // (The guard lets go of the lock also when `f` unwinds.)
+        let _held = self.registry().large.lock();
+        // SAFETY: the lock makes this the only access to `Large` until `_held` drops;
         // `f` gets shared access only, so it cannot end blocks that live elsewhere.
         f(unsafe { &*self.large.get() })
     }
@@ -213,15 +204,12 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// aborts with one line if `f` (a call into the layer) unwinds.
     #[inline]
     fn locked_large<const CALL: u8, R>(&self, f: impl FnOnce(&mut Large) -> R) -> R {
-        let registry = self.registry();
-        registry.large.lock();
-        let result = no_unwind::<Large, CALL, _>(|| {
-            // SAFETY: the lock makes this the only access to `Large` until it is released
-            // below; `f` is one of this file's operations, which end no block but theirs.
+        let _held = self.registry().large.lock();
+        no_unwind::<Large, CALL, _>(|| {
+            // SAFETY: the lock makes this the only access to `Large` until `_held` drops;
+            // `f` is one of this file's operations, which end no block but theirs.
             f(unsafe { &mut *self.large.get() })
-        });
-        registry.large.unlock();
-        result
+        })
     }
 
     /// This instance's registry, claimed on first use.

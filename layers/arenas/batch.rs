@@ -5,7 +5,7 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, MaybeUninit, size_of};
+use core::mem::{MaybeUninit, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::Layer;
@@ -89,10 +89,8 @@ impl<L: Layer> Batch<L> {
 
     /// Unwraps the layer below, after returning every booked block to it.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Blocks booked now (taken from `L`, not yet returned).

@@ -18,8 +18,8 @@ mod run_index;
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, size_of};
-use core::ptr::{self, NonNull};
+use core::mem::size_of;
+use core::ptr::NonNull;
 
 use crate::abort::{abort_with, debug_require};
 use crate::bitmap::RawBits;
@@ -210,10 +210,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
 
     /// Unwraps the layer below, after giving it back every arena.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Arenas held now.

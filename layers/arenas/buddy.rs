@@ -14,7 +14,7 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, size_of};
+use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
@@ -192,10 +192,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
 
     /// Unwraps the layer below, after giving it back every arena.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Arenas held now.

@@ -6,7 +6,7 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, size_of};
+use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use crate::Layer;
@@ -153,10 +153,8 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
 
     /// Unwraps the layer below, after giving it back every chunk and large block.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Ends every block at once and starts over, keeping the newest chunk so that the next

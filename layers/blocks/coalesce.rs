@@ -10,7 +10,7 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, size_of};
+use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use super::classes::ClassMap;
@@ -232,10 +232,8 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
 
     /// Unwraps the layer below, after giving it back every arena and large piece.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Arenas held now, the kept empty one included.

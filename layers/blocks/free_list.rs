@@ -9,8 +9,8 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, size_of};
-use core::ptr::{self, NonNull};
+use core::mem::size_of;
+use core::ptr::NonNull;
 
 use super::list::BlockList;
 use crate::Layer;
@@ -99,10 +99,8 @@ impl<L: Layer, const SIZE: usize, const CAP: usize> FreeList<L, SIZE, CAP> {
 
     /// Unwraps the layer below, after giving it back every cached block.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Blocks cached on the list now.

@@ -11,7 +11,7 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::{ManuallyDrop, size_of};
+use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use super::classes::ClassMap;
@@ -162,10 +162,8 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
 
     /// Unwraps the layer below, after giving it back every run.
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// The size of class `index` (0 past the last class).

@@ -234,11 +234,9 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     }
 
     /// Gives every slab back and returns the layer below.
-    pub fn into_inner(mut self) -> L {
-        self.release();
-        let this = core::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        unsafe { ptr::read(&this.inner) }
+    pub fn into_inner(self) -> L {
+        // SAFETY: `inner` is a field of the layer.
+        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Slabs held right now (spares included).

@@ -6,8 +6,7 @@
 
 use core::alloc::Layout;
 use core::fmt;
-use core::mem::ManuallyDrop;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 
 use super::live_table::{LiveTable, Slot};
 use crate::abort::abort_with;
@@ -93,10 +92,11 @@ impl<L: Layer> Check<L> {
     /// Unwraps the layer below. Blocks still live are reported and returned to it first,
     /// as at [`deinit`](Layer::deinit).
     pub fn into_inner(self) -> L {
-        let mut this = ManuallyDrop::new(self);
-        let report = this.release();
-        // SAFETY: `this` is never used or dropped again, so `inner` is moved out once.
-        let inner = unsafe { ptr::read(&this.inner) };
+        let mut report = None;
+        // SAFETY: `inner` is a field of the layer.
+        let inner = unsafe {
+            crate::layer::into_field(self, |this| report = this.release(), |this| &this.inner)
+        };
         if let Some(report) = report {
             report_leaks(&report);
         }

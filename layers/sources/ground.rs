@@ -1,7 +1,6 @@
 //! `Ground`: whole pages from the system allocator, claimed for the region that holds them.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::NonNull;
 
@@ -15,8 +14,7 @@ use crate::spin::SpinLock;
 /// request, one per tree) would otherwise make the system allocator return and re-fault
 /// the same pages again and again.
 struct PieceCache {
-    held: SpinLock,
-    pieces: UnsafeCell<[CachedPiece; CACHED_PIECES]>,
+    pieces: SpinLock<[CachedPiece; CACHED_PIECES]>,
 }
 
 /// A cached piece and the layout it was allocated with, or an empty slot.
@@ -26,12 +24,12 @@ type CachedPiece = Option<(NonNull<u8>, Layout)>;
 const CACHED_PIECES: usize = 16;
 const CACHED_MAX: usize = 1 << 20;
 
-// SAFETY: `pieces` is only touched while `held` is set by the toucher.
+// SAFETY: the pieces are reached only under their lock, one thread at a time; a cached
+// piece is a system allocation that the cache owns alone, which any thread may free.
 unsafe impl Sync for PieceCache {}
 
 static CACHE: PieceCache = PieceCache {
-    held: SpinLock::new(),
-    pieces: UnsafeCell::new([None; CACHED_PIECES]),
+    pieces: SpinLock::new([None; CACHED_PIECES]),
 };
 
 impl PieceCache {
@@ -41,11 +39,7 @@ impl PieceCache {
     ) -> R {
         // The lock is held only for a look at the 16 slots: pieces go back to the system
         // allocator after it is let go.
-        self.held.lock();
-        // SAFETY: `held` is ours until the unlock below.
-        let result = f(unsafe { &mut *self.pieces.get() });
-        self.held.unlock();
-        result
+        f(&mut self.pieces.lock())
     }
 
     /// A cached piece allocated with exactly `pages`.

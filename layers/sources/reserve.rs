@@ -110,7 +110,7 @@ impl Range {
             base: AtomicUsize::new(UNRESERVED),
             len: AtomicUsize::new(0),
             base_ptr: UnsafeCell::new(ptr::null_mut()),
-            held: SpinLock::new(),
+            held: SpinLock::new(()),
             bump: AtomicUsize::new(0),
             committed: AtomicUsize::new(0),
             young: AtomicUsize::new(0),
@@ -124,14 +124,6 @@ impl Range {
         }
     }
 
-    fn lock(&self) {
-        self.held.lock();
-    }
-
-    fn unlock(&self) {
-        self.held.unlock();
-    }
-
     /// The range's start, reserving it on first use; `None` when the OS refused.
     fn base(&self) -> Option<*mut u8> {
         let base = self.base.load(Ordering::Acquire);
@@ -142,11 +134,11 @@ impl Range {
         if base == FAILED {
             return None;
         }
-        self.lock();
+        let held = self.held.lock();
         if self.base.load(Ordering::Acquire) == UNRESERVED {
             self.reserve();
         }
-        self.unlock();
+        drop(held);
         let base = self.base.load(Ordering::Acquire);
         // SAFETY: as above.
         (base > FAILED).then(|| unsafe { *self.base_ptr.get() })
@@ -418,9 +410,9 @@ impl<R: ReserveRange> Reserve<R> {
             return;
         }
         let Some(base) = range.base() else { return };
-        range.lock();
+        let held = range.held.lock();
         let stale = Self::tick(range);
-        range.unlock();
+        drop(held);
         Self::give_back(range, base, stale);
     }
 
@@ -428,21 +420,21 @@ impl<R: ReserveRange> Reserve<R> {
     #[cfg(test)]
     fn force_tick(&self) {
         let range = Self::range();
-        range.lock();
+        let held = range.held.lock();
         range
             .tick
             .store(now_ms().wrapping_sub(range.decay_ms), Ordering::Relaxed);
-        range.unlock();
+        drop(held);
         self.decay();
     }
 
     /// Bytes of free granules that keep their pages (young and aged).
     pub fn kept_bytes(&self) -> usize {
         let range = Self::range();
-        range.lock();
+        let held = range.held.lock();
         let kept = range.young_granules.load(Ordering::Relaxed)
             + range.aged_granules.load(Ordering::Relaxed);
-        range.unlock();
+        drop(held);
         kept * GRANULE
     }
 
@@ -461,7 +453,8 @@ impl<R: ReserveRange> Reserve<R> {
     /// this range, by one [`after_fork`](Reserve::after_fork) in the parent and one in the
     /// child: until then every use of the range waits.
     pub unsafe fn before_fork() {
-        Self::range().lock();
+        // Taken by hand: held across the fork, let go of in `after_fork`.
+        Self::range().held.lock_by_hand();
     }
 
     /// Releases the lock [`before_fork`](Reserve::before_fork) took.
@@ -472,7 +465,9 @@ impl<R: ReserveRange> Reserve<R> {
     /// parent it was forked from) and has not released it since: releasing a lock another
     /// thread holds would let two threads change the free granules at once.
     pub unsafe fn after_fork() {
-        Self::range().unlock();
+        // Let go of by hand: `before_fork` took it with no guard.
+        // SAFETY: the caller took it with `before_fork` and has not let go of it since.
+        unsafe { Self::range().held.unlock_by_hand() };
     }
 
     /// The pointer for `offset` into the range, with the range's provenance.
@@ -590,7 +585,7 @@ impl<R: ReserveRange> Reserve<R> {
 
     /// Appends granule indices to the clean list, under `held` (which is not ours yet).
     fn list_clean(range: &Range, indices: impl Iterator<Item = u32>) {
-        range.lock();
+        let _held = range.held.lock();
         let mut len = range.clean_len.load(Ordering::Relaxed);
         for index in indices {
             // SAFETY: the side array has room for every granule of the range, and a granule
@@ -599,7 +594,6 @@ impl<R: ReserveRange> Reserve<R> {
             len += 1;
         }
         range.clean_len.store(len, Ordering::Relaxed);
-        range.unlock();
     }
 
     /// Takes `granules` fresh granules, aligned to `align`, from the top of the range
@@ -634,7 +628,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         let range = Self::range();
         let base = range.base()?;
         let granules = Self::granules(layout)?;
-        range.lock();
+        let held = range.held.lock();
         let mut block = None;
         if granules == 1 && layout.align() <= GRANULE {
             block = Self::pop_free(range, base);
@@ -643,7 +637,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
             block = Self::bump(range, base, granules, layout.align().max(GRANULE));
         }
         let stale = Self::tick(range);
-        range.unlock();
+        drop(held);
         Self::give_back(range, base, stale);
         block
     }
@@ -656,7 +650,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
             return;
         };
         let offset = ptr.as_ptr().addr() - base.addr();
-        range.lock();
+        let held = range.held.lock();
         let kept = range.young_granules.load(Ordering::Relaxed)
             + range.aged_granules.load(Ordering::Relaxed);
         let keep = (kept + granules) * GRANULE <= DIRTY_MAX;
@@ -671,7 +665,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
             range.young_granules.fetch_add(granules, Ordering::Relaxed);
         }
         let stale = Self::tick(range);
-        range.unlock();
+        drop(held);
         if !keep {
             // The caller gives back a live block of ours, on no stack.
             Self::give_back_block(range, base, ptr, granules);

@@ -7,11 +7,12 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Layer;
 use crate::layer::served_size;
+use crate::spin::SpinLock;
 
 /// Set once the program has promised that `Sbrk` layers may move the break.
 static CLAIMED: AtomicBool = AtomicBool::new(false);
 /// Serialises every break move made by `Sbrk` layers of this process.
-static BREAK_LOCK: AtomicBool = AtomicBool::new(false);
+static BREAK_LOCK: SpinLock = SpinLock::new(());
 
 /// Granule of every block: sizes and alignments are rounded up to it, so that a freed
 /// block can hold a [`FreeBlock`] record.
@@ -89,15 +90,8 @@ impl Sbrk {
     }
 
     fn with_break<R>(f: impl FnOnce() -> R) -> R {
-        while BREAK_LOCK
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-        let result = f();
-        BREAK_LOCK.store(false, Ordering::Release);
-        result
+        let _held = BREAK_LOCK.lock();
+        f()
     }
 
     /// Takes a free block of exactly `size` bytes aligned to `align` off the free list.

@@ -5,7 +5,9 @@
 //! holder dies, the kernel hands it to the next locker with `EOWNERDEAD`, and we report
 //! that so the heap can ask for recovery. Elsewhere, and under Miri (which has neither
 //! process-shared nor robust mutexes), it is a spin lock on an atomic word in the blob,
-//! which cannot see a dead holder.
+//! which cannot see a dead holder. That word holds the holder's token, so that a thread
+//! that locks twice gets an error, and it lies in the blob's header at a fixed place, which
+//! is why it is not the crate's `SpinLock`; it waits as that lock does (`spin::Backoff`).
 
 use core::sync::atomic::AtomicU32;
 
@@ -13,6 +15,9 @@ use core::sync::atomic::AtomicU32;
 use core::cell::UnsafeCell;
 #[cfg(not(all(target_os = "linux", not(miri))))]
 use core::sync::atomic::Ordering;
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+use crate::spin::Backoff;
 
 use super::BlobError;
 
@@ -138,9 +143,10 @@ impl BlobLock {
         Ok(())
     }
 
-    /// Takes the lock, spinning (and yielding) while another thread holds it.
+    /// Takes the lock, waiting as the crate's spin lock does while another thread holds it.
     pub(super) fn lock(&self) -> Result<Taken, BlobError> {
         let me = thread_token();
+        let mut backoff = Backoff::new();
         loop {
             match self
                 .word
@@ -148,7 +154,7 @@ impl BlobLock {
             {
                 Ok(_) => return Ok(Taken::Clean),
                 Err(holder) if holder == me => return Err(BlobError::AlreadyLocked),
-                Err(_) => std::thread::yield_now(),
+                Err(_) => backoff.pause(),
             }
         }
     }

@@ -9,7 +9,7 @@
 //! - while the region is *active* (its `Region` handle alive), only its owner thread, which
 //!   is the only thread that can enter it (`Region` is neither `Send` nor `Sync`);
 //! - other threads never do: a block they free goes on the region's queue, an array beside
-//!   the stack guarded by `lock`, which the owner drains into the stack;
+//!   the stack behind its own lock (`queue`), which the owner drains into the stack;
 //! - once the handle is dropped with blocks still live, the region is a *zombie*: its frees
 //!   are queued too, and one thread at a time (the *driver*, marked by `driving`) puts them
 //!   into the stack, outside the lock; the last one releases the stack and the record.
@@ -53,12 +53,12 @@
 //! Invariants: `live` counts blocks handed out by the router and not yet put back into the
 //! stack (deferred and queued frees still count), `lent` those of them lent to pipes; both
 //! are written only by the owner thread while active, and by the zombie's driver under
-//! `lock` afterwards. `pending` is set whenever the queue of an active region holds
-//! entries. A zombie is on the service list (`listed`) only while its queue holds entries
-//! and no thread drives it.
+//! the queue's lock afterwards. `pending` is set whenever the queue of an active region
+//! holds entries. A zombie is on the service list (`listed`) only while its queue holds
+//! entries and no thread drives it.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::{Cell, UnsafeCell};
+use core::cell::Cell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::alloc::System;
@@ -67,7 +67,7 @@ use crate::Layer;
 use crate::abort::{abort_with, call, debug_require, no_unwind};
 use crate::layer::served_size;
 use crate::layers::LeakReport;
-use crate::spin::SpinLock;
+use crate::spin::{SpinGuard, SpinLock};
 
 const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
 
@@ -101,8 +101,8 @@ impl Entry {
     };
 }
 
-/// Frees waiting under `lock`, in an array from the system allocator, with the region's
-/// state as other threads see it.
+/// Frees waiting behind the owner's lock, in an array from the system allocator, with the
+/// region's state as other threads see it.
 struct Queue {
     entries: *mut Entry,
     len: usize,
@@ -289,12 +289,10 @@ pub(crate) struct Owner {
     deferred_len: Cell<usize>,
     /// The region's place in the creation order.
     seq: u64,
-    lock: SpinLock,
     /// Whether the queue of an active region holds entries: a hint the owner reads without
     /// the lock.
     pending: AtomicBool,
-    /// Guarded by `lock`.
-    queue: UnsafeCell<Queue>,
+    queue: SpinLock<Queue>,
     /// The next zombie on the service list: written by the thread that lists this one
     /// (before it publishes it), read by the thread that takes the list.
     service_next: Cell<*mut Owner>,
@@ -325,9 +323,8 @@ impl Owner {
             deferred: [const { Cell::new(Entry::UNUSED) }; DEFERRED],
             deferred_len: Cell::new(0),
             seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
-            lock: SpinLock::new(),
             pending: AtomicBool::new(false),
-            queue: UnsafeCell::new(Queue::EMPTY),
+            queue: SpinLock::new(Queue::EMPTY),
             service_next: Cell::new(ptr::null_mut()),
             free_record,
         }
@@ -415,17 +412,6 @@ impl Owner {
     /// outside any stack call, or by a zombie's driver.
     pub(crate) fn stack(&self) -> *mut dyn Stack {
         self.stack
-    }
-
-    /// The queue.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds `lock`, and the reference ends before it lets go.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn queue(&self) -> &mut Queue {
-        // SAFETY: as the caller promises, `lock` makes this the only reference.
-        unsafe { &mut *self.queue.get() }
     }
 }
 
@@ -701,9 +687,7 @@ unsafe fn put_deferred(owner: &Owner) {
 #[cold]
 unsafe fn free_queued(owner: *const Owner, entry: Entry) {
     let owner_ref = checked(owner);
-    owner_ref.lock.lock();
-    // SAFETY: the lock is held until the end of this function.
-    let queue = unsafe { owner_ref.queue() };
+    let mut queue = owner_ref.queue.lock();
     queue.push(entry);
     if !queue.zombie {
         owner_ref.pending.store(true, Ordering::Release);
@@ -711,7 +695,6 @@ unsafe fn free_queued(owner: *const Owner, entry: Entry) {
         queue.listed = true;
         list_zombie(owner.cast_mut());
     }
-    owner_ref.lock.unlock();
 }
 
 /// Pushes a zombie on the service list (its lock held by the caller).
@@ -752,60 +735,58 @@ fn service_listed() {
             let owner = checked(zombie);
             // Read before the zombie is driven (and perhaps released).
             let next = owner.service_next.get();
-            owner.lock.lock();
-            // SAFETY: the lock is held.
-            let queue = unsafe { owner.queue() };
+            let mut queue = owner.queue.lock();
             queue.listed = false;
             if queue.driving {
                 // Its driver will see the queue before it lets go.
-                owner.lock.unlock();
+                drop(queue);
             } else {
                 queue.driving = true;
-                // SAFETY: a zombie, its lock held and `driving` set by us.
-                unsafe { drive(zombie) };
+                // SAFETY: a zombie, `driving` set by us under its lock.
+                if unsafe { drive(owner, queue) } {
+                    // SAFETY: `drive` found it dead, and let go of its lock.
+                    unsafe { dispose(zombie) };
+                }
             }
             zombie = next;
         }
     }
 }
 
-/// Puts a zombie's queued frees into its stack, letting go of the lock around each batch,
-/// until the queue is empty; then releases the region if none of its blocks is live.
-/// Returns with the lock let go.
+/// Puts a zombie's queued frees into its stack, letting go of the lock (which `queue`
+/// holds) around each batch, until the queue is empty. Returns with the lock let go, and
+/// whether the region is dead: none of its blocks is live and nothing is queued, so no free
+/// can reach the record any more, and it is on no list (a listed zombie has entries). The
+/// caller then releases it, once the references it passed here have ended.
 ///
 /// # Safety
 ///
-/// `owner` is a zombie, its lock held by the caller, who set `driving`.
-unsafe fn drive(owner: *const Owner) {
-    let owner_ref = checked(owner);
+/// `owner` is a zombie whose `driving` the caller set, under the lock `queue` holds.
+#[inline(never)]
+unsafe fn drive(owner: &Owner, mut queue: SpinGuard<'_, Queue>) -> bool {
     loop {
-        // SAFETY: the lock is held (the caller's duty, or taken again below).
-        let queue = unsafe { owner_ref.queue() };
         let taken = queue.take();
         if taken.len == 0 {
             queue.driving = false;
-            let dead = owner_ref.live.get() == 0;
-            owner_ref.lock.unlock();
+            let dead = owner.live.get() == 0;
+            drop(queue);
             taken.free();
-            if dead {
-                // SAFETY: nothing is live and nothing is queued, so no free can reach the
-                // record any more, and it is on no list (a listed zombie has entries).
-                unsafe { dispose(owner) };
-            }
-            return;
-        }
-        owner_ref.lock.unlock();
-        let mut lent = 0;
-        for &entry in taken.entries() {
-            lent += usize::from(entry.lent);
-            // SAFETY: the driver alone touches a zombie's stack (`driving`), and the stack
-            // is `Send`; each entry is a live block of this region, queued once.
-            unsafe { owner_ref.put_into(&mut *owner_ref.stack, entry) };
+            return dead;
         }
         let count = taken.len;
-        taken.free();
-        owner_ref.lock.lock();
-        owner_ref.count_back(count, lent);
+        // The lock is let go of around the puts: no stack code runs under an owner's lock.
+        let lent = SpinGuard::unlocked(&mut queue, || {
+            let mut lent = 0;
+            for &entry in taken.entries() {
+                lent += usize::from(entry.lent);
+                // SAFETY: the driver alone touches a zombie's stack (`driving`), and the
+                // stack is `Send`; each entry is a live block of this region, queued once.
+                unsafe { owner.put_into(&mut *owner.stack, entry) };
+            }
+            taken.free();
+            lent
+        });
+        owner.count_back(count, lent);
     }
 }
 
@@ -818,7 +799,7 @@ unsafe fn dispose(owner: *const Owner) {
     // SAFETY: exclusive access, as the caller promises.
     unsafe {
         (*(*owner).stack).deinit();
-        (*(*owner).queue.get()).take().free();
+        (*owner.cast_mut()).queue.get_mut().take().free();
         ((*owner).free_record)(owner.cast_mut());
     }
 }
@@ -843,11 +824,12 @@ pub(crate) fn catch_up(owner: &Owner) {
 #[cold]
 #[inline(never)]
 fn drain(owner: &Owner) {
-    owner.lock.lock();
-    // SAFETY: the lock is held.
-    let taken = unsafe { owner.queue() }.take();
-    owner.pending.store(false, Ordering::Relaxed);
-    owner.lock.unlock();
+    let taken = {
+        let mut queue = owner.queue.lock();
+        let taken = queue.take();
+        owner.pending.store(false, Ordering::Relaxed);
+        taken
+    };
     // The puts run without the lock (no stack code runs under one).
     let mut lent = 0;
     for &entry in taken.entries() {
@@ -857,9 +839,7 @@ fn drain(owner: &Owner) {
         unsafe { with_stack(owner, |stack| owner.put_into(stack, entry)) };
     }
     owner.count_back(taken.len, lent);
-    owner.lock.lock();
-    // SAFETY: the lock is held.
-    let queue = unsafe { owner.queue() };
+    let mut queue = owner.queue.lock();
     if queue.entries.is_null() {
         // Keep the array for the next frees.
         queue.entries = taken.entries;
@@ -867,7 +847,6 @@ fn drain(owner: &Owner) {
     } else {
         taken.free();
     }
-    owner.lock.unlock();
 }
 
 /// Ends the region's handle: the region is released now if no block is live, or becomes a
@@ -881,17 +860,18 @@ pub(crate) unsafe fn end(owner: *const Owner) -> usize {
     let owner_ref = checked(owner);
     catch_up(owner_ref);
     owner_ref.drop_window();
-    owner_ref.lock.lock();
+    let mut queue = owner_ref.queue.lock();
     // From here on frees from other threads are a zombie's; this thread drives it until its
     // queue is empty.
-    // SAFETY: the lock is held.
-    let queue = unsafe { owner_ref.queue() };
     queue.zombie = true;
     queue.driving = true;
     owner_ref.pending.store(false, Ordering::Relaxed);
     owner_ref.driver.store(NO_DRIVER, Ordering::Relaxed);
     let held = owner_ref.held_by_the_program();
-    // SAFETY: a zombie now, its lock held, `driving` set.
-    unsafe { drive(owner) };
+    // SAFETY: a zombie now, `driving` set by us under its lock.
+    if unsafe { drive(owner_ref, queue) } {
+        // SAFETY: `drive` found it dead, and let go of its lock.
+        unsafe { dispose(owner) };
+    }
     held
 }

@@ -35,7 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use super::{HeapSlab, SLAB_BYTES, SlabSource};
 use crate::Layer;
 use crate::layers::Slab;
-use crate::spin::SpinLock;
+use crate::spin::{Backoff, SpinLock};
 
 // ---------------------------------------------------------------------------------------
 // The thread pointer and the thread's heap
@@ -196,7 +196,7 @@ impl Heap {
         if self.thread.load(Ordering::Relaxed) == 0 {
             // SAFETY: a heap's registry lives for the process.
             let pool = unsafe { &(*self.registry).pool };
-            pool.lock();
+            let _pooled = pool.lock();
             if self.abandoned.get() {
                 // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so; the
                 // block is one of its slab blocks, given up by the caller.
@@ -204,10 +204,8 @@ impl Heap {
                     self.drain();
                     self.slab().put_unsized(ptr);
                 }
-                pool.unlock();
                 return;
             }
-            pool.unlock();
         }
         let block = ptr.as_ptr().cast::<RemoteBlock>();
         let mut head = self.remote.0.load(Ordering::Relaxed);
@@ -227,29 +225,6 @@ impl Heap {
     }
 }
 
-/// A list head behind a spin lock.
-struct SpinList<T> {
-    held: SpinLock,
-    head: Cell<*mut T>,
-}
-
-impl<T> SpinList<T> {
-    const fn new() -> Self {
-        SpinList {
-            held: SpinLock::new(),
-            head: Cell::new(ptr::null_mut()),
-        }
-    }
-
-    fn lock(&self) {
-        self.held.lock();
-    }
-
-    fn unlock(&self) {
-        self.held.unlock();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Registries
 // ---------------------------------------------------------------------------------------
@@ -262,8 +237,10 @@ pub(super) struct Registry {
     pub(super) large: SpinLock,
     /// Every heap made, newest first.
     all: AtomicPtr<Heap>,
-    /// Abandoned heaps, ready for adoption.
-    pool: SpinList<Heap>,
+    /// Abandoned heaps, ready for adoption: the first, linked through their `pool_next`.
+    /// The lock covers the heaps' `pool_next` and `abandoned` too, and their slabs while
+    /// they are pooled.
+    pool: SpinLock<*mut Heap>,
     /// The pthread key whose destructor hands a heap back, plus one; 0 for none (the
     /// fallback), in which case the registry has no heaps.
     key: usize,
@@ -273,9 +250,9 @@ pub(super) struct Registry {
     next: *const Registry,
 }
 
-// SAFETY: the cells are the pool's, read and written under the pool lock; `key` and `next`
-// are written before the registry is published and only read afterwards; the rest is
-// atomic.
+// SAFETY: the pool's head is reached only under its lock (the heaps it lists are shared
+// through it, one thread at a time); `key` and `next` are written before the registry is
+// published and only read afterwards; the rest is atomic or a lock.
 unsafe impl Sync for Registry {}
 
 /// Every registry made, newest first: pushed under `PUSHING`, read without it.
@@ -283,16 +260,16 @@ static REGISTRIES: AtomicPtr<Registry> = AtomicPtr::new(ptr::null_mut());
 
 /// Taken to push a registry on `REGISTRIES`, and held by the fork handlers across a fork,
 /// so that no registry appears (with a lock someone holds) while they take every lock.
-static PUSHING: SpinLock = SpinLock::new();
+static PUSHING: SpinLock = SpinLock::new(());
 
 /// The registry of instances that could not have one of their own (no reserve, or no
 /// pthread key left): no heaps, so everything goes to `Large`. Shared, which is sound:
 /// with no heaps it holds nothing but the lock that the `Large` layers of those instances
 /// then take turns on.
 static FALLBACK: Registry = Registry {
-    large: SpinLock::new(),
+    large: SpinLock::new(()),
     all: AtomicPtr::new(ptr::null_mut()),
-    pool: SpinList::new(),
+    pool: SpinLock::new(ptr::null_mut()),
     key: 0,
     claimed: AtomicBool::new(true),
     next: ptr::null(),
@@ -332,20 +309,20 @@ impl Registry {
             return None;
         }
         let registry = memory.as_ptr().cast::<Registry>();
-        PUSHING.lock();
+        let pushing = PUSHING.lock();
         // SAFETY: a fresh block that fits a `Registry`, not yet published: ours alone.
         unsafe {
             registry.write(Registry {
-                large: SpinLock::new(),
+                large: SpinLock::new(()),
                 all: AtomicPtr::new(ptr::null_mut()),
-                pool: SpinList::new(),
+                pool: SpinLock::new(ptr::null_mut()),
                 key: key as usize + 1,
                 claimed: AtomicBool::new(true),
                 next: REGISTRIES.load(Ordering::Relaxed),
             });
         }
         REGISTRIES.store(registry, Ordering::Release);
-        PUSHING.unlock();
+        drop(pushing);
         // SAFETY: written above; registries live for the process.
         Some(unsafe { &*registry })
     }
@@ -372,23 +349,23 @@ impl Registry {
 
     /// Abandoned heaps waiting for a thread.
     pub(super) fn pooled_heaps(&self) -> usize {
-        self.pool.lock();
+        let pool = self.pool.lock();
         let mut count = 0;
-        let mut heap = self.pool.head.get();
+        let mut heap = *pool;
         while !heap.is_null() {
             count += 1;
             // SAFETY: pooled heaps are live; their links are read under the pool lock.
             heap = unsafe { (*heap).pool_next.get() };
         }
-        self.pool.unlock();
+        drop(pool);
         count
     }
 
     /// Bytes of slabs held by the heaps in the pool.
     pub(super) fn pooled_slab_bytes(&self) -> usize {
-        self.pool.lock();
+        let pool = self.pool.lock();
         let mut bytes = 0;
-        let mut heap = self.pool.head.get();
+        let mut heap = *pool;
         while !heap.is_null() {
             // SAFETY: pooled heaps are live and no thread's; the pool lock keeps them so.
             unsafe {
@@ -396,7 +373,7 @@ impl Registry {
                 heap = (*heap).pool_next.get();
             }
         }
-        self.pool.unlock();
+        drop(pool);
         bytes
     }
 
@@ -435,17 +412,17 @@ impl Registry {
     #[cold]
     pub(super) fn attach(&'static self) -> Option<&'static Heap> {
         let key = self.key()?;
-        self.pool.lock();
-        let adopted = self.pool.head.get();
+        let mut pool = self.pool.lock();
+        let adopted = *pool;
         if !adopted.is_null() {
             // SAFETY: pooled heaps are live; their links change under the pool lock.
             unsafe {
-                self.pool.head.set((*adopted).pool_next.get());
+                *pool = (*adopted).pool_next.get();
                 (*adopted).pool_next.set(ptr::null_mut());
                 (*adopted).abandoned.set(false);
             }
         }
-        self.pool.unlock();
+        drop(pool);
         let heap = if adopted.is_null() {
             self.make_heap()?
         } else {
@@ -503,11 +480,10 @@ impl Registry {
         // SAFETY: the heap was this thread's until just now, and no other thread takes it
         // before it is in the pool.
         unsafe { heap.drain() };
-        self.pool.lock();
+        let mut pool = self.pool.lock();
         heap.abandoned.set(true);
-        heap.pool_next.set(self.pool.head.get());
-        self.pool.head.set(ptr::from_ref(heap).cast_mut());
-        self.pool.unlock();
+        heap.pool_next.set(*pool);
+        *pool = ptr::from_ref(heap).cast_mut();
     }
 
     /// Every registry of the process, the fallback included.
@@ -569,14 +545,9 @@ fn register_fork_handlers() {
         }
         Err(registering) if registering == me => {}
         Err(_) => {
-            let mut spins = 0u32;
+            let mut backoff = Backoff::new();
             while STATE.load(Ordering::Acquire) != DONE {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(64) {
-                    // SAFETY: `sched_yield` takes nothing and only gives up the CPU.
-                    unsafe { libc::sched_yield() };
-                }
-                core::hint::spin_loop();
+                backoff.pause();
             }
         }
     }
@@ -587,10 +558,11 @@ fn register_fork_handlers() {
 /// held by a thread that will not exist there. A thread that forks while it holds one of
 /// them itself (inside [`with_large`](super::ThreadHeaps::with_large)) deadlocks.
 extern "C" fn before_fork() {
-    PUSHING.lock();
+    // Taken by hand: held across the fork, let go of in `after_fork_parent`/`_child`.
+    PUSHING.lock_by_hand();
     Registry::for_each(|r| {
-        r.large.lock();
-        r.pool.lock();
+        r.large.lock_by_hand();
+        r.pool.lock_by_hand();
     });
     // SAFETY: `after_fork_parent` or `after_fork_child` follows on this thread, as
     // `pthread_atfork` promises, before anything else runs in either process.
@@ -602,10 +574,15 @@ extern "C" fn after_fork_parent() {
     // SAFETY: `before_fork` took the reserve's lock on this thread.
     unsafe { SlabSource::after_fork() };
     Registry::for_each(|r| {
-        r.pool.unlock();
-        r.large.unlock();
+        // Let go of by hand: `before_fork` took them, on this thread, with no guard.
+        // SAFETY: as just said; nothing took them since (every other use waits for them).
+        unsafe {
+            r.pool.unlock_by_hand();
+            r.large.unlock_by_hand();
+        }
     });
-    PUSHING.unlock();
+    // SAFETY: as above.
+    unsafe { PUSHING.unlock_by_hand() };
 }
 
 /// After `fork`, in the child: gives back what [`before_fork`] took, and orphans the
@@ -630,8 +607,14 @@ extern "C" fn after_fork_child() {
             }
             heap = h.all_next;
         }
-        r.pool.unlock();
-        r.large.unlock();
+        // Let go of by hand: `before_fork` took them, in the parent, on the thread this
+        // process continues, with no guard.
+        // SAFETY: as just said; nothing took them since.
+        unsafe {
+            r.pool.unlock_by_hand();
+            r.large.unlock_by_hand();
+        }
     });
-    PUSHING.unlock();
+    // SAFETY: as above.
+    unsafe { PUSHING.unlock_by_hand() };
 }
