@@ -49,12 +49,9 @@ const COMMIT_STEP: usize = 4 << 20;
 /// slab memory cannot serve the other layers a program's blocks may move to (say, as its
 /// strings grow past the slab sizes), so pages kept here would add to theirs.
 ///
-/// 20 ms (so 20-40 ms unused). With 50 ms a short program can reach its peak before any
-/// tick: `benches/preload.py`'s realloc_strings, run in 170 ms on a fast day, peaked at
-/// 1.32x glibc's RSS with 50 ms (its strings' old slabs still held), 1.07x with 20 ms and
-/// 1.06x with 10 ms; small_objects, which frees everything between rounds, took 4% longer
-/// with 20 ms than with 50 ms and 13% longer with 10 ms (medians of 15 interleaved runs).
-/// (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks
+/// 20 ms (so 20-40 ms unused): long enough that a program which frees everything between
+/// rounds keeps its pages, short enough that a short program's old slabs are gone before
+/// its peak (the measurements behind the choice are in `benches/README.md`). (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks
 /// there themselves.)
 const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 20 };
 

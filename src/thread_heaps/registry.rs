@@ -32,75 +32,13 @@ use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
+use super::thread_pointer::thread_pointer;
+#[cfg(feature = "std")]
+use super::thread_pointer::{CURRENT, EXITED};
 use super::{HeapSlab, SLAB_BYTES, SlabSource};
 use crate::Layer;
 use crate::layers::Slab;
 use crate::spin::{Backoff, SpinLock};
-
-// ---------------------------------------------------------------------------------------
-// The thread pointer and the thread's heap
-// ---------------------------------------------------------------------------------------
-
-/// What `CURRENT` holds after this thread's heap was handed back at thread exit: later
-/// allocations on the thread (other destructors) go to the shared `Large` layer.
-pub(super) const EXITED: *mut u8 = ptr::without_provenance_mut(1);
-
-#[cfg(feature = "std")]
-std::thread_local! {
-    /// This thread's heap (one per thread, whatever registry it belongs to), null before
-    /// the first small allocation, `EXITED` after thread exit. Without std there are no
-    /// thread-locals on stable Rust, and each registry's pthread key holds the thread's
-    /// heap instead (see [`Registry::current`]).
-    static CURRENT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
-}
-
-/// This thread's thread pointer: a word unique to each live thread, read in one
-/// instruction where the platform has a register for it.
-#[inline(always)]
-pub(super) fn thread_pointer() -> usize {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
-    {
-        let tp: usize;
-        // SAFETY: on x86-64 Linux, `fs:0` holds the thread control block's own address
-        // (the TLS ABI's self pointer); reading it touches nothing else.
-        unsafe {
-            core::arch::asm!(
-                "mov {}, qword ptr fs:[0]",
-                out(reg) tp,
-                options(nostack, readonly, preserves_flags, pure)
-            )
-        };
-        tp
-    }
-    #[cfg(all(target_arch = "aarch64", target_os = "linux", not(miri)))]
-    {
-        let tp: usize;
-        // SAFETY: `tpidr_el0` is the thread pointer register; reading it has no effect.
-        unsafe {
-            core::arch::asm!(
-                "mrs {}, tpidr_el0",
-                out(reg) tp,
-                options(nostack, nomem, preserves_flags, pure)
-            )
-        };
-        tp
-    }
-    #[cfg(not(all(
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        target_os = "linux",
-        not(miri)
-    )))]
-    {
-        // The address of a thread-local: unique per live thread, if slower to get.
-        #[cfg(feature = "std")]
-        return CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0);
-        // `pthread_self`, which is unique per live thread too (plus one: Miri numbers the
-        // main thread 0, and 0 means "no thread" here).
-        #[cfg(not(feature = "std"))]
-        // SAFETY: `pthread_self` only reads the calling thread's identifier.
-        return (unsafe { libc::pthread_self() } as usize).wrapping_add(1);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Heaps
@@ -117,9 +55,9 @@ struct RemoteBlock {
 struct Padded<T>(T);
 
 /// One thread's heap.
-pub(super) struct Heap {
+pub(super) struct ThreadHeap {
     /// The heap's slabs: used by its thread alone (or, while it is pooled, under the pool
-    /// lock), while other threads hold `&Heap` to reach `remote` and `thread`.
+    /// lock), while other threads hold `&ThreadHeap` to reach `remote` and `thread`.
     slab: UnsafeCell<HeapSlab>,
     /// The thread pointer of the thread using the heap, 0 while none does. Written only by
     /// that thread (when it takes or hands back the heap) or, after a fork, by the one
@@ -130,14 +68,14 @@ pub(super) struct Heap {
     /// Blocks of this heap freed by other threads.
     remote: Padded<AtomicPtr<RemoteBlock>>,
     /// The registry link (every heap, forever).
-    all_next: *mut Heap,
+    all_next: *mut ThreadHeap,
     /// The pool link (abandoned heaps), under the pool lock.
-    pool_next: Cell<*mut Heap>,
+    pool_next: Cell<*mut ThreadHeap>,
     /// Whether the heap is in the pool, under the pool lock.
     abandoned: Cell<bool>,
 }
 
-impl Heap {
+impl ThreadHeap {
     /// Whether the heap belongs to `registry`.
     pub(super) fn is_in(&self, registry: &Registry) -> bool {
         ptr::eq(self.registry, registry)
@@ -162,7 +100,7 @@ impl Heap {
     ///
     /// # Safety
     ///
-    /// As for [`slab`](Heap::slab).
+    /// As for [`slab`](ThreadHeap::slab).
     #[cold]
     pub(super) unsafe fn drain(&self) {
         let mut block = self.remote.0.swap(ptr::null_mut(), Ordering::Acquire);
@@ -236,11 +174,11 @@ pub(super) struct Registry {
     /// The lock of the instance's `Large` layer: here, where the fork handlers find it.
     pub(super) large: SpinLock,
     /// Every heap made, newest first.
-    all: AtomicPtr<Heap>,
+    all: AtomicPtr<ThreadHeap>,
     /// Abandoned heaps, ready for adoption: the first, linked through their `pool_next`.
     /// The lock covers the heaps' `pool_next` and `abandoned` too, and their slabs while
     /// they are pooled.
-    pool: SpinLock<*mut Heap>,
+    pool: SpinLock<*mut ThreadHeap>,
     /// The pthread key whose destructor hands a heap back, plus one; 0 for none (the
     /// fallback), in which case the registry has no heaps.
     key: usize,
@@ -329,7 +267,7 @@ impl Registry {
 
     /// Gives the registry up, heaps and all, for the next instance to claim (the fallback
     /// stays shared).
-    pub(super) fn release(&self) {
+    pub(super) fn unclaim(&self) {
         if !ptr::eq(self, &FALLBACK) {
             self.claimed.store(false, Ordering::Release);
         }
@@ -410,7 +348,7 @@ impl Registry {
     /// Gives this thread a heap of this registry: an abandoned one, or a new one; `None`
     /// when the registry has no key or no heap can be made.
     #[cold]
-    pub(super) fn attach(&'static self) -> Option<&'static Heap> {
+    pub(super) fn attach(&'static self) -> Option<&'static ThreadHeap> {
         let key = self.key()?;
         let mut pool = self.pool.lock();
         let adopted = *pool;
@@ -440,15 +378,15 @@ impl Registry {
 
     /// A fresh heap, in granules of its own from the reserve (never given back, and never
     /// counted as a block), registered for good.
-    fn make_heap(&'static self) -> Option<*mut Heap> {
-        let layout = Layout::new::<Heap>();
+    fn make_heap(&'static self) -> Option<*mut ThreadHeap> {
+        let layout = Layout::new::<ThreadHeap>();
         let memory = SlabSource::handle().get(layout)?;
-        let heap = memory.as_ptr().cast::<Heap>();
+        let heap = memory.as_ptr().cast::<ThreadHeap>();
         let mut slab = Slab::new(SlabSource::handle());
         slab.set_tag(heap.cast());
-        // SAFETY: a fresh block that fits a `Heap`.
+        // SAFETY: a fresh block that fits a `ThreadHeap`.
         unsafe {
-            heap.write(Heap {
+            heap.write(ThreadHeap {
                 slab: UnsafeCell::new(slab),
                 registry: self,
                 remote: Padded(AtomicPtr::new(ptr::null_mut())),
@@ -473,7 +411,7 @@ impl Registry {
     }
 
     /// Hands this thread's heap back to the pool (thread exit).
-    fn abandon(&self, heap: &Heap) {
+    fn abandon(&self, heap: &ThreadHeap) {
         #[cfg(feature = "std")]
         let _ = CURRENT.try_with(|c| c.set(EXITED));
         heap.thread.store(0, Ordering::Relaxed);
@@ -503,7 +441,7 @@ impl Registry {
 extern "C" fn thread_exit(heap: *mut libc::c_void) {
     // SAFETY: the keys' values are heaps (set in `attach`), which live for the process and
     // name their registry, which does too.
-    let heap = unsafe { &*heap.cast::<Heap>() };
+    let heap = unsafe { &*heap.cast::<ThreadHeap>() };
     // SAFETY: as above.
     let registry = unsafe { &*heap.registry };
     registry.abandon(heap);

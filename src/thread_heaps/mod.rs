@@ -11,13 +11,17 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 mod registry;
+mod summary;
+mod thread_pointer;
 
-use registry::{EXITED, Heap, Registry, thread_pointer};
+use registry::{Registry, ThreadHeap};
+use summary::Counters;
+pub use summary::{HeapSummary, LiveBlocks};
+use thread_pointer::{EXITED, thread_pointer};
 
-use crate::Layer;
 use crate::abort::{call, no_unwind};
 use crate::layer::Measured;
 use crate::layers::{Reserve, Slab, SlabRange};
@@ -32,8 +36,8 @@ const _: () = assert!(SMALL_LIMIT <= HeapSlab::LIMIT);
 /// appending, which pass through size class after size class; when many grow together,
 /// each class's slabs fill as the wave passes and stay sparsely used after it, holding
 /// memory no other class can use, where `Large` lets a block grow in place and merges its
-/// old copies back into free space for any size. (`benches/preload.py`'s realloc_strings:
-/// peak RSS 1.22x glibc's with them in slabs up to 1 KiB, 1.07x with this.) Blocks grown
+/// old copies back into free space for any size (see `benches/README.md` for the
+/// realloc workloads' memory with and without this). Blocks grown
 /// by doubling (a `Vec`'s amortized growth) pass through few classes and stay in the
 /// thread heaps, off the lock, as do fresh blocks of every size up to `SMALL_LIMIT`.
 const GROWN_LIMIT: usize = 256;
@@ -65,21 +69,6 @@ const CACHE_SLOTS: usize = 256;
 #[inline(always)]
 const fn cache_slot(tp: usize) -> usize {
     ((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS
-}
-
-/// Figures kept while counting is on (see [`ThreadHeaps::set_counting`]), for the heap
-/// summary: atomics shared by all threads.
-struct Counters {
-    allocations: AtomicUsize,
-    frees: AtomicUsize,
-    bytes_allocated: AtomicUsize,
-    live_bytes: AtomicUsize,
-    live_blocks: AtomicUsize,
-    peak_bytes: AtomicUsize,
-    /// Blocks live when `peak_bytes` was last raised.
-    peak_blocks: AtomicUsize,
-    /// Live blocks per slab class (large blocks are found by walking `Large`).
-    live: [AtomicUsize; HeapSlab::CLASSES],
 }
 
 /// Per-thread heaps of slabs for small blocks over one shared, locked `Large` layer for
@@ -125,8 +114,8 @@ struct Counters {
 /// pthread key whose destructor hands a heap back at thread exit, and the lock of `Large`)
 /// is in a *registry* that the instance claims at its first allocation and that lives for
 /// the process; the instance holds a pointer to it, the heap cache and `Large` (whose
-/// blocks the [`Layer`] contract keeps valid across moves). Dropping an instance drops
-/// `Large` and releases the registry with its heaps, still held by their threads or
+/// blocks the [`Layer`](crate::Layer) contract keeps valid across moves). Dropping an instance drops
+/// `Large` and gives up the registry with its heaps, still held by their threads or
 /// pooled: the next instance to make its first allocation claims it (so a program that
 /// makes and drops instances in turn reuses one registry, its heaps and their slabs).
 /// Small blocks still live when their instance is dropped stay allocated in those slabs.
@@ -152,7 +141,7 @@ pub struct ThreadHeaps<Large: Measured + Send> {
     /// look-up (which costs a call in a shared library). A slot is only a hint: a heap is
     /// used only when its `thread` is the caller's own thread pointer. Slots only ever hold
     /// heaps of this instance's registry, stored with Release after the heap was written.
-    cache: [AtomicPtr<Heap>; CACHE_SLOTS],
+    cache: [AtomicPtr<ThreadHeap>; CACHE_SLOTS],
 }
 
 // SAFETY: the heaps are reached only by their own thread (see the invariants in
@@ -170,22 +159,11 @@ const fn is_small(layout: Layout) -> bool {
 impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// An allocator with no heaps yet, over `large`; usable in a `static`.
     pub const fn new(large: Large) -> Self {
-        #[allow(clippy::declare_interior_mutable_const)] // copied into each field, never shared
-        const ZERO: AtomicUsize = AtomicUsize::new(0);
         ThreadHeaps {
             registry: AtomicPtr::new(ptr::null_mut()),
             large: UnsafeCell::new(large),
             counting: AtomicBool::new(false),
-            counters: Counters {
-                allocations: ZERO,
-                frees: ZERO,
-                bytes_allocated: ZERO,
-                live_bytes: ZERO,
-                live_blocks: ZERO,
-                peak_bytes: ZERO,
-                peak_blocks: ZERO,
-                live: [ZERO; HeapSlab::CLASSES],
-            },
+            counters: Counters::new(),
             cache: [const { AtomicPtr::new(ptr::null_mut()) }; CACHE_SLOTS],
         }
     }
@@ -231,7 +209,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     }
 
     /// Claims a registry for this instance; if another thread claimed one for it first,
-    /// releases ours and uses theirs.
+    /// gives ours up and uses theirs.
     #[cold]
     fn claim_registry(&self) -> &'static Registry {
         let claimed = Registry::claim();
@@ -243,7 +221,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         ) {
             Ok(_) => claimed,
             Err(theirs) => {
-                claimed.release();
+                claimed.unclaim();
                 // SAFETY: as in `registry`.
                 unsafe { &*theirs }
             }
@@ -278,22 +256,29 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// This thread's heap for this allocator, making or adopting one on first use; `None`
     /// after this thread's heap was handed back, or when the thread uses another instance.
     #[inline(always)]
-    fn heap(&self) -> Option<&'static Heap> {
+    fn heap(&self) -> Option<&'static ThreadHeap> {
         let tp = thread_pointer();
+        match self.cached_heap(tp) {
+            Some(heap) => Some(heap),
+            None => self.heap_slow(tp),
+        }
+    }
+
+    /// The heap the cache holds for the thread with thread pointer `tp`, when it is that
+    /// thread's: the look-up both [`heap`](ThreadHeaps::heap) and the allocation fast
+    /// path make.
+    #[inline(always)]
+    fn cached_heap(&self, tp: usize) -> Option<&'static ThreadHeap> {
         let cached = self.cache[cache_slot(tp)].load(Ordering::Acquire);
         // SAFETY: slots only ever hold heaps, which live for the process, written before
         // they were stored (the Acquire load pairs with that Release store).
-        if let Some(heap) = unsafe { cached.as_ref() }
-            && heap.thread.load(Ordering::Relaxed) == tp
-        {
-            return Some(heap);
-        }
-        self.heap_slow(tp)
+        let heap = unsafe { cached.as_ref() }?;
+        (heap.thread.load(Ordering::Relaxed) == tp).then_some(heap)
     }
 
     /// [`heap`](ThreadHeaps::heap) past the cache: the thread's heap, then attaching.
     #[cold]
-    fn heap_slow(&self, tp: usize) -> Option<&'static Heap> {
+    fn heap_slow(&self, tp: usize) -> Option<&'static ThreadHeap> {
         let registry = self.registry();
         let current = registry.current()?;
         if current == EXITED {
@@ -303,7 +288,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             registry.attach()?
         } else {
             // SAFETY: `CURRENT` (or the key) names a live heap used by this thread alone.
-            let heap = unsafe { &*current.cast::<Heap>() };
+            let heap = unsafe { &*current.cast::<ThreadHeap>() };
             if !heap.is_in(registry) {
                 return None;
             }
@@ -322,19 +307,14 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// [`allocate_slow`]: ThreadHeaps::allocate_slow
     #[inline(always)]
     fn allocate(&self, layout: Layout) -> *mut u8 {
-        if is_small(layout) && !self.counting.load(Ordering::Relaxed) {
-            let tp = thread_pointer();
-            let cached = self.cache[cache_slot(tp)].load(Ordering::Acquire);
-            // SAFETY: slots only ever hold heaps, which live for the process, written
-            // before they were stored (the Acquire load pairs with that Release store).
-            if let Some(heap) = unsafe { cached.as_ref() }
-                && heap.thread.load(Ordering::Relaxed) == tp
-            {
-                // SAFETY: this thread's heap; no other reference to its slab is live.
-                let slab = unsafe { heap.slab() };
-                if let Some(block) = slab.pop_free(HeapSlab::class_of(layout.size())) {
-                    return block.as_ptr();
-                }
+        if is_small(layout)
+            && !self.counting.load(Ordering::Relaxed)
+            && let Some(heap) = self.cached_heap(thread_pointer())
+        {
+            // SAFETY: this thread's heap; no other reference to its slab is live.
+            let slab = unsafe { heap.slab() };
+            if let Some(block) = slab.pop_free(HeapSlab::class_of(layout.size())) {
+                return block.as_ptr();
             }
         }
         self.allocate_slow(layout)
@@ -358,7 +338,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             };
             if let Some(block) = block {
                 if self.counting.load(Ordering::Relaxed) {
-                    self.count_get(Some(class), HeapSlab::class_size(class));
+                    self.counters
+                        .count_get(Some(class), HeapSlab::class_size(class));
                 }
                 return block.as_ptr();
             }
@@ -373,7 +354,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     ///
     /// `heap` is this thread's heap, and no reference to its slab is live.
     #[cold]
-    unsafe fn refill(heap: &Heap, class: usize) -> Option<NonNull<u8>> {
+    unsafe fn refill(heap: &ThreadHeap, class: usize) -> Option<NonNull<u8>> {
         // SAFETY: the caller's duty.
         unsafe {
             if heap.has_remote_frees() {
@@ -399,7 +380,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             if counting {
                 // SAFETY: a live block of `Large`, just got.
                 let size = unsafe { large.usable_size(block) };
-                self.count_get(None, size);
+                self.counters.count_get(None, size);
             }
             Some(block)
         });
@@ -412,7 +393,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     ///
     /// `ptr` is a live block of this allocator, not used afterwards.
     #[inline(always)]
-    unsafe fn release(&self, ptr: NonNull<u8>) {
+    unsafe fn free_block(&self, ptr: NonNull<u8>) {
         if SlabSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
             // from the reserve), so its slab header is readable and names its owner.
@@ -420,12 +401,13 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             if self.counting.load(Ordering::Relaxed) {
                 // SAFETY: as above.
                 let size = unsafe { HeapSlab::usable_size(ptr) };
-                self.count_put(Some(HeapSlab::class_of(size)), size);
+                self.counters
+                    .count_put(Some(HeapSlab::class_of(size)), size);
             }
             // SAFETY: a tag names a live heap for good (registry invariants), which this
             // thread reached after the heap was written: through the block, handed to it
             // after its allocation on the heap's thread.
-            let heap = unsafe { &*owner.cast::<Heap>() };
+            let heap = unsafe { &*owner.cast::<ThreadHeap>() };
             if heap.thread.load(Ordering::Relaxed) == thread_pointer() {
                 // SAFETY: the block's heap is this thread's; the caller gives it up.
                 unsafe { heap.slab().put_in_slab(slab, ptr) };
@@ -435,7 +417,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             }
         } else {
             // SAFETY: not in the reserve, so `Large` served it; the caller gives it up.
-            unsafe { self.release_large(ptr) }
+            unsafe { self.free_large(ptr) }
         }
     }
 
@@ -445,56 +427,16 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     ///
     /// `ptr` is a live block of `Large`, not used afterwards.
     #[cold]
-    unsafe fn release_large(&self, ptr: NonNull<u8>) {
+    unsafe fn free_large(&self, ptr: NonNull<u8>) {
         let counting = self.counting.load(Ordering::Relaxed);
         // SAFETY: the closure puts only the caller's block, live in `Large`.
         self.locked_large::<{ call::PUT }, _>(|large| unsafe {
             if counting {
                 let size = large.usable_size(ptr);
-                self.count_put(None, size);
+                self.counters.count_put(None, size);
             }
             large.put_unsized(ptr)
         })
-    }
-
-    /// Counts a block handed out: of a slab class, or a large one (`None`).
-    #[cold]
-    fn count_get(&self, class: Option<usize>, size: usize) {
-        let c = &self.counters;
-        c.allocations.fetch_add(1, Ordering::Relaxed);
-        c.bytes_allocated.fetch_add(size, Ordering::Relaxed);
-        if let Some(class) = class {
-            c.live[class].fetch_add(1, Ordering::Relaxed);
-        }
-        let blocks = c
-            .live_blocks
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        self.count_growth(size, blocks);
-    }
-
-    /// Adds `size` live bytes (a block handed out or grown in place), raising the peak.
-    fn count_growth(&self, size: usize, blocks: usize) {
-        let c = &self.counters;
-        let live = c
-            .live_bytes
-            .fetch_add(size, Ordering::Relaxed)
-            .wrapping_add(size);
-        if c.peak_bytes.fetch_max(live, Ordering::Relaxed) < live {
-            c.peak_blocks.store(blocks, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts a block taken back.
-    #[cold]
-    fn count_put(&self, class: Option<usize>, size: usize) {
-        let c = &self.counters;
-        c.frees.fetch_add(1, Ordering::Relaxed);
-        if let Some(class) = class {
-            c.live[class].fetch_sub(1, Ordering::Relaxed);
-        }
-        c.live_blocks.fetch_sub(1, Ordering::Relaxed);
-        c.live_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     /// C's `malloc`: a block of at least `size` bytes aligned to 16, or null.
@@ -525,7 +467,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     pub unsafe fn free(&self, ptr: *mut u8) {
         if let Some(ptr) = NonNull::new(ptr) {
             // SAFETY: the caller's duty.
-            unsafe { self.release(ptr) }
+            unsafe { self.free_block(ptr) }
         }
     }
 
@@ -539,7 +481,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             return 0;
         };
         if SlabSource::handle().contains(ptr.as_ptr()) {
-            // SAFETY: a live slab block (see `release`).
+            // SAFETY: a live slab block (see `free_block`).
             unsafe { HeapSlab::usable_size(ptr) }
         } else {
             // SAFETY: a live block of `Large`.
@@ -566,7 +508,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             // SAFETY: the caller's duty: a live block, and not in the reserve, so `Large`'s.
             return unsafe { self.realloc_large(block, size) };
         }
-        // SAFETY: a live slab block (see `release`).
+        // SAFETY: a live slab block (see `free_block`).
         let usable = unsafe { HeapSlab::usable_size(block) };
         if size <= usable && size >= usable / 2 {
             return ptr;
@@ -626,9 +568,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 if large.grow(block, old, layout) {
                     if counting {
                         let now = large.usable_size(block);
-                        let c = &self.counters;
-                        c.bytes_allocated.fetch_add(now - usable, Ordering::Relaxed);
-                        self.count_growth(now - usable, c.live_blocks.load(Ordering::Relaxed));
+                        self.counters.count_grown_in_place(now - usable);
                     }
                     return Resized::Done(block.as_ptr());
                 }
@@ -636,7 +576,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                     return Resized::Done(ptr::null_mut());
                 };
                 if counting {
-                    self.count_get(None, large.usable_size(new));
+                    self.counters.count_get(None, large.usable_size(new));
                 }
                 if usable >= COPY_UNLOCKED {
                     return Resized::CopyUnlocked(new, usable);
@@ -644,7 +584,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                 // The new block is fresh (distinct) and holds `size > usable` bytes.
                 ptr::copy_nonoverlapping(block.as_ptr(), new.as_ptr(), usable);
                 if counting {
-                    self.count_put(None, usable);
+                    self.counters.count_put(None, usable);
                 }
                 large.put_unsized(block);
                 Resized::Done(new.as_ptr())
@@ -680,41 +620,6 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         }
         new
     }
-
-    /// The figures counted since counting was turned on (see
-    /// [`set_counting`](ThreadHeaps::set_counting)): totals, the peak, and the blocks live
-    /// now by size (slab blocks by class, large blocks found by walking `Large` under its
-    /// lock). It allocates nothing, so it can run at exit inside a malloc replacement.
-    pub fn summary(&self) -> HeapSummary
-    where
-        Large: LiveBlocks,
-    {
-        let c = &self.counters;
-        let mut summary = HeapSummary {
-            allocations: c.allocations.load(Ordering::Relaxed),
-            frees: c.frees.load(Ordering::Relaxed),
-            bytes_allocated: c.bytes_allocated.load(Ordering::Relaxed),
-            peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
-            peak_blocks: c.peak_blocks.load(Ordering::Relaxed),
-            heaps: self.heaps(),
-            reserved_bytes: SlabSource::handle().used_bytes(),
-            sizes: [(0, 0); SUMMARY_SIZES],
-            kinds: 0,
-            other_blocks: 0,
-            other_bytes: 0,
-        };
-        for (class, live) in c.live.iter().enumerate() {
-            // Frees of blocks handed out before counting began can take a count below
-            // zero (it wraps): such a class counts as empty.
-            let live = live.load(Ordering::Relaxed);
-            summary.add(
-                HeapSlab::class_size(class),
-                if live > isize::MAX as usize { 0 } else { live },
-            );
-        }
-        self.with_large(|large| large.for_each_live(|size| summary.add(size, 1)));
-        summary
-    }
 }
 
 impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
@@ -722,7 +627,7 @@ impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
     /// dropped after this, as a field.
     fn drop(&mut self) {
         if let Some(registry) = self.registry_if_any() {
-            registry.release();
+            registry.unclaim();
         }
     }
 }
@@ -740,7 +645,7 @@ unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: `GlobalAlloc::dealloc`'s duties: a live block of this allocator.
-        unsafe { self.release(NonNull::new_unchecked(ptr)) }
+        unsafe { self.free_block(NonNull::new_unchecked(ptr)) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -768,149 +673,5 @@ impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
             .field("heaps", &self.heaps())
             .field("reserved_bytes_used", &SlabSource::handle().used_bytes())
             .finish_non_exhaustive()
-    }
-}
-
-/// A layer that can list the sizes of its live blocks, for [`ThreadHeaps::summary`].
-pub trait LiveBlocks {
-    /// Calls `f` with the usable size of every live block.
-    fn for_each_live(&self, f: impl FnMut(usize));
-}
-
-impl<L: Layer, const ARENA: usize, const KEEP: usize> LiveBlocks
-    for crate::layers::Coalesce<L, ARENA, KEEP>
-{
-    fn for_each_live(&self, f: impl FnMut(usize)) {
-        crate::layers::Coalesce::for_each_live(self, f);
-    }
-}
-
-/// Distinct block sizes a [`HeapSummary`] lists one by one (the rest are summed).
-pub const SUMMARY_SIZES: usize = 256;
-
-/// The figures of a [`ThreadHeaps`] allocator: totals, the peak, live blocks by size.
-/// `Display` writes the heap summary the malloc replacement prints at exit:
-///
-/// ```text
-/// stratalloc heap summary (pid 4242)
-/// totals: 5 allocations, 2 frees, 9092980 bytes allocated
-/// peak: 8388608 bytes live in 1 blocks
-/// live blocks by size:
-///   48 B x 1
-///   704512 B x 1
-/// leaks: 2 blocks, 704560 bytes
-/// ```
-///
-/// Sizes are usable sizes (a slab class, or a large block's bytes). "Leaks" are all the
-/// blocks still live when the summary is taken; at exit, that is what the program never
-/// freed (the C library's own buffers included).
-#[derive(Clone, Copy, Debug)]
-pub struct HeapSummary {
-    /// Blocks handed out.
-    pub allocations: usize,
-    /// Blocks given back.
-    pub frees: usize,
-    /// Bytes handed out, in usable sizes (growth in place included).
-    pub bytes_allocated: usize,
-    /// The most bytes live at once.
-    pub peak_bytes: usize,
-    /// Blocks live at that peak.
-    pub peak_blocks: usize,
-    /// Thread heaps made.
-    pub heaps: usize,
-    /// Bytes of the reserve ever handed out for slabs (the high-water mark of the small
-    /// side's address space; slabs given back are reused from it).
-    pub reserved_bytes: usize,
-    /// Live blocks as `(size, count)`, ascending by size; `kinds` entries are used.
-    pub sizes: [(usize, usize); SUMMARY_SIZES],
-    /// Entries of `sizes` in use.
-    pub kinds: usize,
-    /// Live blocks past the first `SUMMARY_SIZES` distinct sizes.
-    pub other_blocks: usize,
-    /// Their bytes.
-    pub other_bytes: usize,
-}
-
-impl HeapSummary {
-    /// Counts `count` live blocks of `size` bytes, keeping `sizes` sorted.
-    fn add(&mut self, size: usize, count: usize) {
-        if count == 0 {
-            return;
-        }
-        let used = &mut self.sizes[..self.kinds];
-        match used.binary_search_by_key(&size, |&(s, _)| s) {
-            Ok(at) => used[at].1 = used[at].1.saturating_add(count),
-            Err(at) if self.kinds < SUMMARY_SIZES => {
-                self.sizes.copy_within(at..self.kinds, at + 1);
-                self.sizes[at] = (size, count);
-                self.kinds += 1;
-            }
-            Err(_) => {
-                self.other_blocks = self.other_blocks.saturating_add(count);
-                self.other_bytes = self.other_bytes.saturating_add(size.saturating_mul(count));
-            }
-        }
-    }
-
-    /// The live blocks listed by size.
-    pub fn by_size(&self) -> &[(usize, usize)] {
-        &self.sizes[..self.kinds]
-    }
-
-    /// Blocks still live.
-    pub fn live_blocks(&self) -> usize {
-        let listed = self
-            .by_size()
-            .iter()
-            .fold(0usize, |sum, &(_, n)| sum.saturating_add(n));
-        listed.saturating_add(self.other_blocks)
-    }
-
-    /// Bytes still live (usable sizes).
-    pub fn live_bytes(&self) -> usize {
-        let listed = self.by_size().iter().fold(0usize, |sum, &(s, n)| {
-            sum.saturating_add(s.saturating_mul(n))
-        });
-        listed.saturating_add(self.other_bytes)
-    }
-}
-
-impl fmt::Display for HeapSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // SAFETY: `getpid` only reads the process id.
-        let pid = unsafe { libc::getpid() };
-        writeln!(f, "stratalloc heap summary (pid {pid})")?;
-        writeln!(
-            f,
-            "totals: {} allocations, {} frees, {} bytes allocated",
-            self.allocations, self.frees, self.bytes_allocated
-        )?;
-        writeln!(
-            f,
-            "peak: {} bytes live in {} blocks",
-            self.peak_bytes, self.peak_blocks
-        )?;
-        writeln!(f, "live blocks by size:")?;
-        for &(size, n) in self.by_size() {
-            writeln!(f, "  {size} B x {n}")?;
-        }
-        if self.other_blocks > 0 {
-            writeln!(
-                f,
-                "  (other sizes: {} blocks, {} bytes)",
-                self.other_blocks, self.other_bytes
-            )?;
-        }
-        writeln!(
-            f,
-            "leaks: {} blocks, {} bytes",
-            self.live_blocks(),
-            self.live_bytes()
-        )?;
-        writeln!(
-            f,
-            "thread heaps: {}; slab space used: {} bytes",
-            self.heaps, self.reserved_bytes
-        )
     }
 }
