@@ -45,6 +45,32 @@
 //!
 //! A stack is read outside-in: see [Order](layer#order).
 //!
+//! # Layout
+//!
+//! Where each part lives in the source:
+//!
+//! - `src/layer.rs`: the [`Layer`] contract and its terms. `src/heap.rs`, `src/locked.rs`:
+//!   the two adapters; `src/alloc_ops.rs`: the allocator operations both share.
+//! - `layers/`: one layer per file, in folders by kind, each `mod.rs` listing its files
+//!   with a line each: `sources/` (nothing below them: `mmap.rs`, `reserve.rs`, `ground.rs`,
+//!   `pipe.rs`, ...), `arenas/` (carve and give back in bulk: `chunk.rs`, `batch.rs`,
+//!   `buddy.rs`, `bitset.rs`), `blocks/` (reuse freed memory: `free_list.rs`, `slab.rs`,
+//!   `coalesce.rs`, with the one size-class policy in `classes.rs`), `combinators/` and
+//!   `debug/` (`stats.rs`, `check.rs`). To add a layer, copy `layers/debug/stats.rs`
+//!   (a layer that forwards everything and counts) or the `Forward` template in the
+//!   [`Layer`] docs.
+//! - `src/region/`: everything of regions: `mod.rs` (the public API), `router.rs` (the
+//!   global allocator), `page_map.rs` (who owns each page), `owner.rs` (a region's record,
+//!   frees from other threads, zombies), `frames.rs` (this thread's region stack).
+//! - `src/thread_heaps/`: the general-purpose allocator behind [`presets::General`]:
+//!   `mod.rs` (the allocation paths), `registry.rs` (heaps, pool, fork handlers),
+//!   `thread_pointer.rs`, `summary.rs`.
+//! - `src/blob_heap/`: the buddy heap inside a blob shared between processes;
+//!   `src/bitmap.rs`: the [`Bitmap`].
+//! - `src/presets.rs`: the named stacks; `src/abort.rs`: failures that must not unwind
+//!   (one line, then abort) and the assertion macro; `src/spin.rs`: the spin lock every
+//!   allocator path uses; `src/gauge.rs`: figures.
+//!
 //! # Features
 //!
 //! - `std` (default, implies `os`) adds the sources that need std (`Sbrk`, `System`,
