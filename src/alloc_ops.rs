@@ -95,3 +95,70 @@ pub(crate) unsafe fn resize<L: Layer>(
     }
     Ok(moved)
 }
+
+/// `allocator_api2::alloc::Allocator` for `&$adapter<L>`, written once for both adapters:
+/// each method is the operation above of the same name, run on the stack through the
+/// adapter's `$with` method (which lends it exclusively for the length of the closure).
+/// The `// SAFETY:` argument for the impl goes just before the macro call.
+macro_rules! adapter_allocator {
+    ($adapter:ident, [$($bounds:tt)+], $with:ident) => {
+        // SAFETY: each method is one operation of this module on the stack, which keeps the
+        // `Layer` contract, under the exclusive access `$with` lends (why that access is
+        // exclusive, and why blocks stay valid, is argued where the macro is called); zero-
+        // size requests get dangling pointers that never reach the layer.
+        unsafe impl<L: $($bounds)+> allocator_api2::alloc::Allocator for &$adapter<L> {
+            #[inline(always)]
+            fn allocate(
+                &self,
+                layout: core::alloc::Layout,
+            ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                self.$with(|stack| $crate::alloc_ops::allocate(stack, layout, false))
+            }
+
+            #[inline]
+            fn allocate_zeroed(
+                &self,
+                layout: core::alloc::Layout,
+            ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                self.$with(|stack| $crate::alloc_ops::allocate(stack, layout, true))
+            }
+
+            #[inline(always)]
+            unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, layout: core::alloc::Layout) {
+                // SAFETY: the caller's `Allocator` duties are `deallocate`'s.
+                self.$with(|stack| unsafe { $crate::alloc_ops::deallocate(stack, ptr, layout) })
+            }
+
+            unsafe fn grow(
+                &self,
+                ptr: core::ptr::NonNull<u8>,
+                old: core::alloc::Layout,
+                new: core::alloc::Layout,
+            ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                // SAFETY: `Allocator::grow`'s duties include `new.size() >= old.size()`.
+                self.$with(|stack| unsafe { $crate::alloc_ops::resize(stack, ptr, old, new, false) })
+            }
+
+            unsafe fn grow_zeroed(
+                &self,
+                ptr: core::ptr::NonNull<u8>,
+                old: core::alloc::Layout,
+                new: core::alloc::Layout,
+            ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                // SAFETY: as for `grow`.
+                self.$with(|stack| unsafe { $crate::alloc_ops::resize(stack, ptr, old, new, true) })
+            }
+
+            unsafe fn shrink(
+                &self,
+                ptr: core::ptr::NonNull<u8>,
+                old: core::alloc::Layout,
+                new: core::alloc::Layout,
+            ) -> Result<core::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+                // SAFETY: `Allocator::shrink`'s duties include `new.size() <= old.size()`.
+                self.$with(|stack| unsafe { $crate::alloc_ops::resize(stack, ptr, old, new, false) })
+            }
+        }
+    };
+}
+pub(crate) use adapter_allocator;

@@ -1,13 +1,8 @@
 //! `Heap<L>`: a layer stack for one thread, used by collections through `&Heap<L>`.
 
-use core::alloc::Layout;
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::ptr::NonNull;
 
-use allocator_api2::alloc::{AllocError, Allocator};
-
-use crate::alloc_ops::{allocate, deallocate, resize};
 use crate::layers::Chunk;
 use crate::{Gauge, Gauges, Layer};
 
@@ -78,7 +73,7 @@ impl<L: Layer> Heap<L> {
 impl<L: Layer, const SIZE: usize> Heap<Chunk<L, SIZE>> {
     /// Ends every block at once, keeping the newest chunk for reuse (see
     /// [`Chunk::reset`]). Safe because `&mut self` proves that no collection still uses the
-    /// heap; raw blocks from [`Allocator::allocate`] must not be used or freed afterwards.
+    /// heap; raw blocks from [`Allocator::allocate`](allocator_api2::alloc::Allocator::allocate) must not be used or freed afterwards.
     pub fn reset(&mut self) {
         // SAFETY: with `&mut self` no borrow of the heap is alive, so no collection holds a
         // block; raw blocks are ended by this call as documented.
@@ -90,53 +85,7 @@ impl<L: Layer, const SIZE: usize> Heap<Chunk<L, SIZE>> {
 // keeps the `Layer` contract, and `alloc_ops` answers zero-size requests with dangling
 // pointers that are never passed to the layer. Blocks stay valid while the heap lives
 // because `Heap` owns the stack and `&Heap` borrows it.
-unsafe impl<L: Layer> Allocator for &Heap<L> {
-    #[inline(always)]
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.with_stack(|stack| allocate(stack, layout, false))
-    }
-
-    #[inline]
-    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.with_stack(|stack| allocate(stack, layout, true))
-    }
-
-    #[inline(always)]
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: the caller's `Allocator` duties are `deallocate`'s.
-        self.with_stack(|stack| unsafe { deallocate(stack, ptr, layout) })
-    }
-
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: `Allocator::grow`'s duties include `new.size() >= old.size()`.
-        self.with_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
-    }
-
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: as for `grow`.
-        self.with_stack(|stack| unsafe { resize(stack, ptr, old, new, true) })
-    }
-
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: `Allocator::shrink`'s duties include `new.size() <= old.size()`.
-        self.with_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
-    }
-}
+crate::alloc_ops::adapter_allocator!(Heap, [Layer], with_stack);
 
 /// Opaque: the formatter's output may itself be a collection in this heap, and formatting
 /// the stack while it grows would alias it. Print `heap.layer_mut()` instead, whose

@@ -8,10 +8,8 @@ use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use allocator_api2::alloc::{AllocError, Allocator};
-
 use crate::abort::{abort_with, call, no_unwind};
-use crate::alloc_ops::{allocate, deallocate, resize};
+use crate::alloc_ops::allocate;
 use crate::layer::into_field;
 use crate::spin::{SpinGuard, SpinLock};
 use crate::{Gauge, Gauges, Layer};
@@ -392,50 +390,7 @@ unsafe impl<L: Layer + Send> GlobalAlloc for Locked<L> {
 
 // SAFETY: as for `GlobalAlloc`, with zero-size requests answered by `alloc_ops` without
 // reaching the stack. Frees are put at once (the parked ones first).
-unsafe impl<L: Layer + Send> Allocator for &Locked<L> {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.locked_stack(|stack| allocate(stack, layout, false))
-    }
-
-    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.locked_stack(|stack| allocate(stack, layout, true))
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: the caller's `Allocator` duties are `deallocate`'s.
-        self.locked_stack(|stack| unsafe { deallocate(stack, ptr, layout) })
-    }
-
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: `Allocator::grow`'s duties include `new.size() >= old.size()`.
-        self.locked_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
-    }
-
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: as for `grow`.
-        self.locked_stack(|stack| unsafe { resize(stack, ptr, old, new, true) })
-    }
-
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: `Allocator::shrink`'s duties include `new.size() <= old.size()`.
-        self.locked_stack(|stack| unsafe { resize(stack, ptr, old, new, false) })
-    }
-}
+crate::alloc_ops::adapter_allocator!(Locked, [Layer + Send], locked_stack);
 
 /// Shows only whether the lock is held: formatting the stack under the lock could allocate
 /// (into a `String`) through this very `Locked` when it is the global allocator. Format
