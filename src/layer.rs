@@ -40,9 +40,40 @@
 //! A stack is written outside-in: in `Stats<Chunk<Batch<Mmap>, 4096>>` a request reaches
 //! `Stats` first, then `Chunk`, which asks `Batch` only for whole chunks, which asks `Mmap`.
 //! Frees travel the same way down. Each layer sees only what the layer above it passes on.
+//!
+//! # Checks
+//!
+//! The layers check themselves in three tiers, as mimalloc does (`mi_assert`,
+//! `mi_assert_internal`, `mi_assert_expensive`). Each broken check writes one line and
+//! aborts (a layer may be serving the global allocator, where a panic must not unwind).
+//!
+//! 1. **Duty checks**, debug builds only: the callers' duties listed on
+//!    [`put`](Layer::put), [`grow`](Layer::grow) and [`shrink`](Layer::shrink), as far as a
+//!    layer can see them in O(1): a block aligned to its layout and to the layer's
+//!    [`MIN_ALIGN`](Layer::MIN_ALIGN); a `grow` that does not shrink, a `shrink` that does
+//!    not grow, and neither changing the alignment. The crate's layers call one set of
+//!    helpers (crate-private, in this file) at the top of those methods, and so do the
+//!    default `grow` and `shrink`, so every message reads `<Layer>: <call> of <address> ...: <what is wrong> (a caller duty of
+//!    Layer::<call>)`. A layer that checks a duty better itself (such as
+//!    [`Check`](crate::layers::Check), which knows every live block's layout) keeps its own.
+//! 2. **Internal checks**, debug builds only: what a layer assumes of its own state and of
+//!    the layer below during one operation (a free-list node aligned for its link, an arena
+//!    from the layer below aligned as asked, a small block fitting a fresh chunk), and the
+//!    checks of a put that look into the layer's structures (a block put to `Buddy` or
+//!    `Bitset` that is cached already). Both tiers are written with the crate's `debug_require!` (or, for a
+//!    check of a few lines, under `if cfg!(debug_assertions)`), so release builds neither
+//!    run nor keep them.
+//! 3. **Whole-structure checks**: [`check_invariants`](Layer::check_invariants), which walks
+//!    everything a layer keeps. The conformance suite calls it after every step.
+//!
+//! A few checks stay on in release builds because they are O(1) and stop likely misuse
+//! from corrupting memory: `Slab`'s header check word, `Coalesce`'s sealed headers,
+//! `Mmap`'s look-up of the block put.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
+
+use crate::abort::debug_require;
 
 /// A heap layer: a source of blocks that can be stacked on other layers.
 ///
@@ -210,7 +241,7 @@ pub unsafe trait Layer {
     /// [fits](crate::layer#fits) it, that `new.size() >= old.size()`, and that
     /// `new.align() == old.align()`.
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        require_grow::<Self>(ptr, old, new);
         false
     }
 
@@ -225,7 +256,7 @@ pub unsafe trait Layer {
     /// [fits](crate::layer#fits) it, that `new.size() <= old.size()`, and that
     /// `new.align() == old.align()`.
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        require_shrink::<Self>(ptr, old, new);
         false
     }
 
@@ -313,6 +344,98 @@ pub unsafe trait Measured: Layer {
 #[inline(always)]
 pub(crate) const fn served_size(layout: Layout) -> usize {
     if layout.size() == 0 { 1 } else { layout.size() }
+}
+
+// ---- duty checks (tier 1 of "Checks" above) --------------------------------------------
+
+/// Tier 1 for [`Layer::put`]: in debug builds, aborts unless `ptr` is aligned to `layout`
+/// and to `L`'s [`MIN_ALIGN`](Layer::MIN_ALIGN), as every block `L` hands out is.
+#[inline(always)]
+pub(crate) fn require_put<L: Layer + ?Sized>(ptr: NonNull<u8>, layout: Layout) {
+    require_block::<L>("put", ptr, layout);
+}
+
+/// Tier 1 for [`Layer::grow`]: in debug builds, aborts unless the call keeps the duties
+/// that can be seen from its arguments (see [`require_block`] and [`require_resize`]) and
+/// `new.size() >= old.size()`.
+#[inline(always)]
+pub(crate) fn require_grow<L: Layer + ?Sized>(ptr: NonNull<u8>, old: Layout, new: Layout) {
+    require_resize::<L>("grow", ptr, old, new);
+    debug_require!(
+        new.size() >= old.size(),
+        "{}: grow of {ptr:p} ({}) to {}: the new size is below the old one (a caller duty \
+         of Layer::grow)",
+        layer_name::<L>(),
+        Shown(old),
+        Shown(new)
+    );
+}
+
+/// Tier 1 for [`Layer::shrink`]: as [`require_grow`], with `new.size() <= old.size()`.
+#[inline(always)]
+pub(crate) fn require_shrink<L: Layer + ?Sized>(ptr: NonNull<u8>, old: Layout, new: Layout) {
+    require_resize::<L>("shrink", ptr, old, new);
+    debug_require!(
+        new.size() <= old.size(),
+        "{}: shrink of {ptr:p} ({}) to {}: the new size is above the old one (a caller duty \
+         of Layer::shrink)",
+        layer_name::<L>(),
+        Shown(old),
+        Shown(new)
+    );
+}
+
+/// The duties `grow` and `shrink` share: the block is one of `L`'s fitting `old`, and
+/// `new.align() == old.align()`.
+#[inline(always)]
+fn require_resize<L: Layer + ?Sized>(call: &str, ptr: NonNull<u8>, old: Layout, new: Layout) {
+    require_block::<L>(call, ptr, old);
+    debug_require!(
+        new.align() == old.align(),
+        "{}: {call} of {ptr:p} ({}) to {}: the alignment changes (a caller duty of \
+         Layer::{call})",
+        layer_name::<L>(),
+        Shown(old),
+        Shown(new)
+    );
+}
+
+/// The duties on the block itself that an address shows: a block that `layout` fits is
+/// aligned to it, and every block of `L` to `L::MIN_ALIGN`.
+#[inline(always)]
+fn require_block<L: Layer + ?Sized>(call: &str, ptr: NonNull<u8>, layout: Layout) {
+    let addr = ptr.as_ptr().addr();
+    debug_require!(
+        addr.is_multiple_of(layout.align()),
+        "{}: {call} of {ptr:p} ({}): the block is not aligned to the layout, so the layout does \
+         not fit it (a caller duty of Layer::{call})",
+        layer_name::<L>(),
+        Shown(layout)
+    );
+    debug_require!(
+        addr.is_multiple_of(L::MIN_ALIGN),
+        "{}: {call} of {ptr:p} ({}): the address is not aligned to the layer's MIN_ALIGN \
+         ({}), so it is no block of this layer (a caller duty of Layer::{call})",
+        layer_name::<L>(),
+        Shown(layout),
+        L::MIN_ALIGN
+    );
+}
+
+/// The name of layer `L` in a message: its type's name without path or parameters.
+fn layer_name<L: ?Sized>() -> &'static str {
+    let full = core::any::type_name::<L>();
+    let head = full.split('<').next().unwrap_or(full);
+    head.rsplit("::").next().unwrap_or(head)
+}
+
+/// A layout as the messages show it: `size 24, align 8`.
+struct Shown(Layout);
+
+impl core::fmt::Display for Shown {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "size {}, align {}", self.0.size(), self.0.align())
+    }
 }
 
 /// Takes a wrapper apart for its `into_inner`, written once for every layer with a `Drop`

@@ -23,7 +23,7 @@ use core::ptr::NonNull;
 
 use crate::abort::{abort_with, debug_require};
 use crate::bitmap::RawBits;
-use crate::layer::served_size;
+use crate::layer::{require_grow, require_put, require_shrink, served_size};
 use crate::{Bitmap, Layer};
 use run_index::{CLASSES, RunIndex, Words, class_of};
 
@@ -703,6 +703,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         let Some((blocks, _)) = Self::blocks_of(layout) else {
             debug_require!(
                 false,
@@ -748,6 +749,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_grow::<Self>(ptr, old, new);
         let (Some((had, _)), Some((needs, _))) = (Self::blocks_of(old), Self::blocks_of(new))
         else {
             return false;
@@ -772,6 +774,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_shrink::<Self>(ptr, old, new);
         let (Some((had, _)), Some((needs, _))) = (Self::blocks_of(old), Self::blocks_of(new))
         else {
             return false;

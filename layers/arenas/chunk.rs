@@ -11,7 +11,7 @@ use core::ptr::{self, NonNull};
 
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::served_size;
+use crate::layer::{require_put, require_shrink, served_size};
 
 /// The header at the start of every chunk: the chain to the previous one.
 #[repr(C, align(16))]
@@ -344,6 +344,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
 
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         if Self::is_small(layout) {
             if ptr.as_ptr() == self.top {
                 self.top = self.top.wrapping_add(served_size(layout));
@@ -431,7 +432,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = ptr;
+        require_shrink::<Self>(ptr, old, new);
         // A small block keeps its bytes; a large one keeps its piece, whose size is in its
         // header. Only a change of path would confuse a later put.
         Self::is_small(old) == Self::is_small(new)

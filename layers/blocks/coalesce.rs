@@ -16,7 +16,7 @@ use core::ptr::{self, NonNull};
 use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::served_size;
+use crate::layer::{require_grow, require_put, require_shrink, served_size};
 
 /// The header right before every block: 16 bytes.
 #[repr(C, align(16))]
@@ -817,6 +817,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         if cfg!(debug_assertions) {
             let tag = Self::tag_of(ptr);
             // SAFETY: the caller's duty: a live block of ours, its tag right before it.
@@ -844,7 +845,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = old;
+        require_grow::<Self>(ptr, old, new);
         let tag = Self::tag_of(ptr);
         let Some(need) = Self::block_size(new.size()) else {
             return false;
@@ -876,7 +877,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = old;
+        require_shrink::<Self>(ptr, old, new);
         let tag = Self::tag_of(ptr);
         let Some(need) = Self::block_size(new.size()) else {
             return false;

@@ -15,6 +15,7 @@ use core::ptr::NonNull;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
+use crate::layer::{require_grow, require_put, require_shrink};
 
 /// The largest alignment a class block is promised: a page. Larger powers of two dividing
 /// `SIZE` are not asked of `L`, which would over-allocate for them.
@@ -157,6 +158,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         if !Self::is_class(layout) {
             // SAFETY: a block that is not a class block came unchanged from `L` with a layout
             // that `layout` fits; the caller's duties pass on.
@@ -182,6 +184,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_grow::<Self>(ptr, old, new);
         match (Self::is_class(old), Self::is_class(new)) {
             // A class block holds `SIZE` bytes whatever the request was.
             (true, true) => true,
@@ -192,6 +195,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_shrink::<Self>(ptr, old, new);
         match (Self::is_class(old), Self::is_class(new)) {
             (true, true) => true,
             // SAFETY: a pass-through block of `L`, and it stays one.

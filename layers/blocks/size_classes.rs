@@ -18,6 +18,7 @@ use super::classes::ClassMap;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
+use crate::layer::{require_grow, require_put, require_shrink};
 
 /// The largest class.
 const LIMIT: usize = 32 << 10;
@@ -325,6 +326,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         match Self::class_of(layout) {
             // SAFETY: a class block: at least 16 bytes, aligned to 16, and the caller gives
             // it up, so its class's list may use it.
@@ -349,6 +351,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_grow::<Self>(ptr, old, new);
         match (Self::class_of(old), Self::class_of(new)) {
             // The block holds its whole class.
             (Some(a), Some(b)) => a == b,
@@ -362,6 +365,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_shrink::<Self>(ptr, old, new);
         match (Self::class_of(old), Self::class_of(new)) {
             // A smaller class may promise an alignment the block lacks: only the same one.
             (Some(a), Some(b)) => a == b,

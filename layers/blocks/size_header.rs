@@ -10,7 +10,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
-use crate::layer::Measured;
+use crate::layer::{Measured, require_grow, require_put, require_shrink};
 
 /// What the header keeps: the layout the block was last known to fit.
 #[repr(C)]
@@ -140,7 +140,7 @@ unsafe impl<L: Layer> Layer for SizeHeader<L> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        let _ = layout;
+        require_put::<Self>(ptr, layout);
         // SAFETY: the caller's duties are `put_unsized`'s.
         unsafe { self.put_unsized(ptr) }
     }
@@ -154,11 +154,13 @@ unsafe impl<L: Layer> Layer for SizeHeader<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_grow::<Self>(ptr, old, new);
         // SAFETY: the caller's duties, carried to the outer block.
         unsafe { self.resize(ptr, old, new, true) }
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_shrink::<Self>(ptr, old, new);
         // SAFETY: as for `grow`.
         unsafe { self.resize(ptr, old, new, false) }
     }

@@ -12,6 +12,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
+use crate::layer::{require_grow, require_put, require_shrink};
 
 /// Sends requests of at most `LIMIT` bytes to `Small` and the rest to `Large`.
 ///
@@ -94,6 +95,7 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         // SAFETY: the layout's size names the layer the block came from (see above); the
         // caller's duties pass on to it.
         unsafe {
@@ -115,6 +117,7 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_grow::<Self>(ptr, old, new);
         match (Self::is_small(old), Self::is_small(new)) {
             // SAFETY: the block is `small`'s, and stays on its side.
             (true, true) => unsafe { self.small.grow(ptr, old, new) },
@@ -126,6 +129,7 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_shrink::<Self>(ptr, old, new);
         match (Self::is_small(old), Self::is_small(new)) {
             // SAFETY: the block is `small`'s.
             (true, true) => unsafe { self.small.shrink(ptr, old, new) },

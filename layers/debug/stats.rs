@@ -4,6 +4,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
+use crate::layer::{require_grow, require_put, require_shrink};
 use crate::{Gauge, Gauges, Layer};
 
 /// Counts the traffic through it and forwards everything to `L` unchanged.
@@ -89,6 +90,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         self.figures.record_put(layout.size());
         // SAFETY: the caller keeps `put`'s duties for this layer, which are `L`'s duties
         // for a block that this layer got from `L`.
@@ -106,6 +108,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_grow::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties unchanged.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
         if grown {
@@ -115,6 +118,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        require_shrink::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties unchanged.
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
         if shrunk {

@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 
 use crate::Layer;
 use crate::abort::debug_require;
-use crate::layer::served_size;
+use crate::layer::{require_put, require_shrink, served_size};
 
 /// Hands out blocks from one caller-provided buffer, bumping upward, like Heap-Layers'
 /// static-buffer heap.
@@ -101,6 +101,7 @@ unsafe impl Layer for Buffer<'_> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         let offset = ptr.as_ptr().addr().wrapping_sub(self.base.addr());
         debug_require!(
             offset < self.top,
@@ -120,7 +121,7 @@ unsafe impl Layer for Buffer<'_> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        require_shrink::<Self>(ptr, old, new);
         // The block keeps its bytes; a later put with the smaller size no longer matches
         // `top`, so those bytes stay in use until `deinit`. Wasteful, never unsound.
         true

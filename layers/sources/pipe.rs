@@ -10,6 +10,7 @@ use core::ptr::{self, NonNull};
 
 use crate::Layer;
 use crate::abort::abort_with;
+use crate::layer::require_put;
 use crate::layers::Mmap;
 use crate::layers::debug::live_table::{LiveTable, Slot};
 use crate::region::page_map::{self, PAGE};
@@ -173,6 +174,7 @@ unsafe impl Layer for Pipe {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         let Some(i) = self.origins.find(ptr.as_ptr().addr()) else {
             abort_with(format_args!(
                 "Pipe: put of {ptr:p} (size {}), which is not a block of this layer",
