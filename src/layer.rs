@@ -64,7 +64,13 @@
 //!    check of a few lines, under `if cfg!(debug_assertions)`), so release builds neither
 //!    run nor keep them.
 //! 3. **Whole-structure checks**: [`check_invariants`](Layer::check_invariants), which walks
-//!    everything a layer keeps. The conformance suite calls it after every step.
+//!    everything a layer keeps. The conformance suite calls it after every step. With the
+//!    `paranoid` feature (for tests only: every operation then walks the whole stack below
+//!    it, as talc's `scan_for_errors`), every layer that has one calls it at the top of its
+//!    `get`, `put`, `grow` and `shrink` too (through one helper, as do the default `grow` and
+//!    `shrink`): every test, not only the suite, then checks every structure of its stack
+//!    before each operation, and a broken one is reported by the first operation that
+//!    meets it, inner layers' included.
 //!
 //! A few checks stay on in release builds because they are O(1) and stop likely misuse
 //! from corrupting memory: `Slab`'s header check word, `Coalesce`'s sealed headers,
@@ -241,6 +247,7 @@ pub unsafe trait Layer {
     /// [fits](crate::layer#fits) it, that `new.size() >= old.size()`, and that
     /// `new.align() == old.align()`.
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         false
     }
@@ -256,6 +263,7 @@ pub unsafe trait Layer {
     /// [fits](crate::layer#fits) it, that `new.size() <= old.size()`, and that
     /// `new.align() == old.align()`.
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         false
     }
@@ -346,7 +354,16 @@ pub(crate) const fn served_size(layout: Layout) -> usize {
     if layout.size() == 0 { 1 } else { layout.size() }
 }
 
-// ---- duty checks (tier 1 of "Checks" above) --------------------------------------------
+// ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
+
+/// Tier 3 at the top of an operation: `layer.check_invariants()` with the `paranoid`
+/// feature, nothing without it.
+#[inline(always)]
+pub(crate) fn paranoid<L: Layer + ?Sized>(layer: &L) {
+    if cfg!(feature = "paranoid") {
+        layer.check_invariants();
+    }
+}
 
 /// Tier 1 for [`Layer::put`]: in debug builds, aborts unless `ptr` is aligned to `layout`
 /// and to `L`'s [`MIN_ALIGN`](Layer::MIN_ALIGN), as every block `L` hands out is.

@@ -9,7 +9,7 @@ use core::mem::{MaybeUninit, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::Layer;
-use crate::layer::{require_put, require_shrink};
+use crate::layer::{paranoid, require_put, require_shrink};
 
 /// One booked block: where it is and the layout `L` gave it with.
 #[derive(Clone, Copy)]
@@ -155,6 +155,7 @@ unsafe impl<L: Layer> Layer for Batch<L> {
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         self.reserve_one()?;
         let block = self.inner.get(layout)?;
         // SAFETY: `reserve_one` left a live page with `len < ENTRIES`.
@@ -169,6 +170,7 @@ unsafe impl<L: Layer> Layer for Batch<L> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         // Nothing until `deinit`: the block stays booked.
     }
@@ -205,6 +207,7 @@ unsafe impl<L: Layer> Layer for Batch<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         // The booked entry keeps the original layout, which is what `L` must be given back.
         true

@@ -23,7 +23,7 @@ use core::ptr::NonNull;
 
 use crate::abort::{abort_with, debug_require};
 use crate::bitmap::RawBits;
-use crate::layer::{require_grow, require_put, require_shrink, served_size};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink, served_size};
 use crate::{Bitmap, Layer};
 use run_index::{CLASSES, RunIndex, Words, class_of};
 
@@ -692,6 +692,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let (blocks, stride) = Self::blocks_of(layout)?;
         if stride == 1
             && Self::caches(blocks)
@@ -703,6 +704,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         let Some((blocks, _)) = Self::blocks_of(layout) else {
             debug_require!(
@@ -749,6 +751,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         let (Some((had, _)), Some((needs, _))) = (Self::blocks_of(old), Self::blocks_of(new))
         else {
@@ -774,6 +777,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         let (Some((had, _)), Some((needs, _))) = (Self::blocks_of(old), Self::blocks_of(new))
         else {

@@ -19,7 +19,7 @@ use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
 use crate::bitmap::RawBits;
-use crate::layer::{require_grow, require_put, require_shrink, served_size};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink, served_size};
 use crate::{Bitmap, Layer};
 
 use super::arena_chain::{ArenaChain, ArenaShape, LINK_WORDS};
@@ -522,6 +522,7 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let order = Self::order_of(layout)?;
         if Self::caches(order)
             && let Some(block) = self.cache.pop(order as usize)
@@ -532,6 +533,7 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
     }
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         let Some(order) = Self::order_of(layout) else {
             debug_require!(false, "Buddy: put of {ptr:p} with {layout:?}, never served");
@@ -566,11 +568,13 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         Self::order_of(new).is_some() && Self::order_of(new) == Self::order_of(old)
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         let (Some(from), Some(to)) = (Self::order_of(old), Self::order_of(new)) else {
             return false;

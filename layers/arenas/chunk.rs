@@ -11,7 +11,7 @@ use core::ptr::{self, NonNull};
 
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::{require_put, require_shrink, served_size};
+use crate::layer::{paranoid, require_put, require_shrink, served_size};
 
 /// The header at the start of every chunk: the chain to the previous one.
 #[repr(C, align(16))]
@@ -332,6 +332,7 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
 unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         if Self::is_small(layout) {
             match self.bump(layout) {
                 Some(block) => Some(block),
@@ -344,6 +345,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
 
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         if Self::is_small(layout) {
             if ptr.as_ptr() == self.top {
@@ -361,6 +363,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     /// The rest of the current chunk (or all of a fresh one, when the rest is too small for
     /// `layout`); the chunk counts it as carved.
     fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
+        paranoid(self);
         if !Self::is_small(layout) {
             return None;
         }
@@ -432,6 +435,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         // A small block keeps its bytes; a large one keeps its piece, whose size is in its
         // header. Only a change of path would confuse a later put.

@@ -16,7 +16,7 @@ use core::ptr::{self, NonNull};
 use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::{require_grow, require_put, require_shrink, served_size};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink, served_size};
 
 /// The header right before every block: 16 bytes.
 #[repr(C, align(16))]
@@ -318,6 +318,7 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     /// block, or a pointer whose header is not one of this layer's, aborts when the header
     /// still shows it.)
     pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        paranoid(self);
         let tag = Self::tag_of(ptr);
         // SAFETY: the caller's duty: a live block of ours, its tag right before it.
         match unsafe { Self::state(tag) } {
@@ -770,6 +771,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     const OWNS_EXACT: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let size = served_size(layout);
         let need = Self::block_size(size)?;
         let align = layout.align();
@@ -845,6 +847,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         let tag = Self::tag_of(ptr);
         let Some(need) = Self::block_size(new.size()) else {
@@ -877,6 +880,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         let tag = Self::tag_of(ptr);
         let Some(need) = Self::block_size(new.size()) else {

@@ -15,7 +15,7 @@ use core::ptr::NonNull;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::{require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 
 /// The largest alignment a class block is promised: a page. Larger powers of two dividing
 /// `SIZE` are not asked of `L`, which would over-allocate for them.
@@ -146,6 +146,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         if Self::is_class(layout) {
             match self.list.pop() {
                 Some(block) => Some(block),
@@ -158,6 +159,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         if !Self::is_class(layout) {
             // SAFETY: a block that is not a class block came unchanged from `L` with a layout
@@ -184,6 +186,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         match (Self::is_class(old), Self::is_class(new)) {
             // A class block holds `SIZE` bytes whatever the request was.
@@ -195,6 +198,7 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         match (Self::is_class(old), Self::is_class(new)) {
             (true, true) => true,

@@ -18,7 +18,7 @@ use super::classes::ClassMap;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::{require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 
 /// The largest class.
 const LIMIT: usize = 32 << 10;
@@ -306,6 +306,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let Some(index) = Self::class_of(layout) else {
             return self.inner.get(Self::passed(layout)?);
         };
@@ -326,6 +327,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         match Self::class_of(layout) {
             // SAFETY: a class block: at least 16 bytes, aligned to 16, and the caller gives
@@ -351,6 +353,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         match (Self::class_of(old), Self::class_of(new)) {
             // The block holds its whole class.
@@ -365,6 +368,7 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         match (Self::class_of(old), Self::class_of(new)) {
             // A smaller class may promise an alignment the block lacks: only the same one.

@@ -22,7 +22,7 @@ use core::ptr::{self, NonNull};
 use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::{require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 
 /// The bytes at the start of every slab kept for its header: two cache lines, one for the
 /// fields the owner writes as it allocates and frees, one for those other threads read
@@ -756,6 +756,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
 
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         if is_small(layout) {
             self.get_small(Self::class_of(layout.size()))
         } else {
@@ -765,6 +766,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
 
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         // SAFETY: the layout fits the block, so it names the path that served it.
         unsafe {
@@ -786,6 +788,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         match (is_small(old), is_small(new)) {
             (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
@@ -796,6 +799,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         match (is_small(old), is_small(new)) {
             (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),

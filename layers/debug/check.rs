@@ -10,7 +10,7 @@ use core::ptr::NonNull;
 
 use super::live_table::{LiveTable, Slot};
 use crate::abort::abort_with;
-use crate::layer::{require_grow, require_shrink};
+use crate::layer::{paranoid, require_grow, require_shrink};
 use crate::{Gauge, Gauges, Layer};
 
 /// How many recently put addresses are remembered to tell a double put from a stranger.
@@ -206,6 +206,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let packed = Slot::pack(layout)?;
         if self.table.is_full() {
             self.grow_table()?;
@@ -225,6 +226,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         // Every duty of `put`, checked exactly (in release builds too).
         let i = self.expect_live(ptr, layout, "put");
         self.table.remove(i);
@@ -248,6 +250,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         // The block and `old` first, with `Check`'s exact messages; then the duties on `new`.
         let i = self.expect_live(ptr, old, "grow");
         require_grow::<Self>(ptr, old, new);
@@ -264,6 +267,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         let i = self.expect_live(ptr, old, "shrink");
         require_shrink::<Self>(ptr, old, new);
         // SAFETY: checked above that the block is live with layout `old`.

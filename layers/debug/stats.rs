@@ -4,7 +4,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
-use crate::layer::{require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 use crate::{Gauge, Gauges, Layer};
 
 /// Counts the traffic through it and forwards everything to `L` unchanged.
@@ -83,6 +83,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let block = self.inner.get(layout)?;
         self.figures.record_get(layout.size());
         Some(block)
@@ -90,6 +91,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         self.figures.record_put(layout.size());
         // SAFETY: the caller keeps `put`'s duties for this layer, which are `L`'s duties
@@ -108,6 +110,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_grow::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties unchanged.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
@@ -118,6 +121,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         require_shrink::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties unchanged.
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
