@@ -75,6 +75,33 @@
 //! A few checks stay on in release builds because they are O(1) and stop likely misuse
 //! from corrupting memory: `Slab`'s header check word, `Coalesce`'s sealed headers,
 //! `Mmap`'s look-up of the block put.
+//!
+//! # Fill bytes
+//!
+//! In debug builds, the layers that hand out memory again after it was put back
+//! ([`FreeList`](crate::layers::FreeList), [`SizeClasses`](crate::layers::SizeClasses),
+//! [`Slab`](crate::layers::Slab), [`Coalesce`](crate::layers::Coalesce),
+//! [`Buddy`](crate::layers::Buddy), [`Bitset`](crate::layers::Bitset), and
+//! [`Chunk`](crate::layers::Chunk), which takes back its most recent block and re-carves
+//! its chunks after a reset) fill every block they hand out with [`FRESH`] (`0xD0`) and
+//! every block put back to them with [`FREED`] (`0xDF`), so that a dump shows at a glance a
+//! read of memory never written (`d0 d0 d0 d0`) or a use after free (`df df df df`).
+//!
+//! - The fill covers the block as the layer holds it: its size class (`FreeList`,
+//!   `SizeClasses`, `Slab`), the bytes after its boundary tag (`Coalesce`), its order
+//!   (`Buddy`), its run of blocks (`Bitset`), the size asked for (`Chunk`).
+//! - A freed block keeps unfilled the links the layer writes into it: the first word of a
+//!   `FreeList`, `SizeClasses`, `Slab` or `Bitset` block (a free list's or put cache's
+//!   link), the first 16 bytes of a `Coalesce` or `Buddy` block (a free list's two links).
+//!   The fill comes before the links are written; tags, headers and bitmaps lie outside
+//!   the blocks.
+//! - Not filled: blocks a layer passes through to the layer below (the larger requests of
+//!   `FreeList`, `SizeClasses` and `Slab`, and the large blocks of `Coalesce` and `Chunk`,
+//!   each a piece of the layer below); windows; [`Batch`](crate::layers::Batch), which
+//!   never hands a block out again (its puts wait for `deinit`) and keeps its source's
+//!   `ZEROED`; the sources; and every layer whose [`ZEROED`](Layer::ZEROED) is `true`.
+//!
+//! One helper writes every fill, and release builds compile it to nothing.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -354,6 +381,35 @@ pub(crate) const fn served_size(layout: Layout) -> usize {
     if layout.size() == 0 { 1 } else { layout.size() }
 }
 
+// ---- fill bytes (see "Fill bytes" above) -----------------------------------------------
+
+/// The byte a layer that reuses memory fills every block it hands out with, in debug
+/// builds: bytes that read `d0` were never written by the block's owner. See
+/// [Fill bytes](crate::layer#fill-bytes).
+pub const FRESH: u8 = 0xD0;
+
+/// The byte a layer that reuses memory fills every block put back to it with, in debug
+/// builds, past the links it keeps there: bytes that read `df` belong to a freed block. See
+/// [Fill bytes](crate::layer#fill-bytes).
+pub const FREED: u8 = 0xDF;
+
+/// Fills bytes `skip..len` of `block` with `byte` ([`FRESH`] or [`FREED`]) in debug builds,
+/// unless `L` promises zeroed blocks ([`ZEROED`](Layer::ZEROED)); nothing when
+/// `len <= skip`, and nothing at all in release builds. `skip` leaves the links `L` keeps
+/// at the start of a free block.
+///
+/// # Safety
+///
+/// Bytes `skip..len` of `block` are valid for writes and are `L`'s to write: a block it is
+/// handing out, or one put back to it, before it writes its links there.
+#[inline(always)]
+pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: usize, byte: u8) {
+    if cfg!(debug_assertions) && !L::ZEROED && len > skip {
+        // SAFETY: the caller's duty.
+        unsafe { block.add(skip).write_bytes(byte, len - skip) }
+    }
+}
+
 // ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
 
 /// Tier 3 at the top of an operation: `layer.check_invariants()` with the `paranoid`
@@ -569,5 +625,97 @@ mod tests {
             SizeClasses<Below<'_>, 16384>,
             Slab<Below<'_>, 16384>,
         );
+    }
+
+    /// The bytes of `len` from `block`, read one by one (a block the layer holds, whose
+    /// links may be there).
+    fn bytes(block: NonNull<u8>, len: usize) -> alloc::vec::Vec<u8> {
+        // SAFETY: every caller reads a block of the test's own buffer, all of whose bytes
+        // were written (filled, or a link).
+        (0..len)
+            .map(|i| unsafe { block.as_ptr().add(i).read() })
+            .collect()
+    }
+
+    /// Every layer that reuses memory hands out its blocks filled with `FRESH` and fills the
+    /// blocks put back with `FREED`, past the links it keeps there; a block handed out again
+    /// is `FRESH` again (debug builds: release builds write nothing).
+    #[test]
+    #[cfg(debug_assertions)]
+    fn reusing_layers_fill_fresh_and_freed_blocks() {
+        use crate::layers::{Bitset, Buddy, Buffer, Chunk, Coalesce, FreeList, SizeClasses, Slab};
+        let layout = Layout::from_size_align(40, 8).expect("a valid layout");
+        // Each layer with the bytes it holds for `layout` and the bytes of its links.
+        macro_rules! fills {
+            ($($layer:ty => ($held:expr, $links:expr)),* $(,)?) => {$({
+                let name = core::any::type_name::<$layer>();
+                let mut memory = alloc::boxed::Box::new_uninit_slice(1 << 20);
+                let mut layer = <$layer>::new(Buffer::new(&mut memory));
+                // A neighbour first: `a` is then the most recent block (which `Chunk` takes
+                // back), and a `Coalesce` block with a block in use on its left.
+                let neighbour = layer.get(layout).expect("memory enough");
+                let a = layer.get(layout).expect("memory enough");
+                assert!(bytes(a, $held).iter().all(|&b| b == FRESH), "{name}: fresh");
+                // SAFETY: `a` holds `layout.size()` bytes; it is put once, with its layout,
+                // and read afterwards only as bytes of the test's buffer.
+                unsafe {
+                    a.as_ptr().write_bytes(0x55, layout.size());
+                    layer.put(a, layout);
+                }
+                let freed = bytes(a, $held);
+                assert!(freed[$links..].iter().all(|&b| b == FREED), "{name}: freed {freed:x?}");
+                let again = layer.get(layout).expect("memory enough");
+                assert_eq!(again, a, "{name}: the freed block is reused");
+                assert!(bytes(again, $held).iter().all(|&b| b == FRESH), "{name}: refilled");
+                layer.check_invariants();
+                // SAFETY: both live, put once with their layout.
+                unsafe {
+                    layer.put(again, layout);
+                    layer.put(neighbour, layout);
+                }
+            })*};
+        }
+        fills!(
+            FreeList<Buffer<'_>, 64> => (64, 8),
+            SizeClasses<Buffer<'_>, 8192> => (48, 8),
+            Slab<Buffer<'_>> => (48, 8),
+            Coalesce<Buffer<'_>, 65536> => (48, 16),
+            Buddy<Buffer<'_>, 4, 16> => (64, 16),
+            Bitset<Buffer<'_>, 64, 65536> => (64, 8),
+            Chunk<Buffer<'_>, 4096> => (40, 0),
+        );
+    }
+
+    /// Blocks a layer passes through from the layer below are not filled, and neither are
+    /// those of a layer that promises zeroed memory.
+    #[test]
+    #[cfg(all(debug_assertions, feature = "os"))]
+    fn pass_through_blocks_and_zeroed_layers_are_not_filled() {
+        use crate::layers::{FreeList, Mmap};
+        let mut list: FreeList<Mmap, 64> = FreeList::new(Mmap::new());
+        let class = Layout::from_size_align(64, 8).expect("a valid layout");
+        let large = Layout::from_size_align(8192, 8).expect("a valid layout");
+        let (a, b) = (
+            list.get(class).expect("a map"),
+            list.get(large).expect("a map"),
+        );
+        assert!(
+            bytes(a, 64).iter().all(|&b| b == FRESH),
+            "a class block is filled"
+        );
+        assert!(
+            bytes(b, 8192).iter().all(|&b| b == 0),
+            "a pass-through block is not"
+        );
+        // SAFETY: both live, put once with their layout.
+        unsafe {
+            list.put(a, class);
+            list.put(b, large);
+        }
+        let mut mmap = Mmap::new();
+        let c = mmap.get(class).expect("a map");
+        assert!(bytes(c, 64).iter().all(|&b| b == 0), "ZEROED: not filled");
+        // SAFETY: live, put once.
+        unsafe { mmap.put(c, class) };
     }
 }

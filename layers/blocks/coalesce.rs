@@ -16,7 +16,9 @@ use core::ptr::{self, NonNull};
 use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::{paranoid, require_grow, require_put, require_shrink, served_size};
+use crate::layer::{
+    FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink, served_size,
+};
 
 /// The header right before every block: 16 bytes.
 #[repr(C, align(16))]
@@ -417,6 +419,24 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         unsafe { (*tag).seal = seal(tag, state) };
     }
 
+    /// Marks an arena block, taken off the bins and split to size, as in use and returns its
+    /// payload, filled with [`FRESH`] in debug builds.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is an arena block of ours, on no bin, its size written, that no caller holds.
+    #[inline(always)]
+    unsafe fn hand_out(tag: *mut Tag) -> NonNull<u8> {
+        let payload = Self::payload(tag);
+        // SAFETY: the caller's duty; the payload is the block's `size - TAG` bytes after its
+        // tag, which become the caller's.
+        unsafe {
+            Self::set_state(tag, USED);
+            fill::<Self>(payload.as_ptr(), 0, (*tag).size - TAG, FRESH);
+        }
+        payload
+    }
+
     /// The links of a free block.
     #[inline(always)]
     fn links(tag: *mut Tag) -> *mut Links {
@@ -611,8 +631,11 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     /// `tag` is the tag of a live arena block of ours.
     unsafe fn free_in_arena(&mut self, tag: *mut Tag) {
         // SAFETY: the caller's duty; the neighbours are found through the tags, which tile
-        // the arena (each checked before it is trusted).
+        // the arena (each checked before it is trusted). The payload, which the caller gave
+        // up, is filled before any link goes in.
         unsafe {
+            let payload = Self::payload(tag).as_ptr();
+            fill::<Self>(payload, size_of::<Links>(), (*tag).size - TAG, FREED);
             let mut start = tag;
             let mut size = (*tag).size;
             let prev = (*tag).prev as usize * GRAIN;
@@ -784,9 +807,8 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
             // neighbour is not free (no two free blocks are neighbours).
             unsafe {
                 self.split(tag, need);
-                Self::set_state(tag, USED);
+                return Some(Self::hand_out(tag));
             }
-            return Some(Self::payload(tag));
         }
         let search = need.checked_add(align)?.checked_add(MIN_BLOCK)?;
         if search > Self::FULL {
@@ -812,9 +834,8 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
                 self.insert(front);
             }
             self.split(tag, need);
-            Self::set_state(tag, USED);
+            Some(Self::hand_out(tag))
         }
-        Some(Self::payload(tag))
     }
 
     #[inline]

@@ -15,7 +15,7 @@ use core::ptr::NonNull;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::{paranoid, require_grow, require_put, require_shrink};
+use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink};
 
 /// The largest alignment a class block is promised: a page. Larger powers of two dividing
 /// `SIZE` are not asked of `L`, which would over-allocate for them.
@@ -147,14 +147,16 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);
-        if Self::is_class(layout) {
-            match self.list.pop() {
-                Some(block) => Some(block),
-                None => self.inner.get(Self::class_layout()),
-            }
-        } else {
-            self.inner.get(layout)
+        if !Self::is_class(layout) {
+            return self.inner.get(layout);
         }
+        let block = match self.list.pop() {
+            Some(block) => block,
+            None => self.inner.get(Self::class_layout())?,
+        };
+        // SAFETY: a class block of `SIZE` bytes, ours until it is handed out.
+        unsafe { fill::<Self>(block.as_ptr(), 0, SIZE, FRESH) };
+        Some(block)
     }
 
     #[inline]
@@ -165,7 +167,12 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
             // SAFETY: a block that is not a class block came unchanged from `L` with a layout
             // that `layout` fits; the caller's duties pass on.
             unsafe { self.inner.put(ptr, layout) };
-        } else if self.list.len() < CAP {
+            return;
+        }
+        // SAFETY: a class block of `SIZE` bytes, which the caller gives up; its link (if it
+        // is cached) is written after the fill.
+        unsafe { fill::<Self>(ptr.as_ptr(), BlockList::LINK, SIZE, FREED) };
+        if self.list.len() < CAP {
             // SAFETY: a class block holds `SIZE >= size_of::<usize>()` bytes aligned to
             // `CLASS_ALIGN >= size_of::<usize>()` (a power of two dividing a multiple of
             // the pointer size); the caller gives it up, so the list may use it.

@@ -18,7 +18,7 @@ use super::classes::ClassMap;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::{paranoid, require_grow, require_put, require_shrink};
+use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink};
 
 /// The largest class.
 const LIMIT: usize = 32 << 10;
@@ -311,18 +311,21 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
             return self.inner.get(Self::passed(layout)?);
         };
         let class = &mut self.classes[index];
-        if let Some(block) = class.free.pop() {
-            return Some(block);
-        }
-        if class.next < class.end {
+        let block = if let Some(block) = class.free.pop() {
+            block
+        } else if class.next < class.end {
             let block = class.next;
             // SAFETY: `next < end`, and the carvable part of a run is a whole number of
             // blocks, so the block ends at or before `end`.
             class.next = unsafe { block.add(BucketClasses::class_size(index)) };
             // SAFETY: `block` lies inside a live run, which is not at null.
-            return Some(unsafe { NonNull::new_unchecked(block) });
-        }
-        self.refill(index)
+            unsafe { NonNull::new_unchecked(block) }
+        } else {
+            self.refill(index)?
+        };
+        // SAFETY: a block of class `index`, ours until it is handed out.
+        unsafe { fill::<Self>(block.as_ptr(), 0, BucketClasses::class_size(index), FRESH) };
+        Some(block)
     }
 
     #[inline]
@@ -331,8 +334,12 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
         require_put::<Self>(ptr, layout);
         match Self::class_of(layout) {
             // SAFETY: a class block: at least 16 bytes, aligned to 16, and the caller gives
-            // it up, so its class's list may use it.
-            Some(index) => unsafe { self.classes[index].free.push(ptr) },
+            // it up, so it is ours to fill and its class's list may use it.
+            Some(index) => unsafe {
+                let size = BucketClasses::class_size(index);
+                fill::<Self>(ptr.as_ptr(), BlockList::LINK, size, FREED);
+                self.classes[index].free.push(ptr)
+            },
             None => {
                 if let Some(passed) = Self::passed(layout) {
                     // SAFETY: a pass-through block, got from `L` with `passed(layout)` (which
