@@ -45,6 +45,11 @@ impl fmt::Write for LineBuffer {
 /// `debug_assert!` for code that may run inside a global allocator: in debug builds a
 /// broken condition writes its message and aborts (see [`abort_with`]) instead of
 /// panicking, which could unwind out of the allocator or deadlock re-entering its lock.
+/// In release builds neither the condition nor the message is evaluated.
+///
+/// It serves the first two tiers of checks that `src/layer.rs` describes ("Checks"):
+/// callers' duties (through the `require_*` helpers there, with their uniform messages)
+/// and a layer's internal consistency.
 macro_rules! debug_require {
     ($condition:expr, $($message:tt)+) => {
         if cfg!(debug_assertions) && !$condition {

@@ -40,9 +40,73 @@
 //! A stack is written outside-in: in `Stats<Chunk<Batch<Mmap>, 4096>>` a request reaches
 //! `Stats` first, then `Chunk`, which asks `Batch` only for whole chunks, which asks `Mmap`.
 //! Frees travel the same way down. Each layer sees only what the layer above it passes on.
+//!
+//! # Checks
+//!
+//! The layers check themselves in three tiers, as mimalloc does (`mi_assert`,
+//! `mi_assert_internal`, `mi_assert_expensive`). Each broken check writes one line and
+//! aborts (a layer may be serving the global allocator, where a panic must not unwind).
+//!
+//! 1. **Duty checks**, debug builds only: the callers' duties listed on
+//!    [`put`](Layer::put), [`grow`](Layer::grow) and [`shrink`](Layer::shrink), as far as a
+//!    layer can see them in O(1): a block aligned to its layout and to the layer's
+//!    [`MIN_ALIGN`](Layer::MIN_ALIGN); a `grow` that does not shrink, a `shrink` that does
+//!    not grow, and neither changing the alignment. The crate's layers call one set of
+//!    helpers (crate-private, in this file) at the top of those methods, and so do the
+//!    default `grow` and `shrink`, so every message reads `<Layer>: <call> of <address> ...: <what is wrong> (a caller duty of
+//!    Layer::<call>)`. A layer that checks a duty better itself (such as
+//!    [`Check`](crate::layers::Check), which knows every live block's layout) keeps its own.
+//! 2. **Internal checks**, debug builds only: what a layer assumes of its own state and of
+//!    the layer below during one operation (a free-list node aligned for its link, an arena
+//!    from the layer below aligned as asked, a small block fitting a fresh chunk), and the
+//!    checks of a put that look into the layer's structures (a block put to `Buddy` or
+//!    `Bitset` that is cached already). Both tiers are written with the crate's `debug_require!` (or, for a
+//!    check of a few lines, under `if cfg!(debug_assertions)`), so release builds neither
+//!    run nor keep them.
+//! 3. **Whole-structure checks**: [`check_invariants`](Layer::check_invariants), which walks
+//!    everything a layer keeps. The conformance suite calls it after every step. With the
+//!    `paranoid` feature (for tests only: every operation then walks the whole stack below
+//!    it, as talc's `scan_for_errors`), every layer that has one calls it at the top of its
+//!    `get`, `put`, `grow` and `shrink` too (through one helper, as do the default `grow` and
+//!    `shrink`): every test, not only the suite, then checks every structure of its stack
+//!    before each operation, and a broken one is reported by the first operation that
+//!    meets it, inner layers' included.
+//!
+//! A few checks stay on in release builds because they are O(1) and stop likely misuse
+//! from corrupting memory: `Slab`'s header check word, `Coalesce`'s sealed headers,
+//! `Mmap`'s look-up of the block put.
+//!
+//! # Fill bytes
+//!
+//! In debug builds, the layers that hand out memory again after it was put back
+//! ([`FreeList`](crate::layers::FreeList), [`SizeClasses`](crate::layers::SizeClasses),
+//! [`Slab`](crate::layers::Slab), [`Coalesce`](crate::layers::Coalesce),
+//! [`Buddy`](crate::layers::Buddy), [`Bitset`](crate::layers::Bitset), and
+//! [`Chunk`](crate::layers::Chunk), which takes back its most recent block and re-carves
+//! its chunks after a reset) fill every block they hand out with [`FRESH`] (`0xD0`) and
+//! every block put back to them with [`FREED`] (`0xDF`), so that a dump shows at a glance a
+//! read of memory never written (`d0 d0 d0 d0`) or a use after free (`df df df df`).
+//!
+//! - The fill covers the block as the layer holds it: its size class (`FreeList`,
+//!   `SizeClasses`, `Slab`), the bytes after its boundary tag (`Coalesce`), its order
+//!   (`Buddy`), its run of blocks (`Bitset`), the size asked for (`Chunk`).
+//! - A freed block keeps unfilled the links the layer writes into it: the first word of a
+//!   `FreeList`, `SizeClasses`, `Slab` or `Bitset` block (a free list's or put cache's
+//!   link), the first 16 bytes of a `Coalesce` or `Buddy` block (a free list's two links).
+//!   The fill comes before the links are written; tags, headers and bitmaps lie outside
+//!   the blocks.
+//! - Not filled: blocks a layer passes through to the layer below (the larger requests of
+//!   `FreeList`, `SizeClasses` and `Slab`, and the large blocks of `Coalesce` and `Chunk`,
+//!   each a piece of the layer below); windows; [`Batch`](crate::layers::Batch), which
+//!   never hands a block out again (its puts wait for `deinit`) and keeps its source's
+//!   `ZEROED`; the sources; and every layer whose [`ZEROED`](Layer::ZEROED) is `true`.
+//!
+//! One helper writes every fill, and release builds compile it to nothing.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
+
+use crate::abort::debug_require;
 
 /// A heap layer: a source of blocks that can be stacked on other layers.
 ///
@@ -210,7 +274,8 @@ pub unsafe trait Layer {
     /// [fits](crate::layer#fits) it, that `new.size() >= old.size()`, and that
     /// `new.align() == old.align()`.
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         false
     }
 
@@ -225,7 +290,8 @@ pub unsafe trait Layer {
     /// [fits](crate::layer#fits) it, that `new.size() <= old.size()`, and that
     /// `new.align() == old.align()`.
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         false
     }
 
@@ -313,6 +379,136 @@ pub unsafe trait Measured: Layer {
 #[inline(always)]
 pub(crate) const fn served_size(layout: Layout) -> usize {
     if layout.size() == 0 { 1 } else { layout.size() }
+}
+
+// ---- fill bytes (see "Fill bytes" above) -----------------------------------------------
+
+/// The byte a layer that reuses memory fills every block it hands out with, in debug
+/// builds: bytes that read `d0` were never written by the block's owner. See
+/// [Fill bytes](crate::layer#fill-bytes).
+pub const FRESH: u8 = 0xD0;
+
+/// The byte a layer that reuses memory fills every block put back to it with, in debug
+/// builds, past the links it keeps there: bytes that read `df` belong to a freed block. See
+/// [Fill bytes](crate::layer#fill-bytes).
+pub const FREED: u8 = 0xDF;
+
+/// Fills bytes `skip..len` of `block` with `byte` ([`FRESH`] or [`FREED`]) in debug builds,
+/// unless `L` promises zeroed blocks ([`ZEROED`](Layer::ZEROED)); nothing when
+/// `len <= skip`, and nothing at all in release builds. `skip` leaves the links `L` keeps
+/// at the start of a free block.
+///
+/// # Safety
+///
+/// Bytes `skip..len` of `block` are valid for writes and are `L`'s to write: a block it is
+/// handing out, or one put back to it, before it writes its links there.
+#[inline(always)]
+pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: usize, byte: u8) {
+    if cfg!(debug_assertions) && !L::ZEROED && len > skip {
+        // SAFETY: the caller's duty.
+        unsafe { block.add(skip).write_bytes(byte, len - skip) }
+    }
+}
+
+// ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
+
+/// Tier 3 at the top of an operation: `layer.check_invariants()` with the `paranoid`
+/// feature, nothing without it.
+#[inline(always)]
+pub(crate) fn paranoid<L: Layer + ?Sized>(layer: &L) {
+    if cfg!(feature = "paranoid") {
+        layer.check_invariants();
+    }
+}
+
+/// Tier 1 for [`Layer::put`]: in debug builds, aborts unless `ptr` is aligned to `layout`
+/// and to `L`'s [`MIN_ALIGN`](Layer::MIN_ALIGN), as every block `L` hands out is.
+#[inline(always)]
+pub(crate) fn require_put<L: Layer + ?Sized>(ptr: NonNull<u8>, layout: Layout) {
+    require_block::<L>("put", ptr, layout);
+}
+
+/// Tier 1 for [`Layer::grow`]: in debug builds, aborts unless the call keeps the duties
+/// that can be seen from its arguments (see [`require_block`] and [`require_resize`]) and
+/// `new.size() >= old.size()`.
+#[inline(always)]
+pub(crate) fn require_grow<L: Layer + ?Sized>(ptr: NonNull<u8>, old: Layout, new: Layout) {
+    require_resize::<L>("grow", ptr, old, new);
+    debug_require!(
+        new.size() >= old.size(),
+        "{}: grow of {ptr:p} ({}) to {}: the new size is below the old one (a caller duty \
+         of Layer::grow)",
+        layer_name::<L>(),
+        Shown(old),
+        Shown(new)
+    );
+}
+
+/// Tier 1 for [`Layer::shrink`]: as [`require_grow`], with `new.size() <= old.size()`.
+#[inline(always)]
+pub(crate) fn require_shrink<L: Layer + ?Sized>(ptr: NonNull<u8>, old: Layout, new: Layout) {
+    require_resize::<L>("shrink", ptr, old, new);
+    debug_require!(
+        new.size() <= old.size(),
+        "{}: shrink of {ptr:p} ({}) to {}: the new size is above the old one (a caller duty \
+         of Layer::shrink)",
+        layer_name::<L>(),
+        Shown(old),
+        Shown(new)
+    );
+}
+
+/// The duties `grow` and `shrink` share: the block is one of `L`'s fitting `old`, and
+/// `new.align() == old.align()`.
+#[inline(always)]
+fn require_resize<L: Layer + ?Sized>(call: &str, ptr: NonNull<u8>, old: Layout, new: Layout) {
+    require_block::<L>(call, ptr, old);
+    debug_require!(
+        new.align() == old.align(),
+        "{}: {call} of {ptr:p} ({}) to {}: the alignment changes (a caller duty of \
+         Layer::{call})",
+        layer_name::<L>(),
+        Shown(old),
+        Shown(new)
+    );
+}
+
+/// The duties on the block itself that an address shows: a block that `layout` fits is
+/// aligned to it, and every block of `L` to `L::MIN_ALIGN`.
+#[inline(always)]
+fn require_block<L: Layer + ?Sized>(call: &str, ptr: NonNull<u8>, layout: Layout) {
+    let addr = ptr.as_ptr().addr();
+    debug_require!(
+        addr.is_multiple_of(layout.align()),
+        "{}: {call} of {ptr:p} ({}): the block is not aligned to the layout, so the layout does \
+         not fit it (a caller duty of Layer::{call})",
+        layer_name::<L>(),
+        Shown(layout)
+    );
+    debug_require!(
+        addr.is_multiple_of(L::MIN_ALIGN),
+        "{}: {call} of {ptr:p} ({}): the address is not aligned to the layer's MIN_ALIGN \
+         ({}), so it is no block of this layer (a caller duty of Layer::{call})",
+        layer_name::<L>(),
+        Shown(layout),
+        L::MIN_ALIGN
+    );
+}
+
+/// The name of layer `L` in a message: its type's name without path or parameters.
+fn layer_name<L: ?Sized>() -> &'static str {
+    let full = core::any::type_name::<L>();
+    let head = full.split('<').next().unwrap_or(full);
+    head.rsplit("::").next().unwrap_or(head)
+}
+
+/// A layout as the messages show it: `size 24, align 8`.
+struct Shown(Layout);
+
+impl core::fmt::Display for Shown {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "size {}, align {}", self.0.size(), self.0.align())
+    }
 }
 
 /// Takes a wrapper apart for its `into_inner`, written once for every layer with a `Drop`
@@ -429,5 +625,97 @@ mod tests {
             SizeClasses<Below<'_>, 16384>,
             Slab<Below<'_>, 16384>,
         );
+    }
+
+    /// The bytes of `len` from `block`, read one by one (a block the layer holds, whose
+    /// links may be there).
+    fn bytes(block: NonNull<u8>, len: usize) -> alloc::vec::Vec<u8> {
+        // SAFETY: every caller reads a block of the test's own buffer, all of whose bytes
+        // were written (filled, or a link).
+        (0..len)
+            .map(|i| unsafe { block.as_ptr().add(i).read() })
+            .collect()
+    }
+
+    /// Every layer that reuses memory hands out its blocks filled with `FRESH` and fills the
+    /// blocks put back with `FREED`, past the links it keeps there; a block handed out again
+    /// is `FRESH` again (debug builds: release builds write nothing).
+    #[test]
+    #[cfg(debug_assertions)]
+    fn reusing_layers_fill_fresh_and_freed_blocks() {
+        use crate::layers::{Bitset, Buddy, Buffer, Chunk, Coalesce, FreeList, SizeClasses, Slab};
+        let layout = Layout::from_size_align(40, 8).expect("a valid layout");
+        // Each layer with the bytes it holds for `layout` and the bytes of its links.
+        macro_rules! fills {
+            ($($layer:ty => ($held:expr, $links:expr)),* $(,)?) => {$({
+                let name = core::any::type_name::<$layer>();
+                let mut memory = alloc::boxed::Box::new_uninit_slice(1 << 20);
+                let mut layer = <$layer>::new(Buffer::new(&mut memory));
+                // A neighbour first: `a` is then the most recent block (which `Chunk` takes
+                // back), and a `Coalesce` block with a block in use on its left.
+                let neighbour = layer.get(layout).expect("memory enough");
+                let a = layer.get(layout).expect("memory enough");
+                assert!(bytes(a, $held).iter().all(|&b| b == FRESH), "{name}: fresh");
+                // SAFETY: `a` holds `layout.size()` bytes; it is put once, with its layout,
+                // and read afterwards only as bytes of the test's buffer.
+                unsafe {
+                    a.as_ptr().write_bytes(0x55, layout.size());
+                    layer.put(a, layout);
+                }
+                let freed = bytes(a, $held);
+                assert!(freed[$links..].iter().all(|&b| b == FREED), "{name}: freed {freed:x?}");
+                let again = layer.get(layout).expect("memory enough");
+                assert_eq!(again, a, "{name}: the freed block is reused");
+                assert!(bytes(again, $held).iter().all(|&b| b == FRESH), "{name}: refilled");
+                layer.check_invariants();
+                // SAFETY: both live, put once with their layout.
+                unsafe {
+                    layer.put(again, layout);
+                    layer.put(neighbour, layout);
+                }
+            })*};
+        }
+        fills!(
+            FreeList<Buffer<'_>, 64> => (64, 8),
+            SizeClasses<Buffer<'_>, 8192> => (48, 8),
+            Slab<Buffer<'_>> => (48, 8),
+            Coalesce<Buffer<'_>, 65536> => (48, 16),
+            Buddy<Buffer<'_>, 4, 16> => (64, 16),
+            Bitset<Buffer<'_>, 64, 65536> => (64, 8),
+            Chunk<Buffer<'_>, 4096> => (40, 0),
+        );
+    }
+
+    /// Blocks a layer passes through from the layer below are not filled, and neither are
+    /// those of a layer that promises zeroed memory.
+    #[test]
+    #[cfg(all(debug_assertions, feature = "os"))]
+    fn pass_through_blocks_and_zeroed_layers_are_not_filled() {
+        use crate::layers::{FreeList, Mmap};
+        let mut list: FreeList<Mmap, 64> = FreeList::new(Mmap::new());
+        let class = Layout::from_size_align(64, 8).expect("a valid layout");
+        let large = Layout::from_size_align(8192, 8).expect("a valid layout");
+        let (a, b) = (
+            list.get(class).expect("a map"),
+            list.get(large).expect("a map"),
+        );
+        assert!(
+            bytes(a, 64).iter().all(|&b| b == FRESH),
+            "a class block is filled"
+        );
+        assert!(
+            bytes(b, 8192).iter().all(|&b| b == 0),
+            "a pass-through block is not"
+        );
+        // SAFETY: both live, put once with their layout.
+        unsafe {
+            list.put(a, class);
+            list.put(b, large);
+        }
+        let mut mmap = Mmap::new();
+        let c = mmap.get(class).expect("a map");
+        assert!(bytes(c, 64).iter().all(|&b| b == 0), "ZEROED: not filled");
+        // SAFETY: live, put once.
+        unsafe { mmap.put(c, class) };
     }
 }

@@ -85,6 +85,9 @@
 //! - With neither, the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
 //!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `Bitmap`, `Heap` and `Locked`
 //!   remain.
+//! - `paranoid` (off by default, for tests): every layer calls its whole-structure
+//!   [`check_invariants`](Layer::check_invariants) at the top of each operation (see
+//!   [Checks](layer#checks)); many times slower.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]

@@ -9,6 +9,7 @@ use core::mem::{MaybeUninit, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::Layer;
+use crate::layer::{paranoid, require_put, require_shrink};
 
 /// One booked block: where it is and the layout `L` gave it with.
 #[derive(Clone, Copy)]
@@ -154,6 +155,7 @@ unsafe impl<L: Layer> Layer for Batch<L> {
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         self.reserve_one()?;
         let block = self.inner.get(layout)?;
         // SAFETY: `reserve_one` left a live page with `len < ENTRIES`.
@@ -168,8 +170,9 @@ unsafe impl<L: Layer> Layer for Batch<L> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         // Nothing until `deinit`: the block stays booked.
-        let _ = (ptr, layout);
     }
 
     fn init() -> Self {
@@ -204,8 +207,9 @@ unsafe impl<L: Layer> Layer for Batch<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // The booked entry keeps the original layout, which is what `L` must be given back.
-        let _ = (ptr, old, new);
         true
     }
 }

@@ -23,7 +23,9 @@ use core::ptr::NonNull;
 
 use crate::abort::{abort_with, debug_require};
 use crate::bitmap::RawBits;
-use crate::layer::served_size;
+use crate::layer::{
+    FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink, served_size,
+};
 use crate::{Bitmap, Layer};
 use run_index::{CLASSES, RunIndex, Words, class_of};
 
@@ -692,17 +694,24 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let (blocks, stride) = Self::blocks_of(layout)?;
-        if stride == 1
+        let run = if stride == 1
             && Self::caches(blocks)
             && let Some(run) = self.cache.pop(blocks)
         {
-            return Some(run);
-        }
-        self.search_arenas(blocks, stride)
+            run
+        } else {
+            self.search_arenas(blocks, stride)?
+        };
+        // SAFETY: a run of `blocks` blocks, ours until it is handed out.
+        unsafe { fill::<Self>(run.as_ptr(), 0, blocks * BLOCK, FRESH) };
+        Some(run)
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         let Some((blocks, _)) = Self::blocks_of(layout) else {
             debug_require!(
                 false,
@@ -729,6 +738,16 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
                 ));
             }
         }
+        // SAFETY: the caller gives up the run of `blocks` blocks; a cache's link is written
+        // after the fill.
+        unsafe {
+            fill::<Self>(
+                ptr.as_ptr(),
+                PutCache::<CACHE_SLOTS>::LINK,
+                blocks * BLOCK,
+                FREED,
+            )
+        };
         // SAFETY: the run is ours, at least a pointer long and aligned to one (`caches`
         // checks `BLOCK`), and no longer in use, nor cached or free (the caller's duties).
         if Self::caches(blocks) && unsafe { self.cache.push(blocks, ptr, CACHE) } {
@@ -748,6 +767,8 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         let (Some((had, _)), Some((needs, _))) = (Self::blocks_of(old), Self::blocks_of(new))
         else {
             return false;
@@ -772,6 +793,8 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         let (Some((had, _)), Some((needs, _))) = (Self::blocks_of(old), Self::blocks_of(new))
         else {
             return false;

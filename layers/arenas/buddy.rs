@@ -19,7 +19,9 @@ use core::ptr::{self, NonNull};
 
 use crate::abort::{abort_with, debug_require};
 use crate::bitmap::RawBits;
-use crate::layer::served_size;
+use crate::layer::{
+    FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink, served_size,
+};
 use crate::{Bitmap, Layer};
 
 use super::arena_chain::{ArenaChain, ArenaShape, LINK_WORDS};
@@ -522,16 +524,23 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let order = Self::order_of(layout)?;
-        if Self::caches(order)
+        let block = if Self::caches(order)
             && let Some(block) = self.cache.pop(order as usize)
         {
-            return Some(block);
-        }
-        self.split_for(order)
+            block
+        } else {
+            self.split_for(order)?
+        };
+        // SAFETY: a block of `order`, ours until it is handed out.
+        unsafe { fill::<Self>(block.as_ptr(), 0, 1 << order, FRESH) };
+        Some(block)
     }
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         let Some(order) = Self::order_of(layout) else {
             debug_require!(false, "Buddy: put of {ptr:p} with {layout:?}, never served");
             return;
@@ -545,6 +554,9 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
             // SAFETY: the caller's duties make `block` a block of `order` of ours.
             unsafe { self.require_in_use(block, order, layout) };
         }
+        // SAFETY: the caller gives up the block of `order`; its links (a cache's or a free
+        // list's) are written after the fill.
+        unsafe { fill::<Self>(block, size_of::<FreeNode>(), 1 << order, FREED) };
         // SAFETY: the block is ours, of at least `MIN_BLOCK` bytes aligned to them (room
         // for the link), and no longer in use, nor cached or free (the caller's duties).
         if Self::caches(order) && unsafe { self.cache.push(order as usize, ptr, CACHE) } {
@@ -565,11 +577,14 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = ptr;
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         Self::order_of(new).is_some() && Self::order_of(new) == Self::order_of(old)
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         let (Some(from), Some(to)) = (Self::order_of(old), Self::order_of(new)) else {
             return false;
         };

@@ -11,7 +11,7 @@ use core::ptr::{self, NonNull};
 
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::served_size;
+use crate::layer::{FREED, FRESH, fill, paranoid, require_put, require_shrink, served_size};
 
 /// The header at the start of every chunk: the chain to the previous one.
 #[repr(C, align(16))]
@@ -332,19 +332,27 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
 unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if Self::is_small(layout) {
-            match self.bump(layout) {
-                Some(block) => Some(block),
-                None => self.get_in_new_chunk(layout),
-            }
-        } else {
-            self.get_large(layout)
+        paranoid(self);
+        if !Self::is_small(layout) {
+            return self.get_large(layout);
         }
+        let block = match self.bump(layout) {
+            Some(block) => block,
+            None => self.get_in_new_chunk(layout)?,
+        };
+        // SAFETY: a small block just carved, ours until it is handed out.
+        unsafe { fill::<Self>(block.as_ptr(), 0, served_size(layout), FRESH) };
+        Some(block)
     }
 
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         if Self::is_small(layout) {
+            // SAFETY: a small block of `served_size(layout)` bytes, which the caller gives up
+            // (its bytes stay in the chunk until a reset).
+            unsafe { fill::<Self>(ptr.as_ptr(), 0, served_size(layout), FREED) };
             if ptr.as_ptr() == self.top {
                 self.top = self.top.wrapping_add(served_size(layout));
             }
@@ -360,6 +368,7 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     /// The rest of the current chunk (or all of a fresh one, when the rest is too small for
     /// `layout`); the chunk counts it as carved.
     fn window(&mut self, layout: Layout) -> Option<NonNull<[u8]>> {
+        paranoid(self);
         if !Self::is_small(layout) {
             return None;
         }
@@ -431,7 +440,8 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = ptr;
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // A small block keeps its bytes; a large one keeps its piece, whose size is in its
         // header. Only a change of path would confuse a later put.
         Self::is_small(old) == Self::is_small(new)

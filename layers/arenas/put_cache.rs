@@ -16,6 +16,9 @@ pub(super) struct PutCache<const CLASSES: usize> {
 }
 
 impl<const CLASSES: usize> PutCache<CLASSES> {
+    /// The bytes at the start of a cached block that hold its link.
+    pub(super) const LINK: usize = BlockList::LINK;
+
     /// An empty cache.
     pub(super) const fn new() -> Self {
         const { assert!(CLASSES.is_power_of_two(), "PutCache: CLASSES must be 2^k") };

@@ -16,7 +16,9 @@ use core::ptr::{self, NonNull};
 use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
-use crate::layer::served_size;
+use crate::layer::{
+    FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink, served_size,
+};
 
 /// The header right before every block: 16 bytes.
 #[repr(C, align(16))]
@@ -318,6 +320,7 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     /// block, or a pointer whose header is not one of this layer's, aborts when the header
     /// still shows it.)
     pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        paranoid(self);
         let tag = Self::tag_of(ptr);
         // SAFETY: the caller's duty: a live block of ours, its tag right before it.
         match unsafe { Self::state(tag) } {
@@ -414,6 +417,24 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     unsafe fn set_state(tag: *mut Tag, state: u32) {
         // SAFETY: the caller's duty.
         unsafe { (*tag).seal = seal(tag, state) };
+    }
+
+    /// Marks an arena block, taken off the bins and split to size, as in use and returns its
+    /// payload, filled with [`FRESH`] in debug builds.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is an arena block of ours, on no bin, its size written, that no caller holds.
+    #[inline(always)]
+    unsafe fn hand_out(tag: *mut Tag) -> NonNull<u8> {
+        let payload = Self::payload(tag);
+        // SAFETY: the caller's duty; the payload is the block's `size - TAG` bytes after its
+        // tag, which become the caller's.
+        unsafe {
+            Self::set_state(tag, USED);
+            fill::<Self>(payload.as_ptr(), 0, (*tag).size - TAG, FRESH);
+        }
+        payload
     }
 
     /// The links of a free block.
@@ -610,8 +631,11 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     /// `tag` is the tag of a live arena block of ours.
     unsafe fn free_in_arena(&mut self, tag: *mut Tag) {
         // SAFETY: the caller's duty; the neighbours are found through the tags, which tile
-        // the arena (each checked before it is trusted).
+        // the arena (each checked before it is trusted). The payload, which the caller gave
+        // up, is filled before any link goes in.
         unsafe {
+            let payload = Self::payload(tag).as_ptr();
+            fill::<Self>(payload, size_of::<Links>(), (*tag).size - TAG, FREED);
             let mut start = tag;
             let mut size = (*tag).size;
             let prev = (*tag).prev as usize * GRAIN;
@@ -770,6 +794,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     const OWNS_EXACT: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let size = served_size(layout);
         let need = Self::block_size(size)?;
         let align = layout.align();
@@ -782,9 +807,8 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
             // neighbour is not free (no two free blocks are neighbours).
             unsafe {
                 self.split(tag, need);
-                Self::set_state(tag, USED);
+                return Some(Self::hand_out(tag));
             }
-            return Some(Self::payload(tag));
         }
         let search = need.checked_add(align)?.checked_add(MIN_BLOCK)?;
         if search > Self::FULL {
@@ -810,13 +834,13 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
                 self.insert(front);
             }
             self.split(tag, need);
-            Self::set_state(tag, USED);
+            Some(Self::hand_out(tag))
         }
-        Some(Self::payload(tag))
     }
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         if cfg!(debug_assertions) {
             let tag = Self::tag_of(ptr);
             // SAFETY: the caller's duty: a live block of ours, its tag right before it.
@@ -844,7 +868,8 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = old;
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         let tag = Self::tag_of(ptr);
         let Some(need) = Self::block_size(new.size()) else {
             return false;
@@ -876,7 +901,8 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = old;
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         let tag = Self::tag_of(ptr);
         let Some(need) = Self::block_size(new.size()) else {
             return false;

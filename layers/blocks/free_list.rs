@@ -15,6 +15,7 @@ use core::ptr::NonNull;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
+use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink};
 
 /// The largest alignment a class block is promised: a page. Larger powers of two dividing
 /// `SIZE` are not asked of `L`, which would over-allocate for them.
@@ -145,23 +146,33 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if Self::is_class(layout) {
-            match self.list.pop() {
-                Some(block) => Some(block),
-                None => self.inner.get(Self::class_layout()),
-            }
-        } else {
-            self.inner.get(layout)
+        paranoid(self);
+        if !Self::is_class(layout) {
+            return self.inner.get(layout);
         }
+        let block = match self.list.pop() {
+            Some(block) => block,
+            None => self.inner.get(Self::class_layout())?,
+        };
+        // SAFETY: a class block of `SIZE` bytes, ours until it is handed out.
+        unsafe { fill::<Self>(block.as_ptr(), 0, SIZE, FRESH) };
+        Some(block)
     }
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         if !Self::is_class(layout) {
             // SAFETY: a block that is not a class block came unchanged from `L` with a layout
             // that `layout` fits; the caller's duties pass on.
             unsafe { self.inner.put(ptr, layout) };
-        } else if self.list.len() < CAP {
+            return;
+        }
+        // SAFETY: a class block of `SIZE` bytes, which the caller gives up; its link (if it
+        // is cached) is written after the fill.
+        unsafe { fill::<Self>(ptr.as_ptr(), BlockList::LINK, SIZE, FREED) };
+        if self.list.len() < CAP {
             // SAFETY: a class block holds `SIZE >= size_of::<usize>()` bytes aligned to
             // `CLASS_ALIGN >= size_of::<usize>()` (a power of two dividing a multiple of
             // the pointer size); the caller gives it up, so the list may use it.
@@ -182,6 +193,8 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         match (Self::is_class(old), Self::is_class(new)) {
             // A class block holds `SIZE` bytes whatever the request was.
             (true, true) => true,
@@ -192,6 +205,8 @@ unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L,
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         match (Self::is_class(old), Self::is_class(new)) {
             (true, true) => true,
             // SAFETY: a pass-through block of `L`, and it stays one.

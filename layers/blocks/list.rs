@@ -23,6 +23,9 @@ impl BlockList {
         count: 0,
     };
 
+    /// The bytes at the start of a free block that hold its link.
+    pub(crate) const LINK: usize = size_of::<*mut u8>();
+
     /// Blocks on the list.
     #[inline(always)]
     pub(crate) const fn len(&self) -> usize {

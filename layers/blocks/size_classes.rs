@@ -18,6 +18,7 @@ use super::classes::ClassMap;
 use super::list::BlockList;
 use crate::Layer;
 use crate::abort::abort_with;
+use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink};
 
 /// The largest class.
 const LIMIT: usize = 32 << 10;
@@ -305,30 +306,40 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let Some(index) = Self::class_of(layout) else {
             return self.inner.get(Self::passed(layout)?);
         };
         let class = &mut self.classes[index];
-        if let Some(block) = class.free.pop() {
-            return Some(block);
-        }
-        if class.next < class.end {
+        let block = if let Some(block) = class.free.pop() {
+            block
+        } else if class.next < class.end {
             let block = class.next;
             // SAFETY: `next < end`, and the carvable part of a run is a whole number of
             // blocks, so the block ends at or before `end`.
             class.next = unsafe { block.add(BucketClasses::class_size(index)) };
             // SAFETY: `block` lies inside a live run, which is not at null.
-            return Some(unsafe { NonNull::new_unchecked(block) });
-        }
-        self.refill(index)
+            unsafe { NonNull::new_unchecked(block) }
+        } else {
+            self.refill(index)?
+        };
+        // SAFETY: a block of class `index`, ours until it is handed out.
+        unsafe { fill::<Self>(block.as_ptr(), 0, BucketClasses::class_size(index), FRESH) };
+        Some(block)
     }
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         match Self::class_of(layout) {
             // SAFETY: a class block: at least 16 bytes, aligned to 16, and the caller gives
-            // it up, so its class's list may use it.
-            Some(index) => unsafe { self.classes[index].free.push(ptr) },
+            // it up, so it is ours to fill and its class's list may use it.
+            Some(index) => unsafe {
+                let size = BucketClasses::class_size(index);
+                fill::<Self>(ptr.as_ptr(), BlockList::LINK, size, FREED);
+                self.classes[index].free.push(ptr)
+            },
             None => {
                 if let Some(passed) = Self::passed(layout) {
                     // SAFETY: a pass-through block, got from `L` with `passed(layout)` (which
@@ -349,6 +360,8 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         match (Self::class_of(old), Self::class_of(new)) {
             // The block holds its whole class.
             (Some(a), Some(b)) => a == b,
@@ -362,6 +375,8 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         match (Self::class_of(old), Self::class_of(new)) {
             // A smaller class may promise an alignment the block lacks: only the same one.
             (Some(a), Some(b)) => a == b,

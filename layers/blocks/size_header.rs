@@ -10,7 +10,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
-use crate::layer::Measured;
+use crate::layer::{Measured, paranoid, require_grow, require_put, require_shrink};
 
 /// What the header keeps: the layout the block was last known to fit.
 #[repr(C)]
@@ -126,6 +126,7 @@ unsafe impl<L: Layer> Layer for SizeHeader<L> {
     const OWNS_EXACT: bool = L::OWNS_EXACT;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let outer = Self::outer(layout)?;
         let base = self.inner.get(outer)?;
         // SAFETY: the outer block holds the header and then the caller's bytes.
@@ -140,7 +141,7 @@ unsafe impl<L: Layer> Layer for SizeHeader<L> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        let _ = layout;
+        require_put::<Self>(ptr, layout);
         // SAFETY: the caller's duties are `put_unsized`'s.
         unsafe { self.put_unsized(ptr) }
     }
@@ -154,11 +155,15 @@ unsafe impl<L: Layer> Layer for SizeHeader<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         // SAFETY: the caller's duties, carried to the outer block.
         unsafe { self.resize(ptr, old, new, true) }
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // SAFETY: as for `grow`.
         unsafe { self.resize(ptr, old, new, false) }
     }
@@ -209,6 +214,7 @@ unsafe impl<L: Layer> Measured for SizeHeader<L> {
     }
 
     unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
+        paranoid(self);
         // SAFETY: the caller's duty; the header names the outer block's layout.
         unsafe {
             let layout = Self::layout_of(ptr);

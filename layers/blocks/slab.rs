@@ -22,6 +22,7 @@ use core::ptr::{self, NonNull};
 use super::classes::ClassMap;
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
+use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink};
 
 /// The bytes at the start of every slab kept for its header: two cache lines, one for the
 /// fields the owner writes as it allocates and frees, one for those other threads read
@@ -516,6 +517,12 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                     bad_pointer(ptr, "it is not the start of a block of its slab");
                 }
             }
+            fill::<Self>(
+                block.cast(),
+                size_of::<FreeBlock>(),
+                (*slab).size as usize,
+                FREED,
+            );
             block.write(FreeBlock { next: (*slab).free });
             (*slab).free = block;
             (*slab).used -= 1;
@@ -616,6 +623,20 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 ///   [`put_in_slab`](Slab::put_in_slab) puts it back in that slab, once the caller knows
 ///   the slab is its own. Blocks freed on other threads come back through
 ///   [`put_unsized`](Slab::put_unsized).
+///
+/// The halves fill blocks in debug builds as `get` and `put` do ([`FRESH`] when handed out,
+/// [`FREED`] past the link when put back; see [Fill bytes](crate::layer#fill-bytes)), so
+/// the thread heaps' blocks show the same bytes. The thread heaps put a block inside the
+/// `dealloc` call that frees it, and so write its link and its fill then, through the
+/// pointer `dealloc` was given. Miri does not accept [`General`](crate::presets::General)
+/// as the global allocator, with or without the fill: freeing a `Box` there, it reports the
+/// read of the block's slab header through the `Box`'s pointer before anything is written
+/// (Stacked Borrows: "that tag does not exist in the borrow stack for this location", the
+/// tag covering the `Box`'s bytes only; Tree Borrows: a read through a tag of the `Box`
+/// that an earlier write to the header, through the slab's own pointer, disabled). Past
+/// that, Stacked Borrows would report the link and the fill the same way where they go
+/// past the `Box`'s bytes (a `Box` smaller than its size class). The tests drive `General`
+/// through `GlobalAlloc` calls with raw pointers, which Miri accepts, fill included.
 impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// The smallest class whose blocks hold `size` bytes (at most [`LIMIT`](Slab::LIMIT));
     /// a zero size takes the first class.
@@ -651,9 +672,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             if block.is_null() {
                 return None;
             }
-            (*slab).free = (*block).next;
-            (*slab).used += 1;
-            Some(NonNull::new_unchecked(block.cast()))
+            Some(Self::take(slab, block))
         }
     }
 
@@ -673,9 +692,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                 }
                 let block = (*slab).free;
                 if !block.is_null() {
-                    (*slab).free = (*block).next;
-                    (*slab).used += 1;
-                    return Some(NonNull::new_unchecked(block.cast()));
+                    return Some(Self::take(slab, block));
                 }
                 // Nothing free and nothing to carve: the slab is full.
                 self.unlink(slab);
@@ -684,11 +701,24 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         }
         let slab = self.new_slab(class)?;
         // SAFETY: a fresh slab of ours, with at least one block carved.
+        unsafe { Some(Self::take(slab, (*slab).free)) }
+    }
+
+    /// Hands out `block`, the head of `slab`'s free list: takes it off the list, counts it
+    /// live and, in debug builds, fills it with [`FRESH`].
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours and `block` the head of its free list.
+    #[inline(always)]
+    unsafe fn take(slab: *mut SlabHeader, block: *mut FreeBlock) -> NonNull<u8> {
+        // SAFETY: the caller's duty; a free block holds its link, and its slab's block size
+        // of bytes, which become the caller's.
         unsafe {
-            let block = (*slab).free;
             (*slab).free = (*block).next;
             (*slab).used += 1;
-            Some(NonNull::new_unchecked(block.cast()))
+            fill::<Self>(block.cast(), 0, (*slab).size as usize, FRESH);
+            NonNull::new_unchecked(block.cast())
         }
     }
 
@@ -755,6 +785,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
 
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         if is_small(layout) {
             self.get_small(Self::class_of(layout.size()))
         } else {
@@ -764,6 +795,8 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
 
     #[inline(always)]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         // SAFETY: the layout fits the block, so it names the path that served it.
         unsafe {
             if is_small(layout) {
@@ -784,6 +817,8 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         match (is_small(old), is_small(new)) {
             (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
             // SAFETY: a large block of `L`, staying large.
@@ -793,6 +828,8 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         match (is_small(old), is_small(new)) {
             (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
             // SAFETY: a large block of `L`, staying large.

@@ -12,6 +12,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 
 /// Serves from `Primary` while it can, from `Secondary` when it cannot; frees go back by
 /// ownership (`Primary::owns`), as Heap-Layers' `FallbackHeap` and the `std` allocator
@@ -95,6 +96,7 @@ unsafe impl<Primary: Layer, Secondary: Layer> Layer for Fallback<Primary, Second
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         self.primary
             .get(layout)
             .or_else(|| self.secondary.get(layout))
@@ -102,6 +104,8 @@ unsafe impl<Primary: Layer, Secondary: Layer> Layer for Fallback<Primary, Second
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         // SAFETY: `owns` names the layer the block came from; the caller's duties pass on.
         unsafe {
             if self.primary.owns(ptr) {
@@ -122,6 +126,8 @@ unsafe impl<Primary: Layer, Secondary: Layer> Layer for Fallback<Primary, Second
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         // SAFETY: as in `put`.
         unsafe {
             if self.primary.owns(ptr) {
@@ -133,6 +139,8 @@ unsafe impl<Primary: Layer, Secondary: Layer> Layer for Fallback<Primary, Second
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // SAFETY: as in `put`.
         unsafe {
             if self.primary.owns(ptr) {

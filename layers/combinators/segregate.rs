@@ -12,6 +12,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 
 /// Sends requests of at most `LIMIT` bytes to `Small` and the rest to `Large`.
 ///
@@ -85,6 +86,7 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         if Self::is_small(layout) {
             self.small.get(layout)
         } else {
@@ -94,6 +96,8 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         // SAFETY: the layout's size names the layer the block came from (see above); the
         // caller's duties pass on to it.
         unsafe {
@@ -115,6 +119,8 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         match (Self::is_small(old), Self::is_small(new)) {
             // SAFETY: the block is `small`'s, and stays on its side.
             (true, true) => unsafe { self.small.grow(ptr, old, new) },
@@ -126,6 +132,8 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         match (Self::is_small(old), Self::is_small(new)) {
             // SAFETY: the block is `small`'s.
             (true, true) => unsafe { self.small.shrink(ptr, old, new) },

@@ -10,6 +10,7 @@ use core::ptr::NonNull;
 
 use super::live_table::{LiveTable, Slot};
 use crate::abort::abort_with;
+use crate::layer::{paranoid, require_grow, require_shrink};
 use crate::{Gauge, Gauges, Layer};
 
 /// How many recently put addresses are remembered to tell a double put from a stranger.
@@ -205,6 +206,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let packed = Slot::pack(layout)?;
         if self.table.is_full() {
             self.grow_table()?;
@@ -224,6 +226,8 @@ unsafe impl<L: Layer> Layer for Check<L> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        // Every duty of `put`, checked exactly (in release builds too).
         let i = self.expect_live(ptr, layout, "put");
         self.table.remove(i);
         self.recent[self.recent_next] = ptr.as_ptr().addr();
@@ -246,7 +250,10 @@ unsafe impl<L: Layer> Layer for Check<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        // The block and `old` first, with `Check`'s exact messages; then the duties on `new`.
         let i = self.expect_live(ptr, old, "grow");
+        require_grow::<Self>(ptr, old, new);
         let Some(packed) = Slot::pack(new) else {
             return false;
         };
@@ -260,7 +267,9 @@ unsafe impl<L: Layer> Layer for Check<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
         let i = self.expect_live(ptr, old, "shrink");
+        require_shrink::<Self>(ptr, old, new);
         // SAFETY: checked above that the block is live with layout `old`.
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
         if shrunk {

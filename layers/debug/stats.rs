@@ -4,6 +4,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
+use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 use crate::{Gauge, Gauges, Layer};
 
 /// Counts the traffic through it and forwards everything to `L` unchanged.
@@ -82,6 +83,7 @@ unsafe impl<L: Layer> Layer for Stats<L> {
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let block = self.inner.get(layout)?;
         self.figures.record_get(layout.size());
         Some(block)
@@ -89,6 +91,8 @@ unsafe impl<L: Layer> Layer for Stats<L> {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         self.figures.record_put(layout.size());
         // SAFETY: the caller keeps `put`'s duties for this layer, which are `L`'s duties
         // for a block that this layer got from `L`.
@@ -106,6 +110,8 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties unchanged.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
         if grown {
@@ -115,6 +121,8 @@ unsafe impl<L: Layer> Layer for Stats<L> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties unchanged.
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
         if shrunk {

@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 
 use crate::Layer;
 use crate::abort::debug_require;
-use crate::layer::served_size;
+use crate::layer::{paranoid, require_put, require_shrink, served_size};
 
 /// Hands out blocks from one caller-provided buffer, bumping upward, like Heap-Layers'
 /// static-buffer heap.
@@ -87,6 +87,7 @@ unsafe impl Layer for Buffer<'_> {
     const OWNS_EXACT: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let here = self.base.addr().wrapping_add(self.top);
         let pad = here.wrapping_neg() & (layout.align() - 1);
         let start = self.top.checked_add(pad)?;
@@ -101,6 +102,8 @@ unsafe impl Layer for Buffer<'_> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         let offset = ptr.as_ptr().addr().wrapping_sub(self.base.addr());
         debug_require!(
             offset < self.top,
@@ -120,7 +123,8 @@ unsafe impl Layer for Buffer<'_> {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // The block keeps its bytes; a later put with the smaller size no longer matches
         // `top`, so those bytes stay in use until `deinit`. Wasteful, never unsound.
         true

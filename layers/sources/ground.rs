@@ -5,6 +5,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
+use crate::layer::require_put;
 use crate::region::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 use crate::spin::SpinLock;
@@ -141,6 +142,7 @@ unsafe impl Layer for Ground {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         // The caller's layout was valid for `get`, so its pages were too.
         let Some(pages) = page_map::pages_for(layout) else {
             return;

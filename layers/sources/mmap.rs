@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::served_size;
+use crate::layer::{paranoid, require_grow, require_put, require_shrink, served_size};
 #[cfg(feature = "std")]
 use crate::region::page_map;
 #[cfg(feature = "std")]
@@ -205,6 +205,7 @@ unsafe impl Layer for Mmap {
     const ZEROED: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let page = Self::page_size();
         let extra = layout.align().saturating_sub(page);
         let len = served_size(layout)
@@ -236,6 +237,8 @@ unsafe impl Layer for Mmap {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         let Some(index) = self.find(ptr.as_ptr().addr()) else {
             abort_with(format_args!(
                 "Mmap: put of {:p} (size {}, align {}), which is not a block of this layer",
@@ -277,7 +280,8 @@ unsafe impl Layer for Mmap {
     }
 
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = old;
+        paranoid(self);
+        require_grow::<Self>(ptr, old, new);
         let addr = ptr.as_ptr().addr();
         let Some(index) = self.find(addr) else {
             return false;
@@ -289,7 +293,8 @@ unsafe impl Layer for Mmap {
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        let _ = (ptr, old, new);
+        paranoid(self);
+        require_shrink::<Self>(ptr, old, new);
         // The map stays as it is and is found by address at put: any smaller size fits.
         true
     }

@@ -10,6 +10,7 @@ use core::ptr::{self, NonNull};
 
 use crate::Layer;
 use crate::abort::abort_with;
+use crate::layer::{paranoid, require_put};
 use crate::layers::Mmap;
 use crate::layers::debug::live_table::{LiveTable, Slot};
 use crate::region::page_map::{self, PAGE};
@@ -121,6 +122,7 @@ unsafe impl Layer for Pipe {
     const MIN_ALIGN: usize = PAGE;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        paranoid(self);
         let pages = page_map::pages_for(layout)?;
         self.reserve_booking()?;
         let mut origin = if self.claims.is_some() {
@@ -173,6 +175,8 @@ unsafe impl Layer for Pipe {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
+        require_put::<Self>(ptr, layout);
         let Some(i) = self.origins.find(ptr.as_ptr().addr()) else {
             abort_with(format_args!(
                 "Pipe: put of {ptr:p} (size {}), which is not a block of this layer",

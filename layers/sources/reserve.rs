@@ -21,6 +21,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::Layer;
+use crate::layer::require_put;
 use crate::spin::SpinLock;
 
 /// The unit the range is carved in, and the alignment every block has.
@@ -640,6 +641,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         let range = Self::range();
         // A live block means the range was reserved; the layout's granules fit it.
         let Some(base) = range.base() else { return };

@@ -6,7 +6,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Layer;
-use crate::layer::served_size;
+use crate::layer::{require_put, served_size};
 use crate::spin::SpinLock;
 
 /// Set once the program has promised that `Sbrk` layers may move the break.
@@ -157,6 +157,7 @@ unsafe impl Layer for Sbrk {
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         let Some((size, _)) = Self::rounded(layout) else {
             return;
         };

@@ -4,6 +4,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 
 use crate::Layer;
+use crate::layer::require_put;
 
 /// Forwards every block to the platform allocator (`std::alloc::System`: `malloc` and
 /// `free` on Unix).
@@ -37,6 +38,7 @@ unsafe impl Layer for System {
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        require_put::<Self>(ptr, layout);
         // SAFETY: the caller's duties make `ptr` a live block of `System` got with
         // `served(layout)`.
         unsafe { std::alloc::System.dealloc(ptr.as_ptr(), served(layout)) }

@@ -37,7 +37,7 @@ mod aborts {
     use std::alloc::{GlobalAlloc, Layout};
     use std::ptr::NonNull;
 
-    use stratalloc::layers::{Batch, Bitset, Buddy, Check, Coalesce, Mmap, System};
+    use stratalloc::layers::{Batch, Bitset, Buddy, Check, Coalesce, Mmap, Slab, Stats, System};
     use stratalloc::{Layer, Locked};
 
     use super::Panicky;
@@ -131,6 +131,27 @@ mod aborts {
                     let a = heap.get(long).unwrap();
                     heap.put(a, long);
                     heap.put(a, layout);
+                }
+                "grow_that_shrinks" => {
+                    let mut heap = Stats::new(System);
+                    let a = heap.get(layout).unwrap();
+                    heap.grow(a, layout, Layout::from_size_align(16, 8).unwrap());
+                }
+                "shrink_that_realigns" => {
+                    let mut heap = Buddy::<_, 4, 16>::new(Mmap::new());
+                    let a = heap.get(layout).unwrap();
+                    heap.shrink(a, layout, Layout::from_size_align(16, 16).unwrap());
+                }
+                "default_grow_that_realigns" => {
+                    let mut heap = System;
+                    let a = heap.get(layout).unwrap();
+                    heap.grow(a, layout, Layout::from_size_align(32, 16).unwrap());
+                }
+                "put_off_the_block" => {
+                    let mut heap = Slab::<_>::new(Mmap::new());
+                    let aligned = Layout::from_size_align(24, 16).unwrap();
+                    let a = heap.get(aligned).unwrap();
+                    heap.put(a.add(8), aligned);
                 }
                 "locked_get_panics" => {
                     let locked = Locked::new(Panicky::<false>(System));
@@ -270,16 +291,43 @@ mod aborts {
     #[test]
     #[cfg_attr(miri, ignore = "Miri cannot start processes")]
     fn coalesce_aborts_on_a_trampled_header() {
-        expect_abort(
-            "coalesce_corrupt_neighbour",
-            "Coalesce: heap corrupted: a broken header next to the block at 0x",
-        );
+        // With `paranoid`, the walk at the top of the put meets the header first.
+        let message = if cfg!(feature = "paranoid") {
+            "Coalesce invariant broken: "
+        } else {
+            "Coalesce: heap corrupted: a broken header next to the block at 0x"
+        };
+        expect_abort("coalesce_corrupt_neighbour", message);
     }
 
     #[test]
     #[cfg_attr(miri, ignore = "Miri cannot start processes")]
     fn mmap_aborts_on_a_pointer_it_never_handed_out() {
         expect_abort("mmap_stranger", "Mmap: put of 0x");
+    }
+
+    /// The duties of `grow`, `shrink` and `put` that the arguments show are checked in debug
+    /// builds, with one wording for every layer (the default methods included).
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(not(debug_assertions), ignore = "duty checks run in debug builds only")]
+    fn broken_duties_of_resizes_and_puts_abort_with_one_wording() {
+        expect_abort("grow_that_shrinks", "Stats: grow of 0x");
+        expect_abort(
+            "grow_that_shrinks",
+            "(size 24, align 8) to size 16, align 8: the new size is below the old one (a \
+             caller duty of Layer::grow)",
+        );
+        expect_abort(
+            "shrink_that_realigns",
+            "to size 16, align 16: the alignment changes (a caller duty of Layer::shrink)",
+        );
+        expect_abort("default_grow_that_realigns", "System: grow of 0x");
+        expect_abort(
+            "put_off_the_block",
+            "(size 24, align 16): the block is not aligned to the layout, so the layout does not \
+             fit it (a caller duty of Layer::put)",
+        );
     }
 
     /// A panic must not unwind out of `GlobalAlloc` (undefined behaviour): `Locked` guards

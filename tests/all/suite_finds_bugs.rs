@@ -5,6 +5,7 @@ use std::ptr::NonNull;
 
 use proptest::test_runner::{Config, TestRunner};
 use stratalloc::Layer;
+use stratalloc::layer::FRESH;
 use stratalloc::layers::Stats;
 
 use crate::conformance::{OwnedBuffer, no_gauge, program, run_program};
@@ -78,6 +79,37 @@ unsafe impl Layer for Scribbling {
     }
 }
 
+/// Planted bug: a layer that claims `ZEROED` and fills the blocks it hands out with
+/// `FRESH` anyway, as a debug fill that forgot the claim would (the crate's fill skips
+/// layers that claim it).
+struct FilledButZeroed {
+    inner: OwnedBuffer,
+}
+
+// SAFETY: none — broken on purpose: its blocks are not zeroed.
+unsafe impl Layer for FilledButZeroed {
+    const ZEROED: bool = true;
+
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let block = self.inner.get(layout)?;
+        // SAFETY: a fresh block of the buffer, holding `layout.size()` bytes (one at least).
+        unsafe { block.as_ptr().write_bytes(FRESH, layout.size().max(1)) };
+        Some(block)
+    }
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's duties, passed on.
+        unsafe { self.inner.put(ptr, layout) }
+    }
+    fn init() -> Self {
+        FilledButZeroed {
+            inner: OwnedBuffer::new(16 << 20),
+        }
+    }
+    fn deinit(&mut self) {
+        self.inner.deinit();
+    }
+}
+
 fn suite_rejects<L: Layer>(what: &str) -> String {
     let mut runner = TestRunner::new(Config {
         cases: 256,
@@ -112,4 +144,17 @@ fn finds_a_planted_overlap() {
 fn finds_a_planted_scribble() {
     let message = suite_rejects::<Scribbling>("scribble");
     assert!(message.contains("lost its pattern"), "{message}");
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds of cases; the suite's logic runs under Miri elsewhere"
+)]
+fn finds_a_planted_dirty_block_of_a_zeroed_layer() {
+    let message = suite_rejects::<FilledButZeroed>("fill despite ZEROED");
+    assert!(
+        message.contains("a ZEROED layer returned dirty memory"),
+        "{message}"
+    );
 }
