@@ -71,9 +71,10 @@ impl<L: Layer> Heap<L> {
 }
 
 impl<L: Layer, const SIZE: usize> Heap<Chunk<L, SIZE>> {
-    /// Ends every block at once, keeping the newest chunk for reuse (see
-    /// [`Chunk::reset`]). Safe because `&mut self` proves that no collection still uses the
-    /// heap; raw blocks from [`Allocator::allocate`](allocator_api2::alloc::Allocator::allocate) must not be used or freed afterwards.
+    /// Ends every block at once, keeping the newest chunk for reuse (see [`Chunk::reset`]). Safe
+    /// because `&mut self` proves that no collection still uses the heap; raw blocks from
+    /// [`Allocator::allocate`](allocator_api2::alloc::Allocator::allocate) must not be used or
+    /// freed afterwards.
     pub fn reset(&mut self) {
         // SAFETY: with `&mut self` no borrow of the heap is alive, so no collection holds a
         // block; raw blocks are ended by this call as documented.

@@ -47,22 +47,21 @@
 //! `mi_assert_internal`, `mi_assert_expensive`). Each broken check writes one line and
 //! aborts (a layer may be serving the global allocator, where a panic must not unwind).
 //!
-//! 1. **Duty checks**, debug builds only: the callers' duties listed on
-//!    [`put`](Layer::put), [`grow`](Layer::grow) and [`shrink`](Layer::shrink), as far as a
-//!    layer can see them in O(1): a block aligned to its layout and to the layer's
-//!    [`MIN_ALIGN`](Layer::MIN_ALIGN); a `grow` that does not shrink, a `shrink` that does
-//!    not grow, and neither changing the alignment. The crate's layers call one set of
-//!    helpers (crate-private, in this file) at the top of those methods, and so do the
-//!    default `grow` and `shrink`, so every message reads `<Layer>: <call> of <address> ...: <what is wrong> (a caller duty of
-//!    Layer::<call>)`. A layer that checks a duty better itself (such as
-//!    [`Check`](crate::layers::Check), which knows every live block's layout) keeps its own.
-//! 2. **Internal checks**, debug builds only: what a layer assumes of its own state and of
-//!    the layer below during one operation (a free-list node aligned for its link, an arena
-//!    from the layer below aligned as asked, a small block fitting a fresh chunk), and the
-//!    checks of a put that look into the layer's structures (a block put to `Buddy` or
-//!    `Bitset` that is cached already). Both tiers are written with the crate's `debug_require!` (or, for a
-//!    check of a few lines, under `if cfg!(debug_assertions)`), so release builds neither
-//!    run nor keep them.
+//! 1. **Duty checks**, debug builds only: the callers' duties listed on [`put`](Layer::put),
+//!    [`grow`](Layer::grow) and [`shrink`](Layer::shrink), as far as a layer can see them in O(1):
+//!    a block aligned to its layout and to the layer's [`MIN_ALIGN`](Layer::MIN_ALIGN); a `grow`
+//!    that does not shrink, a `shrink` that does not grow, and neither changing the alignment. The
+//!    crate's layers call one set of helpers (crate-private, in this file) at the top of those
+//!    methods, and so do the default `grow` and `shrink`, so every message reads `<Layer>: <call>
+//!    of <address> ...: <what is wrong> (a caller duty of Layer::<call>)`. A layer that checks a
+//!    duty better itself (such as [`Check`](crate::layers::Check), which knows every live block's
+//!    layout) keeps its own.
+//! 2. **Internal checks**, debug builds only: what a layer assumes of its own state and of the
+//!    layer below during one operation (a free-list node aligned for its link, an arena from the
+//!    layer below aligned as asked, a small block fitting a fresh chunk), and the checks of a put
+//!    that look into the layer's structures (a block put to `Buddy` or `Bitset` that is cached
+//!    already). Both tiers are written with the crate's `debug_require!` (or, for a check of a few
+//!    lines, under `if cfg!(debug_assertions)`), so release builds neither run nor keep them.
 //! 3. **Whole-structure checks**: [`check_invariants`](Layer::check_invariants), which walks
 //!    everything a layer keeps. The conformance suite calls it after every step. With the
 //!    `paranoid` feature (for tests only: every operation then walks the whole stack below
@@ -534,6 +533,62 @@ pub(crate) unsafe fn into_field<T, F>(
     // dropped again, so the field is moved out once.
     unsafe { core::ptr::read(field(&value)) }
 }
+
+/// Writes a wrapper layer's ways to the layer below it, held in its field `inner` of type
+/// `L`: `inner`, `inner_mut` and, when asked for, `into_inner`, inside the wrapper's
+/// inherent `impl`, so that they read the same at every layer and only what differs is
+/// written there:
+///
+/// - `owns: "..."` names what the layer owns of the one below, for `inner_mut`'s `# Safety`
+///   section ("Callers must not put, deinit or reset, through this reference, *what*: they
+///   belong to this layer"); doc lines written before it follow that sentence;
+/// - `into_inner after release: "every arena";` unwraps the layer through [`into_field`]
+///   after its `release(&mut self)` gives back what it holds (a layer with a `Drop`);
+///   `into_inner;`, after its doc lines, moves `inner` out (a layer without one); with
+///   neither, the layer writes `into_inner` itself (as `Check` does, to report leaks).
+macro_rules! layer_below {
+    (
+        $(#[$more_safety:meta])*
+        owns: $owns:literal;
+        $($into_inner:tt)*
+    ) => {
+        /// The layer below.
+        pub const fn inner(&self) -> &L {
+            &self.inner
+        }
+
+        /// The layer below, mutably.
+        ///
+        /// # Safety
+        ///
+        #[doc = concat!(
+            "Callers must not put, deinit or reset, through this reference, ",
+            $owns,
+            ": they belong to this layer (see [owner](crate::layer#owner))."
+        )]
+        $(#[$more_safety])*
+        pub const unsafe fn inner_mut(&mut self) -> &mut L {
+            &mut self.inner
+        }
+
+        $crate::layer::layer_below!(@into_inner $($into_inner)*);
+    };
+    (@into_inner) => {};
+    (@into_inner into_inner after release: $what:literal;) => {
+        #[doc = concat!("Unwraps the layer below, after giving it back ", $what, ".")]
+        pub fn into_inner(self) -> L {
+            // SAFETY: `inner` is a field of the layer.
+            unsafe { $crate::layer::into_field(self, Self::release, |this| &this.inner) }
+        }
+    };
+    (@into_inner $(#[$doc:meta])* into_inner;) => {
+        $(#[$doc])*
+        pub fn into_inner(self) -> L {
+            self.inner
+        }
+    };
+}
+pub(crate) use layer_below;
 
 #[cfg(test)]
 mod tests {

@@ -73,25 +73,9 @@ impl<L: Layer> Batch<L> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the blocks and pages
-    /// this layer booked (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below, after returning every booked block to it.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        owns: "the blocks and pages this layer booked";
+        into_inner after release: "every booked block";
     }
 
     /// Blocks booked now (taken from `L`, not yet returned).

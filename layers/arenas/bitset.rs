@@ -90,11 +90,12 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// classes of the words it frees blocks in, and a get leaves them high until a search
 /// finds them so.
 ///
-/// Memory comes from `L` one *arena* at a time: `ARENA` bytes (1 MiB unless given) aligned
-/// to `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits) and
-/// its summary (about a byte per 64 blocks). A put finds its arena from the address alone
-/// (a mask) and clears the run's bits (or caches the run: see below). A new arena is taken
-/// when no arena has a fitting run, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns them to `L`.
+/// Memory comes from `L` one *arena* at a time: `ARENA` bytes (1 MiB unless given) aligned to
+/// `ARENA`, followed in the same piece by the arena's bitmap (`ARENA / BLOCK` bits) and its summary
+/// (about a byte per 64 blocks). A put finds its arena from the address alone (a mask) and clears
+/// the run's bits (or caches the run: see below). A new arena is taken when no arena has a fitting
+/// run, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns
+/// them to `L`.
 ///
 /// - Every block is aligned to `BLOCK` ([`MIN_ALIGN`](Layer::MIN_ALIGN)); larger
 ///   alignments, up to `ARENA`, are served by starting the run at a multiple of
@@ -195,25 +196,9 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put or deinit, through this reference, the arenas this layer got
-    /// from the inner one (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below, after giving it back every arena.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        owns: "the arenas this layer got from the inner one";
+        into_inner after release: "every arena";
     }
 
     /// Arenas held now.

@@ -26,6 +26,7 @@ use crate::{Bitmap, Layer};
 
 use super::arena_chain::{ArenaChain, ArenaShape, LINK_WORDS};
 use super::put_cache::PutCache;
+use crate::layers::blocks::doubly_linked::{linked_by_fields, push_front, unlink};
 
 /// The links written into every free block; the list of its order goes through them.
 #[repr(C)]
@@ -33,6 +34,8 @@ struct FreeNode {
     prev: *mut FreeNode,
     next: *mut FreeNode,
 }
+
+linked_by_fields!(FreeNode);
 
 /// The largest order whose freed blocks are cached: blocks up to 4 KiB.
 const CACHE_TOP_ORDER: u32 = 12;
@@ -44,14 +47,14 @@ const ORDER_SLOTS: usize = 64;
 /// split in halves on the way out and merged with their free buddy on the way back (after
 /// a while in the cache, for small blocks: see below).
 ///
-/// Memory comes from `L` one *arena* at a time: `2^MAX_ORDER` bytes aligned to
-/// `2^MAX_ORDER`, followed in the same piece by the arena's metadata (one [`Bitmap`] per
-/// order, with bit `i` of order `k` set when the block at offset `i << k` is free at that
-/// order; about `2^(MAX_ORDER - MIN_ORDER - 2)` bytes in all). A new arena is taken when no
-/// free block is large enough, even once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns
-/// them to `L`. The free lists are intrusive (their links live in the free blocks) and
-/// shared by all arenas, so a `get` finds its block in O(1) plus the splits, and a `put`
-/// finds the arena from the address alone (a mask) and merges in O(orders).
+/// Memory comes from `L` one *arena* at a time: `2^MAX_ORDER` bytes aligned to `2^MAX_ORDER`,
+/// followed in the same piece by the arena's metadata (one [`Bitmap`] per order, with bit `i` of
+/// order `k` set when the block at offset `i << k` is free at that order; about `2^(MAX_ORDER -
+/// MIN_ORDER - 2)` bytes in all). A new arena is taken when no free block is large enough, even
+/// once the cache is flushed; arenas stay until [`deinit`](Layer::deinit), which returns them to
+/// `L`. The free lists are intrusive (their links live in the free blocks) and shared by all
+/// arenas, so a `get` finds its block in O(1) plus the splits, and a `put` finds the arena from the
+/// address alone (a mask) and merges in O(orders).
 ///
 /// - A request is served from order `max(MIN_ORDER, log2 of the size and the alignment,
 ///   rounded up)`; every block of order `k` is aligned to `2^k`, so
@@ -177,25 +180,9 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put or deinit, through this reference, the arenas this layer got
-    /// from the inner one (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below, after giving it back every arena.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        owns: "the arenas this layer got from the inner one";
+        into_inner after release: "every arena";
     }
 
     /// Arenas held now.
@@ -422,20 +409,9 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     /// `block` lies in a live arena, aligned to `2^order`, and is not in use or on a list.
     #[inline(always)]
     unsafe fn push(&mut self, block: *mut u8, order: u32) {
-        let node = block.cast::<FreeNode>();
-        let head = self.heads[order as usize];
         // SAFETY: a free block of at least `MIN_BLOCK` bytes, aligned to it, holds a node;
-        // `head`, when not null, is a node on the list.
-        unsafe {
-            node.write(FreeNode {
-                prev: ptr::null_mut(),
-                next: head,
-            });
-            if !head.is_null() {
-                (*head).prev = node;
-            }
-        }
-        self.heads[order as usize] = node;
+        // the list's nodes are free blocks of live arenas.
+        unsafe { push_front(&mut self.heads[order as usize], block.cast::<FreeNode>()) };
         self.nonempty |= 1 << order;
         let offset = block.addr() & (Self::ARENA_BYTES - 1);
         // SAFETY: `block` is in a live arena and `order` one of ours, so the index is below
@@ -451,19 +427,9 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     #[inline(always)]
     unsafe fn unlink(&mut self, node: *mut FreeNode, order: u32) {
         // SAFETY: `node` and its neighbours are live nodes of list `order`.
-        unsafe {
-            let FreeNode { prev, next } = node.read();
-            if prev.is_null() {
-                self.heads[order as usize] = next;
-                if next.is_null() {
-                    self.nonempty &= !(1 << order);
-                }
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
+        unsafe { unlink(&mut self.heads[order as usize], node) };
+        if self.heads[order as usize].is_null() {
+            self.nonempty &= !(1 << order);
         }
         let block = node.cast::<u8>();
         let offset = block.addr() & (Self::ARENA_BYTES - 1);

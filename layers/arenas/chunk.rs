@@ -12,6 +12,7 @@ use core::ptr::{self, NonNull};
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 use crate::layer::{FREED, FRESH, fill, paranoid, require_put, require_shrink, served_size};
+use crate::layers::blocks::doubly_linked::{linked_by_fields, push_front, unlink};
 
 /// The header at the start of every chunk: the chain to the previous one.
 #[repr(C, align(16))]
@@ -30,6 +31,8 @@ struct LargeHeader {
     /// Alignment of that piece; the block starts `header_offset(piece_align)` bytes in.
     piece_align: usize,
 }
+
+linked_by_fields!(LargeHeader);
 
 /// Where a large block starts in its piece: right after a header, at the piece's alignment.
 const fn header_offset(piece_align: usize) -> usize {
@@ -107,19 +110,9 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the chunks and large
-    /// blocks this layer got from the inner one (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
+    crate::layer::layer_below! {
+        owns: "the chunks and large blocks this layer got from the inner one";
+        into_inner after release: "every chunk and large block";
     }
 
     /// Chunks held now.
@@ -149,12 +142,6 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         let align = layout.align().max(align_of::<LargeHeader>());
         let size = header_offset(align).checked_add(served_size(layout))?;
         Layout::from_size_align(size, align).ok()
-    }
-
-    /// Unwraps the layer below, after giving it back every chunk and large block.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
     }
 
     /// Ends every block at once and starts over, keeping the newest chunk so that the next
@@ -251,14 +238,11 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
             let header = block.cast::<LargeHeader>().sub(1);
             header.write(LargeHeader {
                 prev: ptr::null_mut(),
-                next: self.large,
+                next: ptr::null_mut(),
                 piece_size: piece.size(),
                 piece_align: piece.align(),
             });
-            if !self.large.is_null() {
-                (*self.large).prev = header;
-            }
-            self.large = header;
+            push_front(&mut self.large, header);
             self.larges += 1;
             Some(NonNull::new_unchecked(block))
         }
@@ -274,19 +258,11 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         unsafe {
             let header = block.as_ptr().cast::<LargeHeader>().sub(1);
             let LargeHeader {
-                prev,
-                next,
                 piece_size,
                 piece_align,
+                ..
             } = header.read();
-            if prev.is_null() {
-                self.large = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
+            unlink(&mut self.large, header);
             self.larges = self.larges.wrapping_sub(1);
             let base = block.as_ptr().sub(header_offset(piece_align));
             self.inner.put(
@@ -324,11 +300,12 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
     }
 }
 
-// SAFETY: small blocks are carved downward from `top` and never below `floor`, so they lie
-// inside the current chunk and below every block carved earlier from it; `top` moves back
-// up only over the most recent block, after its put. A window is the whole range between
-// `floor` and `top`, after which `top` drops to `floor`: later blocks come from below it
-// (a fresh chunk). Chunks and large pieces come from `L` and go back to it once. Large blocks lie in pieces of their own, after their header.
+// SAFETY: small blocks are carved downward from `top` and never below `floor`, so they lie inside
+// the current chunk and below every block carved earlier from it; `top` moves back up only over the
+// most recent block, after its put. A window is the whole range between `floor` and `top`, after
+// which `top` drops to `floor`: later blocks come from below it (a fresh chunk). Chunks and large
+// pieces come from `L` and go back to it once. Large blocks lie in pieces of their own, after their
+// header.
 unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -14,6 +14,7 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use super::classes::ClassMap;
+use super::doubly_linked::{Linked, linked_by_fields, push_front, unlink};
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 use crate::layer::{
@@ -37,11 +38,33 @@ struct Tag {
 const TAG: usize = size_of::<Tag>();
 static_assertions::const_assert_eq!(TAG, 16);
 
-/// The links of a free block, in its first 16 bytes after the tag.
+/// The links of a free block, in its first 16 bytes after the tag: its place on its bin.
 #[repr(C)]
 struct Links {
     next: *mut Tag,
     prev: *mut Tag,
+}
+
+/// The links of the free block whose tag is `tag`.
+#[inline(always)]
+fn links(tag: *mut Tag) -> *mut Links {
+    tag.wrapping_add(1).cast()
+}
+
+// SAFETY: a free block on a bin has room for its links after its tag (`MIN_BLOCK`), which
+// nothing but the bin uses while it is free; `prev` and `next` are two distinct fields.
+unsafe impl Linked for Tag {
+    #[inline(always)]
+    unsafe fn prev(tag: *mut Tag) -> *mut *mut Tag {
+        // SAFETY: the caller's duty: the block is valid, so are its links.
+        unsafe { &raw mut (*links(tag)).prev }
+    }
+
+    #[inline(always)]
+    unsafe fn next(tag: *mut Tag) -> *mut *mut Tag {
+        // SAFETY: as above.
+        unsafe { &raw mut (*links(tag)).next }
+    }
 }
 
 /// The start of every arena: its place on the arena list.
@@ -60,6 +83,8 @@ struct LargeHead {
     len: usize,
     offset: usize,
 }
+
+linked_by_fields!(ArenaHead, LargeHead);
 
 /// Every block is aligned to this, and every size is a multiple of it.
 const GRAIN: usize = 16;
@@ -217,25 +242,9 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the arenas and large
-    /// pieces this layer got from the inner one (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below, after giving it back every arena and large piece.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        owns: "the arenas and large pieces this layer got from the inner one";
+        into_inner after release: "every arena and large piece";
     }
 
     /// Arenas held now, the kept empty one included.
@@ -437,12 +446,6 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         payload
     }
 
-    /// The links of a free block.
-    #[inline(always)]
-    fn links(tag: *mut Tag) -> *mut Links {
-        tag.wrapping_add(1).cast()
-    }
-
     // ---- bins ----------------------------------------------------------------------------
 
     /// Puts a free block on its bin.
@@ -455,15 +458,7 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         // SAFETY: the caller's duty; the block has at least 32 bytes, room for its links.
         unsafe {
             let bin = bin_of((*tag).size);
-            let head = self.bins[bin];
-            Self::links(tag).write(Links {
-                next: head,
-                prev: ptr::null_mut(),
-            });
-            if !head.is_null() {
-                (*Self::links(head)).prev = tag;
-            }
-            self.bins[bin] = tag;
+            push_front(&mut self.bins[bin], tag);
             self.subs[bin / SUBS] |= 1 << (bin % SUBS);
             self.levels |= 1 << (bin / SUBS);
         }
@@ -479,20 +474,12 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         // SAFETY: the caller's duty; the neighbours on the bin are free blocks too.
         unsafe {
             let bin = bin_of((*tag).size);
-            let Links { next, prev } = Self::links(tag).read();
-            if prev.is_null() {
-                self.bins[bin] = next;
-                if next.is_null() {
-                    self.subs[bin / SUBS] &= !(1 << (bin % SUBS));
-                    if self.subs[bin / SUBS] == 0 {
-                        self.levels &= !(1 << (bin / SUBS));
-                    }
+            unlink(&mut self.bins[bin], tag);
+            if self.bins[bin].is_null() {
+                self.subs[bin / SUBS] &= !(1 << (bin % SUBS));
+                if self.subs[bin / SUBS] == 0 {
+                    self.levels &= !(1 << (bin / SUBS));
                 }
-            } else {
-                (*Self::links(prev)).next = next;
-            }
-            if !next.is_null() {
-                (*Self::links(next)).prev = prev;
             }
         }
     }
@@ -562,16 +549,13 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         unsafe {
             head.write(ArenaHead {
                 prev: ptr::null_mut(),
-                next: self.arenas,
+                next: ptr::null_mut(),
             });
-            if !self.arenas.is_null() {
-                (*self.arenas).prev = head;
-            }
+            push_front(&mut self.arenas, head);
             let first = arena.add(size_of::<ArenaHead>()).cast::<Tag>();
             Self::write_tag(first, Self::FULL, 0, FREE);
             let edge = arena.add(ARENA - TAG).cast::<Tag>();
             Self::write_tag(edge, TAG, (Self::FULL / GRAIN) as u32, EDGE);
-            self.arenas = head;
             self.arena_count += 1;
             Some(first)
         }
@@ -585,15 +569,7 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     unsafe fn put_arena(&mut self, head: *mut ArenaHead) {
         // SAFETY: the caller's duty; the arena came from `L` with `arena_layout()`.
         unsafe {
-            let ArenaHead { prev, next } = head.read();
-            if prev.is_null() {
-                self.arenas = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
+            unlink(&mut self.arenas, head);
             self.arena_count -= 1;
             self.inner
                 .put(NonNull::new_unchecked(head.cast()), Self::arena_layout());
@@ -696,14 +672,11 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
             let head = base.cast::<LargeHead>();
             head.write(LargeHead {
                 prev: ptr::null_mut(),
-                next: self.large,
+                next: ptr::null_mut(),
                 len,
                 offset,
             });
-            if !self.large.is_null() {
-                (*self.large).prev = head;
-            }
-            self.large = head;
+            push_front(&mut self.large, head);
             self.large_count += 1;
             let tag = base.add(offset - TAG).cast::<Tag>();
             Self::write_tag(tag, len, prev, LARGE);
@@ -727,22 +700,14 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
             let base = tag.byte_add(TAG).cast::<u8>().sub(offset);
             let head = base.cast::<LargeHead>();
             let LargeHead {
-                prev,
-                next,
                 len,
                 offset: recorded,
+                ..
             } = head.read();
             if len != (*tag).size || recorded != offset {
                 Self::corrupted(tag);
             }
-            if prev.is_null() {
-                self.large = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
+            unlink(&mut self.large, head);
             self.large_count -= 1;
             // A second put of the block, while the memory is still readable, sees this.
             Self::set_state(tag, FREE);
@@ -1036,7 +1001,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
                     if Self::state(node) != FREE || bin_of((*node).size) != bin {
                         fail("a block on the wrong bin, or not free");
                     }
-                    let Links { next, prev: back } = Self::links(node).read();
+                    let Links { next, prev: back } = links(node).read();
                     if back != prev {
                         fail("a bin's back link");
                     }

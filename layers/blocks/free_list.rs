@@ -83,25 +83,9 @@ impl<L: Layer, const SIZE: usize, const CAP: usize> FreeList<L, SIZE, CAP> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the blocks this layer
-    /// got from the inner one, cached or handed out (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below, after giving it back every cached block.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        owns: "the blocks this layer got from the inner one, cached or handed out";
+        into_inner after release: "every cached block";
     }
 
     /// Blocks cached on the list now.

@@ -1,6 +1,6 @@
 //! `BlockList`: the intrusive LIFO list of free blocks that `FreeList`, `SizeClasses` and the
-//! arenas' put caches share. Invariant (its whole contract, below): `count` nodes are linked from `head`, the
-//! last one's link is null, and each node is a free block of at least a pointer's size,
+//! arenas' put caches share. Invariant (its whole contract, below): `count` nodes are linked from
+//! `head`, the last one's link is null, and each node is a free block of at least a pointer's size,
 //! aligned for a pointer, that nothing else uses.
 
 use core::ptr::{self, NonNull};

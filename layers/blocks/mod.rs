@@ -7,6 +7,9 @@ pub(crate) mod classes;
 
 /// Coalescing arenas with boundary tags, for large blocks; frees without a layout.
 mod coalesce;
+/// Intrusive doubly linked lists (crate-private): the lists of free blocks, slabs, arenas
+/// and large blocks that `Buddy`, `Coalesce`, `Slab` and `Chunk` keep.
+pub(crate) mod doubly_linked;
 /// Freed blocks of one size kept on an intrusive list for reuse.
 mod free_list;
 /// The intrusive list of free blocks that `FreeList`, `SizeClasses` and the arenas' put

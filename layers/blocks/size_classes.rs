@@ -146,25 +146,9 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the runs and blocks
-    /// this layer got from the inner one (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below, after giving it back every run.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        owns: "the runs and blocks this layer got from the inner one";
+        into_inner after release: "every run";
     }
 
     /// The size of class `index` (0 past the last class).

@@ -52,36 +52,23 @@ impl<L: Layer> SizeHeader<L> {
         SizeHeader { inner }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put or deinit, through this reference, the blocks this layer got
-    /// from the inner one, and must not replace the inner layer (which drops or moves it,
-    /// blocks and all): each holds one of this layer's blocks and its header, which
-    /// [`put_unsized`](Measured::put_unsized) and [`usable_size`](Measured::usable_size)
-    /// read (see [owner](crate::layer#owner)).
-    ///
-    /// Safe code cannot do it:
-    ///
-    /// ```compile_fail,E0133
-    /// use stratalloc::{Layer, layers::{SizeHeader, System}};
-    ///
-    /// let mut heap = SizeHeader::new(System);
-    /// heap.inner_mut().deinit(); // error: call to unsafe function
-    /// ```
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below.
-    pub fn into_inner(self) -> L {
-        self.inner
+    crate::layer::layer_below! {
+        ///
+        /// Nor may they replace the inner layer (which drops or moves it, blocks and all).
+        ///
+        /// Safe code cannot do it:
+        ///
+        /// ```compile_fail,E0133
+        /// use stratalloc::{Layer, layers::{SizeHeader, System}};
+        ///
+        /// let mut heap = SizeHeader::new(System);
+        /// heap.inner_mut().deinit(); // error: call to unsafe function
+        /// ```
+        owns: "the blocks this layer got from the inner one, each holding one of this \
+            layer's blocks and its header, which [`put_unsized`](Measured::put_unsized) and \
+            [`usable_size`](Measured::usable_size) read";
+        /// Unwraps the layer below.
+        into_inner;
     }
 
     /// The layout of the block of `L` behind a block with `layout`.

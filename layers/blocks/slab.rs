@@ -20,6 +20,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use super::classes::ClassMap;
+use super::doubly_linked::{insert_after, linked_by_fields, push_front, unlink};
 use crate::Layer;
 use crate::abort::{abort_with, debug_require};
 use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, require_shrink};
@@ -98,6 +99,8 @@ struct SlabHeader {
     /// What a free from another thread reads, on the second line.
     fixed: FixedHeader,
 }
+
+linked_by_fields!(SlabHeader);
 
 /// The part of a slab header set up with the slab and then only read (until the slab goes
 /// back to `L`), on a cache line of its own.
@@ -206,38 +209,22 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the slabs and the
-    /// large blocks this layer got from the inner one, and must not replace the inner layer
-    /// (an assignment or a `mem::replace` drops or moves it, slabs and all): they belong to
-    /// this layer (see [owner](crate::layer#owner)), which reads and writes the slabs on
-    /// its next call.
-    ///
-    /// Safe code cannot do it:
-    ///
-    /// ```compile_fail,E0133
-    /// use stratalloc::{Layer, layers::{Mmap, Slab}};
-    ///
-    /// let mut slab: Slab<Mmap> = Slab::new(Mmap::new());
-    /// let _ = slab.get(core::alloc::Layout::new::<u64>());
-    /// slab.inner_mut().deinit(); // error: call to unsafe function
-    /// ```
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Gives every slab back and returns the layer below.
-    pub fn into_inner(self) -> L {
-        // SAFETY: `inner` is a field of the layer.
-        unsafe { crate::layer::into_field(self, Self::release, |this| &this.inner) }
+    crate::layer::layer_below! {
+        ///
+        /// Nor may they replace the inner layer (an assignment or a `mem::replace` drops or moves it,
+        /// slabs and all): this layer reads and writes the slabs on its next call.
+        ///
+        /// Safe code cannot do it:
+        ///
+        /// ```compile_fail,E0133
+        /// use stratalloc::{Layer, layers::{Mmap, Slab}};
+        ///
+        /// let mut slab: Slab<Mmap> = Slab::new(Mmap::new());
+        /// let _ = slab.get(core::alloc::Layout::new::<u64>());
+        /// slab.inner_mut().deinit(); // error: call to unsafe function
+        /// ```
+        owns: "the slabs and the large blocks this layer got from the inner one";
+        into_inner after release: "every slab";
     }
 
     /// Slabs held right now (spares included).
@@ -408,27 +395,26 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         Some(slab)
     }
 
+    /// The head of class `class`'s list of slabs in `state`.
+    #[inline(always)]
+    fn list(&mut self, class: usize, state: State) -> &mut *mut SlabHeader {
+        match state {
+            State::Partial => &mut self.partial[class],
+            State::Full => &mut self.full[class],
+            State::Empty => unreachable_state(),
+        }
+    }
+
     /// Puts a slab at the head of its class's list for `state`.
     ///
     /// # Safety
     ///
     /// `slab` is a live slab of ours on no list.
     unsafe fn push(&mut self, slab: *mut SlabHeader, state: State) {
-        // SAFETY: the caller's duty; list heads are live slabs.
+        // SAFETY: the caller's duty; listed slabs are live.
         unsafe {
-            let class = (*slab).class as usize;
-            let head = match state {
-                State::Partial => &mut self.partial[class],
-                State::Full => &mut self.full[class],
-                State::Empty => unreachable_state(),
-            };
             (*slab).state = state;
-            (*slab).prev = ptr::null_mut();
-            (*slab).next = *head;
-            if !head.is_null() {
-                (**head).prev = slab;
-            }
-            *head = slab;
+            push_front(self.list((*slab).class as usize, state), slab);
         }
     }
 
@@ -441,19 +427,13 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     unsafe fn push_partial_second(&mut self, slab: *mut SlabHeader) {
         // SAFETY: the caller's duty; listed slabs are live.
         unsafe {
-            let class = (*slab).class as usize;
-            let head = self.partial[class];
+            let head = self.partial[(*slab).class as usize];
             if head.is_null() {
                 self.push(slab, State::Partial);
                 return;
             }
             (*slab).state = State::Partial;
-            (*slab).prev = head;
-            (*slab).next = (*head).next;
-            if !(*head).next.is_null() {
-                (*(*head).next).prev = slab;
-            }
-            (*head).next = slab;
+            insert_after(head, slab);
         }
     }
 
@@ -464,22 +444,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// `slab` is a live slab of ours on the list its state names.
     unsafe fn unlink(&mut self, slab: *mut SlabHeader) {
         // SAFETY: the caller's duty; neighbours on a list are live.
-        unsafe {
-            let class = (*slab).class as usize;
-            let (prev, next) = ((*slab).prev, (*slab).next);
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            if prev.is_null() {
-                match (*slab).state {
-                    State::Partial => self.partial[class] = next,
-                    State::Full => self.full[class] = next,
-                    State::Empty => unreachable_state(),
-                }
-            } else {
-                (*prev).next = next;
-            }
-        }
+        unsafe { unlink(self.list((*slab).class as usize, (*slab).state), slab) };
     }
 
     /// Puts a slab block back, finding its slab (and class) from its address alone.

@@ -75,19 +75,8 @@ impl<L: Layer> Check<L> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, the blocks this layer
-    /// tracks or its table (see [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
+    crate::layer::layer_below! {
+        owns: "the blocks this layer tracks, or its table";
     }
 
     /// Unwraps the layer below. Blocks still live are reported and returned to it first,

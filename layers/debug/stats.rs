@@ -39,26 +39,11 @@ impl<L> Stats<L> {
         }
     }
 
-    /// The layer below.
-    pub const fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// The layer below, mutably.
-    ///
-    /// # Safety
-    ///
-    /// Callers must not put, deinit or reset, through this reference, blocks that this
-    /// layer got from the inner one: they belong to this layer (see
-    /// [owner](crate::layer#owner)).
-    pub const unsafe fn inner_mut(&mut self) -> &mut L {
-        &mut self.inner
-    }
-
-    /// Unwraps the layer below. Blocks got through `Stats` now belong to whoever owned them
-    /// and go back straight to the returned layer.
-    pub fn into_inner(self) -> L {
-        self.inner
+    crate::layer::layer_below! {
+        owns: "the blocks this layer got from the inner one";
+        /// Unwraps the layer below. Blocks got through `Stats` now belong to whoever owned them
+        /// and go back straight to the returned layer.
+        into_inner;
     }
 
     /// Starts the counts afresh: the blocks live now count as got (so `gets == live`,

@@ -1,8 +1,8 @@
 //! `Pipe`: whole pages from the enclosing region, claimed for the region that holds them.
 //!
-//! Invariant: every piece handed out is booked in `origins` with the region it came from
-//! (null: the system allocator) and its size in pages, and its pages are claimed for this pipe's region until it
-//! is put, when the claim goes back to the origin.
+//! Invariant: every piece handed out is booked in `origins` with the region it came from (null: the
+//! system allocator) and its size in pages, and its pages are claimed for this pipe's region until
+//! it is put, when the claim goes back to the origin.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;

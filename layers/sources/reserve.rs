@@ -50,10 +50,10 @@ const COMMIT_STEP: usize = 4 << 20;
 /// slab memory cannot serve the other layers a program's blocks may move to (say, as its
 /// strings grow past the slab sizes), so pages kept here would add to theirs.
 ///
-/// 20 ms (so 20-40 ms unused): long enough that a program which frees everything between
-/// rounds keeps its pages, short enough that a short program's old slabs are gone before
-/// its peak (the measurements behind the choice are in `benches/README.md`). (Under Miri, whose clock runs with the program's steps, an hour: the tests drive ticks
-/// there themselves.)
+/// 20 ms (so 20-40 ms unused): long enough that a program which frees everything between rounds
+/// keeps its pages, short enough that a short program's old slabs are gone before its peak (the
+/// measurements behind the choice are in `benches/README.md`). (Under Miri, whose clock runs with
+/// the program's steps, an hour: the tests drive ticks there themselves.)
 const DECAY_MS: u64 = if cfg!(miri) { 3_600_000 } else { 20 };
 
 /// At most this many bytes of free granules keep their pages, whatever their age; beyond

@@ -109,16 +109,16 @@ const fn cache_slot(tp: usize) -> usize {
 ///
 /// # Instances that are not `static`s
 ///
-/// An instance may live anywhere, move, and be dropped. Everything its heaps need after
-/// their thread let go of the instance (the list of heaps, the pool of abandoned ones, the
-/// pthread key whose destructor hands a heap back at thread exit, and the lock of `Large`)
-/// is in a *registry* that the instance claims at its first allocation and that lives for
-/// the process; the instance holds a pointer to it, the heap cache and `Large` (whose
-/// blocks the [`Layer`](crate::Layer) contract keeps valid across moves). Dropping an instance drops
-/// `Large` and gives up the registry with its heaps, still held by their threads or
-/// pooled: the next instance to make its first allocation claims it (so a program that
-/// makes and drops instances in turn reuses one registry, its heaps and their slabs).
-/// Small blocks still live when their instance is dropped stay allocated in those slabs.
+/// An instance may live anywhere, move, and be dropped. Everything its heaps need after their
+/// thread let go of the instance (the list of heaps, the pool of abandoned ones, the pthread key
+/// whose destructor hands a heap back at thread exit, and the lock of `Large`) is in a *registry*
+/// that the instance claims at its first allocation and that lives for the process; the instance
+/// holds a pointer to it, the heap cache and `Large` (whose blocks the [`Layer`](crate::Layer)
+/// contract keeps valid across moves). Dropping an instance drops `Large` and gives up the registry
+/// with its heaps, still held by their threads or pooled: the next instance to make its first
+/// allocation claims it (so a program that makes and drops instances in turn reuses one registry,
+/// its heaps and their slabs). Small blocks still live when their instance is dropped stay
+/// allocated in those slabs.
 ///
 /// # Fork
 ///

@@ -445,10 +445,10 @@ mod tests {
         assert_eq!(class_of(0, u64::MAX), 0);
     }
 
-    /// Raising and lowering records keeps the levels and `first` right, and `next` finds
-    /// what a scan of the records finds (through groups whose records are too high), over
-    /// an index of three levels (4097 words; two levels, 129 words, under Miri). Planting a bug in `raise` (stopping after
-    /// level 1) made `next` miss the last word here, and so did one in `next_far`
+    /// Raising and lowering records keeps the levels and `first` right, and `next` finds what a
+    /// scan of the records finds (through groups whose records are too high), over an index of
+    /// three levels (4097 words; two levels, 129 words, under Miri). Planting a bug in `raise`
+    /// (stopping after level 1) made `next` miss the last word here, and so did one in `next_far`
     /// (lowering a group's record after a scan that did not start at its first entry).
     #[test]
     fn next_matches_a_scan() {
