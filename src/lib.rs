@@ -54,11 +54,14 @@
 //! - `layers/`: one layer per file, in folders by kind, each `mod.rs` listing its files
 //!   with a line each: `sources/` (nothing below them: `mmap.rs`, `reserve.rs`, `ground.rs`,
 //!   `pipe.rs`, ...), `arenas/` (carve and give back in bulk: `chunk.rs`, `batch.rs`,
-//!   `buddy.rs`, `bitset.rs`), `blocks/` (reuse freed memory: `free_list.rs`, `slab.rs`,
-//!   `coalesce.rs`, with the one size-class policy in `classes.rs`), `combinators/` and
+//!   `buddy.rs`, `bitset.rs`, with the arena chain and put cache they share),
+//!   `blocks/` (reuse freed memory: `free_list.rs`, `slab.rs`, `coalesce.rs`, with what
+//!   the layers share: the size-class policy in `classes.rs`, the singly linked free list
+//!   in `list.rs`, the doubly linked lists in `doubly_linked.rs`), `combinators/` and
 //!   `debug/` (`stats.rs`, `check.rs`). To add a layer, copy `layers/debug/stats.rs`
-//!   (a layer that forwards everything and counts) or the `Forward` template in the
-//!   [`Layer`] docs.
+//!   (a layer that forwards everything and counts; `layer::layer_below!` writes its
+//!   `inner`, `inner_mut` and `into_inner`) or the `Forward` template in the [`Layer`]
+//!   docs.
 //! - `src/region/`: everything of regions: `mod.rs` (the public API), `router.rs` (the
 //!   global allocator), `page_map.rs` (who owns each page), `owner.rs` (a region's record,
 //!   frees from other threads, zombies), `frames.rs` (this thread's region stack).
