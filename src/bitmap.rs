@@ -18,6 +18,8 @@ const MAGIC_AT: usize = 0;
 const BITS_AT: usize = 1;
 const COUNT_AT: usize = 2;
 
+// ---- errors ------------------------------------------------------------------------------
+
 /// What went wrong with a [`Bitmap`] call. Every variant names the figures involved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BitmapError {
@@ -83,6 +85,8 @@ impl fmt::Display for BitmapError {
 }
 
 impl core::error::Error for BitmapError {}
+
+// ---- the set and its memory --------------------------------------------------------------
 
 /// A bitmap: a set of the integers `0..num_bits`, one bit each, kept in memory the caller
 /// provides. This is the Dragon seed's `BitSet` (`dragonBitSet_t`), named `Bitmap` here so
@@ -245,6 +249,8 @@ impl<'a> Bitmap<'a> {
         self.words
     }
 
+    // ---- bits, ranges and the count ------------------------------------------------------
+
     /// The number of bits: valid indices are `0..num_bits()`.
     #[inline]
     pub const fn num_bits(&self) -> usize {
@@ -380,6 +386,8 @@ impl<'a> Bitmap<'a> {
         self.words[COUNT_AT] = 0;
     }
 
+    // ---- scans ---------------------------------------------------------------------------
+
     /// The first index in `range` whose bit equals `value`, scanning a word at a time.
     #[inline]
     fn find(&self, range: Range<usize>, value: bool) -> Option<usize> {
@@ -446,6 +454,8 @@ impl<'a> Bitmap<'a> {
         let next = self.next_set(index + 1).unwrap_or(self.num_bits);
         Ok(next - index - 1)
     }
+
+    // ---- checks and dumps ----------------------------------------------------------------
 
     /// Checks every invariant in O(num_bits / 64): the count in the header against the bits,
     /// and that the padding bits past the end are 0.
@@ -525,6 +535,8 @@ impl<'a> Bitmap<'a> {
         out.write_all(self.dump_to_string(title, indent).as_bytes())
     }
 }
+
+// ---- word-level access (crate-internal) --------------------------------------------------
 
 /// Word-level access to a set that [`Bitmap::init`] made, for a layer's hot paths: no
 /// header check and no bounds check per access (the caller vouches for both), the count in

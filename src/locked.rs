@@ -1,5 +1,6 @@
 //! `Locked<L>`: a spin lock around a layer stack, shareable across threads and usable as
 //! `#[global_allocator]`; frees through `GlobalAlloc` are parked and made at the next call.
+//! Entry point: [`Locked`] and its `GlobalAlloc` impl.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::any::type_name;
@@ -93,6 +94,8 @@ pub struct Locked<L: Layer> {
     holder: AtomicUsize,
 }
 
+// ---- parked frees ------------------------------------------------------------------------
+
 /// What the lock of a [`Locked`] protects.
 struct Guarded<L> {
     /// Blocks freed through `GlobalAlloc` and not put yet.
@@ -156,6 +159,8 @@ impl Parked {
         }
     }
 }
+
+// ---- locking and access to the stack -----------------------------------------------------
 
 /// A number naming the calling thread among the live ones, never 0; 0 without the `os`
 /// feature, where re-entry goes undetected.
@@ -292,6 +297,8 @@ impl<L: Layer> Drop for Locked<L> {
     }
 }
 
+// ---- the guard ---------------------------------------------------------------------------
+
 /// Shared access to a [`Locked`] stack while holding its lock; unlocks when dropped (also
 /// on unwind).
 ///
@@ -314,6 +321,8 @@ impl<L: Layer> Drop for LockGuard<'_, L> {
         self.locked.holder.store(0, Ordering::Relaxed);
     }
 }
+
+// ---- the GlobalAlloc and Allocator impls -------------------------------------------------
 
 // SAFETY: every call runs under the lock, so the stack sees one caller at a time; blocks
 // come from a layer that keeps the `Layer` contract; zero-size layouts never reach

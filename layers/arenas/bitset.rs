@@ -1,7 +1,7 @@
 //! `Bitset<L, BLOCK, ARENA, CACHE>`: fixed-size blocks in arenas taken from `L`, one bit
 //! per block in a [`Bitmap`]; larger requests take runs of consecutive blocks, found through
 //! a summary of the bitmap kept beside it (the [`RunIndex`] in `bitset/run_index.rs`);
-//! put runs are cached a while before they go free.
+//! put runs are cached a while before they go free. Entry point: [`Bitset`] and its `Layer` impl.
 //!
 //! Invariants (checked by `check_invariants` in tests): the arenas keep the
 //! [`ArenaChain`]'s (written there); a block's bit is set exactly while it belongs to a live
@@ -49,6 +49,8 @@ impl<const BLOCK: usize, const ARENA: usize> Words for Geometry<BLOCK, ARENA> {
 /// The run index of an arena of a `Bitset<_, BLOCK, ARENA>`.
 type Index<const BLOCK: usize, const ARENA: usize> = RunIndex<Geometry<BLOCK, ARENA>>;
 
+// ---- runs inside a bitmap word -----------------------------------------------------------
+
 /// Bit `i` is set when bits `i..i + n` of `free` are all set (`1 <= n <= 64`): the starts of
 /// the runs of `n` that lie inside the word: the starts of runs of `2^f <= n` (by doubling,
 /// `f` steps), and of two such runs `n - 2^f` apart, which overlap. (Not all seven doublings
@@ -77,6 +79,8 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
     let start = (64 - top + (stride - 1)) & !(stride - 1);
     (top != 0 && start < 64 && 64 - start + hi.trailing_ones() as usize >= n).then_some(start)
 }
+
+// ---- the type, construction and accessors ------------------------------------------------
 
 /// The bitmapped-block allocator: memory is cut into blocks of `BLOCK` bytes, one bit each
 /// (set = in use), and a request takes a run of `n = ceil(size / BLOCK)` clear bits that
@@ -206,6 +210,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         self.arenas.len()
     }
 
+    // ---- the arena search and the put cache ----------------------------------------------
+
     /// A run of `blocks` starting at a multiple of `stride`, from the first arena that has
     /// one; the cache is flushed, and then an arena taken, when none has. (Not inlined, so
     /// that `get`'s cached path stays a leaf that saves no registers.)
@@ -300,6 +306,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         }
         Some((blocks, (layout.align() / BLOCK).max(1)))
     }
+
+    // ---- an arena's bitmap and run index -------------------------------------------------
 
     /// The bitmap of the arena whose metadata is at `meta`.
     ///
@@ -442,6 +450,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
             unsafe { Self::raise(map, index, w) };
         }
     }
+
+    // ---- the run search ------------------------------------------------------------------
 
     /// The first start, a multiple of `stride`, of a run of `blocks > 64` free blocks in
     /// `map`, whose run index is `index`. Scans a word at a time, carrying the free run at
@@ -610,6 +620,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         Some(at)
     }
 
+    // ---- arenas --------------------------------------------------------------------------
+
     /// Takes a new arena from `L`, with an empty bitmap, at the head of the chain; returns
     /// its base.
     #[cold]
@@ -654,6 +666,8 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
         (block.with_addr(base + ARENA), (block.addr() - base) / BLOCK)
     }
 }
+
+// ---- the ArenaShape and Layer impls ------------------------------------------------------
 
 impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> ArenaShape
     for Bitset<L, BLOCK, ARENA, CACHE>

@@ -1,6 +1,6 @@
 //! `Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>`: a binary buddy heap over arenas of
 //! `2^MAX_ORDER` bytes taken from `L`, its free blocks booked in one [`Bitmap`] per order,
-//! its put blocks cached a while before they merge.
+//! its put blocks cached a while before they merge. Entry point: [`Buddy`] and its `Layer` impl.
 //!
 //! Invariants (checked by `check_invariants` in tests): the arenas keep the
 //! [`ArenaChain`]'s (written there); a free block of order `k` at offset `o` of its arena
@@ -42,6 +42,8 @@ const CACHE_TOP_ORDER: u32 = 12;
 
 /// Room for the free list heads of every order a `u64` mask can name.
 const ORDER_SLOTS: usize = 64;
+
+// ---- the type, construction and figures --------------------------------------------------
 
 /// A binary buddy heap: blocks of `2^k` bytes for orders `k` in `MIN_ORDER..=MAX_ORDER`,
 /// split in halves on the way out and merged with their free buddy on the way back (after
@@ -216,6 +218,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
             .sum()
     }
 
+    // ---- the put cache -------------------------------------------------------------------
+
     /// Merges every cached block back into the free blocks, as if each had been put with
     /// no cache. Returns whether there was any.
     #[cold]
@@ -248,6 +252,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
     const fn caches(order: u32) -> bool {
         MIN_ORDER <= order && order <= Self::CACHE_TOP
     }
+
+    // ---- splitting and merging -----------------------------------------------------------
 
     /// Books `block`, of `order`, free, merged with its buddies as far as they are free.
     /// (Not inlined, so that `put`'s cached path stays a leaf.)
@@ -335,6 +341,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         }
     }
 
+    // ---- orders and arena metadata -------------------------------------------------------
+
     /// Words from the start of an arena's metadata to the bitmap of `order` (the chain's
     /// link comes first).
     const fn bitmap_offset(order: u32) -> usize {
@@ -402,6 +410,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         unsafe { RawBits::new(NonNull::new_unchecked(meta.cast::<u64>().add(offset))) }
     }
 
+    // ---- free lists ----------------------------------------------------------------------
+
     /// Puts `block`, a free block of `order`, at the head of its list and sets its bit.
     ///
     /// # Safety
@@ -438,6 +448,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         unsafe { Self::raw_bitmap(Self::meta_of(block), order).reset(offset >> order) };
     }
 
+    // ---- arenas --------------------------------------------------------------------------
+
     /// Takes a new arena from `L` and books it as one free block of `MAX_ORDER`.
     #[cold]
     fn add_arena(&mut self) -> Option<()> {
@@ -465,6 +477,8 @@ impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32>
         self.cache.clear();
     }
 }
+
+// ---- the ArenaShape and Layer impls ------------------------------------------------------
 
 impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u32> ArenaShape
     for Buddy<L, MIN_ORDER, MAX_ORDER, CACHE>

@@ -1,5 +1,6 @@
 //! `Coalesce<L, ARENA, KEEP>`: a coalescing allocator for large blocks, with boundary tags in
-//! arenas got from `L` and segregated free lists found through a bitmap.
+//! arenas got from `L` and segregated free lists found through a bitmap. Entry point:
+//! [`Coalesce`] and its `Layer` impl.
 //!
 //! Invariants (checked by `check_invariants`; written out in the "Invariants" section of the
 //! type's docs): the blocks of an arena tile it exactly between its head and its end tag,
@@ -340,6 +341,8 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
             state => Self::misuse("put", ptr, state),
         }
     }
+
+    // ---- tags ----------------------------------------------------------------------------
 
     /// The tag of the block at `ptr`, computed without asserting that it is ours.
     #[inline(always)]
@@ -744,6 +747,8 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         self.empty = 0;
     }
 }
+
+// ---- the Layer, Attributed and Measured impls --------------------------------------------
 
 // SAFETY: an arena block is handed out only after it was taken off its bin (or from a fresh
 // arena), and its put puts it back (merged); splits and merges keep the blocks of an arena

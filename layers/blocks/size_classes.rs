@@ -1,5 +1,5 @@
 //! `SizeClasses<L, RUN>`: a bucketizer, one free list per size class, the classes carved out
-//! of runs got from `L`.
+//! of runs got from `L`. Entry point: [`SizeClasses`] and its `Layer` impl.
 //!
 //! Invariants (checked by `check_invariants`): every run on the run chain came from `L`
 //! with `run_layout(class)`, its footer naming the class; a class block lies in a run of
@@ -34,6 +34,8 @@ const GRAIN: usize = 16;
 /// The fewest objects a run holds, for the largest classes.
 const MIN_OBJECTS: usize = 4;
 
+// ---- classes and run footers -------------------------------------------------------------
+
 /// The alignment every block of class `index` has: the largest power of two dividing its
 /// size, at most a page.
 const fn class_align(index: usize) -> usize {
@@ -65,6 +67,8 @@ impl Class {
         end: ptr::null_mut(),
     };
 }
+
+// ---- the type, the class map and figures -------------------------------------------------
 
 /// A bucketizer: requests of up to 32 KiB are rounded up to one of 40 size classes, each
 /// with its own free list; larger ones go straight to `L`.
@@ -202,6 +206,8 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
         self.classes.iter().map(|class| class.free.len()).sum()
     }
 
+    // ---- runs and pass-through layouts ---------------------------------------------------
+
     /// Blocks of one run of class `index`.
     const fn objects(index: usize) -> usize {
         let per_run = RUN / BucketClasses::class_size(index);
@@ -273,6 +279,8 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
         self.classes = [Class::EMPTY; CLASSES];
     }
 }
+
+// ---- the Layer impl ----------------------------------------------------------------------
 
 // SAFETY: a class block is carved once from a run of its class (the bump pointer only
 // moves forward, and a run is the class's own block of `L`), or popped from the class's
@@ -376,6 +384,8 @@ unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         self.inner.owns(ptr)
     }
+
+    // ---- checks --------------------------------------------------------------------------
 
     fn check_invariants(&self) {
         let fail =

@@ -12,8 +12,8 @@
 //! - `used` counts the slab's live blocks; the free list holds `carved - used` blocks.
 //!
 //! The classes are `SlabClasses`, an instance of the size-class policy (`classes.rs`). The
-//! entry points are `get` and `put`, and, for the thread heaps, the crate-internal interface
-//! in the section "the thread heaps' interface".
+//! entry points are [`Slab`]'s `get` and `put`, and, for the thread heaps, the crate-internal
+//! interface in the section "the thread heaps' interface".
 
 use core::alloc::Layout;
 use core::fmt;
@@ -63,6 +63,8 @@ const CARVE_BYTES: usize = 4096;
 /// The check word a header keeps: its own address mixed with a constant, so a pointer that
 /// does not lead to a slab header is caught before its header is trusted.
 const HEADER_CHECK: usize = 0x5AB5_1AB5_C0DE_F00D_u64 as usize;
+
+// ---- free blocks and slab headers --------------------------------------------------------
 
 /// A free block: the link to the next free block of the same slab, written into the block.
 struct FreeBlock {
@@ -123,6 +125,8 @@ static CLASS_BY_GRAIN: [u8; SLAB_LIMIT / SlabClasses::GRAIN + 1] = SlabClasses::
 const fn is_small(layout: Layout) -> bool {
     layout.size() <= SLAB_LIMIT && layout.align() <= BLOCK_ALIGN
 }
+
+// ---- the type, construction and accessors ------------------------------------------------
 
 /// Per-size caches of small blocks in `SLAB`-byte slabs got from `L`; larger requests go
 /// straight to `L`.
@@ -319,6 +323,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         }
     }
 
+    // ---- getting blocks: carving and new slabs -------------------------------------------
+
     /// Gets a block of size class `class` (below [`Slab::CLASSES`]) from the slabs: what `get`
     /// does for a small layout, with its class already known.
     #[inline(always)]
@@ -395,6 +401,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         Some(slab)
     }
 
+    // ---- class lists ---------------------------------------------------------------------
+
     /// The head of class `class`'s list of slabs in `state`.
     #[inline(always)]
     fn list(&mut self, class: usize, state: State) -> &mut *mut SlabHeader {
@@ -446,6 +454,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // SAFETY: the caller's duty; neighbours on a list are live.
         unsafe { unlink(self.list((*slab).class as usize, (*slab).state), slab) };
     }
+
+    // ---- putting blocks back and retiring slabs ------------------------------------------
 
     /// Puts a slab block back, finding its slab (and class) from its address alone.
     ///
@@ -720,6 +730,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 #[derive(Clone, Copy)]
 #[cfg_attr(not(feature = "os"), allow(dead_code))]
 pub(crate) struct SlabRef(*mut SlabHeader);
+
+// ---- aborts and the Layer impl -----------------------------------------------------------
 
 /// A put of something that cannot be one of this layer's blocks.
 #[cold]

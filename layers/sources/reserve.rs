@@ -1,5 +1,6 @@
 //! `Reserve<R>`: 16 KiB granules carved from one range of address space that the process
-//! reserves once, so that "is this block in the range?" is a single compare.
+//! reserves once, so that "is this block in the range?" is a single compare. Entry point:
+//! [`Reserve`] and its `Layer` impl.
 //!
 //! Invariants (per range, all under its lock but `base` and `len`, which are set once, and
 //! `tick`, also read without the lock as a hint):
@@ -63,6 +64,8 @@ const DIRTY_MAX: usize = 32 << 20;
 /// `base` while no reservation was tried yet, and after one failed.
 const UNRESERVED: usize = 0;
 const FAILED: usize = 1;
+
+// ---- the reserved range ------------------------------------------------------------------
 
 /// One reserved range: see the module invariants.
 pub struct Range {
@@ -231,6 +234,8 @@ impl Range {
     }
 }
 
+// ---- clock, limit and maps from the OS ---------------------------------------------------
+
 /// The monotonic clock in milliseconds (on Linux the coarse one: a read of the vDSO's
 /// clock, no system call); 0 if it cannot be read, which at worst makes one tick early.
 fn now_ms() -> u64 {
@@ -284,6 +289,8 @@ fn map_range(len: usize, writable: bool) -> Option<*mut u8> {
     (map != libc::MAP_FAILED).then_some(map.cast())
 }
 
+// ---- which range: the shared one or the slabs' -------------------------------------------
+
 /// Which reserved range a [`Reserve`] carves from: [`SharedRange`] for everyone, or a
 /// range private to one part of the crate (the [`ThreadHeaps`](crate::ThreadHeaps)' slabs,
 /// so that no other layer's blocks can lie in their range). Sealed.
@@ -323,6 +330,8 @@ impl sealed::Sealed for SlabRange {
     }
 }
 impl ReserveRange for SlabRange {}
+
+// ---- the handle: figures, decay and fork handling ----------------------------------------
 
 /// Blocks of whole 16 KiB granules from a reserved range of address space, a source for
 /// layers that want aligned pieces and a cheap "is it one of ours" test
@@ -468,6 +477,8 @@ impl<R: ReserveRange> Reserve<R> {
         unsafe { Self::range().held.unlock_by_hand() };
     }
 
+    // ---- free granules: stacks, ticks, pages given back ----------------------------------
+
     /// The pointer for `offset` into the range, with the range's provenance.
     fn at(base: *mut u8, offset: usize) -> NonNull<u8> {
         // SAFETY: offsets below the range's length stay inside the map, which is never null.
@@ -594,6 +605,8 @@ impl<R: ReserveRange> Reserve<R> {
         range.clean_len.store(len, Ordering::Relaxed);
     }
 
+    // ---- fresh granules ------------------------------------------------------------------
+
     /// Takes `granules` fresh granules, aligned to `align`, from the top of the range
     /// (`held` is ours).
     fn bump(range: &Range, base: *mut u8, granules: usize, align: usize) -> Option<NonNull<u8>> {
@@ -614,6 +627,8 @@ impl<R: ReserveRange> Reserve<R> {
         Some(layout.size().max(1).checked_next_multiple_of(GRANULE)? / GRANULE)
     }
 }
+
+// ---- the Layer impl ----------------------------------------------------------------------
 
 // SAFETY: blocks are whole granules of the range's open part, disjoint because the bump
 // only moves up and a granule is on a free stack only while no block holds it; every block

@@ -1,6 +1,7 @@
 //! A buddy heap that lives entirely inside a blob of memory, so that several handles, in
 //! one process or in several that map the same file, can attach to it and share it (the
-//! Dragon heap manager's design).
+//! Dragon heap manager's design). Entry point: [`BlobHeap`], made by
+//! [`init`](BlobHeap::init) and joined by [`attach`](BlobHeap::attach).
 //!
 //! # Layout of a blob
 //!
@@ -62,6 +63,8 @@ const LINK_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 const RECOVERY_NONE: u32 = 0;
 const RECOVERY_CORRUPT: u32 = 1;
 const RECOVERY_HOLDER_DIED: u32 = 2;
+
+// ---- geometry and layout -----------------------------------------------------------------
 
 /// A blob heap's shape: the heap's size, its smallest block, and the alignment of the data.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -201,6 +204,8 @@ struct Header {
     heads: [AtomicU64; SLOTS],
     free_blocks: [AtomicU64; SLOTS],
 }
+
+// ---- the handle: making, attaching, detaching --------------------------------------------
 
 /// A block handed out by [`BlobHeap::alloc`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -494,6 +499,8 @@ impl<'a> BlobHeap<'a> {
         unsafe { &*self.base.as_ptr().cast::<Header>() }
     }
 
+    // ---- locking, allocation and freeing -------------------------------------------------
+
     /// Runs `f` with the heap's lock held, for a run of allocations and frees through the
     /// [`BlobGuard`] it is given; the lock is released when `f` returns or unwinds.
     ///
@@ -589,6 +596,8 @@ impl<'a> BlobHeap<'a> {
         let order = self.live_order(offset)?;
         Ok(self.block_at(offset, order))
     }
+
+    // ---- recovery ------------------------------------------------------------------------
 
     /// Whether the heap waits for [`recover`](Self::recover), and why.
     pub fn recovery_needed(&self) -> Option<RecoveryReason> {
@@ -693,6 +702,8 @@ impl<'a> BlobHeap<'a> {
         })
     }
 
+    // ---- figures and dumps ---------------------------------------------------------------
+
     /// The heap's figures now.
     pub fn stats(&self) -> BlobStats {
         // Counters are read without the lock when it cannot be taken (a destroyed heap):
@@ -788,7 +799,9 @@ impl<'a> BlobHeap<'a> {
         out.write_all(self.dump_to_string(title).as_bytes())
     }
 
-    // The bitmaps and the free lists. Everything below runs under the lock.
+    // ---- bitmaps, free lists, splitting and merging --------------------------------------
+
+    // Everything in this section runs under the lock.
 
     fn slot(&self, order: u32) -> usize {
         (order - self.geometry.min_order) as usize
@@ -1086,6 +1099,8 @@ impl Link {
         prev: NIL,
     };
 }
+
+// ---- the guard, and waiting for frees ----------------------------------------------------
 
 /// The heap's lock, held: several allocations and frees without taking it for each, lent
 /// by [`BlobHeap::with_lock`] for the length of a closure. While it is held, every other

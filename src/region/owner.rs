@@ -1,6 +1,9 @@
 //! The owner record of a region, and how blocks reach it: allocation on the owner thread,
 //! frees on the owner thread, frees from other threads, and zombie regions.
 //!
+//! Entry points: [`Owner`], the record's header, and the router's calls on it:
+//! [`alloc_in`], [`free_in`], [`resize_in_place`], [`end`].
+//!
 //! Every region's layer stack lives in a record of its own (from the system allocator, so
 //! it never depends on another region) and never moves. The page map points at the
 //! record's [`Owner`] header.
@@ -73,6 +76,8 @@ const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
 
 /// Frees the owner thread makes that wait for the next allocation to be put into the stack.
 const DEFERRED: usize = 16;
+
+// ---- queued frees ------------------------------------------------------------------------
 
 /// A block freed but not yet put into the stack.
 #[derive(Clone, Copy)]
@@ -190,6 +195,8 @@ impl Queue {
     }
 }
 
+// ---- the type-erased stack ---------------------------------------------------------------
+
 /// A layer stack with its type erased, as the router drives it. Each method aborts with
 /// one line naming the layer if the layer's code unwinds (the router may be inside a
 /// global allocator, which must not unwind).
@@ -237,6 +244,8 @@ impl<L: Layer> Stack for L {
         no_unwind::<L, { call::DEINIT }, _>(|| Layer::deinit(self))
     }
 }
+
+// ---- the owner record --------------------------------------------------------------------
 
 /// [`Owner::driver`] while the owner thread has the stack in a call or lent out.
 const BUSY: usize = 1;
@@ -453,6 +462,8 @@ fn corrupted(owner: &Owner) -> ! {
     ))
 }
 
+// ---- allocation and resizing on the owner thread -----------------------------------------
+
 /// The fast path of [`alloc_in`]: a block carved from the current window, when the region
 /// is not busy, carves blocks of `layout` and its window has room. `None` means "ask
 /// [`alloc_in`]", not "out of memory".
@@ -586,6 +597,8 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
     checked(owner).drivable_by(thread)
 }
 
+// ---- frees -------------------------------------------------------------------------------
+
 /// Gives a block back to its region `owner`, from any thread.
 ///
 /// # Safety
@@ -697,6 +710,8 @@ unsafe fn free_queued(owner: *const Owner, entry: Entry) {
     }
 }
 
+// ---- zombies -----------------------------------------------------------------------------
+
 /// Pushes a zombie on the service list (its lock held by the caller).
 fn list_zombie(owner: *mut Owner) {
     // SAFETY: a live record header; `service_next` is ours to write until the push below
@@ -803,6 +818,8 @@ unsafe fn dispose(owner: *const Owner) {
         ((*owner).free_record)(owner.cast_mut());
     }
 }
+
+// ---- catching up, and the handle's end ---------------------------------------------------
 
 /// Puts the owner thread's parked frees and the frees other threads queued into the stack
 /// (owner thread, region active). A busy region catches up later.

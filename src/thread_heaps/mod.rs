@@ -1,7 +1,8 @@
 //! `ThreadHeaps<Large>`: one slab heap per thread for small blocks, frees from other
 //! threads handed back to the owning heap, heaps of exited threads reused; a shared, locked
 //! `Large` layer for the rest. The adapter behind the [`General`](crate::presets::General)
-//! preset and the malloc replacement.
+//! preset and the malloc replacement. Entry point: [`ThreadHeaps`], its `GlobalAlloc` impl
+//! and its C interface ([`malloc`](ThreadHeaps::malloc), [`free`](ThreadHeaps::free)).
 //!
 //! This file is the instance: the allocation paths, the heap cache, `Large` and the
 //! counters. The heaps, the registry they share and the fork handlers, which all outlive
@@ -70,6 +71,8 @@ const CACHE_SLOTS: usize = 256;
 const fn cache_slot(tp: usize) -> usize {
     ((tp >> 12) ^ (tp >> 22)) % CACHE_SLOTS
 }
+
+// ---- the instance and its Large layer ----------------------------------------------------
 
 /// Per-thread heaps of slabs for small blocks over one shared, locked `Large` layer for
 /// the rest: a general-purpose allocator that scales across threads, usable as
@@ -190,6 +193,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         })
     }
 
+    // ---- the registry and the figures ----------------------------------------------------
+
     /// This instance's registry, claimed on first use.
     #[inline]
     fn registry(&self) -> &'static Registry {
@@ -253,6 +258,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             .map_or(0, Registry::pooled_slab_bytes)
     }
 
+    // ---- the heap cache ------------------------------------------------------------------
+
     /// This thread's heap for this allocator, making or adopting one on first use; `None`
     /// after this thread's heap was handed back, or when the thread uses another instance.
     #[inline(always)]
@@ -297,6 +304,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         self.cache[cache_slot(tp)].store(ptr::from_ref(heap).cast_mut(), Ordering::Release);
         Some(heap)
     }
+
+    // ---- allocation ----------------------------------------------------------------------
 
     /// Allocates a block for `layout`; null when out of memory.
     ///
@@ -387,6 +396,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         block.map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
+    // ---- frees ---------------------------------------------------------------------------
+
     /// Frees a block, whichever thread and heap it came from.
     ///
     /// # Safety
@@ -438,6 +449,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             large.put_unsized(ptr)
         })
     }
+
+    // ---- the C interface -----------------------------------------------------------------
 
     /// C's `malloc`: a block of at least `size` bytes aligned to 16, or null.
     #[inline]
@@ -621,6 +634,8 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         new
     }
 }
+
+// ---- dropping, and the GlobalAlloc impl --------------------------------------------------
 
 impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
     /// Releases the registry, with its heaps, for the next instance to claim; `Large` is

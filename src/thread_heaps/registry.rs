@@ -40,9 +40,7 @@ use crate::Layer;
 use crate::layers::Slab;
 use crate::spin::{Backoff, SpinLock};
 
-// ---------------------------------------------------------------------------------------
-// Heaps
-// ---------------------------------------------------------------------------------------
+// ---- heaps -------------------------------------------------------------------------------
 
 /// A block on a heap's remote stack: the link, written into the freed block.
 struct RemoteBlock {
@@ -95,6 +93,8 @@ impl ThreadHeap {
         // through the heap's own cell.
         unsafe { &mut *self.slab.get() }
     }
+
+    // ---- remote frees --------------------------------------------------------------------
 
     /// Takes the heap's remote stack and puts every block on it back in its slab.
     ///
@@ -163,9 +163,7 @@ impl ThreadHeap {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Registries
-// ---------------------------------------------------------------------------------------
+// ---- registries --------------------------------------------------------------------------
 
 /// What the heaps of one `ThreadHeaps` share, and the lock of its `Large` layer: the
 /// instance holds only a pointer to it, so that the instance can move and be dropped while
@@ -273,6 +271,8 @@ impl Registry {
         }
     }
 
+    // ---- figures -------------------------------------------------------------------------
+
     /// Heaps made so far (in use and abandoned).
     pub(super) fn heaps(&self) -> usize {
         let mut count = 0;
@@ -314,6 +314,8 @@ impl Registry {
         drop(pool);
         bytes
     }
+
+    // ---- attaching and handing back a thread's heap --------------------------------------
 
     /// The pthread key, if the registry has one.
     fn key(&self) -> Option<libc::pthread_key_t> {
@@ -447,9 +449,7 @@ extern "C" fn thread_exit(heap: *mut libc::c_void) {
     registry.abandon(heap);
 }
 
-// ---------------------------------------------------------------------------------------
-// Fork
-// ---------------------------------------------------------------------------------------
+// ---- fork handling -----------------------------------------------------------------------
 
 /// Registers the fork handlers with `pthread_atfork`, once per process, before the first
 /// registry is claimed (so before any of their locks is taken). Other threads claiming a

@@ -1,6 +1,6 @@
 //! `RunIndex`: the summary that `Bitset` keeps beside each arena's bitmap, so that a search
 //! for a run of free blocks jumps to the words that can hold one. Its invariants are on
-//! [`RunIndex`]; `check` verifies them against the bitmap.
+//! [`RunIndex`]; `check` verifies them against the bitmap. Entry point: [`RunIndex`].
 //!
 //! Each bitmap word `w` has a *class* `k` in `0..=CLASSES`: the number of lengths `2^c`
 //! (`c < CLASSES`) for which a run of at least `2^c` free blocks starts inside word `w`
@@ -25,6 +25,8 @@ pub(super) const CLASSES: usize = 7;
 
 /// Levels an index can have: enough for `2^62` words.
 const MAX_LEVELS: usize = 11;
+
+// ---- word classes, byte tests, level sizes -----------------------------------------------
 
 /// Byte `i` of the result is `0x80` when byte `i` of `x` (at most `0x7F`) is above `c`
 /// (at most `0x7F`), else 0.
@@ -88,6 +90,8 @@ const fn level_entries(words: usize) -> [usize; MAX_LEVELS] {
     }
     levels
 }
+
+// ---- the index and its memory ------------------------------------------------------------
 
 /// A view of the index of one arena whose bitmap has `G::WORDS` words (`WORDS` below), at
 /// the memory `at`: `first[c]` for each `c < CLASSES` (one word each), then the levels,
@@ -197,6 +201,8 @@ impl<G: Words> RunIndex<G> {
         }
     }
 
+    // ---- records: first words and classes ------------------------------------------------
+
     /// A bitmap word below which no word has a recorded class above `c` (at most `WORDS`).
     #[inline(always)]
     pub(super) fn first(self, c: usize) -> usize {
@@ -251,6 +257,8 @@ impl<G: Words> RunIndex<G> {
             }
         }
     }
+
+    // ---- the search ----------------------------------------------------------------------
 
     /// The first entry at or after `i` in the 64 of level `level` that hold `i`, whose
     /// record is above `c`.
@@ -322,6 +330,8 @@ impl<G: Words> RunIndex<G> {
             }
         }
     }
+
+    // ---- checks --------------------------------------------------------------------------
 
     /// Aborts, naming the arena at `arena`, unless every bitmap word `w` has a recorded
     /// class of at least `class(w)` (the bitmap's own) and the index keeps the invariants
