@@ -51,22 +51,22 @@ fn main() {
     let stretch = max_depth + 1;
     let nodes = region::enter(&short_lived, || check(&bottom_up(stretch)));
     println!("stretch tree of depth {stretch}\t check: {nodes}");
-    short_lived.reset();
+    short_lived.give_back();
 
     let long_lived = region::enter(&long_lived_region, || bottom_up(max_depth));
 
     // Small trees share the short-lived region's chunks; its memory goes back whenever
     // about a megabyte of nodes has come and gone (every tree is dropped by then).
-    let mut nodes_since_reset = 0u64;
+    let mut nodes_since_give_back = 0u64;
     for d in (min_depth..=max_depth).step_by(2) {
         let iterations = 1u32 << (max_depth - d + min_depth);
         let mut total = 0;
         for _ in 0..iterations {
             total += region::enter(&short_lived, || check(&bottom_up(d)));
-            nodes_since_reset += 1 << (d + 1);
-            if nodes_since_reset >= 1 << 15 {
-                short_lived.reset();
-                nodes_since_reset = 0;
+            nodes_since_give_back += 1 << (d + 1);
+            if nodes_since_give_back >= 1 << 15 {
+                short_lived.give_back();
+                nodes_since_give_back = 0;
             }
         }
         println!("{iterations}\t trees of depth {d}\t check: {total}");

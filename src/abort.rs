@@ -94,8 +94,9 @@ pub(crate) mod call {
     pub(crate) const LEAK_REPORT: u8 = 6;
     pub(crate) const USABLE_SIZE: u8 = 7;
     pub(crate) const RESIZE: u8 = 8;
+    pub(crate) const REWIND: u8 = 9;
     /// Their names, by number.
-    pub(super) const NAMES: [&str; 9] = [
+    pub(super) const NAMES: [&str; 10] = [
         "get",
         "put",
         "grow",
@@ -105,6 +106,7 @@ pub(crate) mod call {
         "leak_report",
         "usable_size",
         "grow, shrink or move",
+        "rewind",
     ];
 }
 

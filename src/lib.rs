@@ -136,3 +136,8 @@ pub use region::Router;
 pub use region::{Region, check_leaks};
 #[cfg(feature = "os")]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};
+
+/// The README's examples, compiled and run as doc tests (`cargo test --doc`).
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

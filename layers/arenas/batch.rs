@@ -219,4 +219,12 @@ unsafe impl<L: crate::region::Attributed> crate::region::Attributed for Batch<L>
     fn attribute(&mut self, owner: crate::region::Attribution) {
         self.inner.attribute(owner);
     }
+
+    /// Puts do nothing: every block stays booked until the layer ends or rewinds.
+    const RECLAIMS: bool = false;
+
+    fn rewind(&mut self) {
+        self.release();
+        self.inner.rewind();
+    }
 }

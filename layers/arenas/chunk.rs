@@ -451,4 +451,23 @@ unsafe impl<L: crate::region::Attributed, const SIZE: usize> crate::region::Attr
     fn attribute(&mut self, owner: crate::region::Attribution) {
         self.inner.attribute(owner);
     }
+
+    /// Small blocks are reclaimed only when the chunk ends.
+    const RECLAIMS: bool = false;
+
+    /// Over a layer that [reclaims](crate::region::Attributed::RECLAIMS), keeps the newest
+    /// chunk, as [`reset`](Chunk::reset) does, and does not rewind the layer below (the kept
+    /// chunk is one of its blocks, still in use). Over one that does not (`Batch`), the
+    /// chunks it would give back would stay booked there, so it gives everything back and
+    /// rewinds the layer below instead.
+    fn rewind(&mut self) {
+        if L::RECLAIMS {
+            // SAFETY: `rewind` ends every block of the stack (its contract, as `deinit`'s),
+            // so none is used or put afterwards.
+            unsafe { self.reset() };
+        } else {
+            self.release();
+            self.inner.rewind();
+        }
+    }
 }

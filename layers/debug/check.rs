@@ -427,6 +427,8 @@ impl fmt::Debug for LeakReport {
 // SAFETY: every block comes from `L`, attributed to the same region.
 #[cfg(feature = "std")]
 unsafe impl<L: crate::region::Attributed> crate::region::Attributed for Check<L> {
+    const RECLAIMS: bool = L::RECLAIMS;
+
     fn attribute(&mut self, owner: crate::region::Attribution) {
         self.inner.attribute(owner);
     }

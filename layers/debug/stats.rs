@@ -148,7 +148,15 @@ impl<L: fmt::Debug> fmt::Debug for Stats<L> {
 // SAFETY: every block comes from `L`, attributed to the same region.
 #[cfg(feature = "std")]
 unsafe impl<L: crate::region::Attributed> crate::region::Attributed for Stats<L> {
+    const RECLAIMS: bool = L::RECLAIMS;
+
     fn attribute(&mut self, owner: crate::region::Attribution) {
         self.inner.attribute(owner);
+    }
+
+    fn rewind(&mut self) {
+        // Every block ends here: they count as put.
+        self.figures.record_all_ended();
+        self.inner.rewind();
     }
 }

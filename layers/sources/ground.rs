@@ -10,37 +10,42 @@ use crate::region::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 use crate::spin::SpinLock;
 
+use super::reserve::now_ms;
+
 /// Pieces given back by `Ground` layers, kept for the next ones instead of going back to
 /// the system allocator at once: regions made and dropped in quick succession (one per
-/// request, one per tree) would otherwise make the system allocator return and re-fault
-/// the same pages again and again.
+/// request, one per tree) take the same pieces again and again, without a call to the
+/// system allocator, which would otherwise give pages back and fault them in again. A
+/// piece left unused for `IDLE_MS` goes back at the next put of any `Ground`.
 struct PieceCache {
-    pieces: SpinLock<[CachedPiece; CACHED_PIECES]>,
+    pieces: SpinLock<[Option<CachedPiece>; CACHED_PIECES]>,
 }
 
-/// A cached piece and the layout it was allocated with, or an empty slot.
-type CachedPiece = Option<(NonNull<u8>, Layout)>;
+/// A cached piece, the layout it was allocated with, and when it was kept (`now_ms`).
+#[derive(Clone, Copy)]
+struct CachedPiece {
+    piece: NonNull<u8>,
+    pages: Layout,
+    kept_at: u64,
+}
 
 /// How many pieces the cache keeps, and the largest piece it keeps.
 const CACHED_PIECES: usize = 16;
 const CACHED_MAX: usize = 1 << 20;
+/// How long a cached piece may stay unused before it goes back to the system allocator.
+const IDLE_MS: u64 = if cfg!(miri) { 3_600_000 } else { 100 };
 
 // SAFETY: the pieces are reached only under their lock, one thread at a time; a cached
 // piece is a system allocation that the cache owns alone, which any thread may free.
 unsafe impl Sync for PieceCache {}
 
-static CACHE: PieceCache = PieceCache {
-    pieces: SpinLock::new([None; CACHED_PIECES]),
-};
+static CACHE: PieceCache = PieceCache::new();
 
 impl PieceCache {
-    fn with<R>(
-        &self,
-        f: impl FnOnce(&mut [Option<(NonNull<u8>, Layout)>; CACHED_PIECES]) -> R,
-    ) -> R {
-        // The lock is held only for a look at the 16 slots: pieces go back to the system
-        // allocator after it is let go.
-        f(&mut self.pieces.lock())
+    const fn new() -> Self {
+        PieceCache {
+            pieces: SpinLock::new([None; CACHED_PIECES]),
+        }
     }
 
     /// A cached piece allocated with exactly `pages`.
@@ -48,26 +53,51 @@ impl PieceCache {
         if pages.size() > CACHED_MAX {
             return None;
         }
-        self.with(|pieces| {
-            let slot = pieces
-                .iter_mut()
-                .find(|p| matches!(p, Some((_, l)) if *l == pages))?;
-            slot.take().map(|(piece, _)| piece)
-        })
+        // The lock is held only for a look at the 16 slots.
+        let mut pieces = self.pieces.lock();
+        let slot = pieces
+            .iter_mut()
+            .find(|slot| matches!(slot, Some(cached) if cached.pages == pages))?;
+        slot.take().map(|cached| cached.piece)
     }
 
-    /// Keeps a piece allocated with `pages`; gives it back when the cache is full.
-    fn keep(&self, piece: NonNull<u8>, pages: Layout) -> Option<NonNull<u8>> {
-        if pages.size() > CACHED_MAX {
-            return Some(piece);
-        }
-        self.with(|pieces| match pieces.iter_mut().find(|p| p.is_none()) {
-            Some(slot) => {
-                *slot = Some((piece, pages));
-                None
+    /// Keeps a piece allocated with `pages`, and gives back to the system allocator the
+    /// pieces left unused for `IDLE_MS`, and this one when it is too large or the cache
+    /// is full. The lock is let go before anything is given back.
+    fn keep(&self, piece: NonNull<u8>, pages: Layout) {
+        let now = now_ms();
+        let mut stale: [Option<CachedPiece>; CACHED_PIECES + 1] = [None; CACHED_PIECES + 1];
+        {
+            let mut pieces = self.pieces.lock();
+            for (slot, out) in pieces.iter_mut().zip(stale.iter_mut()) {
+                if slot.is_some_and(|cached| now.wrapping_sub(cached.kept_at) > IDLE_MS) {
+                    *out = slot.take();
+                }
             }
-            None => Some(piece),
-        })
+            let cached = CachedPiece {
+                piece,
+                pages,
+                kept_at: now,
+            };
+            match pieces.iter_mut().find(|slot| slot.is_none()) {
+                Some(slot) if pages.size() <= CACHED_MAX => *slot = Some(cached),
+                _ => stale[CACHED_PIECES] = Some(cached),
+            }
+        }
+        for cached in stale.into_iter().flatten() {
+            // SAFETY: cached pieces came from the system allocator with their `pages`, and
+            // the cache held them alone.
+            unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
+        }
+    }
+
+    /// Gives every cached piece back to the system allocator.
+    fn empty(&self) {
+        let pieces = core::mem::replace(&mut *self.pieces.lock(), [None; CACHED_PIECES]);
+        for cached in pieces.into_iter().flatten() {
+            // SAFETY: as in `keep`.
+            unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
+        }
     }
 }
 
@@ -75,8 +105,10 @@ impl PieceCache {
 /// 4 KiB pages so that a region can claim them (the seed's `ground` layer).
 ///
 /// Pieces of up to 1 MiB that come back are kept in a small process-wide cache (16 of
-/// them) for the next `Ground` to reuse, so that short-lived regions do not make the system
-/// allocator give pages back and fault them in again; [`Ground::release_cache`] empties it.
+/// them) for the next `Ground` to reuse, so that short-lived regions (one per request)
+/// take the same pages again without a call to the system allocator, let alone the OS. A
+/// piece left unused for 100 ms goes back to the system allocator at the next put of any
+/// `Ground`; [`Ground::release_cache`] empties the cache at once.
 ///
 /// Sizes are rounded up to whole pages and blocks are page-aligned, so `Ground` belongs at
 /// the bottom of a stack that asks for big pieces, under `Chunk`:
@@ -105,11 +137,7 @@ impl Ground {
 
     /// Gives every cached piece back to the system allocator.
     pub fn release_cache() {
-        let pieces = CACHE.with(|pieces| core::mem::replace(pieces, [None; CACHED_PIECES]));
-        for (piece, pages) in pieces.into_iter().flatten() {
-            // SAFETY: cached pieces came from the system allocator with `pages`.
-            unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) };
-        }
+        CACHE.empty();
     }
 }
 
@@ -151,10 +179,8 @@ unsafe impl Layer for Ground {
             page_map::unclaim(ptr.as_ptr(), pages.size());
         }
         self.held = self.held.wrapping_sub(pages.size());
-        if let Some(piece) = CACHE.keep(ptr, pages) {
-            // SAFETY: the block came from `get`, allocated with `pages`.
-            unsafe { std::alloc::System.dealloc(piece.as_ptr(), pages) }
-        }
+        // The block came from `get`, allocated with `pages`; it is no one's now.
+        CACHE.keep(ptr, pages);
     }
 
     fn init() -> Self {
@@ -176,5 +202,63 @@ impl fmt::Debug for Ground {
         f.debug_struct("Ground")
             .field("held_bytes", &self.held)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl PieceCache {
+        fn len(&self) -> usize {
+            self.pieces.lock().iter().flatten().count()
+        }
+    }
+
+    fn piece(pages: Layout) -> NonNull<u8> {
+        // SAFETY: `pages` has a non-zero size.
+        NonNull::new(unsafe { std::alloc::System.alloc(pages) }).expect("memory for a piece")
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "waits for the idle time on the real clock")]
+    fn pieces_left_idle_go_back_at_the_next_put() {
+        let cache = PieceCache::new();
+        let pages = Layout::from_size_align(PAGE, PAGE).unwrap();
+        cache.keep(piece(pages), pages);
+        cache.keep(piece(pages), pages);
+        assert_eq!(cache.len(), 2);
+        let taken = cache.take(pages).expect("a cached piece of that layout");
+        assert_eq!(cache.len(), 1);
+        cache.keep(taken, pages);
+        std::thread::sleep(std::time::Duration::from_millis(IDLE_MS + 50));
+        cache.keep(piece(pages), pages);
+        assert_eq!(
+            cache.len(),
+            1,
+            "the two idle pieces went back, the new one stays"
+        );
+        cache.empty();
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn large_pieces_and_pieces_past_a_full_cache_go_back_at_once() {
+        let cache = PieceCache::new();
+        let large = Layout::from_size_align(2 * CACHED_MAX, PAGE).unwrap();
+        cache.keep(piece(large), large);
+        assert_eq!(cache.len(), 0);
+        assert!(cache.take(large).is_none());
+        let pages = Layout::from_size_align(PAGE, PAGE).unwrap();
+        for _ in 0..CACHED_PIECES + 3 {
+            cache.keep(piece(pages), pages);
+        }
+        assert_eq!(cache.len(), CACHED_PIECES);
+        let other = Layout::from_size_align(2 * PAGE, PAGE).unwrap();
+        assert!(
+            cache.take(other).is_none(),
+            "only a piece of the same layout is taken"
+        );
+        cache.empty();
     }
 }

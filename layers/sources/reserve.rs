@@ -238,7 +238,7 @@ impl Range {
 
 /// The monotonic clock in milliseconds (on Linux the coarse one: a read of the vDSO's
 /// clock, no system call); 0 if it cannot be read, which at worst makes one tick early.
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -2,19 +2,46 @@
 //! through the global allocator) into a layer stack of your choice.
 //!
 //! ```
-//! use stratalloc::{Gauge, Region, Router, region, layers::{Chunk, Mmap, Stats}};
+//! use stratalloc::{Region, Router, region};
 //!
 //! #[global_allocator]
 //! static ROUTER: Router = Router::new();
 //!
-//! let arena = Region::new(Stats::new(Chunk::<Mmap, 65536>::new(Mmap::new())));
-//! let total: u64 = region::enter(&arena, || {
-//!     let squares: Vec<u64> = (0..1000).map(|i| i * i).collect(); // from the arena
-//!     squares.iter().sum()
-//! });
-//! assert_eq!(total, 332_833_500);
-//! assert!(arena.gauge().gets > 0);
+//! let arena = Region::arena();
+//! for request in 0..3u64 {
+//!     let total: u64 = region::enter(&arena, || {
+//!         let squares: Vec<u64> = (0..1000).map(|i| i * i + request).collect(); // in the arena
+//!         squares.iter().sum()
+//!     });
+//!     assert_eq!(total, 332_833_500 + 1000 * request);
+//!     assert!(arena.reset(), "the next request starts over in the same memory");
+//! }
 //! ```
+//!
+//! # Choosing a stack
+//!
+//! [`Region::arena`] makes the recommended region, [`RegionArena`]: bump allocation out of
+//! 64 KiB chunks of whole pages from the system allocator, which ended regions hand on to
+//! the next ones; the router carves its small blocks itself and a free only counts the
+//! block. Make one region per task (a request, a parse, a frame), or one per thread reused
+//! with [`Region::reset`]; either way no system call is made once warm. Any other stack
+//! whose bottom is a page source can be a region ([`Region::new`]); pick one when you need
+//! what it adds:
+//!
+//! - **figures**: `Stats<RegionArena>` counts blocks, bytes and the peak
+//!   ([`Region::gauge`]); every block then goes through the stack (a call per block);
+//! - **leak checking**: [`check_leaks`] runs a closure in a checking region; put
+//!   [`Check`] on top of a stack of your own to have a region that ends with live blocks
+//!   panic with the report;
+//! - **memory straight from the OS**: `Chunk<Mmap, SIZE>` maps each chunk and unmaps it
+//!   when the region ends or [gives its memory back](Region::give_back), for a few large,
+//!   long-lived regions whose memory should return to the OS at once (a map and an unmap
+//!   per chunk: slow for a region per request);
+//! - **nested regions that borrow**: [`Pipe`](crate::layers::Pipe) at the bottom takes
+//!   pieces from an enclosing region instead of the system allocator;
+//! - **reuse inside a region**: a stack that frees and reuses blocks
+//!   ([`FreeList`](crate::layers::FreeList), [`Coalesce`](crate::layers::Coalesce) over a
+//!   page source), for a long closure whose live data stays small while it churns.
 //!
 //! # What holds (the router's rules)
 //!
@@ -115,7 +142,9 @@ pub(crate) use owner::{
 };
 pub use router::Router;
 
+use crate::abort::{call, no_unwind};
 use crate::layers::{Check, Chunk, Mmap};
+use crate::presets::RegionArena;
 use crate::{Gauge, Gauges, Layer, LeakReport};
 
 /// Which region a page source claims its pages for: handed down a stack by
@@ -159,8 +188,26 @@ impl fmt::Debug for Attribution {
 /// wrapping one of them and forwarding `attribute`, as `Stats`, `Check`, `Chunk` and
 /// `Batch` do.
 pub unsafe trait Attributed: Layer {
+    /// Whether a [`put`](Layer::put) makes the block's memory usable again, by this layer's
+    /// next gets or the layer below's: `false` for a layer that keeps every block until it
+    /// ends (`Batch`, whose put does nothing, and `Chunk`'s small blocks). Wrappers that
+    /// pass puts down say what the layer below says. `Chunk`'s
+    /// [`rewind`](Attributed::rewind) keeps a chunk only over a layer that reclaims.
+    const RECLAIMS: bool = true;
+
     /// Tells the stack which region it serves.
     fn attribute(&mut self, owner: Attribution);
+
+    /// Ends every block the stack handed out, as [`deinit`](Layer::deinit) does, but keeps
+    /// memory for the blocks that come next, the way `bumpalo::Bump::reset` does:
+    /// [`Region::reset`] calls it. The default gives everything back (`deinit`). A layer
+    /// that keeps blocks of the layer below must not rewind that layer, whose blocks they
+    /// still are: `Chunk` keeps its newest chunk (over a layer that
+    /// [reclaims](Attributed::RECLAIMS)) and stops there; `Stats` passes the call down, and
+    /// `Batch` gives its blocks back, then passes it down.
+    fn rewind(&mut self) {
+        self.deinit();
+    }
 }
 
 /// A region: a layer stack that [`enter`] makes the destination of this thread's
@@ -274,18 +321,21 @@ impl<L: Attributed + Send + 'static> Region<L> {
         f(unsafe { &self.record.as_ref().layer })
     }
 
-    /// Gives the stack's memory back (its `deinit`) when none of its blocks is live, after
-    /// putting frees from other threads; returns whether it did. The region stays usable
-    /// and takes memory afresh on its next allocation, which suits a region reused for one
-    /// short task after another.
+    /// Ends the region's blocks at once and starts over when none of them is live (after
+    /// putting frees from other threads), keeping its memory for the next blocks, as
+    /// `bumpalo::Bump::reset` does: the stack's [`rewind`](Attributed::rewind) (a `Chunk`
+    /// keeps its newest chunk, claimed for this region, and rewinds its bump pointer).
+    /// Returns whether it did. A region reused for one short task after another makes no
+    /// call to the OS or the system allocator once warm. [`give_back`](Self::give_back)
+    /// returns the memory too.
     ///
     /// ```
-    /// use stratalloc::{Region, Router, region, layers::{Chunk, Mmap}};
+    /// use stratalloc::{Region, Router, region};
     ///
     /// #[global_allocator]
     /// static ROUTER: Router = Router::new();
     ///
-    /// let scratch = Region::new(Chunk::<Mmap, 65536>::new(Mmap::new()));
+    /// let scratch = Region::arena();
     /// for round in 0..3 {
     ///     region::enter(&scratch, || drop(vec![round; 1000]));
     ///     assert!(scratch.reset(), "nothing of the round survives");
@@ -293,8 +343,22 @@ impl<L: Attributed + Send + 'static> Region<L> {
     /// let kept = region::enter(&scratch, || vec![1u8; 10]);
     /// assert!(!scratch.reset(), "`kept` is live");
     /// drop(kept);
+    /// assert!(scratch.give_back(), "the memory goes back to the stack's source");
     /// ```
     pub fn reset(&self) -> bool {
+        self.end_every_block(|layer| no_unwind::<L, { call::REWIND }, _>(|| layer.rewind()))
+    }
+
+    /// Ends the region's blocks at once when none of them is live, as [`reset`](Self::reset)
+    /// does, and gives the stack's memory back to its source (its
+    /// [`deinit`](Layer::deinit)); returns whether it did. The region stays usable and
+    /// takes memory afresh on its next allocation.
+    pub fn give_back(&self) -> bool {
+        self.end_every_block(|layer| no_unwind::<L, { call::DEINIT }, _>(|| layer.deinit()))
+    }
+
+    /// Runs `end` on the stack when no block of the region is live and it is not busy.
+    fn end_every_block(&self, end: impl FnOnce(&mut L)) -> bool {
         let owner = self.owner();
         owner::service_zombies();
         owner::catch_up(owner);
@@ -304,9 +368,10 @@ impl<L: Attributed + Send + 'static> Region<L> {
         owner.set_busy(true);
         owner.drop_window();
         // SAFETY: the owner thread, region active and (until now) not busy, outside any stack
-        // call; busy keeps nested router calls away meanwhile. With no block live, nothing
-        // relies on the memory `deinit` gives back (the window included, forgotten above).
-        unsafe { (*owner.stack()).deinit() };
+        // call; busy keeps the router away from the stack meanwhile, so this is its only
+        // reference. With no block live, nothing relies on the memory `end` ends (the
+        // window included, forgotten above). The record outlives `self`.
+        end(unsafe { &mut (*self.record.as_ptr()).layer });
         owner.set_busy(false);
         true
     }
@@ -326,6 +391,33 @@ impl<L: Attributed + Send + 'static> Region<L> {
         owner::service_zombies();
         owner::catch_up(self.owner());
         self.owner().live()
+    }
+}
+
+impl Region<RegionArena> {
+    /// A region of the recommended stack, [`RegionArena`]: bump allocation out of 64 KiB
+    /// chunks that regions hand on to one another, so that a region per task (a request,
+    /// a parse) costs no system call once warm, and a reused region's
+    /// [`reset`](Self::reset) keeps its newest chunk.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use stratalloc::{Region, Router, region};
+    ///
+    /// #[global_allocator]
+    /// static ROUTER: Router = Router::new();
+    ///
+    /// let words = region::enter(&Region::arena(), || {
+    ///     let mut counts: HashMap<String, usize> = HashMap::new();
+    ///     for word in "the cat saw the dog".split(' ') {
+    ///         *counts.entry(word.to_string()).or_default() += 1;
+    ///     }
+    ///     counts["the"]
+    /// });
+    /// assert_eq!(words, 2);
+    /// ```
+    pub fn arena() -> Self {
+        Region::new(crate::presets::region_arena())
     }
 }
 

@@ -14,6 +14,8 @@ mod preload;
 #[cfg(feature = "std")]
 mod region_hazards;
 #[cfg(feature = "std")]
+mod region_reuse;
+#[cfg(feature = "std")]
 mod regions;
 #[cfg(feature = "std")]
 mod routing_model;
