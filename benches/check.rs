@@ -1,5 +1,8 @@
 //! What watching costs: `Stats<Check<X>>` against `X` alone, on a steady churn of
-//! allocations (a window of live blocks; each step frees the oldest and allocates a new one).
+//! allocations (a window of live blocks; each step frees the oldest and allocates a new one);
+//! and one `check_leaks` scope's churn over its stack, `LeakCheckStack`, against the bump
+//! arena it used before (`Check<Chunk<Mmap, 65536>>`, which reuses no freed block).
+//! `benches/check_rss.rs` measures the memory side.
 //!
 //! Run with `cargo bench --bench check`.
 
@@ -10,18 +13,26 @@ use std::ptr::NonNull;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stratalloc::Layer;
-use stratalloc::layers::{Check, Stats, System};
+use stratalloc::layers::{Check, Chunk, Mmap, Stats, System};
+use stratalloc::region::LeakCheckStack;
 
 const STEPS: usize = 4096;
 const LIVE: usize = 1000;
+/// Steps of one checking scope: enough that the bump arena maps about 9 MiB.
+const SCOPE_STEPS: usize = 16 * STEPS;
 
 fn layout(i: usize) -> Layout {
     Layout::from_size_align(16 + (i * 37) % 240, 8).unwrap()
 }
 
-/// Runs `STEPS` steps of churn over `layer`, keeping `LIVE` blocks live.
-fn churn<L: Layer>(layer: &mut L, window: &mut VecDeque<(NonNull<u8>, Layout)>, start: usize) {
-    for i in start..start + STEPS {
+/// Runs `steps` steps of churn over `layer`, keeping `LIVE` blocks live.
+fn churn<L: Layer>(
+    layer: &mut L,
+    window: &mut VecDeque<(NonNull<u8>, Layout)>,
+    start: usize,
+    steps: usize,
+) {
+    for i in start..start + steps {
         if window.len() == LIVE {
             let (block, layout) = window.pop_front().unwrap();
             // SAFETY: got from `layer` with `layout`, put once.
@@ -42,7 +53,7 @@ fn measure_churn<L: Layer>(b: &mut criterion::Bencher<'_>, make: impl FnOnce() -
     let mut window = VecDeque::with_capacity(LIVE);
     let mut start = 0;
     b.iter(|| {
-        churn(&mut layer, &mut window, start);
+        churn(&mut layer, &mut window, start, STEPS);
         start += STEPS;
     });
     for (block, layout) in window.drain(..) {
@@ -66,5 +77,31 @@ fn watching_cost(c: &mut Criterion) {
     bench_pair(c, "system", System::new);
 }
 
-criterion_group!(benches, watching_cost);
+/// Measures one checking scope over the stack `make` builds: a fresh stack, `SCOPE_STEPS`
+/// steps of churn, every block put back, the stack dropped (its memory unmapped).
+fn measure_scope<L: Layer>(b: &mut criterion::Bencher<'_>, make: fn() -> L) {
+    let mut window = VecDeque::with_capacity(LIVE);
+    b.iter(|| {
+        let mut layer = make();
+        churn(&mut layer, &mut window, 0, SCOPE_STEPS);
+        for (block, layout) in window.drain(..) {
+            // SAFETY: live blocks of `layer`.
+            unsafe { layer.put(block, layout) };
+        }
+    });
+}
+
+fn leak_check_scope(c: &mut Criterion) {
+    let mut group = c.benchmark_group("leak_check_scope");
+    group.throughput(Throughput::Elements(SCOPE_STEPS as u64));
+    group.bench_function("leak_check_stack", |b| {
+        measure_scope(b, <LeakCheckStack as Layer>::init)
+    });
+    group.bench_function("bump_arena_before", |b| {
+        measure_scope(b, || Check::new(Chunk::<Mmap, 65536>::new(Mmap::new())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, watching_cost, leak_check_scope);
 criterion_main!(benches);

@@ -93,7 +93,7 @@
 //! # Fast small blocks
 //!
 //! When the stack's top layer hands out [windows](crate::layer#window) (a bare
-//! [`Chunk`]), the router carves the region's small blocks itself
+//! [`Chunk`](crate::layers::Chunk)), the router carves the region's small blocks itself
 //! from the current window, without a call into the stack, and their frees only count
 //! them. A stack with [`Stats`](crate::layers::Stats) or [`Check`] on top sees every block
 //! instead, at the cost of a call per block.
@@ -143,7 +143,7 @@ pub(crate) use owner::{
 pub use router::Router;
 
 use crate::abort::{call, no_unwind};
-use crate::layers::{Check, Chunk, Mmap};
+use crate::layers::{Check, Coalesce, Mmap};
 use crate::presets::RegionArena;
 use crate::{Gauge, Gauges, Layer, LeakReport};
 
@@ -505,9 +505,18 @@ pub fn served_by_a_region(ptr: *const u8) -> bool {
     !page_map::owner_of(ptr.addr()).is_null()
 }
 
-/// The stack [`check_leaks`] runs closures in: a checker over a bump arena of 64 KiB
-/// chunks mapped from the OS.
-pub type LeakCheckStack = Check<Chunk<Mmap, 65536>>;
+/// The stack [`check_leaks`] runs closures in, a checker over a heap that reuses what is
+/// freed:
+///
+/// 1. `Check` records every block and reports those still live when the closure ends;
+/// 2. `Coalesce<_, 1 MiB>` serves them from 1 MiB arenas whose freed blocks merge with their
+///    free neighbours and are handed out again, so that a closure's footprint follows its
+///    live data, not its traffic; a block too big for an arena gets a map of its own,
+///    unmapped when it is freed;
+/// 3. `Mmap` maps the arenas, whose pages the page map records as the checking region's.
+pub type LeakCheckStack = Check<Coalesce<Mmap, { 1 << 20 }>>;
+
+static_assertions::assert_impl_all!(LeakCheckStack: Layer, Attributed, Send, fmt::Debug);
 
 /// Runs `f` in a fresh checking region and reports whatever it allocated and did not free
 /// (including blocks still held by the value it returns: return owned data made outside,
@@ -515,26 +524,59 @@ pub type LeakCheckStack = Check<Chunk<Mmap, 65536>>;
 ///
 /// Each call sees only its own thread's allocations, so tests running in parallel do not
 /// disturb one another. Leaked blocks stay valid: their memory is kept until they are
-/// freed. The arena reuses little until the region ends, so a closure that churns through
-/// gigabytes needs that much address space.
+/// freed. Freed blocks are reused ([`LeakCheckStack`]), so a closure that churns through
+/// many short-lived blocks needs about the memory of its live data.
+///
+/// It watches the closure through the [`Router`], which must be the program's global
+/// allocator (in a test binary, one line in its crate root):
 ///
 /// ```
+/// use std::hint::black_box;
 /// use stratalloc::{Router, check_leaks};
 ///
 /// #[global_allocator]
 /// static ROUTER: Router = Router::new();
 ///
 /// assert!(check_leaks(|| drop(vec![1, 2, 3])).is_ok());
-/// let report = check_leaks(|| Box::leak(Box::new([0u8; 100]))).unwrap_err();
+/// let report = check_leaks(|| {
+///     black_box(Box::leak(Box::new([0u8; 100])));
+/// })
+/// .unwrap_err();
 /// assert_eq!(report.blocks(), 1);
 /// ```
+///
+/// # Deliberate leaks
+///
+/// An optimised build (`--release`) may remove an allocation whose block is never used,
+/// a leaked one included: a test that leaks on purpose, to see the report, passes the block
+/// through [`std::hint::black_box`] (as above), which keeps the allocation.
+///
+/// # Panics
+///
+/// When it cannot watch `f`, rather than pass a closure whose allocations it did not see.
+/// Before running `f` it allocates a probe through the global allocator inside the checking
+/// region; when the region did not serve it, this panics (naming the cause) without running
+/// `f`:
+///
+/// - the [`Router`] is not the program's global allocator; install it with
+///   `#[global_allocator] static ROUTER: stratalloc::Router = stratalloc::Router::new();`
+///   in the crate root of the binary (for a test, of the test binary);
+/// - this thread is panicking (a call from a `Drop` during unwinding): the router sends the
+///   allocations of a panicking thread to the system allocator, and the panic, a second
+///   one, aborts the process.
+///
+/// It also panics, as [`Region::new`] does, when the system allocator has no room for the
+/// region's record.
 #[allow(
     clippy::result_large_err,
     reason = "a LeakReport allocates nothing, so that it can be built where the global \
               allocator is off limits; boxing it would defeat that, and the error path is cold"
 )]
 pub fn check_leaks<R>(f: impl FnOnce() -> R) -> Result<R, LeakReport> {
-    let region = Region::new(LeakCheckStack::new(Chunk::new(Mmap::new())));
+    let region = Region::new(LeakCheckStack::new(Coalesce::new(Mmap::new())));
+    if !enter(&region, || a_probe_lands_in(&region)) {
+        cannot_watch();
+    }
     let value = enter(&region, f);
     if region.with_layer(|stack| stack.leaks()).is_some() {
         move_out_the_output_capture(&region);
@@ -546,6 +588,34 @@ pub fn check_leaks<R>(f: impl FnOnce() -> R) -> Result<R, LeakReport> {
             Err(report)
         }
     }
+}
+
+/// Whether a block allocated now through the global allocator comes from `region`: it does
+/// when the [`Router`] is the global allocator, `region` is on top of this thread's stack,
+/// and the thread is not panicking. The probe is freed at once.
+fn a_probe_lands_in<L: Attributed + Send + 'static>(region: &Region<L>) -> bool {
+    // `black_box` keeps the optimiser from removing the allocation.
+    let probe = std::hint::black_box(Box::new(0u8));
+    page_map::owner_of((&raw const *probe).addr()) == region.owner_ptr()
+}
+
+/// The panic of [`check_leaks`] when its probe was not served by the checking region.
+#[cold]
+#[inline(never)]
+fn cannot_watch() -> ! {
+    if std::thread::panicking() {
+        panic!(
+            "stratalloc: check_leaks cannot watch a closure while this thread is panicking: \
+             the router sends a panicking thread's allocations to the system allocator"
+        );
+    }
+    panic!(
+        "stratalloc: check_leaks cannot watch the closure: an allocation made inside its \
+         checking region did not reach the region, so the global allocator is not \
+         stratalloc's Router. Install it in the crate root of this binary (for a test, of the \
+         test binary): #[global_allocator] static ROUTER: stratalloc::Router = \
+         stratalloc::Router::new();"
+    );
 }
 
 /// The largest output buffer [`move_out_the_output_capture`] tells from a leak.

@@ -621,5 +621,13 @@ mod named_stacks {
         #[cfg(not(miri))]
         conformance!(arena, presets::arena);
         conformance!(checked_system, presets::checked_system, gauged);
+        // 1 MiB arenas are slow to track under Miri; `coalesce_over_buffer` and
+        // `check_over_buffer` run its layers' logic there.
+        #[cfg(not(miri))]
+        conformance!(
+            leak_check_stack,
+            <stratalloc::region::LeakCheckStack as stratalloc::Layer>::init,
+            gauged
+        );
     }
 }

@@ -385,6 +385,46 @@ fn check_leaks_is_per_thread() {
     }
 }
 
+/// Runs `pairs` steps in the current region, each allocating a block of 16 to 1024 bytes
+/// and freeing the one allocated eight steps before.
+fn churn(pairs: usize) {
+    let mut ring: [Vec<u8>; 8] = Default::default();
+    for i in 0..pairs {
+        ring[i % 8] = vec![i as u8; 16 + (i * 37) % 1009];
+    }
+}
+
+#[test]
+fn check_leaks_stack_maps_no_more_as_blocks_pass_through() {
+    // A closure's footprint under `check_leaks` follows its live data: after a warm-up, many
+    // more short-lived blocks map nothing more (a bump arena would map them all).
+    use stratalloc::Layer;
+    use stratalloc::region::LeakCheckStack;
+    let region = Region::new(LeakCheckStack::init());
+    let mapped = || region.with_layer(|stack| stack.inner().inner().mapped_bytes());
+    let (warm_up, more) = if cfg!(miri) {
+        (200, 600)
+    } else {
+        (1000, 200_000)
+    };
+    region::enter(&region, || churn(warm_up));
+    let warm = mapped();
+    region::enter(&region, || churn(more));
+    let after = mapped();
+    assert!(
+        warm > 0 && after <= warm,
+        "the checking stack mapped {warm} bytes after {warm_up} blocks, {after} after \
+         {more} more"
+    );
+    assert_eq!(region.live_blocks(), 0);
+}
+
+#[test]
+fn check_leaks_passes_a_long_churn() {
+    let pairs = if cfg!(miri) { 200 } else { 100_000 };
+    assert_eq!(check_leaks(|| churn(pairs)), Ok(()));
+}
+
 #[test]
 fn pipe_takes_pages_from_the_enclosing_region_and_gives_them_back() {
     use stratalloc::layers::Pipe;
