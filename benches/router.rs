@@ -8,17 +8,12 @@ use std::hint::black_box;
 
 use bumpalo::Bump;
 use criterion::{Criterion, criterion_group, criterion_main};
-use stratalloc::layers::{Chunk, Ground};
-use stratalloc::{Region, Router, presets, region};
+use stratalloc::{Region, Router, region};
 
 mod workloads;
 
 #[global_allocator]
 static ROUTER: Router = Router::new();
-
-/// The stack each short-lived tree gets: bump allocation in 64 KiB chunks of pages from
-/// the system allocator.
-type TreeStack = Chunk<Ground, 65536>;
 
 struct BumpNode<'a> {
     children: Option<(&'a BumpNode<'a>, &'a BumpNode<'a>)>,
@@ -70,7 +65,7 @@ fn binary_trees(c: &mut Criterion) {
     group.bench_function("region_per_tree", |b| {
         b.iter(|| {
             workloads::binary_trees(workloads::DEPTH, |depth| {
-                let arena = Region::new(TreeStack::new(Ground::new()));
+                let arena = Region::arena();
                 region::enter(&arena, || workloads::boxed_tree(depth))
             })
         })
@@ -109,14 +104,14 @@ fn request_loop(c: &mut Criterion) {
     });
     group.bench_function("region_per_request", |b| {
         b.iter(|| {
-            let arena = Region::new(presets::arena());
+            let arena = Region::arena();
             let answer = region::enter(&arena, || workloads::handle_request(black_box(body)));
             drop(arena);
             answer
         })
     });
     group.bench_function("region_reset_per_request", |b| {
-        let arena = Region::new(presets::arena());
+        let arena = Region::arena();
         b.iter(|| {
             let answer = region::enter(&arena, || workloads::handle_request(black_box(body)));
             assert!(arena.reset(), "nothing of a request outlives it");
@@ -143,7 +138,7 @@ fn churn(c: &mut Criterion) {
 fn free_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("free_lookup");
     let system_block = Box::new([0u8; 64]);
-    let arena = Region::new(TreeStack::new(Ground::new()));
+    let arena = Region::arena();
     let region_block = region::enter(&arena, || Box::new([0u8; 64]));
     group.bench_function("system_block", |b| {
         b.iter(|| region::served_by_a_region(black_box(system_block.as_ptr())))

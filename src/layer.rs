@@ -684,6 +684,7 @@ mod tests {
 
     /// The bytes of `len` from `block`, read one by one (a block the layer holds, whose
     /// links may be there).
+    #[cfg(debug_assertions)]
     fn bytes(block: NonNull<u8>, len: usize) -> alloc::vec::Vec<u8> {
         // SAFETY: every caller reads a block of the test's own buffer, all of whose bytes
         // were written (filled, or a link).
