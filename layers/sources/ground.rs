@@ -16,9 +16,17 @@ use super::reserve::now_ms;
 /// the system allocator at once: regions made and dropped in quick succession (one per
 /// request, one per tree) take the same pieces again and again, without a call to the
 /// system allocator, which would otherwise give pages back and fault them in again. A
-/// piece left unused for `IDLE_MS` goes back at the next put of any `Ground`.
+/// piece left unused for `IDLE_MS` goes back at the first put of any `Ground` once the
+/// last sweep is `IDLE_MS` old (so after `IDLE_MS` to twice that).
 struct PieceCache {
-    pieces: SpinLock<[Option<CachedPiece>; CACHED_PIECES]>,
+    slots: SpinLock<Slots>,
+}
+
+/// The cache's contents, under its lock.
+struct Slots {
+    pieces: [Option<CachedPiece>; CACHED_PIECES],
+    /// When idle pieces were last given back (`now_ms`).
+    swept_at: u64,
 }
 
 /// A cached piece, the layout it was allocated with, and when it was kept (`now_ms`).
@@ -41,10 +49,22 @@ unsafe impl Sync for PieceCache {}
 
 static CACHE: PieceCache = PieceCache::new();
 
+/// Gives cached pieces back to the system allocator.
+fn give_back(pieces: impl IntoIterator<Item = Option<CachedPiece>>) {
+    for cached in pieces.into_iter().flatten() {
+        // SAFETY: cached pieces came from the system allocator with their `pages`, and the
+        // cache held them alone until it let them go.
+        unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
+    }
+}
+
 impl PieceCache {
     const fn new() -> Self {
         PieceCache {
-            pieces: SpinLock::new([None; CACHED_PIECES]),
+            slots: SpinLock::new(Slots {
+                pieces: [None; CACHED_PIECES],
+                swept_at: 0,
+            }),
         }
     }
 
@@ -54,50 +74,61 @@ impl PieceCache {
             return None;
         }
         // The lock is held only for a look at the 16 slots.
-        let mut pieces = self.pieces.lock();
-        let slot = pieces
+        let mut slots = self.slots.lock();
+        let slot = slots
+            .pieces
             .iter_mut()
             .find(|slot| matches!(slot, Some(cached) if cached.pages == pages))?;
         slot.take().map(|cached| cached.piece)
     }
 
-    /// Keeps a piece allocated with `pages`, and gives back to the system allocator the
-    /// pieces left unused for `IDLE_MS`, and this one when it is too large or the cache
-    /// is full. The lock is let go before anything is given back.
+    /// Keeps a piece allocated with `pages`, or gives it back to the system allocator when
+    /// it is too large or the cache is full; first gives back the pieces left unused for
+    /// `IDLE_MS`, when a sweep is due. Nothing is given back under the lock.
     fn keep(&self, piece: NonNull<u8>, pages: Layout) {
         let now = now_ms();
-        let mut stale: [Option<CachedPiece>; CACHED_PIECES + 1] = [None; CACHED_PIECES + 1];
+        let mut slots = self.slots.lock();
+        if now.wrapping_sub(slots.swept_at) > IDLE_MS {
+            drop(slots);
+            self.sweep(now);
+            slots = self.slots.lock();
+        }
+        let cached = CachedPiece {
+            piece,
+            pages,
+            kept_at: now,
+        };
+        if pages.size() <= CACHED_MAX
+            && let Some(slot) = slots.pieces.iter_mut().find(|slot| slot.is_none())
         {
-            let mut pieces = self.pieces.lock();
-            for (slot, out) in pieces.iter_mut().zip(stale.iter_mut()) {
+            *slot = Some(cached);
+            return;
+        }
+        drop(slots);
+        give_back([Some(cached)]);
+    }
+
+    /// Gives back the pieces left unused for `IDLE_MS`.
+    #[cold]
+    #[inline(never)]
+    fn sweep(&self, now: u64) {
+        let mut stale = [None; CACHED_PIECES];
+        {
+            let mut slots = self.slots.lock();
+            slots.swept_at = now;
+            for (slot, out) in slots.pieces.iter_mut().zip(stale.iter_mut()) {
                 if slot.is_some_and(|cached| now.wrapping_sub(cached.kept_at) > IDLE_MS) {
                     *out = slot.take();
                 }
             }
-            let cached = CachedPiece {
-                piece,
-                pages,
-                kept_at: now,
-            };
-            match pieces.iter_mut().find(|slot| slot.is_none()) {
-                Some(slot) if pages.size() <= CACHED_MAX => *slot = Some(cached),
-                _ => stale[CACHED_PIECES] = Some(cached),
-            }
         }
-        for cached in stale.into_iter().flatten() {
-            // SAFETY: cached pieces came from the system allocator with their `pages`, and
-            // the cache held them alone.
-            unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
-        }
+        give_back(stale);
     }
 
     /// Gives every cached piece back to the system allocator.
     fn empty(&self) {
-        let pieces = core::mem::replace(&mut *self.pieces.lock(), [None; CACHED_PIECES]);
-        for cached in pieces.into_iter().flatten() {
-            // SAFETY: as in `keep`.
-            unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
-        }
+        let pieces = core::mem::replace(&mut self.slots.lock().pieces, [None; CACHED_PIECES]);
+        give_back(pieces);
     }
 }
 
@@ -107,8 +138,8 @@ impl PieceCache {
 /// Pieces of up to 1 MiB that come back are kept in a small process-wide cache (16 of
 /// them) for the next `Ground` to reuse, so that short-lived regions (one per request)
 /// take the same pages again without a call to the system allocator, let alone the OS. A
-/// piece left unused for 100 ms goes back to the system allocator at the next put of any
-/// `Ground`; [`Ground::release_cache`] empties the cache at once.
+/// piece left unused for 100 to 200 ms goes back to the system allocator at the next put
+/// of any `Ground`; [`Ground::release_cache`] empties the cache at once.
 ///
 /// Sizes are rounded up to whole pages and blocks are page-aligned, so `Ground` belongs at
 /// the bottom of a stack that asks for big pieces, under `Chunk`:
@@ -211,7 +242,7 @@ mod tests {
 
     impl PieceCache {
         fn len(&self) -> usize {
-            self.pieces.lock().iter().flatten().count()
+            self.slots.lock().pieces.iter().flatten().count()
         }
     }
 

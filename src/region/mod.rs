@@ -40,7 +40,7 @@
 //! - **nested regions that borrow**: [`Pipe`](crate::layers::Pipe) at the bottom takes
 //!   pieces from an enclosing region instead of the system allocator;
 //! - **reuse inside a region**: a stack that frees and reuses blocks
-//!   ([`FreeList`](crate::layers::FreeList), [`Coalesce`](crate::layers::Coalesce) over a
+//!   ([`FreeList`](crate::layers::FreeList), [`Coalesce`] over a
 //!   page source), for a long closure whose live data stays small while it churns.
 //!
 //! # What holds (the router's rules)
