@@ -91,8 +91,27 @@
 //! - `paranoid` (off by default, for tests): every layer calls its whole-structure
 //!   [`check_invariants`](Layer::check_invariants) at the top of each operation (see
 //!   [Checks](layer#checks)); many times slower.
+//! - `allocator-api2-03`, `allocator-api2-04`: [`Heap`] and [`Locked`] also implement the
+//!   `Allocator` traits of allocator-api2 0.3 and 0.4 (0.2's is always implemented, and
+//!   re-exported as [`allocator_api2`]).
+//! - `nightly` (nightly Rust): allocator-api2 0.2's trait becomes `core::alloc::Allocator`,
+//!   so std's `Vec::new_in(&heap)` and `Box::new_in(x, &heap)` work. The crate also builds
+//!   when another crate turns allocator-api2's own `nightly` feature on.
+//!
+//! # Platforms
+//!
+//! Linux runs every test. macOS and Windows type-check for each feature set in CI. Off
+//! Linux, `Sbrk` and the malloc replacement are absent, and the blob heap's lock is a spin
+//! lock that cannot see a dead holder; off Unix (Windows), `Mmap` takes page-aligned zeroed
+//! blocks from the system allocator, the region page map's leaves come from there too, and
+//! `Reserve`, `ThreadHeaps` and the `General` preset are absent (they need `mmap` with
+//! reserved address space, POSIX thread keys and fork handlers).
 
 #![cfg_attr(not(feature = "std"), no_std)]
+// allocator-api2's `nightly` feature (this crate's `nightly`, or another crate's) makes its
+// `Allocator` trait `core`'s unstable one; on a nightly compiler (`build.rs`) the language
+// feature lets the adapters implement it either way.
+#![cfg_attr(stratalloc_nightly_compiler, feature(allocator_api))]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -115,7 +134,7 @@ pub mod presets;
 #[cfg(feature = "std")]
 pub mod region;
 mod spin;
-#[cfg(feature = "os")]
+#[cfg(all(feature = "os", unix))]
 mod thread_heaps;
 
 // The layers live in a top-level `layers/` folder, one file each, so that the crate's
@@ -124,6 +143,11 @@ mod thread_heaps;
 #[path = "../layers/mod.rs"]
 pub mod layers;
 
+/// The allocator-api2 release whose `Allocator` trait `Heap` and `Locked` always implement
+/// (0.2), re-exported so that `stratalloc::allocator_api2::vec::Vec::new_in(&heap)` needs no
+/// dependency of its own. The `allocator-api2-03` and `allocator-api2-04` features add the
+/// traits of those releases; with `nightly`, this trait is `core::alloc::Allocator`.
+pub use allocator_api2;
 pub use bitmap::{Bitmap, BitmapError};
 pub use gauge::{Gauge, Gauges};
 pub use heap::Heap;
@@ -134,7 +158,7 @@ pub use locked::{LockGuard, Locked};
 pub use region::Router;
 #[cfg(feature = "std")]
 pub use region::{Region, check_leaks};
-#[cfg(feature = "os")]
+#[cfg(all(feature = "os", unix))]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};
 
 /// The README's examples, compiled and run as doc tests (`cargo test --doc`).
