@@ -202,6 +202,15 @@ use crate::abort::debug_require;
 ///     }
 /// }
 /// ```
+///
+/// # Testing a layer
+///
+/// With the `testing` feature, `stratalloc::testing::check_layer(|| Forward(System::new()))`
+/// in a `#[test]` runs the conformance suite that every layer of this crate passes on a new
+/// layer: random programs of gets, puts, resizes and windows, each block filled with a
+/// pattern and verified before it is put; overlap, alignment, `ZEROED`, `WINDOW_LIMIT`,
+/// `owns` and `check_invariants` checked after every step; the smallest failing program
+/// printed when something breaks (see the `testing` module).
 pub unsafe trait Layer {
     /// The alignment every block of this layer has at least, whatever the layout asked
     /// for (a power of two). `Mmap` guarantees a page; most layers guarantee nothing beyond

@@ -82,9 +82,9 @@
 //!   [`Mmap`](layers::Mmap), [`Reserve`](layers::Reserve), [`ThreadHeaps`] and the
 //!   [`General`](presets::General), [`Arena`](presets::Arena) and
 //!   [`AuditedArena`](presets::AuditedArena) presets, and misuse reports written to
-//!   stderr before an abort. This is how the malloc replacement (the `stratalloc_malloc`
-//!   example) is built: without std's panic and backtrace machinery it maps a fraction
-//!   of the pages into every program it is loaded into.
+//!   stderr before an abort. This is how the malloc replacement (the `stratalloc-malloc`
+//!   package in `malloc/`) is built: without std's panic and backtrace machinery it maps a
+//!   fraction of the pages into every program it is loaded into.
 //! - With neither, the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
 //!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `Bitmap`, `Heap` and `Locked`
 //!   remain.
@@ -94,6 +94,8 @@
 //! - `allocator-api2-03`, `allocator-api2-04`: [`Heap`] and [`Locked`] also implement the
 //!   `Allocator` traits of allocator-api2 0.3 and 0.4 (0.2's is always implemented, and
 //!   re-exported as [`allocator_api2`]).
+//! - `testing`: the `testing` module, the conformance suite for anyone who writes a
+//!   [`Layer`] (it uses std and proptest whatever the other features).
 //! - `nightly` (nightly Rust): allocator-api2 0.2's trait becomes `core::alloc::Allocator`,
 //!   so std's `Vec::new_in(&heap)` and `Box::new_in(x, &heap)` work. The crate also builds
 //!   when another crate turns allocator-api2's own `nightly` feature on.
@@ -134,6 +136,8 @@ pub mod presets;
 #[cfg(feature = "std")]
 pub mod region;
 mod spin;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(all(feature = "os", unix))]
 mod thread_heaps;
 

@@ -94,7 +94,7 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 }
 
 /// A general-purpose allocator, for `#[global_allocator]` or as C's malloc (the
-/// `stratalloc_malloc` example library):
+/// `stratalloc-malloc` library in `malloc/`):
 ///
 /// 1. [`ThreadHeaps`](crate::ThreadHeaps) gives each thread its own heap for blocks of up to
 ///    1 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of

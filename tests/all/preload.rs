@@ -2,9 +2,9 @@
 //! with and without it (their output must not change), and the heap summary it prints at
 //! exit.
 //!
-//! The library is `libstratalloc_malloc.so`, the cdylib example `stratalloc_malloc`, built
-//! once per test run with `cargo build --profile preload --no-default-features --features os
-//! --example stratalloc_malloc` (the `no_std` build the README describes) into
+//! The library is `libstratalloc_malloc.so`, the cdylib package `malloc/`, built once per
+//! test run with `cargo build --profile preload -p stratalloc-malloc` (the `no_std` build
+//! the README describes) into
 //! `target/preload` (a target dir of its own, so the build does not wait on the lock of the
 //! cargo that runs these tests). A failed build fails every test here, with cargo's output.
 //! With `STRATALLOC_PRELOAD_LIB=/path/to/lib.so` the tests use that library instead and
@@ -83,16 +83,7 @@ fn find_or_build_library() -> Result<PathBuf, String> {
     let target = Path::new(REPO).join("target").join("preload");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
-        .args([
-            "build",
-            "--profile",
-            "preload",
-            "--no-default-features",
-            "--features",
-            "os",
-            "--example",
-            "stratalloc_malloc",
-        ])
+        .args(["build", "--profile", "preload", "-p", "stratalloc-malloc"])
         .current_dir(REPO)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("LD_PRELOAD")
@@ -100,14 +91,13 @@ fn find_or_build_library() -> Result<PathBuf, String> {
         .map_err(|e| format!("starting {}: {e}", Path::new(&cargo).display()))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --profile preload --no-default-features --features os \
-             --example stratalloc_malloc failed ({}):\n{}{}",
+            "cargo build --profile preload -p stratalloc-malloc failed ({}):\n{}{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let path = target.join("preload/examples/libstratalloc_malloc.so");
+    let path = target.join("preload/libstratalloc_malloc.so");
     if path.is_file() {
         Ok(path)
     } else {

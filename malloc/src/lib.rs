@@ -1,14 +1,14 @@
-//! A malloc replacement built from the crate: a shared library (`crate-type = ["cdylib"]`,
-//! so the crate itself never exports `malloc` into its users' programs) that any program
-//! can load with `LD_PRELOAD`.
+//! A malloc replacement built from stratalloc: a shared library (`crate-type = ["cdylib"]`,
+//! a package of its own, so the crate itself never exports `malloc` into its users'
+//! programs) that any program can load with `LD_PRELOAD`.
 //!
 //! ```text
-//! cargo build --profile preload --no-default-features --features os --example stratalloc_malloc
-//! LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
-//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
+//! cargo build --profile preload -p stratalloc-malloc
+//! LD_PRELOAD=target/preload/libstratalloc_malloc.so ls -l
+//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/libstratalloc_malloc.so ls -l
 //! ```
 //!
-//! Built that way (the crate's `os` feature without `std`, and the `preload` profile's
+//! Built that way (stratalloc's `os` feature without `std`, and the `preload` profile's
 //! `panic = "abort"`) the library is `no_std`: it needs only libc, and maps none of std's
 //! panic, backtrace and unwinding code (nor `libgcc_s`) into the programs it is loaded
 //! into, about 170 KiB of resident pages in each. A panic, which the allocator's own code
