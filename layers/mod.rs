@@ -10,7 +10,7 @@ mod sources;
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
-pub use debug::{Check, LeakReport, Stats};
+pub use debug::{Check, GUARD_BYTE, Guard, LeakReport, QUARANTINE_BLOCKS, Quarantine, Stats};
 pub use sources::Buffer;
 #[cfg(any(all(feature = "os", unix), feature = "std"))]
 pub use sources::Mmap;

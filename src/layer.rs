@@ -418,6 +418,22 @@ pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: u
     }
 }
 
+/// The offset of the first byte of `bytes` that is not `byte`, or `None`: how the debugging
+/// layers check their poison and guard bytes. Eight bytes at a time, then byte by byte where
+/// a word differs.
+pub(crate) fn first_byte_not(bytes: &[u8], byte: u8) -> Option<usize> {
+    let word = u64::from_ne_bytes([byte; 8]);
+    let mut words = bytes.chunks_exact(8);
+    let whole = words
+        .by_ref()
+        .position(|chunk| u64::from_ne_bytes(chunk.try_into().unwrap_or([byte; 8])) != word)
+        .map_or(bytes.len() - words.remainder().len(), |at| at * 8);
+    bytes[whole..]
+        .iter()
+        .position(|&b| b != byte)
+        .map(|at| whole + at)
+}
+
 // ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
 
 /// Tier 3 at the top of an operation: `layer.check_invariants()` with the `paranoid`
@@ -511,7 +527,7 @@ fn layer_name<L: ?Sized>() -> &'static str {
 }
 
 /// A layout as the messages show it: `size 24, align 8`.
-struct Shown(Layout);
+pub(crate) struct Shown(pub(crate) Layout);
 
 impl core::fmt::Display for Shown {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

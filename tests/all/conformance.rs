@@ -41,6 +41,13 @@ mod layers {
         super::suite_buffer()
     ));
     conformance!(batch_over_buffer, || Batch::new(super::suite_buffer()));
+    conformance!(guard_over_buffer, || Guard::<_, 16>::new(
+        super::suite_buffer()
+    ));
+    // A quarantine the size of the suite's largest block: programs push blocks through it.
+    conformance!(quarantine_over_buffer, || Quarantine::<_, 65536>::new(
+        super::suite_buffer()
+    ));
     conformance!(
         stats_over_buffer,
         || Stats::new(super::suite_buffer()),
@@ -126,6 +133,15 @@ mod layers {
         #[cfg(not(miri))]
         conformance!(big_chunks_over_system, || Chunk::<_, 1048576>::new(System));
         conformance!(batch_over_mmap, || Batch::new(Mmap::new()));
+        // The debugging stack of the quarantine bench: guards inside the quarantine, over
+        // size classes (`Guard` keeps `Mmap`'s zeroes: `ZEROED` is checked here).
+        #[cfg(not(miri))]
+        conformance!(quarantine_guard_size_classes_over_mmap, || {
+            Quarantine::<_, { 1 << 20 }>::new(Guard::<_, 16>::new(SizeClasses::<_>::new(
+                Mmap::new(),
+            )))
+        });
+        conformance!(guard_over_mmap, || Guard::<_, 16>::new(Mmap::new()));
         conformance!(batch_over_system, || Batch::new(System));
         conformance!(stats_over_system, || Stats::new(System), gauged);
         conformance!(check_over_mmap, || Check::new(Mmap::new()), gauged);

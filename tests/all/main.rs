@@ -8,6 +8,8 @@ mod blob_heap;
 mod check;
 mod chunk;
 mod conformance;
+#[cfg(feature = "std")]
+mod debug_layers;
 mod misuse;
 #[cfg(all(feature = "std", target_os = "linux"))]
 mod preload;
