@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use allocator_api2::vec::Vec;
-//! use stratalloc::{Gauge, Heap, layers::{Batch, Check, Chunk, Mmap, Stats}};
+//! use stratalloc::{Heap, layers::{Batch, Check, Chunk, Mmap, Stats}};
 //!
 //! // Counted bump allocation out of 4 KiB chunks; every chunk booked, checked and counted.
 //! type Stack = Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>;
@@ -165,7 +165,10 @@ pub use region::{Region, check_leaks};
 #[cfg(all(feature = "os", unix))]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};
 
-/// The README's examples, compiled and run as doc tests (`cargo test --doc`).
+/// The README's examples, compiled and run as doc tests (`cargo test --doc`), every ```rust
+/// block of it, with warnings denied: a snippet that a reader copies must build cleanly
+/// (an unused import included).
 #[cfg(all(doctest, feature = "std"))]
 #[doc = include_str!("../README.md")]
+#[doc(test(attr(deny(warnings))))]
 pub struct ReadmeExamples;

@@ -23,6 +23,8 @@ mod regions;
 mod routing_model;
 #[cfg(feature = "std")]
 mod sbrk;
+#[cfg(feature = "serde")]
+mod serde;
 mod suite_finds_bugs;
 #[cfg(feature = "os")]
 mod thread_heaps;
