@@ -5,12 +5,14 @@ mod arenas;
 mod blocks;
 mod combinators;
 pub(crate) mod debug;
+mod shaping;
 mod sources;
 
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
 pub use debug::{Check, GUARD_BYTE, Guard, LeakReport, QUARANTINE_BLOCKS, Quarantine, Stats};
+pub use shaping::{Align, Fill};
 pub use sources::Buffer;
 #[cfg(any(all(feature = "os", unix), feature = "std"))]
 pub use sources::Mmap;

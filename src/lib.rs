@@ -27,8 +27,10 @@
 //!   [`Bitset`](layers::Bitset)), building blocks that reuse freed memory
 //!   ([`FreeList`](layers::FreeList), [`SizeClasses`](layers::SizeClasses),
 //!   [`Coalesce`](layers::Coalesce)), combinators ([`Segregate`](layers::Segregate),
-//!   [`Fallback`](layers::Fallback)) and debugging layers
-//!   ([`Stats`](layers::Stats), [`Check`](layers::Check)).
+//!   [`Fallback`](layers::Fallback)), shaping layers ([`Align`](layers::Align),
+//!   [`Fill`](layers::Fill)) and debugging layers ([`Stats`](layers::Stats),
+//!   [`Check`](layers::Check), [`Guard`](layers::Guard),
+//!   [`Quarantine`](layers::Quarantine)).
 //! - Adapters: [`Heap`] lends a stack to collections on one thread; [`Locked`] shares one
 //!   between threads and can be the `#[global_allocator]`.
 //! - [`presets`]: named stacks, documented level by level.
@@ -57,8 +59,9 @@
 //!   `buddy.rs`, `bitset.rs`, with the arena chain and put cache they share),
 //!   `blocks/` (reuse freed memory: `free_list.rs`, `slab.rs`, `coalesce.rs`, with what
 //!   the layers share: the size-class policy in `classes.rs`, the singly linked free list
-//!   in `list.rs`, the doubly linked lists in `doubly_linked.rs`), `combinators/` and
-//!   `debug/` (`stats.rs`, `check.rs`). To add a layer, copy `layers/debug/stats.rs`
+//!   in `list.rs`, the doubly linked lists in `doubly_linked.rs`), `combinators/`,
+//!   `shaping/` (`align.rs`, `fill.rs`) and `debug/` (`stats.rs`, `check.rs`, `guard.rs`,
+//!   `quarantine.rs`). To add a layer, copy `layers/debug/stats.rs`
 //!   (a layer that forwards everything and counts; `layer::layer_below!` writes its
 //!   `inner`, `inner_mut` and `into_inner`) or the `Forward` template in the [`Layer`]
 //!   docs.

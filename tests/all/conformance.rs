@@ -41,6 +41,16 @@ mod layers {
         super::suite_buffer()
     ));
     conformance!(batch_over_buffer, || Batch::new(super::suite_buffer()));
+    conformance!(align_over_buffer, || Align::<_, 64>::new(
+        super::suite_buffer()
+    ));
+    // Zeroes over a layer that hands out dirty memory: the suite checks `ZEROED`.
+    conformance!(zero_fill_over_buffer, || Fill::<_, 0>::new(
+        super::suite_buffer()
+    ));
+    conformance!(byte_fill_over_buffer, || Fill::<_, 0xA5>::new(
+        super::suite_buffer()
+    ));
     conformance!(guard_over_buffer, || Guard::<_, 16>::new(
         super::suite_buffer()
     ));
