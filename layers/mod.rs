@@ -11,7 +11,9 @@ mod sources;
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
-pub use debug::{Check, GUARD_BYTE, Guard, LeakReport, QUARANTINE_BLOCKS, Quarantine, Stats};
+pub use debug::{
+    Check, GUARD_BYTE, Guard, LeakReport, OnRelease, QUARANTINE_BLOCKS, Quarantine, Released, Stats,
+};
 pub use shaping::{Align, Fill};
 pub use sources::Buffer;
 #[cfg(any(all(feature = "os", unix), feature = "std"))]

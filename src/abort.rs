@@ -96,8 +96,9 @@ pub(crate) mod call {
     pub(crate) const USABLE_SIZE: u8 = 7;
     pub(crate) const RESIZE: u8 = 8;
     pub(crate) const REWIND: u8 = 9;
+    pub(crate) const RELEASE_HOOK: u8 = 10;
     /// Their names, by number.
-    pub(super) const NAMES: [&str; 10] = [
+    pub(super) const NAMES: [&str; 11] = [
         "get",
         "put",
         "grow",
@@ -108,6 +109,7 @@ pub(crate) mod call {
         "usable_size",
         "grow, shrink or move",
         "rewind",
+        "release hook",
     ];
 }
 

@@ -7,6 +7,8 @@ mod check;
 mod guard;
 /// The table of live blocks that `Check` (and `Pipe`) keep.
 pub(crate) mod live_table;
+/// A caller's function called with every block put back.
+mod on_release;
 /// Put blocks poisoned and held back, checked when they go down.
 mod quarantine;
 /// Counts gets, puts, bytes and the peak.
@@ -14,5 +16,6 @@ mod stats;
 
 pub use check::{Check, LeakReport};
 pub use guard::{GUARD_BYTE, Guard};
+pub use on_release::{OnRelease, Released};
 pub use quarantine::{QUARANTINE_BLOCKS, Quarantine};
 pub use stats::Stats;

@@ -51,6 +51,18 @@ mod layers {
     conformance!(byte_fill_over_buffer, || Fill::<_, 0xA5>::new(
         super::suite_buffer()
     ));
+    // A hook that reads every byte of the block it is shown (still whole at the put).
+    conformance!(on_release_over_buffer, || OnRelease::new(
+        super::suite_buffer(),
+        1,
+        |released: Released| {
+            // SAFETY: the hook runs before the block goes down: its bytes are readable.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(released.ptr.as_ptr(), released.layout.size())
+            };
+            std::hint::black_box(bytes.iter().map(|&b| u64::from(b)).sum::<u64>());
+        }
+    ));
     conformance!(guard_over_buffer, || Guard::<_, 16>::new(
         super::suite_buffer()
     ));

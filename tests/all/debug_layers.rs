@@ -7,7 +7,7 @@ use std::alloc::Layout;
 
 use stratalloc::Layer;
 use stratalloc::layer::FREED;
-use stratalloc::layers::{GUARD_BYTE, Guard, Quarantine, System};
+use stratalloc::layers::{GUARD_BYTE, Guard, OnRelease, Quarantine, Released, System};
 
 /// Sizes and alignments the planted cases cycle through.
 const LAYOUTS: [(usize, usize); 5] = [(1, 1), (8, 8), (24, 8), (100, 4), (4096, 64)];
@@ -46,6 +46,12 @@ fn child() {
                 block.as_ptr().offset(offset).write(0x5A);
             }
             quarantine.flush();
+        }
+        "panicking_hook" => {
+            let mut hooked = OnRelease::new(System::new(), 5, |_| panic!("a hook that panics"));
+            let block = hooked.get(layout).unwrap();
+            // SAFETY: got just above with `layout`, put once.
+            unsafe { hooked.put(block, layout) };
         }
         _ => panic!("bad scenario {scenario:?}"),
     }
@@ -176,4 +182,43 @@ fn quarantine_holds_blocks_back_within_its_bytes_then_lets_them_go() {
     // SAFETY: put once, with its layout.
     unsafe { quarantine.put(block, big) };
     assert_eq!(quarantine.held(), (0, 0));
+}
+
+#[test]
+fn the_release_hook_sees_every_put_block_whole_before_it_goes_down() {
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut hooked = OnRelease::new(Guard::<_, 16>::new(System::new()), 42, |r: Released| {
+        // SAFETY: the hook runs before the block goes down: its bytes are readable.
+        let first = unsafe { r.ptr.as_ptr().read() };
+        seen.borrow_mut().push((r.id, r.layout, first));
+    });
+    let layouts = [
+        Layout::new::<u64>(),
+        Layout::from_size_align(300, 16).unwrap(),
+    ];
+    for (i, &layout) in layouts.iter().enumerate() {
+        let block = hooked.get(layout).unwrap();
+        // SAFETY: the block holds `layout.size()` bytes; put once with its layout.
+        unsafe {
+            block.as_ptr().write(i as u8 + 1);
+            hooked.put(block, layout);
+        }
+    }
+    assert_eq!(
+        seen.into_inner(),
+        [(42, layouts[0], 1), (42, layouts[1], 2)]
+    );
+    // Made by `Layer::init`, the layer has no hook and calls nothing.
+    let mut plain = <OnRelease<System, fn(Released)> as Layer>::init();
+    let block = plain.get(layouts[0]).unwrap();
+    // SAFETY: got just above, put once.
+    unsafe { plain.put(block, layouts[0]) };
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_panicking_release_hook_aborts_naming_the_layer() {
+    let output = crate::run_child("debug_layers::child", "panicking_hook 24 8 0");
+    crate::assert_aborted_with(&output, "::OnRelease<");
+    crate::assert_aborted_with(&output, ">::release hook` panicked inside the allocator");
 }
