@@ -12,7 +12,8 @@ pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
 pub use debug::{
-    Check, GUARD_BYTE, Guard, LeakReport, OnRelease, QUARANTINE_BLOCKS, Quarantine, Released, Stats,
+    Check, Deferred, GUARD_BYTE, Guard, HELD_BLOCKS, Held, LeakReport, OnRelease, Quarantine,
+    Released, Stats,
 };
 pub use shaping::{Align, Fill};
 pub use sources::Buffer;

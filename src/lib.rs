@@ -30,7 +30,8 @@
 //!   [`Fallback`](layers::Fallback)), shaping layers ([`Align`](layers::Align),
 //!   [`Fill`](layers::Fill)) and debugging layers ([`Stats`](layers::Stats),
 //!   [`Check`](layers::Check), [`Guard`](layers::Guard),
-//!   [`Quarantine`](layers::Quarantine), [`OnRelease`](layers::OnRelease)).
+//!   [`Quarantine`](layers::Quarantine), [`OnRelease`](layers::OnRelease),
+//!   [`Deferred`](layers::Deferred)).
 //! - Adapters: [`Heap`] lends a stack to collections on one thread; [`Locked`] shares one
 //!   between threads and can be the `#[global_allocator]`.
 //! - [`presets`]: named stacks, documented level by level.
@@ -61,7 +62,8 @@
 //!   the layers share: the size-class policy in `classes.rs`, the singly linked free list
 //!   in `list.rs`, the doubly linked lists in `doubly_linked.rs`), `combinators/`,
 //!   `shaping/` (`align.rs`, `fill.rs`) and `debug/` (`stats.rs`, `check.rs`, `guard.rs`,
-//!   `quarantine.rs`, `on_release.rs`). To add a layer, copy `layers/debug/stats.rs`
+//!   `quarantine.rs`, `deferred.rs`, `on_release.rs`; the queue of held blocks that
+//!   `quarantine.rs` and `deferred.rs` share is `held_queue.rs`). To add a layer, copy `layers/debug/stats.rs`
 //!   (a layer that forwards everything and counts; `layer::layer_below!` writes its
 //!   `inner`, `inner_mut` and `into_inner`) or the `Forward` template in the [`Layer`]
 //!   docs.

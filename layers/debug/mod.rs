@@ -1,10 +1,16 @@
-//! Debugging layers: they watch the traffic through them, and change none of it but the
-//! bytes around and inside blocks that they use to catch misuse.
+//! Debugging layers and layers that manage release: they watch the traffic through them
+//! (counting, checking, calling a hook) or hold put blocks back (to catch writes after free,
+//! or to release them later together), and change no block but the bytes they use to catch
+//! misuse.
 
 /// Checks every put and reports leaks.
 mod check;
+/// Puts wait on a list until `collect`.
+mod deferred;
 /// Canary bytes around every block, checked at put.
 mod guard;
+/// The queue of put blocks held back that `Quarantine` and `Deferred` keep.
+mod held_queue;
 /// The table of live blocks that `Check` (and `Pipe`) keep.
 pub(crate) mod live_table;
 /// A caller's function called with every block put back.
@@ -15,7 +21,9 @@ mod quarantine;
 mod stats;
 
 pub use check::{Check, LeakReport};
+pub use deferred::Deferred;
 pub use guard::{GUARD_BYTE, Guard};
+pub use held_queue::{HELD_BLOCKS, Held};
 pub use on_release::{OnRelease, Released};
-pub use quarantine::{QUARANTINE_BLOCKS, Quarantine};
+pub use quarantine::Quarantine;
 pub use stats::Stats;

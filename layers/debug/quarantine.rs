@@ -11,18 +11,10 @@ use crate::layer::{
     FREED, Shown, first_byte_not, paranoid, require_grow, require_put, require_shrink,
 };
 
-/// The most blocks the quarantine holds at once, whatever their bytes.
-pub const QUARANTINE_BLOCKS: usize = 1024;
-
-/// A block waiting in the quarantine.
-#[derive(Clone, Copy)]
-struct Held {
-    ptr: NonNull<u8>,
-    layout: Layout,
-}
+use super::held_queue::{HELD_BLOCKS, Held, HeldQueue};
 
 /// Catches writes to freed memory. A put block is filled with [`FREED`] (`0xdf`) and held
-/// in a first-in first-out queue of up to `BYTES` bytes (and [`QUARANTINE_BLOCKS`] blocks);
+/// in a first-in first-out queue of up to `BYTES` bytes (and [`HELD_BLOCKS`] blocks);
 /// only when newer puts push it out does it go down to `L`, and then every byte must still
 /// read `0xdf`. A program that wrote into the block after putting it is stopped there, with
 /// one line on stderr naming the block, its layout and the offset of the first byte that
@@ -51,12 +43,8 @@ struct Held {
 /// assert_eq!(quarantine.held(), (0, 0));
 /// ```
 pub struct Quarantine<L: Layer, const BYTES: usize = { 1 << 20 }> {
-    /// The queue's storage (`QUARANTINE_BLOCKS` slots, a block of `L`), once got.
-    ring: Option<NonNull<Held>>,
-    /// The slot of the oldest held block.
-    head: usize,
-    /// Held blocks, and their bytes.
-    len: usize,
+    queue: HeldQueue,
+    /// The held blocks' bytes.
     bytes: usize,
     inner: L,
 }
@@ -69,9 +57,7 @@ impl<L: Layer, const BYTES: usize> Quarantine<L, BYTES> {
     /// Wraps `inner`, holding nothing.
     pub const fn new(inner: L) -> Self {
         Quarantine {
-            ring: None,
-            head: 0,
-            len: 0,
+            queue: HeldQueue::new(),
             bytes: 0,
             inner,
         }
@@ -84,55 +70,27 @@ impl<L: Layer, const BYTES: usize> Quarantine<L, BYTES> {
 
     /// How many blocks, and how many bytes, are held now.
     pub fn held(&self) -> (usize, usize) {
-        (self.len, self.bytes)
+        (self.queue.len(), self.bytes)
     }
 
     /// Checks every held block's poison, and lets them all go down to `L`.
     pub fn flush(&mut self) {
-        while self.len > 0 {
-            self.release_oldest();
+        while let Some(held) = self.queue.pop() {
+            self.let_go(held);
         }
     }
 
     /// Flushes, and gives the queue's storage back to `L`.
     fn release(&mut self) {
         self.flush();
-        if let Some(ring) = self.ring.take() {
-            // SAFETY: the ring is a block of `L` got with this layout, held by this layer.
-            unsafe { self.inner.put(ring.cast(), Self::ring_layout()) };
-        }
-    }
-
-    fn ring_layout() -> Layout {
-        Layout::new::<[Held; QUARANTINE_BLOCKS]>()
-    }
-
-    /// The ring, got from `L` at the first use (`None` when `L` refuses).
-    fn ring(&mut self) -> Option<NonNull<Held>> {
-        if self.ring.is_none() {
-            self.ring = self.inner.get(Self::ring_layout()).map(NonNull::cast);
-        }
-        self.ring
-    }
-
-    /// The `index`th oldest held block (`index < len`).
-    fn held_block(&self, index: usize) -> Held {
-        let Some(ring) = self.ring else {
-            abort_with(format_args!(
-                "Quarantine invariant broken: {} blocks held without a queue",
-                self.len
-            ))
-        };
-        // SAFETY: the slot is below `QUARANTINE_BLOCKS`, in the ring, and was written when
-        // its block was held (callers ask only for held blocks).
-        unsafe { ring.add((self.head + index) % QUARANTINE_BLOCKS).read() }
+        self.queue.release_storage(&mut self.inner);
     }
 
     /// Checks every held block's poison; returns their bytes.
     fn verify_held(&self) -> usize {
-        (0..self.len)
-            .map(|index| {
-                let held = self.held_block(index);
+        self.queue
+            .iter()
+            .map(|held| {
                 // SAFETY: a held block: poisoned at its put, then untouched by this layer.
                 unsafe { verify(held) };
                 held.layout.size()
@@ -144,16 +102,14 @@ impl<L: Layer, const BYTES: usize> Quarantine<L, BYTES> {
     /// with all its blocks (`deinit`, `rewind`).
     fn forget_held(&mut self) {
         self.verify_held();
-        (self.ring, self.head, self.len, self.bytes) = (None, 0, 0, 0);
+        self.queue.forget();
+        self.bytes = 0;
     }
 
-    /// Checks the oldest held block's poison, and puts it down to `L`.
-    fn release_oldest(&mut self) {
-        let held = self.held_block(0);
+    /// Checks a block taken off the queue, and puts it down to `L`.
+    fn let_go(&mut self, held: Held) {
         // SAFETY: a held block: poisoned at its put, then untouched by this layer.
         unsafe { verify(held) };
-        self.head = (self.head + 1) % QUARANTINE_BLOCKS;
-        self.len -= 1;
         self.bytes -= held.layout.size();
         // SAFETY: the block was put to this layer with this layout, and is a block of `L`.
         unsafe { self.inner.put(held.ptr, held.layout) };
@@ -195,22 +151,19 @@ unsafe impl<L: Layer, const BYTES: usize> Layer for Quarantine<L, BYTES> {
         paranoid(self);
         require_put::<Self>(ptr, layout);
         let size = layout.size();
-        let ring = match self.ring() {
-            Some(ring) if size != 0 && size <= BYTES => ring,
+        if size == 0 || size > BYTES || !self.queue.ready(&mut self.inner) {
             // SAFETY: the caller's duties, which are `L`'s for a block of `L`.
-            _ => return unsafe { self.inner.put(ptr, layout) },
-        };
+            return unsafe { self.inner.put(ptr, layout) };
+        }
         // SAFETY: the caller gives the block back: its bytes are this layer's to write.
         unsafe { ptr.as_ptr().write_bytes(FREED, size) };
-        while self.len == QUARANTINE_BLOCKS || self.bytes + size > BYTES {
-            self.release_oldest();
+        while self.queue.len() == HELD_BLOCKS || self.bytes + size > BYTES {
+            match self.queue.pop() {
+                Some(oldest) => self.let_go(oldest),
+                None => break,
+            }
         }
-        // SAFETY: the slot is below `QUARANTINE_BLOCKS`, in the ring, and free.
-        unsafe {
-            ring.add((self.head + self.len) % QUARANTINE_BLOCKS)
-                .write(Held { ptr, layout })
-        };
-        self.len += 1;
+        self.queue.push(Held { ptr, layout });
         self.bytes += size;
     }
 
@@ -243,10 +196,12 @@ unsafe impl<L: Layer, const BYTES: usize> Layer for Quarantine<L, BYTES> {
 
     fn check_invariants(&self) {
         let bytes = self.verify_held();
-        if self.len > QUARANTINE_BLOCKS || bytes != self.bytes || bytes > BYTES {
+        if bytes != self.bytes || bytes > BYTES {
             abort_with(format_args!(
                 "Quarantine invariant broken: {} blocks of {} bytes held, counted {}, limit {BYTES}",
-                self.len, bytes, self.bytes
+                self.queue.len(),
+                bytes,
+                self.bytes
             ));
         }
         self.inner.check_invariants();
@@ -262,7 +217,7 @@ impl<L: Layer, const BYTES: usize> Drop for Quarantine<L, BYTES> {
 impl<L: Layer + fmt::Debug, const BYTES: usize> fmt::Debug for Quarantine<L, BYTES> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Quarantine")
-            .field("held_blocks", &self.len)
+            .field("held_blocks", &self.queue.len())
             .field("held_bytes", &self.bytes)
             .field("limit", &BYTES)
             .field("inner", &self.inner)

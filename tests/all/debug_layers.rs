@@ -7,7 +7,9 @@ use std::alloc::Layout;
 
 use stratalloc::Layer;
 use stratalloc::layer::FREED;
-use stratalloc::layers::{GUARD_BYTE, Guard, OnRelease, Quarantine, Released, System};
+use stratalloc::layers::{
+    Deferred, GUARD_BYTE, Guard, OnRelease, Quarantine, Released, Stats, System,
+};
 
 /// Sizes and alignments the planted cases cycle through.
 const LAYOUTS: [(usize, usize); 5] = [(1, 1), (8, 8), (24, 8), (100, 4), (4096, 64)];
@@ -221,4 +223,40 @@ fn a_panicking_release_hook_aborts_naming_the_layer() {
     let output = crate::run_child("debug_layers::child", "panicking_hook 24 8 0");
     crate::assert_aborted_with(&output, "::OnRelease<");
     crate::assert_aborted_with(&output, ">::release hook` panicked inside the allocator");
+}
+
+#[test]
+fn deferred_puts_wait_until_collect_or_the_cap() {
+    use stratalloc::Gauge;
+    let mut deferred = Deferred::<_, 3>::new(Stats::new(System::new()));
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    let blocks: Vec<_> = (0..4).map(|_| deferred.get(layout).unwrap()).collect();
+    for &block in &blocks[..3] {
+        // SAFETY: each block is put once, with its layout, and not touched afterwards.
+        unsafe { deferred.put(block, layout) };
+    }
+    // Nothing went down yet: `Stats` below has seen no put (the list's storage was a get).
+    assert_eq!(deferred.inner().gauge().puts, 0);
+    let waiting: Vec<_> = deferred
+        .waiting()
+        .map(|held| (held.ptr, held.layout))
+        .collect();
+    assert_eq!(
+        waiting,
+        blocks[..3].iter().map(|&b| (b, layout)).collect::<Vec<_>>()
+    );
+    // The put that finds the list full collects it first.
+    // SAFETY: as above.
+    unsafe { deferred.put(blocks[3], layout) };
+    assert_eq!(deferred.inner().gauge().puts, 3);
+    assert_eq!(deferred.waiting().count(), 1);
+    assert_eq!(deferred.collect(), 1);
+    assert_eq!(deferred.inner().gauge().puts, 4);
+    deferred.check_invariants();
+    // Dropping the layer releases what waits and the list's storage.
+    let block = deferred.get(layout).unwrap();
+    // SAFETY: as above.
+    unsafe { deferred.put(block, layout) };
+    let stats = deferred.into_inner();
+    assert_eq!(stats.gauge().live, 0, "every block and the list went back");
 }
