@@ -8,6 +8,8 @@ mod blob_heap;
 mod check;
 mod chunk;
 mod conformance;
+/// What the fuzz targets (`fuzz/`) found, each as a plain test.
+mod fuzz_findings;
 mod misuse;
 #[cfg(all(feature = "std", target_os = "linux"))]
 mod preload;
