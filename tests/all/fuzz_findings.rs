@@ -36,17 +36,19 @@ mod blob_heap {
         let heap = unsafe { BlobHeap::init_raw(base, len, g) }.unwrap();
         // The largest order's live bitmap is the last word of the bitmaps.
         let word = base.as_ptr().wrapping_add(bitmaps_end(g) - 8).cast::<u64>();
+        // SAFETY: a bitmap word inside the blob's header, 8-aligned, read while no heap
+        // operation runs.
+        let read = || unsafe { word.read() };
         let whole = heap.alloc(1024).unwrap();
-        // SAFETY: a bitmap word inside the blob's header, 8-aligned.
-        assert_eq!(unsafe { word.read() }, 1, "the layout of the bitmaps changed");
+        assert_eq!(read(), 1, "the layout of the bitmaps changed");
         heap.free(whole.offset).unwrap();
-        // SAFETY: as above.
-        assert_eq!(unsafe { word.read() }, 0, "the layout of the bitmaps changed");
+        assert_eq!(read(), 0, "the layout of the bitmaps changed");
 
         // A live block, and an overrun into its free buddy's links: the heap needs recovery.
         let small = heap.alloc(32).unwrap();
-        // SAFETY: the buddy's first 24 bytes, inside the heap's data.
-        unsafe { small.as_ptr().cast::<u8>().as_ptr().add(32).write_bytes(0xFF, 24) };
+        let buddy = small.as_ptr().cast::<u8>().as_ptr().wrapping_add(32);
+        // SAFETY: the free buddy's first 24 bytes, inside the heap's data.
+        unsafe { buddy.write_bytes(0xFF, 24) };
         assert!(matches!(
             heap.free(small.offset),
             Err(BlobError::RecoveryNeeded {
@@ -54,16 +56,23 @@ mod blob_heap {
             })
         ));
         // The stray bits: every bit but the largest block's own.
-        // SAFETY: as above.
+        // SAFETY: as for `read`.
         unsafe { word.write(!1) };
         heap.recover().unwrap();
         let stats = heap.stats();
-        assert_eq!((stats.live_blocks, stats.allocated_bytes), (1, 32), "{stats:?}");
-        // SAFETY: as above.
-        assert_eq!(unsafe { word.read() }, 0, "the stray bits stay");
+        assert_eq!(
+            (stats.live_blocks, stats.allocated_bytes),
+            (1, 32),
+            "{stats:?}"
+        );
+        assert_eq!(read(), 0, "the stray bits stay");
         heap.free(small.offset).unwrap();
         let stats = heap.stats();
-        assert_eq!((stats.live_blocks, stats.free_bytes), (0, 1024), "{stats:?}");
+        assert_eq!(
+            (stats.live_blocks, stats.free_bytes),
+            (0, 1024),
+            "{stats:?}"
+        );
         assert_eq!(heap.alloc(1024).unwrap().offset, 0);
         drop(heap);
         drop(memory);
