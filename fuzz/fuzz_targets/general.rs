@@ -19,13 +19,63 @@ use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use stratalloc::presets;
 use stratalloc_fuzz::programs::GeneralOp;
-use stratalloc_fuzz::{Bytes, decode_ops, fill, verify, verify_zero};
+use stratalloc_fuzz::{Bytes, decode_ops, verify_zero};
 
 /// One instance for the whole run, as a global allocator would be.
 static GENERAL: presets::General = presets::general();
 
 /// The C calls' alignment.
 const C_ALIGN: usize = 16;
+/// Blocks up to this size carry their pattern in every byte; larger ones (the large-block
+/// path's) in their first and last `EDGE` bytes, so that a run is not all `memset`.
+const WHOLE: usize = 1 << 20;
+const EDGE: usize = 64 << 10;
+
+/// The byte ranges of a block of `len` bytes that carry its pattern.
+fn patterned(len: usize) -> [std::ops::Range<usize>; 2] {
+    if len <= WHOLE {
+        [0..len, len..len]
+    } else {
+        [0..EDGE, len - EDGE..len]
+    }
+}
+
+/// Fills the patterned bytes of a block of `len` bytes.
+///
+/// # Safety
+///
+/// `ptr` is valid for writes of `len` bytes.
+unsafe fn fill(ptr: *mut u8, len: usize, byte: u8) {
+    for range in patterned(len) {
+        // SAFETY: the range lies inside the block.
+        unsafe { stratalloc_fuzz::fill(ptr.add(range.start), range.len(), byte) };
+    }
+}
+
+/// Verifies the patterned bytes of a block of `len` bytes that lie below `kept`.
+///
+/// # Safety
+///
+/// `ptr` is valid for reads of `len.min(kept)` bytes.
+unsafe fn verify_kept(what: &str, ptr: *const u8, len: usize, kept: usize, byte: u8) {
+    for range in patterned(len) {
+        let end = range.end.min(kept);
+        if range.start < end {
+            // SAFETY: the range lies inside the block, below `kept`.
+            unsafe { stratalloc_fuzz::verify(what, ptr.add(range.start), end - range.start, byte) };
+        }
+    }
+}
+
+/// Verifies the patterned bytes of a block of `len` bytes.
+///
+/// # Safety
+///
+/// `ptr` is valid for reads of `len` bytes.
+unsafe fn verify(what: &str, ptr: *const u8, len: usize, byte: u8) {
+    // SAFETY: the caller's duty.
+    unsafe { verify_kept(what, ptr, len, len, byte) }
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
@@ -164,7 +214,7 @@ impl Model {
             return;
         }
         // SAFETY: the resized block holds `len` bytes, and kept the smaller length's.
-        unsafe { verify(what, ptr, old.len.min(len), old.byte) };
+        unsafe { verify_kept(what, ptr, old.len, len, old.byte) };
         let layout = old
             .layout
             .map(|l| Layout::from_size_align(len, l.align()).expect("layout"));
@@ -307,7 +357,13 @@ fn run(ops: &[GeneralOp]) {
                 }
             }
             GeneralOp::Large { pages } => {
-                let size = usize::from(pages) << 14;
+                // Up to 4 MiB in an arena; 40 MiB is more than an arena holds (32 MiB), a
+                // piece of its own from `Mmap`.
+                let size = if pages == u8::MAX {
+                    40 << 20
+                } else {
+                    usize::from(pages) << 14
+                };
                 let ptr = GENERAL.malloc(size);
                 m.add("large malloc", ptr, size, C_ALIGN, None);
             }

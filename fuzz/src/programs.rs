@@ -142,7 +142,8 @@ pub enum GeneralOp {
     WorkerAlloc { size: u16 },
     /// A short-lived thread allocates `count % 8` blocks and exits; they are freed here.
     ThreadExit { count: u8, size: u16 },
-    /// C's `malloc` of `pages << 14` bytes: the large-block path.
+    /// C's `malloc` of `pages << 14` bytes (up to 4 MiB, in an arena), or of 40 MiB for 255
+    /// (more than an arena holds: a piece of its own).
     Large { pages: u8 },
 }
 
