@@ -16,8 +16,16 @@ pub enum RecoveryReason {
         order: u32,
     },
     /// A handle (in this process or another) died while holding the heap's lock, perhaps
-    /// in the middle of an allocation or a free.
+    /// in the middle of an allocation or a free (or [`break_lock`](super::BlobHeap::break_lock)
+    /// cleared the lock).
     HolderDied,
+    /// The heap's lock named as its holder a thread that no longer exists and never
+    /// released it: a stray write into the header, or a holder whose death the kernel
+    /// could not report.
+    LockOrphaned {
+        /// The thread id the lock named (0 when its word was set but named none).
+        thread: u32,
+    },
 }
 
 impl fmt::Display for RecoveryReason {
@@ -28,6 +36,10 @@ impl fmt::Display for RecoveryReason {
                 "the free block at offset {offset:#x} (order {order}) was overwritten"
             ),
             RecoveryReason::HolderDied => f.write_str("a handle died holding the heap's lock"),
+            RecoveryReason::LockOrphaned { thread } => write!(
+                f,
+                "the heap's lock named thread {thread}, which no longer exists, as its holder"
+            ),
         }
     }
 }
@@ -152,6 +164,16 @@ pub enum BlobError {
         /// The error number.
         errno: i32,
     },
+    /// A thread that exists held the heap's lock for longer than this handle's
+    /// [lock patience](super::BlobHeap::lock_patience).
+    LockUnavailable {
+        /// The holder's thread id, as the lock names it (`None` where the lock cannot
+        /// name threads across processes: off Linux with the GNU C library, and under
+        /// Miri).
+        holder: Option<u32>,
+        /// How long the operation waited.
+        waited: Duration,
+    },
 }
 
 impl fmt::Display for BlobError {
@@ -249,6 +271,18 @@ impl fmt::Display for BlobError {
                 f.write_str("this thread already holds the heap's lock (inside with_lock)")
             }
             BlobError::Lock { errno } => write!(f, "the heap's lock failed (errno {errno})"),
+            BlobError::LockUnavailable {
+                holder: Some(thread),
+                waited,
+            } => write!(
+                f,
+                "thread {thread} still held the heap's lock after {waited:?} (if it does not \
+                 in fact hold it, break_lock and recover)"
+            ),
+            BlobError::LockUnavailable {
+                holder: None,
+                waited,
+            } => write!(f, "the heap's lock was still held after {waited:?}"),
         }
     }
 }

@@ -25,9 +25,16 @@
 //! bitmaps and the check word. When they disagree (a program wrote past the end of its
 //! block into a free neighbour), the operation fails without changing anything and the
 //! heap records that it needs recovery; so it does when a handle dies while holding the
-//! lock (on Linux, where the lock is a robust process-shared mutex). Until
-//! [`BlobHeap::recover`] runs, allocations and frees return
-//! [`BlobError::RecoveryNeeded`]. Recovery trusts only the bitmaps of live blocks: every
+//! lock (on Linux, where the lock is a robust process-shared mutex), and when the lock's
+//! word names as its holder a thread that no longer exists (a stray write into the header,
+//! or a holder the kernel could not see die). Until [`BlobHeap::recover`] runs,
+//! allocations and frees return [`BlobError::RecoveryNeeded`].
+//!
+//! No operation waits for the lock for ever: a holder that exists is waited for up to the
+//! handle's [lock patience](BlobHeap::set_lock_patience), after which the operation fails
+//! with [`BlobError::LockUnavailable`] naming the holder; a holder that is gone is found
+//! within a few tens of milliseconds. When the lock names a live thread that does not in
+//! fact hold it (a stray write that happens to name one), [`BlobHeap::break_lock`] clears it. Recovery trusts only the bitmaps of live blocks: every
 //! live block stays live and intact, and all other memory becomes free again. A block a
 //! dead process had allocated stays live until some handle frees it.
 
@@ -42,7 +49,7 @@ use core::time::Duration;
 use std::time::Instant;
 
 pub use error::{BlobError, RecoveryReason};
-use lock::{BlobLock, Taken};
+use lock::{BlobLock, Holder, Taken};
 
 /// The first word of a blob that holds a heap.
 const MAGIC: u64 = u64::from_le_bytes(*b"stratBLB");
@@ -63,6 +70,7 @@ const LINK_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 const RECOVERY_NONE: u32 = 0;
 const RECOVERY_CORRUPT: u32 = 1;
 const RECOVERY_HOLDER_DIED: u32 = 2;
+const RECOVERY_ORPHANED: u32 = 3;
 
 // ---- geometry and layout -----------------------------------------------------------------
 
@@ -187,7 +195,8 @@ struct Header {
     version: AtomicU32,
     max_order: AtomicU32,
     min_order: AtomicU32,
-    /// `RECOVERY_*`, with the damaged block below when it is `RECOVERY_CORRUPT`.
+    /// `RECOVERY_*`, with the damaged block below when it is `RECOVERY_CORRUPT` (the
+    /// orphaned lock's thread in `recovery_offset` when it is `RECOVERY_ORPHANED`).
     recovery: AtomicU32,
     recovery_order: AtomicU32,
     /// Handles attached (a handle of a process that died is never subtracted).
@@ -290,6 +299,8 @@ pub struct BlobHeap<'a> {
     len: usize,
     geometry: BlobGeometry,
     maps: Maps,
+    /// How long an operation waits for a lock that a live thread holds, in nanoseconds.
+    lock_patience: AtomicU64,
     _memory: PhantomData<&'a mut [u8]>,
 }
 
@@ -331,8 +342,9 @@ impl<'a> BlobHeap<'a> {
     ///
     /// The heap's lock lives in the blob, and the lock calls take it as they find it (a
     /// process-shared `pthread_mutex_t` on Linux, which no check can validate: bytes that
-    /// merely look like one can hang the caller or corrupt the thread's list of held
-    /// locks). So callers must ensure that, when `blob` passes the checks above, it holds a
+    /// merely look like one can corrupt the thread's list of held locks; only the lock
+    /// word's holder is checked, here and while waiting, so that a stray word is reported
+    /// rather than waited for). So callers must ensure that, when `blob` passes the checks above, it holds a
     /// heap that [`init`](Self::init) or [`init_raw`](Self::init_raw) made in this very
     /// memory (or in the same file, mapped by another process), and that its header has
     /// been changed since only by heap handles: not copied from elsewhere, and not written
@@ -440,6 +452,12 @@ impl<'a> BlobHeap<'a> {
         .map_err(|_| bad)?;
         let heap = Self::over(base, len, geometry)?;
         h.handles.fetch_add(1, Ordering::Relaxed);
+        if matches!(h.lock.holder(), Holder::Gone { .. }) {
+            // An orphaned lock: taking it marks it, and records that the heap needs
+            // recovery, which `recovery_needed` then reports. Taking it can fail only as
+            // any later operation would, which reports it.
+            drop(heap.lock());
+        }
         Ok(heap)
     }
 
@@ -459,6 +477,7 @@ impl<'a> BlobHeap<'a> {
             len,
             geometry,
             maps: geometry.maps(),
+            lock_patience: AtomicU64::new(Self::DEFAULT_LOCK_PATIENCE.as_nanos() as u64),
             _memory: PhantomData,
         })
     }
@@ -544,15 +563,68 @@ impl<'a> BlobHeap<'a> {
         if header.magic.load(Ordering::Acquire) != MAGIC {
             return Err(BlobError::Destroyed);
         }
-        if header.lock.lock()? == Taken::HolderDied {
-            header
+        match header.lock.lock(self.lock_patience())? {
+            Taken::Clean => {}
+            Taken::HolderDied => header
                 .recovery
-                .store(RECOVERY_HOLDER_DIED, Ordering::Relaxed);
+                .store(RECOVERY_HOLDER_DIED, Ordering::Relaxed),
+            Taken::Orphaned { thread } => {
+                header
+                    .recovery_offset
+                    .store(u64::from(thread), Ordering::Relaxed);
+                header.recovery.store(RECOVERY_ORPHANED, Ordering::Relaxed);
+            }
         }
         Ok(BlobGuard {
             heap: self,
             _not_send: PhantomData,
         })
+    }
+
+    /// How long an operation waits for the heap's lock while a thread that exists holds it
+    /// (in this process or another), before it fails with [`BlobError::LockUnavailable`]:
+    /// [`DEFAULT_LOCK_PATIENCE`](Self::DEFAULT_LOCK_PATIENCE) unless set. A holder that no
+    /// longer exists is not waited for (see the [module](self)).
+    pub fn lock_patience(&self) -> Duration {
+        Duration::from_nanos(self.lock_patience.load(Ordering::Relaxed))
+    }
+
+    /// Sets this handle's [lock patience](Self::lock_patience) (at most about 584 years).
+    /// Other handles keep theirs; a [`with_lock`](Self::with_lock) closure that runs for
+    /// longer than another handle's patience makes that handle's operations fail.
+    pub fn set_lock_patience(&self, patience: Duration) {
+        let nanos = u64::try_from(patience.as_nanos()).unwrap_or(u64::MAX);
+        self.lock_patience.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The lock patience of a new handle: half a second, far above what an allocation or
+    /// a free holds the lock for (microseconds).
+    pub const DEFAULT_LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+    /// Clears the heap's lock whoever its word names as the holder, and records that the
+    /// heap needs [recovery](Self::recover): for a lock left held by a stray write that
+    /// names a thread that exists but does not hold it (which the heap cannot tell from a
+    /// slow holder, so it reports [`BlobError::LockUnavailable`] for ever).
+    ///
+    /// Fails with [`BlobError::Lock`] where the lock cannot be marked (a Linux C library
+    /// other than the GNU one).
+    ///
+    /// # Safety
+    ///
+    /// No thread of any process holds the heap's lock, and none takes it until this call
+    /// returns: otherwise two threads would change the heap at once.
+    pub unsafe fn break_lock(&self) -> Result<(), BlobError> {
+        let h = self.header();
+        // SAFETY: as the caller promises.
+        unsafe { h.lock.break_lock()? };
+        // A damaged free block, if one is recorded, stays the reason given.
+        let _ = h.recovery.compare_exchange(
+            RECOVERY_NONE,
+            RECOVERY_HOLDER_DIED,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        Ok(())
     }
 
     /// Allocates a block of at least `size` bytes (a power of two, at least the smallest
@@ -607,6 +679,9 @@ impl<'a> BlobHeap<'a> {
             RECOVERY_CORRUPT => Some(RecoveryReason::CorruptFreeBlock {
                 offset: h.recovery_offset.load(Ordering::Relaxed),
                 order: h.recovery_order.load(Ordering::Relaxed),
+            }),
+            RECOVERY_ORPHANED => Some(RecoveryReason::LockOrphaned {
+                thread: h.recovery_offset.load(Ordering::Relaxed) as u32,
             }),
             _ => Some(RecoveryReason::HolderDied),
         }

@@ -805,12 +805,18 @@ fn a_process_killed_holding_the_lock_is_found_and_recovered_from() {
         0
     );
     child.wait().unwrap();
-    // The next handle to lock finds the holder dead; nothing works until recovery.
+    // The next handle to lock finds the holder dead at once; nothing works until recovery.
+    let start = Instant::now();
     assert_eq!(
         heap.alloc(10),
         Err(BlobError::RecoveryNeeded {
             reason: RecoveryReason::HolderDied
         })
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
     );
     assert_eq!(heap.recovery_needed(), Some(RecoveryReason::HolderDied));
     assert!(matches!(
@@ -831,4 +837,238 @@ fn a_process_killed_holding_the_lock_is_found_and_recovered_from() {
     assert_usable(&heap);
     drop(heap);
     std::fs::remove_file(&blob.path).unwrap();
+}
+
+// ---- the lock: stray and orphaned words, patience ----------------------------------------
+
+/// Where the lock's word sits in the blob: the first `int` of the mutex, which the header
+/// places at byte 128.
+const LOCK_WORD: usize = 128;
+
+/// A heap over raw memory, so that a test can write into its header while handles use it,
+/// as a stray write from another process would. The memory is leaked: a handle stuck in a
+/// lock (the failure these tests look for) never sees it go.
+struct RawHeap {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the memory is leaked, so valid everywhere for ever, and touched only through heap
+// handles and `lock_word`'s atomic.
+unsafe impl Send for RawHeap {}
+// SAFETY: as above.
+unsafe impl Sync for RawHeap {}
+
+impl RawHeap {
+    fn new(g: BlobGeometry) -> (Self, BlobHeap<'static>) {
+        let bytes = Box::leak(Box::new(Blob::for_geometry(g))).bytes();
+        let (base, len) = (
+            std::ptr::NonNull::from(&mut *bytes).cast::<u8>(),
+            bytes.len(),
+        );
+        // SAFETY: leaked memory, valid for ever; the tests touch it otherwise only through
+        // `lock_word`, atomically, as the C library does.
+        let heap = unsafe { BlobHeap::init_raw(base, len, g) }.unwrap();
+        (RawHeap { base, len }, heap)
+    }
+
+    fn attach(&self) -> BlobHeap<'static> {
+        // SAFETY: as in `new`; the memory holds the heap `new` made.
+        unsafe { BlobHeap::attach_raw(self.base, self.len) }.unwrap()
+    }
+
+    fn lock_word(&self) -> &AtomicU32 {
+        // SAFETY: the header's lock word: in the blob, aligned, and changed by the heap only
+        // with atomic operations.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(LOCK_WORD).cast::<u32>()) }
+    }
+}
+
+/// Runs `op` on another thread and returns its result, failing the test (instead of hanging
+/// it) when it has not returned after five seconds.
+fn without_hanging<T: Send + 'static>(op: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(op()).unwrap());
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the operation still waits for the lock after five seconds")
+}
+
+fn this_thread_id() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri's lock is a spin lock that names no thread")]
+fn a_stray_byte_in_the_lock_is_an_error_within_a_second_not_a_hang() {
+    let g = geometry(14, 6);
+    let (raw, heap) = RawHeap::new(g);
+    let mine = heap.alloc(100).unwrap();
+    fill(&mine, 7);
+    // One stray byte: the word now says "locked by thread 1".
+    raw.lock_word().store(1, Ordering::SeqCst);
+    let other = std::sync::Arc::new(without_hanging(move || raw.attach()));
+    let start = Instant::now();
+    let error = without_hanging({
+        let other = other.clone();
+        move || other.alloc(10).map(|block| block.offset)
+    })
+    .unwrap_err();
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    if std::path::Path::new("/proc/1").exists() {
+        // Thread 1 exists (the PID namespace's init): the heap cannot tell it from a
+        // holder that takes its time, and says so after its patience.
+        let BlobError::LockUnavailable { holder, waited } = error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(holder, Some(1));
+        assert!(waited >= BlobHeap::DEFAULT_LOCK_PATIENCE, "{waited:?}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "thread 1 still held the heap's lock after {waited:?} (if it does not in fact \
+                 hold it, break_lock and recover)"
+            )
+        );
+        for result in [other.free(mine.offset), other.block(mine.offset).map(drop)] {
+            assert!(
+                matches!(result, Err(BlobError::LockUnavailable { .. })),
+                "{result:?}"
+            );
+        }
+        // SAFETY: thread 1 does not hold the lock: this test wrote its id there.
+        unsafe { other.break_lock() }.unwrap();
+        assert_eq!(
+            other.alloc(10),
+            Err(BlobError::RecoveryNeeded {
+                reason: RecoveryReason::HolderDied
+            })
+        );
+    } else {
+        assert_eq!(
+            error,
+            BlobError::RecoveryNeeded {
+                reason: RecoveryReason::LockOrphaned { thread: 1 }
+            }
+        );
+    }
+    other.recover().unwrap();
+    assert!(holds(&mine, 7));
+    heap.free(mine.offset).unwrap();
+    assert_usable(&heap);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri's lock is a spin lock that names no thread")]
+fn a_lock_naming_a_thread_that_exited_is_found_at_attach_and_recovered_from() {
+    let g = geometry(14, 6);
+    let (raw, heap) = RawHeap::new(g);
+    let blocks: Vec<BlobBlock> = (0..20).map(|i| heap.alloc(64 + i * 30).unwrap()).collect();
+    for (tag, block) in blocks.iter().enumerate() {
+        fill(block, tag as u64);
+    }
+    // A thread that is gone, named as the holder (as a holder the kernel could not see die
+    // would leave it), with the waiters bit another locker would have set.
+    let gone = std::thread::spawn(this_thread_id).join().unwrap();
+    raw.lock_word()
+        .store(gone | libc::FUTEX_WAITERS, Ordering::SeqCst);
+    // A handle attaching now sees it at once.
+    let start = Instant::now();
+    let raw = std::sync::Arc::new(raw);
+    let other = std::sync::Arc::new(without_hanging({
+        let raw = raw.clone();
+        move || raw.attach()
+    }));
+    let orphaned = RecoveryReason::LockOrphaned { thread: gone };
+    assert_eq!(other.recovery_needed(), Some(orphaned));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        orphaned.to_string(),
+        format!("the heap's lock named thread {gone}, which no longer exists, as its holder")
+    );
+    assert_eq!(
+        heap.alloc(10),
+        Err(BlobError::RecoveryNeeded { reason: orphaned })
+    );
+    heap.recover().unwrap();
+    for (tag, block) in blocks.iter().enumerate() {
+        assert!(holds(block, tag as u64));
+        other.free(block.offset).unwrap();
+    }
+    assert_usable(&heap);
+
+    // The same, found by an operation rather than by attaching.
+    let gone = std::thread::spawn(this_thread_id).join().unwrap();
+    raw.lock_word().store(gone, Ordering::SeqCst);
+    let start = Instant::now();
+    assert_eq!(
+        without_hanging({
+            let other = other.clone();
+            move || other.free(0)
+        }),
+        Err(BlobError::RecoveryNeeded {
+            reason: RecoveryReason::LockOrphaned { thread: gone }
+        })
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    other.recover().unwrap();
+    assert_usable(&other);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "waits on the real clock")]
+fn a_live_holder_is_waited_for_up_to_the_patience_then_named() {
+    let g = geometry(14, 6);
+    let heap = std::sync::Arc::new(RawHeap::new(g).1);
+    assert_eq!(heap.lock_patience(), BlobHeap::DEFAULT_LOCK_PATIENCE);
+    heap.set_lock_patience(Duration::from_millis(50));
+    assert_eq!(heap.lock_patience(), Duration::from_millis(50));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holding = std::thread::spawn({
+        let heap = heap.clone();
+        move || {
+            heap.with_lock(|_guard| {
+                held_tx.send(this_thread_id()).unwrap();
+                release_rx.recv().unwrap();
+            })
+            .unwrap();
+        }
+    });
+    let holder = held_rx.recv().unwrap();
+    let start = Instant::now();
+    let error = without_hanging({
+        let heap = heap.clone();
+        move || heap.alloc(10).map(|block| block.offset)
+    })
+    .unwrap_err();
+    let BlobError::LockUnavailable {
+        holder: named,
+        waited,
+    } = error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(named, Some(holder));
+    assert!(waited >= Duration::from_millis(50), "{waited:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    release_tx.send(()).unwrap();
+    holding.join().unwrap();
+    // Released: operations work again, and nothing asks for recovery.
+    assert_eq!(heap.recovery_needed(), None);
+    assert_usable(&heap);
 }
