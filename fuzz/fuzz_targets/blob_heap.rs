@@ -1,7 +1,8 @@
 //! Fuzz target: `BlobHeap` (src/blob_heap/) with fuzzed geometry and two handles: alloc,
 //! free, block, stats, dump, with_lock, alloc_waiting, reattaching, bogus and repeated
 //! offsets, overruns into free memory, a holder dying with the header's lists, counts and
-//! bitmaps half written, damaged identity fields at attach, and recovery.
+//! bitmaps half written, damaged identity fields at attach, stray bytes in the lock word
+//! (issue 23), and recovery.
 //!
 //! Property: a live block is never handed out again, and the heap never changes its bytes
 //! (its pattern is verified after every recovery and before every free); every offset that
@@ -9,7 +10,10 @@
 //! asked and no larger than the next power of two; the heap is out of memory only when no
 //! aligned free range of the size is left; overruns into free memory and a dead holder are
 //! reported as `RecoveryNeeded` (nothing else fails) until `recover`, which keeps every live
-//! block and makes the counts exact again; `attach` refuses every damaged identity field.
+//! block and makes the counts exact again; `attach` refuses every damaged identity field;
+//! with a stray lock word, attach and the next operation come back within 2 s, with a
+//! block or an error naming the state (`LockUnavailable`, `AlreadyLocked`, or
+//! `RecoveryNeeded` for a holder that died or is gone), never hang.
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -23,9 +27,15 @@ use stratalloc::blob_heap::{BlobError, BlobGeometry, BlobHeap, RecoveryReason};
 use stratalloc_fuzz::programs::BlobOp;
 use stratalloc_fuzz::{Bytes, decode_ops, fill, verify};
 
-/// Whether the program may write into the lock's bytes (issue 23's stray lock word); on
-/// once the lock cannot hang on them.
-const LOCK_DAMAGE: bool = false;
+/// How long an operation waits for a lock that a live thread seems to hold (a stray lock
+/// word may name any thread that exists), so that a program stays short.
+const PATIENCE: Duration = Duration::from_millis(1);
+/// The most an operation may take when the lock word is damaged: a few of the lock's
+/// 20 ms slices, with room for a loaded machine.
+const LOCK_BOUND: Duration = Duration::from_secs(2);
+/// The most lock words a program damages (each costs a slice or two of the lock's waits):
+/// later `Lock` ops are skipped, so that no program comes near the fuzzer's timeout.
+const MOST_LOCK_DAMAGES: u32 = 3;
 
 // The header's layout (`Header` in src/blob_heap/mod.rs), checked against the heap at the
 // start of every run (`check_layout`): a change there fails loudly here.
@@ -35,9 +45,13 @@ const RECOVERY_AT: usize = 20;
 const HANDLES_AT: usize = 28;
 /// `alignment: AtomicU64`.
 const ALIGNMENT_AT: usize = 40;
-/// `lock: BlobLock`, 64 bytes, 64-aligned.
+/// `lock: BlobLock`, 64 bytes, 64-aligned; on Linux with glibc its first 4 bytes are the
+/// mutex's lock word (holder's thread id, waiters and owner-died bits), the only part of
+/// it that the lock checks (issue 23; its other bytes must be left alone, see
+/// `BlobHeap::attach`'s safety section).
 const LOCK_AT: usize = 128;
 const LOCK_BYTES: usize = 64;
+const LOCK_WORD_BYTES: usize = 4;
 /// `size_of::<Header>()` rounded to 64: where the first bitmap starts.
 const MAPS_AT: usize = 704;
 /// `RECOVERY_HOLDER_DIED`.
@@ -110,6 +124,11 @@ struct Model {
     overrun: bool,
     /// A holder died since the last recovery: the counts are not to be trusted.
     died: bool,
+    /// The lock word was damaged since the last recovery: the heap may ask for recovery
+    /// because its holder died or is gone.
+    lock_hit: bool,
+    /// Lock words damaged so far.
+    lock_damages: u32,
     bytes: Bytes,
 }
 
@@ -281,6 +300,8 @@ fn run(shape: [u8; 4], ops: &[BlobOp]) {
     let first = unsafe { BlobHeap::init_raw(base, len, g) }.expect("init");
     // SAFETY: as above; the blob holds the heap `init_raw` just made.
     let second = unsafe { BlobHeap::attach_raw(base, len) }.expect("attach");
+    first.set_lock_patience(PATIENCE);
+    second.set_lock_patience(PATIENCE);
     let mut handles = [Some(first), Some(second)];
     let mut m = Model {
         base,
@@ -292,6 +313,8 @@ fn run(shape: [u8; 4], ops: &[BlobOp]) {
         freed: Vec::new(),
         overrun: false,
         died: false,
+        lock_hit: false,
+        lock_damages: 0,
         bytes: Bytes::default(),
     };
     check_layout(&m, handles[0].as_ref().expect("a handle"));
@@ -306,6 +329,7 @@ fn run(shape: [u8; 4], ops: &[BlobOp]) {
         heap.recover().expect("recover");
         m.overrun = false;
         m.died = false;
+        m.lock_hit = false;
     }
     m.verify_all("at the end");
     m.check_stats(&heap);
@@ -379,7 +403,8 @@ fn allowed(m: &Model, heap: &BlobHeap<'_>, what: &str, e: BlobError, before: boo
     match e {
         BlobError::RecoveryNeeded { reason } => {
             let expected = match reason {
-                RecoveryReason::HolderDied => m.died,
+                RecoveryReason::HolderDied => m.died || m.lock_hit,
+                RecoveryReason::LockOrphaned { .. } => m.lock_hit,
                 RecoveryReason::CorruptFreeBlock { .. } => m.overrun || before,
             };
             assert!(expected, "{what}: {e} with no damage done");
@@ -553,6 +578,7 @@ fn step(m: &mut Model, handles: &mut [Option<BlobHeap<'_>>; 2], g: BlobGeometry,
                     assert!(before, "recovered a heap that did not ask for it");
                     m.overrun = false;
                     m.died = false;
+                    m.lock_hit = false;
                     assert_eq!(heap.recovery_needed(), None);
                     m.verify_all("after recover");
                     m.check_stats(heap);
@@ -566,6 +592,7 @@ fn step(m: &mut Model, handles: &mut [Option<BlobHeap<'_>>; 2], g: BlobGeometry,
             // SAFETY: the blob holds the heap, and outlives the handle (see `run`).
             let again = unsafe { BlobHeap::attach_raw(m.base, m.len) }.expect("reattach");
             assert_eq!(again.geometry(), g);
+            again.set_lock_patience(PATIENCE);
             handles[usize::from(second)] = Some(again);
         }
         BlobOp::Overrun { target, at, byte } => {
@@ -608,14 +635,7 @@ fn step(m: &mut Model, handles: &mut [Option<BlobHeap<'_>>; 2], g: BlobGeometry,
             m.resync();
         }
         BlobOp::BadAttach { field, value } => bad_attach(m, handles, g, field, value),
-        BlobOp::Lock { at, byte } => {
-            if !LOCK_DAMAGE {
-                return;
-            }
-            let pos = LOCK_AT + usize::from(at) % LOCK_BYTES;
-            // SAFETY: a byte of the lock's, which no handle holds now.
-            unsafe { m.base.as_ptr().add(pos).write(byte) };
-        }
+        BlobOp::Lock { at, byte } => damage_lock(m, handles, at, byte, before),
     }
 }
 
@@ -725,4 +745,60 @@ fn bad_attach(
     let field_bytes = unsafe { std::slice::from_raw_parts_mut(m.base.as_ptr().add(at), width) };
     field_bytes.copy_from_slice(&saved[..width]);
     let _ = g;
+}
+
+/// Writes a stray byte into the lock word (issue 23: "locked by thread 1" hung every
+/// operation): an attach and the next operation must each come back within `LOCK_BOUND`,
+/// with a block (the word is still free), or an error that names the state. Then the lock
+/// is put right as a user would: `break_lock` when a live thread seems to hold it, and the
+/// heap waits for `recover` (a later op).
+fn damage_lock(m: &mut Model, handles: &[Option<BlobHeap<'_>>; 2], at: u8, byte: u8, before: bool) {
+    if m.lock_damages == MOST_LOCK_DAMAGES {
+        return;
+    }
+    m.lock_damages += 1;
+    let pos = LOCK_AT + usize::from(at) % LOCK_WORD_BYTES;
+    // SAFETY: a byte of the lock word, which no handle holds now (every handle is this
+    // thread's, and none is inside an operation).
+    unsafe { m.base.as_ptr().add(pos).write(byte) };
+    // SAFETY: the lock word, 4-aligned in the 64-aligned blob.
+    let word = unsafe { m.base.as_ptr().add(LOCK_AT).cast::<u32>().read() };
+    let start = std::time::Instant::now();
+    // SAFETY: the blob holds the heap and outlives the handle; only the lock word (which
+    // the lock checks) was written.
+    let third = unsafe { BlobHeap::attach_raw(m.base, m.len) }.expect("attach");
+    let attached = start.elapsed();
+    assert!(
+        attached < LOCK_BOUND,
+        "attach took {attached:?} with lock word {word:#x}"
+    );
+    third.set_lock_patience(PATIENCE);
+    drop(third);
+    m.lock_hit |= word != 0;
+    let heap = handle(handles, false);
+    let start = std::time::Instant::now();
+    let got = heap.alloc(1);
+    let took_for = start.elapsed();
+    assert!(
+        took_for < LOCK_BOUND,
+        "alloc took {took_for:?} with lock word {word:#x}: {got:?}"
+    );
+    match got {
+        Err(BlobError::LockUnavailable { .. } | BlobError::AlreadyLocked) => {
+            assert_ne!(word, 0, "a free lock was unavailable");
+            // A word naming a thread that exists (or this one): nothing tells it from a
+            // holder, so the user breaks the lock.
+            // SAFETY: no thread holds the lock: every handle is this thread's and none is
+            // inside an operation; the word was written by this program.
+            unsafe { heap.break_lock() }.expect("break_lock");
+            assert!(
+                heap.recovery_needed().is_some(),
+                "break_lock asks for recovery"
+            );
+        }
+        got => {
+            let before = before || heap.recovery_needed().is_some();
+            allocated(m, heap, "alloc after a stray lock word", 1, got, before);
+        }
+    }
 }

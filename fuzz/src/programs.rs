@@ -313,14 +313,14 @@ impl BlobOp {
 
 /// The shape of `tests/all/blob_heap.rs`: allocations of every size and frees in any
 /// order from both handles, bogus and repeated frees, overruns into free blocks followed by
-/// recovery, a holder that dies, stats and dumps.
+/// recovery, a holder that dies, a stray lock word, stats and dumps.
 pub fn blob_program(rng: &mut Rng) -> Vec<BlobOp> {
     let steps = 1 + rng.upto(95) as usize;
     (0..steps)
         .map(|_| {
             let second = rng.upto(1) == 0;
             let pick = rng.word() as u16;
-            match rng.weighted(&[6, 4, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1]) {
+            match rng.weighted(&[6, 4, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1]) {
                 0 => {
                     let bits = rng.upto(16);
                     BlobOp::Alloc {
@@ -358,9 +358,18 @@ pub fn blob_program(rng: &mut Rng) -> Vec<BlobOp> {
                     at: [0; 4].map(|_: u16| rng.word() as u16),
                     bytes: [0; 4].map(|_: u8| rng.word() as u8),
                 },
-                _ => BlobOp::BadAttach {
+                14 => BlobOp::BadAttach {
                     field: rng.upto(5) as u8,
                     value: rng.upto(64) as u32,
+                },
+                // The stray byte (thread 1), or any byte of the word.
+                _ => BlobOp::Lock {
+                    at: rng.upto(3) as u8,
+                    byte: if rng.upto(1) == 0 {
+                        1
+                    } else {
+                        rng.word() as u8
+                    },
                 },
             }
         })
