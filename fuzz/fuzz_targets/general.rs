@@ -30,6 +30,9 @@ const C_ALIGN: usize = 16;
 /// path's) in their first and last `EDGE` bytes, so that a run is not all `memset`.
 const WHOLE: usize = 1 << 20;
 const EDGE: usize = 64 << 10;
+/// Past this many live bytes, operations that allocate are skipped: the fuzzer's RSS limit
+/// (2 GiB) is for leaks, and a program of forty-megabyte blocks is not one.
+const BUDGET: usize = 256 << 20;
 
 /// The byte ranges of a block of `len` bytes that carry its pattern.
 fn patterned(len: usize) -> [std::ops::Range<usize>; 2] {
@@ -234,6 +237,16 @@ fn run(ops: &[GeneralOp]) {
         bytes: Bytes::default(),
     };
     for op in ops {
+        let allocates = !matches!(
+            op,
+            GeneralOp::Dealloc { .. }
+                | GeneralOp::CFree { .. }
+                | GeneralOp::UsableSize { .. }
+                | GeneralOp::SendFree { .. }
+        );
+        if allocates && m.live.iter().map(|b| b.len).sum::<usize>() > BUDGET {
+            continue;
+        }
         match *op {
             GeneralOp::Alloc {
                 size,
