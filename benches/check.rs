@@ -1,8 +1,10 @@
 //! What watching costs: `Stats<Check<X>>` against `X` alone, on a steady churn of
 //! allocations (a window of live blocks; each step frees the oldest and allocates a new one);
 //! and one `check_leaks` scope's churn over its stack, `LeakCheckStack`, against the bump
-//! arena it used before (`Check<Chunk<Mmap, 65536>>`, which reuses no freed block).
-//! `benches/check_rss.rs` measures the memory side.
+//! arena it used before (`Check<Chunk<Mmap, 65536>>`, which reuses no freed block); and
+//! the use-after-free and overrun catchers, `Quarantine<Guard<SizeClasses<Mmap>>>`, against
+//! `SizeClasses<Mmap>` alone, on the same churn with every block written whole (as a
+//! program writes its data). `benches/check_rss.rs` measures the memory side.
 //!
 //! Run with `cargo bench --bench check`.
 
@@ -13,7 +15,7 @@ use std::ptr::NonNull;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stratalloc::Layer;
-use stratalloc::layers::{Check, Chunk, Mmap, Stats, System};
+use stratalloc::layers::{Check, Chunk, Guard, Mmap, Quarantine, SizeClasses, Stats, System};
 use stratalloc::region::LeakCheckStack;
 
 const STEPS: usize = 4096;
@@ -25,8 +27,9 @@ fn layout(i: usize) -> Layout {
     Layout::from_size_align(16 + (i * 37) % 240, 8).unwrap()
 }
 
-/// Runs `steps` steps of churn over `layer`, keeping `LIVE` blocks live.
-fn churn<L: Layer>(
+/// Runs `steps` steps of churn over `layer`, keeping `LIVE` blocks live; each new block
+/// gets its first byte written, or all of them with `WHOLE`.
+fn churn<L: Layer, const WHOLE: bool>(
     layer: &mut L,
     window: &mut VecDeque<(NonNull<u8>, Layout)>,
     start: usize,
@@ -40,20 +43,27 @@ fn churn<L: Layer>(
         }
         let layout = layout(i);
         let block = layer.get(black_box(layout)).unwrap();
-        // SAFETY: the block holds at least 16 bytes.
-        unsafe { block.as_ptr().write(1) };
+        // SAFETY: the block holds `layout.size()` bytes, at least 16.
+        unsafe {
+            block
+                .as_ptr()
+                .write_bytes(1, if WHOLE { layout.size() } else { 1 })
+        };
         window.push_back((block, layout));
     }
 }
 
 /// Measures churn over the layer `make` builds, in steady state: the window of live blocks
 /// carries over from one iteration to the next and is put back at the end.
-fn measure_churn<L: Layer>(b: &mut criterion::Bencher<'_>, make: impl FnOnce() -> L) {
+fn measure_churn<L: Layer, const WHOLE: bool>(
+    b: &mut criterion::Bencher<'_>,
+    make: impl FnOnce() -> L,
+) {
     let mut layer = make();
     let mut window = VecDeque::with_capacity(LIVE);
     let mut start = 0;
     b.iter(|| {
-        churn(&mut layer, &mut window, start, STEPS);
+        churn::<L, WHOLE>(&mut layer, &mut window, start, STEPS);
         start += STEPS;
     });
     for (block, layout) in window.drain(..) {
@@ -65,9 +75,26 @@ fn measure_churn<L: Layer>(b: &mut criterion::Bencher<'_>, make: impl FnOnce() -
 fn bench_pair<L: Layer>(c: &mut Criterion, name: &str, make: fn() -> L) {
     let mut group = c.benchmark_group(format!("churn_{name}"));
     group.throughput(Throughput::Elements(STEPS as u64));
-    group.bench_function("alone", |b| measure_churn(b, make));
+    group.bench_function("alone", |b| measure_churn::<_, false>(b, make));
     group.bench_function("stats_check", |b| {
-        measure_churn(b, || Stats::new(Check::new(make())))
+        measure_churn::<_, false>(b, || Stats::new(Check::new(make())))
+    });
+    group.finish();
+}
+
+/// The debugging stack against the allocator it watches (target: at most 2.5x).
+fn catching_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("churn_quarantine_guard");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.bench_function("size_classes", |b| {
+        measure_churn::<_, true>(b, || SizeClasses::<_>::new(Mmap::new()))
+    });
+    group.bench_function("quarantine_guard_size_classes", |b| {
+        measure_churn::<_, true>(b, || {
+            Quarantine::<_, { 1 << 20 }>::new(Guard::<_, 16>::new(SizeClasses::<_>::new(
+                Mmap::new(),
+            )))
+        })
     });
     group.finish();
 }
@@ -83,7 +110,7 @@ fn measure_scope<L: Layer>(b: &mut criterion::Bencher<'_>, make: fn() -> L) {
     let mut window = VecDeque::with_capacity(LIVE);
     b.iter(|| {
         let mut layer = make();
-        churn(&mut layer, &mut window, 0, SCOPE_STEPS);
+        churn::<L, false>(&mut layer, &mut window, 0, SCOPE_STEPS);
         for (block, layout) in window.drain(..) {
             // SAFETY: live blocks of `layer`.
             unsafe { layer.put(block, layout) };
@@ -103,5 +130,5 @@ fn leak_check_scope(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, watching_cost, leak_check_scope);
+criterion_group!(benches, watching_cost, leak_check_scope, catching_cost);
 criterion_main!(benches);

@@ -3,8 +3,7 @@
 (LD_PRELOAD) and prints the ratio table.
 
 Each workload is built with `gcc -O2 -pthread` into target/preload-bench; our library is
-built with `cargo build --profile preload --no-default-features --features os --example
-stratalloc_malloc` (release with fat LTO, one codegen unit and panic = "abort", no_std:
+built with `cargo build --profile preload -p stratalloc-malloc` (release with fat LTO, one codegen unit and panic = "abort", no_std:
 as the README says) into target/preload, the build the LD_PRELOAD tests use. jemalloc and mimalloc are Debian's packages
 (libjemalloc2, libmimalloc2.0): run as root, the script installs them with apt-get when
 they are missing; otherwise it says how and leaves them out.
@@ -38,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "benches" / "preload"
 BUILD = ROOT / "target" / "preload-bench"
 LIB_TARGET = ROOT / "target" / "preload"
-OURS = LIB_TARGET / "preload" / "examples" / "libstratalloc_malloc.so"
+OURS = LIB_TARGET / "preload" / "libstratalloc_malloc.so"
 # The workloads: name -> (the C source in benches/preload/, its arguments). The second
 # realloc workload runs twice as many appends, so that the long strings (one in 16) grow
 # past 1 KiB into tens of KiB: the growth of large blocks, where the first stays small.
@@ -91,8 +90,7 @@ def build_ours():
     env = dict(os.environ, CARGO_TARGET_DIR=str(LIB_TARGET))
     env.pop("LD_PRELOAD", None)
     result = subprocess.run(
-        ["cargo", "build", "--profile", "preload", "--no-default-features", "--features",
-         "os", "--example", "stratalloc_malloc"],
+        ["cargo", "build", "--profile", "preload", "-p", "stratalloc-malloc"],
         cwd=ROOT, env=env)
     if result.returncode != 0 or not OURS.is_file():
         sys.exit("building libstratalloc_malloc.so failed; `--lib PATH` measures another "

@@ -10,11 +10,15 @@ mod sources;
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
-pub use debug::{Check, LeakReport, Stats};
+pub use debug::{Check, GUARD_BYTE, Guard, LeakReport, QUARANTINE_BLOCKS, Quarantine, Stats};
 pub use sources::Buffer;
-#[cfg(feature = "os")]
+#[cfg(any(all(feature = "os", unix), feature = "std"))]
+pub use sources::Mmap;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub use sources::Sbrk;
+#[cfg(all(feature = "os", unix))]
 pub(crate) use sources::SlabRange;
 #[cfg(feature = "std")]
-pub use sources::{Ground, Pipe, Sbrk, System};
-#[cfg(feature = "os")]
-pub use sources::{Mmap, Reserve, ReserveRange, SharedRange};
+pub use sources::{Ground, Pipe, System};
+#[cfg(all(feature = "os", unix))]
+pub use sources::{Reserve, ReserveRange, SharedRange};

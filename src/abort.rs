@@ -92,6 +92,7 @@ pub(crate) mod call {
     pub(crate) const WINDOW: u8 = 4;
     pub(crate) const DEINIT: u8 = 5;
     pub(crate) const LEAK_REPORT: u8 = 6;
+    #[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))] // (the thread heaps')
     pub(crate) const USABLE_SIZE: u8 = 7;
     pub(crate) const RESIZE: u8 = 8;
     pub(crate) const REWIND: u8 = 9;
@@ -141,8 +142,11 @@ pub(crate) fn no_unwind<L: ?Sized, const CALL: u8, R>(f: impl FnOnce() -> R) -> 
 #[cfg(feature = "os")]
 pub(crate) fn write_stderr(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live slice; `write` reads at most `bytes.len()` bytes of it.
-        let written = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        // (`as _`: the count is a `size_t` on Unix and an `unsigned int` on Windows.)
+        let count = bytes.len().min(i32::MAX as usize);
+        // SAFETY: `bytes` is a live slice; `write` reads at most `count <= bytes.len()`
+        // bytes of it.
+        let written = unsafe { libc::write(2, bytes.as_ptr().cast(), count as _) };
         if written <= 0 {
             return;
         }

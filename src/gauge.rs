@@ -4,8 +4,10 @@ use core::fmt;
 
 /// The figures a gauge reports. Counts are of blocks, sizes in bytes; sizes are the sizes
 /// callers asked for (a zero-size request counts as 0 bytes), not what layers below
-/// rounded them to.
+/// rounded them to. With the `serde` feature it implements `Serialize`, each figure under
+/// its field's name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Gauges {
     /// Successful `get` calls.
     pub gets: u64,

@@ -202,6 +202,15 @@ use crate::abort::debug_require;
 ///     }
 /// }
 /// ```
+///
+/// # Testing a layer
+///
+/// With the `testing` feature, `stratalloc::testing::check_layer(|| Forward(System::new()))`
+/// in a `#[test]` runs the conformance suite that every layer of this crate passes on a new
+/// layer: random programs of gets, puts, resizes and windows, each block filled with a
+/// pattern and verified before it is put; overlap, alignment, `ZEROED`, `WINDOW_LIMIT`,
+/// `owns` and `check_invariants` checked after every step; the smallest failing program
+/// printed when something breaks (see the `testing` module).
 pub unsafe trait Layer {
     /// The alignment every block of this layer has at least, whatever the layout asked
     /// for (a power of two). `Mmap` guarantees a page; most layers guarantee nothing beyond
@@ -409,6 +418,22 @@ pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: u
     }
 }
 
+/// The offset of the first byte of `bytes` that is not `byte`, or `None`: how the debugging
+/// layers check their poison and guard bytes. Eight bytes at a time, then byte by byte where
+/// a word differs.
+pub(crate) fn first_byte_not(bytes: &[u8], byte: u8) -> Option<usize> {
+    let word = u64::from_ne_bytes([byte; 8]);
+    let mut words = bytes.chunks_exact(8);
+    let whole = words
+        .by_ref()
+        .position(|chunk| u64::from_ne_bytes(chunk.try_into().unwrap_or([byte; 8])) != word)
+        .map_or(bytes.len() - words.remainder().len(), |at| at * 8);
+    bytes[whole..]
+        .iter()
+        .position(|&b| b != byte)
+        .map(|at| whole + at)
+}
+
 // ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
 
 /// Tier 3 at the top of an operation: `layer.check_invariants()` with the `paranoid`
@@ -502,7 +527,7 @@ fn layer_name<L: ?Sized>() -> &'static str {
 }
 
 /// A layout as the messages show it: `size 24, align 8`.
-struct Shown(Layout);
+pub(crate) struct Shown(pub(crate) Layout);
 
 impl core::fmt::Display for Shown {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

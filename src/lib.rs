@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use allocator_api2::vec::Vec;
-//! use stratalloc::{Gauge, Heap, layers::{Batch, Check, Chunk, Mmap, Stats}};
+//! use stratalloc::{Heap, layers::{Batch, Check, Chunk, Mmap, Stats}};
 //!
 //! // Counted bump allocation out of 4 KiB chunks; every chunk booked, checked and counted.
 //! type Stack = Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>;
@@ -82,17 +82,38 @@
 //!   [`Mmap`](layers::Mmap), [`Reserve`](layers::Reserve), [`ThreadHeaps`] and the
 //!   [`General`](presets::General), [`Arena`](presets::Arena) and
 //!   [`AuditedArena`](presets::AuditedArena) presets, and misuse reports written to
-//!   stderr before an abort. This is how the malloc replacement (the `stratalloc_malloc`
-//!   example) is built: without std's panic and backtrace machinery it maps a fraction
-//!   of the pages into every program it is loaded into.
+//!   stderr before an abort. This is how the malloc replacement (the `stratalloc-malloc`
+//!   package in `malloc/`) is built: without std's panic and backtrace machinery it maps a
+//!   fraction of the pages into every program it is loaded into.
 //! - With neither, the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
 //!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `Bitmap`, `Heap` and `Locked`
 //!   remain.
 //! - `paranoid` (off by default, for tests): every layer calls its whole-structure
 //!   [`check_invariants`](Layer::check_invariants) at the top of each operation (see
 //!   [Checks](layer#checks)); many times slower.
+//! - `allocator-api2-03`, `allocator-api2-04`: [`Heap`] and [`Locked`] also implement the
+//!   `Allocator` traits of allocator-api2 0.3 and 0.4 (0.2's is always implemented, and
+//!   re-exported as [`allocator_api2`]).
+//! - `testing`: the `testing` module, the conformance suite for anyone who writes a
+//!   [`Layer`] (it uses std and proptest whatever the other features).
+//! - `nightly` (nightly Rust): allocator-api2 0.2's trait becomes `core::alloc::Allocator`,
+//!   so std's `Vec::new_in(&heap)` and `Box::new_in(x, &heap)` work. The crate also builds
+//!   when another crate turns allocator-api2's own `nightly` feature on.
+//!
+//! # Platforms
+//!
+//! Linux runs every test. macOS and Windows type-check for each feature set in CI. Off
+//! Linux, `Sbrk` and the malloc replacement are absent, and the blob heap's lock is a spin
+//! lock that cannot see a dead holder; off Unix (Windows), `Mmap` takes page-aligned zeroed
+//! blocks from the system allocator, the region page map's leaves come from there too, and
+//! `Reserve`, `ThreadHeaps` and the `General` preset are absent (they need `mmap` with
+//! reserved address space, POSIX thread keys and fork handlers).
 
 #![cfg_attr(not(feature = "std"), no_std)]
+// allocator-api2's `nightly` feature (this crate's `nightly`, or another crate's) makes its
+// `Allocator` trait `core`'s unstable one; on a nightly compiler (`build.rs`) the language
+// feature lets the adapters implement it either way.
+#![cfg_attr(stratalloc_nightly_compiler, feature(allocator_api))]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -115,7 +136,9 @@ pub mod presets;
 #[cfg(feature = "std")]
 pub mod region;
 mod spin;
-#[cfg(feature = "os")]
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(all(feature = "os", unix))]
 mod thread_heaps;
 
 // The layers live in a top-level `layers/` folder, one file each, so that the crate's
@@ -124,6 +147,11 @@ mod thread_heaps;
 #[path = "../layers/mod.rs"]
 pub mod layers;
 
+/// The allocator-api2 release whose `Allocator` trait `Heap` and `Locked` always implement
+/// (0.2), re-exported so that `stratalloc::allocator_api2::vec::Vec::new_in(&heap)` needs no
+/// dependency of its own. The `allocator-api2-03` and `allocator-api2-04` features add the
+/// traits of those releases; with `nightly`, this trait is `core::alloc::Allocator`.
+pub use allocator_api2;
 pub use bitmap::{Bitmap, BitmapError};
 pub use gauge::{Gauge, Gauges};
 pub use heap::Heap;
@@ -134,10 +162,13 @@ pub use locked::{LockGuard, Locked};
 pub use region::Router;
 #[cfg(feature = "std")]
 pub use region::{Region, check_leaks};
-#[cfg(feature = "os")]
+#[cfg(all(feature = "os", unix))]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};
 
-/// The README's examples, compiled and run as doc tests (`cargo test --doc`).
+/// The README's examples, compiled and run as doc tests (`cargo test --doc`), every ```rust
+/// block of it, with warnings denied: a snippet that a reader copies must build cleanly
+/// (an unused import included).
 #[cfg(all(doctest, feature = "std"))]
 #[doc = include_str!("../README.md")]
+#[doc(test(attr(deny(warnings))))]
 pub struct ReadmeExamples;

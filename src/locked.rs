@@ -163,15 +163,24 @@ impl Parked {
 // ---- locking and access to the stack -----------------------------------------------------
 
 /// A number naming the calling thread among the live ones, never 0; 0 without the `os`
-/// feature, where re-entry goes undetected.
+/// feature on Unix or `std` elsewhere, where re-entry goes undetected.
 #[inline(always)]
 fn this_thread() -> usize {
-    #[cfg(feature = "os")]
+    #[cfg(all(feature = "os", unix))]
     {
         // SAFETY: `pthread_self` takes nothing and cannot fail.
         (unsafe { libc::pthread_self() }) as usize
     }
-    #[cfg(not(feature = "os"))]
+    #[cfg(all(feature = "std", not(unix)))]
+    {
+        // The address of a thread-local byte: distinct among live threads. No destructor
+        // and a const initialiser, so reading it never allocates.
+        std::thread_local! {
+            static MARK: u8 = const { 0 };
+        }
+        MARK.with(|mark| core::ptr::from_ref(mark).addr())
+    }
+    #[cfg(not(any(all(feature = "os", unix), all(feature = "std", not(unix)))))]
     {
         0
     }

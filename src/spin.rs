@@ -31,10 +31,12 @@ impl Backoff {
         self.spins = self.spins.wrapping_add(1);
         if self.spins.is_multiple_of(64) {
             // SAFETY: `sched_yield` takes nothing and only gives up the CPU.
-            #[cfg(feature = "os")]
+            #[cfg(all(feature = "os", unix))]
             unsafe {
                 libc::sched_yield()
             };
+            #[cfg(all(feature = "std", not(unix)))]
+            std::thread::yield_now();
         }
         core::hint::spin_loop();
     }
@@ -92,7 +94,7 @@ impl<T> SpinLock<T> {
     /// Takes the lock with no guard, for a lock that stays held after the call returns
     /// (the fork handlers'); [`unlock_by_hand`](SpinLock::unlock_by_hand) lets go of it.
     /// Every other use takes a guard.
-    #[cfg_attr(not(feature = "os"), allow(dead_code))] // (the fork handlers need `os`)
+    #[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))] // (the fork handlers need `os` on Unix)
     pub(crate) fn lock_by_hand(&self) {
         self.acquire();
     }
@@ -104,7 +106,7 @@ impl<T> SpinLock<T> {
     /// The lock was taken with `lock_by_hand` (by this thread, or, after a `fork`, by the
     /// thread of the parent that this process continues) and not let go of since: no guard
     /// of it is alive, so no one holds a reference to the data.
-    #[cfg_attr(not(feature = "os"), allow(dead_code))]
+    #[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))]
     pub(crate) unsafe fn unlock_by_hand(&self) {
         self.let_go();
     }

@@ -69,6 +69,8 @@ pub const STACKS: &[&str] = &[
     "Coalesce<Check<System>, 65536>",
     "Chunk<System, 256>",
     "Stats<Check<Batch<System>>>",
+    "Guard<Mmap, 16>",
+    "Quarantine<Guard<SizeClasses<Mmap>, 16>, 1 MiB>",
 ];
 
 fn run_stack(stack: u8, ops: &[HeapOp]) {
@@ -142,7 +144,16 @@ fn run_stack(stack: u8, ops: &[HeapOp]) {
             false,
         ),
         20 => run(name, Chunk::<_, 256>::new(System), ops, false),
-        _ => run(name, Stats::new(Check::new(Batch::new(System))), ops, false),
+        21 => run(name, Stats::new(Check::new(Batch::new(System))), ops, false),
+        22 => run(name, Guard::<_, 16>::new(Mmap::new()), ops, false),
+        _ => run(
+            name,
+            Quarantine::<_, { 1 << 20 }>::new(Guard::<_, 16>::new(SizeClasses::<_>::new(
+                Mmap::new(),
+            ))),
+            ops,
+            false,
+        ),
     }
 }
 

@@ -391,6 +391,61 @@ impl LeakReport {
     }
 }
 
+/// With the `serde` feature: `blocks`, `bytes`, `sizes` as a list of
+/// `{ smallest, largest, blocks }` ([`sizes`](LeakReport::sizes)) and `sample` as a list of
+/// `{ address, size }` ([`sample`](LeakReport::sample)). Written by hand, so that the output
+/// holds what the accessors show, not the fixed-size arrays behind them; it allocates
+/// nothing.
+#[cfg(feature = "serde")]
+impl serde::Serialize for LeakReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+
+        #[derive(serde::Serialize)]
+        struct SizeRange {
+            smallest: usize,
+            largest: usize,
+            blocks: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct Sample {
+            address: usize,
+            size: usize,
+        }
+        /// The histogram and the sample, as sequences written straight from the report.
+        struct Sizes<'a>(&'a LeakReport);
+        struct Samples<'a>(&'a LeakReport);
+        impl serde::Serialize for Sizes<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.sizes().map(|(smallest, largest, blocks)| {
+                    SizeRange {
+                        smallest,
+                        largest,
+                        blocks,
+                    }
+                }))
+            }
+        }
+        impl serde::Serialize for Samples<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(
+                    self.0
+                        .sample()
+                        .iter()
+                        .map(|&(address, size)| Sample { address, size }),
+                )
+            }
+        }
+
+        let mut out = serializer.serialize_struct("LeakReport", 4)?;
+        out.serialize_field("blocks", &self.blocks)?;
+        out.serialize_field("bytes", &self.bytes)?;
+        out.serialize_field("sizes", &Sizes(self))?;
+        out.serialize_field("sample", &Samples(self))?;
+        out.end()
+    }
+}
+
 impl fmt::Display for LeakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

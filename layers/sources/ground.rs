@@ -10,7 +10,16 @@ use crate::region::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 use crate::spin::SpinLock;
 
+#[cfg(unix)]
 use super::reserve::now_ms;
+
+/// Milliseconds since the first call (off Unix, where `Reserve`'s clock is not built).
+#[cfg(not(unix))]
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Pieces given back by `Ground` layers, kept for the next ones instead of going back to
 /// the system allocator at once: regions made and dropped in quick succession (one per

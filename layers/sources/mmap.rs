@@ -1,4 +1,5 @@
-//! `Mmap`: pages straight from the OS (anonymous `mmap`s), one map per block.
+//! `Mmap`: pages straight from the OS (anonymous `mmap`s), one map per block; off Unix,
+//! page-aligned zero-filled blocks of the system allocator stand in for the maps.
 
 use core::alloc::Layout;
 use core::fmt;
@@ -25,6 +26,7 @@ struct Map {
     len: usize,
 }
 
+#[cfg(unix)]
 impl Map {
     /// `len` fresh, zero-filled bytes of read-write pages, or `None`.
     fn new(len: usize) -> Option<Map> {
@@ -38,7 +40,27 @@ impl Map {
             len,
         })
     }
+}
 
+/// Off Unix (with `std`): the system allocator's zeroed blocks, page-aligned, stand in.
+#[cfg(not(unix))]
+impl Map {
+    /// The layout a stand-in map of `len` bytes is allocated with.
+    fn layout(len: usize) -> Layout {
+        // `len` is a whole number of 4096-byte pages, so the layout is valid.
+        Layout::from_size_align(len, 4096).unwrap_or(Layout::new::<u8>())
+    }
+
+    /// `len` fresh, zero-filled bytes, page-aligned, or `None`.
+    fn new(len: usize) -> Option<Map> {
+        use std::alloc::GlobalAlloc;
+        // SAFETY: a non-zero size (callers map whole pages) with a valid alignment.
+        let base = unsafe { std::alloc::System.alloc_zeroed(Self::layout(len)) };
+        (!base.is_null()).then_some(Map { base, len })
+    }
+}
+
+impl Map {
     fn as_mut_ptr(&self) -> *mut u8 {
         self.base
     }
@@ -56,7 +78,15 @@ impl Drop for Map {
     fn drop(&mut self) {
         // SAFETY: the map is ours alone, and nothing uses its pages after it is dropped
         // (every block in it was put, or the layer is being deinitialised).
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        #[cfg(unix)]
+        unsafe {
+            libc::munmap(self.base.cast(), self.len)
+        };
+        // SAFETY: as above; the block was allocated in `new` with this layout.
+        #[cfg(not(unix))]
+        unsafe {
+            std::alloc::GlobalAlloc::dealloc(&std::alloc::System, self.base, Self::layout(self.len))
+        };
     }
 }
 
@@ -112,7 +142,10 @@ impl Mmap {
         let mut page = PAGE.load(Ordering::Relaxed);
         if page == 0 {
             // SAFETY: `sysconf` with a valid name only reads system configuration.
+            #[cfg(unix)]
             let answer = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            #[cfg(not(unix))]
+            let answer = 4096;
             page = if answer >= 4096 {
                 answer as usize
             } else {

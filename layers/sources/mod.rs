@@ -5,17 +5,18 @@ mod buffer;
 /// Whole pages from the system allocator, claimable by a region.
 #[cfg(feature = "std")]
 mod ground;
-/// Anonymous page maps from the OS, one per block.
-#[cfg(feature = "os")]
+/// Anonymous page maps from the OS, one per block (off Unix, page-aligned blocks from the
+/// system allocator).
+#[cfg(any(all(feature = "os", unix), feature = "std"))]
 mod mmap;
 /// Whole pages from the enclosing region.
 #[cfg(feature = "std")]
 mod pipe;
 /// 16 KiB granules from one reserved range of address space.
-#[cfg(feature = "os")]
+#[cfg(all(feature = "os", unix))]
 mod reserve;
 /// The program break, with reuse of freed blocks.
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 mod sbrk;
 /// The platform allocator, per object.
 #[cfg(feature = "std")]
@@ -24,15 +25,15 @@ mod system;
 pub use buffer::Buffer;
 #[cfg(feature = "std")]
 pub use ground::Ground;
-#[cfg(feature = "os")]
+#[cfg(any(all(feature = "os", unix), feature = "std"))]
 pub use mmap::Mmap;
 #[cfg(feature = "std")]
 pub use pipe::Pipe;
-#[cfg(feature = "os")]
+#[cfg(all(feature = "os", unix))]
 pub(crate) use reserve::SlabRange;
-#[cfg(feature = "os")]
+#[cfg(all(feature = "os", unix))]
 pub use reserve::{Reserve, ReserveRange, SharedRange};
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use sbrk::Sbrk;
 #[cfg(feature = "std")]
 pub use system::System;

@@ -154,23 +154,7 @@ fn leaf(root: usize) -> Option<LeafPtr> {
     if tests::REFUSED_ROOT.load(Ordering::Relaxed) == root {
         return None;
     }
-    let size = size_of::<Leaf>();
-    // SAFETY: an anonymous private map of `size` bytes; the result is checked.
-    let fresh = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if fresh == libc::MAP_FAILED {
-        return None;
-    }
-    // Zero-filled by the OS: no page claimed, every entry two null `AtomicPtr`s.
-    let fresh = fresh.cast::<Leaf>();
+    let fresh = new_leaf()?;
     match root_slot(root).compare_exchange(
         ptr::null_mut(),
         fresh,
@@ -180,11 +164,63 @@ fn leaf(root: usize) -> Option<LeafPtr> {
         Ok(_) => Some(LeafPtr(fresh)),
         Err(winner) => {
             // Another thread installed one first: ours was never shared.
-            // SAFETY: `fresh` is our own map of `size` bytes.
-            unsafe { libc::munmap(fresh.cast(), size) };
+            // SAFETY: `fresh` came from `new_leaf` and nothing else saw it.
+            unsafe { free_leaf(fresh) };
             Some(LeafPtr(winner))
         }
     }
+}
+
+/// A zero-filled leaf (no page claimed, every entry two null `AtomicPtr`s) straight from
+/// the OS: only the pages a lookup or claim touches cost memory. `None` when the OS
+/// refuses.
+#[cfg(unix)]
+fn new_leaf() -> Option<*mut Leaf> {
+    // SAFETY: an anonymous private map of a leaf's size; the result is checked.
+    let fresh = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size_of::<Leaf>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (fresh != libc::MAP_FAILED).then_some(fresh.cast())
+}
+
+/// Gives back a leaf that was never installed.
+///
+/// # Safety
+///
+/// `leaf` came from [`new_leaf`] and nothing else uses it.
+#[cfg(unix)]
+unsafe fn free_leaf(leaf: *mut Leaf) {
+    // SAFETY: the caller's promise: our own map of a leaf's size.
+    unsafe { libc::munmap(leaf.cast(), size_of::<Leaf>()) };
+}
+
+/// Off Unix: a zeroed block of the system allocator (which maps a block this large from the
+/// OS on demand, as `mmap` does).
+#[cfg(not(unix))]
+fn new_leaf() -> Option<*mut Leaf> {
+    use std::alloc::GlobalAlloc;
+    // SAFETY: a leaf's layout has a non-zero size.
+    let fresh = unsafe { std::alloc::System.alloc_zeroed(core::alloc::Layout::new::<Leaf>()) };
+    (!fresh.is_null()).then_some(fresh.cast())
+}
+
+/// Gives back a leaf that was never installed.
+///
+/// # Safety
+///
+/// `leaf` came from [`new_leaf`] and nothing else uses it.
+#[cfg(not(unix))]
+unsafe fn free_leaf(leaf: *mut Leaf) {
+    use std::alloc::GlobalAlloc;
+    // SAFETY: the caller's promise: allocated in `new_leaf` with this layout.
+    unsafe { std::alloc::System.dealloc(leaf.cast(), core::alloc::Layout::new::<Leaf>()) };
 }
 
 /// The root slot and in-leaf index range of each leaf a page-aligned range `[start, end)`

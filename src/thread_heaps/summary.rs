@@ -185,6 +185,31 @@ pub struct HeapSummary {
     pub other_bytes: usize,
 }
 
+/// With the `serde` feature: the figures under their field names, `sizes` as the listed
+/// `[size, count]` pairs only ([`by_size`](HeapSummary::by_size), without `kinds`), and
+/// `live_blocks` and `live_bytes` added. Written by hand: serde derives nothing for the
+/// 256-entry array, whose unused entries would only be noise.
+#[cfg(feature = "serde")]
+impl serde::Serialize for HeapSummary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = serializer.serialize_struct("HeapSummary", 12)?;
+        out.serialize_field("allocations", &self.allocations)?;
+        out.serialize_field("frees", &self.frees)?;
+        out.serialize_field("bytes_allocated", &self.bytes_allocated)?;
+        out.serialize_field("peak_bytes", &self.peak_bytes)?;
+        out.serialize_field("peak_blocks", &self.peak_blocks)?;
+        out.serialize_field("heaps", &self.heaps)?;
+        out.serialize_field("reserved_bytes", &self.reserved_bytes)?;
+        out.serialize_field("sizes", self.by_size())?;
+        out.serialize_field("other_blocks", &self.other_blocks)?;
+        out.serialize_field("other_bytes", &self.other_bytes)?;
+        out.serialize_field("live_blocks", &self.live_blocks())?;
+        out.serialize_field("live_bytes", &self.live_bytes())?;
+        out.end()
+    }
+}
+
 impl HeapSummary {
     /// Counts `count` live blocks of `size` bytes, keeping `sizes` sorted.
     fn add(&mut self, size: usize, count: usize) {

@@ -175,3 +175,48 @@ fn a_panic_in_a_layer_under_locked_allocator_releases_the_lock() {
     assert!(!format!("{locked:?}").contains("held: true"), "{locked:?}");
     drop(locked.lock());
 }
+
+/// A `Vec` and a `Box` of allocator-api2 release `$api` in a `Heap` and in a `Locked`,
+/// every block given back.
+macro_rules! collections_of {
+    ($api:ident) => {{
+        use $api::boxed::Box;
+        use $api::vec::Vec;
+        let heap = Heap::new(stack());
+        let locked = Locked::new(stack());
+        {
+            let mut numbers = Vec::new_in(&heap);
+            numbers.extend(0..1000u32);
+            let boxed = Box::new_in([3u32; 8], &heap);
+            let mut shared = Vec::new_in(&locked);
+            shared.extend(numbers.iter().copied());
+            assert_eq!(shared.iter().sum::<u32>(), 499_500);
+            assert_eq!(boxed.iter().sum::<u32>(), 24);
+            assert!(heap.gauge().live >= 2);
+        }
+        assert_eq!(heap.gauge().live, 0, "every block went back to the heap");
+        assert_eq!(
+            locked.gauge().live,
+            0,
+            "every block went back to the locked stack"
+        );
+    }};
+}
+
+#[test]
+fn collections_of_the_re_exported_allocator_api2() {
+    use stratalloc::allocator_api2;
+    collections_of!(allocator_api2);
+}
+
+#[cfg(feature = "allocator-api2-03")]
+#[test]
+fn collections_of_allocator_api2_0_3() {
+    collections_of!(allocator_api2_03);
+}
+
+#[cfg(feature = "allocator-api2-04")]
+#[test]
+fn collections_of_allocator_api2_0_4() {
+    collections_of!(allocator_api2_04);
+}

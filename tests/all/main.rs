@@ -8,6 +8,8 @@ mod blob_heap;
 mod check;
 mod chunk;
 mod conformance;
+#[cfg(feature = "std")]
+mod debug_layers;
 /// What the fuzz targets (`fuzz/`) found, each as a plain test.
 mod fuzz_findings;
 mod misuse;
@@ -23,6 +25,8 @@ mod regions;
 mod routing_model;
 #[cfg(feature = "std")]
 mod sbrk;
+#[cfg(feature = "serde")]
+mod serde;
 mod suite_finds_bugs;
 #[cfg(feature = "os")]
 mod thread_heaps;

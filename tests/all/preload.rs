@@ -1,10 +1,10 @@
 //! The malloc replacement under `LD_PRELOAD`: the C-semantics program, real programs run
 //! with and without it (their output must not change), and the heap summary it prints at
-//! exit.
+//! exit; and linked into a C program, shared and static, with the summary asked for.
 //!
-//! The library is `libstratalloc_malloc.so`, the cdylib example `stratalloc_malloc`, built
-//! once per test run with `cargo build --profile preload --no-default-features --features os
-//! --example stratalloc_malloc` (the `no_std` build the README describes) into
+//! The library is `libstratalloc_malloc.so`, the cdylib package `malloc/`, built once per
+//! test run with `cargo build --profile preload -p stratalloc-malloc` (the `no_std` build
+//! the README describes) into
 //! `target/preload` (a target dir of its own, so the build does not wait on the lock of the
 //! cargo that runs these tests). A failed build fails every test here, with cargo's output.
 //! With `STRATALLOC_PRELOAD_LIB=/path/to/lib.so` the tests use that library instead and
@@ -83,16 +83,7 @@ fn find_or_build_library() -> Result<PathBuf, String> {
     let target = Path::new(REPO).join("target").join("preload");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
-        .args([
-            "build",
-            "--profile",
-            "preload",
-            "--no-default-features",
-            "--features",
-            "os",
-            "--example",
-            "stratalloc_malloc",
-        ])
+        .args(["build", "--profile", "preload", "-p", "stratalloc-malloc"])
         .current_dir(REPO)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("LD_PRELOAD")
@@ -100,14 +91,13 @@ fn find_or_build_library() -> Result<PathBuf, String> {
         .map_err(|e| format!("starting {}: {e}", Path::new(&cargo).display()))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --profile preload --no-default-features --features os \
-             --example stratalloc_malloc failed ({}):\n{}{}",
+            "cargo build --profile preload -p stratalloc-malloc failed ({}):\n{}{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let path = target.join("preload/examples/libstratalloc_malloc.so");
+    let path = target.join("preload/libstratalloc_malloc.so");
     if path.is_file() {
         Ok(path)
     } else {
@@ -583,4 +573,82 @@ fn the_summary_reports_the_three_leaks() {
         summary.lines().any(|l| l.starts_with("leaks: 3 blocks, ")),
         "{summary}"
     );
+}
+
+/// The library linked rather than preloaded, shared (`-lstratalloc_malloc`) and static (the
+/// `.a` beside it): `tests/preload/linked.c` turns counting on, keeps two blocks of three
+/// and asks for the summary on stdout (`stratalloc_summary`) and stderr (`malloc_stats`),
+/// both declared by `malloc/stratalloc_malloc.h`. The counts prove that the program's
+/// `malloc` is ours: glibc's would leave them at zero.
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_c_program_links_the_shared_and_the_static_library() {
+    if std::env::var_os(LIB_VAR).is_some() {
+        eprintln!("skipped: {LIB_VAR} names another library");
+        return;
+    }
+    let shared = library();
+    let libdir = shared.parent().expect("the library's directory");
+    let archive = libdir.join("libstratalloc_malloc.a");
+    assert!(archive.is_file(), "no {}", archive.display());
+    let dir = TempDir::new("linked");
+    let source = Path::new(REPO).join("tests/preload/linked.c");
+    let header_dir = Path::new(REPO).join("malloc");
+    let build = |name: &str, link: &mut dyn FnMut(&mut Command)| {
+        let program = dir.path().join(name);
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-O2", "-Wall", "-Werror", "-pthread", "-I"])
+            .arg(&header_dir)
+            .arg("-o")
+            .arg(&program)
+            .arg(&source);
+        link(&mut gcc);
+        let output = run(&mut gcc, None);
+        assert!(
+            output.status.success(),
+            "gcc ({name}): {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        program
+    };
+    let dynamic = build("linked_shared", &mut |gcc| {
+        gcc.arg("-L")
+            .arg(libdir)
+            .arg("-lstratalloc_malloc")
+            .arg(format!("-Wl,-rpath,{}", libdir.display()));
+    });
+    let fixed = build("linked_static", &mut |gcc| {
+        gcc.arg(&archive);
+    });
+    for program in [dynamic, fixed] {
+        let output = run(&mut Command::new(&program), None);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{}: {}\n{stdout}{stderr}",
+            program.display(),
+            output.status
+        );
+        assert!(stdout.ends_with("linked: done\n"), "{stdout}");
+        for (what, summary) in [("stratalloc_summary", &*stdout), ("malloc_stats", &*stderr)] {
+            assert!(
+                summary.starts_with("stratalloc heap summary"),
+                "{what} in {}:\n{summary}",
+                program.display()
+            );
+            let totals = summary_numbers(summary, "totals: ");
+            assert_eq!(
+                totals[..2],
+                [3, 1],
+                "{what}: 3 allocations, 1 free:\n{summary}"
+            );
+            assert_eq!(
+                summary_numbers(summary, "leaks: ")[0],
+                2,
+                "{what}: 2 blocks live:\n{summary}"
+            );
+        }
+    }
 }

@@ -22,7 +22,11 @@ fn child() {
     // SAFETY: this child runs one test on one thread; the harness's main thread only waits
     // for it, so nothing else moves the break while `Sbrk` runs.
     unsafe { Sbrk::claim_break() };
-    crate::conformance::check_layer(Sbrk::new, crate::conformance::no_gauge);
+    stratalloc::testing::check_layer_with(
+        crate::proptest_config(),
+        Sbrk::new,
+        stratalloc::testing::no_gauge,
+    );
     let mut sbrk = Sbrk::new();
     let layout = Layout::from_size_align(100, 64).unwrap();
     let a = sbrk.get(layout).unwrap();

@@ -15,7 +15,7 @@ use stratalloc_fuzz::programs::{
 use stratalloc_fuzz::{Encoder, Rng, decode_ops};
 
 /// `heap_stacks`' stacks (its `STACKS`).
-const STACKS: u8 = 22;
+const STACKS: u8 = 24;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");

@@ -1,14 +1,18 @@
-//! A malloc replacement built from the crate: a shared library (`crate-type = ["cdylib"]`,
-//! so the crate itself never exports `malloc` into its users' programs) that any program
-//! can load with `LD_PRELOAD`.
+//! A malloc replacement built from stratalloc: a shared and a static library
+//! (`crate-type = ["cdylib", "staticlib"]`, a package of its own, so the crate itself never
+//! exports `malloc` into its users' programs) that any program can load with `LD_PRELOAD`,
+//! and that a C program can link (`-lstratalloc_malloc`, or the static library by its
+//! path), with what the library adds to the C API declared in `malloc/stratalloc_malloc.h`.
 //!
 //! ```text
-//! cargo build --profile preload --no-default-features --features os --example stratalloc_malloc
-//! LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
-//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/examples/libstratalloc_malloc.so ls -l
+//! cargo build --profile preload -p stratalloc-malloc
+//! LD_PRELOAD=target/preload/libstratalloc_malloc.so ls -l
+//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/libstratalloc_malloc.so ls -l
+//! gcc -I malloc prog.c -L target/preload -lstratalloc_malloc -Wl,-rpath,$PWD/target/preload
+//! gcc -I malloc prog.c target/preload/libstratalloc_malloc.a   # linked statically
 //! ```
 //!
-//! Built that way (the crate's `os` feature without `std`, and the `preload` profile's
+//! Built that way (stratalloc's `os` feature without `std`, and the `preload` profile's
 //! `panic = "abort"`) the library is `no_std`: it needs only libc, and maps none of std's
 //! panic, backtrace and unwinding code (nor `libgcc_s`) into the programs it is loaded
 //! into, about 170 KiB of resident pages in each. A panic, which the allocator's own code
@@ -26,10 +30,16 @@
 //! the heaps of those threads are never used there.
 //!
 //! With `STRATALLOC_SUMMARY` set (to anything but `0`), it prints a heap summary to stderr
-//! at exit, as Hahalloc does: totals, the peak, live blocks by size, and the leaks
+//! at exit: totals, the peak, live blocks by size, and the leaks
 //! (everything still live at exit, the C library's own buffers included). It writes to a
 //! copy of stderr made at load time (file descriptor 100 or above), since programs may
 //! close stderr before they exit; a program that closes every descriptor loses it.
+//!
+//! Beyond the C functions it exports `malloc_stats` (glibc's: the summary on stderr),
+//! `stratalloc_summary(fd)` (the summary to a file descriptor, at any time) and
+//! `stratalloc_set_counting(on)`: the summary's figures are counted only from the moment
+//! counting is on (`STRATALLOC_SUMMARY` at load, or that call), since counting costs a few
+//! shared atomic operations per allocation.
 //!
 //! Where glibc versions differ, this follows glibc 2.38: `aligned_alloc` with an alignment
 //! that is not a power of two fails with `EINVAL`; `realloc(p, 0)` frees `p` and returns
@@ -63,7 +73,7 @@ unsafe extern "C" {}
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut text = StackText::<512>::new();
     let _ = writeln!(text, "stratalloc_malloc: {info}; aborting");
-    write_all(2, text.as_bytes());
+    let _ = write_all(2, text.as_bytes());
     // SAFETY: `abort` takes nothing and never returns.
     unsafe { libc::abort() }
 }
@@ -225,16 +235,18 @@ impl<const N: usize> StackText<N> {
     }
 }
 
-/// Writes all of `bytes` to `fd` with raw `write` calls, giving up at the first error.
-fn write_all(fd: i32, mut bytes: &[u8]) {
+/// Writes all of `bytes` to `fd` with raw `write` calls, giving up at the first error;
+/// whether all were written.
+fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         // SAFETY: `bytes` is a live slice; `write` reads at most its length.
         let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if written <= 0 {
-            break;
+            return false;
         }
         bytes = &bytes[written as usize..];
     }
+    true
 }
 
 impl<const N: usize> core::fmt::Write for StackText<N> {
@@ -252,9 +264,34 @@ static SUMMARY_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32
 
 extern "C" fn print_summary() {
     let fd = SUMMARY_FD.load(core::sync::atomic::Ordering::Relaxed);
+    write_summary(fd);
+}
+
+/// Writes the heap summary to `fd` (formatted on the stack, nothing allocated); whether
+/// all of it was written.
+fn write_summary(fd: i32) -> bool {
     let mut text = StackText::<8192>::new();
     let _ = write!(text, "{}", HEAP.summary());
-    write_all(fd, text.as_bytes());
+    write_all(fd, text.as_bytes())
+}
+
+/// glibc's `malloc_stats`: the heap summary on stderr.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_stats() {
+    write_summary(2);
+}
+
+/// Writes the heap summary to the file descriptor `fd`, at any time: 0 when all of it was
+/// written, -1 (with `errno` from `write`) otherwise.
+#[unsafe(no_mangle)]
+pub extern "C" fn stratalloc_summary(fd: i32) -> i32 {
+    if write_summary(fd) { 0 } else { -1 }
+}
+
+/// Turns the counting behind the summary on (`on` not 0) or off.
+#[unsafe(no_mangle)]
+pub extern "C" fn stratalloc_set_counting(on: i32) {
+    HEAP.set_counting(on != 0);
 }
 
 /// Runs when the library is loaded: the summary, when asked for.

@@ -1,0 +1,73 @@
+//! The `serde` feature: `Gauges`, `LeakReport` and `HeapSummary` serialise to the figures
+//! their accessors show (checked through serde_json).
+
+use core::alloc::Layout;
+use core::mem::MaybeUninit;
+
+use serde_json::json;
+use stratalloc::layers::{Buffer, Check, Stats};
+use stratalloc::{Heap, Layer};
+
+#[test]
+fn gauges_serialise_field_by_field() {
+    let mut memory = [MaybeUninit::uninit(); 4096];
+    let heap = Heap::new(Stats::new(Buffer::new(&mut memory)));
+    let block = allocator_api2::boxed::Box::new_in([7u8; 100], &heap);
+    let value = serde_json::to_value(heap.gauge()).unwrap();
+    assert_eq!(
+        value,
+        json!({
+            "gets": 1, "puts": 0, "bytes_got": 100, "bytes_put": 0,
+            "live": 1, "live_bytes": 100, "peak_bytes": 100,
+        })
+    );
+    drop(block);
+}
+
+#[test]
+fn a_leak_report_serialises_its_counts_sizes_and_sample() {
+    let mut memory = [MaybeUninit::uninit(); 4096];
+    let mut check = Check::new(Buffer::new(&mut memory));
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    let block = check.get(layout).expect("a block");
+    let report = check.leaks().expect("one live block");
+    let value = serde_json::to_value(report).unwrap();
+    assert_eq!(
+        value,
+        json!({
+            "blocks": 1,
+            "bytes": 100,
+            "sizes": [{ "smallest": 64, "largest": 127, "blocks": 1 }],
+            "sample": [{ "address": block.as_ptr() as usize, "size": 100 }],
+        })
+    );
+    // SAFETY: `block` came from `check.get(layout)` and is put once, with that layout.
+    unsafe { check.put(block, layout) };
+    assert!(check.leaks().is_none());
+}
+
+#[cfg(feature = "os")]
+#[test]
+fn a_heap_summary_serialises_the_listed_sizes_only() {
+    use stratalloc::presets::{General, general};
+    static HEAP: General = general();
+    HEAP.set_counting(true);
+    let block = HEAP.malloc(40);
+    assert!(!block.is_null());
+    let summary = HEAP.summary();
+    let value = serde_json::to_value(summary).unwrap();
+    let sizes: Vec<serde_json::Value> = summary
+        .by_size()
+        .iter()
+        .map(|&(size, count)| json!([size, count]))
+        .collect();
+    assert_eq!(value["sizes"], json!(sizes));
+    assert_eq!(value["live_blocks"], json!(1));
+    assert_eq!(value["live_bytes"], json!(summary.live_bytes()));
+    assert_eq!(value["allocations"], json!(summary.allocations));
+    assert_eq!(value["frees"], json!(summary.frees));
+    assert_eq!(value["heaps"], json!(summary.heaps));
+    assert_eq!(value.as_object().unwrap().len(), 12, "{value}");
+    // SAFETY: a live block of HEAP, freed once.
+    unsafe { HEAP.free(block) };
+}
