@@ -712,8 +712,15 @@ impl<'a> BlobHeap<'a> {
         let (mut live, mut allocated) = (0u64, 0u64);
         for order in g.orders() {
             let map = self.maps.live[self.slot(order)];
-            let words = (1usize << (g.max_order - order)).div_ceil(64);
-            let blocks: u64 = (0..words)
+            let count = 1usize << (g.max_order - order);
+            // An order of fewer than 64 blocks has one word whose high bits name no block:
+            // a stray write may have set them, and they would count as live blocks (and
+            // stay there), so they are cleared.
+            if count < 64 {
+                self.word(map, 0)
+                    .fetch_and((1u64 << count) - 1, Ordering::Relaxed);
+            }
+            let blocks: u64 = (0..count.div_ceil(64))
                 .map(|word| {
                     u64::from(
                         self.word(map, word * 64)

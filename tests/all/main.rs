@@ -10,6 +10,8 @@ mod chunk;
 mod conformance;
 #[cfg(feature = "std")]
 mod debug_layers;
+/// What the fuzz targets (`fuzz/`) found, each as a plain test.
+mod fuzz_findings;
 mod misuse;
 #[cfg(all(feature = "std", target_os = "linux"))]
 mod preload;
