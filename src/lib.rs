@@ -119,6 +119,8 @@
 // `Allocator` trait `core`'s unstable one; on a nightly compiler (`build.rs`) the language
 // feature lets the adapters implement it either way.
 #![cfg_attr(stratalloc_nightly_compiler, feature(allocator_api))]
+// (Unused when nothing turned allocator-api2's `nightly` on: not worth a warning.)
+#![cfg_attr(stratalloc_nightly_compiler, allow(unknown_lints, unused_features))]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
