@@ -89,6 +89,17 @@ fn catching_cost(c: &mut Criterion) {
     group.bench_function("size_classes", |b| {
         measure_churn::<_, true>(b, || SizeClasses::<_>::new(Mmap::new()))
     });
+    // Each debugging layer alone, to show which costs what.
+    group.bench_function("guard_size_classes", |b| {
+        measure_churn::<_, true>(b, || {
+            Guard::<_, 16>::new(SizeClasses::<_>::new(Mmap::new()))
+        })
+    });
+    group.bench_function("quarantine_size_classes", |b| {
+        measure_churn::<_, true>(b, || {
+            Quarantine::<_, { 1 << 20 }>::new(SizeClasses::<_>::new(Mmap::new()))
+        })
+    });
     group.bench_function("quarantine_guard_size_classes", |b| {
         measure_churn::<_, true>(b, || {
             Quarantine::<_, { 1 << 20 }>::new(Guard::<_, 16>::new(SizeClasses::<_>::new(

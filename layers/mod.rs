@@ -16,13 +16,15 @@ pub use debug::{
     Released, Stats,
 };
 pub use shaping::{Align, Fill};
-pub use sources::Buffer;
 #[cfg(any(all(feature = "os", unix), feature = "std"))]
 pub use sources::Mmap;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use sources::Sbrk;
 #[cfg(all(feature = "os", unix))]
 pub(crate) use sources::SlabRange;
+#[cfg(feature = "std")]
+pub(crate) use sources::overlap;
+pub use sources::{AdoptError, AdoptRefusal, Adopted, AdoptedMemory, Buffer, Origin};
 #[cfg(feature = "std")]
 pub use sources::{Ground, Pipe, System};
 #[cfg(all(feature = "os", unix))]

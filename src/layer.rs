@@ -419,19 +419,46 @@ pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: u
 }
 
 /// The offset of the first byte of `bytes` that is not `byte`, or `None`: how the debugging
-/// layers check their poison and guard bytes. Eight bytes at a time, then byte by byte where
-/// a word differs.
+/// layers check their poison and guard bytes. Groups of 32 bytes are compared with one OR
+/// of four word differences each (no branch per word, so the compiler vectorizes it), the
+/// tail under 32 bytes a word at a time with a last word overlapping the one before; only
+/// a group that differs is searched byte by byte.
 pub(crate) fn first_byte_not(bytes: &[u8], byte: u8) -> Option<usize> {
-    let word = u64::from_ne_bytes([byte; 8]);
-    let mut words = bytes.chunks_exact(8);
-    let whole = words
-        .by_ref()
-        .position(|chunk| u64::from_ne_bytes(chunk.try_into().unwrap_or([byte; 8])) != word)
-        .map_or(bytes.len() - words.remainder().len(), |at| at * 8);
-    bytes[whole..]
-        .iter()
-        .position(|&b| b != byte)
-        .map(|at| whole + at)
+    const GROUP: usize = 32;
+    let pattern = u64::from_ne_bytes([byte; 8]);
+    let differs = |chunk: &[u8]| -> u64 {
+        let mut word = [byte; 8];
+        word.copy_from_slice(chunk);
+        u64::from_ne_bytes(word) ^ pattern
+    };
+    let search = |from: usize| {
+        bytes[from..]
+            .iter()
+            .position(|&b| b != byte)
+            .map(|at| from + at)
+    };
+    let mut groups = bytes.chunks_exact(GROUP);
+    for (index, group) in groups.by_ref().enumerate() {
+        let any = group
+            .chunks_exact(8)
+            .fold(0, |any, chunk| any | differs(chunk));
+        if any != 0 {
+            return search(index * GROUP);
+        }
+    }
+    let tail = bytes.len() - groups.remainder().len();
+    let rest = &bytes[tail..];
+    if bytes.len() >= 8 {
+        // Whole words of the tail, and a last word ending at the end (it may overlap the
+        // words before it, or the last group: those bytes are checked twice, harmlessly).
+        let words = rest
+            .chunks_exact(8)
+            .fold(0, |any, chunk| any | differs(chunk));
+        if words | differs(&bytes[bytes.len() - 8..]) == 0 {
+            return None;
+        }
+    }
+    search(tail)
 }
 
 // ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
@@ -619,6 +646,34 @@ pub(crate) use layer_below;
 mod tests {
     use super::*;
     use core::cell::Cell;
+
+    /// Every length up to 100 (under Miri 41: a group and a tail), every position of one changed byte, and no
+    /// change at all: the same answer as a byte-by-byte search.
+    #[test]
+    fn first_byte_not_finds_every_changed_byte() {
+        let longest = if cfg!(miri) { 41 } else { 100 };
+        let mut bytes = [0xDFu8; 100];
+        for len in 0..=longest {
+            assert_eq!(first_byte_not(&bytes[..len], 0xDF), None, "length {len}");
+            for at in 0..len {
+                bytes[at] = 0x5A;
+                assert_eq!(
+                    first_byte_not(&bytes[..len], 0xDF),
+                    Some(at),
+                    "length {len}"
+                );
+                // A second change after the first does not move the answer.
+                bytes[len - 1] ^= 1;
+                assert_eq!(
+                    first_byte_not(&bytes[..len], 0xDF),
+                    Some(at),
+                    "length {len}"
+                );
+                bytes[len - 1] ^= 1;
+                bytes[at] = 0xDF;
+            }
+        }
+    }
 
     /// Counts its drops in the cell it points to.
     struct Counted<'a>(&'a Cell<u32>);

@@ -73,6 +73,7 @@
 //! - `src/thread_heaps/`: the general-purpose allocator behind [`presets::General`]:
 //!   `mod.rs` (the allocation paths), `registry.rs` (heaps, pool, fork handlers),
 //!   `thread_pointer.rs`, `summary.rs`.
+//! - `src/managed/`: managed buffers (the Task::MemManager seed) and their typed views.
 //! - `src/blob_heap/`: the buddy heap inside a blob shared between processes;
 //!   `src/bitmap.rs`: the [`Bitmap`].
 //! - `src/presets.rs`: the named stacks; `src/abort.rs`: failures that must not unwind
@@ -82,7 +83,8 @@
 //! # Features
 //!
 //! - `std` (default, implies `os`) adds the sources that need std (`Sbrk`, `System`,
-//!   `Ground`, `Pipe`), regions and the router, the blob heap, and leak reports on stderr.
+//!   `Ground`, `Pipe`), regions and the router, the blob heap, [managed buffers](managed),
+//!   and leak reports on stderr.
 //! - `os`, without `std`: the crate stays `no_std` but talks to the OS through libc:
 //!   [`Mmap`](layers::Mmap), [`Reserve`](layers::Reserve), [`ThreadHeaps`] and the
 //!   [`General`](presets::General), [`Arena`](presets::Arena) and
@@ -90,7 +92,7 @@
 //!   stderr before an abort. This is how the malloc replacement (the `stratalloc-malloc`
 //!   package in `malloc/`) is built: without std's panic and backtrace machinery it maps a
 //!   fraction of the pages into every program it is loaded into.
-//! - With neither, the crate is `no_std`: `Buffer`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
+//! - With neither, the crate is `no_std`: `Buffer`, `Adopted`, `Chunk`, `Batch`, `Buddy`, `Bitset`,
 //!   `FreeList`, `SizeClasses`, `Coalesce`, `Stats`, `Check`, `Bitmap`, `Heap` and `Locked`
 //!   remain.
 //! - `paranoid` (off by default, for tests): every layer calls its whole-structure
@@ -99,6 +101,8 @@
 //! - `allocator-api2-03`, `allocator-api2-04`: [`Heap`] and [`Locked`] also implement the
 //!   `Allocator` traits of allocator-api2 0.3 and 0.4 (0.2's is always implemented, and
 //!   re-exported as [`allocator_api2`]).
+//! - `ndarray`: [`ManagedBuffer::array`](managed::ManagedBuffer::array), an `ndarray` view
+//!   of a managed buffer's elements.
 //! - `testing`: the `testing` module, the conformance suite for anyone who writes a
 //!   [`Layer`] (it uses std and proptest whatever the other features).
 //! - `nightly` (nightly Rust): allocator-api2 0.2's trait becomes `core::alloc::Allocator`,
@@ -139,6 +143,8 @@ mod gauge;
 mod heap;
 pub mod layer;
 mod locked;
+#[cfg(feature = "std")]
+pub mod managed;
 pub mod presets;
 #[cfg(feature = "std")]
 pub mod region;

@@ -1,5 +1,8 @@
 //! Sources: layers with nothing below them, which get memory from outside the stack.
 
+/// Blocks carved from memory handed over (a box, a vector, a static or raw range), given
+/// back as its origin requires.
+mod adopted;
 /// Blocks carved from caller memory (no OS, no std).
 mod buffer;
 /// Whole pages from the system allocator, claimable by a region.
@@ -22,6 +25,9 @@ mod sbrk;
 #[cfg(feature = "std")]
 mod system;
 
+#[cfg(feature = "std")]
+pub(crate) use adopted::overlap;
+pub use adopted::{AdoptError, AdoptRefusal, Adopted, AdoptedMemory, Origin};
 pub use buffer::Buffer;
 #[cfg(feature = "std")]
 pub use ground::Ground;

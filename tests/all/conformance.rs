@@ -37,6 +37,15 @@ mod layers {
     use stratalloc::layers::*;
 
     conformance!(buffer, super::suite_buffer);
+    // Two ranges of different origins, so that programs spill from the first to the second.
+    conformance!(adopted, || {
+        let mut adopted = Adopted::<2>::new();
+        for _ in 0..2 {
+            let memory = AdoptedMemory::from_vec(vec![0; super::PROGRAM_BYTES / 2]);
+            adopted.adopt(memory).unwrap();
+        }
+        adopted
+    });
     conformance!(chunk_over_buffer, || Chunk::<_, 4096>::new(
         super::suite_buffer()
     ));

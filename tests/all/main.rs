@@ -12,6 +12,8 @@ mod conformance;
 mod debug_layers;
 /// What the fuzz targets (`fuzz/`) found, each as a plain test.
 mod fuzz_findings;
+#[cfg(feature = "std")]
+mod managed_buffers;
 mod misuse;
 #[cfg(all(feature = "std", target_os = "linux"))]
 mod preload;
