@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "benches" / "preload"
 BUILD = ROOT / "target" / "preload-bench"
 LIB_TARGET = ROOT / "target" / "preload"
-OURS = LIB_TARGET / "preload" / "libstratalloc_malloc.so"
+OURS = LIB_TARGET / "preload" / "libstratalloc.so"
 # The workloads: name -> (the C source in benches/preload/, its arguments). The second
 # realloc workload runs twice as many appends, so that the long strings (one in 16) grow
 # past 1 KiB into tens of KiB: the growth of large blocks, where the first stays small.
@@ -93,7 +93,7 @@ def build_ours():
         ["cargo", "build", "--profile", "preload", "-p", "stratalloc-malloc"],
         cwd=ROOT, env=env)
     if result.returncode != 0 or not OURS.is_file():
-        sys.exit("building libstratalloc_malloc.so failed; `--lib PATH` measures another "
+        sys.exit("building libstratalloc.so failed; `--lib PATH` measures another "
                  ".so in its slot")
     return str(OURS)
 

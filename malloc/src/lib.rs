@@ -1,15 +1,15 @@
 //! A malloc replacement built from stratalloc: a shared and a static library
 //! (`crate-type = ["cdylib", "staticlib"]`, a package of its own, so the crate itself never
 //! exports `malloc` into its users' programs) that any program can load with `LD_PRELOAD`,
-//! and that a C program can link (`-lstratalloc_malloc`, or the static library by its
-//! path), with what the library adds to the C API declared in `malloc/stratalloc_malloc.h`.
+//! and that a C program can link (`-lstratalloc`, or the static library by its
+//! path), with what the library adds to the C API declared in `malloc/stratalloc.h`.
 //!
 //! ```text
 //! cargo build --profile preload -p stratalloc-malloc
-//! LD_PRELOAD=target/preload/libstratalloc_malloc.so ls -l
-//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/libstratalloc_malloc.so ls -l
-//! gcc -I malloc prog.c -L target/preload -lstratalloc_malloc -Wl,-rpath,$PWD/target/preload
-//! gcc -I malloc prog.c target/preload/libstratalloc_malloc.a   # linked statically
+//! LD_PRELOAD=target/preload/libstratalloc.so ls -l
+//! STRATALLOC_SUMMARY=1 LD_PRELOAD=target/preload/libstratalloc.so ls -l
+//! gcc -I malloc prog.c -L target/preload -lstratalloc -Wl,-rpath,$PWD/target/preload
+//! gcc -I malloc prog.c target/preload/libstratalloc.a   # linked statically
 //! ```
 //!
 //! Built that way (stratalloc's `os` feature without `std`, and the `preload` profile's
@@ -52,7 +52,7 @@ use core::ffi::c_void;
 use core::fmt::Write as _;
 use core::ptr;
 
-use stratalloc::presets::{General, general};
+use stratalloc_crate::presets::{General, general};
 
 /// The heap behind the C functions, and the library's own Rust allocations (there are
 /// none on purpose; without std something must still be the global allocator).
@@ -72,7 +72,7 @@ unsafe extern "C" {}
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut text = StackText::<512>::new();
-    let _ = writeln!(text, "stratalloc_malloc: {info}; aborting");
+    let _ = writeln!(text, "stratalloc (malloc): {info}; aborting");
     let _ = write_all(2, text.as_bytes());
     // SAFETY: `abort` takes nothing and never returns.
     unsafe { libc::abort() }
@@ -95,7 +95,7 @@ fn or_enomem(ptr: *mut u8) -> *mut c_void {
 }
 
 fn page_size() -> usize {
-    stratalloc::layers::Mmap::page_size()
+    stratalloc_crate::layers::Mmap::page_size()
 }
 
 #[unsafe(no_mangle)]

@@ -2,7 +2,7 @@
 //! with and without it (their output must not change), and the heap summary it prints at
 //! exit; and linked into a C program, shared and static, with the summary asked for.
 //!
-//! The library is `libstratalloc_malloc.so`, the cdylib package `malloc/`, built once per
+//! The library is `libstratalloc.so`, the cdylib package `malloc/`, built once per
 //! test run with `cargo build --profile preload -p stratalloc-malloc` (the `no_std` build
 //! the README describes) into
 //! `target/preload` (a target dir of its own, so the build does not wait on the lock of the
@@ -97,7 +97,7 @@ fn find_or_build_library() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let path = target.join("preload/libstratalloc_malloc.so");
+    let path = target.join("preload/libstratalloc.so");
     if path.is_file() {
         Ok(path)
     } else {
@@ -575,10 +575,10 @@ fn the_summary_reports_the_three_leaks() {
     );
 }
 
-/// The library linked rather than preloaded, shared (`-lstratalloc_malloc`) and static (the
+/// The library linked rather than preloaded, shared (`-lstratalloc`) and static (the
 /// `.a` beside it): `tests/preload/linked.c` turns counting on, keeps two blocks of three
 /// and asks for the summary on stdout (`stratalloc_summary`) and stderr (`malloc_stats`),
-/// both declared by `malloc/stratalloc_malloc.h`. The counts prove that the program's
+/// both declared by `malloc/stratalloc.h`. The counts prove that the program's
 /// `malloc` is ours: glibc's would leave them at zero.
 #[test]
 #[cfg_attr(miri, ignore = "Miri cannot start processes")]
@@ -589,7 +589,7 @@ fn a_c_program_links_the_shared_and_the_static_library() {
     }
     let shared = library();
     let libdir = shared.parent().expect("the library's directory");
-    let archive = libdir.join("libstratalloc_malloc.a");
+    let archive = libdir.join("libstratalloc.a");
     assert!(archive.is_file(), "no {}", archive.display());
     let dir = TempDir::new("linked");
     let source = Path::new(REPO).join("tests/preload/linked.c");
@@ -615,7 +615,7 @@ fn a_c_program_links_the_shared_and_the_static_library() {
     let dynamic = build("linked_shared", &mut |gcc| {
         gcc.arg("-L")
             .arg(libdir)
-            .arg("-lstratalloc_malloc")
+            .arg("-lstratalloc")
             .arg(format!("-Wl,-rpath,{}", libdir.display()));
     });
     let fixed = build("linked_static", &mut |gcc| {

@@ -1,7 +1,7 @@
 /* c_semantics.c: checks the C semantics of the allocation API of whatever malloc the
  * process runs with (glibc's, or one put in front of it with LD_PRELOAD).
  *
- * Run by tests/all/preload.rs under LD_PRELOAD=libstratalloc_malloc.so; it must also pass
+ * Run by tests/all/preload.rs under LD_PRELOAD=libstratalloc.so; it must also pass
  * under plain glibc, which is how we know the checks themselves are right.
  *
  * Build: gcc -O2 -fno-builtin -pthread tests/preload/c_semantics.c -o c_semantics

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "stratalloc_malloc.h"
+#include "stratalloc.h"
 
 int main(void) {
     stratalloc_set_counting(1);

@@ -1,14 +1,14 @@
-/* stratalloc_malloc.h: what the stratalloc malloc replacement exports beyond the C
+/* stratalloc.h: what the stratalloc malloc replacement exports beyond the C
  * library's allocation functions (malloc, free, calloc, realloc, reallocarray,
  * posix_memalign, aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, declared
  * by <stdlib.h> and <malloc.h>). Built from the package in malloc/:
  *
  *   cargo build --profile preload -p stratalloc-malloc
- *   gcc -I malloc prog.c -L target/preload -lstratalloc_malloc \
+ *   gcc -I malloc prog.c -L target/preload -lstratalloc \
  *       -Wl,-rpath,$PWD/target/preload
- *   gcc -I malloc prog.c target/preload/libstratalloc_malloc.a
+ *   gcc -I malloc prog.c target/preload/libstratalloc.a
  *
- * or loaded into any program with LD_PRELOAD=.../libstratalloc_malloc.so.
+ * or loaded into any program with LD_PRELOAD=.../libstratalloc.so.
  */
 #ifndef STRATALLOC_MALLOC_H
 #define STRATALLOC_MALLOC_H
