@@ -423,6 +423,7 @@ pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: u
 /// of four word differences each (no branch per word, so the compiler vectorizes it), the
 /// tail under 32 bytes a word at a time with a last word overlapping the one before; only
 /// a group that differs is searched byte by byte.
+#[inline]
 pub(crate) fn first_byte_not(bytes: &[u8], byte: u8) -> Option<usize> {
     const GROUP: usize = 32;
     let pattern = u64::from_ne_bytes([byte; 8]);

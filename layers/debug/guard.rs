@@ -86,6 +86,20 @@ impl<L, const N: usize> Guard<L, N> {
                 core::slice::from_raw_parts(block.add(held), N),
             )
         };
+        // The usual case first: the `N` bytes on each side compared as two arrays (a vector
+        // compare each); only a guard that differs, or a front guard longer than `N` (a
+        // large alignment), is searched byte by byte.
+        // SAFETY: as above: `N` bytes before the block and `N` after it, inside the guards.
+        let (near_front, back) = unsafe {
+            (
+                block.sub(N).cast::<[u8; N]>().read_unaligned(),
+                block.add(held).cast::<[u8; N]>().read_unaligned(),
+            )
+        };
+        let guard = [GUARD_BYTE; N];
+        if near_front == guard && back == guard && front == N {
+            return;
+        }
         if first_byte_not(before, GUARD_BYTE).is_some() {
             // Nearest the block first: an underrun changes the last byte before it first.
             let back = before
@@ -131,7 +145,9 @@ unsafe impl<L: Layer, const N: usize> Layer for Guard<L, N> {
         // (a `memset` call for 16 bytes costs more than the stores).
         unsafe {
             let guard = [GUARD_BYTE; N];
-            base.as_ptr().write_bytes(GUARD_BYTE, front - N);
+            if front > N {
+                base.as_ptr().write_bytes(GUARD_BYTE, front - N);
+            }
             base.as_ptr()
                 .add(front - N)
                 .cast::<[u8; N]>()
