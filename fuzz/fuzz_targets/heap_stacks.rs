@@ -55,14 +55,14 @@ pub const STACKS: &[&str] = &[
     "presets::General (through GlobalAlloc)",
     "region::LeakCheckStack",
     "Buddy<Mmap, 5, 20>",
-    "Buddy<OwnedBuffer, 4, 16>",
+    "Buddy<Adopted (a vector), 4, 16>",
     "Bitset<Mmap, 16>",
     "Bitset<System, 256, 262144>",
     "SizeHeader<System>",
     "Slab<Reserve>",
     "Slab<System, 131072>",
     "Segregate<Fallback<Bitset<Mmap, 16, 65536>, System>, Mmap, 1024>",
-    "Fallback<OwnedBuffer(16 KiB), Mmap>",
+    "Fallback<Adopted (a 16 KiB vector), Mmap>",
     "FreeList<Check<Mmap>, 64>",
     "FreeList<Mmap, 4096>",
     "SizeClasses<Coalesce<Mmap, 1 MiB>>",
@@ -100,7 +100,7 @@ fn run_stack(stack: u8, ops: &[HeapOp]) {
         7 => run(name, Buddy::<_, 5, 20>::new(Mmap::new()), ops, false),
         8 => run(
             name,
-            Buddy::<_, 4, 16>::new(OwnedBuffer::new(BUFFER_BYTES)),
+            Buddy::<_, 4, 16>::new(owned_buffer(BUFFER_BYTES)),
             ops,
             true,
         ),
@@ -120,7 +120,7 @@ fn run_stack(stack: u8, ops: &[HeapOp]) {
         ),
         15 => run(
             name,
-            Fallback::new(OwnedBuffer::new(16 << 10), Mmap::new()),
+            Fallback::new(owned_buffer(16 << 10), Mmap::new()),
             ops,
             false,
         ),
@@ -392,52 +392,10 @@ unsafe impl Layer for ViaGlobalAlloc {
     fn deinit(&mut self) {}
 }
 
-/// A `Buffer` that owns its memory (as in the conformance suite).
-#[derive(Debug)]
-struct OwnedBuffer {
-    buffer: Buffer<'static>,
-    // A `Vec`, not a `Box`: moving a `Vec` keeps raw pointers into it valid.
-    _memory: Vec<MaybeUninit<u8>>,
-}
-
-impl OwnedBuffer {
-    fn new(bytes: usize) -> Self {
-        let mut memory: Vec<MaybeUninit<u8>> = Vec::with_capacity(bytes);
-        // SAFETY: `memory` holds `bytes` bytes and lives as long as `buffer` (both fields of
-        // this struct, never separated), and nothing else touches them.
-        let buffer = unsafe { Buffer::from_raw_parts(memory.as_mut_ptr().cast(), bytes) };
-        OwnedBuffer {
-            buffer,
-            _memory: memory,
-        }
-    }
-}
-
-// SAFETY: forwards everything to the `Buffer`, whose memory lives as long as `self`.
-unsafe impl Layer for OwnedBuffer {
-    const OWNS_EXACT: bool = true;
-
-    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        self.buffer.get(layout)
-    }
-    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: the caller's duties, passed on.
-        unsafe { self.buffer.put(ptr, layout) }
-    }
-    fn init() -> Self {
-        OwnedBuffer::new(BUFFER_BYTES)
-    }
-    fn deinit(&mut self) {
-        self.buffer.deinit()
-    }
-    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        // SAFETY: the caller's duties, passed on.
-        unsafe { self.buffer.shrink(ptr, old, new) }
-    }
-    fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.buffer.owns(ptr)
-    }
-    fn check_invariants(&self) {
-        self.buffer.check_invariants()
-    }
+/// A source over a vector of `bytes` bytes of its own.
+fn owned_buffer(bytes: usize) -> Adopted<1> {
+    let mut adopted = Adopted::new();
+    let memory = AdoptedMemory::from_vec(vec![0; bytes]);
+    adopted.adopt(memory).expect("an empty layer adopts");
+    adopted
 }
