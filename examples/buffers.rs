@@ -1,4 +1,4 @@
-//! The six examples of the Task::MemManager seed, in Rust: managed buffers with fill bytes,
+//! The six examples of Perl's Task::MemManager documentation, in Rust: managed buffers with fill bytes,
 //! release hooks, regions, shared copies, deferred release, and adopted memory with the
 //! overlap check. Run with `cargo run --example buffers`.
 
@@ -10,12 +10,12 @@ use stratalloc::managed::{BufferInfo, BufferManager, ManagedBuffer};
 
 type Stack = Stats<System>;
 
-/// The seed's death stub: says which buffer dies.
+/// Task::MemManager's death stub: says which buffer dies.
 fn killing(label: &'static str) -> impl FnOnce(&BufferInfo, &[u8]) + Send + 'static {
     move |info, _bytes| println!("Killing {label} #{} at {:#x}", info.id, info.address)
 }
 
-/// The seed's `print_hex_values`: the bytes in hex, `per_line` to a line.
+/// The examples' `print_hex_values`: the bytes in hex, `per_line` to a line.
 fn print_hex(bytes: &[u8], per_line: usize) {
     for line in bytes.chunks(per_line) {
         let hex: Vec<String> = line.iter().map(|byte| format!("{byte:02X}")).collect();
@@ -54,7 +54,7 @@ fn main() {
     show("mem", &mem);
     // Killing a buffer at once: drop it.
     drop(memdeath);
-    // A constant buffer: shared handles cannot write (the seed needed Readonly for this).
+    // A constant buffer: shared handles cannot write (Task::MemManager needed Readonly for this).
     let constant = manager
         .options(20, 1)
         .fill(b'D')

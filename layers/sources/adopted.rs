@@ -363,6 +363,15 @@ impl<const N: usize> Adopted<N> {
         }
     }
 
+    /// The source of the range that owns the block at `ptr`.
+    fn source_of(&mut self, ptr: NonNull<u8>) -> Option<&mut Buffer<'static>> {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .map(|slot| &mut slot.source)
+            .find(|source| source.owns(ptr))
+    }
+
     /// The ranges held, in the order they are served from.
     pub fn ranges(&self) -> impl Iterator<Item = (Range<usize>, Origin)> + '_ {
         self.slots
@@ -395,14 +404,9 @@ unsafe impl<const N: usize> Layer for Adopted<N> {
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
         paranoid(self);
-        let slot = self
-            .slots
-            .iter_mut()
-            .flatten()
-            .find(|slot| slot.source.owns(ptr));
-        match slot {
+        match self.source_of(ptr) {
             // SAFETY: the caller's duties; the block is one of this range's.
-            Some(slot) => unsafe { slot.source.put(ptr, layout) },
+            Some(source) => unsafe { source.put(ptr, layout) },
             None => crate::abort::abort_with(format_args!(
                 "Adopted: put of {ptr:p} ({} bytes), which is not a block of any adopted range",
                 layout.size()
@@ -423,13 +427,9 @@ unsafe impl<const N: usize> Layer for Adopted<N> {
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
-        let slot = self
-            .slots
-            .iter_mut()
-            .flatten()
-            .find(|slot| slot.source.owns(ptr));
+        let source = self.source_of(ptr);
         // SAFETY: the caller's duties, passed on to the range that owns the block.
-        slot.is_some_and(|slot| unsafe { slot.source.shrink(ptr, old, new) })
+        source.is_some_and(|source| unsafe { source.shrink(ptr, old, new) })
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {

@@ -1,10 +1,10 @@
-//! Managed buffers, as the Task::MemManager seed has them: `count` elements of
+//! Managed buffers, as Perl's Task::MemManager has them: `count` elements of
 //! `element_size` bytes from any stack, shared by cheap clones, filled when made, with a
 //! hook called when the last clone goes, deferred release, and memory the caller already
 //! holds adopted as buffers.
 //!
 //! A [`BufferManager`] holds a stack (any [`Layer`]); its buffers come from that stack and
-//! go back to it. A [`ManagedBuffer`] is a handle: cloning it shares the buffer (the seed's
+//! go back to it. A [`ManagedBuffer`] is a handle: cloning it shares the buffer (Task::MemManager's
 //! "shallow copy defers deallocation"), and the buffer is released when the last clone is
 //! dropped. Released means: the buffer's hook runs (with its [`BufferInfo`] and its bytes,
 //! still whole), then its memory goes back to the stack, or, for adopted memory, back to
@@ -274,7 +274,7 @@ impl<L: Layer> BufferManager<L> {
     }
 
     /// The buffers waiting for [`collect`](Self::collect), in the order their last handle
-    /// went (the seed's `get_delayed_gc_objects`).
+    /// went (Task::MemManager's `get_delayed_gc_objects`).
     pub fn waiting(&self) -> Vec<BufferInfo> {
         lock(&self.shared)
             .waiting
@@ -338,7 +338,7 @@ pub struct BufferOptions<'m, L: Layer> {
 }
 
 impl<L: Layer> BufferOptions<'_, L> {
-    /// Every byte of the new buffer is `byte` (the seed's `init_value`); the default is 0.
+    /// Every byte of the new buffer is `byte` (Task::MemManager's `init_value`); the default is 0.
     /// Adopted memory keeps its bytes.
     pub fn fill(mut self, byte: u8) -> Self {
         self.fill = byte;
@@ -352,7 +352,7 @@ impl<L: Layer> BufferOptions<'_, L> {
         self
     }
 
-    /// `hook` is called once, when the buffer is released (the seed's `death_stub`), with
+    /// `hook` is called once, when the buffer is released (Task::MemManager's `death_stub`), with
     /// its description (its identifier among it) and its bytes, before the memory goes
     /// back. It runs on the thread that drops the last handle (or calls
     /// [`collect`](BufferManager::collect)), outside the manager's lock: it may use the
@@ -363,7 +363,7 @@ impl<L: Layer> BufferOptions<'_, L> {
     }
 
     /// When its last handle goes, the buffer waits on the manager's list, hook not yet
-    /// run, until [`collect`](BufferManager::collect) or the manager's drop (the seed's
+    /// run, until [`collect`](BufferManager::collect) or the manager's drop (Task::MemManager's
     /// `delayed_gc`).
     pub fn deferred(mut self) -> Self {
         self.deferred = true;
@@ -397,19 +397,20 @@ impl<L: Layer> BufferOptions<'_, L> {
             size,
             align: self.align,
         })?;
-        if !(L::ZEROED && self.fill == 0) {
-            // SAFETY: the block is valid for writes of `size` bytes (the `Layer` contract).
-            unsafe { ptr.as_ptr().write_bytes(self.fill, size) };
-        }
         let id = state.next_id;
         state.next_id += 1;
         let start = ptr.as_ptr().addr();
         state.held.insert(id, start..start + size);
         drop(state);
+        if !(L::ZEROED && self.fill == 0) {
+            // SAFETY: the block is valid for writes of `size` bytes (the `Layer` contract),
+            // and no one else has it yet.
+            unsafe { ptr.as_ptr().write_bytes(self.fill, size) };
+        }
         Ok(self.finish(id, ptr, layout, None))
     }
 
-    /// Makes the buffer of memory the caller held (the seed's `consume`): its first
+    /// Makes the buffer of memory the caller held (Task::MemManager's `consume`): its first
     /// `count * element_size` bytes, as they are. The memory goes back to its origin when
     /// the buffer is released (see [`Origin`]), never to the stack.
     ///
@@ -450,7 +451,8 @@ impl<L: Layer> BufferOptions<'_, L> {
         state.next_id += 1;
         state.held.insert(id, adopting.start..adopting.start + size);
         drop(state);
-        let layout = Layout::from_size_align(size, 1).expect("within the memory's length");
+        let layout = Layout::from_size_align(size, 1)
+            .expect("adopted memory is at most isize::MAX bytes (AdoptedMemory's contract)");
         Ok(self.finish(id, memory.as_ptr(), layout, Some(memory)))
     }
 
@@ -555,22 +557,22 @@ impl<L: Layer> ManagedBuffer<L> {
         self.info().id
     }
 
-    /// The address of its first byte (the seed's `get_buffer`).
+    /// The address of its first byte (Task::MemManager's `get_buffer`).
     pub fn address(&self) -> usize {
         self.info().address
     }
 
-    /// Its size in bytes (the seed's `get_buffer_size`).
+    /// Its size in bytes (Task::MemManager's `get_buffer_size`).
     pub fn size(&self) -> usize {
         self.info().size
     }
 
-    /// The size of one element (the seed's `get_element_size`).
+    /// The size of one element (Task::MemManager's `get_element_size`).
     pub fn element_size(&self) -> usize {
         self.info().element_size
     }
 
-    /// The number of elements (the seed's `get_num_of_elements`).
+    /// The number of elements (Task::MemManager's `get_num_of_elements`).
     pub fn count(&self) -> usize {
         self.info().count
     }
@@ -598,7 +600,7 @@ impl<L: Layer> ManagedBuffer<L> {
         Some(unsafe { core::slice::from_raw_parts_mut(release.ptr.as_ptr(), release.info.size) })
     }
 
-    /// The bytes `start..end` (the seed's `extract_buffer_region`), or `None` when `end`
+    /// The bytes `start..end` (Task::MemManager's `extract_buffer_region`), or `None` when `end`
     /// is past the buffer's end or `start > end`.
     pub fn region(&self, start: usize, end: usize) -> Option<&[u8]> {
         self.as_bytes().get(start..end)

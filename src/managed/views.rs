@@ -1,5 +1,5 @@
 //! Typed views of a managed buffer: `&[T]` for plain-old-data `T` (through bytemuck), and
-//! with the `ndarray` feature an `ndarray` view (the seed's PDL view, for Rust).
+//! with the `ndarray` feature an `ndarray` view (Task::MemManager's PDL view, in Rust).
 
 use core::any::type_name;
 use core::fmt;
@@ -122,7 +122,7 @@ impl<L: Layer> ManagedBuffer<L> {
         Ok(bytemuck::cast_slice_mut(bytes))
     }
 
-    /// The elements as an `ndarray` view of `shape` (the seed's PDL view), for a
+    /// The elements as an `ndarray` view of `shape` (Task::MemManager's PDL view), for a
     /// plain-old-data `T` as in [`view`](Self::view).
     ///
     /// # Errors
