@@ -65,6 +65,13 @@ fn geometry(max_sz_pwr: u32, min_sz_pwr: u32, alignment: usize) -> PyResult<Blob
     BlobGeometry::new(max_sz_pwr, min_sz_pwr, alignment).map_err(heap_err)
 }
 
+/// A block handed back from a call made without the GIL.
+struct SendBlock(BlobBlock);
+
+// SAFETY: a block is an offset, a size and an address into memory pinned by the handle
+// that made it; nothing in it is tied to a thread.
+unsafe impl Send for SendBlock {}
+
 // ---- the handle and its state --------------------------------------------------------------
 
 /// An attached handle: the crate's handle over pinned memory. Fields drop in order, so the
@@ -313,17 +320,17 @@ impl Heap {
     /// Ends the heap: the memory no longer holds one (attaching fails) and is the
     /// caller's again. Raises StillAttachedError while other handles are attached (this
     /// handle then stays attached), BusyError while buffers over blocks are exported.
-    fn destroy(&self) -> PyResult<()> {
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
         let handle = self.take_handle("destroy")?;
         let put_back = |handle: Arc<Handle>| lock(&self.state).handle = Some(handle);
-        let handles = handle.heap.stats().handles;
+        let handles = py.detach(|| handle.heap.stats().handles);
         if handles > 1 {
             put_back(handle);
             return Err(heap_err(BlobError::StillAttached { handles }));
         }
         match Arc::try_unwrap(handle) {
             Ok(Handle { heap, pin, .. }) => {
-                let result = heap.destroy().map_err(heap_err);
+                let result = py.detach(|| heap.destroy()).map_err(heap_err);
                 drop(pin);
                 result
             }
@@ -343,19 +350,20 @@ impl Heap {
     #[pyo3(signature = (size, timeout = None))]
     fn malloc(slf: &Bound<'_, Self>, size: usize, timeout: Option<f64>) -> PyResult<Py<Memory>> {
         let handle = slf.get().handle()?;
+        let py = slf.py();
         let block = match timeout {
-            None => handle.heap.alloc(size),
+            None => py.detach(|| handle.heap.alloc(size).map(SendBlock)),
             Some(seconds) => {
                 let wait = Duration::try_from_secs_f64(seconds).map_err(|_| {
                     PyValueError::new_err(format!(
                         "timeout must be a finite number of seconds >= 0, not {seconds}"
                     ))
                 })?;
-                handle.heap.alloc_waiting(size, wait)
+                py.detach(|| handle.heap.alloc_waiting(size, wait).map(SendBlock))
             }
         }
         .map_err(heap_err)?;
-        Heap::memory(slf, block, size, true)
+        Heap::memory(slf, block.0, size, true)
     }
 
     /// Frees the block `mem_obj` is over (a memory object from `malloc` or `block` of this
@@ -363,7 +371,7 @@ impl Heap {
     /// every other object over the block in this process, cannot be used afterwards.
     /// Raises RecoveryNeededError when the heap needs recover() first (the block stays
     /// live), BusyError while a buffer over the block is exported.
-    fn free(&self, mem_obj: &Bound<'_, Memory>) -> PyResult<()> {
+    fn free(&self, py: Python<'_>, mem_obj: &Bound<'_, Memory>) -> PyResult<()> {
         let mem = mem_obj.get();
         let handle = self.handle()?;
         let own = core::ptr::eq(mem.heap.get(), self);
@@ -394,7 +402,8 @@ impl Heap {
                 mem.offset
             )));
         }
-        handle.heap.free(mem.offset).map_err(heap_err)?;
+        let offset = mem.offset;
+        py.detach(|| handle.heap.free(offset)).map_err(heap_err)?;
         mem.block.freed.store(true, Ordering::Relaxed);
         forget_block(mem.ptr.0.as_ptr().addr(), &mem.block);
         Ok(())
@@ -405,7 +414,11 @@ impl Heap {
     /// size. Raises InvalidMemoryError when no live block starts there.
     fn block(slf: &Bound<'_, Self>, offset: u64) -> PyResult<Py<Memory>> {
         let handle = slf.get().handle()?;
-        let block = handle.heap.block(offset).map_err(heap_err)?;
+        let block = slf
+            .py()
+            .detach(|| handle.heap.block(offset).map(SendBlock))
+            .map_err(heap_err)?
+            .0;
         let size = block.size;
         Heap::memory(slf, block, size, false)
     }
@@ -413,14 +426,15 @@ impl Heap {
     /// Rebuilds the heap's free lists after damage or a process that died holding the
     /// lock: every live block stays live and untouched. Raises NoRecoveryNeededError on a
     /// heap that does not need it.
-    fn recover(&self) -> PyResult<()> {
-        self.handle()?.heap.recover().map_err(heap_err)
+    fn recover(&self, py: Python<'_>) -> PyResult<()> {
+        let handle = self.handle()?;
+        py.detach(|| handle.heap.recover()).map_err(heap_err)
     }
 
     /// The heap's statistics now.
-    fn get_stats(&self) -> PyResult<MemStat> {
+    fn get_stats(&self, py: Python<'_>) -> PyResult<MemStat> {
         let handle = self.handle()?;
-        let s = handle.heap.stats();
+        let s = py.detach(|| handle.heap.stats());
         let g = self.geometry;
         Ok(MemStat {
             num_segments: 1usize << (g.max_order() - g.min_order()),
@@ -443,7 +457,7 @@ impl Heap {
 
     /// Prints a dump of the heap under `title` to sys.stdout.
     fn dump(&self, py: Python<'_>, title: &str) -> PyResult<()> {
-        let text = self.dump_to_str(title)?;
+        let text = self.dump_to_str(py, title)?;
         py.import("sys")?
             .getattr("stdout")?
             .call_method1("write", (text,))?;
@@ -451,13 +465,14 @@ impl Heap {
     }
 
     /// A dump of the heap under `title`: geometry, figures, free blocks per size.
-    fn dump_to_str(&self, title: &str) -> PyResult<String> {
-        Ok(self.handle()?.heap.dump_to_string(title))
+    fn dump_to_str(&self, py: Python<'_>, title: &str) -> PyResult<String> {
+        let handle = self.handle()?;
+        Ok(py.detach(|| handle.heap.dump_to_string(title)))
     }
 
     /// Writes the dump to `fobj` (anything with a `write(str)` method).
     fn dump_to_file(&self, title: &str, fobj: &Bound<'_, PyAny>) -> PyResult<()> {
-        let text = self.dump_to_str(title)?;
+        let text = self.dump_to_str(fobj.py(), title)?;
         fobj.call_method1("write", (text,))?;
         Ok(())
     }
@@ -468,11 +483,16 @@ impl Heap {
     /// `func`, the next handle to lock finds the heap in need of recover().
     fn with_lock(&self, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let handle = self.handle()?;
-        let result = handle
-            .heap
-            .with_lock(|_guard| func.call0())
-            .map_err(heap_err)?;
-        Ok(result?.unbind())
+        let py = func.py();
+        let func = func.clone().unbind();
+        // The lock is waited for without the GIL, so that a holder in this process (another
+        // thread inside with_lock) can go on; `func` runs with it.
+        py.detach(|| {
+            handle
+                .heap
+                .with_lock(|_guard| Python::attach(|py| func.call0(py)))
+        })
+        .map_err(heap_err)?
     }
 
     /// The number of smallest blocks (segments) the heap is made of.
@@ -496,14 +516,16 @@ impl Heap {
     /// Whether the heap waits for recover() (damage found, or a lock holder died). Reading
     /// it takes the lock, so a holder that died is found here.
     #[getter]
-    fn recovery_needed(&self) -> PyResult<bool> {
-        Ok(self.handle()?.heap.stats().recovery_needed.is_some())
+    fn recovery_needed(&self, py: Python<'_>) -> PyResult<bool> {
+        let handle = self.handle()?;
+        Ok(py.detach(|| handle.heap.stats().recovery_needed.is_some()))
     }
 
     /// Why the heap waits for recover(), or None.
     #[getter]
-    fn recovery_reason(&self) -> PyResult<Option<String>> {
-        let stats = self.handle()?.heap.stats();
+    fn recovery_reason(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let handle = self.handle()?;
+        let stats = py.detach(|| handle.heap.stats());
         Ok(stats.recovery_needed.map(|reason| reason.to_string()))
     }
 
