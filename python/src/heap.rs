@@ -374,6 +374,7 @@ impl Heap {
     fn free(&self, py: Python<'_>, mem_obj: &Bound<'_, Memory>) -> PyResult<()> {
         let mem = mem_obj.get();
         let handle = self.handle()?;
+        mem.usable()?;
         let own = core::ptr::eq(mem.heap.get(), self);
         if !own {
             // Another handle: fine if it maps the same memory at the same place.
@@ -393,7 +394,6 @@ impl Heap {
                 )));
             }
         }
-        mem.usable()?;
         let exports = mem.block.exports.load(Ordering::Relaxed);
         if exports > 0 {
             return Err(BusyError::new_err(format!(

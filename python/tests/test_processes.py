@@ -40,7 +40,7 @@ def _attach(name):
     return shm, Heap.attach(shm.buf)
 
 
-def _worker(name, me, inbox, outbox, rounds, seed):
+def _worker(name, me, inbox, outbox, rounds, seed, results):
     """Allocates blocks, fills them with its pattern, passes half of them on to the next
     worker and frees the rest itself; verifies and frees what the previous worker passes
     on. Ends by draining its inbox up to the previous worker's end mark."""
@@ -50,6 +50,7 @@ def _worker(name, me, inbox, outbox, rounds, seed):
     seq = 0
 
     previous_done = False
+    counts = {"mine": 0, "theirs": 0}
 
     def take(message):
         nonlocal previous_done
@@ -57,6 +58,7 @@ def _worker(name, me, inbox, outbox, rounds, seed):
             previous_done = True
             return
         offset, size, tag = message
+        counts["theirs"] += 1
         block = heap.block(offset)
         got = block[0:size]
         assert got == pattern(tag, size), f"worker {me}: block {offset:#x} of tag {tag:#x} changed"
@@ -68,6 +70,7 @@ def _worker(name, me, inbox, outbox, rounds, seed):
             block = heap.malloc(size, timeout=10)
             tag = me << 48 | seq
             seq += 1
+            counts["mine"] += 1
             fill(block, tag)
             if rng.random() < 0.5:
                 outbox.put((block.offset, size, tag))
@@ -90,16 +93,18 @@ def _worker(name, me, inbox, outbox, rounds, seed):
         take(inbox.get(timeout=30))
     heap.detach()
     shm.close()
+    results.put((me, counts["mine"], counts["theirs"]))
 
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_processes_allocate_and_free_each_others_blocks(shared_heap, workers):
     heap, shm = shared_heap
     queues = [CTX.Queue() for _ in range(workers)]
+    results = CTX.Queue()
     procs = [
         CTX.Process(
             target=_worker,
-            args=(shm.name, i, queues[i], queues[(i + 1) % workers], 300, 1000 * workers + i),
+            args=(shm.name, i, queues[i], queues[(i + 1) % workers], 2000, 1000 * workers + i, results),
         )
         for i in range(workers)
     ]
@@ -108,6 +113,10 @@ def test_processes_allocate_and_free_each_others_blocks(shared_heap, workers):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0] * workers
+    counts = sorted(results.get(timeout=5) for _ in range(workers))
+    # Every worker allocated thousands of blocks and freed hundreds of its neighbour's.
+    for me, mine, theirs in counts:
+        assert mine > 2000 and theirs > 500, counts
     stats = heap.get_stats()
     assert (stats.live_blocks, stats.allocated_bytes, stats.handles) == (0, 0, 1)
     assert stats.free_blocks == {64 << i: int(i == MAX - MIN) for i in range(MAX - MIN + 1)}
