@@ -45,7 +45,7 @@ use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PySlice};
-use stratalloc::blob_heap::{BlobBlock, BlobError, BlobGeometry, BlobHeap};
+use stratalloc::blob_heap::{BlobBlock, BlobError, BlobGeometry, BlobHeap, LOWEST_ORDER};
 
 use crate::pin::Pinned;
 use crate::{
@@ -279,7 +279,15 @@ impl Heap {
         let (base, len) = (pin.base(), pin.len());
         let first = base.as_ptr().addr().next_multiple_of(64) - base.as_ptr().addr();
         let mut found_other = None;
+        // No heap fits in fewer bytes than the smallest possible one: such a tail of the
+        // buffer holds none (and the crate would report its header as too long for it).
+        let smallest = BlobGeometry::new(LOWEST_ORDER, LOWEST_ORDER, 8)
+            .map_err(heap_err)?
+            .required_size();
         for skip in (first..len.min(PAGE)).step_by(64) {
+            if len - skip < smallest {
+                break;
+            }
             // SAFETY: `skip < len`: inside the buffer.
             let start = unsafe { base.add(skip) };
             // SAFETY: the memory lies in the pinned, writable buffer, kept in place until the

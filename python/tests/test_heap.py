@@ -91,8 +91,10 @@ def test_init_refuses_memory_it_cannot_use():
 def test_attach_refuses_memory_without_a_heap():
     with pytest.raises(sp.NotAHeapError, match="holds no heap"):
         Heap.attach(bytearray(Heap.size(16, 6, 64)))
-    with pytest.raises(sp.NotAHeapError):
-        Heap.attach(bytearray(10))
+    for length in (0, 10, 100, 1000):
+        for start in range(0, 64, 8):  # whatever the buffer's alignment
+            with pytest.raises(sp.NotAHeapError, match="holds no heap"):
+                Heap.attach(memoryview(bytearray(length + 64))[start : start + length])
     with pytest.raises(sp.BufferUnusableError, match="read-only"):
         Heap.attach(b"x" * 100)
 
