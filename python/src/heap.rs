@@ -410,9 +410,14 @@ impl Heap {
                 mem.offset
             )));
         }
-        let offset = mem.offset;
-        py.detach(|| handle.heap.free(offset)).map_err(heap_err)?;
+        // Marked freed before the GIL is let go for the heap's lock, so that no thread can
+        // export a buffer over the block meanwhile; unmarked if the heap refuses the free.
         mem.block.freed.store(true, Ordering::Relaxed);
+        let offset = mem.offset;
+        if let Err(error) = py.detach(|| handle.heap.free(offset)) {
+            mem.block.freed.store(false, Ordering::Relaxed);
+            return Err(heap_err(error));
+        }
         forget_block(mem.ptr.0.as_ptr().addr(), &mem.block);
         Ok(())
     }
@@ -747,6 +752,14 @@ impl Memory {
         if let Ok(slice) = key.cast::<PySlice>() {
             let s = slice.indices(self.len as isize)?;
             let bytes = self.with_block(|ptr| {
+                if s.step == 1 {
+                    // SAFETY: `start..start + slicelength` lies in `0..len`, inside the
+                    // block, which `with_block` checked is live and pinned.
+                    return unsafe {
+                        core::slice::from_raw_parts(ptr.add(s.start as usize), s.slicelength)
+                    }
+                    .to_vec();
+                }
                 (0..s.slicelength)
                     .map(|i| {
                         let at = (s.start + i as isize * s.step) as usize;

@@ -453,10 +453,10 @@ def test_garbage_collection_detaches_and_memory_objects_keep_the_handle():
     mem.heap.free(mem)
     del mem
     gc.collect()
-    memory.append(0)  # the last reference went: detached, unpinned
-    heap = Heap.attach(memoryview(memory)[:-1])
-    assert heap.get_stats().handles == 1  # the collected handle was subtracted
+    heap = Heap.attach(memory)
+    assert heap.get_stats().handles == 1  # the collected handle was detached
     heap.destroy()
+    memory.append(0)  # and nothing pins the buffer any more
 
 
 # ---- recovery and the lock ----------------------------------------------------------------
