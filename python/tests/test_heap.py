@@ -540,3 +540,48 @@ def test_destroy_refuses_inside_with_lock(small_heap):
     with pytest.raises(sp.BusyError, match="in use"):
         heap.with_lock(heap.destroy)
     assert heap.attached
+
+
+def test_threads_share_a_handle_and_never_get_the_same_block(small_heap):
+    """Operations let go of the GIL while they wait for the heap's lock: threads of one
+    process interleave inside the heap. Each fills its blocks and checks them before
+    freeing; a block handed out twice would be overwritten by the other thread."""
+    heap, _ = small_heap
+    errors = []
+
+    def churn(me):
+        try:
+            live = []
+            for i in range(3000):
+                if len(live) < 8 and i % 3 != 2:
+                    mem = heap.malloc(64 + (me * 131 + i * 17) % 900)
+                    fill(mem, me << 32 | i)
+                    live.append((mem, me << 32 | i))
+                elif live:
+                    mem, tag = live.pop(0)
+                    assert holds(mem, tag), f"thread {me}: block at {mem.offset:#x} changed"
+                    heap.free(mem)
+            for mem, tag in live:
+                assert holds(mem, tag)
+                heap.free(mem)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=churn, args=(me,)) for me in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = heap.get_stats()
+    assert (stats.live_blocks, stats.free_blocks[65536]) == (0, 1)
+
+
+def test_negative_sizes_and_offsets_are_refused(small_heap):
+    heap, _ = small_heap
+    with pytest.raises(OverflowError):
+        heap.malloc(-1)
+    with pytest.raises(OverflowError):
+        heap.block(-64)
+    with pytest.raises(OverflowError):
+        Heap.size(-1, 6, 64)
