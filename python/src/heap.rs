@@ -175,11 +175,7 @@ impl Heap {
     /// exported (`doing` names the call in the message).
     fn take_handle(&self, doing: &str) -> PyResult<Arc<Handle>> {
         let mut state = lock(&self.state);
-        if state.handle.is_none() {
-            return Err(DetachedError::new_err(format!(
-                "cannot {doing}: this Heap handle was detached or destroyed already"
-            )));
-        }
+        // Buffers are exported only from an attached handle's blocks.
         if state.exports > 0 {
             return Err(BusyError::new_err(format!(
                 "cannot {doing}: {} buffer(s) over this handle's blocks are still exported \
@@ -187,10 +183,11 @@ impl Heap {
                 state.exports
             )));
         }
-        state
-            .handle
-            .take()
-            .ok_or_else(|| DetachedError::new_err("unreachable: checked above"))
+        state.handle.take().ok_or_else(|| {
+            DetachedError::new_err(format!(
+                "cannot {doing}: this Heap handle was detached or destroyed already"
+            ))
+        })
     }
 
     fn memory(
@@ -329,24 +326,34 @@ impl Heap {
     /// caller's again. Raises StillAttachedError while other handles are attached (this
     /// handle then stays attached), BusyError while buffers over blocks are exported.
     fn destroy(&self, py: Python<'_>) -> PyResult<()> {
-        let handle = self.take_handle("destroy")?;
-        let put_back = |handle: Arc<Handle>| lock(&self.state).handle = Some(handle);
+        let handle = self.handle()?;
         let handles = py.detach(|| handle.heap.stats().handles);
+        drop(handle);
         if handles > 1 {
-            put_back(handle);
             return Err(heap_err(BlobError::StillAttached { handles }));
         }
-        match Arc::try_unwrap(handle) {
-            Ok(Handle { heap, pin, .. }) => {
-                let result = py.detach(|| heap.destroy()).map_err(heap_err);
-                drop(pin);
-                result
-            }
+        let handle = self.take_handle("destroy")?;
+        let Handle { heap, pin, start } = match Arc::try_unwrap(handle) {
+            Ok(handle) => handle,
             Err(handle) => {
-                put_back(handle);
-                Err(BusyError::new_err(
+                lock(&self.state).handle = Some(handle);
+                return Err(BusyError::new_err(
                     "cannot destroy: this handle is in use (inside with_lock)",
-                ))
+                ));
+            }
+        };
+        let len = heap.blob_len();
+        match py.detach(|| heap.destroy()) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Another handle attached since the count above (the crate's `destroy`
+                // detached this one): attach again, so that the handle stays usable.
+                // SAFETY: the same memory, still pinned by `pin`, holding the heap this
+                // handle was attached to a moment ago.
+                if let Ok(heap) = unsafe { BlobHeap::attach_raw(start, len) } {
+                    lock(&self.state).handle = Some(Arc::new(Handle { heap, pin, start }));
+                }
+                Err(heap_err(error))
             }
         }
     }
