@@ -512,6 +512,13 @@ impl<'a> BlobHeap<'a> {
         self.len
     }
 
+    /// Where the heap's process-shared lock lies in this handle's mapping of the blob (the
+    /// Dragon seed's `exclusive_access`), for debuggers and for bindings that show it. The
+    /// lock is taken only through [`with_lock`](Self::with_lock) and the heap's operations.
+    pub fn lock_ptr(&self) -> NonNull<u8> {
+        NonNull::from(&self.header().lock).cast()
+    }
+
     fn header(&self) -> &Header {
         // SAFETY: `over` checked that the blob holds a header's bytes, 64-byte aligned;
         // the memory stays valid for `'a`.

@@ -384,6 +384,48 @@ fn a_second_handle_sees_and_frees_the_same_blocks() {
     ));
 }
 
+/// `lock_ptr` is where the lock is: inside the header, the same in every handle, and (with
+/// glibc's robust mutex, whose first word names the holder) held by this thread exactly
+/// inside `with_lock`.
+#[test]
+fn lock_ptr_points_at_the_lock() {
+    let g = geometry(12, 6);
+    let mut blob = Blob::for_geometry(g);
+    let bytes = blob.bytes();
+    let (base, len) = (
+        std::ptr::NonNull::from(&mut *bytes).cast::<u8>(),
+        bytes.len(),
+    );
+    // SAFETY: the blob outlives both handles and is touched only through them (and through
+    // the lock word read below with atomic loads, as the C library changes it).
+    let first = unsafe { BlobHeap::init_raw(base, len, g) }.unwrap();
+    // SAFETY: as above.
+    let second = unsafe { BlobHeap::attach_raw(base, len) }.unwrap();
+    let lock = first.lock_ptr();
+    assert_eq!(lock, second.lock_ptr());
+    let at = lock.as_ptr().addr() - base.as_ptr().addr();
+    assert!(
+        at > 0 && at < 4096 && at.is_multiple_of(64),
+        "lock at offset {at}"
+    );
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(miri)))]
+    {
+        // SAFETY: the lock's first word is glibc's futex word: an aligned `int` that the
+        // C library changes atomically; we only load it.
+        let word = unsafe { &*lock.as_ptr().cast::<AtomicU32>() };
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        assert_eq!(word.load(Ordering::Acquire), 0);
+        let inside = first
+            .with_lock(|_| word.load(Ordering::Acquire) & libc::FUTEX_TID_MASK)
+            .unwrap();
+        assert_eq!(inside, me);
+        assert_eq!(word.load(Ordering::Acquire), 0);
+    }
+    drop(second);
+    first.destroy().unwrap();
+}
+
 #[test]
 fn threads_share_one_handle() {
     let g = geometry(16, 5);

@@ -1,0 +1,958 @@
+//! `Heap` (the seed's heap handle), `Memory` (what `malloc` returns) and `MemStat` (what
+//! `get_stats` returns), over [`BlobHeap`]. The lifetime rules are written under
+//! "Lifetimes" below; the pinning they rest on in `pin.rs`.
+//!
+//! # Where the heap lies in the buffer
+//!
+//! [`BlobHeap`] needs its blob to start on a 64-byte boundary, and it aligns blocks to the
+//! heap's `alignment` relative to the blob's start. A `bytearray` starts wherever Python's
+//! allocator put it, so the heap starts at the first address in the buffer that is a
+//! multiple of `clamp(alignment, 64, PAGE)` (the bytes before it are zeroed by `init`):
+//! blocks are then aligned in absolute terms up to the page size, in any buffer. The cap
+//! at the page size is what lets other processes find the heap: every mapping of a shared
+//! segment (`SharedMemory`, `mmap`) starts on a page boundary, so the heap lies at the same
+//! offset into the buffer in all of them. `attach` looks for the heap's header at each
+//! 64-byte boundary within the buffer's first page, and takes the first it finds whose
+//! alignment says it starts there. `Heap.size` includes the room to align (`PAGE - 1`
+//! bytes at most).
+//!
+//! # Lifetimes
+//!
+//! - A `Heap` handle owns a [`Handle`]: the crate's handle and the [`Pinned`] buffer export
+//!   that keeps its memory in place. `detach`, `destroy`, or the handle's garbage
+//!   collection drop it (the crate's handle first, then the export).
+//! - A `Memory` holds a reference to its `Heap` and checks, under the handle's state lock,
+//!   that the handle is attached and the block not freed before every access, so it never
+//!   reads memory that was unpinned (it raises `InvalidMemoryError` instead).
+//! - A buffer exported from a `Memory` (a `memoryview` over it) is a raw pointer that
+//!   cannot be revoked: while one is alive, `free` of its block and `detach` / `destroy`
+//!   of its handle raise `BusyError`.
+//! - Every `Memory` object of one block in this process (from `malloc` and `block`) shares
+//!   one [`BlockState`], found through a registry keyed by the block's address: freeing
+//!   through any of them marks all of them freed. A block freed by another process is
+//!   not seen until this process allocates the same block again (then the old objects are
+//!   marked freed); until then they read and write heap memory that stays mapped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use core::ffi::c_int;
+use core::ptr::NonNull;
+
+use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PySlice};
+use stratalloc::blob_heap::{BlobBlock, BlobError, BlobGeometry, BlobHeap, LOWEST_ORDER};
+
+use crate::pin::Pinned;
+use crate::{
+    BufferUnusableError, BusyError, DetachedError, InvalidMemoryError, NotAHeapError, heap_err,
+    lock,
+};
+
+/// The cap on where a heap's start is aligned (see "Where the heap lies in the buffer").
+pub(crate) const PAGE: usize = 4096;
+
+/// What the heap's start is aligned to in the buffer, for a heap of `alignment`.
+fn start_alignment(alignment: usize) -> usize {
+    alignment.clamp(64, PAGE)
+}
+
+fn geometry(max_sz_pwr: u32, min_sz_pwr: u32, alignment: usize) -> PyResult<BlobGeometry> {
+    BlobGeometry::new(max_sz_pwr, min_sz_pwr, alignment).map_err(heap_err)
+}
+
+/// A block handed back from a call made without the GIL.
+struct SendBlock(BlobBlock);
+
+// SAFETY: a block is an offset, a size and an address into memory pinned by the handle
+// that made it; nothing in it is tied to a thread.
+unsafe impl Send for SendBlock {}
+
+// ---- the handle and its state --------------------------------------------------------------
+
+/// An attached handle: the crate's handle over pinned memory. Fields drop in order, so the
+/// crate's handle (whose `Drop` writes the header) goes before the export.
+struct Handle {
+    heap: BlobHeap<'static>,
+    /// Keeps `heap`'s memory in place (see `pin.rs`).
+    pin: Pinned,
+    /// Where the heap starts in this process (the key that tells mappings apart).
+    start: NonNull<u8>,
+}
+
+// SAFETY: `BlobHeap` is `Send + Sync`; `Pinned` is (see `pin.rs`); `start` is an address
+// only compared, never dereferenced.
+unsafe impl Send for Handle {}
+// SAFETY: as above.
+unsafe impl Sync for Handle {}
+
+struct State {
+    /// `None` once detached or destroyed. An `Arc` so that `with_lock` can run Python code
+    /// without holding the state lock (that code may call this handle again).
+    handle: Option<Arc<Handle>>,
+    /// Buffers exported from memory objects of this handle and not yet released.
+    exports: usize,
+}
+
+/// The state of one block as this process's memory objects see it (shared by all of them,
+/// see "Lifetimes").
+struct BlockState {
+    freed: AtomicBool,
+    /// Buffers exported over the block and not yet released.
+    exports: AtomicUsize,
+}
+
+/// Block address -> the state its memory objects share. Entries go when the block is freed
+/// here or its last memory object is collected.
+static BLOCKS: Mutex<BTreeMap<usize, Weak<BlockState>>> = Mutex::new(BTreeMap::new());
+
+/// The shared state for the block at `address`, made fresh (`fresh`: the block was just
+/// allocated, so objects left over from an earlier life of it are marked freed) or joined.
+fn block_state(address: usize, fresh: bool) -> Arc<BlockState> {
+    let mut blocks = lock(&BLOCKS);
+    if let Some(old) = blocks.get(&address).and_then(Weak::upgrade) {
+        if !fresh {
+            return old;
+        }
+        old.freed.store(true, Ordering::Relaxed);
+    }
+    let state = Arc::new(BlockState {
+        freed: AtomicBool::new(false),
+        exports: AtomicUsize::new(0),
+    });
+    blocks.insert(address, Arc::downgrade(&state));
+    state
+}
+
+/// Forgets `state`'s registry entry at `address`, if it is still `state`'s.
+fn forget_block(address: usize, state: &Arc<BlockState>) {
+    let mut blocks = lock(&BLOCKS);
+    if blocks
+        .get(&address)
+        .is_some_and(|weak| weak.as_ptr() == Arc::as_ptr(state))
+    {
+        blocks.remove(&address);
+    }
+}
+
+// ---- Heap ----------------------------------------------------------------------------------
+
+/// A handle on a buddy heap that lives inside a writable buffer (`bytearray`, `mmap.mmap`,
+/// `SharedMemory().buf`), shared by every handle attached to that memory, in this process
+/// or others. Detach it or destroy it explicitly, or let garbage collection detach it.
+#[pyclass(frozen, module = "stratalloc_py")]
+pub(crate) struct Heap {
+    state: Mutex<State>,
+    geometry: BlobGeometry,
+    init_handle: bool,
+}
+
+impl Heap {
+    fn new(handle: Handle, init_handle: bool) -> Self {
+        Heap {
+            geometry: handle.heap.geometry(),
+            state: Mutex::new(State {
+                handle: Some(Arc::new(handle)),
+                exports: 0,
+            }),
+            init_handle,
+        }
+    }
+
+    /// The attached handle, or `DetachedError`.
+    fn handle(&self) -> PyResult<Arc<Handle>> {
+        lock(&self.state)
+            .handle
+            .clone()
+            .ok_or_else(|| DetachedError::new_err("this Heap handle was detached or destroyed"))
+    }
+
+    /// Takes the handle out of the state, refusing while buffers over its blocks are
+    /// exported (`doing` names the call in the message).
+    fn take_handle(&self, doing: &str) -> PyResult<Arc<Handle>> {
+        let mut state = lock(&self.state);
+        // Buffers are exported only from an attached handle's blocks.
+        if state.exports > 0 {
+            return Err(BusyError::new_err(format!(
+                "cannot {doing}: {} buffer(s) over this handle's blocks are still exported \
+                 (a memoryview is alive); release them first",
+                state.exports
+            )));
+        }
+        state.handle.take().ok_or_else(|| {
+            DetachedError::new_err(format!(
+                "cannot {doing}: this Heap handle was detached or destroyed already"
+            ))
+        })
+    }
+
+    fn memory(
+        slf: &Bound<'_, Heap>,
+        block: BlobBlock,
+        len: usize,
+        fresh: bool,
+    ) -> PyResult<Py<Memory>> {
+        let ptr = block.as_ptr().cast::<u8>();
+        let state = block_state(ptr.as_ptr().addr(), fresh);
+        Py::new(
+            slf.py(),
+            Memory {
+                heap: slf.clone().unbind(),
+                offset: block.offset,
+                len,
+                block_size: block.size,
+                ptr: BlockPtr(ptr),
+                block: state,
+            },
+        )
+    }
+}
+
+#[pymethods]
+impl Heap {
+    /// Bytes of memory a heap of 2**max_sz_pwr bytes needs, with blocks from
+    /// 2**min_sz_pwr bytes up and data aligned to `alignment` (a power of two, at least
+    /// 8): header, bitmaps and data, plus room to align the heap's start in any buffer.
+    #[classmethod]
+    fn size(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        max_sz_pwr: u32,
+        min_sz_pwr: u32,
+        alignment: usize,
+    ) -> PyResult<usize> {
+        let g = geometry(max_sz_pwr, min_sz_pwr, alignment)?;
+        Ok(g.required_size() + start_alignment(alignment) - 1)
+    }
+
+    /// Makes a new, empty heap in `mem_addr` (a writable buffer of at least `Heap.size`
+    /// bytes; what it held is overwritten) and returns the first handle on it.
+    #[classmethod]
+    fn init(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        max_sz_pwr: u32,
+        min_sz_pwr: u32,
+        alignment: usize,
+        mem_addr: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let g = geometry(max_sz_pwr, min_sz_pwr, alignment)?;
+        let pin = Pinned::writable(mem_addr, "mem_addr", BufferUnusableError::new_err)?;
+        let (base, len) = (pin.base(), pin.len());
+        let aligned = start_alignment(alignment);
+        let skip = base.as_ptr().addr().next_multiple_of(aligned) - base.as_ptr().addr();
+        let needed = g.required_size();
+        if len < skip.saturating_add(needed) {
+            return Err(BufferUnusableError::new_err(format!(
+                "mem_addr has {len} bytes; a heap of 2**{max_sz_pwr} bytes in blocks of \
+                 2**{min_sz_pwr} and up, aligned to {alignment}, needs {needed} bytes from a \
+                 {aligned}-byte boundary, which lies {skip} bytes into this buffer \
+                 (Heap.size({max_sz_pwr}, {min_sz_pwr}, {alignment}) = {} fits any buffer)",
+                needed + aligned - 1
+            )));
+        }
+        // SAFETY: `skip + needed <= len`, so the start lies inside the buffer.
+        let start = unsafe { base.add(skip) };
+        // SAFETY: the bytes before the start are the buffer's, pinned and writable; zeroing
+        // them means `attach` cannot find an older heap's header there (see the module).
+        unsafe { base.as_ptr().write_bytes(0, skip) };
+        // SAFETY: `start..start + len - skip` lies in the pinned, writable buffer, which
+        // stays in place until the `Handle` drops the export, after the crate's handle;
+        // `init` makes a new heap, so no other handle uses this memory yet.
+        let heap = unsafe { BlobHeap::init_raw(start, len - skip, g) }.map_err(heap_err)?;
+        Ok(Heap::new(Handle { heap, pin, start }, true))
+    }
+
+    /// Attaches a new handle to the heap that `mem_addr` already holds (made by `init`,
+    /// perhaps in another process over the same shared memory).
+    #[classmethod]
+    fn attach(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        mem_addr: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let pin = Pinned::writable(mem_addr, "mem_addr", BufferUnusableError::new_err)?;
+        let (base, len) = (pin.base(), pin.len());
+        let first = base.as_ptr().addr().next_multiple_of(64) - base.as_ptr().addr();
+        let mut found_other = None;
+        // No heap fits in fewer bytes than the smallest possible one: such a tail of the
+        // buffer holds none (and the crate would report its header as too long for it).
+        let smallest = BlobGeometry::new(LOWEST_ORDER, LOWEST_ORDER, 8)
+            .map_err(heap_err)?
+            .required_size();
+        for skip in (first..len.min(PAGE)).step_by(64) {
+            if len - skip < smallest {
+                break;
+            }
+            // SAFETY: `skip < len`: inside the buffer.
+            let start = unsafe { base.add(skip) };
+            // SAFETY: the memory lies in the pinned, writable buffer, kept in place until the
+            // crate's handle is gone (as in `init`). The heap `init` made in this buffer (or
+            // in the shared segment it maps) is the first header found, since `init` zeroed
+            // the bytes before it; other bytes of the buffer are written only through the
+            // heap, the contract the README states for the seed's interface.
+            match unsafe { BlobHeap::attach_raw(start, len - skip) } {
+                Ok(heap) => {
+                    let aligned = start_alignment(heap.geometry().alignment());
+                    if start.as_ptr().addr().is_multiple_of(aligned) && skip < aligned {
+                        return Ok(Heap::new(Handle { heap, pin, start }, false));
+                    }
+                }
+                Err(BlobError::NotAHeap { .. }) => {}
+                Err(error @ BlobError::BlobTooSmall { .. }) => found_other = Some(error),
+                Err(error) => return Err(heap_err(error)),
+            }
+        }
+        Err(match found_other {
+            Some(error) => heap_err(error),
+            None => NotAHeapError::new_err(format!(
+                "mem_addr ({len} bytes) holds no heap: no heap header at any 64-byte boundary \
+                 of its first {} bytes (was it made by Heap.init, in this memory or a mapping \
+                 of the same segment starting on a page boundary?)",
+                len.min(PAGE)
+            )),
+        })
+    }
+
+    /// Detaches this handle; the heap and its blocks stay for other handles. Raises
+    /// BusyError while a buffer over one of its blocks is exported.
+    fn detach(&self) -> PyResult<()> {
+        drop(self.take_handle("detach")?);
+        Ok(())
+    }
+
+    /// Ends the heap: the memory no longer holds one (attaching fails) and is the
+    /// caller's again. Raises StillAttachedError while other handles are attached (this
+    /// handle then stays attached), BusyError while buffers over blocks are exported.
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
+        let handle = self.handle()?;
+        let handles = py.detach(|| handle.heap.stats().handles);
+        drop(handle);
+        if handles > 1 {
+            return Err(heap_err(BlobError::StillAttached { handles }));
+        }
+        let handle = self.take_handle("destroy")?;
+        let Handle { heap, pin, start } = match Arc::try_unwrap(handle) {
+            Ok(handle) => handle,
+            Err(handle) => {
+                lock(&self.state).handle = Some(handle);
+                return Err(BusyError::new_err(
+                    "cannot destroy: this handle is in use (inside with_lock)",
+                ));
+            }
+        };
+        let len = heap.blob_len();
+        match py.detach(|| heap.destroy()) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Another handle attached since the count above (the crate's `destroy`
+                // detached this one): attach again, so that the handle stays usable.
+                // SAFETY: the same memory, still pinned by `pin`, holding the heap this
+                // handle was attached to a moment ago.
+                if let Ok(heap) = unsafe { BlobHeap::attach_raw(start, len) } {
+                    lock(&self.state).handle = Some(Arc::new(Handle { heap, pin, start }));
+                }
+                Err(heap_err(error))
+            }
+        }
+    }
+
+    /// Allocates a block of at least `size` bytes and returns a writable memory object of
+    /// `size` bytes over it. With `timeout` (seconds), waits that long for other handles
+    /// to free memory when none is free. Raises RecoveryNeededError when the heap needs
+    /// recover() first, OutOfMemoryError when no block is free.
+    #[pyo3(signature = (size, timeout = None))]
+    fn malloc(slf: &Bound<'_, Self>, size: usize, timeout: Option<f64>) -> PyResult<Py<Memory>> {
+        let handle = slf.get().handle()?;
+        let py = slf.py();
+        let block = match timeout {
+            None => py.detach(|| handle.heap.alloc(size).map(SendBlock)),
+            Some(seconds) => {
+                let wait = Duration::try_from_secs_f64(seconds).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "timeout must be a finite number of seconds >= 0, not {seconds}"
+                    ))
+                })?;
+                py.detach(|| handle.heap.alloc_waiting(size, wait).map(SendBlock))
+            }
+        }
+        .map_err(heap_err)?;
+        Heap::memory(slf, block.0, size, true)
+    }
+
+    /// Frees the block `mem_obj` is over (a memory object from `malloc` or `block` of this
+    /// handle, or of another handle over the same memory in this process). The object, and
+    /// every other object over the block in this process, cannot be used afterwards.
+    /// Raises RecoveryNeededError when the heap needs recover() first (the block stays
+    /// live), BusyError while a buffer over the block is exported.
+    fn free(&self, py: Python<'_>, mem_obj: &Bound<'_, Memory>) -> PyResult<()> {
+        let mem = mem_obj.get();
+        let handle = self.handle()?;
+        mem.usable()?;
+        let own = core::ptr::eq(mem.heap.get(), self);
+        if !own {
+            // Another handle: fine if it maps the same memory at the same place.
+            let other = mem.heap.get().handle().map_err(|_| {
+                InvalidMemoryError::new_err(format!(
+                    "the memory object at offset {:#x} belongs to a detached handle; get it \
+                     again with block(offset)",
+                    mem.offset
+                ))
+            })?;
+            if other.start != handle.start {
+                return Err(InvalidMemoryError::new_err(format!(
+                    "the memory object at offset {:#x} belongs to a heap at another address \
+                     (another heap, or another mapping of it): free it through its own handle \
+                     or get it with block(offset)",
+                    mem.offset
+                )));
+            }
+        }
+        let exports = mem.block.exports.load(Ordering::Relaxed);
+        if exports > 0 {
+            return Err(BusyError::new_err(format!(
+                "cannot free the block at offset {:#x}: {exports} buffer(s) over it are still \
+                 exported (a memoryview is alive); release them first",
+                mem.offset
+            )));
+        }
+        // Marked freed before the GIL is let go for the heap's lock, so that no thread can
+        // export a buffer over the block meanwhile; unmarked if the heap refuses the free.
+        mem.block.freed.store(true, Ordering::Relaxed);
+        let offset = mem.offset;
+        if let Err(error) = py.detach(|| handle.heap.free(offset)) {
+            mem.block.freed.store(false, Ordering::Relaxed);
+            return Err(heap_err(error));
+        }
+        forget_block(mem.ptr.0.as_ptr().addr(), &mem.block);
+        Ok(())
+    }
+
+    /// A memory object over the live block at `offset` (how a process reaches a block
+    /// another process allocated, from the offset it was sent). Its length is the block's
+    /// size. Raises InvalidMemoryError when no live block starts there.
+    fn block(slf: &Bound<'_, Self>, offset: u64) -> PyResult<Py<Memory>> {
+        let handle = slf.get().handle()?;
+        let block = slf
+            .py()
+            .detach(|| handle.heap.block(offset).map(SendBlock))
+            .map_err(heap_err)?
+            .0;
+        let size = block.size;
+        Heap::memory(slf, block, size, false)
+    }
+
+    /// Rebuilds the heap's free lists after damage or a process that died holding the
+    /// lock: every live block stays live and untouched. Raises NoRecoveryNeededError on a
+    /// heap that does not need it.
+    fn recover(&self, py: Python<'_>) -> PyResult<()> {
+        let handle = self.handle()?;
+        py.detach(|| handle.heap.recover()).map_err(heap_err)
+    }
+
+    /// The heap's statistics now.
+    fn get_stats(&self, py: Python<'_>) -> PyResult<MemStat> {
+        let handle = self.handle()?;
+        let s = py.detach(|| handle.heap.stats());
+        let g = self.geometry;
+        Ok(MemStat {
+            num_segments: 1usize << (g.max_order() - g.min_order()),
+            segment_size: 1usize << g.min_order(),
+            total_size: s.total_bytes,
+            total_free_space: s.free_bytes,
+            allocated_bytes: s.allocated_bytes,
+            live_blocks: s.live_blocks,
+            utilization_pct: s.utilisation,
+            num_block_sizes: s.free_blocks.len(),
+            free_blocks: s
+                .free_blocks
+                .iter()
+                .map(|&(order, count)| (1usize << order, count))
+                .collect(),
+            handles: s.handles,
+            recovery_reason: s.recovery_needed.map(|reason| reason.to_string()),
+        })
+    }
+
+    /// Prints a dump of the heap under `title` to sys.stdout.
+    fn dump(&self, py: Python<'_>, title: &str) -> PyResult<()> {
+        let text = self.dump_to_str(py, title)?;
+        py.import("sys")?
+            .getattr("stdout")?
+            .call_method1("write", (text,))?;
+        Ok(())
+    }
+
+    /// A dump of the heap under `title`: geometry, figures, free blocks per size.
+    fn dump_to_str(&self, py: Python<'_>, title: &str) -> PyResult<String> {
+        let handle = self.handle()?;
+        Ok(py.detach(|| handle.heap.dump_to_string(title)))
+    }
+
+    /// Writes the dump to `fobj` (anything with a `write(str)` method).
+    fn dump_to_file(&self, title: &str, fobj: &Bound<'_, PyAny>) -> PyResult<()> {
+        let text = self.dump_to_str(fobj.py(), title)?;
+        fobj.call_method1("write", (text,))?;
+        Ok(())
+    }
+
+    /// Calls `func()` with the heap's lock held, and returns what it returns: every other
+    /// handle, in this process and others, waits meanwhile (up to its lock_patience). Calls
+    /// through this handle inside `func` raise LockError. If this process dies inside
+    /// `func`, the next handle to lock finds the heap in need of recover().
+    fn with_lock(&self, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let handle = self.handle()?;
+        let py = func.py();
+        let func = func.clone().unbind();
+        // The lock is waited for without the GIL, so that a holder in this process (another
+        // thread inside with_lock) can go on; `func` runs with it.
+        py.detach(|| {
+            handle
+                .heap
+                .with_lock(|_guard| Python::attach(|py| func.call0(py)))
+        })
+        .map_err(heap_err)?
+    }
+
+    /// The number of smallest blocks (segments) the heap is made of.
+    #[getter]
+    fn num_segments(&self) -> usize {
+        1usize << (self.geometry.max_order() - self.geometry.min_order())
+    }
+
+    /// The size of the smallest block in bytes.
+    #[getter]
+    fn segment_size(&self) -> usize {
+        1usize << self.geometry.min_order()
+    }
+
+    /// The number of free lists: one per block size.
+    #[getter]
+    fn num_freelists(&self) -> u32 {
+        self.geometry.max_order() - self.geometry.min_order() + 1
+    }
+
+    /// Whether the heap waits for recover() (damage found, or a lock holder died). Reading
+    /// it takes the lock, so a holder that died is found here.
+    #[getter]
+    fn recovery_needed(&self, py: Python<'_>) -> PyResult<bool> {
+        let handle = self.handle()?;
+        Ok(py.detach(|| handle.heap.stats().recovery_needed.is_some()))
+    }
+
+    /// Why the heap waits for recover(), or None.
+    #[getter]
+    fn recovery_reason(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let handle = self.handle()?;
+        let stats = py.detach(|| handle.heap.stats());
+        Ok(stats.recovery_needed.map(|reason| reason.to_string()))
+    }
+
+    /// Whether this handle was made by `init` (rather than `attach`).
+    #[getter]
+    fn init_handle(&self) -> bool {
+        self.init_handle
+    }
+
+    /// The address of the heap's process-shared lock in this process (for debuggers; lock
+    /// it with with_lock).
+    #[getter]
+    fn exclusive_access(&self) -> PyResult<usize> {
+        Ok(self.handle()?.heap.lock_ptr().as_ptr().addr())
+    }
+
+    /// The heap's size as a power of two.
+    #[getter]
+    fn max_sz_pwr(&self) -> u32 {
+        self.geometry.max_order()
+    }
+
+    /// The smallest block's size as a power of two.
+    #[getter]
+    fn min_sz_pwr(&self) -> u32 {
+        self.geometry.min_order()
+    }
+
+    /// The alignment the heap was made with.
+    #[getter]
+    fn alignment(&self) -> usize {
+        self.geometry.alignment()
+    }
+
+    /// Whether this handle is attached (not detached or destroyed).
+    #[getter]
+    fn attached(&self) -> bool {
+        lock(&self.state).handle.is_some()
+    }
+
+    /// The buffer object the heap lives in (None once detached).
+    #[getter]
+    fn memory_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let handle = lock(&self.state).handle.clone()?;
+        handle.pin.object(py).cloned()
+    }
+
+    /// Seconds an operation of this handle waits for the lock while a live thread (of any
+    /// process) holds it, before raising LockError (0.5 unless set).
+    #[getter]
+    fn get_lock_patience(&self) -> PyResult<f64> {
+        Ok(self.handle()?.heap.lock_patience().as_secs_f64())
+    }
+
+    #[setter]
+    fn set_lock_patience(&self, seconds: f64) -> PyResult<()> {
+        let patience = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            PyValueError::new_err(format!(
+                "lock_patience must be a finite number of seconds >= 0, not {seconds}"
+            ))
+        })?;
+        self.handle()?.heap.set_lock_patience(patience);
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        let g = self.geometry;
+        let how = if self.init_handle { "init" } else { "attach" };
+        let attached = if lock(&self.state).handle.is_some() {
+            "attached"
+        } else {
+            "detached"
+        };
+        format!(
+            "<Heap 2**{} bytes, blocks from 2**{}, alignment {}, by {how}, {attached}>",
+            g.max_order(),
+            g.min_order(),
+            g.alignment()
+        )
+    }
+}
+
+// ---- Memory --------------------------------------------------------------------------------
+
+/// A block's address in this process. Only dereferenced after checking, under the handle's
+/// state lock, that the handle which pins the memory is attached and the block not freed.
+struct BlockPtr(NonNull<u8>);
+
+// SAFETY: an address; see the type's note for when it is dereferenced (always with the GIL
+// held).
+unsafe impl Send for BlockPtr {}
+// SAFETY: as above.
+unsafe impl Sync for BlockPtr {}
+
+/// A block of a Heap: `len(m)` bytes, readable and writable by index and slice
+/// (`m[0:5] = b"hello"`, `m[3]`), and through the buffer protocol (`memoryview(m)`,
+/// `bytes(m)`). Using it after its block was freed, or after its Heap handle was detached,
+/// raises InvalidMemoryError.
+#[pyclass(frozen, module = "stratalloc_py")]
+pub(crate) struct Memory {
+    heap: Py<Heap>,
+    offset: u64,
+    len: usize,
+    block_size: usize,
+    ptr: BlockPtr,
+    block: Arc<BlockState>,
+}
+
+impl Memory {
+    /// Whether the object may touch its block now (without the state lock: for checks
+    /// that are repeated under it).
+    fn usable(&self) -> PyResult<()> {
+        if self.block.freed.load(Ordering::Relaxed) {
+            return Err(InvalidMemoryError::new_err(format!(
+                "the memory object at offset {:#x} was freed; it cannot be used again",
+                self.offset
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the block's address, under the handle's state lock, after checking
+    /// that the handle is attached (so the memory is pinned) and the block not freed. `f`
+    /// must not call Python code.
+    fn with_block<R>(&self, f: impl FnOnce(*mut u8) -> R) -> PyResult<R> {
+        let heap = self.heap.get();
+        let state = lock(&heap.state);
+        if state.handle.is_none() {
+            return Err(InvalidMemoryError::new_err(format!(
+                "the memory object at offset {:#x} outlived its Heap handle, which was \
+                 detached or destroyed; attach a handle and use block(offset)",
+                self.offset
+            )));
+        }
+        self.usable()?;
+        Ok(f(self.ptr.0.as_ptr()))
+    }
+
+    /// An index into the object, Python style (negative from the end), checked.
+    fn index(&self, index: isize) -> PyResult<usize> {
+        let len = self.len as isize;
+        let at = if index < 0 { index + len } else { index };
+        if (0..len).contains(&at) {
+            Ok(at as usize)
+        } else {
+            Err(PyIndexError::new_err(format!(
+                "index {index} is out of range for a memory object of {} bytes",
+                self.len
+            )))
+        }
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // The last object over the block: its registry entry goes too.
+        if Arc::strong_count(&self.block) == 1 {
+            forget_block(self.ptr.0.as_ptr().addr(), &self.block);
+        }
+    }
+}
+
+#[pymethods]
+impl Memory {
+    /// The block's offset in the heap: the same in every process.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The object's length in bytes (what malloc was asked for).
+    #[getter]
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    /// The block's size in bytes (a power of two, at least the heap's segment size).
+    #[getter]
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Whether the block was freed (through this object or another over it).
+    #[getter]
+    fn freed(&self) -> bool {
+        self.block.freed.load(Ordering::Relaxed)
+    }
+
+    /// The Heap handle this object came from.
+    #[getter]
+    fn heap(&self, py: Python<'_>) -> Py<Heap> {
+        self.heap.clone_ref(py)
+    }
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    /// The bytes, copied.
+    fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let copy = self.with_block(|ptr| {
+            // SAFETY: `with_block` checked that the block is live and pinned; `len` is at most
+            // the block's size.
+            unsafe { core::slice::from_raw_parts(ptr, self.len) }.to_vec()
+        })?;
+        Ok(PyBytes::new(py, &copy))
+    }
+
+    fn __getitem__<'py>(&self, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = key.py();
+        if let Ok(slice) = key.cast::<PySlice>() {
+            let s = slice.indices(self.len as isize)?;
+            let bytes = self.with_block(|ptr| {
+                if s.step == 1 {
+                    // SAFETY: `start..start + slicelength` lies in `0..len`, inside the
+                    // block, which `with_block` checked is live and pinned.
+                    return unsafe {
+                        core::slice::from_raw_parts(ptr.add(s.start as usize), s.slicelength)
+                    }
+                    .to_vec();
+                }
+                (0..s.slicelength)
+                    .map(|i| {
+                        let at = (s.start + i as isize * s.step) as usize;
+                        // SAFETY: `indices` keeps every position in `0..len`, inside the
+                        // block, which `with_block` checked is live and pinned.
+                        unsafe { ptr.add(at).read() }
+                    })
+                    .collect::<Vec<u8>>()
+            })?;
+            return Ok(PyBytes::new(py, &bytes).into_any());
+        }
+        let at = self.index(key.extract::<isize>()?)?;
+        // SAFETY: `at < len`, inside the block, which `with_block` checked is live and pinned.
+        let byte = self.with_block(|ptr| unsafe { ptr.add(at).read() })?;
+        Ok(byte.into_pyobject(py)?.into_any())
+    }
+
+    fn __setitem__(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(slice) = key.cast::<PySlice>() {
+            let s = slice.indices(self.len as isize)?;
+            // The source's buffer is taken before the state lock: it may be a memory object
+            // of this very heap, whose export takes the lock too.
+            let source = Pinned::readable(value)?;
+            if source.len() != s.slicelength {
+                return Err(PyValueError::new_err(format!(
+                    "a slice of {} bytes cannot take {} bytes: a memory object keeps its size",
+                    s.slicelength,
+                    source.len()
+                )));
+            }
+            let from = source.base().as_ptr();
+            return self.with_block(|ptr| {
+                if s.step == 1 {
+                    // SAFETY: `start..start + slicelength` lies in the block (live and
+                    // pinned); the source holds `slicelength` bytes, pinned by its export,
+                    // and may overlap the block (a view of it), hence `copy`.
+                    unsafe { core::ptr::copy(from, ptr.add(s.start as usize), s.slicelength) };
+                } else {
+                    let bytes: Vec<u8> = (0..s.slicelength)
+                        // SAFETY: `i < slicelength`, the source's length.
+                        .map(|i| unsafe { from.add(i).read() })
+                        .collect();
+                    for (i, byte) in bytes.into_iter().enumerate() {
+                        let at = (s.start + i as isize * s.step) as usize;
+                        // SAFETY: `indices` keeps every position in `0..len`, in the block.
+                        unsafe { ptr.add(at).write(byte) };
+                    }
+                }
+            });
+        }
+        let at = self.index(key.extract::<isize>()?)?;
+        let byte: u8 = value.extract().map_err(|_| {
+            PyValueError::new_err(format!(
+                "a byte of a memory object takes an int in 0..=255, not {value:?}"
+            ))
+        })?;
+        // SAFETY: `at < len`, inside the block, which `with_block` checked is live and pinned.
+        self.with_block(|ptr| unsafe { ptr.add(at).write(byte) })
+    }
+
+    /// The buffer protocol: a writable, one-dimensional buffer of `len` bytes over the
+    /// block. While it is exported, the block cannot be freed nor its handle detached.
+    ///
+    /// # Safety
+    ///
+    /// `view` is the `Py_buffer` Python passes to `bf_getbuffer`.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let mem = slf.get();
+        let heap = mem.heap.get();
+        let mut state = lock(&heap.state);
+        if state.handle.is_none() {
+            return Err(InvalidMemoryError::new_err(format!(
+                "the memory object at offset {:#x} outlived its Heap handle, which was \
+                 detached or destroyed",
+                mem.offset
+            )));
+        }
+        mem.usable()?;
+        // SAFETY: `view` is Python's to fill; the pointer and length describe the live,
+        // pinned block (checked above), which stays so while the export is counted below;
+        // `PyBuffer_FillInfo` takes its own reference to `slf`.
+        let filled = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                mem.ptr.0.as_ptr().cast(),
+                mem.len as ffi::Py_ssize_t,
+                0,
+                flags,
+            )
+        };
+        if filled != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        state.exports += 1;
+        mem.block.exports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ends an export made by `__getbuffer__`.
+    ///
+    /// # Safety
+    ///
+    /// `_view` is a buffer `__getbuffer__` filled.
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        let mut state = lock(&self.heap.get().state);
+        state.exports = state.exports.saturating_sub(1);
+        let _ = self
+            .block
+            .exports
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.freed() { ", freed" } else { "" };
+        format!(
+            "<Memory {} bytes at offset {:#x} (block of {}){state}>",
+            self.len, self.offset, self.block_size
+        )
+    }
+}
+
+// ---- MemStat -------------------------------------------------------------------------------
+
+/// A heap's statistics at one moment (the seed's `dragonHeapStats_t`).
+#[pyclass(frozen, module = "stratalloc_py")]
+pub(crate) struct MemStat {
+    /// Smallest blocks (segments) in the heap.
+    #[pyo3(get)]
+    num_segments: usize,
+    /// The smallest block's size in bytes.
+    #[pyo3(get)]
+    segment_size: usize,
+    /// The heap's size in bytes.
+    #[pyo3(get)]
+    total_size: usize,
+    /// Bytes in free blocks.
+    #[pyo3(get)]
+    total_free_space: usize,
+    /// Bytes in live blocks.
+    #[pyo3(get)]
+    allocated_bytes: usize,
+    /// Live blocks.
+    #[pyo3(get)]
+    live_blocks: u64,
+    /// allocated_bytes / total_size, in percent.
+    #[pyo3(get)]
+    utilization_pct: f64,
+    /// Block sizes the heap has (free lists).
+    #[pyo3(get)]
+    num_block_sizes: usize,
+    free_blocks: Vec<(usize, u64)>,
+    /// Handles attached (those of processes that died included).
+    #[pyo3(get)]
+    handles: u32,
+    /// Why the heap waits for recover(), or None.
+    #[pyo3(get)]
+    recovery_reason: Option<String>,
+}
+
+#[pymethods]
+impl MemStat {
+    /// Free blocks per block size: {size in bytes: count}, smallest first.
+    #[getter]
+    fn free_blocks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for &(size, count) in &self.free_blocks {
+            dict.set_item(size, count)?;
+        }
+        Ok(dict)
+    }
+
+    /// Whether the heap waits for recover().
+    #[getter]
+    fn recovery_needed(&self) -> bool {
+        self.recovery_reason.is_some()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<MemStat {} of {} bytes allocated in {} block(s), {:.2}%>",
+            self.allocated_bytes, self.total_size, self.live_blocks, self.utilization_pct
+        )
+    }
+}
