@@ -128,26 +128,20 @@ impl BlobLock {
     /// Takes the lock, waiting up to `patience` for a holder that exists; a holder that no
     /// longer exists is found after one [`SLICE`] (see the module's notes).
     pub(super) fn lock(&self, patience: Duration) -> Result<Taken, BlobError> {
+        // A free lock, the usual case, is taken without reading a clock.
+        // SAFETY: `init` made this a valid process-shared mutex (the heap checks its header
+        // before any handle locks).
+        let first = unsafe { libc::pthread_mutex_trylock(self.mutex.get()) };
+        if first != libc::EBUSY {
+            return self.taken(first, None);
+        }
         let start = Instant::now();
         let mut orphaned = None;
         loop {
-            // SAFETY: `init` made this a valid process-shared mutex (the heap checks its
-            // header before any handle locks); the deadline is a valid time.
+            // SAFETY: as above; the deadline is a valid time.
             let result = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &slice_end()) };
-            match result {
-                0 => return Ok(Taken::Clean),
-                libc::EOWNERDEAD => {
-                    // We hold it now; mark it usable again, and let the heap ask for
-                    // recovery.
-                    // SAFETY: we are the holder.
-                    check(unsafe { libc::pthread_mutex_consistent(self.mutex.get()) })?;
-                    return Ok(
-                        orphaned.map_or(Taken::HolderDied, |thread| Taken::Orphaned { thread })
-                    );
-                }
-                libc::ETIMEDOUT => {}
-                libc::EDEADLK => return Err(BlobError::AlreadyLocked),
-                error => return Err(BlobError::Lock { errno: error }),
+            if result != libc::ETIMEDOUT {
+                return self.taken(result, orphaned);
             }
             match self.holder() {
                 Holder::Gone { word, thread } => {
@@ -166,6 +160,22 @@ impl BlobLock {
                 }
                 Holder::Nobody => {}
             }
+        }
+    }
+
+    /// What a lock call's `result` (other than a timeout or `EBUSY`) means; `orphaned`
+    /// names the thread this handle found gone while waiting, if any.
+    fn taken(&self, result: i32, orphaned: Option<u32>) -> Result<Taken, BlobError> {
+        match result {
+            0 => Ok(Taken::Clean),
+            libc::EOWNERDEAD => {
+                // We hold it now; mark it usable again, and let the heap ask for recovery.
+                // SAFETY: we are the holder.
+                check(unsafe { libc::pthread_mutex_consistent(self.mutex.get()) })?;
+                Ok(orphaned.map_or(Taken::HolderDied, |thread| Taken::Orphaned { thread }))
+            }
+            libc::EDEADLK => Err(BlobError::AlreadyLocked),
+            error => Err(BlobError::Lock { errno: error }),
         }
     }
 
