@@ -4,7 +4,9 @@
 //! arena it used before (`Check<Chunk<Mmap, 65536>>`, which reuses no freed block); and
 //! the use-after-free and overrun catchers, `Quarantine<Guard<SizeClasses<Mmap>>>`, against
 //! `SizeClasses<Mmap>` alone, on the same churn with every block written whole (as a
-//! program writes its data). `benches/check_rss.rs` measures the memory side.
+//! program writes its data); and call sites: `LeakCheckStack` recording the call stack of
+//! every allocation, against the same stack not recording and against its heap unchecked,
+//! on a churn of a million steps. `benches/check_rss.rs` measures the memory side.
 //!
 //! Run with `cargo bench --bench check`.
 
@@ -15,7 +17,9 @@ use std::ptr::NonNull;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stratalloc::Layer;
-use stratalloc::layers::{Check, Chunk, Guard, Mmap, Quarantine, SizeClasses, Stats, System};
+use stratalloc::layers::{
+    Check, Chunk, Coalesce, Guard, Mmap, Quarantine, SizeClasses, Stats, System,
+};
 use stratalloc::region::LeakCheckStack;
 
 const STEPS: usize = 4096;
@@ -59,12 +63,21 @@ fn measure_churn<L: Layer, const WHOLE: bool>(
     b: &mut criterion::Bencher<'_>,
     make: impl FnOnce() -> L,
 ) {
+    measure_churn_of::<L, WHOLE>(b, make, STEPS);
+}
+
+/// [`measure_churn`] with `steps` steps an iteration.
+fn measure_churn_of<L: Layer, const WHOLE: bool>(
+    b: &mut criterion::Bencher<'_>,
+    make: impl FnOnce() -> L,
+    steps: usize,
+) {
     let mut layer = make();
     let mut window = VecDeque::with_capacity(LIVE);
     let mut start = 0;
     b.iter(|| {
-        churn::<L, WHOLE>(&mut layer, &mut window, start, STEPS);
-        start += STEPS;
+        churn::<L, WHOLE>(&mut layer, &mut window, start, steps);
+        start += steps;
     });
     for (block, layout) in window.drain(..) {
         // SAFETY: live blocks of `layer`.
@@ -141,5 +154,37 @@ fn leak_check_scope(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, watching_cost, leak_check_scope, catching_cost);
+/// Steps of the call-site churn: a million.
+const CALL_SITE_STEPS: usize = 1 << 20;
+
+/// What call sites cost `check_leaks`'s stack (targets: at most 3x the stack without them,
+/// which is at most 1.3x its heap unchecked).
+fn call_site_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("call_sites");
+    group.throughput(Throughput::Elements(CALL_SITE_STEPS as u64));
+    group.sample_size(10);
+    group.bench_function("unchecked_heap", |b| {
+        measure_churn_of::<_, false>(b, Coalesce::<Mmap, { 1 << 20 }>::init, CALL_SITE_STEPS)
+    });
+    group.bench_function("leak_check_stack", |b| {
+        measure_churn_of::<_, false>(b, LeakCheckStack::init, CALL_SITE_STEPS)
+    });
+    group.bench_function("leak_check_stack_with_call_sites", |b| {
+        let make = || {
+            let mut stack = LeakCheckStack::init();
+            stack.record_call_sites(true);
+            stack
+        };
+        measure_churn_of::<_, false>(b, make, CALL_SITE_STEPS)
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    watching_cost,
+    leak_check_scope,
+    catching_cost,
+    call_site_cost
+);
 criterion_main!(benches);

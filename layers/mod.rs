@@ -11,9 +11,11 @@ mod sources;
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
+#[cfg(feature = "std")]
+pub use debug::SourceFrame;
 pub use debug::{
-    Check, Deferred, GUARD_BYTE, Guard, HELD_BLOCKS, Held, LeakReport, OnRelease, Quarantine,
-    Released, Stats,
+    CallSite, Check, Deferred, GUARD_BYTE, Guard, HELD_BLOCKS, Held, LeakReport, OnRelease,
+    Quarantine, Released, Stats,
 };
 pub use shaping::{Align, Fill};
 #[cfg(any(all(feature = "os", unix), feature = "std"))]

@@ -8,7 +8,8 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
-use super::live_table::{LiveTable, Slot};
+use super::call_sites::{CallSites, Stack};
+use super::live_table::{Checked, LiveTable, Slot};
 use crate::abort::abort_with;
 use crate::layer::{paranoid, require_grow, require_shrink};
 use crate::{Gauge, Gauges, Layer};
@@ -39,6 +40,12 @@ const RECENT: usize = 32;
 /// to tell that a thread is unwinding, so a leak found during a panic panics again, which
 /// aborts.) Call [`leaks`](Check::leaks) first to inspect them without failing.
 ///
+/// With [`record_call_sites`](Check::record_call_sites) on, each block also remembers the
+/// call stack that allocated it (return addresses from the unwinder, interned per distinct
+/// stack in memory from `L`), and the report groups the leaks by call site, symbolised when
+/// it is read. Capturing a stack costs about a microsecond per allocation, so it is off by
+/// default.
+///
 /// ```
 /// use core::alloc::Layout;
 /// use stratalloc::{Layer, layers::{Check, Mmap}};
@@ -53,7 +60,9 @@ const RECENT: usize = 32;
 /// assert!(check.leaks().is_none());
 /// ```
 pub struct Check<L: Layer> {
-    table: LiveTable<u64>,
+    table: LiveTable<Checked>,
+    sites: CallSites,
+    recording: bool,
     figures: Gauges,
     recent: [usize; RECENT],
     recent_next: usize,
@@ -68,6 +77,8 @@ impl<L: Layer> Check<L> {
     pub const fn new(inner: L) -> Self {
         Check {
             table: LiveTable::new(),
+            sites: CallSites::new(),
+            recording: false,
             figures: Gauges::ZERO,
             recent: [0; RECENT],
             recent_next: 0,
@@ -93,6 +104,12 @@ impl<L: Layer> Check<L> {
         inner
     }
 
+    /// Whether blocks got from now on remember the call stack that allocated them (see
+    /// the type's documentation); blocks got before keep what they have.
+    pub fn record_call_sites(&mut self, on: bool) {
+        self.recording = on;
+    }
+
     /// The blocks live now, or `None` when there are none.
     pub fn leaks(&self) -> Option<LeakReport> {
         if self.table.len() == 0 {
@@ -101,6 +118,9 @@ impl<L: Layer> Check<L> {
         let mut report = LeakReport::EMPTY;
         for slot in self.table.iter() {
             report.add(slot.ptr.addr(), slot.size());
+        }
+        for site in self.sites.iter().filter(|site| site.live_blocks > 0) {
+            report.add_site(&site.stack, site.live_blocks, site.live_bytes);
         }
         Some(report)
     }
@@ -119,7 +139,9 @@ impl<L: Layer> Check<L> {
     #[cold]
     fn grow_table(&mut self) -> Option<()> {
         let capacity = self.table.next_capacity();
-        let block = self.inner.get(LiveTable::<u64>::block_layout(capacity)?)?;
+        let block = self
+            .inner
+            .get(LiveTable::<Checked>::block_layout(capacity)?)?;
         // SAFETY: a fresh block of `L` with the table's layout for `capacity`, which
         // `next_capacity` makes a power of two of at least 16 with room for every slot.
         if let Some((old, layout)) = unsafe { self.table.rebuild(block, capacity) } {
@@ -147,7 +169,7 @@ impl<L: Layer> Check<L> {
             ))
         };
         let slot = self.table.slot(i);
-        if Slot::pack(layout) != Some(slot.value) {
+        if Slot::pack(layout) != Some(slot.value.layout) {
             abort_with(format_args!(
                 "Check: {what} of {ptr:p} with size {}, align {}, but it was got with size {}, align {}",
                 layout.size(),
@@ -176,6 +198,7 @@ impl<L: Layer> Check<L> {
             unsafe { self.inner.put(block, layout) };
         }
         self.table.clear();
+        self.sites.release(&mut self.inner);
         self.figures.record_all_ended();
         report
     }
@@ -201,9 +224,19 @@ unsafe impl<L: Layer> Layer for Check<L> {
             self.grow_table()?;
         }
         let block = self.inner.get(layout)?;
+        let site = if self.recording {
+            let site = self.sites.intern(&Stack::capture(), &mut self.inner);
+            self.sites.count(site, 1, layout.size() as i64);
+            site
+        } else {
+            0
+        };
         let slot = Slot {
             ptr: block.as_ptr(),
-            value: packed,
+            value: Checked {
+                layout: packed,
+                site,
+            },
         };
         if self.table.insert(slot).is_err() {
             abort_with(format_args!(
@@ -218,6 +251,8 @@ unsafe impl<L: Layer> Layer for Check<L> {
         paranoid(self);
         // Every duty of `put`, checked exactly (in release builds too).
         let i = self.expect_live(ptr, layout, "put");
+        let site = self.table.slot(i).value.site;
+        self.sites.count(site, -1, -(layout.size() as i64));
         self.table.remove(i);
         self.recent[self.recent_next] = ptr.as_ptr().addr();
         self.recent_next = (self.recent_next + 1) % RECENT;
@@ -249,7 +284,16 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // SAFETY: checked above that the block is live with layout `old`.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
         if grown {
-            self.table.set_value(i, packed);
+            let site = self.table.slot(i).value.site;
+            self.table.set_value(
+                i,
+                Checked {
+                    layout: packed,
+                    site,
+                },
+            );
+            self.sites
+                .count(site, 0, new.size() as i64 - old.size() as i64);
             self.figures.record_growth(new.size() - old.size());
         }
         grown
@@ -262,8 +306,12 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // SAFETY: checked above that the block is live with layout `old`.
         let shrunk = unsafe { self.inner.shrink(ptr, old, new) };
         if shrunk {
+            let site = self.table.slot(i).value.site;
             // A size below one that packed packs too.
-            self.table.set_value(i, Slot::pack(new).unwrap_or(0));
+            let layout = Slot::pack(new).unwrap_or(0);
+            self.table.set_value(i, Checked { layout, site });
+            self.sites
+                .count(site, 0, new.size() as i64 - old.size() as i64);
             self.figures.record_shrinking(old.size() - new.size());
         }
         shrunk
@@ -276,6 +324,25 @@ unsafe impl<L: Layer> Layer for Check<L> {
         if self.table.len() as u64 != self.figures.live {
             abort_with(format_args!(
                 "Check invariant broken: table and gauges disagree"
+            ));
+        }
+        if let Err(broken) = self.sites.check_invariants() {
+            abort_with(format_args!("Check invariant broken: {broken}"));
+        }
+        let attributed = self.table.iter().filter(|slot| slot.value.site != 0);
+        let (blocks, bytes) = attributed.fold((0u64, 0u64), |(blocks, bytes), slot| {
+            (blocks + 1, bytes + slot.size() as u64)
+        });
+        let (site_blocks, site_bytes) = self.sites.iter().fold((0u64, 0u64), |(b, n), site| {
+            (
+                b.wrapping_add(site.live_blocks),
+                n.wrapping_add(site.live_bytes),
+            )
+        });
+        if (blocks, bytes) != (site_blocks, site_bytes) {
+            abort_with(format_args!(
+                "Check invariant broken: the call sites count {site_blocks} blocks \
+                 ({site_bytes} bytes), the table {blocks} ({bytes} bytes)"
             ));
         }
         self.inner.check_invariants();
@@ -326,10 +393,30 @@ fn report_leaks(report: &LeakReport) {
 const CLASSES: usize = usize::BITS as usize + 1;
 /// Addresses kept in a [`LeakReport`].
 const SAMPLES: usize = 8;
+/// Call sites kept in a [`LeakReport`], those that leaked the most bytes.
+const SITES: usize = 8;
+
+/// One call site's share of a leak, as a [`LeakReport`] keeps it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SiteShare {
+    stack: Stack,
+    blocks: u64,
+    bytes: u64,
+}
+
+impl SiteShare {
+    const EMPTY: SiteShare = SiteShare {
+        stack: Stack::EMPTY,
+        blocks: 0,
+        bytes: 0,
+    };
+}
 
 /// What was still live when a [`Check`] ended: block and byte counts, a histogram of sizes
-/// by power of two, and the first few addresses. It allocates nothing, so it can be built
-/// where the global allocator is off limits.
+/// by power of two, the first few addresses and, when the checker recorded call sites, the
+/// eight sites that leaked the most bytes (with a total for the rest). It allocates
+/// nothing, so it can be built where the global allocator is off limits; the call sites'
+/// addresses are symbolised when they are read ([`CallSite::frames`], `Display`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LeakReport {
     blocks: u64,
@@ -337,6 +424,11 @@ pub struct LeakReport {
     by_class: [u64; CLASSES],
     sample: [(usize, usize); SAMPLES],
     sampled: usize,
+    /// The sites that leaked the most bytes, the most first (`sited` of them).
+    sites: [SiteShare; SITES],
+    sited: usize,
+    /// The sites left out of `sites`, with their blocks and bytes.
+    other_sites: (u64, u64, u64),
 }
 
 impl LeakReport {
@@ -346,7 +438,53 @@ impl LeakReport {
         by_class: [0; CLASSES],
         sample: [(0, 0); SAMPLES],
         sampled: 0,
+        sites: [SiteShare::EMPTY; SITES],
+        sited: 0,
+        other_sites: (0, 0, 0),
     };
+
+    /// Counts a site's live blocks: kept among the eight with the most bytes, or added to
+    /// the rest.
+    fn add_site(&mut self, stack: &Stack, blocks: u64, bytes: u64) {
+        let mut share = SiteShare {
+            stack: *stack,
+            blocks,
+            bytes,
+        };
+        let kept = &mut self.sites[..self.sited];
+        let at = kept.iter().position(|kept| kept.bytes < bytes);
+        if self.sited < SITES {
+            self.sites[self.sited] = share;
+            self.sited += 1;
+            let at = at.unwrap_or(self.sited - 1);
+            self.sites[at..self.sited].rotate_right(1);
+            return;
+        }
+        if let Some(at) = at {
+            // The smallest kept share moves to the rest.
+            core::mem::swap(&mut share, &mut self.sites[SITES - 1]);
+            self.sites[at..].rotate_right(1);
+        }
+        self.other_sites.0 += 1;
+        self.other_sites.1 += share.blocks;
+        self.other_sites.2 += share.bytes;
+    }
+
+    /// The call sites that leaked the most bytes (up to eight), the most first; none when
+    /// the checker did not record call sites.
+    pub fn call_sites(&self) -> impl Iterator<Item = CallSite<'_>> + '_ {
+        self.sites[..self.sited].iter().map(|share| CallSite {
+            blocks: share.blocks,
+            bytes: share.bytes,
+            addresses: share.stack.frames(),
+        })
+    }
+
+    /// The call sites left out of [`call_sites`](Self::call_sites): how many, and their
+    /// blocks and bytes.
+    pub fn other_call_sites(&self) -> (u64, u64, u64) {
+        self.other_sites
+    }
 
     fn add(&mut self, addr: usize, size: usize) {
         self.blocks += 1;
@@ -393,8 +531,11 @@ impl LeakReport {
 
 /// With the `serde` feature: `blocks`, `bytes`, `sizes` as a list of
 /// `{ smallest, largest, blocks }` ([`sizes`](LeakReport::sizes)) and `sample` as a list of
-/// `{ address, size }` ([`sample`](LeakReport::sample)). Written by hand, so that the output
-/// holds what the accessors show, not the fixed-size arrays behind them; it allocates
+/// `{ address, size }` ([`sample`](LeakReport::sample)), `call_sites` as a list of
+/// [`CallSite`]s and `other_call_sites` as `{ sites, blocks, bytes }`
+/// ([`other_call_sites`](LeakReport::other_call_sites)). Written by hand, so that the output
+/// holds what the accessors show, not the fixed-size arrays behind them; but for the call
+/// sites' symbolised frames, it allocates
 /// nothing.
 #[cfg(feature = "serde")]
 impl serde::Serialize for LeakReport {
@@ -437,40 +578,304 @@ impl serde::Serialize for LeakReport {
             }
         }
 
-        let mut out = serializer.serialize_struct("LeakReport", 4)?;
+        #[derive(serde::Serialize)]
+        struct OtherSites {
+            sites: u64,
+            blocks: u64,
+            bytes: u64,
+        }
+        struct Sites<'a>(&'a LeakReport);
+        impl serde::Serialize for Sites<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.call_sites())
+            }
+        }
+
+        let mut out = serializer.serialize_struct("LeakReport", 6)?;
         out.serialize_field("blocks", &self.blocks)?;
         out.serialize_field("bytes", &self.bytes)?;
         out.serialize_field("sizes", &Sizes(self))?;
         out.serialize_field("sample", &Samples(self))?;
+        out.serialize_field("call_sites", &Sites(self))?;
+        let (sites, blocks, bytes) = self.other_sites;
+        let other = OtherSites {
+            sites,
+            blocks,
+            bytes,
+        };
+        out.serialize_field("other_call_sites", &other)?;
         out.end()
     }
 }
 
+/// "block" or "blocks".
+fn blocks_word(count: u64) -> &'static str {
+    if count == 1 { "block" } else { "blocks" }
+}
+
+/// With call sites, one paragraph per site after the first line: `3 blocks, 96 bytes
+/// leaked, allocated at tests/parse.rs:42:17 in my_crate::index::build`, then the rest of
+/// the stack (the allocator's, `alloc`'s and `std`'s frames left out), eight frames at most;
+/// the most bytes first. Sites whose stacks read the same once symbolised (copies of one
+/// call made by the optimiser) are one paragraph.
 impl fmt::Display for LeakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} block{} ({} bytes) still live; sizes:",
+            "{} {} ({} bytes) still live; sizes:",
             self.blocks,
-            if self.blocks == 1 { "" } else { "s" },
+            blocks_word(self.blocks),
             self.bytes
         )?;
-        for (low, high, count) in self.sizes() {
+        for (i, (low, high, count)) in self.sizes().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
             if low == high {
-                write!(f, " {low} B x{count}")?;
+                write!(f, "{comma} {low} B x{count}")?;
             } else {
-                write!(f, " {low}-{high} B x{count}")?;
+                write!(f, "{comma} {low}-{high} B x{count}")?;
             }
         }
         write!(f, "; at")?;
-        for (addr, size) in self.sample() {
-            write!(f, " {addr:#x} ({size} B)")?;
+        for (i, (addr, size)) in self.sample().iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(f, "{comma} {addr:#x} ({size} B)")?;
         }
         if self.blocks > self.sampled as u64 {
             write!(f, " and {} more", self.blocks - self.sampled as u64)?;
         }
+        // Sites whose stacks read the same once symbolised (copies of one call that the
+        // optimiser unrolled or duplicated) are shown as one.
+        #[cfg(feature = "std")]
+        {
+            let mut places: std::vec::Vec<(std::vec::Vec<SourceFrame>, u64, u64)> =
+                std::vec::Vec::new();
+            for site in self.call_sites() {
+                let frames = site.frames();
+                match places.iter_mut().find(|(known, ..)| *known == frames) {
+                    Some((_, blocks, bytes)) => {
+                        *blocks += site.blocks;
+                        *bytes += site.bytes;
+                    }
+                    None => places.push((frames, site.blocks, site.bytes)),
+                }
+            }
+            places.sort_by_key(|&(_, _, bytes)| core::cmp::Reverse(bytes));
+            for (frames, blocks, bytes) in &places {
+                writeln!(f)?;
+                write_place(f, *blocks, *bytes, frames)?;
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        for site in self.call_sites() {
+            write!(f, "\n{site}")?;
+        }
+        let (sites, blocks, bytes) = self.other_sites;
+        if sites > 0 {
+            write!(
+                f,
+                "\nand {sites} more call site{}: {blocks} {}, {bytes} bytes",
+                if sites == 1 { "" } else { "s" },
+                blocks_word(blocks)
+            )?;
+        }
         Ok(())
     }
+}
+
+/// Where a share of a leak was allocated: a call site of a [`LeakReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallSite<'a> {
+    /// Blocks still live from this site.
+    pub blocks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    addresses: &'a [usize],
+}
+
+impl CallSite<'_> {
+    /// The return addresses of the stack, innermost first, as captured (the allocator's own
+    /// frames included).
+    pub fn addresses(&self) -> &[usize] {
+        self.addresses
+    }
+
+    /// The stack symbolised, innermost first, the caller's code only: the frames of the
+    /// allocator (this crate), of `alloc`, `core` and `std` (and of `hashbrown`, the
+    /// standard collections' tables) are left out, as are the runtime's (thread start,
+    /// closure calls, the test harness). Each inlined call is a frame of its own.
+    /// File and line need debug information (`debug = "line-tables-only"` is enough in a
+    /// release profile); without it a frame has its function's name only.
+    #[cfg(feature = "std")]
+    pub fn frames(&self) -> std::vec::Vec<SourceFrame> {
+        let mut frames = std::vec::Vec::new();
+        for &address in self.addresses {
+            backtrace::resolve(address as *mut core::ffi::c_void, |symbol| {
+                frames.push(SourceFrame {
+                    function: symbol
+                        .name()
+                        .map_or_else(|| format!("{address:#x}"), |name| format!("{name:#}")),
+                    file: symbol.filename().map(shown_path),
+                    line: symbol.lineno(),
+                    column: symbol.colno(),
+                });
+            });
+        }
+        frames.retain(|frame| !frame.is_internal() && !frame.is_runtime());
+        frames
+    }
+}
+
+/// With the `serde` feature: `blocks`, `bytes`, `addresses` and, with std, `frames` (the
+/// symbolised [`frames`](CallSite::frames), each `{ function, file, line, column }`).
+#[cfg(feature = "serde")]
+impl serde::Serialize for CallSite<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = serializer.serialize_struct("CallSite", 4)?;
+        out.serialize_field("blocks", &self.blocks)?;
+        out.serialize_field("bytes", &self.bytes)?;
+        out.serialize_field("addresses", self.addresses)?;
+        #[cfg(feature = "std")]
+        out.serialize_field("frames", &self.frames())?;
+        out.end()
+    }
+}
+
+/// Most frames of a call site shown after its first line.
+#[cfg(feature = "std")]
+const SHOWN_FRAMES: usize = 8;
+
+/// `3 blocks, 96 bytes leaked, allocated at <first frame>`, then the other frames, one a
+/// line, eight at most.
+#[cfg(feature = "std")]
+fn write_place(
+    f: &mut fmt::Formatter<'_>,
+    blocks: u64,
+    bytes: u64,
+    frames: &[SourceFrame],
+) -> fmt::Result {
+    write!(
+        f,
+        "{blocks} {}, {bytes} bytes leaked, allocated",
+        blocks_word(blocks)
+    )?;
+    let Some((first, rest)) = frames.split_first() else {
+        return write!(f, " at an unknown place (no frame outside the allocator)");
+    };
+    write!(f, " at {}", first.place())?;
+    for frame in rest.iter().take(SHOWN_FRAMES) {
+        write!(f, "\n    {}", frame.place())?;
+    }
+    if rest.len() > SHOWN_FRAMES {
+        write!(f, "\n    ({} frames more)", rest.len() - SHOWN_FRAMES)?;
+    }
+    Ok(())
+}
+
+/// As in a [`LeakReport`]: with std, `3 blocks, 96 bytes leaked, allocated at
+/// tests/parse.rs:42:17 in my_crate::index::build` and the rest of the stack; without std,
+/// the return addresses.
+impl fmt::Display for CallSite<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[cfg(feature = "std")]
+        {
+            write_place(f, self.blocks, self.bytes, &self.frames())
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            write!(
+                f,
+                "{} {}, {} bytes leaked, allocated from",
+                self.blocks,
+                blocks_word(self.blocks),
+                self.bytes
+            )?;
+            for address in self.addresses {
+                write!(f, " {address:#x}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One symbolised frame of a [`CallSite`].
+#[cfg(feature = "std")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SourceFrame {
+    /// The function, demangled without its hash (the address when it has no symbol).
+    pub function: std::string::String,
+    /// The source file, relative to the current directory when it is inside it.
+    pub file: Option<std::string::String>,
+    /// The line, when debug information has it.
+    pub line: Option<u32>,
+    /// The column, when debug information has it.
+    pub column: Option<u32>,
+}
+
+#[cfg(feature = "std")]
+impl SourceFrame {
+    /// `file:line:column in function`, or the function alone.
+    fn place(&self) -> std::string::String {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => match self.column {
+                Some(column) => format!("{file}:{line}:{column} in {}", self.function),
+                None => format!("{file}:{line} in {}", self.function),
+            },
+            _ => self.function.clone(),
+        }
+    }
+
+    /// A frame of the allocator or the standard library.
+    fn is_internal(&self) -> bool {
+        const CRATES: [&str; 7] = [
+            "stratalloc::",
+            "alloc::",
+            "core::",
+            "std::",
+            "hashbrown::",
+            "backtrace::",
+            "__rust",
+        ];
+        let name = self.function.trim_start_matches(['<', '&']);
+        let name = name.strip_prefix("mut ").unwrap_or(name);
+        if CRATES.iter().any(|krate| name.starts_with(krate)) || name.starts_with("0x") {
+            return true;
+        }
+        // `<T as alloc::..>::f`: a standard trait's method on a type parameter, slice or
+        // primitive (no path of its own), as in `<T as SpecFromElem>::from_elem`.
+        name.split_once(" as ").is_some_and(|(own, rest)| {
+            !own.contains("::") && CRATES.iter().any(|krate| rest.starts_with(krate))
+        })
+    }
+
+    /// A frame of the runtime around the caller's code: thread start, `main`'s shim, the
+    /// test harness, closure calls through the `Fn` traits.
+    fn is_runtime(&self) -> bool {
+        let name = self.function.trim_start_matches('<');
+        name.starts_with("test::")
+            || name.contains(" as core::ops::function::Fn")
+            || name.contains("__rust_begin_short_backtrace")
+            || name.starts_with("__libc_start")
+            || name == "_start"
+            || name == "clone3"
+            || name == "start_thread"
+    }
+}
+
+/// A path relative to the current directory when it lies inside it.
+#[cfg(feature = "std")]
+fn shown_path(path: &std::path::Path) -> std::string::String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|dir| {
+            path.strip_prefix(dir)
+                .ok()
+                .map(std::path::Path::to_path_buf)
+        })
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 impl fmt::Debug for LeakReport {

@@ -17,8 +17,8 @@ use core::ptr::{self, NonNull};
 
 use crate::abort::debug_require;
 
-/// One live block: its address and what the table's user keeps with it (`Check`: the
-/// layout packed into a word; `Pipe`: the region the block came from).
+/// One live block: its address and what the table's user keeps with it (`Check`: a
+/// [`Checked`]; `Pipe`: the region the block came from).
 #[derive(Clone, Copy)]
 pub(crate) struct Slot<V> {
     pub(crate) ptr: *mut u8,
@@ -28,7 +28,15 @@ pub(crate) struct Slot<V> {
 /// Bits of a packed layout that hold the size; the six above hold log2 of the alignment.
 const SIZE_BITS: u32 = 58;
 
-impl Slot<u64> {
+/// What `Check` keeps with a live block: its layout packed into a word, and the identifier
+/// of the call site that allocated it (0 when none was recorded).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checked {
+    pub(crate) layout: u64,
+    pub(crate) site: u32,
+}
+
+impl Slot<Checked> {
     /// Packs a layout, or `None` for a size of 2^58 bytes or more (which no machine serves).
     #[inline(always)]
     pub(crate) fn pack(layout: Layout) -> Option<u64> {
@@ -38,11 +46,11 @@ impl Slot<u64> {
     }
 
     pub(crate) fn size(self) -> usize {
-        (self.value & ((1 << SIZE_BITS) - 1)) as usize
+        (self.value.layout & ((1 << SIZE_BITS) - 1)) as usize
     }
 
     pub(crate) fn align(self) -> usize {
-        1 << (self.value >> SIZE_BITS)
+        1 << (self.value.layout >> SIZE_BITS)
     }
 
     pub(crate) fn unpack(self) -> Layout {

@@ -3,6 +3,8 @@
 //! or to release them later together), and change no block but the bytes they use to catch
 //! misuse.
 
+/// The call stacks that allocated live blocks, for `Check`'s reports.
+mod call_sites;
 /// Checks every put and reports leaks.
 mod check;
 /// Puts wait on a list until `collect`.
@@ -20,7 +22,9 @@ mod quarantine;
 /// Counts gets, puts, bytes and the peak.
 mod stats;
 
-pub use check::{Check, LeakReport};
+#[cfg(feature = "std")]
+pub use check::SourceFrame;
+pub use check::{CallSite, Check, LeakReport};
 pub use deferred::Deferred;
 pub use guard::{GUARD_BYTE, Guard};
 pub use held_queue::{HELD_BLOCKS, Held};

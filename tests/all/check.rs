@@ -44,7 +44,7 @@ fn reports_blocks_bytes_and_sizes() {
     let text = report.to_string();
     assert!(
         text.starts_with(
-            "4 blocks (60 bytes) still live; sizes: 0 B x1 8-15 B x2 32-63 B x1; at 0x"
+            "4 blocks (60 bytes) still live; sizes: 0 B x1, 8-15 B x2, 32-63 B x1; at 0x"
         ),
         "{text}"
     );

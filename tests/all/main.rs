@@ -13,6 +13,8 @@ mod debug_layers;
 /// What the fuzz targets (`fuzz/`) found, each as a plain test.
 mod fuzz_findings;
 #[cfg(feature = "std")]
+mod leak_call_sites;
+#[cfg(feature = "std")]
 mod managed_buffers;
 mod misuse;
 #[cfg(all(feature = "std", target_os = "linux"))]

@@ -39,11 +39,33 @@ fn a_leak_report_serialises_its_counts_sizes_and_sample() {
             "bytes": 100,
             "sizes": [{ "smallest": 64, "largest": 127, "blocks": 1 }],
             "sample": [{ "address": block.as_ptr() as usize, "size": 100 }],
+            "call_sites": [],
+            "other_call_sites": { "sites": 0, "blocks": 0, "bytes": 0 },
         })
     );
     // SAFETY: `block` came from `check.get(layout)` and is put once, with that layout.
     unsafe { check.put(block, layout) };
     assert!(check.leaks().is_none());
+}
+
+/// With call sites recorded, each serialises with its addresses and symbolised frames.
+#[cfg(feature = "std")]
+#[test]
+fn a_leak_report_serialises_its_call_sites() {
+    let mut check = Check::new(stratalloc::layers::System::new());
+    check.record_call_sites(true);
+    let layout = Layout::from_size_align(24, 8).unwrap();
+    let line = line!() + 1;
+    let block = check.get(layout).expect("a block");
+    let value = serde_json::to_value(check.leaks().unwrap()).unwrap();
+    let site = &value["call_sites"][0];
+    assert_eq!((&site["blocks"], &site["bytes"]), (&json!(1), &json!(24)));
+    assert!(site["addresses"].as_array().is_some_and(|a| !a.is_empty()));
+    let frame = &site["frames"][0];
+    assert_eq!(frame["file"], json!("tests/all/serde.rs"), "{value}");
+    assert_eq!(frame["line"], json!(line), "{value}");
+    // SAFETY: got above with `layout`, put once.
+    unsafe { check.put(block, layout) };
 }
 
 #[cfg(feature = "os")]
