@@ -143,22 +143,21 @@ impl BlobLock {
             if result != libc::ETIMEDOUT {
                 return self.taken(result, orphaned);
             }
-            match self.holder() {
+            let holder = match self.holder() {
                 Holder::Gone { word, thread } => {
                     if self.mark_holder_died(word) {
                         orphaned = Some(thread);
                     }
+                    (thread != 0).then_some(thread)
                 }
-                Holder::Thread(thread) => {
-                    let waited = start.elapsed();
-                    if waited >= patience {
-                        return Err(BlobError::LockUnavailable {
-                            holder: thread,
-                            waited,
-                        });
-                    }
-                }
-                Holder::Nobody => {}
+                Holder::Thread(thread) => thread,
+                Holder::Nobody => None,
+            };
+            // Whatever the word says (a live holder, or bytes that keep the lock busy
+            // without naming anyone), no wait outlasts the patience.
+            let waited = start.elapsed();
+            if waited >= patience {
+                return Err(BlobError::LockUnavailable { holder, waited });
             }
         }
     }

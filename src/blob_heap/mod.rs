@@ -944,12 +944,26 @@ impl<'a> BlobHeap<'a> {
         }
     }
 
-    /// The three link words at the start of the free block at `offset`.
-    fn link_words(&self, offset: u64) -> *mut u64 {
-        self.block_at(offset, self.geometry.min_order)
-            .ptr
-            .as_ptr()
-            .cast()
+    /// The three link words at the start of the free block at `offset`, or `None` when
+    /// `offset` is not the start of a smallest block inside the heap. Offsets come from
+    /// the blob (list heads, links), which another process, or a stray write, may change
+    /// at any time: every write through one is checked here, however it was checked
+    /// before.
+    fn link_words(&self, offset: u64) -> Option<*mut u64> {
+        let g = self.geometry;
+        (offset < g.heap_bytes() as u64 && offset.trailing_zeros() >= g.min_order)
+            .then(|| self.block_at(offset, g.min_order).ptr.as_ptr().cast())
+    }
+
+    /// Writes through the link words of the block at `offset`, or, when `offset` is not a
+    /// block of the heap, records damage there instead.
+    fn write_words(&self, offset: u64, order: u32, write: impl FnOnce(*mut u64)) {
+        match self.link_words(offset) {
+            Some(words) => write(words),
+            None => {
+                self.damaged(offset, order);
+            }
+        }
     }
 
     fn check_word(offset: u64, order: u32) -> u64 {
@@ -965,8 +979,10 @@ impl<'a> BlobHeap<'a> {
                     && at.trailing_zeros() >= order
                     && self.is_free(at, order))
         };
-        if offset != NIL && fits(offset) {
-            let words = self.link_words(offset);
+        if let Some(words) = self
+            .link_words(offset)
+            .filter(|_| offset != NIL && fits(offset))
+        {
             // SAFETY: a free block of at least 32 bytes, 32-byte aligned in the heap (its
             // offset is a multiple of its size, and the data is 64-byte aligned): its
             // first three words are the heap's while it is free.
@@ -996,23 +1012,23 @@ impl<'a> BlobHeap<'a> {
     }
 
     fn write_link(&self, offset: u64, order: u32, next: u64, prev: u64) {
-        let words = self.link_words(offset);
-        // SAFETY: as in `link`: the block is free (or becoming free) and at least 32 bytes.
-        unsafe {
+        // SAFETY: as in `link`: a block of at least 32 bytes inside the heap, 32-byte
+        // aligned (`link_words` checked), free or becoming free.
+        self.write_words(offset, order, |words| unsafe {
             words.write(next);
             words.add(1).write(prev);
             words.add(2).write(Self::check_word(offset, order));
-        }
+        });
     }
 
-    fn set_next(&self, offset: u64, next: u64) {
+    fn set_next(&self, offset: u64, order: u32, next: u64) {
         // SAFETY: as in `write_link`.
-        unsafe { self.link_words(offset).write(next) }
+        self.write_words(offset, order, |words| unsafe { words.write(next) });
     }
 
-    fn set_prev(&self, offset: u64, prev: u64) {
+    fn set_prev(&self, offset: u64, order: u32, prev: u64) {
         // SAFETY: as in `write_link`.
-        unsafe { self.link_words(offset).add(1).write(prev) }
+        self.write_words(offset, order, |words| unsafe { words.add(1).write(prev) });
     }
 
     /// Puts the block at `offset` of `order` at the head of its free list. The list's head,
@@ -1023,7 +1039,7 @@ impl<'a> BlobHeap<'a> {
         let head = h.heads[slot].load(Ordering::Relaxed);
         self.write_link(offset, order, head, NIL);
         if head != NIL {
-            self.set_prev(head, offset);
+            self.set_prev(head, order, offset);
         }
         h.heads[slot].store(offset, Ordering::Relaxed);
         self.set_bit(self.maps.free[slot], (offset >> order) as usize, true);
@@ -1055,10 +1071,10 @@ impl<'a> BlobHeap<'a> {
         if link.prev == NIL {
             h.heads[slot].store(link.next, Ordering::Relaxed);
         } else {
-            self.set_next(link.prev, link.next);
+            self.set_next(link.prev, order, link.next);
         }
         if link.next != NIL {
-            self.set_prev(link.next, link.prev);
+            self.set_prev(link.next, order, link.prev);
         }
         self.set_bit(self.maps.free[slot], (offset >> order) as usize, false);
         h.free_blocks[slot].fetch_sub(1, Ordering::Relaxed);
