@@ -585,3 +585,47 @@ def test_negative_sizes_and_offsets_are_refused(small_heap):
         heap.block(-64)
     with pytest.raises(OverflowError):
         Heap.size(-1, 6, 64)
+
+
+def test_python_writing_into_the_heap_header_gets_errors_not_a_crash():
+    """Python can write every byte of the buffer, the heap's header included. A thread
+    scribbles over the lock and a list head while another allocates and frees: the
+    allocator sees errors (the heap asks for recovery, or the lock stays busy), never an
+    out-of-bounds write. (With a C library mutex in the lock's bytes, this crashed the
+    interpreter within seconds.)"""
+    buf = bytearray(Heap.size(16, 6, 64))
+    heap = Heap.init(16, 6, 64, buf)
+    heap.lock_patience = 0.05
+    header = buf.find(b"stratBLB")
+    assert header >= 0
+    lock = heap.exclusive_access - address(buf)
+    junk = bytes(range(1, 65))
+    stop = False
+
+    def scribble():
+        while not stop:
+            buf[lock:lock + 64] = junk
+            buf[lock:lock + 64] = bytes(64)
+            buf[header + 192:header + 200] = (1 << 40).to_bytes(8, "little")
+            buf[header + 192:header + 200] = (2**64 - 1).to_bytes(8, "little")
+
+    thread = threading.Thread(target=scribble, daemon=True)
+    thread.start()
+    errors = 0
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                heap.free(heap.malloc(64))
+            except sp.RecoveryNeededError:
+                errors += 1
+                try:
+                    heap.recover()
+                except sp.HeapError:
+                    pass
+            except sp.HeapError:
+                errors += 1
+    finally:
+        stop = True
+        thread.join()
+    assert errors > 0

@@ -15,13 +15,13 @@ pub enum RecoveryReason {
         /// Its order (its size is `1 << order`).
         order: u32,
     },
-    /// A handle (in this process or another) died while holding the heap's lock, perhaps
-    /// in the middle of an allocation or a free (or [`break_lock`](super::BlobHeap::break_lock)
-    /// cleared the lock).
+    /// The heap's lock was marked "holder died" by another handle, which found its holder
+    /// gone (or [`break_lock`](super::BlobHeap::break_lock) cleared it): a handle may have
+    /// died in the middle of an allocation or a free.
     HolderDied,
     /// The heap's lock named as its holder a thread that no longer exists and never
-    /// released it: a stray write into the header, or a holder whose death the kernel
-    /// could not report.
+    /// released it: a handle (in this process or another) that died holding it, perhaps in
+    /// the middle of an allocation or a free, or a stray write into the header.
     LockOrphaned {
         /// The thread id the lock named (0 when its word was set but named none).
         thread: u32,
@@ -38,7 +38,8 @@ impl fmt::Display for RecoveryReason {
             RecoveryReason::HolderDied => f.write_str("a handle died holding the heap's lock"),
             RecoveryReason::LockOrphaned { thread } => write!(
                 f,
-                "the heap's lock named thread {thread}, which no longer exists, as its holder"
+                "the heap's lock named thread {thread}, which no longer exists, as its holder \
+                 (it died holding the heap's lock, or a stray write named it)"
             ),
         }
     }

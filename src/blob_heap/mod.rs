@@ -24,10 +24,9 @@
 //! Before the heap follows or rewrites a free block's links it checks them against the
 //! bitmaps and the check word. When they disagree (a program wrote past the end of its
 //! block into a free neighbour), the operation fails without changing anything and the
-//! heap records that it needs recovery; so it does when a handle dies while holding the
-//! lock (on Linux, where the lock is a robust process-shared mutex), and when the lock's
-//! word names as its holder a thread that no longer exists (a stray write into the header,
-//! or a holder the kernel could not see die). Until [`BlobHeap::recover`] runs,
+//! heap records that it needs recovery; so it does when the lock's word names as its holder
+//! a thread that no longer exists (on Linux: a handle that died holding the lock, or a
+//! stray write into the header). Until [`BlobHeap::recover`] runs,
 //! allocations and frees return [`BlobError::RecoveryNeeded`].
 //!
 //! No operation waits for the lock for ever: a holder that exists is waited for up to the
@@ -340,12 +339,12 @@ impl<'a> BlobHeap<'a> {
     ///
     /// # Safety
     ///
-    /// The heap's lock lives in the blob, and the lock calls take it as they find it (a
-    /// process-shared `pthread_mutex_t` on Linux, which no check can validate: bytes that
-    /// merely look like one can corrupt the thread's list of held locks; only the lock
-    /// word's holder is checked, here and while waiting, so that a stray word is reported
-    /// rather than waited for). So callers must ensure that, when `blob` passes the checks above, it holds a
-    /// heap that [`init`](Self::init) or [`init_raw`](Self::init_raw) made in this very
+    /// The heap's bookkeeping lives in the blob, and the heap trusts what it finds there
+    /// as far as it cannot check it: every offset it writes through is checked to lie in
+    /// the heap, and the lock word holds only a thread id and two flags, but bitmaps that
+    /// other code changed could have the heap hand out a block that is in use. So callers
+    /// must ensure that, when `blob` passes the checks above, it holds a heap that
+    /// [`init`](Self::init) or [`init_raw`](Self::init_raw) made in this very
     /// memory (or in the same file, mapped by another process), and that its header has
     /// been changed since only by heap handles: not copied from elsewhere, and not written
     /// by other code. Memory that fails the checks is reported as an error, whatever it
@@ -534,12 +533,10 @@ impl<'a> BlobHeap<'a> {
     /// (inside another `with_lock`). A lock whose holder died is taken, and the heap then
     /// needs recovery.
     ///
-    /// The guard is lent to `f`, never handed out: on Linux the lock is a robust mutex,
-    /// which the C library keeps on a list of the locking thread, linked through the
-    /// mutex's own bytes in the blob, for as long as it is held. A guard that could be
-    /// forgotten (`mem::forget`) would keep it there after the blob went back to its owner,
-    /// and the next lock the thread takes would write into that memory. So the guard cannot
-    /// leave `f`:
+    /// The guard is lent to `f`, never handed out, so that the lock is always released: a
+    /// guard that could be forgotten (`mem::forget`) would leave every other handle, in
+    /// this process and others, waiting out its patience on a live holder. So the guard
+    /// cannot leave `f`:
     ///
     /// ```compile_fail
     /// use stratalloc::blob_heap::{BlobGuard, BlobHeap};
@@ -985,13 +982,14 @@ impl<'a> BlobHeap<'a> {
         {
             // SAFETY: a free block of at least 32 bytes, 32-byte aligned in the heap (its
             // offset is a multiple of its size, and the data is 64-byte aligned): its
-            // first three words are the heap's while it is free.
+            // first three words are the heap's while it is free, read atomically (another
+            // process, or a stray write, may change them).
             let (link, check) = unsafe {
                 let link = Link {
-                    next: words.read(),
-                    prev: words.add(1).read(),
+                    next: load(words),
+                    prev: load(words.add(1)),
                 };
-                (link, words.add(2).read())
+                (link, load(words.add(2)))
             };
             if check == Self::check_word(offset, order) && fits(link.next) && fits(link.prev) {
                 return Ok(link);
@@ -1015,20 +1013,20 @@ impl<'a> BlobHeap<'a> {
         // SAFETY: as in `link`: a block of at least 32 bytes inside the heap, 32-byte
         // aligned (`link_words` checked), free or becoming free.
         self.write_words(offset, order, |words| unsafe {
-            words.write(next);
-            words.add(1).write(prev);
-            words.add(2).write(Self::check_word(offset, order));
+            store(words, next);
+            store(words.add(1), prev);
+            store(words.add(2), Self::check_word(offset, order));
         });
     }
 
     fn set_next(&self, offset: u64, order: u32, next: u64) {
         // SAFETY: as in `write_link`.
-        self.write_words(offset, order, |words| unsafe { words.write(next) });
+        self.write_words(offset, order, |words| unsafe { store(words, next) });
     }
 
     fn set_prev(&self, offset: u64, order: u32, prev: u64) {
         // SAFETY: as in `write_link`.
-        self.write_words(offset, order, |words| unsafe { words.add(1).write(prev) });
+        self.write_words(offset, order, |words| unsafe { store(words.add(1), prev) });
     }
 
     /// Puts the block at `offset` of `order` at the head of its free list. The list's head,
@@ -1189,6 +1187,38 @@ impl fmt::Debug for BlobHeap<'_> {
             .field("geometry", &self.geometry)
             .finish_non_exhaustive()
     }
+}
+
+/// Reads a link word of a free block, atomically: the blob is shared memory.
+///
+/// # Safety
+///
+/// `word` is valid, 8-byte aligned, and accessed only atomically while the heap exists.
+unsafe fn load(word: *mut u64) -> u64 {
+    // Under Miri, plain accesses: its weak-memory emulation panics (an internal error) on
+    // an atomic store to a word that the overrun tests last wrote byte by byte.
+    #[cfg(miri)]
+    // SAFETY: as the caller promises.
+    return unsafe { word.read() };
+    #[cfg(not(miri))]
+    // SAFETY: as the caller promises.
+    unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Relaxed)
+}
+
+/// Writes a link word of a free block, atomically; as [`load`].
+///
+/// # Safety
+///
+/// As for [`load`].
+unsafe fn store(word: *mut u64, value: u64) {
+    #[cfg(miri)]
+    // SAFETY: as the caller promises (plain under Miri, as in `load`).
+    unsafe {
+        word.write(value)
+    };
+    #[cfg(not(miri))]
+    // SAFETY: as the caller promises.
+    unsafe { AtomicU64::from_ptr(word) }.store(value, Ordering::Relaxed);
 }
 
 /// A free block's links as read from it.
