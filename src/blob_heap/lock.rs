@@ -250,13 +250,35 @@ fn wake_one(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
 }
 
+#[cfg(all(target_os = "linux", not(miri)))]
+std::thread_local! {
+    /// This thread's id once asked (0 before): `gettid` is a system call, and a lock takes
+    /// it every time.
+    static THIS_THREAD: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
 /// This thread's id, as the kernel names it (never 0, and within [`THREAD`]: Linux thread
 /// ids are below 2^22).
 #[cfg(all(target_os = "linux", not(miri)))]
 fn this_thread() -> u32 {
+    let known = THIS_THREAD.try_with(core::cell::Cell::get).unwrap_or(0);
+    if known != 0 {
+        return known;
+    }
+    // A forked child starts with a copy of the forking thread's cache, naming a thread of
+    // the parent: the handler forgets it in the child.
+    static FORGET_IN_CHILDREN: std::sync::Once = std::sync::Once::new();
+    FORGET_IN_CHILDREN.call_once(|| {
+        extern "C" fn forget() {
+            let _ = THIS_THREAD.try_with(|id| id.set(0));
+        }
+        // SAFETY: registers a child handler that only writes a thread-local cell.
+        unsafe { libc::pthread_atfork(None, None, Some(forget)) };
+    });
     // SAFETY: gettid has no preconditions.
-    let id = unsafe { libc::syscall(libc::SYS_gettid) };
-    (id as u32) & THREAD
+    let id = (unsafe { libc::syscall(libc::SYS_gettid) } as u32) & THREAD;
+    let _ = THIS_THREAD.try_with(|cell| cell.set(id));
+    id
 }
 
 /// Whether a thread with this id exists (in this PID namespace). `kill` with signal 0
