@@ -34,7 +34,7 @@
 //!   marked freed); until then they read and write heap memory that stays mapped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -110,13 +110,23 @@ struct BlockState {
 /// here or its last memory object is collected.
 static BLOCKS: Mutex<BTreeMap<usize, Weak<BlockState>>> = Mutex::new(BTreeMap::new());
 
+/// Frees made through this process's handles, counted under the lock of [`BLOCKS`]: a
+/// `block(offset)` that found the block live compares the count before and after, so that
+/// a free by another thread in between is not missed.
+static FREES: AtomicU64 = AtomicU64::new(0);
+
 /// The shared state for the block at `address`, made fresh (`fresh`: the block was just
 /// allocated, so objects left over from an earlier life of it are marked freed) or joined.
-fn block_state(address: usize, fresh: bool) -> Arc<BlockState> {
+/// With `seen_frees` (the count of [`FREES`] before the block was found live), `None` when
+/// a free happened since: the block may no longer be live.
+fn block_state(address: usize, fresh: bool, seen_frees: Option<u64>) -> Option<Arc<BlockState>> {
     let mut blocks = lock(&BLOCKS);
+    if seen_frees.is_some_and(|seen| FREES.load(Ordering::Relaxed) != seen) {
+        return None;
+    }
     if let Some(old) = blocks.get(&address).and_then(Weak::upgrade) {
         if !fresh {
-            return old;
+            return Some(old);
         }
         old.freed.store(true, Ordering::Relaxed);
     }
@@ -125,12 +135,30 @@ fn block_state(address: usize, fresh: bool) -> Arc<BlockState> {
         exports: AtomicUsize::new(0),
     });
     blocks.insert(address, Arc::downgrade(&state));
-    state
+    Some(state)
+}
+
+/// Records that the block at `address`, whose memory objects share `state` (marked freed
+/// already), was freed: its entry goes, and the free is counted (see [`FREES`]). An entry
+/// of another state is a new life of the block (another thread allocated it since) and
+/// stays.
+fn freed_block(address: usize, state: &Arc<BlockState>) {
+    let mut blocks = lock(&BLOCKS);
+    FREES.fetch_add(1, Ordering::Relaxed);
+    remove_own(&mut blocks, address, state);
 }
 
 /// Forgets `state`'s registry entry at `address`, if it is still `state`'s.
 fn forget_block(address: usize, state: &Arc<BlockState>) {
-    let mut blocks = lock(&BLOCKS);
+    remove_own(&mut lock(&BLOCKS), address, state);
+}
+
+/// Removes the entry at `address` if it is `state`'s.
+fn remove_own(
+    blocks: &mut BTreeMap<usize, Weak<BlockState>>,
+    address: usize,
+    state: &Arc<BlockState>,
+) {
     if blocks
         .get(&address)
         .is_some_and(|weak| weak.as_ptr() == Arc::as_ptr(state))
@@ -190,14 +218,19 @@ impl Heap {
         })
     }
 
+    /// A memory object over `block`; `None` when `seen_frees` is given and a free happened
+    /// since (see [`block_state`]).
     fn memory(
         slf: &Bound<'_, Heap>,
         block: BlobBlock,
         len: usize,
         fresh: bool,
-    ) -> PyResult<Py<Memory>> {
+        seen_frees: Option<u64>,
+    ) -> PyResult<Option<Py<Memory>>> {
         let ptr = block.as_ptr().cast::<u8>();
-        let state = block_state(ptr.as_ptr().addr(), fresh);
+        let Some(state) = block_state(ptr.as_ptr().addr(), fresh, seen_frees) else {
+            return Ok(None);
+        };
         Py::new(
             slf.py(),
             Memory {
@@ -209,6 +242,7 @@ impl Heap {
                 block: state,
             },
         )
+        .map(Some)
     }
 }
 
@@ -378,7 +412,8 @@ impl Heap {
             }
         }
         .map_err(heap_err)?;
-        Heap::memory(slf, block.0, size, true)
+        let memory = Heap::memory(slf, block.0, size, true, None)?;
+        Ok(memory.expect("made without a count of frees to compare"))
     }
 
     /// Frees the block `mem_obj` is over (a memory object from `malloc` or `block` of this
@@ -425,7 +460,7 @@ impl Heap {
             mem.block.freed.store(false, Ordering::Relaxed);
             return Err(heap_err(error));
         }
-        forget_block(mem.ptr.0.as_ptr().addr(), &mem.block);
+        freed_block(mem.ptr.0.as_ptr().addr(), &mem.block);
         Ok(())
     }
 
@@ -434,13 +469,20 @@ impl Heap {
     /// size. Raises InvalidMemoryError when no live block starts there.
     fn block(slf: &Bound<'_, Self>, offset: u64) -> PyResult<Py<Memory>> {
         let handle = slf.get().handle()?;
-        let block = slf
-            .py()
-            .detach(|| handle.heap.block(offset).map(SendBlock))
-            .map_err(heap_err)?
-            .0;
-        let size = block.size;
-        Heap::memory(slf, block, size, false)
+        // A free by another thread between finding the block live and joining its state
+        // would leave a memory object over a free block: look again when one happened.
+        loop {
+            let seen_frees = FREES.load(Ordering::Relaxed);
+            let block = slf
+                .py()
+                .detach(|| handle.heap.block(offset).map(SendBlock))
+                .map_err(heap_err)?
+                .0;
+            let size = block.size;
+            if let Some(memory) = Heap::memory(slf, block, size, false, Some(seen_frees))? {
+                return Ok(memory);
+            }
+        }
     }
 
     /// Rebuilds the heap's free lists after damage or a process that died holding the
