@@ -72,6 +72,14 @@ struct SendBlock(BlobBlock);
 // that made it; nothing in it is tied to a thread.
 unsafe impl Send for SendBlock {}
 
+/// An address handed to a call made without the GIL.
+#[derive(Clone, Copy)]
+struct SendPtr(NonNull<u8>);
+
+// SAFETY: an address into memory pinned by the caller for the length of the call; nothing
+// in it is tied to a thread.
+unsafe impl Send for SendPtr {}
+
 // ---- the handle and its state --------------------------------------------------------------
 
 /// An attached handle: the crate's handle over pinned memory. Fields drop in order, so the
@@ -82,6 +90,40 @@ struct Handle {
     pin: Pinned,
     /// Where the heap starts in this process (the key that tells mappings apart).
     start: NonNull<u8>,
+    /// The heap's range among those of attached handles (see [`ATTACHED`]).
+    attached: Attached,
+}
+
+/// The ranges of memory that attached handles of this process use, one entry per handle:
+/// `Heap.init` refuses memory that overlaps one (it would reset a heap under its handles).
+static ATTACHED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// A handle's entry in [`ATTACHED`], removed when it drops.
+struct Attached(usize, usize);
+
+impl Attached {
+    fn new(start: NonNull<u8>, len: usize) -> Self {
+        let start = start.as_ptr().addr();
+        lock(&ATTACHED).push((start, start + len));
+        Attached(start, start + len)
+    }
+
+    /// The range of an attached handle that overlaps `start..end`, if any.
+    fn overlapping(start: usize, end: usize) -> Option<(usize, usize)> {
+        lock(&ATTACHED)
+            .iter()
+            .copied()
+            .find(|&(from, to)| from < end && start < to)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut attached = lock(&ATTACHED);
+        if let Some(at) = attached.iter().position(|&range| range == (self.0, self.1)) {
+            attached.swap_remove(at);
+        }
+    }
 }
 
 // SAFETY: `BlobHeap` is `Send + Sync`; `Pinned` is (see `pin.rs`); `start` is an address
@@ -289,6 +331,15 @@ impl Heap {
         }
         // SAFETY: `skip + needed <= len`, so the start lies inside the buffer.
         let start = unsafe { base.add(skip) };
+        let from = base.as_ptr().addr();
+        if let Some((used, to)) = Attached::overlapping(from, from + len) {
+            return Err(BusyError::new_err(format!(
+                "mem_addr ({from:#x}..{:#x}) overlaps the memory of a heap that a handle of \
+                 this process is attached to ({used:#x}..{to:#x}); Heap.init would reset \
+                 that heap under its handles: detach or destroy them first",
+                from + len
+            )));
+        }
         // SAFETY: the bytes before the start are the buffer's, pinned and writable; zeroing
         // them means `attach` cannot find an older heap's header there (see the module).
         unsafe { base.as_ptr().write_bytes(0, skip) };
@@ -296,7 +347,16 @@ impl Heap {
         // stays in place until the `Handle` drops the export, after the crate's handle;
         // `init` makes a new heap, so no other handle uses this memory yet.
         let heap = unsafe { BlobHeap::init_raw(start, len - skip, g) }.map_err(heap_err)?;
-        Ok(Heap::new(Handle { heap, pin, start }, true))
+        let attached = Attached::new(start, len - skip);
+        Ok(Heap::new(
+            Handle {
+                heap,
+                pin,
+                start,
+                attached,
+            },
+            true,
+        ))
     }
 
     /// Attaches a new handle to the heap that `mem_addr` already holds (made by `init`,
@@ -321,16 +381,31 @@ impl Heap {
             }
             // SAFETY: `skip < len`: inside the buffer.
             let start = unsafe { base.add(skip) };
-            // SAFETY: the memory lies in the pinned, writable buffer, kept in place until the
-            // crate's handle is gone (as in `init`). The heap `init` made in this buffer (or
-            // in the shared segment it maps) is the first header found, since `init` zeroed
-            // the bytes before it; other bytes of the buffer are written only through the
-            // heap, the contract the README states for the seed's interface.
-            match unsafe { BlobHeap::attach_raw(start, len - skip) } {
+            let at = SendPtr(start);
+            // Without the GIL: attaching takes the heap's lock when its word names a thread
+            // that is gone, which may wait up to the lock's patience.
+            let attached = mem_addr.py().detach(move || {
+                let at = at;
+                // SAFETY: the memory lies in the pinned, writable buffer, kept in place
+                // until the crate's handle is gone (as in `init`). The heap `init` made in
+                // this buffer (or in the shared segment it maps) is the first header found,
+                // since `init` zeroed the bytes before it; other bytes of the buffer are
+                // written only through the heap, the contract the README states for the
+                // seed's interface (the crate checks every offset it writes through).
+                unsafe { BlobHeap::attach_raw(at.0, len - skip) }
+            });
+            match attached {
                 Ok(heap) => {
                     let aligned = start_alignment(heap.geometry().alignment());
                     if start.as_ptr().addr().is_multiple_of(aligned) && skip < aligned {
-                        return Ok(Heap::new(Handle { heap, pin, start }, false));
+                        let attached = Attached::new(start, len - skip);
+                        let handle = Handle {
+                            heap,
+                            pin,
+                            start,
+                            attached,
+                        };
+                        return Ok(Heap::new(handle, false));
                     }
                 }
                 Err(BlobError::NotAHeap { .. }) => {}
@@ -367,7 +442,12 @@ impl Heap {
             return Err(heap_err(BlobError::StillAttached { handles }));
         }
         let handle = self.take_handle("destroy")?;
-        let Handle { heap, pin, start } = match Arc::try_unwrap(handle) {
+        let Handle {
+            heap,
+            pin,
+            start,
+            attached,
+        } = match Arc::try_unwrap(handle) {
             Ok(handle) => handle,
             Err(handle) => {
                 lock(&self.state).handle = Some(handle);
@@ -385,7 +465,13 @@ impl Heap {
                 // SAFETY: the same memory, still pinned by `pin`, holding the heap this
                 // handle was attached to a moment ago.
                 if let Ok(heap) = unsafe { BlobHeap::attach_raw(start, len) } {
-                    lock(&self.state).handle = Some(Arc::new(Handle { heap, pin, start }));
+                    let handle = Handle {
+                        heap,
+                        pin,
+                        start,
+                        attached,
+                    };
+                    lock(&self.state).handle = Some(Arc::new(handle));
                 }
                 Err(heap_err(error))
             }

@@ -629,3 +629,20 @@ def test_python_writing_into_the_heap_header_gets_errors_not_a_crash():
         stop = True
         thread.join()
     assert errors > 0
+
+
+def test_init_refuses_memory_of_an_attached_heap():
+    """Heap.init over memory that an attached handle of this process uses would reset that
+    heap under its handles: refused, naming both ranges; after detach it is allowed."""
+    buf = bytearray(Heap.size(16, 6, 64))
+    heap = Heap.init(16, 6, 64, buf)
+    mem = heap.malloc(100)
+    with pytest.raises(sp.BusyError, match="overlaps the memory of a heap"):
+        Heap.init(16, 6, 64, buf)
+    with pytest.raises(sp.BusyError, match="overlaps"):
+        Heap.init(12, 6, 64, memoryview(buf)[4096:])
+    assert not mem.freed
+    heap.free(mem)
+    heap.detach()
+    again = Heap.init(16, 6, 64, buf)
+    again.destroy()
