@@ -643,13 +643,46 @@ macro_rules! layer_below {
 }
 pub(crate) use layer_below;
 
+/// `grow` and `shrink` for a wrapper whose blocks are its inner layer's, unchanged (in
+/// place, or held back for later, as `Deferred` and `Quarantine` hold put blocks): the duty
+/// checks, then the call goes to the layer in its `inner` field.
+macro_rules! resizes_go_below {
+    () => {
+        unsafe fn grow(
+            &mut self,
+            ptr: core::ptr::NonNull<u8>,
+            old: core::alloc::Layout,
+            new: core::alloc::Layout,
+        ) -> bool {
+            $crate::layer::paranoid(self);
+            $crate::layer::require_grow::<Self>(ptr, old, new);
+            // SAFETY: a live block, which the inner layer handed out unchanged; the
+            // caller's duties are that layer's.
+            unsafe { self.inner.grow(ptr, old, new) }
+        }
+
+        unsafe fn shrink(
+            &mut self,
+            ptr: core::ptr::NonNull<u8>,
+            old: core::alloc::Layout,
+            new: core::alloc::Layout,
+        ) -> bool {
+            $crate::layer::paranoid(self);
+            $crate::layer::require_shrink::<Self>(ptr, old, new);
+            // SAFETY: as for `grow`.
+            unsafe { self.inner.shrink(ptr, old, new) }
+        }
+    };
+}
+pub(crate) use resizes_go_below;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use core::cell::Cell;
 
-    /// Every length up to 100 (under Miri 41: a group and a tail), every position of one changed byte, and no
-    /// change at all: the same answer as a byte-by-byte search.
+    /// Every length up to 100 (under Miri 41: a group and a tail), every position of one
+    /// changed byte, and no change at all: the same answer as a byte-by-byte search.
     #[test]
     fn first_byte_not_finds_every_changed_byte() {
         let longest = if cfg!(miri) { 41 } else { 100 };

@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 
 use crate::Layer;
 use crate::abort::abort_with;
-use crate::layer::{paranoid, require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_put};
 
 use super::held_queue::{HELD_BLOCKS, Held, HeldQueue};
 
@@ -124,19 +124,7 @@ unsafe impl<L: Layer, const CAP: usize> Layer for Deferred<L, CAP> {
         self.inner.deinit();
     }
 
-    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        paranoid(self);
-        require_grow::<Self>(ptr, old, new);
-        // SAFETY: a live block, which `L` handed out; the caller's duties passed on.
-        unsafe { self.inner.grow(ptr, old, new) }
-    }
-
-    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        paranoid(self);
-        require_shrink::<Self>(ptr, old, new);
-        // SAFETY: as for `grow`.
-        unsafe { self.inner.shrink(ptr, old, new) }
-    }
+    crate::layer::resizes_go_below!();
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         self.inner.owns(ptr)

@@ -206,18 +206,5 @@ impl<L: fmt::Debug, const N: usize> fmt::Debug for Guard<L, N> {
     }
 }
 
-// SAFETY: every block comes from `L`, attributed to the same region.
 #[cfg(feature = "std")]
-unsafe impl<L: crate::region::Attributed, const N: usize> crate::region::Attributed
-    for Guard<L, N>
-{
-    const RECLAIMS: bool = L::RECLAIMS;
-
-    fn attribute(&mut self, owner: crate::region::Attribution) {
-        self.inner.attribute(owner);
-    }
-
-    fn rewind(&mut self) {
-        self.inner.rewind();
-    }
-}
+crate::region::attributed_as_inner!(Guard<L, const N: usize>);

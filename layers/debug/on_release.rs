@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 
 use crate::Layer;
 use crate::abort::{call, no_unwind};
-use crate::layer::{paranoid, require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_put};
 
 /// A block being put back, as [`OnRelease`]'s hook sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,19 +111,7 @@ unsafe impl<L: Layer, H: FnMut(Released)> Layer for OnRelease<L, H> {
         self.inner.deinit();
     }
 
-    unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        paranoid(self);
-        require_grow::<Self>(ptr, old, new);
-        // SAFETY: forwarded with the caller's duties.
-        unsafe { self.inner.grow(ptr, old, new) }
-    }
-
-    unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
-        paranoid(self);
-        require_shrink::<Self>(ptr, old, new);
-        // SAFETY: forwarded with the caller's duties.
-        unsafe { self.inner.shrink(ptr, old, new) }
-    }
+    crate::layer::resizes_go_below!();
 
     fn owns(&self, ptr: NonNull<u8>) -> bool {
         self.inner.owns(ptr)

@@ -128,18 +128,5 @@ impl<L: fmt::Debug, const A: usize> fmt::Debug for Align<L, A> {
     }
 }
 
-// SAFETY: every block comes from `L`, attributed to the same region.
 #[cfg(feature = "std")]
-unsafe impl<L: crate::region::Attributed, const A: usize> crate::region::Attributed
-    for Align<L, A>
-{
-    const RECLAIMS: bool = L::RECLAIMS;
-
-    fn attribute(&mut self, owner: crate::region::Attribution) {
-        self.inner.attribute(owner);
-    }
-
-    fn rewind(&mut self) {
-        self.inner.rewind();
-    }
-}
+crate::region::attributed_as_inner!(Align<L, const A: usize>);

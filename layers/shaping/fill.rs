@@ -124,18 +124,5 @@ impl<L: fmt::Debug, const BYTE: u8> fmt::Debug for Fill<L, BYTE> {
     }
 }
 
-// SAFETY: every block comes from `L`, attributed to the same region.
 #[cfg(feature = "std")]
-unsafe impl<L: crate::region::Attributed, const BYTE: u8> crate::region::Attributed
-    for Fill<L, BYTE>
-{
-    const RECLAIMS: bool = L::RECLAIMS;
-
-    fn attribute(&mut self, owner: crate::region::Attribution) {
-        self.inner.attribute(owner);
-    }
-
-    fn rewind(&mut self) {
-        self.inner.rewind();
-    }
-}
+crate::region::attributed_as_inner!(Fill<L, const BYTE: u8>);

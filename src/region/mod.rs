@@ -210,6 +210,34 @@ pub unsafe trait Attributed: Layer {
     }
 }
 
+/// [`Attributed`] for a wrapper that keeps nothing of its own between calls (its blocks are
+/// its inner layer's, or pieces of them): every call goes to the layer in its `inner`
+/// field. `attributed_as_inner!(Guard<L, const N: usize>)`.
+macro_rules! attributed_as_inner {
+    ($layer:ident<L, const $param:ident: $kind:ty>) => {
+        // SAFETY: every block comes from `L`, attributed to the same region; the wrapper
+        // holds no block of its own that a rewind of `L` would end under it.
+        unsafe impl<L: $crate::region::Attributed, const $param: $kind> $crate::region::Attributed
+            for $layer<L, $param>
+        {
+            const RECLAIMS: bool = L::RECLAIMS;
+
+            fn attribute(&mut self, owner: $crate::region::Attribution) {
+                self.inner.attribute(owner);
+            }
+
+            fn rewind(&mut self) {
+                self.inner.rewind();
+            }
+        }
+    };
+}
+pub(crate) use attributed_as_inner;
+static_assertions::assert_impl_all!(
+    crate::layers::Guard<Mmap>: Attributed);
+static_assertions::assert_impl_all!(crate::layers::Fill<Mmap, 0>: Attributed);
+static_assertions::assert_impl_all!(crate::layers::Align<Mmap, 64>: Attributed);
+
 /// A region: a layer stack that [`enter`] makes the destination of this thread's
 /// allocations for the length of a closure.
 ///
