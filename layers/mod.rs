@@ -18,16 +18,16 @@ pub use debug::{
     Quarantine, Released, Stats,
 };
 pub use shaping::{Align, Fill};
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 pub use sources::Mmap;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use sources::Sbrk;
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 pub(crate) use sources::SlabRange;
 #[cfg(feature = "std")]
 pub(crate) use sources::overlap;
 pub use sources::{AdoptError, AdoptRefusal, Adopted, AdoptedMemory, Buffer, Origin};
 #[cfg(feature = "std")]
 pub use sources::{Ground, Pipe, System};
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 pub use sources::{Reserve, ReserveRange, SharedRange};

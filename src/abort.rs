@@ -92,7 +92,8 @@ pub(crate) mod call {
     pub(crate) const WINDOW: u8 = 4;
     pub(crate) const DEINIT: u8 = 5;
     pub(crate) const LEAK_REPORT: u8 = 6;
-    #[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))] // (the thread heaps')
+    // (The thread heaps'.)
+    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
     pub(crate) const USABLE_SIZE: u8 = 7;
     pub(crate) const RESIZE: u8 = 8;
     pub(crate) const REWIND: u8 = 9;

@@ -111,12 +111,14 @@
 //!
 //! # Platforms
 //!
-//! Linux runs every test. macOS and Windows type-check for each feature set in CI. Off
-//! Linux, `Sbrk` and the malloc replacement are absent, and the blob heap's lock is a spin
-//! lock that cannot see a dead holder; off Unix (Windows), `Mmap` takes page-aligned zeroed
-//! blocks from the system allocator, the region page map's leaves come from there too, and
-//! `Reserve`, `ThreadHeaps` and the `General` preset are absent (they need `mmap` with
-//! reserved address space, POSIX thread keys and fork handlers).
+//! Linux runs every test; Windows runs the tests that need no Unix call (under Wine in CI);
+//! macOS and Windows type-check for each feature set in CI. Off Linux, `Sbrk` and the
+//! malloc replacement are absent, and the blob heap's lock is a spin lock that cannot see a
+//! dead holder. On Windows the OS calls are `VirtualAlloc` (maps, and reserved address space
+//! committed as it is used), the tick count and fiber-local slots (a thread's heap handed
+//! back at exit); on targets that are neither Unix nor Windows, `Mmap` and the region page
+//! map take page-aligned zeroed blocks from the system allocator, and `Reserve`,
+//! `ThreadHeaps` and the `General` preset are absent.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 // allocator-api2's `nightly` feature (this crate's `nightly`, or another crate's) makes its
@@ -145,13 +147,15 @@ pub mod layer;
 mod locked;
 #[cfg(feature = "std")]
 pub mod managed;
+#[cfg(all(feature = "os", any(unix, windows)))]
+mod os;
 pub mod presets;
 #[cfg(feature = "std")]
 pub mod region;
 mod spin;
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 mod thread_heaps;
 
 // The layers live in a top-level `layers/` folder, one file each, so that the crate's
@@ -175,7 +179,7 @@ pub use locked::{LockGuard, Locked};
 pub use region::Router;
 #[cfg(feature = "std")]
 pub use region::{Region, check_leaks};
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 pub use thread_heaps::{HeapSummary, LiveBlocks, ThreadHeaps};
 
 /// The README's examples, compiled and run as doc tests (`cargo test --doc`), every ```rust

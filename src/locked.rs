@@ -163,15 +163,14 @@ impl Parked {
 // ---- locking and access to the stack -----------------------------------------------------
 
 /// A number naming the calling thread among the live ones, never 0; 0 without the `os`
-/// feature on Unix or `std` elsewhere, where re-entry goes undetected.
+/// feature on Unix and Windows or `std` elsewhere, where re-entry goes undetected.
 #[inline(always)]
 fn this_thread() -> usize {
-    #[cfg(all(feature = "os", unix))]
+    #[cfg(all(feature = "os", any(unix, windows)))]
     {
-        // SAFETY: `pthread_self` takes nothing and cannot fail.
-        (unsafe { libc::pthread_self() }) as usize
+        crate::os::thread_id()
     }
-    #[cfg(all(feature = "std", not(unix)))]
+    #[cfg(all(feature = "std", not(any(unix, windows))))]
     {
         // The address of a thread-local byte: distinct among live threads. No destructor
         // and a const initialiser, so reading it never allocates.
@@ -180,7 +179,10 @@ fn this_thread() -> usize {
         }
         MARK.with(|mark| core::ptr::from_ref(mark).addr())
     }
-    #[cfg(not(any(all(feature = "os", unix), all(feature = "std", not(unix)))))]
+    #[cfg(not(any(
+        all(feature = "os", any(unix, windows)),
+        all(feature = "std", not(any(unix, windows)))
+    )))]
     {
         0
     }

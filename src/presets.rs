@@ -5,12 +5,12 @@
 use static_assertions::assert_impl_all;
 
 use crate::Layer;
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 use crate::layers::Coalesce;
 use crate::layers::{Batch, Buffer, Chunk};
 #[cfg(feature = "std")]
 use crate::layers::{Ground, System};
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 use crate::{
     Gauge,
     layers::{Check, Mmap, Stats},
@@ -24,11 +24,11 @@ use crate::{
 /// 4. `Check` verifies that every chunk comes back exactly once with its layout;
 /// 5. `Stats` counts the chunks, that is, the memory really taken from the OS;
 /// 6. `Mmap` maps the pages.
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 pub type AuditedArena = Stats<Chunk<Batch<Check<Stats<Mmap>>>, 4096>>;
 
 /// Builds an [`AuditedArena`].
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 pub const fn audited_arena() -> AuditedArena {
     Stats::new(Chunk::new(Batch::new(Check::new(Stats::new(Mmap::new())))))
 }
@@ -38,11 +38,11 @@ pub const fn audited_arena() -> AuditedArena {
 ///
 /// 1. `Chunk<_, 65536>` bump-allocates;
 /// 2. `Mmap` maps each chunk (and each block larger than a quarter of one).
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 pub type Arena = Chunk<Mmap, 65536>;
 
 /// Builds an [`Arena`].
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 pub const fn arena() -> Arena {
     Chunk::new(Mmap::new())
 }
@@ -108,20 +108,20 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 /// Each thread heap is a [`Slab`](crate::layers::Slab) over
 /// [`Reserve`](crate::layers::Reserve): 16 KiB slabs of one size class each, from one
 /// reserved range of address space.
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 pub type General = crate::ThreadHeaps<Coalesce<Mmap, { 32 << 20 }>>;
 
 /// Builds a [`General`] allocator.
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 pub const fn general() -> General {
     crate::ThreadHeaps::new(Coalesce::new(Mmap::new()))
 }
 
-#[cfg(all(feature = "os", unix))]
+#[cfg(all(feature = "os", any(unix, windows)))]
 assert_impl_all!(General: core::alloc::GlobalAlloc, Send, Sync, core::fmt::Debug);
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 assert_impl_all!(AuditedArena: Layer, Gauge, Send, core::fmt::Debug);
-#[cfg(any(all(feature = "os", unix), feature = "std"))]
+#[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 assert_impl_all!(Arena: Layer, Send, core::fmt::Debug);
 #[cfg(feature = "std")]
 assert_impl_all!(CheckedSystem: Layer, Gauge, Send, core::fmt::Debug);

@@ -30,12 +30,9 @@ impl Backoff {
     pub(crate) fn pause(&mut self) {
         self.spins = self.spins.wrapping_add(1);
         if self.spins.is_multiple_of(64) {
-            // SAFETY: `sched_yield` takes nothing and only gives up the CPU.
-            #[cfg(all(feature = "os", unix))]
-            unsafe {
-                libc::sched_yield()
-            };
-            #[cfg(all(feature = "std", not(unix)))]
+            #[cfg(all(feature = "os", any(unix, windows)))]
+            crate::os::yield_now();
+            #[cfg(all(feature = "std", not(any(unix, windows))))]
             std::thread::yield_now();
         }
         core::hint::spin_loop();

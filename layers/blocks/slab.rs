@@ -702,7 +702,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// As for [`tag_of`](Slab::tag_of).
-    #[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))]
+    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn slab_and_tag(ptr: NonNull<u8>) -> (SlabRef, *mut u8) {
         // SAFETY: the caller's duty.
@@ -718,7 +718,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// # Safety
     ///
     /// As for `put_unsized`, and `slab` is the slab of `ptr`.
-    #[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))]
+    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn put_in_slab(&mut self, slab: SlabRef, ptr: NonNull<u8>) {
         // SAFETY: the caller's duty.
@@ -728,7 +728,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
 /// A slab found from a block's address (see [`Slab::slab_and_tag`]).
 #[derive(Clone, Copy)]
-#[cfg_attr(not(all(feature = "os", unix)), allow(dead_code))]
+#[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
 pub(crate) struct SlabRef(*mut SlabHeader);
 
 // ---- aborts and the Layer impl -----------------------------------------------------------

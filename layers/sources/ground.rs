@@ -10,11 +10,11 @@ use crate::region::page_map::{self, PAGE};
 use crate::region::{Attributed, Attribution};
 use crate::spin::SpinLock;
 
-#[cfg(unix)]
-use super::reserve::now_ms;
+#[cfg(any(unix, windows))]
+use crate::os::now_ms;
 
-/// Milliseconds since the first call (off Unix, where `Reserve`'s clock is not built).
-#[cfg(not(unix))]
+/// Milliseconds since the first call (off Unix and Windows, where `os` is not built).
+#[cfg(not(any(unix, windows)))]
 fn now_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = *START.get_or_init(std::time::Instant::now);

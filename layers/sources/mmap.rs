@@ -1,5 +1,6 @@
-//! `Mmap`: pages straight from the OS (anonymous `mmap`s), one map per block; off Unix,
-//! page-aligned zero-filled blocks of the system allocator stand in for the maps.
+//! `Mmap`: pages straight from the OS (anonymous `mmap`s, on Windows `VirtualAlloc`), one
+//! map per block; elsewhere page-aligned zero-filled blocks of the system allocator stand
+//! in for the maps.
 
 use core::alloc::Layout;
 use core::fmt;
@@ -26,24 +27,20 @@ struct Map {
     len: usize,
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 impl Map {
     /// `len` fresh, zero-filled bytes of read-write pages, or `None`.
     fn new(len: usize) -> Option<Map> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        // SAFETY: an anonymous map at an address of the kernel's choosing touches no
-        // existing memory.
-        let base = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
-        (base != libc::MAP_FAILED).then(|| Map {
-            base: base.cast(),
+        crate::os::map(len).map(|base| Map {
+            base: base.as_ptr(),
             len,
         })
     }
 }
 
-/// Off Unix (with `std`): the system allocator's zeroed blocks, page-aligned, stand in.
-#[cfg(not(unix))]
+/// Off Unix and Windows (with `std`): the system allocator's zeroed blocks, page-aligned,
+/// stand in.
+#[cfg(not(any(unix, windows)))]
 impl Map {
     /// The layout a stand-in map of `len` bytes is allocated with.
     fn layout(len: usize) -> Layout {
@@ -76,14 +73,15 @@ impl Map {
 
 impl Drop for Map {
     fn drop(&mut self) {
-        // SAFETY: the map is ours alone, and nothing uses its pages after it is dropped
-        // (every block in it was put, or the layer is being deinitialised).
-        #[cfg(unix)]
+        // SAFETY: the map is ours alone, made by `os::map` with this length, and nothing
+        // uses its pages after it is dropped (every block in it was put, or the layer is
+        // being deinitialised).
+        #[cfg(any(unix, windows))]
         unsafe {
-            libc::munmap(self.base.cast(), self.len)
+            crate::os::unmap(self.base, self.len)
         };
         // SAFETY: as above; the block was allocated in `new` with this layout.
-        #[cfg(not(unix))]
+        #[cfg(not(any(unix, windows)))]
         unsafe {
             std::alloc::GlobalAlloc::dealloc(&std::alloc::System, self.base, Self::layout(self.len))
         };
@@ -141,16 +139,11 @@ impl Mmap {
         static PAGE: AtomicUsize = AtomicUsize::new(0);
         let mut page = PAGE.load(Ordering::Relaxed);
         if page == 0 {
-            // SAFETY: `sysconf` with a valid name only reads system configuration.
-            #[cfg(unix)]
-            let answer = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            #[cfg(not(unix))]
+            #[cfg(any(unix, windows))]
+            let answer = crate::os::page_size();
+            #[cfg(not(any(unix, windows)))]
             let answer = 4096;
-            page = if answer >= 4096 {
-                answer as usize
-            } else {
-                4096
-            };
+            page = answer;
             PAGE.store(page, Ordering::Relaxed);
         }
         page

@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::Layer;
 use crate::layer::require_put;
+use crate::os::{self, now_ms};
 use crate::spin::SpinLock;
 
 /// The unit the range is carved in, and the alignment every block has.
@@ -147,11 +148,12 @@ impl Range {
 
     /// Reserves the range and its side array (`held` is ours, nothing reserved yet).
     fn reserve(&self) {
-        let mut len = FIRST_RESERVE.min(address_space_limit() / 4);
+        let mut len = FIRST_RESERVE.min(os::address_space_limit() / 4);
         while len >= SMALLEST_RESERVE {
             let list_len = (len / GRANULE * size_of::<u32>()).next_multiple_of(4096);
-            if let Some(map) = map_range(len, cfg!(miri)) {
-                if let Some(list) = map_range(list_len, true) {
+            if let Some(map) = os::reserve(len) {
+                let map = map.as_ptr();
+                if let Some(list) = os::map(list_len) {
                     // Align the start to a granule (the map is page-aligned); the few bytes
                     // skipped are never used.
                     let skip = map.addr().wrapping_neg() % GRANULE;
@@ -159,7 +161,7 @@ impl Range {
                     // under `held`, before `base` is published.
                     unsafe {
                         *self.base_ptr.get() = map.add(skip);
-                        *self.clean_list.get() = list.cast();
+                        *self.clean_list.get() = list.as_ptr().cast();
                     }
                     // Under Miri the range is mapped readable and writable whole.
                     let committed = if cfg!(miri) { len - skip } else { 0 };
@@ -169,8 +171,8 @@ impl Range {
                     self.len.store(len - skip, Ordering::Release);
                     return;
                 }
-                // SAFETY: the map was made just above and nothing uses it.
-                unsafe { libc::munmap(map.cast(), len) };
+                // SAFETY: the range was reserved just above and nothing uses it.
+                unsafe { os::unmap(map, len) };
             }
             len /= 2;
         }
@@ -205,8 +207,8 @@ impl Range {
         // SAFETY: the range and its side array were mapped by `reserve`, and the test that
         // calls this uses neither again.
         unsafe {
-            libc::munmap(*self.base_ptr.get() as *mut libc::c_void, len);
-            libc::munmap(*self.clean_list.get() as *mut libc::c_void, list_len);
+            os::unmap(*self.base_ptr.get(), len);
+            os::unmap((*self.clean_list.get()).cast(), list_len);
         }
     }
 
@@ -220,73 +222,12 @@ impl Range {
         let target = end.next_multiple_of(COMMIT_STEP).min(len);
         // SAFETY: `[committed, target)` lies inside our reservation, page-aligned (the base
         // is granule-aligned and both offsets are multiples of a granule or of the step).
-        let done = unsafe {
-            libc::mprotect(
-                base.add(committed).cast(),
-                target - committed,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        } == 0;
+        let done = unsafe { os::commit(base.add(committed), target - committed) };
         if done {
             self.committed.store(target, Ordering::Relaxed);
         }
         done
     }
-}
-
-// ---- clock, limit and maps from the OS ---------------------------------------------------
-
-/// The monotonic clock in milliseconds (on Linux the coarse one: a read of the vDSO's
-/// clock, no system call); 0 if it cannot be read, which at worst makes one tick early.
-pub(super) fn now_ms() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    #[cfg(all(any(target_os = "linux", target_os = "android"), not(miri)))]
-    let clock = libc::CLOCK_MONOTONIC_COARSE;
-    #[cfg(not(all(any(target_os = "linux", target_os = "android"), not(miri))))]
-    let clock = libc::CLOCK_MONOTONIC;
-    // SAFETY: `clock_gettime` writes the time into the struct we pass.
-    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
-        return 0;
-    }
-    (now.tv_sec as u64)
-        .wrapping_mul(1000)
-        .wrapping_add(now.tv_nsec as u64 / 1_000_000)
-}
-
-/// A quarter of this is the most the range takes of the process's address-space limit.
-fn address_space_limit() -> usize {
-    if cfg!(miri) {
-        return usize::MAX;
-    }
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` writes the limit into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
-        || limit.rlim_cur == libc::RLIM_INFINITY
-    {
-        return usize::MAX;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-}
-
-/// Maps `len` bytes of address space with no memory committed: readable and writable when
-/// `writable`, else with no access (to be opened by `mprotect`).
-fn map_range(len: usize, writable: bool) -> Option<*mut u8> {
-    let flags =
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if cfg!(miri) { 0 } else { libc::MAP_NORESERVE };
-    let prot = if writable {
-        libc::PROT_READ | libc::PROT_WRITE
-    } else {
-        libc::PROT_NONE
-    };
-    // SAFETY: an anonymous map at an address the OS picks touches no existing memory.
-    let map = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, -1, 0) };
-    (map != libc::MAP_FAILED).then_some(map.cast())
 }
 
 // ---- which range: the shared one or the slabs' -------------------------------------------
@@ -337,14 +278,15 @@ impl ReserveRange for SlabRange {}
 /// layers that want aligned pieces and a cheap "is it one of ours" test
 /// ([`contains`](Reserve::contains)).
 ///
-/// The range is reserved on first use, with no access and `MAP_NORESERVE` (64 GiB on 64-bit
-/// targets, at most a quarter of an address-space limit, halved until the OS agrees), and
-/// opened 4 MiB at a time as blocks reach it, so it costs memory only as pages are touched
-/// and counts against a strict overcommit policy only as it is used. Blocks are
-/// granule-aligned. A put pushes the granules on a free stack that later one-granule
+/// The range is reserved on first use, with no access and `MAP_NORESERVE` (on Windows
+/// `MEM_RESERVE`; 64 GiB on 64-bit targets, at most a quarter of an address-space limit,
+/// halved until the OS agrees), and opened (committed) 4 MiB at a time as blocks reach it,
+/// so it costs memory only as pages are touched and counts against a strict overcommit
+/// policy only as it is used. Blocks are granule-aligned. A put pushes the granules on a free stack that later one-granule
 /// requests reuse. Free granules keep their pages (reusing them costs no page faults) until
 /// they have been unused for 20-40 ms, or beyond 32 MiB of them; then the pages go back to
-/// the OS (`MADV_DONTNEED`) and are not touched again until reused. (There is no thread of
+/// the OS (`MADV_DONTNEED`; on Windows `MEM_RESET`, which frees the memory but keeps it in
+/// the commit charge) and are not touched again until reused. (There is no thread of
 /// our own: the clock is read at gets and puts, so a program that stops calling keeps its
 /// last free granules.) A request of more than one granule, or aligned to more than
 /// one, takes fresh granules from the top of the range; when it is put its granules join
@@ -575,21 +517,12 @@ impl<R: ReserveRange> Reserve<R> {
         Self::list_clean(range, (first..first + granules).map(|index| index as u32));
     }
 
-    /// `MADV_DONTNEED` for `granules` granules from index `first`, which this thread owns.
-    #[cfg_attr(miri, allow(unused_variables))]
+    /// Hands the pages of `granules` granules from index `first`, which this thread owns,
+    /// back to the OS (`os::discard`).
     fn drop_pages(base: *mut u8, first: usize, granules: usize) {
-        // (Miri has no `madvise`; there the pages simply keep their bytes.)
-        #[cfg(not(miri))]
-        // SAFETY: the granules are in the range and ours (the caller's duty): their pages
-        // are ours to drop. Failure is harmless: the pages keep their bytes, which nothing
-        // relies on.
-        unsafe {
-            libc::madvise(
-                Self::at(base, first * GRANULE).as_ptr().cast(),
-                granules * GRANULE,
-                libc::MADV_DONTNEED,
-            );
-        }
+        // SAFETY: the granules are in the committed range and ours (the caller's duty):
+        // their pages are ours to drop, and nothing relies on their bytes.
+        unsafe { os::discard(Self::at(base, first * GRANULE).as_ptr(), granules * GRANULE) }
     }
 
     /// Appends granule indices to the clean list, under `held` (which is not ours yet).
@@ -737,17 +670,24 @@ mod tests {
         Err(_) => panic!("one granule"),
     };
 
-    /// Whether the page at `ptr` is in memory; `None` under Miri, which has no `mincore`.
+    /// Whether the page at `ptr` is in memory; `None` under Miri, which has no `mincore`,
+    /// and off Unix.
+    #[cfg_attr(not(unix), allow(unused_variables))]
     fn resident(ptr: NonNull<u8>) -> Option<bool> {
         if cfg!(miri) {
             return None;
         }
-        let mut vec = 0u8;
-        // SAFETY: `ptr` is page-aligned (a granule) and mapped; `mincore` writes one byte
-        // per page of the one-page range.
-        let done = unsafe { libc::mincore(ptr.as_ptr().cast(), 4096, &mut vec) };
-        assert_eq!(done, 0, "mincore");
-        Some(vec & 1 == 1)
+        #[cfg(unix)]
+        {
+            let mut vec = 0u8;
+            // SAFETY: `ptr` is page-aligned (a granule) and mapped; `mincore` writes one
+            // byte per page of the one-page range.
+            let done = unsafe { libc::mincore(ptr.as_ptr().cast(), 4096, &mut vec) };
+            assert_eq!(done, 0, "mincore");
+            Some(vec & 1 == 1)
+        }
+        #[cfg(not(unix))]
+        None
     }
 
     /// Free granules keep their pages through the tick after their put, and give them back

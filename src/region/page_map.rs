@@ -174,20 +174,9 @@ fn leaf(root: usize) -> Option<LeafPtr> {
 /// A zero-filled leaf (no page claimed, every entry two null `AtomicPtr`s) straight from
 /// the OS: only the pages a lookup or claim touches cost memory. `None` when the OS
 /// refuses.
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 fn new_leaf() -> Option<*mut Leaf> {
-    // SAFETY: an anonymous private map of a leaf's size; the result is checked.
-    let fresh = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            size_of::<Leaf>(),
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    (fresh != libc::MAP_FAILED).then_some(fresh.cast())
+    crate::os::map(size_of::<Leaf>()).map(|fresh| fresh.as_ptr().cast())
 }
 
 /// Gives back a leaf that was never installed.
@@ -195,15 +184,15 @@ fn new_leaf() -> Option<*mut Leaf> {
 /// # Safety
 ///
 /// `leaf` came from [`new_leaf`] and nothing else uses it.
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 unsafe fn free_leaf(leaf: *mut Leaf) {
     // SAFETY: the caller's promise: our own map of a leaf's size.
-    unsafe { libc::munmap(leaf.cast(), size_of::<Leaf>()) };
+    unsafe { crate::os::unmap(leaf.cast(), size_of::<Leaf>()) };
 }
 
-/// Off Unix: a zeroed block of the system allocator (which maps a block this large from the
+/// Elsewhere: a zeroed block of the system allocator (which maps a block this large from the
 /// OS on demand, as `mmap` does).
-#[cfg(not(unix))]
+#[cfg(not(any(unix, windows)))]
 fn new_leaf() -> Option<*mut Leaf> {
     use std::alloc::GlobalAlloc;
     // SAFETY: a leaf's layout has a non-zero size.
@@ -216,7 +205,7 @@ fn new_leaf() -> Option<*mut Leaf> {
 /// # Safety
 ///
 /// `leaf` came from [`new_leaf`] and nothing else uses it.
-#[cfg(not(unix))]
+#[cfg(not(any(unix, windows)))]
 unsafe fn free_leaf(leaf: *mut Leaf) {
     use std::alloc::GlobalAlloc;
     // SAFETY: the caller's promise: allocated in `new_leaf` with this layout.

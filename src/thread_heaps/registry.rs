@@ -1,7 +1,8 @@
 //! The thread heaps and their registries: everything of a [`ThreadHeaps`](super::ThreadHeaps)
 //! that must outlive the instance (which may move, or be dropped while threads still hold
 //! its heaps), and the process-wide `fork` handlers. Entry points: [`Registry::claim`],
-//! [`Registry::attach`], `thread_exit` (a pthread key's destructor) and the fork handlers.
+//! [`Registry::attach`], `thread_exit` (a thread key's destructor) and, on Unix, the fork
+//! handlers.
 //!
 //! Invariants:
 //! - a registry lives for the process, in a granule of the slab reserve that is never
@@ -38,7 +39,10 @@ use super::thread_pointer::{CURRENT, EXITED};
 use super::{HeapSlab, SLAB_BYTES, SlabSource};
 use crate::Layer;
 use crate::layers::Slab;
-use crate::spin::{Backoff, SpinLock};
+use crate::os::ThreadKey;
+#[cfg(unix)]
+use crate::spin::Backoff;
+use crate::spin::SpinLock;
 
 // ---- heaps -------------------------------------------------------------------------------
 
@@ -177,9 +181,9 @@ pub(super) struct Registry {
     /// The lock covers the heaps' `pool_next` and `abandoned` too, and their slabs while
     /// they are pooled.
     pool: SpinLock<*mut ThreadHeap>,
-    /// The pthread key whose destructor hands a heap back, plus one; 0 for none (the
-    /// fallback), in which case the registry has no heaps.
-    key: usize,
+    /// The thread key whose destructor hands a heap back; none for the fallback, which
+    /// has no heaps.
+    key: Option<ThreadKey>,
     /// Whether an instance uses the registry.
     claimed: AtomicBool,
     /// The next registry on `REGISTRIES` (set before the registry is published there).
@@ -206,7 +210,7 @@ static FALLBACK: Registry = Registry {
     large: SpinLock::new(()),
     all: AtomicPtr::new(ptr::null_mut()),
     pool: SpinLock::new(ptr::null_mut()),
-    key: 0,
+    key: None,
     claimed: AtomicBool::new(true),
     next: ptr::null(),
 };
@@ -236,14 +240,11 @@ impl Registry {
     fn make() -> Option<&'static Registry> {
         let layout = Layout::new::<Registry>();
         let memory = SlabSource::handle().get(layout)?;
-        let mut key: libc::pthread_key_t = 0;
-        // SAFETY: `key` is a valid place for the key; the destructor is an `extern "C"`
-        // function that takes the values stored under it (heaps).
-        if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
+        let Some(key) = ThreadKey::new(thread_exit) else {
             // SAFETY: the block was got just above with `layout`, and is unused.
             unsafe { SlabSource::handle().put(memory, layout) };
             return None;
-        }
+        };
         let registry = memory.as_ptr().cast::<Registry>();
         let pushing = PUSHING.lock();
         // SAFETY: a fresh block that fits a `Registry`, not yet published: ours alone.
@@ -252,7 +253,7 @@ impl Registry {
                 large: SpinLock::new(()),
                 all: AtomicPtr::new(ptr::null_mut()),
                 pool: SpinLock::new(ptr::null_mut()),
-                key: key as usize + 1,
+                key: Some(key),
                 claimed: AtomicBool::new(true),
                 next: REGISTRIES.load(Ordering::Relaxed),
             });
@@ -317,20 +318,16 @@ impl Registry {
 
     // ---- attaching and handing back a thread's heap --------------------------------------
 
-    /// The pthread key, if the registry has one.
-    fn key(&self) -> Option<libc::pthread_key_t> {
-        (self.key != 0).then(|| (self.key - 1) as libc::pthread_key_t)
-    }
-
     /// This thread's heap, type-erased: null before the thread's first small allocation,
     /// `EXITED` after its heap was handed back; `None` while the thread-local is being
     /// destroyed. The heap may belong to another registry.
     ///
-    /// Without std it is this registry's pthread key, whose value the thread's heap is
-    /// anyway. There a thread keeps a heap per registry, and at thread exit glibc clears a
+    /// Without std it is this registry's thread key, whose value the thread's heap is
+    /// anyway. There a thread keeps a heap per registry. At thread exit glibc clears a
     /// key before calling its destructor, so allocations from destructors that run later
     /// get a heap (pooled again by the key's next round of destructors) instead of going
     /// to `Large`; one made after the last round (glibc makes four) is never pooled.
+    /// Windows calls a key's destructor once, and `thread_exit` leaves `EXITED` in the key.
     #[inline]
     pub(super) fn current(&self) -> Option<*mut u8> {
         #[cfg(feature = "std")]
@@ -339,11 +336,7 @@ impl Registry {
         }
         #[cfg(not(feature = "std"))]
         {
-            match self.key() {
-                None => Some(ptr::null_mut()),
-                // SAFETY: a key we made; reading a key's value has no other effect.
-                Some(key) => Some(unsafe { libc::pthread_getspecific(key) }.cast()),
-            }
+            Some(self.key.map_or(ptr::null_mut(), ThreadKey::get))
         }
     }
 
@@ -351,7 +344,7 @@ impl Registry {
     /// when the registry has no key or no heap can be made.
     #[cold]
     pub(super) fn attach(&'static self) -> Option<&'static ThreadHeap> {
-        let key = self.key()?;
+        let key = self.key?;
         let mut pool = self.pool.lock();
         let adopted = *pool;
         if !adopted.is_null() {
@@ -372,8 +365,7 @@ impl Registry {
         CURRENT.try_with(|c| c.set(heap.cast())).ok()?;
         // SAFETY: the heap is live, and ours from here on.
         unsafe { (*heap).thread.store(thread_pointer(), Ordering::Relaxed) };
-        // SAFETY: `key` is a key we made; the value is only read back by its destructor.
-        unsafe { libc::pthread_setspecific(key, heap.cast()) };
+        key.set(heap.cast());
         // SAFETY: heaps live for the process; this one is now this thread's.
         Some(unsafe { &*heap })
     }
@@ -426,7 +418,8 @@ impl Registry {
         *pool = ptr::from_ref(heap).cast_mut();
     }
 
-    /// Every registry of the process, the fallback included.
+    /// Every registry of the process, the fallback included (for the fork handlers).
+    #[cfg(unix)]
     fn for_each(mut f: impl FnMut(&'static Registry)) {
         f(&FALLBACK);
         let mut registry = REGISTRIES.load(Ordering::Acquire);
@@ -438,18 +431,43 @@ impl Registry {
     }
 }
 
-/// The pthread keys' destructor: hands the exiting thread's heap back to its registry.
-/// It touches the heap and the registry only, which live for the process.
-extern "C" fn thread_exit(heap: *mut libc::c_void) {
+/// The thread keys' destructor (a pthread key's): hands the exiting thread's heap back to
+/// its registry.
+#[cfg(unix)]
+extern "C" fn thread_exit(heap: *mut core::ffi::c_void) {
+    hand_back(heap.cast());
+}
+
+/// The thread keys' destructor (a fiber-local slot's callback): hands the exiting thread's
+/// heap back to its registry.
+#[cfg(windows)]
+extern "system" fn thread_exit(heap: *const core::ffi::c_void) {
+    hand_back(heap.cast_mut().cast());
+}
+
+/// Hands the heap in an exiting thread's key back to its registry. It touches the heap and
+/// the registry only, which live for the process.
+fn hand_back(heap: *mut ThreadHeap) {
     // SAFETY: the keys' values are heaps (set in `attach`), which live for the process and
     // name their registry, which does too.
-    let heap = unsafe { &*heap.cast::<ThreadHeap>() };
+    let heap = unsafe { &*heap };
     // SAFETY: as above.
     let registry = unsafe { &*heap.registry };
+    // Windows calls a key's destructor once and clears nothing: mark the thread exited in
+    // the key, so that its later allocations (without std, found through the key) go to
+    // `Large`, as with std, and never reach the heap once it is pooled.
+    #[cfg(windows)]
+    if let Some(key) = registry.key {
+        key.set_at_exit(super::thread_pointer::EXITED);
+    }
     registry.abandon(heap);
 }
 
 // ---- fork handling -----------------------------------------------------------------------
+
+/// Off Unix there is no `fork`, so no handlers.
+#[cfg(not(unix))]
+fn register_fork_handlers() {}
 
 /// Registers the fork handlers with `pthread_atfork`, once per process, before the first
 /// registry is claimed (so before any of their locks is taken). Other threads claiming a
@@ -459,6 +477,7 @@ extern "C" fn thread_exit(heap: *mut libc::c_void) {
 /// registering thread needs the C library's fork lock): that takes a fork racing with the
 /// process's very first claim, which for a global allocator comes with its first
 /// allocation, in practice before `main`.
+#[cfg(unix)]
 fn register_fork_handlers() {
     /// 0: not yet; 1: done; else the thread pointer (at least 2) of the thread registering.
     static STATE: AtomicUsize = AtomicUsize::new(0);
@@ -495,6 +514,7 @@ fn register_fork_handlers() {
 /// `Large` lock and pool, then the slab reserve's), so that the child gets none of them
 /// held by a thread that will not exist there. A thread that forks while it holds one of
 /// them itself (inside [`with_large`](super::ThreadHeaps::with_large)) deadlocks.
+#[cfg(unix)]
 extern "C" fn before_fork() {
     // Taken by hand: held across the fork, let go of in `after_fork_parent`/`_child`.
     PUSHING.lock_by_hand();
@@ -508,6 +528,7 @@ extern "C" fn before_fork() {
 }
 
 /// After `fork`, in the parent: gives back what [`before_fork`] took.
+#[cfg(unix)]
 extern "C" fn after_fork_parent() {
     // SAFETY: `before_fork` took the reserve's lock on this thread.
     unsafe { SlabSource::after_fork() };
@@ -530,6 +551,7 @@ extern "C" fn after_fork_parent() {
 /// with `thread` 0 and not `abandoned`, it is neither found through a cache nor adopted;
 /// frees of its blocks go to its remote stack and stay there (the child loses that memory,
 /// never its consistency). Pooled heaps stay adoptable.
+#[cfg(unix)]
 extern "C" fn after_fork_child() {
     // SAFETY: `before_fork` took the reserve's lock on this thread, in the parent.
     unsafe { SlabSource::after_fork() };

@@ -256,8 +256,7 @@ impl HeapSummary {
 
 impl fmt::Display for HeapSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // SAFETY: `getpid` only reads the process id.
-        let pid = unsafe { libc::getpid() };
+        let pid = crate::os::process_id();
         writeln!(f, "stratalloc heap summary (pid {pid})")?;
         writeln!(
             f,

@@ -1,6 +1,6 @@
 //! How a thread finds its heap: the thread pointer (a register read where the platform has
 //! one), which keys the instance's heap cache, and the thread-local that names the thread's
-//! heap (with std; without it, each registry's pthread key does).
+//! heap (with std; without it, each registry's thread key does).
 
 #[cfg(feature = "std")]
 use core::cell::Cell;
@@ -14,7 +14,7 @@ pub(super) const EXITED: *mut u8 = ptr::without_provenance_mut(1);
 std::thread_local! {
     /// This thread's heap (one per thread, whatever registry it belongs to), null before
     /// the first small allocation, `EXITED` after thread exit. Without std there are no
-    /// thread-locals on stable Rust, and each registry's pthread key holds the thread's
+    /// thread-locals on stable Rust, and each registry's thread key holds the thread's
     /// heap instead (see `Registry::current`).
     pub(super) static CURRENT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
 }
@@ -59,10 +59,9 @@ pub(super) fn thread_pointer() -> usize {
         // The address of a thread-local: unique per live thread, if slower to get.
         #[cfg(feature = "std")]
         return CURRENT.try_with(|c| ptr::from_ref(c).addr()).unwrap_or(0);
-        // `pthread_self`, which is unique per live thread too (plus one: Miri numbers the
-        // main thread 0, and 0 means "no thread" here).
+        // The OS's thread id, which is unique per live thread too (and never 0, which
+        // means "no thread" here).
         #[cfg(not(feature = "std"))]
-        // SAFETY: `pthread_self` only reads the calling thread's identifier.
-        return (unsafe { libc::pthread_self() } as usize).wrapping_add(1);
+        return crate::os::thread_id();
     }
 }

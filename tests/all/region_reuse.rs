@@ -6,10 +6,13 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 
-use stratalloc::layers::{Chunk, Ground, Mmap, Stats};
+#[cfg(target_os = "linux")]
+use stratalloc::layers::Mmap;
+use stratalloc::layers::{Chunk, Ground, Stats};
 use stratalloc::{Gauge, Region, region};
 
 /// Requests made between the markers (after as many again to warm up).
+#[cfg(target_os = "linux")]
 const REQUESTS: usize = if cfg!(miri) { 20 } else { 10_000 };
 
 /// A form body of about 4 KB: 120 lines of `key=value,value,value`, keys repeated.
@@ -83,6 +86,7 @@ fn reset_and_give_back_refuse_while_a_block_is_live() {
 /// The scenarios the tracing tests run in a child process (when started by
 /// `memory_calls_during_requests`).
 #[test]
+#[cfg(target_os = "linux")]
 fn child() {
     let Some(scenario) = crate::child_scenario() else {
         return;
@@ -117,6 +121,7 @@ fn child() {
 }
 
 /// The marker the tracer looks for: a system call nothing else in the child makes.
+#[cfg(target_os = "linux")]
 fn mark() {
     // SAFETY: `getppid` has no preconditions.
     unsafe { libc::getppid() };

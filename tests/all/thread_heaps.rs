@@ -338,18 +338,19 @@ fn strings_grown_by_realloc_on_many_threads_keep_every_byte() {
     }
 }
 
-/// Allocations made at thread exit after the thread's heap was handed back (by a pthread
-/// key destructor that runs after the allocator's own, as a C library's would) work, and
-/// leak no heap: with std they go to the large layer, without std the thread takes a
-/// pooled heap again and the key's next round of destructors hands it back. Either way
-/// threads that do this one after another share one heap.
+/// Allocations made at thread exit after the thread's heap was handed back (by a thread
+/// key destructor that runs after the allocator's own, as a C library's would: a pthread
+/// key, or a fiber-local slot on Windows) work, and leak no heap: with std they go to the
+/// large layer; without std, on Unix the thread takes a pooled heap again and the key's
+/// next round of destructors hands it back, on Windows (one round) they go to the large
+/// layer too. Either way threads that do this one after another share one heap.
 #[test]
 fn allocations_after_the_heap_was_handed_back_leak_no_heap() {
     static HEAP: General = general();
-    static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+    static KEY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     static LATE_OK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-    extern "C" fn late(_: *mut libc::c_void) {
+    fn late() {
         let ptr = HEAP.malloc(48);
         if !ptr.is_null() {
             fill(ptr, 48, 0x5a);
@@ -369,14 +370,7 @@ fn allocations_after_the_heap_was_handed_back_leak_no_heap() {
             let first = HEAP.malloc(16);
             // SAFETY: the block just allocated, freed once.
             unsafe { HEAP.free(first) };
-            let key = *KEY.get_or_init(|| {
-                let mut key = 0;
-                // SAFETY: a valid place for the key, and an `extern "C"` destructor.
-                assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(late)) }, 0);
-                key
-            });
-            // SAFETY: a key made above; any non-null value makes its destructor run.
-            unsafe { libc::pthread_setspecific(key, std::ptr::dangling_mut::<u8>().cast()) };
+            exit_key::arm(*KEY.get_or_init(|| exit_key::make(late)));
         })
         .join()
         .unwrap();
@@ -388,6 +382,62 @@ fn allocations_after_the_heap_was_handed_back_leak_no_heap() {
     );
     assert_eq!(HEAP.heaps(), 1, "the threads shared one heap");
     assert_eq!(HEAP.pooled_heaps(), 1, "the heap is back in the pool");
+}
+
+/// A thread key of the test's own whose destructor calls one function at thread exit.
+mod exit_key {
+    use std::sync::OnceLock;
+
+    static HOOK: OnceLock<fn()> = OnceLock::new();
+
+    #[cfg(unix)]
+    extern "C" fn destructor(_: *mut libc::c_void) {
+        HOOK.get().expect("a hook")();
+    }
+
+    #[cfg(windows)]
+    extern "system" fn destructor(_: *const core::ffi::c_void) {
+        HOOK.get().expect("a hook")();
+    }
+
+    /// A key whose destructor calls `hook` (once per process).
+    pub fn make(hook: fn()) -> usize {
+        HOOK.set(hook).expect("one key per process");
+        #[cfg(unix)]
+        {
+            let mut key = 0;
+            // SAFETY: a valid place for the key, and an `extern "C"` destructor.
+            assert_eq!(
+                unsafe { libc::pthread_key_create(&mut key, Some(destructor)) },
+                0
+            );
+            key as usize
+        }
+        #[cfg(windows)]
+        {
+            use windows_sys::Win32::System::Threading::{FLS_OUT_OF_INDEXES, FlsAlloc};
+            // SAFETY: a callback with the ABI Windows calls it with.
+            let index = unsafe { FlsAlloc(Some(destructor)) };
+            assert_ne!(index, FLS_OUT_OF_INDEXES);
+            index as usize
+        }
+    }
+
+    /// Gives the calling thread a non-null value under `key`, so that its destructor runs
+    /// when the thread exits.
+    pub fn arm(key: usize) {
+        let value = std::ptr::dangling_mut::<u8>().cast();
+        #[cfg(unix)]
+        // SAFETY: a key made by `make`; the value is only handed to the destructor.
+        unsafe {
+            libc::pthread_setspecific(key as libc::pthread_key_t, value)
+        };
+        #[cfg(windows)]
+        // SAFETY: as above.
+        unsafe {
+            windows_sys::Win32::System::Threading::FlsSetValue(key as u32, value)
+        };
+    }
 }
 
 /// Threads allocate and exit; another thread frees their blocks afterwards, into heaps
@@ -678,6 +728,7 @@ fn rebox(heap: Box<General>) -> Box<General> {
 }
 
 /// Waits up to 30 s for the forked child `pid` to exit with status 0; kills it if not.
+#[cfg(unix)]
 fn wait_for_forked(pid: libc::pid_t) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -706,6 +757,7 @@ fn wait_for_forked(pid: libc::pid_t) {
 
 /// Forks; the child allocates and frees a small and a large block of `heap`, touching
 /// nothing else (a child of a multi-threaded process), and exits with 0 when both came.
+#[cfg(unix)]
 fn fork_and_allocate(heap: &'static General) -> libc::pid_t {
     // SAFETY: the child calls only the allocator under test (which allocates nothing
     // through the global allocator) and `_exit`.
@@ -729,6 +781,7 @@ fn fork_and_allocate(heap: &'static General) -> libc::pid_t {
 /// fork handlers take every lock of the thread heaps first), so the child finds it free.
 /// (Without handlers the child spun forever on the copy of the held lock.)
 #[test]
+#[cfg(unix)]
 #[cfg_attr(miri, ignore = "Miri cannot fork")]
 fn a_fork_while_another_thread_holds_the_large_layer_leaves_the_child_working() {
     static HEAP: General = general();
@@ -751,6 +804,7 @@ fn a_fork_while_another_thread_holds_the_large_layer_leaves_the_child_working() 
 /// Forks while other threads allocate and free small and large blocks as fast as they
 /// can: every child must be able to allocate.
 #[test]
+#[cfg(unix)]
 #[cfg_attr(miri, ignore = "Miri cannot fork")]
 fn forks_while_threads_allocate_leave_every_child_working() {
     static HEAP: General = general();
