@@ -921,8 +921,9 @@ mod tests {
     fn slabs_fill_empty_and_go_back() {
         // A buddy heap of 64 KiB blocks up to 2^TOP bytes: slabs given back are reused.
         // (`Box::new_uninit_slice`, not `vec![uninit; n]`, which Miri fills byte by byte.)
+        // (Three arenas' worth of buffer, so that one aligned arena fits wherever it lands.)
         const TOP: u32 = if cfg!(miri) { 22 } else { 24 };
-        let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(2 << TOP);
+        let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(3 << TOP);
         let mut heap: Slab<Stats<Buddy<Buffer<'_>, 16, TOP>>> =
             Slab::new(Stats::new(Buddy::new(Buffer::new(&mut memory))));
         let sizes = [24usize, 100, 1000, 8000];
@@ -999,7 +1000,10 @@ mod tests {
     /// to empty at once, and it must still be retired.
     #[test]
     fn one_block_slabs_are_retired() {
-        let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(2 << 22);
+        // Three arenas' worth: a 4 MiB-aligned arena and its bookkeeping after it fit
+        // wherever the box starts (in two, a box starting just past a 4 MiB boundary left
+        // no room for one, and the first `get` failed).
+        let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(3 << 22);
         let mut heap: Slab<Buddy<Buffer<'_>, 14, 22>, 16384> =
             Slab::new(Buddy::new(Buffer::new(&mut memory)));
         let layout = Layout::from_size_align(SLAB_LIMIT, 16).unwrap();
