@@ -46,6 +46,7 @@ class MemStat:
 
 class Memory(Buffer):
     offset: int
+    generation: int
     size: int
     block_size: int
     freed: bool

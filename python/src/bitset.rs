@@ -3,14 +3,19 @@
 //! attach to it; the handle keeps the buffer pinned (see `pin.rs`).
 //!
 //! A [`Bitmap`] is made for each call (an O(1) header check) and dropped before the call
-//! returns: handles over the same memory never hold `&mut` borrows of it at the same time,
-//! since each call runs start to end with the GIL held and calls no Python code meanwhile.
-//! Like the seed's, the set has no lock: processes that share one coordinate themselves.
+//! returns: in this process, handles over the same memory never hold `&mut` borrows of it
+//! at the same time, since each call runs start to end with the GIL held and calls no
+//! Python code meanwhile. Like the seed's, the set has no lock: processes that share one
+//! must coordinate themselves; one that writes the words while this process is in a call
+//! races with it (the bits it reads or writes may be lost or torn, as in the seed), but
+//! cannot make the call touch memory outside the pinned buffer: the bit count is read once
+//! per call, checked to fit the buffer, and every index is checked against it.
 
 use std::sync::Mutex;
 
 use core::ptr::NonNull;
 
+use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use stratalloc::{Bitmap, BitmapError};
 
@@ -53,23 +58,35 @@ impl BitSet {
             .ok_or_else(|| BitSetError::new_err("this BitSet handle was detached or destroyed"))?;
         // SAFETY: the buffer is pinned while `state` holds it (and `state` is locked), it
         // starts on an 8-byte boundary (checked when pinned) and holds `len / 8` whole
-        // words; the `Bitmap` lives only for this call, during which no other handle
-        // touches the memory (see the module's notes).
+        // words; the `Bitmap` lives only for this call, during which no other handle of
+        // this process touches the memory (another process's writes race with it: see the
+        // module's notes).
         let mut set = unsafe { Bitmap::attach_raw(pin.base().cast::<u64>(), pin.len() / 8) }
             .map_err(bitset_err)?;
         f(&mut set).map_err(bitset_err)
     }
 
-    /// A Python index as a bit index, refusing negative ones as out of range.
-    fn index(&self, idx: isize) -> PyResult<usize> {
-        usize::try_from(idx).map_err(|_| {
+    /// A Python int as a bit index, refusing negative and huge ones as out of range (a
+    /// BitIndexError, as for any index past the end); anything but an int is a TypeError.
+    fn index(&self, idx: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let out_of_range = || {
             let bits = self
                 .with_set(|set| Ok(set.num_bits()))
                 .map_or_else(|_| "?".to_owned(), |n| n.to_string());
             BitIndexError::new_err(format!(
                 "bit index {idx} is out of range for a bitmap of {bits} bits"
             ))
-        })
+        };
+        match idx.extract::<usize>() {
+            Ok(index) => Ok(index),
+            Err(error)
+                if error.is_instance_of::<PyOverflowError>(idx.py())
+                    || idx.extract::<i128>().is_ok() =>
+            {
+                Err(out_of_range())
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -151,26 +168,26 @@ impl BitSet {
     }
 
     /// The bit at `idx`: 0 or 1. Raises BitIndexError out of range.
-    fn get_bit(&self, idx: isize) -> PyResult<u8> {
+    fn get_bit(&self, idx: &Bound<'_, PyAny>) -> PyResult<u8> {
         let idx = self.index(idx)?;
         self.with_set(|set| set.get(idx).map(u8::from))
     }
 
     /// Sets the bit at `idx` to 1.
-    fn set_bit(&self, idx: isize) -> PyResult<()> {
+    fn set_bit(&self, idx: &Bound<'_, PyAny>) -> PyResult<()> {
         let idx = self.index(idx)?;
         self.with_set(|set| set.set(idx).map(drop))
     }
 
     /// Sets the bit at `idx` to 0.
-    fn reset_bit(&self, idx: isize) -> PyResult<()> {
+    fn reset_bit(&self, idx: &Bound<'_, PyAny>) -> PyResult<()> {
         let idx = self.index(idx)?;
         self.with_set(|set| set.reset(idx).map(drop))
     }
 
     /// The number of 0 bits directly right of (after) `idx`, up to the next 1 bit or the
     /// end of the set; the bit at `idx` is not counted.
-    fn right_zeroes(&self, idx: isize) -> PyResult<usize> {
+    fn right_zeroes(&self, idx: &Bound<'_, PyAny>) -> PyResult<usize> {
         let idx = self.index(idx)?;
         self.with_set(|set| set.zeroes_to_right(idx))
     }

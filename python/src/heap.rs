@@ -21,27 +21,28 @@
 //! - A `Heap` handle owns a [`Handle`]: the crate's handle and the [`Pinned`] buffer export
 //!   that keeps its memory in place. `detach`, `destroy`, or the handle's garbage
 //!   collection drop it (the crate's handle first, then the export).
-//! - A `Memory` holds a reference to its `Heap` and checks, under the handle's state lock,
-//!   that the handle is attached and the block not freed before every access, so it never
-//!   reads memory that was unpinned (it raises `InvalidMemoryError` instead).
+//! - A `Memory` is one allocation of a block: its offset and its *generation* (see the
+//!   crate's `blob_heap` docs, "Stamps"), which every handle of the heap, in every
+//!   process, sees change when the block is freed. Before every access it checks, under
+//!   its handle's state lock, that the handle is attached (so the memory is mapped), and
+//!   pins the block for the access (so no handle anywhere frees it meanwhile; a pin of a
+//!   freed generation fails): a `Memory` whose block was freed, by any handle of any
+//!   process, raises `InvalidMemoryError` instead of touching it.
 //! - A buffer exported from a `Memory` (a `memoryview` over it) is a raw pointer that
-//!   cannot be revoked: while one is alive, `free` of its block and `detach` / `destroy`
-//!   of its handle raise `BusyError`.
-//! - Every `Memory` object of one block in this process (from `malloc` and `block`) shares
-//!   one [`BlockState`], found through a registry keyed by the block's address: freeing
-//!   through any of them marks all of them freed. A block freed by another process is
-//!   not seen until this process allocates the same block again (then the old objects are
-//!   marked freed); until then they read and write heap memory that stays mapped.
+//!   cannot be revoked: it holds a pin on the block while it lives, so `free` of the block
+//!   through any handle, in any process or mapping, raises `BusyError`; and the handle
+//!   counts it, so `detach` / `destroy` of the handle raise `BusyError` too.
+//! - `free` takes the allocation, not the place: it frees the block only if its generation
+//!   is the object's, so a stale object never frees the block's next allocation.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use core::ffi::c_int;
 use core::ptr::NonNull;
 
-use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PySlice};
@@ -49,8 +50,8 @@ use stratalloc::blob_heap::{BlobBlock, BlobError, BlobGeometry, BlobHeap, LOWEST
 
 use crate::pin::Pinned;
 use crate::{
-    BufferUnusableError, BusyError, DetachedError, InvalidMemoryError, NotAHeapError, heap_err,
-    lock,
+    BufferUnusableError, BusyError, DetachedError, InvalidMemoryError, NotAHeapError,
+    StillAttachedError, heap_err, lock,
 };
 
 /// The cap on where a heap's start is aligned (see "Where the heap lies in the buffer").
@@ -140,75 +141,6 @@ struct State {
     exports: usize,
 }
 
-/// The state of one block as this process's memory objects see it (shared by all of them,
-/// see "Lifetimes").
-struct BlockState {
-    freed: AtomicBool,
-    /// Buffers exported over the block and not yet released.
-    exports: AtomicUsize,
-}
-
-/// Block address -> the state its memory objects share. Entries go when the block is freed
-/// here or its last memory object is collected.
-static BLOCKS: Mutex<BTreeMap<usize, Weak<BlockState>>> = Mutex::new(BTreeMap::new());
-
-/// Frees made through this process's handles, counted under the lock of [`BLOCKS`]: a
-/// `block(offset)` that found the block live compares the count before and after, so that
-/// a free by another thread in between is not missed.
-static FREES: AtomicU64 = AtomicU64::new(0);
-
-/// The shared state for the block at `address`, made fresh (`fresh`: the block was just
-/// allocated, so objects left over from an earlier life of it are marked freed) or joined.
-/// With `seen_frees` (the count of [`FREES`] before the block was found live), `None` when
-/// a free happened since: the block may no longer be live.
-fn block_state(address: usize, fresh: bool, seen_frees: Option<u64>) -> Option<Arc<BlockState>> {
-    let mut blocks = lock(&BLOCKS);
-    if seen_frees.is_some_and(|seen| FREES.load(Ordering::Relaxed) != seen) {
-        return None;
-    }
-    if let Some(old) = blocks.get(&address).and_then(Weak::upgrade) {
-        if !fresh {
-            return Some(old);
-        }
-        old.freed.store(true, Ordering::Relaxed);
-    }
-    let state = Arc::new(BlockState {
-        freed: AtomicBool::new(false),
-        exports: AtomicUsize::new(0),
-    });
-    blocks.insert(address, Arc::downgrade(&state));
-    Some(state)
-}
-
-/// Records that the block at `address`, whose memory objects share `state` (marked freed
-/// already), was freed: its entry goes, and the free is counted (see [`FREES`]). An entry
-/// of another state is a new life of the block (another thread allocated it since) and
-/// stays.
-fn freed_block(address: usize, state: &Arc<BlockState>) {
-    let mut blocks = lock(&BLOCKS);
-    FREES.fetch_add(1, Ordering::Relaxed);
-    remove_own(&mut blocks, address, state);
-}
-
-/// Forgets `state`'s registry entry at `address`, if it is still `state`'s.
-fn forget_block(address: usize, state: &Arc<BlockState>) {
-    remove_own(&mut lock(&BLOCKS), address, state);
-}
-
-/// Removes the entry at `address` if it is `state`'s.
-fn remove_own(
-    blocks: &mut BTreeMap<usize, Weak<BlockState>>,
-    address: usize,
-    state: &Arc<BlockState>,
-) {
-    if blocks
-        .get(&address)
-        .is_some_and(|weak| weak.as_ptr() == Arc::as_ptr(state))
-    {
-        blocks.remove(&address);
-    }
-}
-
 // ---- Heap ----------------------------------------------------------------------------------
 
 /// A handle on a buddy heap that lives inside a writable buffer (`bytearray`, `mmap.mmap`,
@@ -260,31 +192,26 @@ impl Heap {
         })
     }
 
-    /// A memory object over `block`; `None` when `seen_frees` is given and a free happened
-    /// since (see [`block_state`]).
+    /// A memory object of `len` bytes over `block` (this allocation of it).
     fn memory(
         slf: &Bound<'_, Heap>,
+        handle: &Handle,
         block: BlobBlock,
         len: usize,
-        fresh: bool,
-        seen_frees: Option<u64>,
-    ) -> PyResult<Option<Py<Memory>>> {
-        let ptr = block.as_ptr().cast::<u8>();
-        let Some(state) = block_state(ptr.as_ptr().addr(), fresh, seen_frees) else {
-            return Ok(None);
-        };
+    ) -> PyResult<Py<Memory>> {
         Py::new(
             slf.py(),
             Memory {
                 heap: slf.clone().unbind(),
+                heap_id: handle.heap.id(),
                 offset: block.offset,
+                generation: block.generation,
                 len,
                 block_size: block.size,
-                ptr: BlockPtr(ptr),
-                block: state,
+                ptr: BlockPtr(block.as_ptr().cast::<u8>()),
+                freed_here: AtomicBool::new(false),
             },
         )
-        .map(Some)
     }
 }
 
@@ -340,12 +267,29 @@ impl Heap {
                 from + len
             )));
         }
+        // A heap with handles (of another process: this one's are refused above) anywhere
+        // `attach` would look for one: `init` would reset it under them.
+        let first = from.next_multiple_of(64) - from;
+        for at in (first..len.min(PAGE)).step_by(64) {
+            // SAFETY: `at < len`: the header read lies in the pinned buffer, or is refused
+            // as too short by `attached_handles`.
+            let handles = unsafe { BlobHeap::attached_handles(base.add(at), len - at) };
+            if let Some(handles) = handles.filter(|&n| n > 0) {
+                return Err(StillAttachedError::new_err(format!(
+                    "mem_addr holds a heap (its header {at} bytes in) with {handles} handle(s) \
+                     attached, in other processes: Heap.init would reset it under them; \
+                     detach or destroy them first (a handle of a process that died stays \
+                     counted: to reuse such memory, zero it first)"
+                )));
+            }
+        }
         // SAFETY: the bytes before the start are the buffer's, pinned and writable; zeroing
         // them means `attach` cannot find an older heap's header there (see the module).
         unsafe { base.as_ptr().write_bytes(0, skip) };
         // SAFETY: `start..start + len - skip` lies in the pinned, writable buffer, which
-        // stays in place until the `Handle` drops the export, after the crate's handle;
-        // `init` makes a new heap, so no other handle uses this memory yet.
+        // stays in place until the `Handle` drops the export, after the crate's handle; no
+        // handle of this process uses it (checked above), nor, as far as the header says,
+        // one of another (a process attaching while this runs is not seen).
         let heap = unsafe { BlobHeap::init_raw(start, len - skip, g) }.map_err(heap_err)?;
         let attached = Attached::new(start, len - skip);
         Ok(Heap::new(
@@ -498,77 +442,57 @@ impl Heap {
             }
         }
         .map_err(heap_err)?;
-        let memory = Heap::memory(slf, block.0, size, true, None)?;
-        Ok(memory.expect("made without a count of frees to compare"))
+        Heap::memory(slf, &handle, block.0, size)
     }
 
-    /// Frees the block `mem_obj` is over (a memory object from `malloc` or `block` of this
-    /// handle, or of another handle over the same memory in this process). The object, and
-    /// every other object over the block in this process, cannot be used afterwards.
-    /// Raises RecoveryNeededError when the heap needs recover() first (the block stays
-    /// live), BusyError while a buffer over the block is exported.
+    /// Frees the block `mem_obj` is over (a memory object from `malloc` or `block` of any
+    /// handle on this heap, in this process), if it is still that allocation. The object,
+    /// and every other object over that allocation in any process, cannot be used
+    /// afterwards. Raises InvalidMemoryError when the block was freed already (through any
+    /// handle) or the object is of another heap, BusyError while the block is pinned (a
+    /// memoryview of it is alive, in this process or another), RecoveryNeededError when
+    /// the heap needs recover() first (the block stays live).
     fn free(&self, py: Python<'_>, mem_obj: &Bound<'_, Memory>) -> PyResult<()> {
         let mem = mem_obj.get();
         let handle = self.handle()?;
         mem.usable()?;
-        let own = core::ptr::eq(mem.heap.get(), self);
-        if !own {
-            // Another handle: fine if it maps the same memory at the same place.
-            let other = mem.heap.get().handle().map_err(|_| {
-                InvalidMemoryError::new_err(format!(
-                    "the memory object at offset {:#x} belongs to a detached handle; get it \
-                     again with block(offset)",
-                    mem.offset
-                ))
-            })?;
-            if other.start != handle.start {
-                return Err(InvalidMemoryError::new_err(format!(
-                    "the memory object at offset {:#x} belongs to a heap at another address \
-                     (another heap, or another mapping of it): free it through its own handle \
-                     or get it with block(offset)",
-                    mem.offset
-                )));
-            }
-        }
-        let exports = mem.block.exports.load(Ordering::Relaxed);
-        if exports > 0 {
-            return Err(BusyError::new_err(format!(
-                "cannot free the block at offset {:#x}: {exports} buffer(s) over it are still \
-                 exported (a memoryview is alive); release them first",
+        if mem.heap_id != handle.heap.id() {
+            return Err(InvalidMemoryError::new_err(format!(
+                "the memory object at offset {:#x} belongs to another heap: free it through \
+                 a handle on its own heap",
                 mem.offset
             )));
         }
-        // Marked freed before the GIL is let go for the heap's lock, so that no thread can
-        // export a buffer over the block meanwhile; unmarked if the heap refuses the free.
-        mem.block.freed.store(true, Ordering::Relaxed);
-        let offset = mem.offset;
-        if let Err(error) = py.detach(|| handle.heap.free(offset)) {
-            mem.block.freed.store(false, Ordering::Relaxed);
-            return Err(heap_err(error));
-        }
-        freed_block(mem.ptr.0.as_ptr().addr(), &mem.block);
+        let (offset, generation) = (mem.offset, mem.generation);
+        py.detach(|| handle.heap.free_generation(offset, generation))
+            .map_err(heap_err)?;
+        mem.freed_here.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// A memory object over the live block at `offset` (how a process reaches a block
     /// another process allocated, from the offset it was sent). Its length is the block's
     /// size. Raises InvalidMemoryError when no live block starts there.
-    fn block(slf: &Bound<'_, Self>, offset: u64) -> PyResult<Py<Memory>> {
+    fn block(slf: &Bound<'_, Self>, offset: &Bound<'_, PyAny>) -> PyResult<Py<Memory>> {
         let handle = slf.get().handle()?;
-        // A free by another thread between finding the block live and joining its state
-        // would leave a memory object over a free block: look again when one happened.
-        loop {
-            let seen_frees = FREES.load(Ordering::Relaxed);
-            let block = slf
-                .py()
-                .detach(|| handle.heap.block(offset).map(SendBlock))
-                .map_err(heap_err)?
-                .0;
-            let size = block.size;
-            if let Some(memory) = Heap::memory(slf, block, size, false, Some(seen_frees))? {
-                return Ok(memory);
+        // A negative or huge int is outside the heap, as any offset past its end.
+        let offset = match offset.extract::<u64>() {
+            Ok(offset) => offset,
+            Err(error) if error.is_instance_of::<PyOverflowError>(slf.py()) => {
+                return Err(InvalidMemoryError::new_err(format!(
+                    "offset {offset} is outside the heap's {} bytes",
+                    handle.heap.geometry().heap_bytes()
+                )));
             }
-        }
+            Err(error) => return Err(error),
+        };
+        let block = slf
+            .py()
+            .detach(|| handle.heap.block(offset).map(SendBlock))
+            .map_err(heap_err)?
+            .0;
+        let size = block.size;
+        Heap::memory(slf, &handle, block, size)
     }
 
     /// Rebuilds the heap's free lists after damage or a process that died holding the
@@ -759,7 +683,7 @@ impl Heap {
 // ---- Memory --------------------------------------------------------------------------------
 
 /// A block's address in this process. Only dereferenced after checking, under the handle's
-/// state lock, that the handle which pins the memory is attached and the block not freed.
+/// state lock, that the handle which pins the memory is attached, with the block pinned.
 struct BlockPtr(NonNull<u8>);
 
 // SAFETY: an address; see the type's note for when it is dereferenced (always with the GIL
@@ -770,68 +694,97 @@ unsafe impl Sync for BlockPtr {}
 
 /// A block of a Heap: `len(m)` bytes, readable and writable by index and slice
 /// (`m[0:5] = b"hello"`, `m[3]`), and through the buffer protocol (`memoryview(m)`,
-/// `bytes(m)`). Using it after its block was freed, or after its Heap handle was detached,
-/// raises InvalidMemoryError.
+/// `bytes(m)`). Using it after its block was freed (through any handle, in any process),
+/// or after its Heap handle was detached, raises InvalidMemoryError.
 #[pyclass(frozen, module = "stratalloc_py")]
 pub(crate) struct Memory {
     heap: Py<Heap>,
+    /// The id of the heap the block is in (see `BlobHeap::id`).
+    heap_id: u64,
     offset: u64,
+    /// Which allocation of the block this object is.
+    generation: u32,
     len: usize,
     block_size: usize,
     ptr: BlockPtr,
-    block: Arc<BlockState>,
+    /// Freed through this object (what `freed` says once its handle is detached, when the
+    /// block's stamp can no longer be read).
+    freed_here: AtomicBool,
 }
 
 impl Memory {
-    /// Whether the object may touch its block now (without the state lock: for checks
-    /// that are repeated under it).
+    /// Whether the object was freed through itself (a quick check before a free; the heap
+    /// checks the generation).
     fn usable(&self) -> PyResult<()> {
-        if self.block.freed.load(Ordering::Relaxed) {
-            return Err(InvalidMemoryError::new_err(format!(
-                "the memory object at offset {:#x} was freed; it cannot be used again",
-                self.offset
-            )));
+        if self.freed_here.load(Ordering::Relaxed) {
+            return Err(self.freed_error());
         }
         Ok(())
     }
 
+    fn freed_error(&self) -> PyErr {
+        InvalidMemoryError::new_err(format!(
+            "the memory object at offset {:#x} was freed (through this or another handle, in \
+             this process or another); it cannot be used again",
+            self.offset
+        ))
+    }
+
+    fn detached_error(&self) -> PyErr {
+        InvalidMemoryError::new_err(format!(
+            "the memory object at offset {:#x} outlived its Heap handle, which was detached \
+             or destroyed; attach a handle and use block(offset)",
+            self.offset
+        ))
+    }
+
+    /// Pins the block through `handle` (the object's allocation of it), mapping a freed
+    /// generation to InvalidMemoryError and a full count of pins to BusyError.
+    fn pin(&self, handle: &Handle) -> PyResult<()> {
+        handle
+            .heap
+            .pin(self.offset, self.generation)
+            .map_err(|error| match error {
+                BlobError::StaleGeneration { .. } => self.freed_error(),
+                other => heap_err(other),
+            })
+    }
+
     /// Runs `f` with the block's address, under the handle's state lock, after checking
-    /// that the handle is attached (so the memory is pinned) and the block not freed. `f`
-    /// must not call Python code.
+    /// that the handle is attached (so the memory is mapped) and pinning the block for the
+    /// call (so it is this allocation, and stays it). `f` must not call Python code.
     fn with_block<R>(&self, f: impl FnOnce(*mut u8) -> R) -> PyResult<R> {
         let heap = self.heap.get();
         let state = lock(&heap.state);
-        if state.handle.is_none() {
-            return Err(InvalidMemoryError::new_err(format!(
-                "the memory object at offset {:#x} outlived its Heap handle, which was \
-                 detached or destroyed; attach a handle and use block(offset)",
-                self.offset
-            )));
-        }
-        self.usable()?;
-        Ok(f(self.ptr.0.as_ptr()))
+        let handle = state.handle.as_ref().ok_or_else(|| self.detached_error())?;
+        self.pin(handle)?;
+        let result = f(self.ptr.0.as_ptr());
+        handle.heap.unpin(self.offset, self.generation);
+        Ok(result)
     }
 
-    /// An index into the object, Python style (negative from the end), checked.
-    fn index(&self, index: isize) -> PyResult<usize> {
+    /// An index into the object, Python style (negative from the end), checked: an int
+    /// too large for the platform is out of range too (IndexError, as for a bytearray).
+    fn index(&self, key: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let out_of_range = || {
+            PyIndexError::new_err(format!(
+                "index {key} is out of range for a memory object of {} bytes",
+                self.len
+            ))
+        };
+        let index = match key.extract::<isize>() {
+            Ok(index) => index,
+            Err(error) if error.is_instance_of::<PyOverflowError>(key.py()) => {
+                return Err(out_of_range());
+            }
+            Err(error) => return Err(error),
+        };
         let len = self.len as isize;
         let at = if index < 0 { index + len } else { index };
         if (0..len).contains(&at) {
             Ok(at as usize)
         } else {
-            Err(PyIndexError::new_err(format!(
-                "index {index} is out of range for a memory object of {} bytes",
-                self.len
-            )))
-        }
-    }
-}
-
-impl Drop for Memory {
-    fn drop(&mut self) {
-        // The last object over the block: its registry entry goes too.
-        if Arc::strong_count(&self.block) == 1 {
-            forget_block(self.ptr.0.as_ptr().addr(), &self.block);
+            Err(out_of_range())
         }
     }
 }
@@ -842,6 +795,13 @@ impl Memory {
     #[getter]
     fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Which allocation of the block this object is: the same in every process while the
+    /// block is live; the block's generation moves on when it is freed.
+    #[getter]
+    fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// The object's length in bytes (what malloc was asked for).
@@ -856,10 +816,18 @@ impl Memory {
         self.block_size
     }
 
-    /// Whether the block was freed (through this object or another over it).
+    /// Whether the block was freed (through any handle, in any process; once this
+    /// object's handle is detached, only a free through this object is known).
     #[getter]
     fn freed(&self) -> bool {
-        self.block.freed.load(Ordering::Relaxed)
+        if self.freed_here.load(Ordering::Relaxed) {
+            return true;
+        }
+        let state = lock(&self.heap.get().state);
+        state
+            .handle
+            .as_ref()
+            .is_some_and(|handle| handle.heap.generation(self.offset) != Some(self.generation))
     }
 
     /// The Heap handle this object came from.
@@ -875,8 +843,8 @@ impl Memory {
     /// The bytes, copied.
     fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let copy = self.with_block(|ptr| {
-            // SAFETY: `with_block` checked that the block is live and pinned; `len` is at most
-            // the block's size.
+            // SAFETY: `with_block` checked that the block is mapped and pinned it; `len` is
+            // at most the block's size.
             unsafe { core::slice::from_raw_parts(ptr, self.len) }.to_vec()
         })?;
         Ok(PyBytes::new(py, &copy))
@@ -889,7 +857,7 @@ impl Memory {
             let bytes = self.with_block(|ptr| {
                 if s.step == 1 {
                     // SAFETY: `start..start + slicelength` lies in `0..len`, inside the
-                    // block, which `with_block` checked is live and pinned.
+                    // block, which `with_block` checked is mapped and pinned.
                     return unsafe {
                         core::slice::from_raw_parts(ptr.add(s.start as usize), s.slicelength)
                     }
@@ -899,15 +867,16 @@ impl Memory {
                     .map(|i| {
                         let at = (s.start + i as isize * s.step) as usize;
                         // SAFETY: `indices` keeps every position in `0..len`, inside the
-                        // block, which `with_block` checked is live and pinned.
+                        // block, which `with_block` checked is mapped and pinned.
                         unsafe { ptr.add(at).read() }
                     })
                     .collect::<Vec<u8>>()
             })?;
             return Ok(PyBytes::new(py, &bytes).into_any());
         }
-        let at = self.index(key.extract::<isize>()?)?;
-        // SAFETY: `at < len`, inside the block, which `with_block` checked is live and pinned.
+        let at = self.index(key)?;
+        // SAFETY: `at < len`, inside the block, which `with_block` checked is mapped and
+        // pinned.
         let byte = self.with_block(|ptr| unsafe { ptr.add(at).read() })?;
         Ok(byte.into_pyobject(py)?.into_any())
     }
@@ -928,7 +897,7 @@ impl Memory {
             let from = source.base().as_ptr();
             return self.with_block(|ptr| {
                 if s.step == 1 {
-                    // SAFETY: `start..start + slicelength` lies in the block (live and
+                    // SAFETY: `start..start + slicelength` lies in the block (mapped and
                     // pinned); the source holds `slicelength` bytes, pinned by its export,
                     // and may overlap the block (a view of it), hence `copy`.
                     unsafe { core::ptr::copy(from, ptr.add(s.start as usize), s.slicelength) };
@@ -945,18 +914,33 @@ impl Memory {
                 }
             });
         }
-        let at = self.index(key.extract::<isize>()?)?;
-        let byte: u8 = value.extract().map_err(|_| {
+        let at = self.index(key)?;
+        // As a bytearray: an int out of range is a ValueError, anything else a TypeError.
+        let out_of_range = || {
             PyValueError::new_err(format!(
-                "a byte of a memory object takes an int in 0..=255, not {value:?}"
+                "a byte of a memory object takes an int in 0..=255, not {value}"
             ))
-        })?;
-        // SAFETY: `at < len`, inside the block, which `with_block` checked is live and pinned.
+        };
+        let byte: u8 = match value.extract::<i128>() {
+            Ok(int) => u8::try_from(int).map_err(|_| out_of_range())?,
+            Err(error) if error.is_instance_of::<PyOverflowError>(value.py()) => {
+                return Err(out_of_range());
+            }
+            Err(_) => {
+                return Err(PyTypeError::new_err(format!(
+                    "a byte of a memory object takes an int in 0..=255, not {}",
+                    value.get_type().name()?
+                )));
+            }
+        };
+        // SAFETY: `at < len`, inside the block, which `with_block` checked is mapped and
+        // pinned.
         self.with_block(|ptr| unsafe { ptr.add(at).write(byte) })
     }
 
     /// The buffer protocol: a writable, one-dimensional buffer of `len` bytes over the
-    /// block. While it is exported, the block cannot be freed nor its handle detached.
+    /// block. While it is exported, the block is pinned (no handle in any process frees
+    /// it) and its handle cannot be detached.
     ///
     /// # Safety
     ///
@@ -969,17 +953,12 @@ impl Memory {
         let mem = slf.get();
         let heap = mem.heap.get();
         let mut state = lock(&heap.state);
-        if state.handle.is_none() {
-            return Err(InvalidMemoryError::new_err(format!(
-                "the memory object at offset {:#x} outlived its Heap handle, which was \
-                 detached or destroyed",
-                mem.offset
-            )));
-        }
-        mem.usable()?;
-        // SAFETY: `view` is Python's to fill; the pointer and length describe the live,
-        // pinned block (checked above), which stays so while the export is counted below;
-        // `PyBuffer_FillInfo` takes its own reference to `slf`.
+        let handle = state.handle.clone().ok_or_else(|| mem.detached_error())?;
+        mem.pin(&handle)?;
+        // SAFETY: `view` is Python's to fill; the pointer and length describe the block,
+        // mapped while the handle is attached (which the export counted below keeps) and
+        // pinned above until `__releasebuffer__`; `PyBuffer_FillInfo` takes its own
+        // reference to `slf`.
         let filled = unsafe {
             ffi::PyBuffer_FillInfo(
                 view,
@@ -991,14 +970,14 @@ impl Memory {
             )
         };
         if filled != 0 {
+            handle.heap.unpin(mem.offset, mem.generation);
             return Err(PyErr::fetch(slf.py()));
         }
         state.exports += 1;
-        mem.block.exports.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Ends an export made by `__getbuffer__`.
+    /// Ends an export made by `__getbuffer__`: its pin and its count in the handle.
     ///
     /// # Safety
     ///
@@ -1006,10 +985,10 @@ impl Memory {
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
         let mut state = lock(&self.heap.get().state);
         state.exports = state.exports.saturating_sub(1);
-        let _ = self
-            .block
-            .exports
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        // Attached: an export keeps its handle from detaching.
+        if let Some(handle) = &state.handle {
+            handle.heap.unpin(self.offset, self.generation);
+        }
     }
 
     fn __repr__(&self) -> String {

@@ -99,7 +99,8 @@ create_exception!(
     stratalloc_py,
     BusyError,
     HeapError,
-    "Buffers over blocks are still exported (a memoryview is alive), or the handle is in use."
+    "A block is pinned (a memoryview of it is alive, in this process or another, or it is being \
+     read or written), or buffers over a handle's blocks are still exported."
 );
 create_exception!(
     stratalloc_py,
@@ -138,9 +139,10 @@ fn heap_err(error: BlobError) -> PyErr {
         BlobError::TooLarge { .. } | BlobError::OutOfMemory { .. } | BlobError::Timeout { .. } => {
             OutOfMemoryError::new_err(text)
         }
-        BlobError::NotLive { .. } | BlobError::OffsetOutOfRange { .. } => {
-            InvalidMemoryError::new_err(text)
-        }
+        BlobError::NotLive { .. }
+        | BlobError::OffsetOutOfRange { .. }
+        | BlobError::StaleGeneration { .. } => InvalidMemoryError::new_err(text),
+        BlobError::Pinned { .. } | BlobError::TooManyPins { .. } => BusyError::new_err(text),
         BlobError::RecoveryNeeded { .. } => RecoveryNeededError::new_err(text),
         BlobError::NoRecoveryNeeded => NoRecoveryNeededError::new_err(text),
         BlobError::AlreadyLocked | BlobError::Lock { .. } | BlobError::LockUnavailable { .. } => {

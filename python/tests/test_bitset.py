@@ -49,7 +49,7 @@ def test_right_zeroes_counts_clear_bits_after_the_index():
 
 
 @pytest.mark.parametrize("call", ["get_bit", "set_bit", "reset_bit", "right_zeroes"])
-@pytest.mark.parametrize("idx", [100, 1000, -1])
+@pytest.mark.parametrize("idx", [100, 1000, -1, 2**63, -(2**63) - 1, 2**100])
 def test_out_of_range_indices_raise(call, idx):
     bits = BitSet.init(100, bytearray(BitSet.size(100)))
     with pytest.raises(sp.BitIndexError, match=f"bit index {idx} is out of range for a bitmap of 100 bits"):

@@ -19,10 +19,11 @@ from conftest import address, fill, holds, pattern
 
 
 def test_size_covers_header_data_and_alignment_slack():
-    # 64 KiB of data, plus header and bitmaps, plus at most 63 bytes to align the start.
+    # 64 KiB of data, plus header, bitmaps and a 4-byte stamp per 64-byte segment (4 KiB),
+    # plus at most 63 bytes to align the start.
     size = Heap.size(16, 6, 64)
     assert isinstance(size, int)
-    assert 65536 < size < 65536 + 4096
+    assert 65536 + 4096 < size < 65536 + 2 * 4096
     # A page-aligned heap asks for room to align to the page.
     assert Heap.size(16, 6, 4096) >= Heap.size(16, 6, 64) + 4096 - 64
     # The seed's example: 4 GiB with 4 KiB segments.
@@ -207,6 +208,16 @@ def test_memory_object_errors(small_heap):
         mem[0] = 256
     with pytest.raises(TypeError):
         mem[0:2] = 12
+    # As a bytearray: ints of any size are indices (out of range here), a byte is an int.
+    for index in (2**63, -(2**63) - 1, 2**100):
+        with pytest.raises(IndexError, match="is out of range"):
+            mem[index]
+        with pytest.raises(IndexError, match="is out of range"):
+            mem[index] = 1
+    with pytest.raises(ValueError, match="int in 0..=255"):
+        mem[0] = 2**100
+    with pytest.raises(TypeError, match="takes an int in 0..=255, not bytes"):
+        mem[0] = b"a"
     heap.free(mem)
 
 
@@ -245,7 +256,7 @@ def test_free_errors(small_heap):
     heap, memory = small_heap
     mem = heap.malloc(64)
     heap.free(mem)
-    with pytest.raises(sp.InvalidMemoryError, match="was freed; it cannot be used again"):
+    with pytest.raises(sp.InvalidMemoryError, match="was freed .*; it cannot be used again"):
         heap.free(mem)
     with pytest.raises(TypeError):
         heap.free(memoryview(bytearray(8)))
@@ -253,7 +264,7 @@ def test_free_errors(small_heap):
     other_memory = bytearray(Heap.size(16, 6, 64))
     other = Heap.init(16, 6, 64, other_memory)
     foreign = other.malloc(64)
-    with pytest.raises(sp.InvalidMemoryError, match="belongs to a heap at another address"):
+    with pytest.raises(sp.InvalidMemoryError, match="belongs to another heap"):
         heap.free(foreign)
     other.free(foreign)
     other.destroy()
@@ -282,24 +293,62 @@ def test_a_freed_memory_object_raises_instead_of_touching_the_block(small_heap):
     heap.free(again)
 
 
-def test_a_block_allocated_again_marks_its_stale_objects_freed(small_heap):
-    # What another process's free looks like from here: the block was freed elsewhere
-    # (here: through the crate, by offset, from a second handle over another mapping would
-    # be the real case; a second handle over the same memory frees it by object), then
-    # this process gets it again.
+def test_a_free_through_another_handle_makes_every_object_of_the_allocation_stale(small_heap):
+    # The block's generation moves on with the free, wherever it is made: the objects of
+    # this handle see it, and cannot free the block's next allocation.
     heap, memory = small_heap
     mem = heap.malloc(64)
     other = Heap.attach(memory)
     other.free(other.block(mem.offset))
-    assert mem.freed  # same address: one state for every object over the block
+    assert mem.freed
+    with pytest.raises(sp.InvalidMemoryError, match="was freed"):
+        mem[0] = 1
+    again = heap.malloc(64)
+    assert again.offset == mem.offset and again.generation != mem.generation
+    with pytest.raises(sp.InvalidMemoryError, match="was freed"):
+        heap.free(mem)  # the stale object: the new allocation stays live
+    assert not again.freed
+    again[0:4] = b"live"
+    assert heap.block(again.offset).tobytes()[:4] == b"live"
+    heap.free(again)
     other.detach()
+
+
+def test_two_mappings_in_one_process_share_pins_and_generations():
+    # One SharedMemory mapped twice in this process: two addresses, one heap (one id). A
+    # view through one mapping pins the block for the other; a free through one makes the
+    # other's objects stale; objects of either mapping may be freed through the other.
+    first_map = shared_memory.SharedMemory(create=True, size=Heap.size(16, 6, 64))
+    second_map = shared_memory.SharedMemory(name=first_map.name)
+    try:
+        first = Heap.init(16, 6, 64, first_map.buf)
+        second = Heap.attach(second_map.buf)
+        mem = first.malloc(64)
+        seen = second.block(mem.offset)
+        view = memoryview(seen)
+        with pytest.raises(sp.BusyError, match="is pinned by 1 view"):
+            first.free(mem)
+        view.release()
+        second.free(mem)  # an object of the first mapping, freed through the second
+        assert mem.freed and seen.freed
+        with pytest.raises(sp.InvalidMemoryError, match="was freed"):
+            seen[0:4] = b"late"
+        stats = first.get_stats()
+        assert (stats.live_blocks, stats.recovery_needed) == (0, False)
+        del mem, seen, view
+        second.detach()
+        first.destroy()
+    finally:
+        second_map.close()
+        first_map.close()
+        first_map.unlink()
 
 
 def test_free_refuses_while_a_buffer_is_exported(small_heap):
     heap, _ = small_heap
     mem = heap.malloc(64)
     view = memoryview(mem)
-    with pytest.raises(sp.BusyError, match="1 buffer\\(s\\) over it are still exported"):
+    with pytest.raises(sp.BusyError, match="is pinned by 1 view\\(s\\)"):
         heap.free(mem)
     alias = heap.block(mem.offset)
     with pytest.raises(sp.BusyError):
@@ -581,8 +630,10 @@ def test_negative_sizes_and_offsets_are_refused(small_heap):
     heap, _ = small_heap
     with pytest.raises(OverflowError):
         heap.malloc(-1)
-    with pytest.raises(OverflowError):
+    with pytest.raises(sp.InvalidMemoryError, match="offset -64 is outside the heap"):
         heap.block(-64)
+    with pytest.raises(sp.InvalidMemoryError, match="is outside the heap"):
+        heap.block(2**64)
     with pytest.raises(OverflowError):
         Heap.size(-1, 6, 64)
 

@@ -31,11 +31,15 @@ class HeapModel(RuleBasedStateMachine):
         self.handles = [self.first]
         self.live = {}  # offset -> [Memory, size, tag]
         self.stale = []  # memory objects that must raise
+        self.views = {}  # offset -> memoryviews alive over the block (each pins it)
         self.next_tag = 1
 
     def teardown(self):
         if not hasattr(self, "first"):
             return
+        for views in self.views.values():
+            for view in views:
+                view.release()
         for mem, size, tag in list(self.live.values()):
             self.first.free(self.first.block(mem.offset))
         for handle in self.handles[1:]:
@@ -68,12 +72,31 @@ class HeapModel(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 1 << 30), which=st.integers(0, 7))
     def free(self, pick, which):
         offset = sorted(self.live)[pick % len(self.live)]
-        mem, size, tag = self.live.pop(offset)
+        mem, size, tag = self.live[offset]
         assert mem[0:size] == pattern(tag, size)
         handle = self.handles[which % len(self.handles)]
+        if self.views.get(offset):
+            with pytest.raises(sp.BusyError, match="is pinned by"):
+                handle.free(mem)
+            assert not mem.freed
+            return
+        del self.live[offset]
         handle.free(mem)
         assert mem.freed
         self.stale.append(mem)
+
+    @precondition(lambda self: self.live)
+    @rule(pick=st.integers(0, 1 << 30))
+    def view(self, pick):
+        # Through a second object over the block, of the first handle (never detached).
+        offset = sorted(self.live)[pick % len(self.live)]
+        self.views.setdefault(offset, []).append(memoryview(self.first.block(offset)))
+
+    @precondition(lambda self: any(self.views.values()))
+    @rule(pick=st.integers(0, 1 << 30))
+    def release(self, pick):
+        offsets = sorted(o for o, views in self.views.items() if views)
+        self.views[offsets[pick % len(offsets)]].pop().release()
 
     @precondition(lambda self: self.live)
     @rule(pick=st.integers(0, 1 << 30))
@@ -122,6 +145,8 @@ class HeapModel(RuleBasedStateMachine):
         assert not stats.recovery_needed
         for mem, size, tag in self.live.values():
             assert mem[0:size] == pattern(tag, size)
+            for view in self.views.get(mem.offset, []):
+                assert bytes(view[0:size]) == pattern(tag, size)
 
 
 HeapModel.TestCase.settings = settings(

@@ -64,10 +64,29 @@ def _worker(name, me, inbox, outbox, rounds, seed, results):
         assert got == pattern(tag, size), f"worker {me}: block {offset:#x} of tag {tag:#x} changed"
         heap.free(block)
 
+    def drain():
+        try:
+            while not previous_done:
+                take(inbox.get_nowait())
+        except queue.Empty:
+            pass
+
+    def allocate(size):
+        # The heap may be full of blocks passed on to a worker that is itself waiting for
+        # memory: free what was passed here while waiting, or every worker waits for good.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return heap.malloc(size, timeout=0.05)
+            except sp.OutOfMemoryError:
+                if time.monotonic() > deadline:
+                    raise
+                drain()
+
     for _ in range(rounds):
         for _ in range(rng.randint(1, 4)):
             size = rng.choice([64, 100, 500, 1000, 4096, 10000])
-            block = heap.malloc(size, timeout=10)
+            block = allocate(size)
             tag = me << 48 | seq
             seq += 1
             counts["mine"] += 1
@@ -80,11 +99,7 @@ def _worker(name, me, inbox, outbox, rounds, seed, results):
             block, tag = mine.pop(rng.randrange(len(mine)))
             assert block.tobytes() == pattern(tag, len(block)), f"worker {me}: own block changed"
             heap.free(block)
-        try:
-            while not previous_done:
-                take(inbox.get_nowait())
-        except queue.Empty:
-            pass
+        drain()
     for block, tag in mine:
         assert block.tobytes() == pattern(tag, len(block)), f"worker {me}: own block changed"
         heap.free(block)
@@ -121,6 +136,101 @@ def test_processes_allocate_and_free_each_others_blocks(shared_heap, workers):
     assert (stats.live_blocks, stats.allocated_bytes, stats.handles) == (0, 0, 1)
     assert stats.free_blocks == {64 << i: int(i == MAX - MIN) for i in range(MAX - MIN + 1)}
     assert not stats.recovery_needed
+
+
+def _free_and_take_over(name, offset, conn):
+    """Frees the parent's block at `offset` (reached by offset), allocates the same place
+    for its own data, and reports what its block holds once the parent has tried to write."""
+    shm, heap = _attach(name)
+    heap.free(heap.block(offset))
+    mine = heap.malloc(64)
+    mine[0:8] = b"CHILDDAT"
+    conn.send(mine.offset)
+    conn.recv()
+    conn.send(mine.tobytes()[:8])
+    heap.free(mine)
+    heap.detach()
+    shm.close()
+
+
+def test_a_block_freed_by_another_process_raises_here(shared_heap):
+    heap, shm = shared_heap
+    mem = heap.malloc(64)
+    ours, theirs = CTX.Pipe()
+    child = CTX.Process(target=_free_and_take_over, args=(shm.name, mem.offset, theirs))
+    child.start()
+    assert ours.recv() == mem.offset  # the child's new block is at the same place
+    assert mem.freed
+    for use in (
+        lambda: mem.__setitem__(slice(0, 8), b"PARENT!!"),
+        lambda: mem[0],
+        lambda: mem.tobytes(),
+        lambda: memoryview(mem),
+        lambda: heap.free(mem),
+    ):
+        with pytest.raises(sp.InvalidMemoryError, match="was freed"):
+            use()
+    ours.send(None)
+    assert ours.recv() == b"CHILDDAT"  # untouched by the stale object
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def _try_to_free(name, offset, conn):
+    shm, heap = _attach(name)
+    try:
+        heap.free(heap.block(offset))
+        conn.send("freed")
+    except sp.BusyError as error:
+        conn.send(str(error))
+    heap.detach()
+    shm.close()
+
+
+def test_a_view_in_one_process_keeps_every_other_from_freeing_the_block(shared_heap):
+    heap, shm = shared_heap
+    mem = heap.malloc(64)
+    view = memoryview(mem)
+
+    def child_free():
+        ours, theirs = CTX.Pipe()
+        child = CTX.Process(target=_try_to_free, args=(shm.name, mem.offset, theirs))
+        child.start()
+        answer = ours.recv()
+        child.join(30)
+        assert child.exitcode == 0
+        return answer
+
+    assert "is pinned by 1 view(s)" in child_free()
+    view[0:4] = b"safe"  # the block is still this allocation
+    view.release()
+    assert child_free() == "freed"
+    assert mem.freed
+
+
+def _attach_and_wait(name, conn):
+    shm, heap = _attach(name)
+    conn.send("attached")
+    conn.recv()
+    heap.detach()
+    shm.close()
+
+
+def test_init_refuses_memory_whose_heap_another_process_is_attached_to(shared_heap):
+    heap, shm = shared_heap
+    heap.detach()
+    ours, theirs = CTX.Pipe()
+    child = CTX.Process(target=_attach_and_wait, args=(shm.name, theirs))
+    child.start()
+    assert ours.recv() == "attached"
+    with pytest.raises(sp.StillAttachedError, match="with 1 handle\\(s\\) attached, in other"):
+        Heap.init(MAX, MIN, 64, shm.buf)
+    ours.send(None)
+    child.join(30)
+    assert child.exitcode == 0
+    fresh = Heap.init(MAX, MIN, 64, shm.buf)  # nobody attached now
+    assert fresh.get_stats().live_blocks == 0
+    fresh.destroy()
 
 
 def _allocate_then_die_holding_the_lock(name, count, report):

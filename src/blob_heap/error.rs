@@ -130,6 +130,29 @@ pub enum BlobError {
         /// The offset given.
         offset: u64,
     },
+    /// The block at the offset is not the allocation asked for: it was freed since (by
+    /// this or another handle, in any process), and perhaps allocated again.
+    StaleGeneration {
+        /// The block's offset.
+        offset: u64,
+        /// The generation asked for (the allocation's).
+        generation: u32,
+        /// The generation there now.
+        now: u32,
+    },
+    /// The block is pinned (views of it, in this process or another, must not outlive
+    /// it): it cannot be freed until they are released.
+    Pinned {
+        /// The block's offset.
+        offset: u64,
+        /// Its pins.
+        pins: u32,
+    },
+    /// The block has [`MOST_PINS`](super::MOST_PINS) pins already.
+    TooManyPins {
+        /// The block's offset.
+        offset: u64,
+    },
     /// The offset lies outside the heap.
     OffsetOutOfRange {
         /// The offset given.
@@ -249,6 +272,25 @@ impl fmt::Display for BlobError {
                     "offset {offset:#x} is not a live block (never allocated, or freed already)"
                 )
             }
+            BlobError::StaleGeneration {
+                offset,
+                generation,
+                now,
+            } => write!(
+                f,
+                "the block at offset {offset:#x} was freed (by this or another handle): it was \
+                 allocation {generation} of that place, which is at {now} now"
+            ),
+            BlobError::Pinned { offset, pins } => write!(
+                f,
+                "the block at offset {offset:#x} is pinned by {pins} view(s) (in this process or \
+                 another); release them before freeing it"
+            ),
+            BlobError::TooManyPins { offset } => write!(
+                f,
+                "the block at offset {offset:#x} has {} pins already, the most it can have",
+                super::MOST_PINS
+            ),
             BlobError::OffsetOutOfRange { offset, heap_bytes } => {
                 write!(
                     f,

@@ -8,6 +8,7 @@
 //! ```text
 //! | header (magic, version, geometry, lock, free-list heads, counts) |
 //! | per order: a bitmap of free blocks, a bitmap of live blocks      |
+//! | a stamp word per smallest block (generation and pins)            |
 //! | padding to the alignment                                         |
 //! | the heap: 2^max_order bytes, in blocks of 2^min_order..          |
 //! ```
@@ -18,6 +19,21 @@
 //! word derived from its offset and order); the bitmaps say which blocks are free and which
 //! are live at each order, which is what [`BlobHeap::recover`] rebuilds the free lists
 //! from.
+//!
+//! # Stamps: which allocation a block is, and who still looks at it
+//!
+//! Beside the bitmaps, each smallest block's place has a stamp word: the *generation* of
+//! the block that starts there (24 bits, bumped by every allocation and every free of a
+//! block starting there) and its *pins* (8 bits: views of the block that must not outlive
+//! it). A block handed out carries its generation ([`BlobBlock::generation`]); any handle,
+//! in any process, can then tell whether that allocation is still live
+//! ([`BlobHeap::generation`]), free it only if it is ([`BlobHeap::free_generation`]), and
+//! pin it ([`BlobHeap::pin`]) so that no handle frees it until it is unpinned: a free of a
+//! pinned block fails with [`BlobError::Pinned`]. Pins and generations change by
+//! compare-and-swap on the stamp, without the lock; a free changes the stamp (pins 0, the
+//! next generation) before anything else, so it and a pin never both succeed. Pins held by
+//! a process that dies stay: its blocks cannot be freed by anyone after it (they leak,
+//! which [`BlobHeap::stats`] shows as live memory), never freed under a view.
 //!
 //! # Damage and dead lock holders
 //!
@@ -52,8 +68,8 @@ use lock::{BlobLock, Holder, Taken};
 
 /// The first word of a blob that holds a heap.
 const MAGIC: u64 = u64::from_le_bytes(*b"stratBLB");
-/// The format version this crate writes and reads.
-pub const BLOB_VERSION: u32 = 1;
+/// The format version this crate writes and reads (2: stamps and the heap's id).
+pub const BLOB_VERSION: u32 = 2;
 /// The smallest order a block may have: 32 bytes hold a free block's three link words.
 pub const LOWEST_ORDER: u32 = 5;
 /// The largest order a heap may have (16 TiB; 1 GiB on 32-bit targets).
@@ -65,6 +81,12 @@ const SLOTS: usize = MOST_ORDERS as usize;
 const NIL: u64 = u64::MAX;
 /// Mixed into a free block's check word.
 const LINK_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+/// A stamp's generation bits (the rest count pins).
+const GENERATION_MASK: u32 = (1 << 24) - 1;
+/// One pin, in a stamp.
+const PIN: u32 = 1 << 24;
+/// The most pins a block can have at once.
+pub const MOST_PINS: u32 = u32::MAX >> 24;
 /// Codes of the header's `recovery` word.
 const RECOVERY_NONE: u32 = 0;
 const RECOVERY_CORRUPT: u32 = 1;
@@ -162,6 +184,7 @@ impl BlobGeometry {
         let mut maps = Maps {
             free: [0; SLOTS],
             live: [0; SLOTS],
+            stamps: 0,
             data: 0,
         };
         let mut at = size_of::<Header>().next_multiple_of(64);
@@ -172,16 +195,19 @@ impl BlobGeometry {
             maps.live[slot] = at + words * 8;
             at += 2 * words * 8;
         }
+        maps.stamps = at;
+        at += (1usize << (self.max_order - self.min_order)) * size_of::<u32>();
         maps.data = at.next_multiple_of(self.alignment.max(64));
         maps
     }
 }
 
-/// Byte offsets in the blob of each order's bitmaps, and of the data.
+/// Byte offsets in the blob of each order's bitmaps, of the stamps, and of the data.
 #[derive(Clone, Copy)]
 struct Maps {
     free: [usize; SLOTS],
     live: [usize; SLOTS],
+    stamps: usize,
     data: usize,
 }
 
@@ -211,6 +237,9 @@ struct Header {
     lock: BlobLock,
     heads: [AtomicU64; SLOTS],
     free_blocks: [AtomicU64; SLOTS],
+    /// A random number drawn by `init`: tells apart two heaps, whatever their addresses
+    /// in this process (read without the lock; written once).
+    id: AtomicU64,
 }
 
 // ---- the handle: making, attaching, detaching --------------------------------------------
@@ -222,6 +251,9 @@ pub struct BlobBlock {
     pub offset: u64,
     /// Its size in bytes (the request rounded up to a power of two).
     pub size: usize,
+    /// Which allocation of this place it is (see "Stamps" in the module's docs): the same
+    /// in every process while the block is live, another once it was freed.
+    pub generation: u32,
     ptr: NonNull<u8>,
 }
 
@@ -393,6 +425,7 @@ impl<'a> BlobHeap<'a> {
         h.alignment
             .store(geometry.alignment as u64, Ordering::Relaxed);
         h.handles.store(1, Ordering::Relaxed);
+        h.id.store(fresh_id(), Ordering::Relaxed);
         for head in &h.heads {
             head.store(NIL, Ordering::Relaxed);
         }
@@ -460,6 +493,27 @@ impl<'a> BlobHeap<'a> {
         Ok(heap)
     }
 
+    /// The handles attached to the heap that `base..base + len` holds (this version's, as
+    /// the header's magic and version words say), or `None` when it holds none: for a
+    /// caller about to [`init_raw`](Self::init_raw) memory that other processes may map,
+    /// which would reset a heap under their handles. (A handle of a process that died is
+    /// never subtracted.) Nothing is written.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` is valid for reads.
+    pub unsafe fn attached_handles(base: NonNull<u8>, len: usize) -> Option<u32> {
+        if len < size_of::<Header>() || !base.as_ptr().addr().is_multiple_of(64) {
+            return None;
+        }
+        // SAFETY: the caller's promise: a header's bytes, aligned, readable; any bytes are
+        // a valid value for atomics.
+        let h = unsafe { &*base.as_ptr().cast::<Header>() };
+        (h.magic.load(Ordering::Acquire) == MAGIC
+            && h.version.load(Ordering::Relaxed) == BLOB_VERSION)
+            .then(|| h.handles.load(Ordering::Relaxed))
+    }
+
     /// A handle over `base` for `geometry`, checking only the blob's size and alignment.
     fn over(base: NonNull<u8>, len: usize, geometry: BlobGeometry) -> Result<Self, BlobError> {
         if !base.as_ptr().addr().is_multiple_of(64) {
@@ -504,6 +558,13 @@ impl<'a> BlobHeap<'a> {
     /// The heap's geometry.
     pub fn geometry(&self) -> BlobGeometry {
         self.geometry
+    }
+
+    /// The heap's id: a random number drawn when it was made, the same in every handle
+    /// and process, so two handles are on one heap exactly when their ids are equal
+    /// (whether or not they map it at the same address).
+    pub fn id(&self) -> u64 {
+        self.header().id.load(Ordering::Relaxed)
     }
 
     /// The blob's length in bytes (at least the geometry's required size).
@@ -665,12 +726,76 @@ impl<'a> BlobHeap<'a> {
         self.lock()?.free(offset)
     }
 
+    /// As [`free`](Self::free), but only the allocation `generation` of the block (a
+    /// [`BlobBlock::generation`]): when the block at `offset` was freed since, perhaps by
+    /// another process, and perhaps allocated again, the error is
+    /// [`BlobError::StaleGeneration`] and nothing is freed.
+    pub fn free_generation(&self, offset: u64, generation: u32) -> Result<(), BlobError> {
+        let guard = self.lock()?;
+        guard.usable()?;
+        self.free_locked(offset, Some(generation))
+    }
+
     /// The live block at `offset`, in this handle's mapping: how another process turns an
     /// offset it was sent into memory. Errors as for [`free`](Self::free).
     pub fn block(&self, offset: u64) -> Result<BlobBlock, BlobError> {
         let _guard = self.lock()?;
         let order = self.live_order(offset)?;
         Ok(self.block_at(offset, order))
+    }
+
+    // ---- stamps: generations and pins ----------------------------------------------------
+
+    /// The current generation at `offset` (see "Stamps" in the module's docs): equal to a
+    /// block's [`generation`](BlobBlock::generation) while that allocation is live. `None`
+    /// for an offset outside the heap or not at the start of a smallest block. No lock.
+    pub fn generation(&self, offset: u64) -> Option<u32> {
+        Some(self.stamp(offset)?.load(Ordering::Acquire) & GENERATION_MASK)
+    }
+
+    /// Pins the allocation `generation` of the block at `offset`: until as many
+    /// [`unpin`](Self::unpin)s, no handle in any process frees it (its frees fail with
+    /// [`BlobError::Pinned`]). Fails with [`BlobError::StaleGeneration`] when that
+    /// allocation was freed already, [`BlobError::TooManyPins`] at [`MOST_PINS`]. No lock.
+    pub fn pin(&self, offset: u64, generation: u32) -> Result<(), BlobError> {
+        let stamp = self.stamp(offset).ok_or(BlobError::NotLive { offset })?;
+        let mut seen = stamp.load(Ordering::Acquire);
+        loop {
+            if seen & GENERATION_MASK != generation {
+                return Err(BlobError::StaleGeneration {
+                    offset,
+                    generation,
+                    now: seen & GENERATION_MASK,
+                });
+            }
+            if seen >> 24 == MOST_PINS {
+                return Err(BlobError::TooManyPins { offset });
+            }
+            match stamp.compare_exchange_weak(seen, seen + PIN, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Takes back one [`pin`](Self::pin) of the allocation `generation` at `offset`; false
+    /// when it holds none (nothing changes). No lock.
+    pub fn unpin(&self, offset: u64, generation: u32) -> bool {
+        let Some(stamp) = self.stamp(offset) else {
+            return false;
+        };
+        stamp
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seen| {
+                (seen & GENERATION_MASK == generation && seen >> 24 > 0).then(|| seen - PIN)
+            })
+            .is_ok()
+    }
+
+    /// The pins the block at `offset` holds now (0 outside the heap). No lock.
+    pub fn pins(&self, offset: u64) -> u32 {
+        self.stamp(offset)
+            .map_or(0, |stamp| stamp.load(Ordering::Acquire) >> 24)
     }
 
     // ---- recovery ------------------------------------------------------------------------
@@ -929,7 +1054,26 @@ impl<'a> BlobHeap<'a> {
         self.bit(self.maps.live[self.slot(order)], (offset >> order) as usize)
     }
 
-    /// The block at `offset` of `order`, in this mapping.
+    /// The stamp of the smallest block at `offset`; `None` outside the heap or between
+    /// smallest blocks' starts. (Not only under the lock: stamps change by compare-and-swap.)
+    fn stamp(&self, offset: u64) -> Option<&AtomicU32> {
+        let g = self.geometry;
+        if offset >= g.heap_bytes() as u64 || offset.trailing_zeros() < g.min_order {
+            return None;
+        }
+        let index = (offset >> g.min_order) as usize;
+        // SAFETY: `maps()` laid out a stamp per smallest block inside the blob's header
+        // part, 4-byte aligned (after 8-byte bitmap words); `index` is below their count.
+        Some(unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(self.maps.stamps + index * size_of::<u32>())
+                .cast::<AtomicU32>()
+        })
+    }
+
+    /// The block at `offset` of `order`, in this mapping, with its generation now.
     fn block_at(&self, offset: u64, order: u32) -> BlobBlock {
         // SAFETY: offsets of blocks lie inside the heap, which `over` checked lies inside
         // the blob.
@@ -937,6 +1081,7 @@ impl<'a> BlobHeap<'a> {
         BlobBlock {
             offset,
             size: 1 << order,
+            generation: self.generation(offset).unwrap_or(0),
             ptr,
         }
     }
@@ -1119,6 +1264,12 @@ impl<'a> BlobHeap<'a> {
         for lower in (order..found).rev() {
             self.push(offset + (1 << lower), lower);
         }
+        // A new allocation of this place: the next generation, no pins (a free block has
+        // none; a stray write's are dropped).
+        if let Some(stamp) = self.stamp(offset) {
+            let next = (stamp.load(Ordering::Relaxed) + 1) & GENERATION_MASK;
+            stamp.store(next, Ordering::Release);
+        }
         self.set_bit(
             self.maps.live[self.slot(order)],
             (offset >> order) as usize,
@@ -1129,8 +1280,19 @@ impl<'a> BlobHeap<'a> {
         Ok(self.block_at(offset, order))
     }
 
-    fn free_locked(&self, offset: u64) -> Result<(), BlobError> {
+    /// Frees the live block at `offset` (only its allocation `generation`, when given),
+    /// unless it is pinned.
+    fn free_locked(&self, offset: u64, generation: Option<u32>) -> Result<(), BlobError> {
         let order = self.live_order(offset)?;
+        let stamp = self.stamp(offset).ok_or(BlobError::NotLive { offset })?;
+        let seen = stamp.load(Ordering::Acquire);
+        if let Some(generation) = generation.filter(|&g| g != seen & GENERATION_MASK) {
+            return Err(BlobError::StaleGeneration {
+                offset,
+                generation,
+                now: seen & GENERATION_MASK,
+            });
+        }
         // Plan the merges and check every list they touch before changing anything, so a
         // free that finds damage leaves the heap (and the block) as they were.
         let mut merges = [(0u64, 0u32, Link::EMPTY); SLOTS];
@@ -1149,6 +1311,27 @@ impl<'a> BlobHeap<'a> {
         let head = self.header().heads[self.slot(size)].load(Ordering::Relaxed);
         if head != NIL && self.link(head, size)?.prev != NIL {
             return Err(self.damaged(head, size));
+        }
+        // The stamp first: from here no pin can be taken (it would name this generation),
+        // and a pin taken since `seen` makes the swap fail, before anything else changed.
+        let unpinned = seen & GENERATION_MASK;
+        let next = (unpinned + 1) & GENERATION_MASK;
+        if let Err(now) =
+            stamp.compare_exchange(unpinned, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            return Err(if now & GENERATION_MASK == unpinned {
+                BlobError::Pinned {
+                    offset,
+                    pins: now >> 24,
+                }
+            } else {
+                // Changed under the lock we hold: only a stray write does that.
+                BlobError::StaleGeneration {
+                    offset,
+                    generation: unpinned,
+                    now: now & GENERATION_MASK,
+                }
+            });
         }
         let h = self.header();
         self.set_bit(
@@ -1170,6 +1353,15 @@ impl<'a> BlobHeap<'a> {
         }
         Ok(())
     }
+}
+
+/// A new heap's id: std's hash keys, which each process draws at random and every call
+/// changes (never 0).
+fn fresh_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u64(MAGIC);
+    hasher.finish().max(1)
 }
 
 impl Drop for BlobHeap<'_> {
@@ -1266,7 +1458,7 @@ impl BlobGuard<'_, '_> {
     /// [`BlobHeap::free`] under this guard.
     pub fn free(&self, offset: u64) -> Result<(), BlobError> {
         self.usable()?;
-        self.heap.free_locked(offset)
+        self.heap.free_locked(offset, None)
     }
 }
 

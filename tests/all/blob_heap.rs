@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use stratalloc::blob_heap::{
-    BLOB_VERSION, BlobBlock, BlobError, BlobGeometry, BlobHeap, RecoveryReason,
+    BLOB_VERSION, BlobBlock, BlobError, BlobGeometry, BlobHeap, MOST_PINS, RecoveryReason,
 };
 
 /// 64-byte-aligned memory for a blob, filled with garbage.
@@ -132,9 +132,14 @@ fn geometry_errors_name_what_was_wrong() {
         error(10, 5, 24).to_string(),
         "alignment 24 is not a power of two of at least 8"
     );
-    // The seed's example geometry: a 4 GiB heap of 4 KiB blocks, 4 KiB-aligned.
+    // The seed's example geometry: a 4 GiB heap of 4 KiB blocks, 4 KiB-aligned: the data,
+    // a stamp per block (4 MiB) and the bitmaps and header (under 1 MiB).
     let seed = BlobHeap::required_size(32, 12, 4096).unwrap();
-    assert!(seed > 1 << 32 && seed < (1 << 32) + (1 << 20), "{seed}");
+    let stamps = (1 << 20) * 4;
+    assert!(
+        seed > (1 << 32) + stamps && seed < (1 << 32) + stamps + (1 << 20),
+        "{seed}"
+    );
 }
 
 #[test]
@@ -278,20 +283,35 @@ fn the_whole_heap_splits_into_smallest_blocks_and_merges_back() {
 enum Op {
     Alloc(usize),
     Free(usize),
+    Pin(usize),
+    Unpin(usize),
+    FreeStale(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0usize..5000).prop_map(Op::Alloc),
-        any::<usize>().prop_map(Op::Free),
+        3 => (0usize..5000).prop_map(Op::Alloc),
+        3 => any::<usize>().prop_map(Op::Free),
+        1 => any::<usize>().prop_map(Op::Pin),
+        1 => any::<usize>().prop_map(Op::Unpin),
+        1 => any::<usize>().prop_map(Op::FreeStale),
     ]
+}
+
+/// A live block of the model: the block, its pattern's tag, and its pins.
+struct Live {
+    block: BlobBlock,
+    tag: u64,
+    pins: u32,
 }
 
 proptest! {
     #![proptest_config(crate::proptest_config())]
 
-    /// Random programs of allocations and frees: blocks are powers of two at multiples of
-    /// their size, never overlap, keep their patterns, and the heap ends whole.
+    /// Random programs of allocations, frees, pins and frees of stale allocations: blocks
+    /// are powers of two at multiples of their size, never overlap, keep their patterns; a
+    /// pinned block is never freed, a stale generation frees nothing, and the heap ends
+    /// whole.
     #[test]
     fn random_programs_keep_blocks_apart_and_intact(
         ops in prop::collection::vec(op(), 1..if cfg!(miri) { 24 } else { 200 })
@@ -299,60 +319,100 @@ proptest! {
         let g = geometry(14, 5);
         let mut blob = Blob::for_geometry(g);
         let heap = BlobHeap::init(blob.bytes(), g).unwrap();
-        let mut live: Vec<(BlobBlock, u64)> = Vec::new();
+        let mut live: Vec<Live> = Vec::new();
+        let mut stale: Vec<BlobBlock> = Vec::new();
         for (tag, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Alloc(size) => match heap.alloc(size) {
                     Ok(block) => {
                         prop_assert!(block.size >= size.max(32) && block.size.is_power_of_two());
                         prop_assert_eq!(block.offset % block.size as u64, 0);
-                        for (other, _) in &live {
+                        for other in &live {
+                            let other = &other.block;
                             let apart = block.offset + block.size as u64 <= other.offset
                                 || other.offset + other.size as u64 <= block.offset;
                             prop_assert!(apart, "{:?} overlaps {:?}", block, other);
                         }
+                        prop_assert_eq!(heap.pins(block.offset), 0);
                         fill(&block, tag as u64);
-                        live.push((block, tag as u64));
+                        live.push(Live { block, tag: tag as u64, pins: 0 });
                     }
                     Err(BlobError::OutOfMemory { .. }) => {
-                        let used: usize = live.iter().map(|(b, _)| b.size).sum();
+                        let used: usize = live.iter().map(|l| l.block.size).sum();
                         prop_assert!(used + size.next_power_of_two() > g.heap_bytes() / 2 || size > 4096);
                     }
                     Err(other) => prop_assert!(false, "{}", other),
                 },
                 Op::Free(pick) if !live.is_empty() => {
-                    let (block, tag) = live.swap_remove(pick % live.len());
+                    let at = pick % live.len();
+                    let Live { block, tag, pins } = live[at];
                     prop_assert!(holds(&block, tag), "block {:?} changed", block);
-                    heap.free(block.offset).unwrap();
+                    let freed = heap.free_generation(block.offset, block.generation);
+                    if pins > 0 {
+                        prop_assert_eq!(freed, Err(BlobError::Pinned { offset: block.offset, pins }));
+                    } else {
+                        prop_assert_eq!(freed, Ok(()));
+                        prop_assert_ne!(heap.generation(block.offset), Some(block.generation));
+                        live.swap_remove(at);
+                        stale.push(block);
+                    }
                 }
-                Op::Free(_) => {}
+                Op::Pin(pick) if !live.is_empty() => {
+                    let at = pick % live.len();
+                    let entry = &mut live[at];
+                    prop_assert_eq!(heap.pin(entry.block.offset, entry.block.generation), Ok(()));
+                    entry.pins += 1;
+                }
+                Op::Unpin(pick) if !live.is_empty() => {
+                    let at = pick % live.len();
+                    let entry = &mut live[at];
+                    let unpinned = heap.unpin(entry.block.offset, entry.block.generation);
+                    prop_assert_eq!(unpinned, entry.pins > 0);
+                    entry.pins = entry.pins.saturating_sub(1);
+                }
+                Op::FreeStale(pick) if !stale.is_empty() => {
+                    let block = stale[pick % stale.len()];
+                    prop_assert!(heap.free_generation(block.offset, block.generation).is_err());
+                    prop_assert!(heap.pin(block.offset, block.generation).is_err());
+                }
+                Op::Free(_) | Op::Pin(_) | Op::Unpin(_) | Op::FreeStale(_) => {}
             }
             let stats = heap.stats();
             prop_assert_eq!(stats.live_blocks as usize, live.len());
-            prop_assert_eq!(stats.allocated_bytes, live.iter().map(|(b, _)| b.size).sum::<usize>());
+            prop_assert_eq!(stats.allocated_bytes, live.iter().map(|l| l.block.size).sum::<usize>());
         }
-        for (block, tag) in live {
+        for Live { block, tag, pins } in live {
             prop_assert!(holds(&block, tag));
-            heap.free(block.offset).unwrap();
+            for _ in 0..pins {
+                prop_assert!(heap.unpin(block.offset, block.generation));
+            }
+            heap.free_generation(block.offset, block.generation).unwrap();
         }
         assert_whole(&heap);
     }
+}
+
+/// A new heap in `blob` and two handles on it, one from `init_raw` and one from
+/// `attach_raw`.
+fn two_handles(blob: &mut Blob, g: BlobGeometry) -> (BlobHeap<'_>, BlobHeap<'_>) {
+    let bytes = blob.bytes();
+    let (base, len) = (
+        std::ptr::NonNull::from(&mut *bytes).cast::<u8>(),
+        bytes.len(),
+    );
+    // SAFETY: the blob outlives both handles (they borrow it), and is touched only through
+    // them (both come from the same raw pointer, so neither borrow invalidates the other).
+    let first = unsafe { BlobHeap::init_raw(base, len, g) }.unwrap();
+    // SAFETY: as above.
+    let second = unsafe { BlobHeap::attach_raw(base, len) }.unwrap();
+    (first, second)
 }
 
 #[test]
 fn a_second_handle_sees_and_frees_the_same_blocks() {
     let g = geometry(12, 6);
     let mut blob = Blob::for_geometry(g);
-    let bytes = blob.bytes();
-    let (base, len) = (
-        std::ptr::NonNull::from(&mut *bytes).cast::<u8>(),
-        bytes.len(),
-    );
-    // SAFETY: the blob outlives both handles, and is touched only through them (both come
-    // from the same raw pointer, so neither borrow invalidates the other).
-    let first = unsafe { BlobHeap::init_raw(base, len, g) }.unwrap();
-    // SAFETY: as above.
-    let second = unsafe { BlobHeap::attach_raw(base, len) }.unwrap();
+    let (first, second) = two_handles(&mut blob, g);
     assert_eq!(second.geometry(), g);
     assert_eq!(first.stats().handles, 2);
     let block = first.alloc(200).unwrap();
@@ -382,6 +442,91 @@ fn a_second_handle_sees_and_frees_the_same_blocks() {
         attach(blob.bytes()),
         Err(BlobError::NotAHeap { .. })
     ));
+}
+
+/// Stamps: a block's generation tells its allocation apart from the place's later ones, in
+/// every handle; a pinned block cannot be freed by any handle until it is unpinned; a free
+/// of a stale generation frees nothing; two heaps have two ids, two handles of one heap one.
+#[test]
+fn generations_and_pins_guard_blocks_across_handles() {
+    let g = geometry(12, 6);
+    let mut blob = Blob::for_geometry(g);
+    let (first, second) = two_handles(&mut blob, g);
+    assert_eq!(first.id(), second.id());
+    let mut other_blob = Blob::for_geometry(g);
+    let other = BlobHeap::init(other_blob.bytes(), g).unwrap();
+    assert_ne!(other.id(), first.id());
+
+    let block = first.alloc(64).unwrap();
+    let (offset, generation) = (block.offset, block.generation);
+    assert_eq!(second.block(offset).unwrap().generation, generation);
+    assert_eq!(second.generation(offset), Some(generation));
+    assert_eq!(
+        first.generation(offset + 8),
+        None,
+        "not a smallest block's start"
+    );
+    assert_eq!(first.generation(1 << 12), None, "outside the heap");
+
+    // Pinned through one handle: no handle frees it, with or without the generation.
+    second.pin(offset, generation).unwrap();
+    assert_eq!(first.pins(offset), 1);
+    let pinned = BlobError::Pinned { offset, pins: 1 };
+    assert_eq!(first.free(offset), Err(pinned));
+    assert_eq!(second.free_generation(offset, generation), Err(pinned));
+    assert!(
+        pinned
+            .to_string()
+            .contains("is pinned by 1 view(s) (in this process or another)"),
+        "{pinned}"
+    );
+    assert!(second.unpin(offset, generation));
+    assert!(
+        !second.unpin(offset, generation),
+        "no pin left to take back"
+    );
+
+    // Freed: the generation moves on, and the old one can neither be pinned nor freed.
+    first.free_generation(offset, generation).unwrap();
+    let now = first.generation(offset).unwrap();
+    assert_ne!(now, generation);
+    let stale = BlobError::StaleGeneration {
+        offset,
+        generation,
+        now,
+    };
+    assert_eq!(second.pin(offset, generation), Err(stale));
+    assert!(
+        stale
+            .to_string()
+            .contains("was freed (by this or another handle)")
+    );
+
+    // Allocated again at the same place: a new generation; the old one frees nothing.
+    let again = first.alloc(64).unwrap();
+    assert_eq!(again.offset, offset);
+    assert_ne!(again.generation, generation);
+    assert!(matches!(
+        second.free_generation(offset, generation),
+        Err(BlobError::StaleGeneration { .. })
+    ));
+    assert_eq!(first.block(offset).unwrap().generation, again.generation);
+
+    // At most `MOST_PINS` pins.
+    for _ in 0..MOST_PINS {
+        first.pin(offset, again.generation).unwrap();
+    }
+    assert_eq!(
+        first.pin(offset, again.generation),
+        Err(BlobError::TooManyPins { offset })
+    );
+    for _ in 0..MOST_PINS {
+        assert!(first.unpin(offset, again.generation));
+    }
+    second.free_generation(offset, again.generation).unwrap();
+    assert_whole(&first);
+    drop(second);
+    first.destroy().unwrap();
 }
 
 /// `lock_ptr` is where the lock is: inside the header, the same in every handle, and (with
