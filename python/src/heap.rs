@@ -35,6 +35,7 @@
 //! - `free` takes the allocation, not the place: it frees the block only if its generation
 //!   is the object's, so a stale object never frees the block's next allocation.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,13 +87,54 @@ unsafe impl Send for SendPtr {}
 /// An attached handle: the crate's handle over pinned memory. Fields drop in order, so the
 /// crate's handle (whose `Drop` writes the header) goes before the export.
 struct Handle {
-    heap: BlobHeap<'static>,
+    heap: ProcessHandle,
     /// Keeps `heap`'s memory in place (see `pin.rs`).
     pin: Pinned,
     /// Where the heap starts in this process (the key that tells mappings apart).
     start: NonNull<u8>,
     /// The heap's range among those of attached handles (see [`ATTACHED`]).
     attached: Attached,
+}
+
+/// The crate's handle, detached when dropped only in the process that attached it: a child
+/// forked with it inherits the handle without having been counted among the heap's
+/// handles, and must not take its parent's count away when it drops its copy.
+struct ProcessHandle {
+    heap: ManuallyDrop<BlobHeap<'static>>,
+    pid: u32,
+}
+
+impl ProcessHandle {
+    fn new(heap: BlobHeap<'static>) -> Self {
+        ProcessHandle {
+            heap: ManuallyDrop::new(heap),
+            pid: std::process::id(),
+        }
+    }
+
+    /// The crate's handle, to be consumed (by `destroy`).
+    fn into_inner(self) -> BlobHeap<'static> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: taken once; `this` is never dropped, so neither is the handle again.
+        unsafe { ManuallyDrop::take(&mut this.heap) }
+    }
+}
+
+impl core::ops::Deref for ProcessHandle {
+    type Target = BlobHeap<'static>;
+
+    fn deref(&self) -> &BlobHeap<'static> {
+        &self.heap
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        if std::process::id() == self.pid {
+            // SAFETY: dropped once, here; the handle is not used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.heap) };
+        }
+    }
 }
 
 /// The ranges of memory that attached handles of this process use, one entry per handle:
@@ -277,7 +319,8 @@ impl Heap {
             if let Some(handles) = handles.filter(|&n| n > 0) {
                 return Err(StillAttachedError::new_err(format!(
                     "mem_addr holds a heap (its header {at} bytes in) with {handles} handle(s) \
-                     attached, in other processes: Heap.init would reset it under them; \
+                     attached, in other processes or another mapping of this memory: \
+                     Heap.init would reset it under them; \
                      detach or destroy them first (a handle of a process that died stays \
                      counted: to reuse such memory, zero it first)"
                 )));
@@ -294,7 +337,7 @@ impl Heap {
         let attached = Attached::new(start, len - skip);
         Ok(Heap::new(
             Handle {
-                heap,
+                heap: ProcessHandle::new(heap),
                 pin,
                 start,
                 attached,
@@ -344,7 +387,7 @@ impl Heap {
                     if start.as_ptr().addr().is_multiple_of(aligned) && skip < aligned {
                         let attached = Attached::new(start, len - skip);
                         let handle = Handle {
-                            heap,
+                            heap: ProcessHandle::new(heap),
                             pin,
                             start,
                             attached,
@@ -400,6 +443,7 @@ impl Heap {
                 ));
             }
         };
+        let heap = heap.into_inner();
         let len = heap.blob_len();
         match py.detach(|| heap.destroy()) {
             Ok(()) => Ok(()),
@@ -410,7 +454,7 @@ impl Heap {
                 // handle was attached to a moment ago.
                 if let Ok(heap) = unsafe { BlobHeap::attach_raw(start, len) } {
                     let handle = Handle {
-                        heap,
+                        heap: ProcessHandle::new(heap),
                         pin,
                         start,
                         attached,
@@ -465,7 +509,11 @@ impl Heap {
         }
         let (offset, generation) = (mem.offset, mem.generation);
         py.detach(|| handle.heap.free_generation(offset, generation))
-            .map_err(heap_err)?;
+            .map_err(|error| match error {
+                // Freed elsewhere: the place is free, or another allocation's.
+                BlobError::NotLive { .. } | BlobError::StaleGeneration { .. } => mem.freed_error(),
+                other => heap_err(other),
+            })?;
         mem.freed_here.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -703,7 +751,7 @@ pub(crate) struct Memory {
     heap_id: u64,
     offset: u64,
     /// Which allocation of the block this object is.
-    generation: u32,
+    generation: u64,
     len: usize,
     block_size: usize,
     ptr: BlockPtr,
@@ -739,8 +787,13 @@ impl Memory {
     }
 
     /// Pins the block through `handle` (the object's allocation of it), mapping a freed
-    /// generation to InvalidMemoryError and a full count of pins to BusyError.
+    /// generation to InvalidMemoryError and a full count of pins to BusyError. The memory
+    /// must still hold the object's heap: one made anew there since (by `Heap.init` in
+    /// another process) has another id, and its generations say nothing of this object.
     fn pin(&self, handle: &Handle) -> PyResult<()> {
+        if handle.heap.id() != self.heap_id {
+            return Err(self.freed_error());
+        }
         handle
             .heap
             .pin(self.offset, self.generation)
@@ -800,7 +853,7 @@ impl Memory {
     /// Which allocation of the block this object is: the same in every process while the
     /// block is live; the block's generation moves on when it is freed.
     #[getter]
-    fn generation(&self) -> u32 {
+    fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -824,10 +877,10 @@ impl Memory {
             return true;
         }
         let state = lock(&self.heap.get().state);
-        state
-            .handle
-            .as_ref()
-            .is_some_and(|handle| handle.heap.generation(self.offset) != Some(self.generation))
+        state.handle.as_ref().is_some_and(|handle| {
+            handle.heap.id() != self.heap_id
+                || handle.heap.generation(self.offset) != Some(self.generation)
+        })
     }
 
     /// The Heap handle this object came from.

@@ -233,6 +233,28 @@ def test_init_refuses_memory_whose_heap_another_process_is_attached_to(shared_he
     fresh.destroy()
 
 
+def test_a_forked_child_dropping_an_inherited_handle_leaves_the_count(shared_heap):
+    heap, shm = shared_heap
+    mem = heap.malloc(64)
+    pid = os.fork()
+    if pid == 0:
+        # The child inherited the handle (never counted for it) and lets go of it.
+        code = 1
+        try:
+            del mem
+            heap.detach()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # Still counted once (a fresh init elsewhere stays refused); the object still works.
+    assert heap.get_stats().handles == 1
+    mem[0:4] = b"mine"
+    assert mem.tobytes()[:4] == b"mine"
+    heap.free(mem)
+
+
 def _allocate_then_die_holding_the_lock(name, count, report):
     shm, heap = _attach(name)
     blocks = []

@@ -136,9 +136,9 @@ pub enum BlobError {
         /// The block's offset.
         offset: u64,
         /// The generation asked for (the allocation's).
-        generation: u32,
+        generation: u64,
         /// The generation there now.
-        now: u32,
+        now: u64,
     },
     /// The block is pinned (views of it, in this process or another, must not outlive
     /// it): it cannot be freed until they are released.

@@ -8,7 +8,7 @@
 //! ```text
 //! | header (magic, version, geometry, lock, free-list heads, counts) |
 //! | per order: a bitmap of free blocks, a bitmap of live blocks      |
-//! | a stamp word per smallest block (generation and pins)            |
+//! | a stamp per smallest block (generation, pins, live bit)          |
 //! | padding to the alignment                                         |
 //! | the heap: 2^max_order bytes, in blocks of 2^min_order..          |
 //! ```
@@ -22,18 +22,22 @@
 //!
 //! # Stamps: which allocation a block is, and who still looks at it
 //!
-//! Beside the bitmaps, each smallest block's place has a stamp word: the *generation* of
-//! the block that starts there (24 bits, bumped by every allocation and every free of a
-//! block starting there) and its *pins* (8 bits: views of the block that must not outlive
-//! it). A block handed out carries its generation ([`BlobBlock::generation`]); any handle,
-//! in any process, can then tell whether that allocation is still live
+//! Beside the bitmaps, each smallest block's place has a 64-bit stamp: the *generation* of
+//! the block that starts there (48 bits, bumped by every allocation and every free of a
+//! block starting there: it would take a place allocated and freed a million times a
+//! second for four years to come back to a generation), its *pins* (15 bits: views of the
+//! block that must not outlive it) and a *live* bit (set by the allocation, cleared by its
+//! free). A block handed out carries its generation ([`BlobBlock::generation`]); any
+//! handle, in any process, can then tell whether that allocation is still live
 //! ([`BlobHeap::generation`]), free it only if it is ([`BlobHeap::free_generation`]), and
 //! pin it ([`BlobHeap::pin`]) so that no handle frees it until it is unpinned: a free of a
-//! pinned block fails with [`BlobError::Pinned`]. Pins and generations change by
-//! compare-and-swap on the stamp, without the lock; a free changes the stamp (pins 0, the
-//! next generation) before anything else, so it and a pin never both succeed. Pins held by
-//! a process that dies stay: its blocks cannot be freed by anyone after it (they leak,
-//! which [`BlobHeap::stats`] shows as live memory), never freed under a view.
+//! pinned block fails with [`BlobError::Pinned`], a pin of anything but a live
+//! allocation with [`BlobError::StaleGeneration`]. Pins and generations change by
+//! compare-and-swap on the stamp, without the lock; a free changes the stamp (not live,
+//! the next generation) before anything else, so it and a pin never both succeed. Pins
+//! are not tied to their taker: pins a process still holds when it ends stay, and its
+//! blocks cannot be freed by anyone after it (they leak, which [`BlobHeap::stats`] shows
+//! as live memory), never freed under a view.
 //!
 //! # Damage and dead lock holders
 //!
@@ -81,12 +85,16 @@ const SLOTS: usize = MOST_ORDERS as usize;
 const NIL: u64 = u64::MAX;
 /// Mixed into a free block's check word.
 const LINK_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
-/// A stamp's generation bits (the rest count pins).
-const GENERATION_MASK: u32 = (1 << 24) - 1;
+/// A stamp's generation bits.
+const GENERATION_MASK: u64 = (1 << 48) - 1;
+/// Where a stamp's pin count starts.
+const PIN_SHIFT: u32 = 48;
 /// One pin, in a stamp.
-const PIN: u32 = 1 << 24;
+const PIN: u64 = 1 << PIN_SHIFT;
+/// A stamp's live bit: an allocation starts at this place and was not freed.
+const LIVE: u64 = 1 << 63;
 /// The most pins a block can have at once.
-pub const MOST_PINS: u32 = u32::MAX >> 24;
+pub const MOST_PINS: u32 = (1 << 15) - 1;
 /// Codes of the header's `recovery` word.
 const RECOVERY_NONE: u32 = 0;
 const RECOVERY_CORRUPT: u32 = 1;
@@ -196,7 +204,7 @@ impl BlobGeometry {
             at += 2 * words * 8;
         }
         maps.stamps = at;
-        at += (1usize << (self.max_order - self.min_order)) * size_of::<u32>();
+        at += (1usize << (self.max_order - self.min_order)) * size_of::<u64>();
         maps.data = at.next_multiple_of(self.alignment.max(64));
         maps
     }
@@ -253,7 +261,7 @@ pub struct BlobBlock {
     pub size: usize,
     /// Which allocation of this place it is (see "Stamps" in the module's docs): the same
     /// in every process while the block is live, another once it was freed.
-    pub generation: u32,
+    pub generation: u64,
     ptr: NonNull<u8>,
 }
 
@@ -730,7 +738,7 @@ impl<'a> BlobHeap<'a> {
     /// [`BlobBlock::generation`]): when the block at `offset` was freed since, perhaps by
     /// another process, and perhaps allocated again, the error is
     /// [`BlobError::StaleGeneration`] and nothing is freed.
-    pub fn free_generation(&self, offset: u64, generation: u32) -> Result<(), BlobError> {
+    pub fn free_generation(&self, offset: u64, generation: u64) -> Result<(), BlobError> {
         let guard = self.lock()?;
         guard.usable()?;
         self.free_locked(offset, Some(generation))
@@ -746,29 +754,31 @@ impl<'a> BlobHeap<'a> {
 
     // ---- stamps: generations and pins ----------------------------------------------------
 
-    /// The current generation at `offset` (see "Stamps" in the module's docs): equal to a
-    /// block's [`generation`](BlobBlock::generation) while that allocation is live. `None`
-    /// for an offset outside the heap or not at the start of a smallest block. No lock.
-    pub fn generation(&self, offset: u64) -> Option<u32> {
-        Some(self.stamp(offset)?.load(Ordering::Acquire) & GENERATION_MASK)
+    /// The generation of the live allocation that starts at `offset` (see "Stamps" in the
+    /// module's docs), equal to its block's [`generation`](BlobBlock::generation); `None`
+    /// when none does (the place is free, inside a block, or outside the heap). No lock.
+    pub fn generation(&self, offset: u64) -> Option<u64> {
+        let stamp = self.stamp(offset)?.load(Ordering::Acquire);
+        (stamp & LIVE != 0).then_some(stamp & GENERATION_MASK)
     }
 
     /// Pins the allocation `generation` of the block at `offset`: until as many
     /// [`unpin`](Self::unpin)s, no handle in any process frees it (its frees fail with
-    /// [`BlobError::Pinned`]). Fails with [`BlobError::StaleGeneration`] when that
-    /// allocation was freed already, [`BlobError::TooManyPins`] at [`MOST_PINS`]. No lock.
-    pub fn pin(&self, offset: u64, generation: u32) -> Result<(), BlobError> {
-        let stamp = self.stamp(offset).ok_or(BlobError::NotLive { offset })?;
+    /// [`BlobError::Pinned`]). Fails with [`BlobError::StaleGeneration`] unless that
+    /// allocation is live, [`BlobError::TooManyPins`] at [`MOST_PINS`],
+    /// [`BlobError::OffsetOutOfRange`] outside the heap. No lock.
+    pub fn pin(&self, offset: u64, generation: u64) -> Result<(), BlobError> {
+        let stamp = self.stamp_or_error(offset)?;
         let mut seen = stamp.load(Ordering::Acquire);
         loop {
-            if seen & GENERATION_MASK != generation {
+            if !is_live_generation(seen, generation) {
                 return Err(BlobError::StaleGeneration {
                     offset,
                     generation,
                     now: seen & GENERATION_MASK,
                 });
             }
-            if seen >> 24 == MOST_PINS {
+            if pins_of(seen) == MOST_PINS {
                 return Err(BlobError::TooManyPins { offset });
             }
             match stamp.compare_exchange_weak(seen, seen + PIN, Ordering::AcqRel, Ordering::Acquire)
@@ -779,15 +789,15 @@ impl<'a> BlobHeap<'a> {
         }
     }
 
-    /// Takes back one [`pin`](Self::pin) of the allocation `generation` at `offset`; false
-    /// when it holds none (nothing changes). No lock.
-    pub fn unpin(&self, offset: u64, generation: u32) -> bool {
+    /// Takes back one [`pin`](Self::pin) of the live allocation `generation` at `offset`;
+    /// false when it holds none (nothing changes). No lock.
+    pub fn unpin(&self, offset: u64, generation: u64) -> bool {
         let Some(stamp) = self.stamp(offset) else {
             return false;
         };
         stamp
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seen| {
-                (seen & GENERATION_MASK == generation && seen >> 24 > 0).then(|| seen - PIN)
+                (is_live_generation(seen, generation) && pins_of(seen) > 0).then(|| seen - PIN)
             })
             .is_ok()
     }
@@ -795,7 +805,7 @@ impl<'a> BlobHeap<'a> {
     /// The pins the block at `offset` holds now (0 outside the heap). No lock.
     pub fn pins(&self, offset: u64) -> u32 {
         self.stamp(offset)
-            .map_or(0, |stamp| stamp.load(Ordering::Acquire) >> 24)
+            .map_or(0, |stamp| pins_of(stamp.load(Ordering::Acquire)))
     }
 
     // ---- recovery ------------------------------------------------------------------------
@@ -1056,21 +1066,30 @@ impl<'a> BlobHeap<'a> {
 
     /// The stamp of the smallest block at `offset`; `None` outside the heap or between
     /// smallest blocks' starts. (Not only under the lock: stamps change by compare-and-swap.)
-    fn stamp(&self, offset: u64) -> Option<&AtomicU32> {
+    fn stamp(&self, offset: u64) -> Option<&AtomicU64> {
         let g = self.geometry;
         if offset >= g.heap_bytes() as u64 || offset.trailing_zeros() < g.min_order {
             return None;
         }
         let index = (offset >> g.min_order) as usize;
         // SAFETY: `maps()` laid out a stamp per smallest block inside the blob's header
-        // part, 4-byte aligned (after 8-byte bitmap words); `index` is below their count.
+        // part, 8-byte aligned (after 8-byte bitmap words); `index` is below their count.
         Some(unsafe {
             &*self
                 .base
                 .as_ptr()
-                .add(self.maps.stamps + index * size_of::<u32>())
-                .cast::<AtomicU32>()
+                .add(self.maps.stamps + index * size_of::<u64>())
+                .cast::<AtomicU64>()
         })
+    }
+
+    /// [`stamp`](Self::stamp), or the error naming the offset.
+    fn stamp_or_error(&self, offset: u64) -> Result<&AtomicU64, BlobError> {
+        let heap_bytes = self.geometry.heap_bytes();
+        if offset >= heap_bytes as u64 {
+            return Err(BlobError::OffsetOutOfRange { offset, heap_bytes });
+        }
+        self.stamp(offset).ok_or(BlobError::NotLive { offset })
     }
 
     /// The block at `offset` of `order`, in this mapping, with its generation now.
@@ -1264,11 +1283,11 @@ impl<'a> BlobHeap<'a> {
         for lower in (order..found).rev() {
             self.push(offset + (1 << lower), lower);
         }
-        // A new allocation of this place: the next generation, no pins (a free block has
-        // none; a stray write's are dropped).
+        // A new allocation of this place: live, the next generation, no pins (a place
+        // that is not live can take none; a stray write's are dropped).
         if let Some(stamp) = self.stamp(offset) {
-            let next = (stamp.load(Ordering::Relaxed) + 1) & GENERATION_MASK;
-            stamp.store(next, Ordering::Release);
+            let next = ((stamp.load(Ordering::Relaxed) & GENERATION_MASK) + 1) & GENERATION_MASK;
+            stamp.store(next | LIVE, Ordering::Release);
         }
         self.set_bit(
             self.maps.live[self.slot(order)],
@@ -1282,7 +1301,7 @@ impl<'a> BlobHeap<'a> {
 
     /// Frees the live block at `offset` (only its allocation `generation`, when given),
     /// unless it is pinned.
-    fn free_locked(&self, offset: u64, generation: Option<u32>) -> Result<(), BlobError> {
+    fn free_locked(&self, offset: u64, generation: Option<u64>) -> Result<(), BlobError> {
         let order = self.live_order(offset)?;
         let stamp = self.stamp(offset).ok_or(BlobError::NotLive { offset })?;
         let seen = stamp.load(Ordering::Acquire);
@@ -1312,23 +1331,25 @@ impl<'a> BlobHeap<'a> {
         if head != NIL && self.link(head, size)?.prev != NIL {
             return Err(self.damaged(head, size));
         }
-        // The stamp first: from here no pin can be taken (it would name this generation),
+        // The stamp first: from here no pin can be taken (the place is no longer live),
         // and a pin taken since `seen` makes the swap fail, before anything else changed.
-        let unpinned = seen & GENERATION_MASK;
-        let next = (unpinned + 1) & GENERATION_MASK;
+        let current = seen & GENERATION_MASK;
+        let unpinned = current | LIVE;
+        let next = (current + 1) & GENERATION_MASK;
         if let Err(now) =
             stamp.compare_exchange(unpinned, next, Ordering::AcqRel, Ordering::Acquire)
         {
-            return Err(if now & GENERATION_MASK == unpinned {
+            return Err(if is_live_generation(now, current) {
                 BlobError::Pinned {
                     offset,
-                    pins: now >> 24,
+                    pins: pins_of(now),
                 }
             } else {
-                // Changed under the lock we hold: only a stray write does that.
+                // A live block's stamp not live, or its generation changed under the lock
+                // we hold: only a stray write does that.
                 BlobError::StaleGeneration {
                     offset,
-                    generation: unpinned,
+                    generation: current,
                     now: now & GENERATION_MASK,
                 }
             });
@@ -1355,12 +1376,28 @@ impl<'a> BlobHeap<'a> {
     }
 }
 
-/// A new heap's id: std's hash keys, which each process draws at random and every call
-/// changes (never 0).
+/// Whether `stamp` is that of the live allocation `generation`.
+fn is_live_generation(stamp: u64, generation: u64) -> bool {
+    stamp & LIVE != 0 && stamp & GENERATION_MASK == generation
+}
+
+/// The pins counted in `stamp`.
+fn pins_of(stamp: u64) -> u32 {
+    ((stamp >> PIN_SHIFT) as u32) & MOST_PINS
+}
+
+/// A new heap's id (never 0): std's hash keys, drawn at random once per thread and bumped
+/// by each use, hashing the process id, the monotonic clock and a count of ids drawn in
+/// this process, so that a forked child, which inherits the keys and the count, still
+/// draws another id than its parent's.
 fn fresh_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::hash::RandomState::new().build_hasher();
     hasher.write_u64(MAGIC);
+    hasher.write_u32(std::process::id());
+    Instant::now().hash(&mut hasher);
+    hasher.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
     hasher.finish().max(1)
 }
 

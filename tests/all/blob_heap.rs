@@ -133,9 +133,9 @@ fn geometry_errors_name_what_was_wrong() {
         "alignment 24 is not a power of two of at least 8"
     );
     // The seed's example geometry: a 4 GiB heap of 4 KiB blocks, 4 KiB-aligned: the data,
-    // a stamp per block (4 MiB) and the bitmaps and header (under 1 MiB).
+    // an 8-byte stamp per block (8 MiB) and the bitmaps and header (under 1 MiB).
     let seed = BlobHeap::required_size(32, 12, 4096).unwrap();
-    let stamps = (1 << 20) * 4;
+    let stamps = (1 << 20) * 8;
     assert!(
         seed > (1 << 32) + stamps && seed < (1 << 32) + stamps + (1 << 20),
         "{seed}"
@@ -352,7 +352,7 @@ proptest! {
                         prop_assert_eq!(freed, Err(BlobError::Pinned { offset: block.offset, pins }));
                     } else {
                         prop_assert_eq!(freed, Ok(()));
-                        prop_assert_ne!(heap.generation(block.offset), Some(block.generation));
+                        prop_assert_eq!(heap.generation(block.offset), None);
                         live.swap_remove(at);
                         stale.push(block);
                     }
@@ -486,21 +486,41 @@ fn generations_and_pins_guard_blocks_across_handles() {
         "no pin left to take back"
     );
 
-    // Freed: the generation moves on, and the old one can neither be pinned nor freed.
+    // Freed: no live allocation there, and the old one can neither be pinned nor freed;
+    // nor can the place, at the generation it moved to, or inside a live block.
     first.free_generation(offset, generation).unwrap();
-    let now = first.generation(offset).unwrap();
-    assert_ne!(now, generation);
-    let stale = BlobError::StaleGeneration {
-        offset,
-        generation,
-        now,
-    };
-    assert_eq!(second.pin(offset, generation), Err(stale));
+    assert_eq!(first.generation(offset), None);
+    let stale = second.pin(offset, generation).unwrap_err();
+    assert!(matches!(stale, BlobError::StaleGeneration { now, .. } if now != generation));
     assert!(
         stale
             .to_string()
             .contains("was freed (by this or another handle)")
     );
+    for later in generation + 1..generation + 3 {
+        assert!(matches!(
+            second.pin(offset, later),
+            Err(BlobError::StaleGeneration { .. })
+        ));
+    }
+    let wide = first.alloc(256).unwrap();
+    assert!(matches!(
+        first.pin(wide.offset + 64, 0),
+        Err(BlobError::StaleGeneration { .. })
+    ));
+    assert_eq!(
+        first.generation(wide.offset + 64),
+        None,
+        "inside a live block"
+    );
+    assert_eq!(
+        first.pin(1 << 12, 0),
+        Err(BlobError::OffsetOutOfRange {
+            offset: 1 << 12,
+            heap_bytes: 1 << 12
+        })
+    );
+    first.free_generation(wide.offset, wide.generation).unwrap();
 
     // Allocated again at the same place: a new generation; the old one frees nothing.
     let again = first.alloc(64).unwrap();
