@@ -96,12 +96,14 @@ impl Maps {
             live.push(at + words * 8);
             at += 2 * words * 8;
         }
+        // After the bitmaps, an 8-byte stamp per smallest block, then the data.
+        let stamps_end = at + (1usize << (max - min)) * 8;
         Maps {
             min,
             max,
             live,
             end: at,
-            data: at.next_multiple_of(g.alignment().max(64)),
+            data: stamps_end.next_multiple_of(g.alignment().max(64)),
         }
     }
 }
