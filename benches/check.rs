@@ -6,7 +6,7 @@
 //! `SizeClasses<Mmap>` alone, on the same churn with every block written whole (as a
 //! program writes its data); and call sites: `LeakCheckStack` recording the call stack of
 //! every allocation, against the same stack not recording and against its heap unchecked,
-//! on a churn of a million steps. `benches/check_rss.rs` measures the memory side.
+//! on a churn of a million steps, and the heap profiler's stack (`ProfileStack`) on it. `benches/check_rss.rs` measures the memory side.
 //!
 //! Run with `cargo bench --bench check`.
 
@@ -20,7 +20,7 @@ use stratalloc::Layer;
 use stratalloc::layers::{
     Check, Chunk, Coalesce, Guard, Mmap, Quarantine, SizeClasses, Stats, System,
 };
-use stratalloc::region::LeakCheckStack;
+use stratalloc::region::{LeakCheckStack, ProfileStack};
 
 const STEPS: usize = 4096;
 const LIVE: usize = 1000;
@@ -176,6 +176,10 @@ fn call_site_cost(c: &mut Criterion) {
             stack
         };
         measure_churn_of::<_, false>(b, make, CALL_SITE_STEPS)
+    });
+    // The heap profiler's stack over the same heap (target: at most 5x the heap alone).
+    group.bench_function("profile_stack", |b| {
+        measure_churn_of::<_, false>(b, ProfileStack::init, CALL_SITE_STEPS)
     });
     group.finish();
 }

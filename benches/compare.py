@@ -2,8 +2,8 @@
 """Runs the allocator benches back to back and prints the ratio table.
 
 The peers that must be the global allocator live in bench binaries of their own
-(`router`, `system_global`, `mimalloc_global`, `freelist_global`); this script runs each,
-reads criterion's medians from its output directory (`$CRITERION_HOME`, else
+(`router`, `system_global`, `mimalloc_global`, `freelist_global`, `dhat_global`); this
+script runs each, reads criterion's medians from its output directory (`$CRITERION_HOME`, else
 `$CARGO_TARGET_DIR/criterion`, else target/criterion, as criterion chooses), and prints them
 with the ratios and targets the README quotes. Rows whose target reads "(reference)" are
 there to read the others by.
@@ -23,7 +23,7 @@ elif os.environ.get("CARGO_TARGET_DIR"):
     CRITERION = ROOT / os.environ["CARGO_TARGET_DIR"] / "criterion"
 else:
     CRITERION = ROOT / "target" / "criterion"
-BENCHES = ["system_global", "mimalloc_global", "freelist_global", "router"]
+BENCHES = ["system_global", "mimalloc_global", "freelist_global", "dhat_global", "router"]
 
 
 def median_ns(group, name):
@@ -74,6 +74,9 @@ def main():
     request_region = median_ns(requests, "region_per_request")
     request_reset = median_ns(requests, "region_reset_per_request")
     request_bump = median_ns(requests, "bumpalo_reset_per_request")
+    profile_plain = median_ns("profile_churn", "router_no_region")
+    profile_ours = median_ns("profile_churn", "region_profile")
+    profile_dhat = median_ns("profile_churn", "dhat")
     lookup_system = median_ns("free_lookup", "system_block")
     lookup_region = median_ns("free_lookup", "region_block")
 
@@ -115,6 +118,10 @@ def main():
         ("request loop, mimalloc vs system", request_mimalloc, request_system, reference),
         ("request loop, bumpalo Bump reset per request vs system", request_bump,
          request_system, reference),
+        ("churn 1M allocations, region::profile vs dhat profiling it", profile_ours,
+         profile_dhat, "< 1x"),
+        ("churn 1M allocations, region::profile vs Router with no region (system)",
+         profile_ours, profile_plain, reference),
     ]
     print("| comparison | stratalloc | peer | time ratio | target |")
     print("|---|---|---|---|---|")

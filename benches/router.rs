@@ -1,7 +1,7 @@
 //! The `Router` as the global allocator: pass-through cost with no region entered, binary
 //! trees with one region per tree and the request loop with a region per request or one
 //! region reset after each (each against bumpalo, in the same run), and the cost of a free's
-//! ownership look-up. `benches/compare.py` sets these against the `system_global`,
+//! ownership look-up, and the heap profiler on a churn. `benches/compare.py` sets these against the `system_global`,
 //! `mimalloc_global` and `freelist_global` binaries.
 
 use std::hint::black_box;
@@ -135,6 +135,25 @@ fn churn(c: &mut Criterion) {
     group.finish();
 }
 
+/// The heap profiler on the churn: `region::profile` (the profile written in DHAT's
+/// format, as `dhat` writes its file) against the same churn unprofiled; `dhat_global` runs
+/// dhat on it.
+fn profile_churn(c: &mut Criterion) {
+    let mut group = workloads::profile_churn_group(c);
+    group.bench_function("router_no_region", |b| {
+        b.iter(|| workloads::churn(workloads::PROFILE_CHURN_STEPS))
+    });
+    group.bench_function("region_profile", |b| {
+        b.iter(|| {
+            let (total, profile) =
+                region::profile(|| workloads::churn(workloads::PROFILE_CHURN_STEPS));
+            profile.write_dhat(std::io::sink()).unwrap();
+            total
+        })
+    });
+    group.finish();
+}
+
 fn free_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("free_lookup");
     let system_block = Box::new([0u8; 64]);
@@ -150,5 +169,12 @@ fn free_lookup(c: &mut Criterion) {
     drop(region_block);
 }
 
-criterion_group!(router, binary_trees, request_loop, churn, free_lookup);
+criterion_group!(
+    router,
+    binary_trees,
+    request_loop,
+    churn,
+    profile_churn,
+    free_lookup
+);
 criterion_main!(router);

@@ -11,12 +11,12 @@ mod sources;
 pub use arenas::{Batch, Bitset, Buddy, Chunk};
 pub use blocks::{Coalesce, FreeList, SizeClasses, SizeHeader, Slab};
 pub use combinators::{Fallback, Segregate};
-#[cfg(feature = "std")]
-pub use debug::SourceFrame;
 pub use debug::{
     CallSite, Check, Deferred, GUARD_BYTE, Guard, HELD_BLOCKS, Held, LeakReport, OnRelease,
     Quarantine, Released, Stats,
 };
+#[cfg(feature = "std")]
+pub use debug::{HeapProfile, Profile, SiteProfile, SourceFrame};
 pub use shaping::{Align, Fill};
 #[cfg(any(all(feature = "os", any(unix, windows)), feature = "std"))]
 pub use sources::Mmap;

@@ -1,5 +1,6 @@
-//! `check_leaks` in a program whose global allocator is not the `Router`: it cannot watch
-//! the closure, so it panics and says how to install the router, rather than pass a leak.
+//! `check_leaks` (and `region::profile`) in a program whose global allocator is not the
+//! `Router`: it cannot watch the closure, so it panics and says how to install the router,
+//! rather than pass a leak (or return an empty profile).
 //!
 //! A test binary of its own rather than a module of `tests/all`, whose global allocator is
 //! the router: this one has none declared, so the system allocator serves it.
@@ -27,8 +28,13 @@ fn panic_message(call: impl FnOnce()) -> String {
 
 /// Asserts that `message` says what went wrong and how to put it right.
 fn assert_explains(message: &str) {
+    assert_explains_for("check_leaks", message);
+}
+
+/// Asserts that `message` says that `what` could not watch, why and how to put it right.
+fn assert_explains_for(what: &str, message: &str) {
     assert!(
-        message.contains("check_leaks cannot watch the closure")
+        message.contains(&format!("{what} cannot watch the closure"))
             && message.contains("not stratalloc's Router")
             && message.contains(INSTALL),
         "{message}"
@@ -65,4 +71,20 @@ fn a_closure_that_allocates_nothing_is_not_passed_either() {
         let _ = check_leaks(|| black_box(2) + 2);
     });
     assert_explains(&message);
+}
+
+#[test]
+fn a_profile_of_allocations_it_did_not_see_is_not_returned() {
+    let ran = std::cell::Cell::new(false);
+    let message = panic_message(|| {
+        let _ = stratalloc::region::profile(|| {
+            ran.set(true);
+            black_box(vec![1u64, 2, 3]).len()
+        });
+    });
+    assert_explains_for("profile", &message);
+    assert!(
+        !ran.get(),
+        "the closure ran although it could not be watched"
+    );
 }

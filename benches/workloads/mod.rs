@@ -76,6 +76,17 @@ pub fn churn(steps: usize) -> usize {
     total + window.len()
 }
 
+/// Steps of the profiled churn: a million allocations and frees.
+pub const PROFILE_CHURN_STEPS: usize = 1 << 20;
+
+/// The criterion group the heap profilers are measured in on [`churn`] of
+/// [`PROFILE_CHURN_STEPS`]: ten samples, since a profiled iteration takes seconds.
+pub fn profile_churn_group(c: &mut Criterion) -> BenchmarkGroup<'_, WallTime> {
+    let mut group = c.benchmark_group("profile_churn");
+    group.sample_size(10);
+    group
+}
+
 // ---- the request loop ---------------------------------------------------------------------
 
 /// The criterion group every bench binary measures [`handle_request`] in, one request per

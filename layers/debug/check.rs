@@ -8,11 +8,20 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
+#[cfg(feature = "std")]
+use super::call_sites::SourceFrame;
 use super::call_sites::{CallSites, Stack};
-use super::live_table::{Checked, LiveTable, Slot};
+use super::live_table::{Checked, LiveTable, Slot, pack_layout};
 use crate::abort::abort_with;
 use crate::layer::{paranoid, require_grow, require_shrink};
 use crate::{Gauge, Gauges, Layer};
+
+/// What is live from one call site: blocks and their bytes.
+#[derive(Clone, Copy, Default)]
+struct Live {
+    blocks: u64,
+    bytes: u64,
+}
 
 /// How many recently put addresses are remembered to tell a double put from a stranger.
 const RECENT: usize = 32;
@@ -41,10 +50,11 @@ const RECENT: usize = 32;
 /// aborts.) Call [`leaks`](Check::leaks) first to inspect them without failing.
 ///
 /// With [`record_call_sites`](Check::record_call_sites) on, each block also remembers the
-/// call stack that allocated it (return addresses from the unwinder, interned per distinct
-/// stack in memory from `L`), and the report groups the leaks by call site, symbolised when
-/// it is read. Capturing a stack costs about a microsecond per allocation, so it is off by
-/// default.
+/// call stack that allocated it (return addresses, interned per distinct stack in memory
+/// from `L`), and the report groups the leaks by call site, symbolised when it is read. A
+/// stack costs about 2.5 µs through the unwinder, or tens of nanoseconds from frame
+/// records in a build with frame pointers
+/// ([`CHEAP_CALL_SITES`](crate::region::CHEAP_CALL_SITES)); it is off by default.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -61,7 +71,7 @@ const RECENT: usize = 32;
 /// ```
 pub struct Check<L: Layer> {
     table: LiveTable<Checked>,
-    sites: CallSites,
+    sites: CallSites<Live>,
     recording: bool,
     figures: Gauges,
     recent: [usize; RECENT],
@@ -119,8 +129,8 @@ impl<L: Layer> Check<L> {
         for slot in self.table.iter() {
             report.add(slot.ptr.addr(), slot.size());
         }
-        for site in self.sites.iter().filter(|site| site.live_blocks > 0) {
-            report.add_site(&site.stack, site.live_blocks, site.live_bytes);
+        for site in self.sites.iter().filter(|site| site.counts.blocks > 0) {
+            report.add_site(&site.stack, site.counts.blocks, site.counts.bytes);
         }
         Some(report)
     }
@@ -135,20 +145,13 @@ impl<L: Layer> Check<L> {
             .max()
     }
 
-    /// Moves the table to a bigger block from `L`. `None` when `L` has no room for it.
-    #[cold]
-    fn grow_table(&mut self) -> Option<()> {
-        let capacity = self.table.next_capacity();
-        let block = self
-            .inner
-            .get(LiveTable::<Checked>::block_layout(capacity)?)?;
-        // SAFETY: a fresh block of `L` with the table's layout for `capacity`, which
-        // `next_capacity` makes a power of two of at least 16 with room for every slot.
-        if let Some((old, layout)) = unsafe { self.table.rebuild(block, capacity) } {
-            // SAFETY: the previous table block came from `L` with this layout.
-            unsafe { self.inner.put(old, layout) };
+    /// Adds a block (`block` 1, or -1 to take one away, or 0) and `bytes` to what is live
+    /// from call site `site`; nothing for site 0.
+    fn count(&mut self, site: u32, block: i64, bytes: i64) {
+        if let Some(live) = self.sites.counts_mut(site) {
+            live.blocks = live.blocks.wrapping_add_signed(block);
+            live.bytes = live.bytes.wrapping_add_signed(bytes);
         }
-        Some(())
     }
 
     /// The slot of a block being put or resized, or an abort naming what is wrong.
@@ -169,7 +172,7 @@ impl<L: Layer> Check<L> {
             ))
         };
         let slot = self.table.slot(i);
-        if Slot::pack(layout) != Some(slot.value.layout) {
+        if pack_layout(layout) != Some(slot.value.layout) {
             abort_with(format_args!(
                 "Check: {what} of {ptr:p} with size {}, align {}, but it was got with size {}, align {}",
                 layout.size(),
@@ -193,11 +196,7 @@ impl<L: Layer> Check<L> {
                     .put(NonNull::new_unchecked(slot.ptr), slot.unpack())
             };
         }
-        if let Some((block, layout)) = self.table.block() {
-            // SAFETY: the table block came from `L` with this layout and is not used again.
-            unsafe { self.inner.put(block, layout) };
-        }
-        self.table.clear();
+        self.table.release_to(&mut self.inner);
         self.sites.release(&mut self.inner);
         self.figures.record_all_ended();
         report
@@ -219,14 +218,14 @@ unsafe impl<L: Layer> Layer for Check<L> {
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);
-        let packed = Slot::pack(layout)?;
+        let packed = pack_layout(layout)?;
         if self.table.is_full() {
-            self.grow_table()?;
+            self.table.grow_from(&mut self.inner)?;
         }
         let block = self.inner.get(layout)?;
         let site = if self.recording {
             let site = self.sites.intern(&Stack::capture(), &mut self.inner);
-            self.sites.count(site, 1, layout.size() as i64);
+            self.count(site, 1, layout.size() as i64);
             site
         } else {
             0
@@ -252,7 +251,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // Every duty of `put`, checked exactly (in release builds too).
         let i = self.expect_live(ptr, layout, "put");
         let site = self.table.slot(i).value.site;
-        self.sites.count(site, -1, -(layout.size() as i64));
+        self.count(site, -1, -(layout.size() as i64));
         self.table.remove(i);
         self.recent[self.recent_next] = ptr.as_ptr().addr();
         self.recent_next = (self.recent_next + 1) % RECENT;
@@ -278,7 +277,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         // The block and `old` first, with `Check`'s exact messages; then the duties on `new`.
         let i = self.expect_live(ptr, old, "grow");
         require_grow::<Self>(ptr, old, new);
-        let Some(packed) = Slot::pack(new) else {
+        let Some(packed) = pack_layout(new) else {
             return false;
         };
         // SAFETY: checked above that the block is live with layout `old`.
@@ -292,8 +291,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
                     site,
                 },
             );
-            self.sites
-                .count(site, 0, new.size() as i64 - old.size() as i64);
+            self.count(site, 0, new.size() as i64 - old.size() as i64);
             self.figures.record_growth(new.size() - old.size());
         }
         grown
@@ -308,10 +306,9 @@ unsafe impl<L: Layer> Layer for Check<L> {
         if shrunk {
             let site = self.table.slot(i).value.site;
             // A size below one that packed packs too.
-            let layout = Slot::pack(new).unwrap_or(0);
+            let layout = pack_layout(new).unwrap_or(0);
             self.table.set_value(i, Checked { layout, site });
-            self.sites
-                .count(site, 0, new.size() as i64 - old.size() as i64);
+            self.count(site, 0, new.size() as i64 - old.size() as i64);
             self.figures.record_shrinking(old.size() - new.size());
         }
         shrunk
@@ -335,8 +332,8 @@ unsafe impl<L: Layer> Layer for Check<L> {
         });
         let (site_blocks, site_bytes) = self.sites.iter().fold((0u64, 0u64), |(b, n), site| {
             (
-                b.wrapping_add(site.live_blocks),
-                n.wrapping_add(site.live_bytes),
+                b.wrapping_add(site.counts.blocks),
+                n.wrapping_add(site.counts.bytes),
             )
         });
         if (blocks, bytes) != (site_blocks, site_bytes) {
@@ -707,21 +704,7 @@ impl CallSite<'_> {
     /// release profile); without it a frame has its function's name only.
     #[cfg(feature = "std")]
     pub fn frames(&self) -> std::vec::Vec<SourceFrame> {
-        let mut frames = std::vec::Vec::new();
-        for &address in self.addresses {
-            backtrace::resolve(address as *mut core::ffi::c_void, |symbol| {
-                frames.push(SourceFrame {
-                    function: symbol
-                        .name()
-                        .map_or_else(|| format!("{address:#x}"), |name| format!("{name:#}")),
-                    file: symbol.filename().map(shown_path),
-                    line: symbol.lineno(),
-                    column: symbol.colno(),
-                });
-            });
-        }
-        frames.retain(|frame| !frame.is_internal() && !frame.is_runtime());
-        frames
+        SourceFrame::callers(self.addresses)
     }
 }
 
@@ -796,86 +779,6 @@ impl fmt::Display for CallSite<'_> {
             Ok(())
         }
     }
-}
-
-/// One symbolised frame of a [`CallSite`].
-#[cfg(feature = "std")]
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct SourceFrame {
-    /// The function, demangled without its hash (the address when it has no symbol).
-    pub function: std::string::String,
-    /// The source file, relative to the current directory when it is inside it.
-    pub file: Option<std::string::String>,
-    /// The line, when debug information has it.
-    pub line: Option<u32>,
-    /// The column, when debug information has it.
-    pub column: Option<u32>,
-}
-
-#[cfg(feature = "std")]
-impl SourceFrame {
-    /// `file:line:column in function`, or the function alone.
-    fn place(&self) -> std::string::String {
-        match (&self.file, self.line) {
-            (Some(file), Some(line)) => match self.column {
-                Some(column) => format!("{file}:{line}:{column} in {}", self.function),
-                None => format!("{file}:{line} in {}", self.function),
-            },
-            _ => self.function.clone(),
-        }
-    }
-
-    /// A frame of the allocator or the standard library.
-    fn is_internal(&self) -> bool {
-        const CRATES: [&str; 7] = [
-            "stratalloc::",
-            "alloc::",
-            "core::",
-            "std::",
-            "hashbrown::",
-            "backtrace::",
-            "__rust",
-        ];
-        let name = self.function.trim_start_matches(['<', '&']);
-        let name = name.strip_prefix("mut ").unwrap_or(name);
-        if CRATES.iter().any(|krate| name.starts_with(krate)) || name.starts_with("0x") {
-            return true;
-        }
-        // `<T as alloc::..>::f`: a standard trait's method on a type parameter, slice or
-        // primitive (no path of its own), as in `<T as SpecFromElem>::from_elem`.
-        name.split_once(" as ").is_some_and(|(own, rest)| {
-            !own.contains("::") && CRATES.iter().any(|krate| rest.starts_with(krate))
-        })
-    }
-
-    /// A frame of the runtime around the caller's code: thread start, `main`'s shim, the
-    /// test harness, closure calls through the `Fn` traits.
-    fn is_runtime(&self) -> bool {
-        let name = self.function.trim_start_matches('<');
-        name.starts_with("test::")
-            || name.contains(" as core::ops::function::Fn")
-            || name.contains("__rust_begin_short_backtrace")
-            || name.starts_with("__libc_start")
-            || name == "_start"
-            || name == "clone3"
-            || name == "start_thread"
-    }
-}
-
-/// A path relative to the current directory when it lies inside it.
-#[cfg(feature = "std")]
-fn shown_path(path: &std::path::Path) -> std::string::String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|dir| {
-            path.strip_prefix(dir)
-                .ok()
-                .map(std::path::Path::to_path_buf)
-        })
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 impl fmt::Debug for LeakReport {

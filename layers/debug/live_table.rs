@@ -15,6 +15,7 @@ use core::alloc::Layout;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
+use crate::Layer;
 use crate::abort::debug_require;
 
 /// One live block: its address and what the table's user keeps with it (`Check`: a
@@ -36,26 +37,42 @@ pub(crate) struct Checked {
     pub(crate) site: u32,
 }
 
-impl Slot<Checked> {
-    /// Packs a layout, or `None` for a size of 2^58 bytes or more (which no machine serves).
-    #[inline(always)]
-    pub(crate) fn pack(layout: Layout) -> Option<u64> {
-        let size = layout.size() as u64;
-        (size < 1 << SIZE_BITS)
-            .then(|| size | (u64::from(layout.align().trailing_zeros()) << SIZE_BITS))
-    }
+/// A layout packed into a word: the size in the low `SIZE_BITS` bits, log2 of the alignment
+/// above; `None` for a size of 2^58 bytes or more (which no machine serves).
+#[inline(always)]
+pub(crate) fn pack_layout(layout: Layout) -> Option<u64> {
+    let size = layout.size() as u64;
+    (size < 1 << SIZE_BITS)
+        .then(|| size | (u64::from(layout.align().trailing_zeros()) << SIZE_BITS))
+}
 
+/// The size of a packed layout.
+pub(crate) fn packed_size(packed: u64) -> usize {
+    (packed & ((1 << SIZE_BITS) - 1)) as usize
+}
+
+/// The alignment of a packed layout.
+pub(crate) fn packed_align(packed: u64) -> usize {
+    1 << (packed >> SIZE_BITS)
+}
+
+/// The layout [`pack_layout`] packed.
+pub(crate) fn unpack_layout(packed: u64) -> Layout {
+    // SAFETY: packed from a valid layout, or from a valid resize of one.
+    unsafe { Layout::from_size_align_unchecked(packed_size(packed), packed_align(packed)) }
+}
+
+impl Slot<Checked> {
     pub(crate) fn size(self) -> usize {
-        (self.value.layout & ((1 << SIZE_BITS) - 1)) as usize
+        packed_size(self.value.layout)
     }
 
     pub(crate) fn align(self) -> usize {
-        1 << (self.value.layout >> SIZE_BITS)
+        packed_align(self.value.layout)
     }
 
     pub(crate) fn unpack(self) -> Layout {
-        // SAFETY: packed from a valid layout, or from a valid resize of one.
-        unsafe { Layout::from_size_align_unchecked(self.size(), self.align()) }
+        unpack_layout(self.value.layout)
     }
 }
 
@@ -110,7 +127,7 @@ impl<V: Copy> LiveTable<V> {
     /// The capacity the next rebuild should have: at least three times the live blocks,
     /// so that the table can take a third of them again before it is rebuilt (see
     /// [`max_load`](Self::max_load)).
-    pub(crate) fn next_capacity(&self) -> usize {
+    fn next_capacity(&self) -> usize {
         ((self.len + 1) * 3).next_power_of_two().max(16)
     }
 
@@ -124,18 +141,45 @@ impl<V: Copy> LiveTable<V> {
     }
 
     /// The memory block a table of `capacity` slots needs: slots, then control bytes.
-    pub(crate) fn block_layout(capacity: usize) -> Option<Layout> {
+    fn block_layout(capacity: usize) -> Option<Layout> {
         let slots = capacity.checked_mul(size_of::<Slot<V>>())?;
         Layout::from_size_align(slots.checked_add(capacity)?, align_of::<Slot<V>>()).ok()
     }
 
     /// The memory block in use and its layout, if any.
-    pub(crate) fn block(&self) -> Option<(NonNull<u8>, Layout)> {
+    fn block(&self) -> Option<(NonNull<u8>, Layout)> {
         let block = NonNull::new(self.slots.cast::<u8>())?;
         // SAFETY: a capacity in use had a valid block layout.
         Some((block, unsafe {
             Self::block_layout(self.capacity).unwrap_unchecked()
         }))
+    }
+
+    /// Moves the table to a bigger block got from `layer` (which
+    /// [`next_capacity`](Self::next_capacity) sizes) and gives the previous block back to
+    /// it. `None`, and the table unchanged, when `layer` has no room.
+    #[cold]
+    pub(crate) fn grow_from<L: Layer>(&mut self, layer: &mut L) -> Option<()> {
+        let capacity = self.next_capacity();
+        let block = layer.get(Self::block_layout(capacity)?)?;
+        // SAFETY: a fresh block of `layer` with the table's layout for `capacity`, which
+        // `next_capacity` makes a power of two of at least 16 with room for every slot.
+        if let Some((old, layout)) = unsafe { self.rebuild(block, capacity) } {
+            // SAFETY: the previous block came from `layer` (the table's blocks all come from
+            // the one layer its user hands in) with this layout.
+            unsafe { layer.put(old, layout) };
+        }
+        Some(())
+    }
+
+    /// Gives the table's block back to `layer` and forgets every slot (the user ends the
+    /// blocks they name first).
+    pub(crate) fn release_to<L: Layer>(&mut self, layer: &mut L) {
+        if let Some((block, layout)) = self.block() {
+            // SAFETY: the block came from `layer` with this layout and is not used again.
+            unsafe { layer.put(block, layout) };
+        }
+        self.clear();
     }
 
     /// Moves every live slot into a fresh table of `capacity` slots in `block` (laid out by
@@ -147,7 +191,7 @@ impl<V: Copy> LiveTable<V> {
     /// `block` is valid for writes of `block_layout(capacity)` bytes, aligned to it, and
     /// disjoint from the current table; `capacity` is a power of two, at least 16, and more
     /// than twice `len`.
-    pub(crate) unsafe fn rebuild(
+    unsafe fn rebuild(
         &mut self,
         block: NonNull<u8>,
         capacity: usize,
@@ -313,7 +357,7 @@ impl<V: Copy> LiveTable<V> {
     }
 
     /// Forgets the table (its block must already be freed or handed back by the caller).
-    pub(crate) fn clear(&mut self) {
+    fn clear(&mut self) {
         *self = Self::new();
     }
 

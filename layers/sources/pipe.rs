@@ -67,15 +67,7 @@ impl Pipe {
         if !self.origins.is_full() {
             return Some(());
         }
-        let capacity = self.origins.next_capacity();
-        let layout = LiveTable::<Origin>::block_layout(capacity)?;
-        let block = self.booking.get(layout)?;
-        // SAFETY: a fresh block with the table's layout for `capacity`.
-        if let Some((old, old_layout)) = unsafe { self.origins.rebuild(block, capacity) } {
-            // SAFETY: the previous table came from `booking` with this layout.
-            unsafe { self.booking.put(old, old_layout) };
-        }
-        Some(())
+        self.origins.grow_from(&mut self.booking)
     }
 
     /// Gives a piece back to where it came from, handing its pages' claim back first.
@@ -204,11 +196,7 @@ unsafe impl Layer for Pipe {
                 Self::give_back(self.claims, &mut self.held, piece, pages, origin);
             }
         }
-        if let Some((block, layout)) = self.origins.block() {
-            // SAFETY: the table came from `booking` with this layout.
-            unsafe { self.booking.put(block, layout) };
-        }
-        self.origins.clear();
+        self.origins.release_to(&mut self.booking);
         self.booking.deinit();
     }
 

@@ -96,6 +96,14 @@ mod layers {
         || Check::new(super::suite_buffer()),
         gauged
     );
+    // Under Miri, the unwinder captures no stacks: the table of sites stays empty there,
+    // and the figures' arithmetic is what `heap_profile::figures_*` check.
+    #[cfg(all(feature = "std", not(miri)))]
+    conformance!(
+        profile_over_buffer,
+        || Profile::new(super::suite_buffer()),
+        gauged
+    );
     // Arenas of 64 KiB: the suite's largest request (64 KiB at most, aligned to 4 KiB at
     // most) fits one, and programs need several.
     conformance!(buddy_over_buffer, || Buddy::<_, 4, 16>::new(

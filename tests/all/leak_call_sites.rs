@@ -1,6 +1,7 @@
 //! Call sites in leak reports: a leak planted at a known line is reported at that file and
 //! line, grouped with the other blocks of its call site, the largest group first; with
-//! call sites off there are none; the environment variable turns them on.
+//! call sites off there are none; the environment variable turns them on; by default they
+//! are on where they are cheap.
 
 use std::hint::black_box;
 
@@ -132,16 +133,22 @@ fn a_recording_check_passes_the_suite() {
 #[test]
 #[cfg_attr(miri, ignore = "starts a process")]
 fn the_environment_variable_turns_call_sites_on() {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "leak_call_sites::reported_with_the_environment_variable",
-            "--exact",
-            "--nocapture",
-            "--ignored",
-        ])
-        .env("STRATALLOC_CALL_SITES", "1")
-        .output()
-        .unwrap();
+    passes_in_a_child(
+        "leak_call_sites::reported_with_the_environment_variable",
+        Some("1"),
+    );
+}
+
+/// Runs the ignored test `name` of this binary in a child process, with
+/// `STRATALLOC_CALL_SITES` set to `variable` (or unset), and asserts that it passed.
+fn passes_in_a_child(name: &str, variable: Option<&str>) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args([name, "--exact", "--nocapture", "--ignored"]);
+    match variable {
+        Some(value) => child.env("STRATALLOC_CALL_SITES", value),
+        None => child.env_remove("STRATALLOC_CALL_SITES"),
+    };
+    let output = child.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("1 passed"), "{stdout}");
@@ -155,4 +162,23 @@ fn reported_with_the_environment_variable() {
     })
     .unwrap_err();
     assert_eq!(report.call_sites().count(), 1, "{report}");
+}
+
+/// Without the environment variable or a call, call sites are on exactly where they are
+/// cheap (a build with frame pointers): a child run of the test below.
+#[test]
+#[cfg_attr(miri, ignore = "starts a process")]
+fn by_default_call_sites_are_on_where_they_are_cheap() {
+    passes_in_a_child("leak_call_sites::reported_by_default_where_cheap", None);
+}
+
+#[test]
+#[ignore = "run by by_default_call_sites_are_on_where_they_are_cheap, in a process of its own"]
+fn reported_by_default_where_cheap() {
+    let report = check_leaks(|| {
+        black_box(Box::leak(Box::new(5u64)));
+    })
+    .unwrap_err();
+    let expected = usize::from(region::CHEAP_CALL_SITES);
+    assert_eq!(report.call_sites().count(), expected, "{report}");
 }

@@ -14,6 +14,8 @@ mod debug_layers;
 /// What the fuzz targets (`fuzz/`) found, each as a plain test.
 mod fuzz_findings;
 #[cfg(feature = "std")]
+mod heap_profile;
+#[cfg(feature = "std")]
 mod leak_call_sites;
 #[cfg(feature = "std")]
 mod managed_buffers;

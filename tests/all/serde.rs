@@ -1,5 +1,5 @@
-//! The `serde` feature: `Gauges`, `LeakReport` and `HeapSummary` serialise to the figures
-//! their accessors show (checked through serde_json).
+//! The `serde` feature: `Gauges`, `LeakReport`, `HeapSummary` and `HeapProfile` serialise to
+//! the figures their accessors show (checked through serde_json).
 
 use core::alloc::Layout;
 use core::mem::MaybeUninit;
@@ -92,4 +92,30 @@ fn a_heap_summary_serialises_the_listed_sizes_only() {
     assert_eq!(value.as_object().unwrap().len(), 12, "{value}");
     // SAFETY: a live block of HEAP, freed once.
     unsafe { HEAP.free(block) };
+}
+
+#[test]
+#[cfg(feature = "std")]
+fn a_heap_profile_serialises_its_totals_and_sites() {
+    let mut memory = [MaybeUninit::uninit(); 4096];
+    let mut profile = stratalloc::layers::Profile::new(Buffer::new(&mut memory));
+    let layout = Layout::new::<[u8; 40]>();
+    let block = profile.get(layout).unwrap();
+    let report = profile.report();
+    let value = serde_json::to_value(&report).unwrap();
+    assert_eq!(
+        (value["blocks"].as_u64(), value["bytes"].as_u64()),
+        (Some(1), Some(40))
+    );
+    assert_eq!(value["live_bytes"], 40);
+    let sites = value["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), report.sites.len());
+    assert_eq!(sites[0]["bytes"], 40);
+    assert!(sites[0]["frames"].is_array());
+    assert!(
+        value["duration"]["secs"].is_u64(),
+        "a Duration as serde writes it"
+    );
+    // SAFETY: got above with `layout`, put once.
+    unsafe { profile.put(block, layout) };
 }
