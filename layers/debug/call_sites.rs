@@ -90,11 +90,15 @@ impl Stack {
 /// points to. Walking that chain costs a few nanoseconds a frame, against the unwinder's
 /// microseconds a stack.
 ///
-/// Every record read must lie inside this thread's stack (its top asked of the thread
-/// library once per thread), aligned, above the one before: a frame of code built
-/// without frame pointers (a C library's) can leave any value in the register, and the
-/// walk ends there, having read only stack memory. Where the stack's bounds are unknown,
-/// the unwinder takes over.
+/// Every record read must lie between the stack pointer and the top of this thread's
+/// stack (both bounds of the stack asked of the thread library once per thread; the stack
+/// pointer must lie between them, or the code runs on another stack, a signal handler's or
+/// a coroutine's), aligned, above the one before: that span of one stack is mapped, so the
+/// walk reads only memory it may read. A frame of code built without frame pointers (a C
+/// library's, where it lacks them) can leave any value in the register: a value that fails
+/// the checks ends the walk, one that passes them is followed, and the stack then ends in
+/// frames that are not the caller's. Where the bounds are unknown, the stack pointer
+/// outside them or no record could be read, the unwinder takes over.
 #[cfg(stratalloc_frame_records)]
 mod frame_records {
     use core::cell::Cell;
@@ -102,34 +106,46 @@ mod frame_records {
 
     use super::{CALL_SITE_DEPTH, Stack};
 
+    /// Bounds of a stack not asked for yet.
+    const NOT_ASKED: (usize, usize) = (0, 0);
+    /// Bounds the thread library could not tell (or is being asked for: a call into the
+    /// allocator from inside `pthread_getattr_np`, where `malloc` is the Rust allocator,
+    /// finds this and uses the unwinder).
+    const UNKNOWN: (usize, usize) = (1, 1);
+
     std::thread_local! {
-        /// The top of this thread's stack (one past its highest byte); 0 until asked, 1
-        /// when the thread library could not tell.
-        static STACK_TOP: Cell<usize> = const { Cell::new(0) };
+        /// The lowest address of this thread's stack and one past its highest.
+        static STACK: Cell<(usize, usize)> = const { Cell::new(NOT_ASKED) };
     }
 
     /// Fills `stack` from the frame records above the caller's; false (and `stack`
-    /// untouched) when this thread's stack bounds are unknown.
+    /// untouched) when this thread's stack bounds are unknown, the stack pointer is outside
+    /// them, or the first record is out of bounds.
     #[inline(always)]
     pub(super) fn walk(stack: &mut Stack) -> bool {
-        let top = STACK_TOP
-            .try_with(|top| {
-                if top.get() == 0 {
-                    top.set(ask_stack_top());
+        let (low, top) = STACK
+            .try_with(|bounds| {
+                if bounds.get() == NOT_ASKED {
+                    bounds.set(UNKNOWN);
+                    bounds.set(ask_stack_bounds());
                 }
-                top.get()
+                bounds.get()
             })
-            .unwrap_or(1);
-        if top == 1 {
+            .unwrap_or(UNKNOWN);
+        let sp = stack_pointer();
+        if bounds_unknown((low, top)) || sp < low || sp >= top {
             return false;
         }
         let mut record = frame_pointer();
         while stack.depth < CALL_SITE_DEPTH {
-            if !record.is_multiple_of(16) || record.checked_add(16).is_none_or(|end| end > top) {
+            if !record.is_multiple_of(16)
+                || record < sp
+                || record.checked_add(16).is_none_or(|end| end > top)
+            {
                 break;
             }
-            // SAFETY: both words lie inside this thread's stack, between the record this
-            // function's frame points to and the stack's top: mapped, readable memory.
+            // SAFETY: both words lie between the stack pointer and the top of the stack
+            // the stack pointer is in: mapped, readable memory.
             let (next, return_address) = unsafe { (load(record), load(record + 8)) };
             if return_address == 0 {
                 break;
@@ -141,29 +157,51 @@ mod frame_records {
             }
             record = next;
         }
-        true
+        stack.depth > 0
     }
 
-    /// The top of this thread's stack from the thread library, or 1.
+    fn bounds_unknown(bounds: (usize, usize)) -> bool {
+        bounds == NOT_ASKED || bounds == UNKNOWN
+    }
+
+    /// The bounds of this thread's stack from the thread library, or `UNKNOWN`.
     #[cold]
-    fn ask_stack_top() -> usize {
+    fn ask_stack_bounds() -> (usize, usize) {
         let mut attributes = MaybeUninit::<libc::pthread_attr_t>::uninit();
         // SAFETY: `pthread_getattr_np` initialises the attributes of the calling thread
-        // (for the main thread it reads /proc/self/maps with the C library's own `malloc`,
-        // never the Rust global allocator this may run inside); they are read once and
-        // destroyed.
+        // (with the C library's `malloc`: for the CPU affinity, and for the main thread a
+        // read of /proc/self/maps; where `malloc` is this allocator, the call back in finds
+        // the bounds `UNKNOWN`); they are read once and destroyed.
         unsafe {
             if libc::pthread_getattr_np(libc::pthread_self(), attributes.as_mut_ptr()) != 0 {
-                return 1;
+                return UNKNOWN;
             }
             let (mut low, mut size) = (core::ptr::null_mut(), 0);
             let asked = libc::pthread_attr_getstack(attributes.as_ptr(), &mut low, &mut size);
             libc::pthread_attr_destroy(attributes.as_mut_ptr());
-            match asked {
-                0 => (low as usize).checked_add(size).unwrap_or(1),
-                _ => 1,
+            let low = low as usize;
+            match (asked, low.checked_add(size)) {
+                (0, Some(top)) if low > 1 && top > low => (low, top),
+                _ => UNKNOWN,
             }
         }
+    }
+
+    /// The stack pointer.
+    #[inline(always)]
+    fn stack_pointer() -> usize {
+        let sp: usize;
+        // SAFETY: reads a register.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        // SAFETY: reads a register.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
     }
 
     /// The frame pointer register of the function this is inlined into.

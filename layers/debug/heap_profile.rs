@@ -12,7 +12,8 @@ use std::vec::Vec;
 
 use super::call_sites::SourceFrame;
 
-/// What a profile counts for one call site while it runs (nanoseconds for lifetimes).
+/// What a profile counts for one call site while it runs (lifetimes in ticks of the
+/// profile's clock, turned into nanoseconds at the report).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub(crate) struct SiteFigures {
     pub(crate) blocks: u64,
@@ -323,10 +324,17 @@ impl HeapProfile {
     }
 
     /// Writes a flame graph (an SVG, made by `inferno`) of the bytes allocated per stack:
-    /// [`folded_stacks`](Self::folded_stacks) drawn, titled `title`.
+    /// [`folded_stacks`](Self::folded_stacks) drawn, titled `title`. A profile that holds no
+    /// allocated byte has nothing to draw: an error of kind `InvalidInput` saying so.
     #[cfg(feature = "flamegraph")]
     pub fn write_flame_graph(&self, title: &str, out: impl io::Write) -> io::Result<()> {
         let folded = self.folded_stacks();
+        if folded.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the profile holds no allocated byte: there is no flame graph to draw",
+            ));
+        }
         let mut options = inferno::flamegraph::Options::default();
         options.title = title.into();
         options.count_name = "bytes".into();

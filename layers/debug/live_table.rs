@@ -1,4 +1,5 @@
-//! `LiveTable`: the hash table of live blocks that `Check` keeps, in memory it is handed.
+//! `LiveTable`: the hash table of live blocks that `Check`, `Profile` and `Pipe` keep, in
+//! memory they hand it.
 //!
 //! A SwissTable in miniature: slots of 16 bytes (a pointer and a word) beside one
 //! control byte per slot, `EMPTY`, `DELETED` or the 7-bit tag of the slot's hash. A probe
@@ -19,7 +20,8 @@ use crate::Layer;
 use crate::abort::debug_require;
 
 /// One live block: its address and what the table's user keeps with it (`Check`: a
-/// [`Checked`]; `Pipe`: the region the block came from).
+/// [`Checked`]; `Profile`: its layout, site and birth; `Pipe`: the region the block came
+/// from).
 #[derive(Clone, Copy)]
 pub(crate) struct Slot<V> {
     pub(crate) ptr: *mut u8,
@@ -82,8 +84,9 @@ const GROUP: usize = 8;
 const LOW_BITS: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
-/// The table. It owns no memory itself: `Check` gets each table block from its inner layer
-/// and hands it over with [`LiveTable::rebuild`], which gives back the previous block.
+/// The table. It owns no memory itself: its user hands it a layer, from which
+/// [`grow_from`](LiveTable::grow_from) gets each table block (giving the previous one back)
+/// and to which [`release_to`](LiveTable::release_to) gives the last one back.
 pub(crate) struct LiveTable<V> {
     slots: *mut Slot<V>,
     ctrl: *mut u8,

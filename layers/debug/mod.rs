@@ -16,7 +16,7 @@ mod guard;
 mod heap_profile;
 /// The queue of put blocks held back that `Quarantine` and `Deferred` keep.
 mod held_queue;
-/// The table of live blocks that `Check` (and `Pipe`) keep.
+/// The table of live blocks that `Check`, `Profile` and `Pipe` keep.
 pub(crate) mod live_table;
 /// A caller's function called with every block put back.
 mod on_release;

@@ -195,10 +195,10 @@ impl<L: Layer> Profile<L> {
         }
     }
 
-    /// Takes `bytes` from the live bytes; first, a peak not copied yet is copied (every
-    /// site's live figures become its figures at the peak).
+    /// Takes `bytes` (of a block put, or shrunk) from the live bytes; first, a peak not
+    /// copied yet is copied (every site's live figures become its figures at the peak).
     fn live_shrinks(&mut self, bytes: u64) {
-        if self.peak_pending && bytes > 0 {
+        if self.peak_pending {
             self.peak_pending = false;
             self.unknown.take_peak();
             for figures in self.sites.counts_iter_mut() {
@@ -361,10 +361,12 @@ unsafe impl<L: Layer> Layer for Profile<L> {
             let born = self.table.slot(i).value;
             self.table.remove(i);
             let lifetime = self.now().saturating_sub(born.at);
-            let size = layout.size() as u64;
-            self.live_shrinks(size);
-            self.figures_of(born.site).freed(size, lifetime);
-            self.figures.record_put(layout.size());
+            // The size recorded, whatever the caller says (a layer below may reject a
+            // wrong one; the figures stay whole either way).
+            let size = unpack_layout(born.layout).size();
+            self.live_shrinks(size as u64);
+            self.figures_of(born.site).freed(size as u64, lifetime);
+            self.figures.record_put(size);
         }
         // SAFETY: the caller's duties, passed on.
         unsafe { self.inner.put(ptr, layout) }
@@ -391,12 +393,13 @@ unsafe impl<L: Layer> Layer for Profile<L> {
         }
         if let Some(i) = self.table.find(ptr.as_ptr().addr()) {
             let mut born = self.table.slot(i).value;
+            // From the size recorded, as in `put`.
+            let growth = new.size().saturating_sub(unpack_layout(born.layout).size());
             born.layout = packed;
             self.table.set_value(i, born);
-            let growth = (new.size() - old.size()) as u64;
-            self.figures_of(born.site).grown(growth);
-            self.live_grows(growth);
-            self.figures.record_growth(new.size() - old.size());
+            self.figures_of(born.site).grown(growth as u64);
+            self.live_grows(growth as u64);
+            self.figures.record_growth(growth);
         }
         true
     }
@@ -410,13 +413,14 @@ unsafe impl<L: Layer> Layer for Profile<L> {
         }
         if let Some(i) = self.table.find(ptr.as_ptr().addr()) {
             let mut born = self.table.slot(i).value;
+            // From the size recorded, as in `put`.
+            let shrinking = unpack_layout(born.layout).size().saturating_sub(new.size());
             // A size below one that packed packs too.
             born.layout = pack_layout(new).unwrap_or(0);
             self.table.set_value(i, born);
-            let shrinking = (old.size() - new.size()) as u64;
-            self.live_shrinks(shrinking);
-            self.figures_of(born.site).shrunk(shrinking);
-            self.figures.record_shrinking(old.size() - new.size());
+            self.live_shrinks(shrinking as u64);
+            self.figures_of(born.site).shrunk(shrinking as u64);
+            self.figures.record_shrinking(shrinking);
         }
         true
     }

@@ -638,8 +638,8 @@ static CALL_SITES: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::
 /// By default they are on where they are cheap, [`CHEAP_CALL_SITES`] (a build with frame
 /// pointers, where a stack costs tens of nanoseconds), and off elsewhere (the unwinder
 /// takes about 2.5 µs a stack). The environment variable `STRATALLOC_CALL_SITES` decides
-/// instead when it is set (`1` on, `0` off: for a whole test run, without a change of
-/// code); it is read at the first `check_leaks` unless this function was called before.
+/// instead when it is set and not empty (`0` off, anything else on: for a whole test run,
+/// without a change of code); it is read at the first `check_leaks` unless this function was called before.
 /// File and line need debug information: tests have it; for a release profile,
 /// `debug = "line-tables-only"` is enough. Without it each frame is a function's name.
 pub fn record_call_sites(on: bool) {
@@ -661,8 +661,8 @@ fn call_sites_wanted() -> bool {
     use core::sync::atomic::Ordering::Relaxed;
     if CALL_SITES.load(Relaxed) == 0 {
         let on = match std::env::var_os("STRATALLOC_CALL_SITES") {
-            Some(value) => !value.is_empty() && value != "0",
-            None => CHEAP_CALL_SITES,
+            Some(value) if !value.is_empty() => value != "0",
+            _ => CHEAP_CALL_SITES,
         };
         let _ = CALL_SITES.compare_exchange(0, if on { 2 } else { 1 }, Relaxed, Relaxed);
     }
@@ -727,7 +727,7 @@ static_assertions::assert_impl_all!(ProfileStack: Layer, Attributed, Send, fmt::
 ///
 /// Blocks still live at the end (the value returned included) stay valid and count as
 /// live at the end. Each allocation captures its call stack: from frame records in a build
-/// with frame pointers ([`CHEAP_CALL_SITES`]), where a profile runs at a few times the speed
+/// with frame pointers ([`CHEAP_CALL_SITES`]), where a profile costs a few times the time
 /// of the work unprofiled, else with the unwinder (about 2.5 µs an allocation). Symbolising
 /// happens once, after `f` returns.
 ///

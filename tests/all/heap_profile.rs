@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::hint::black_box;
 use std::mem::MaybeUninit;
 
-use stratalloc::layers::{Buffer, HeapProfile, Profile, SiteProfile};
+use stratalloc::layers::{Buffer, Coalesce, HeapProfile, Profile, SiteProfile};
 use stratalloc::{Layer, region};
 
 const THIS_FILE: &str = "tests/all/heap_profile.rs";
@@ -131,6 +131,50 @@ fn figures_at_the_peak_are_those_of_its_moment() {
         report.peak_bytes, 300,
         "a later, lower moment changes nothing"
     );
+}
+
+/// In-place growth counts as bytes allocated at the block's site (and can make a peak);
+/// shrinking frees nothing but lowers what is live; a put counts the size recorded.
+#[test]
+fn resizes_in_place_move_the_figures() {
+    // A coalescing heap grows a block in place into a free neighbour.
+    let memory = stratalloc::testing::OwnedBuffer::new(1 << 18);
+    let mut profile = Profile::new(Coalesce::<_, 65536>::new(memory));
+    let layout = |size| core::alloc::Layout::from_size_align(size, 8).unwrap();
+    // The first round makes the profile's tables (blocks of the heap too), so that the
+    // second round's block, from the same call and larger than the first's hole, comes
+    // from the free rest of the arena.
+    let mut block = None;
+    for size in [100, 200] {
+        let got = profile.get(layout(size)).unwrap();
+        match size {
+            // SAFETY: put once, with its layout.
+            100 => unsafe { profile.put(got, layout(100)) },
+            _ => block = Some(got),
+        }
+    }
+    let block = block.unwrap();
+    // SAFETY: the block is live with the old layout each time; put once at the end.
+    unsafe {
+        assert!(profile.grow(block, layout(200), layout(300)));
+        profile.check_invariants();
+        assert!(profile.shrink(block, layout(300), layout(50)));
+        profile.check_invariants();
+    }
+    let report = profile.report();
+    assert_eq!(
+        (report.blocks, report.bytes),
+        (2, 400),
+        "growth is allocated"
+    );
+    assert_eq!((report.peak_bytes, report.live_bytes), (300, 50));
+    unsafe { profile.put(block, layout(50)) };
+    let report = profile.report();
+    assert_eq!(
+        (report.frees, report.live_bytes, report.live_blocks),
+        (2, 0, 0)
+    );
+    profile.check_invariants();
 }
 
 /// The viewer's checks (`dh_view.js`, `buildTree` and `checkPP`): the global fields, the

@@ -182,3 +182,52 @@ fn reported_by_default_where_cheap() {
     let expected = usize::from(region::CHEAP_CALL_SITES);
     assert_eq!(report.call_sites().count(), expected, "{report}");
 }
+
+/// A block allocated under a C library's frame (`qsort` calling back into Rust): glibc is
+/// built without frame pointers, so in a build with them the walk of frame records meets a
+/// frame pointer register that `qsort` may have used for anything. The walk reads only
+/// inside the thread's stack and stops there; the block is still reported at the line in
+/// the callback that allocated it.
+#[test]
+#[cfg(target_os = "linux")]
+#[cfg_attr(miri, ignore = "Miri captures no stacks, nor calls qsort")]
+fn a_leak_under_a_c_frame_is_reported_at_its_line() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static LEAK_LINE: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" fn compare(a: *const libc::c_void, b: *const libc::c_void) -> libc::c_int {
+        LEAK_LINE.store(line!() + 1, Ordering::Relaxed);
+        black_box(Box::leak(Box::new([9u8; 24])));
+        // SAFETY: qsort passes pointers to two of the array's `u32`s.
+        let (a, b) = unsafe { (*a.cast::<u32>(), *b.cast::<u32>()) };
+        a.cmp(&b) as libc::c_int
+    }
+
+    region::record_call_sites(true);
+    let report = check_leaks(|| {
+        let mut numbers = [3u32, 1, 2];
+        // SAFETY: the array, its length and element size, and a comparator of `u32`s.
+        unsafe {
+            libc::qsort(
+                numbers.as_mut_ptr().cast(),
+                numbers.len(),
+                size_of::<u32>(),
+                Some(compare),
+            )
+        };
+        assert_eq!(numbers, [1, 2, 3]);
+    })
+    .unwrap_err();
+    let line = LEAK_LINE.load(Ordering::Relaxed);
+    let at_line: u64 = report
+        .call_sites()
+        .filter(|site| first_place(site).0 == THIS_FILE && first_place(site).1 == line)
+        .map(|site| site.blocks)
+        .sum();
+    assert_eq!(
+        at_line,
+        report.blocks(),
+        "every block at its line: {report}"
+    );
+}
