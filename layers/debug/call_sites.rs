@@ -132,11 +132,10 @@ mod frame_records {
                 bounds.get()
             })
             .unwrap_or(UNKNOWN);
-        let sp = stack_pointer();
+        let (sp, mut record) = stack_and_frame_pointers();
         if bounds_unknown((low, top)) || sp < low || sp >= top {
             return false;
         }
-        let mut record = frame_pointer();
         while stack.depth < CALL_SITE_DEPTH {
             if !record.is_multiple_of(16)
                 || record < sp
@@ -187,38 +186,28 @@ mod frame_records {
         }
     }
 
-    /// The stack pointer.
+    /// The stack pointer and the frame pointer register of the function this is inlined
+    /// into.
     #[inline(always)]
-    fn stack_pointer() -> usize {
-        let sp: usize;
-        // SAFETY: reads a register.
+    fn stack_and_frame_pointers() -> (usize, usize) {
+        let (sp, record): (usize, usize);
+        // SAFETY: reads two registers.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+            core::arch::asm!(
+                "mov {}, rsp", "mov {}, rbp", out(reg) sp, out(reg) record,
+                options(nomem, nostack, preserves_flags)
+            )
         };
-        // SAFETY: reads a register.
+        // SAFETY: reads two registers.
         #[cfg(target_arch = "aarch64")]
         unsafe {
-            core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+            core::arch::asm!(
+                "mov {}, sp", "mov {}, x29", out(reg) sp, out(reg) record,
+                options(nomem, nostack, preserves_flags)
+            )
         };
-        sp
-    }
-
-    /// The frame pointer register of the function this is inlined into.
-    #[inline(always)]
-    fn frame_pointer() -> usize {
-        let record: usize;
-        // SAFETY: reads a register.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            core::arch::asm!("mov {}, rbp", out(reg) record, options(nomem, nostack, preserves_flags))
-        };
-        // SAFETY: reads a register.
-        #[cfg(target_arch = "aarch64")]
-        unsafe {
-            core::arch::asm!("mov {}, x29", out(reg) record, options(nomem, nostack, preserves_flags))
-        };
-        record
+        (sp, record)
     }
 
     /// The word at `address`, read outside the language's memory model (it belongs to

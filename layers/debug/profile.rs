@@ -4,8 +4,8 @@
 //!
 //! Invariants (`check_invariants`): the live table (`live_table.rs`) holds one slot per
 //! block got while recording and not put yet; the live figures of the sites (with the
-//! unknown site) add up to the table's blocks and bytes, and to the layer's own live
-//! figures; no live figure exceeds its peak.
+//! unknown site) add up to the table's blocks and bytes, and to the live figures of the
+//! layer's gauges (whose peak is the profile's); no site has more bytes live than its most.
 
 use core::alloc::Layout;
 use core::cell::Cell;
@@ -63,9 +63,7 @@ pub struct Profile<L: Layer> {
     unknown: SiteFigures,
     /// Whether gets are recorded (a paused profile serves blocks without counting them).
     recording: Cell<bool>,
-    live_bytes: u64,
-    peak_bytes: u64,
-    /// The time of the peak of live bytes, in ticks of `clock`.
+    /// The time of the peak of live bytes (`figures.peak_bytes`), in ticks of `clock`.
     peak_at: u64,
     /// Set when the live bytes reached a new peak that the sites' figures at the peak do
     /// not hold yet; they are copied before the live bytes next go down, or at a report.
@@ -97,8 +95,6 @@ impl<L: Layer> Profile<L> {
             sites: CallSites::new(),
             unknown: SiteFigures::default(),
             recording: Cell::new(true),
-            live_bytes: 0,
-            peak_bytes: 0,
             peak_at: 0,
             peak_pending: false,
             clock: Cell::new(Clock::start()),
@@ -185,19 +181,18 @@ impl<L: Layer> Profile<L> {
         }
     }
 
-    /// Adds `bytes` to the live bytes; a new peak is noted, to be copied later.
-    fn live_grows(&mut self, bytes: u64) {
-        self.live_bytes += bytes;
-        if self.live_bytes > self.peak_bytes {
-            self.peak_bytes = self.live_bytes;
+    /// After the gauges counted more bytes live: when their peak moved, notes when, for
+    /// the sites' figures to be copied later.
+    fn note_peak(&mut self, peak_before: u64) {
+        if self.figures.peak_bytes > peak_before {
             self.peak_at = self.now();
             self.peak_pending = true;
         }
     }
 
-    /// Takes `bytes` (of a block put, or shrunk) from the live bytes; first, a peak not
-    /// copied yet is copied (every site's live figures become its figures at the peak).
-    fn live_shrinks(&mut self, bytes: u64) {
+    /// Before the live bytes go down (a put, a shrink): a peak not copied yet is copied,
+    /// every site's live figures becoming its figures at the peak.
+    fn copy_pending_peak(&mut self) {
         if self.peak_pending {
             self.peak_pending = false;
             self.unknown.take_peak();
@@ -205,7 +200,6 @@ impl<L: Layer> Profile<L> {
                 figures.take_peak();
             }
         }
-        self.live_bytes -= bytes;
     }
 
     /// Returns the live blocks and the tables to `L`, and forgets every figure.
@@ -221,10 +215,8 @@ impl<L: Layer> Profile<L> {
         self.table.release_to(&mut self.inner);
         self.sites.release(&mut self.inner);
         self.unknown = SiteFigures::default();
-        self.live_bytes = 0;
-        self.peak_bytes = 0;
         self.peak_pending = false;
-        self.figures.record_all_ended();
+        self.figures = Gauges::ZERO;
     }
 }
 
@@ -350,8 +342,9 @@ unsafe impl<L: Layer> Layer for Profile<L> {
                 "Profile: the layer below handed out {block:p} while it was still live"
             ));
         }
-        self.live_grows(size);
+        let peak = self.figures.peak_bytes;
         self.figures.record_get(layout.size());
+        self.note_peak(peak);
         Some(block)
     }
 
@@ -364,7 +357,7 @@ unsafe impl<L: Layer> Layer for Profile<L> {
             // The size recorded, whatever the caller says (a layer below may reject a
             // wrong one; the figures stay whole either way).
             let size = unpack_layout(born.layout).size();
-            self.live_shrinks(size as u64);
+            self.copy_pending_peak();
             self.figures_of(born.site).freed(size as u64, lifetime);
             self.figures.record_put(size);
         }
@@ -398,8 +391,9 @@ unsafe impl<L: Layer> Layer for Profile<L> {
             born.layout = packed;
             self.table.set_value(i, born);
             self.figures_of(born.site).grown(growth as u64);
-            self.live_grows(growth as u64);
+            let peak = self.figures.peak_bytes;
             self.figures.record_growth(growth);
+            self.note_peak(peak);
         }
         true
     }
@@ -418,7 +412,7 @@ unsafe impl<L: Layer> Layer for Profile<L> {
             // A size below one that packed packs too.
             born.layout = pack_layout(new).unwrap_or(0);
             self.table.set_value(i, born);
-            self.live_shrinks(shrinking as u64);
+            self.copy_pending_peak();
             self.figures_of(born.site).shrunk(shrinking as u64);
             self.figures.record_shrinking(shrinking);
         }
@@ -456,11 +450,10 @@ unsafe impl<L: Layer> Layer for Profile<L> {
             site_blocks += site.counts.live_blocks;
             site_bytes += site.counts.live_bytes;
         }
-        if (blocks, bytes) != (site_blocks, site_bytes) || bytes != self.live_bytes {
-            broken("the sites, the table and the live bytes disagree");
-        }
-        if self.live_bytes > self.peak_bytes {
-            broken("more bytes live than the peak");
+        if (blocks, bytes) != (site_blocks, site_bytes)
+            || (blocks, bytes) != (self.figures.live, self.figures.live_bytes)
+        {
+            broken("the sites, the table and the gauges disagree");
         }
         self.inner.check_invariants();
     }
@@ -480,8 +473,8 @@ impl<L: Layer + fmt::Debug> fmt::Debug for Profile<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Profile")
             .field("live_blocks", &self.table.len())
-            .field("live_bytes", &self.live_bytes)
-            .field("peak_bytes", &self.peak_bytes)
+            .field("live_bytes", &self.figures.live_bytes)
+            .field("peak_bytes", &self.figures.peak_bytes)
             .field("sites", &self.sites)
             .field("inner", &self.inner)
             .finish()
