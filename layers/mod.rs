@@ -22,11 +22,11 @@ pub use shaping::{Align, Fill};
 pub use sources::Mmap;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use sources::Sbrk;
-#[cfg(all(feature = "os", any(unix, windows)))]
-pub(crate) use sources::SlabRange;
 #[cfg(feature = "std")]
 pub(crate) use sources::overlap;
 pub use sources::{AdoptError, AdoptRefusal, Adopted, AdoptedMemory, Buffer, Origin};
+#[cfg(all(feature = "os", any(unix, windows)))]
+pub(crate) use sources::{BIG_GRANULE, BigSlabRange, MEDIUM_GRANULE, MediumSlabRange, SlabRange};
 #[cfg(feature = "std")]
 pub use sources::{Ground, Pipe, System};
 #[cfg(all(feature = "os", any(unix, windows)))]

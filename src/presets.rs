@@ -97,17 +97,18 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 /// `stratalloc-malloc` library in `malloc/`):
 ///
 /// 1. [`ThreadHeaps`](crate::ThreadHeaps) gives each thread its own heap for blocks of up to
-///    1 KiB, sends frees from other threads back to the owning heap, and reuses the heaps of
-///    exited threads; everything else goes, under a lock, to
+///    32 KiB, sends frees from other threads back to the owning heap, and reuses the heaps
+///    of exited threads; everything else goes, under a lock, to
 /// 2. `Coalesce<_, 32 MiB>`, boundary-tagged arenas whose free neighbours merge (the tag
 ///    before each block also tells C's `free` its size), which also takes the small
 ///    blocks `realloc` grows a little past 256 bytes (strings built by appending, which
 ///    grow in place there); blocks too big for an arena get a piece of their own from
 /// 3. `Mmap`.
 ///
-/// Each thread heap is a [`Slab`](crate::layers::Slab) over
-/// [`Reserve`](crate::layers::Reserve): 16 KiB slabs of one size class each, from one
-/// reserved range of address space.
+/// Each thread heap is three [`Slab`](crate::layers::Slab)s over
+/// [`Reserve`](crate::layers::Reserve)s: slabs of one size class each, of 16 KiB for blocks
+/// of up to 1 KiB, 64 KiB up to 8 KiB and 256 KiB up to 32 KiB, each size from a reserved
+/// range of address space of its own.
 #[cfg(all(feature = "os", any(unix, windows)))]
 pub type General = crate::ThreadHeaps<Coalesce<Mmap, { 32 << 20 }>>;
 

@@ -14,7 +14,7 @@
 ///
 /// | instance | STEP | LINEAR | K | MAX | classes |
 /// |---|---|---|---|---|---|
-/// | [`Slab`](crate::layers::Slab) | 16 | 128 | 8 | 8 KiB | 56 |
+/// | [`Slab`](crate::layers::Slab) | 16 | 128 | 8 | 32 KiB (a slab of up to 64 KiB uses those up to 8 KiB) | 72 |
 /// | [`SizeClasses`](crate::layers::SizeClasses) | 16 | 128 | 4 | 32 KiB | 40 |
 /// | [`Coalesce`](crate::layers::Coalesce)'s bins | 32 | 32 | 8 | 2 GiB | 209 |
 ///

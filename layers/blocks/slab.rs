@@ -32,18 +32,34 @@ use crate::layer::{FREED, FRESH, fill, paranoid, require_grow, require_put, requ
 /// never share a line with the header.
 const HEADER: usize = 128;
 
-/// The largest request the slabs serve; larger ones, and alignments above
-/// [`Slab::BLOCK_ALIGN`], go straight to `L`.
-const SLAB_LIMIT: usize = 8192;
+/// The largest request any slabs serve, and the largest class; a `Slab` serves up to its
+/// [`LIMIT`](Slab::LIMIT), which depends on its slab size. Larger requests, and alignments
+/// above [`Slab::BLOCK_ALIGN`], go straight to `L`.
+const MAX_LIMIT: usize = 32768;
+
+/// The largest request slabs of `slab` bytes serve: an eighth of the slab, so that a slab
+/// holds at least seven blocks of its largest class, but at least 8 KiB (a slab of
+/// 16-64 KiB holds one to seven 8 KiB blocks) and at most [`MAX_LIMIT`].
+const fn limit_for(slab: usize) -> usize {
+    let eighth = slab / 8;
+    if eighth < 8192 {
+        8192
+    } else if eighth > MAX_LIMIT {
+        MAX_LIMIT
+    } else {
+        eighth
+    }
+}
 
 /// The alignment every slab block has (sizes are multiples of it).
 const BLOCK_ALIGN: usize = 16;
 
 /// The slabs' size classes: 16-byte steps up to 128 bytes, then eight per doubling up to
-/// `SLAB_LIMIT`, so a block wastes at most a ninth of itself (at most 15 bytes below 128).
-type SlabClasses = ClassMap<BLOCK_ALIGN, 128, 8, SLAB_LIMIT>;
+/// `MAX_LIMIT`, so a block wastes at most a ninth of itself (at most 15 bytes below 128).
+/// A `Slab` uses those up to its `LIMIT`.
+type SlabClasses = ClassMap<BLOCK_ALIGN, 128, 8, MAX_LIMIT>;
 
-/// The number of size classes (56).
+/// The number of size classes (72).
 const CLASSES: usize = SlabClasses::COUNT;
 
 // Every class size is a multiple of the block alignment, and a class fits a `u8`.
@@ -118,13 +134,7 @@ static_assertions::const_assert!(core::mem::size_of::<SlabHeader>() <= HEADER);
 
 /// The class of every request size rounded up to a multiple of 16, so that one load
 /// replaces the arithmetic on the allocation fast path.
-static CLASS_BY_GRAIN: [u8; SLAB_LIMIT / SlabClasses::GRAIN + 1] = SlabClasses::table();
-
-/// Whether a request is served from slabs.
-#[inline(always)]
-const fn is_small(layout: Layout) -> bool {
-    layout.size() <= SLAB_LIMIT && layout.align() <= BLOCK_ALIGN
-}
+static CLASS_BY_GRAIN: [u8; MAX_LIMIT / SlabClasses::GRAIN + 1] = SlabClasses::table();
 
 // ---- the type, construction and accessors ------------------------------------------------
 
@@ -185,8 +195,9 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         Err(_) => panic!("SLAB is not a valid alignment"),
     };
 
-    /// The largest request the slabs serve (8 KiB); larger ones go to `L`.
-    pub const LIMIT: usize = SLAB_LIMIT;
+    /// The largest request the slabs serve: 8 KiB for slabs of up to 64 KiB, an eighth
+    /// of the slab beyond that, at most 32 KiB; larger ones go to `L`.
+    pub const LIMIT: usize = limit_for(SLAB);
     /// The alignment of every slab block (16); requests aligned to more go to `L`.
     pub const BLOCK_ALIGN: usize = BLOCK_ALIGN;
     /// The number of size classes.
@@ -198,6 +209,12 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     } else {
         1
     };
+
+    /// Whether a request is served from slabs.
+    #[inline(always)]
+    const fn is_small(layout: Layout) -> bool {
+        layout.size() <= Self::LIMIT && layout.align() <= BLOCK_ALIGN
+    }
 
     /// A layer with no slabs yet, over `inner`.
     pub const fn new(inner: L) -> Self {
@@ -618,7 +635,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     #[inline(always)]
     pub(crate) fn class_of(size: usize) -> usize {
         debug_require!(
-            size <= SLAB_LIMIT,
+            size <= Self::LIMIT,
             "Slab: class_of({size}) is past the slab limit"
         );
         // Callers check the limit first, so the index is in bounds (and its check folds away).
@@ -763,7 +780,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);
-        if is_small(layout) {
+        if Self::is_small(layout) {
             self.get_small(Self::class_of(layout.size()))
         } else {
             self.inner.get(layout)
@@ -776,7 +793,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
         require_put::<Self>(ptr, layout);
         // SAFETY: the layout fits the block, so it names the path that served it.
         unsafe {
-            if is_small(layout) {
+            if Self::is_small(layout) {
                 self.put_unsized(ptr)
             } else {
                 self.inner.put(ptr, layout)
@@ -796,7 +813,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
         require_grow::<Self>(ptr, old, new);
-        match (is_small(old), is_small(new)) {
+        match (Self::is_small(old), Self::is_small(new)) {
             (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
             // SAFETY: a large block of `L`, staying large.
             (false, false) => unsafe { self.inner.grow(ptr, old, new) },
@@ -807,7 +824,7 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
         require_shrink::<Self>(ptr, old, new);
-        match (is_small(old), is_small(new)) {
+        match (Self::is_small(old), Self::is_small(new)) {
             (true, true) => Self::class_of(old.size()) == Self::class_of(new.size()),
             // SAFETY: a large block of `L`, staying large.
             (false, false) => unsafe { self.inner.shrink(ptr, old, new) },
@@ -1006,7 +1023,7 @@ mod tests {
         let mut memory = alloc::boxed::Box::<[u8]>::new_uninit_slice(3 << 22);
         let mut heap: Slab<Buddy<Buffer<'_>, 14, 22>, 16384> =
             Slab::new(Buddy::new(Buffer::new(&mut memory)));
-        let layout = Layout::from_size_align(SLAB_LIMIT, 16).unwrap();
+        let layout = Layout::from_size_align(8192, 16).unwrap();
         let blocks: alloc::vec::Vec<_> = (0..40).map(|_| heap.get(layout).unwrap()).collect();
         assert_eq!(heap.slabs(), 40);
         for block in blocks {
@@ -1022,19 +1039,25 @@ mod tests {
     /// tightest (through the table as through the arithmetic).
     #[test]
     fn classes_are_the_documented_ones_and_fit() {
-        type Map = Slab<Buffer<'static>>;
+        type Map = Slab<Buffer<'static>, { 1 << 18 }>;
         SlabClasses::check_properties();
         let sizes = [
             16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
             352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280,
             1408, 1536, 1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096,
-            4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192,
+            4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192, 9216, 10240, 11264, 12288, 13312,
+            14336, 15360, 16384, 18432, 20480, 22528, 24576, 26624, 28672, 30720, 32768,
         ];
         assert_eq!(CLASSES, sizes.len());
+        assert_eq!(Slab::<Buffer<'static>, 16384>::LIMIT, 8192);
+        assert_eq!(Slab::<Buffer<'static>>::LIMIT, 8192);
+        assert_eq!(Slab::<Buffer<'static>, { 1 << 17 }>::LIMIT, 16384);
+        assert_eq!(Map::LIMIT, MAX_LIMIT);
+        assert_eq!(Slab::<Buffer<'static>, { 1 << 20 }>::LIMIT, MAX_LIMIT);
         for (class, &size) in sizes.iter().enumerate() {
             assert_eq!(Map::class_size(class), size, "class {class}");
         }
-        for size in 0..=SLAB_LIMIT {
+        for size in 0..=MAX_LIMIT {
             let class = Map::class_of(size);
             assert_eq!(class, SlabClasses::class_of(size), "size {size}");
             // The waste bound in the docs: a ninth of the block, or 15 bytes below 128.

@@ -1,6 +1,7 @@
-//! `Reserve<R>`: 16 KiB granules carved from one range of address space that the process
-//! reserves once, so that "is this block in the range?" is a single compare. Entry point:
-//! [`Reserve`] and its `Layer` impl.
+//! `Reserve<R>`: granules (16 KiB; 64 and 256 KiB in the ranges of the thread heaps' larger
+//! slabs) carved from one range of address space that the process reserves once, so that
+//! "is this block in the range?" is a single compare. Entry point: [`Reserve`] and its
+//! `Layer` impl.
 //!
 //! Invariants (per range, all under its lock but `base` and `len`, which are set once, and
 //! `tick`, also read without the lock as a hint):
@@ -26,7 +27,8 @@ use crate::layer::require_put;
 use crate::os::{self, now_ms};
 use crate::spin::SpinLock;
 
-/// The unit the range is carved in, and the alignment every block has.
+/// The unit the shared range is carved in, and the alignment every block has: the smallest
+/// granule a range has (the thread heaps' medium slabs come from a range of larger ones).
 pub const GRANULE: usize = 1 << 14;
 
 /// The address space asked for first; halved on refusal down to [`SMALLEST_RESERVE`], and
@@ -92,6 +94,8 @@ pub struct Range {
     tick: AtomicU64,
     /// Milliseconds between ticks: `DECAY_MS`, or longer for a test's range.
     decay_ms: u64,
+    /// The unit the range is carved in, and the alignment of its blocks.
+    granule: usize,
     /// The side array of clean granules (indices), its length, in its own map.
     clean_list: UnsafeCell<*mut u32>,
     clean_len: AtomicUsize,
@@ -102,13 +106,16 @@ pub struct Range {
 unsafe impl Sync for Range {}
 
 impl Range {
-    const fn new() -> Self {
-        Range::with_decay(DECAY_MS)
+    /// A range carved in `granule`s (a power of two, at least [`GRANULE`]).
+    const fn new(granule: usize) -> Self {
+        Range::with_decay(granule, DECAY_MS)
     }
 
-    /// A range whose ticks come `decay_ms` apart.
-    const fn with_decay(decay_ms: u64) -> Self {
+    /// A range carved in `granule`s whose ticks come `decay_ms` apart.
+    const fn with_decay(granule: usize, decay_ms: u64) -> Self {
+        assert!(granule.is_power_of_two() && granule >= GRANULE && granule <= COMMIT_STEP);
         Range {
+            granule,
             base: AtomicUsize::new(UNRESERVED),
             len: AtomicUsize::new(0),
             base_ptr: UnsafeCell::new(ptr::null_mut()),
@@ -150,14 +157,14 @@ impl Range {
     fn reserve(&self) {
         let mut len = FIRST_RESERVE.min(os::address_space_limit() / 4);
         while len >= SMALLEST_RESERVE {
-            let list_len = (len / GRANULE * size_of::<u32>()).next_multiple_of(4096);
+            let list_len = (len / self.granule * size_of::<u32>()).next_multiple_of(4096);
             if let Some(map) = os::reserve(len) {
                 let map = map.as_ptr();
                 if let Some(list) = os::map(list_len) {
                     // Align the start to a granule (the map is page-aligned); the few bytes
                     // skipped are never used.
-                    let skip = map.addr().wrapping_neg() % GRANULE;
-                    // SAFETY: `skip < GRANULE <= len`, inside the map; the cells are written
+                    let skip = map.addr().wrapping_neg() % self.granule;
+                    // SAFETY: `skip < granule <= len`, inside the map; the cells are written
                     // under `held`, before `base` is published.
                     unsafe {
                         *self.base_ptr.get() = map.add(skip);
@@ -203,7 +210,7 @@ impl Range {
             return;
         }
         let len = self.len.load(Ordering::Relaxed);
-        let list_len = (len / GRANULE * size_of::<u32>()).next_multiple_of(4096);
+        let list_len = (len / self.granule * size_of::<u32>()).next_multiple_of(4096);
         // SAFETY: the range and its side array were mapped by `reserve`, and the test that
         // calls this uses neither again.
         unsafe {
@@ -249,7 +256,7 @@ mod sealed {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SharedRange;
 
-static SHARED: Range = Range::new();
+static SHARED: Range = Range::new(GRANULE);
 
 impl sealed::Sealed for SharedRange {
     fn range() -> &'static Range {
@@ -263,7 +270,7 @@ impl ReserveRange for SharedRange {}
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct SlabRange;
 
-static SLABS: Range = Range::new();
+static SLABS: Range = Range::new(GRANULE);
 
 impl sealed::Sealed for SlabRange {
     fn range() -> &'static Range {
@@ -271,6 +278,40 @@ impl sealed::Sealed for SlabRange {
     }
 }
 impl ReserveRange for SlabRange {}
+
+/// The granules of [`MediumSlabRange`] and [`BigSlabRange`]: one slab of the thread heaps'
+/// medium blocks (up to 8 KiB), one of their big blocks (up to 32 KiB).
+pub(crate) const MEDIUM_GRANULE: usize = 1 << 16;
+pub(crate) const BIG_GRANULE: usize = 1 << 18;
+
+/// The range of the thread heaps' medium slabs, carved in [`MEDIUM_GRANULE`]s, so that a
+/// freed slab is reused whole (a range of 16 KiB granules reuses only single granules).
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MediumSlabRange;
+
+static MEDIUM_SLABS: Range = Range::new(MEDIUM_GRANULE);
+
+impl sealed::Sealed for MediumSlabRange {
+    fn range() -> &'static Range {
+        &MEDIUM_SLABS
+    }
+}
+impl ReserveRange for MediumSlabRange {}
+
+/// The range of the thread heaps' big slabs, carved in [`BIG_GRANULE`]s.
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BigSlabRange;
+
+static BIG_SLABS: Range = Range::new(BIG_GRANULE);
+
+impl sealed::Sealed for BigSlabRange {
+    fn range() -> &'static Range {
+        &BIG_SLABS
+    }
+}
+impl ReserveRange for BigSlabRange {}
 
 // ---- the handle: figures, decay and fork handling ----------------------------------------
 
@@ -384,7 +425,7 @@ impl<R: ReserveRange> Reserve<R> {
         let kept = range.young_granules.load(Ordering::Relaxed)
             + range.aged_granules.load(Ordering::Relaxed);
         drop(held);
-        kept * GRANULE
+        kept * range.granule
     }
 
     /// Bytes of the range handed out so far, free granules included.
@@ -449,7 +490,7 @@ impl<R: ReserveRange> Reserve<R> {
             range.clean_len.store(len - 1, Ordering::Relaxed);
             // SAFETY: the side array holds `len` indices, under `held`.
             let index = unsafe { (*range.clean_list.get()).add(len - 1).read() };
-            Self::at(base, index as usize * GRANULE)
+            Self::at(base, index as usize * range.granule)
         })
     }
 
@@ -490,7 +531,7 @@ impl<R: ReserveRange> Reserve<R> {
                 // stack was taken off under `held`, so this thread alone owns its granules.
                 top = unsafe { Self::at(base, offset).as_ptr().cast::<usize>().read() };
                 // (At most 2^36 / 2^14 granules: an index fits in `u32`.)
-                batch[count] = (offset / GRANULE) as u32;
+                batch[count] = (offset / range.granule) as u32;
                 count += 1;
             }
             let batch = &mut batch[..count];
@@ -501,7 +542,7 @@ impl<R: ReserveRange> Reserve<R> {
                 while end < batch.len() && batch[end] == batch[end - 1] + 1 {
                     end += 1;
                 }
-                Self::drop_pages(base, batch[run] as usize, end - run);
+                Self::drop_pages(range, base, batch[run] as usize, end - run);
                 run = end;
             }
             Self::list_clean(range, batch.iter().copied());
@@ -511,18 +552,19 @@ impl<R: ReserveRange> Reserve<R> {
     /// Gives the pages of `granules` granules from `block`, owned by this thread and on no
     /// stack, back to the OS and lists them as clean (`held` is not ours).
     fn give_back_block(range: &Range, base: *mut u8, block: NonNull<u8>, granules: usize) {
-        let first = (block.as_ptr().addr() - base.addr()) / GRANULE;
-        Self::drop_pages(base, first, granules);
+        let first = (block.as_ptr().addr() - base.addr()) / range.granule;
+        Self::drop_pages(range, base, first, granules);
         // (At most 2^36 / 2^14 granules: an index fits in `u32`.)
         Self::list_clean(range, (first..first + granules).map(|index| index as u32));
     }
 
     /// Hands the pages of `granules` granules from index `first`, which this thread owns,
     /// back to the OS (`os::discard`).
-    fn drop_pages(base: *mut u8, first: usize, granules: usize) {
+    fn drop_pages(range: &Range, base: *mut u8, first: usize, granules: usize) {
+        let granule = range.granule;
         // SAFETY: the granules are in the committed range and ours (the caller's duty):
         // their pages are ours to drop, and nothing relies on their bytes.
-        unsafe { os::discard(Self::at(base, first * GRANULE).as_ptr(), granules * GRANULE) }
+        unsafe { os::discard(Self::at(base, first * granule).as_ptr(), granules * granule) }
     }
 
     /// Appends granule indices to the clean list, under `held` (which is not ours yet).
@@ -544,7 +586,7 @@ impl<R: ReserveRange> Reserve<R> {
     /// (`held` is ours).
     fn bump(range: &Range, base: *mut u8, granules: usize, align: usize) -> Option<NonNull<u8>> {
         let len = range.len.load(Ordering::Relaxed);
-        let size = granules.checked_mul(GRANULE)?;
+        let size = granules.checked_mul(range.granule)?;
         let old = range.bump.load(Ordering::Relaxed);
         let start = (base.addr() + old).checked_next_multiple_of(align)? - base.addr();
         let end = start.checked_add(size)?;
@@ -555,9 +597,10 @@ impl<R: ReserveRange> Reserve<R> {
         Some(Self::at(base, start))
     }
 
-    /// The granules a layout takes.
-    fn granules(layout: Layout) -> Option<usize> {
-        Some(layout.size().max(1).checked_next_multiple_of(GRANULE)? / GRANULE)
+    /// The granules of `range` a layout takes.
+    fn granules(range: &Range, layout: Layout) -> Option<usize> {
+        let granule = range.granule;
+        Some(layout.size().max(1).checked_next_multiple_of(granule)? / granule)
     }
 }
 
@@ -573,14 +616,14 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let range = Self::range();
         let base = range.base()?;
-        let granules = Self::granules(layout)?;
+        let granules = Self::granules(range, layout)?;
         let held = range.held.lock();
         let mut block = None;
-        if granules == 1 && layout.align() <= GRANULE {
+        if granules == 1 && layout.align() <= range.granule {
             block = Self::pop_free(range, base);
         }
         if block.is_none() {
-            block = Self::bump(range, base, granules, layout.align().max(GRANULE));
+            block = Self::bump(range, base, granules, layout.align().max(range.granule));
         }
         let stale = Self::tick(range);
         drop(held);
@@ -593,17 +636,17 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         let range = Self::range();
         // A live block means the range was reserved; the layout's granules fit it.
         let Some(base) = range.base() else { return };
-        let Some(granules) = Self::granules(layout) else {
+        let Some(granules) = Self::granules(range, layout) else {
             return;
         };
         let offset = ptr.as_ptr().addr() - base.addr();
         let held = range.held.lock();
         let kept = range.young_granules.load(Ordering::Relaxed)
             + range.aged_granules.load(Ordering::Relaxed);
-        let keep = (kept + granules) * GRANULE <= DIRTY_MAX;
+        let keep = (kept + granules) * range.granule <= DIRTY_MAX;
         if keep {
             for i in 0..granules {
-                let granule = offset + i * GRANULE;
+                let granule = offset + i * range.granule;
                 let link = Self::at(base, granule).as_ptr().cast::<usize>();
                 // SAFETY: the granule is ours (part of the block put) and holds a word.
                 unsafe { link.write(range.young.load(Ordering::Relaxed)) };
@@ -648,7 +691,7 @@ mod tests {
     struct ForcedTicks;
     impl sealed::Sealed for ForcedTicks {
         fn range() -> &'static Range {
-            static RANGE: Range = Range::with_decay(u64::MAX / 2);
+            static RANGE: Range = Range::with_decay(GRANULE, u64::MAX / 2);
             &RANGE
         }
     }
@@ -659,11 +702,72 @@ mod tests {
     struct ClockTicks;
     impl sealed::Sealed for ClockTicks {
         fn range() -> &'static Range {
-            static RANGE: Range = Range::new();
+            static RANGE: Range = Range::new(GRANULE);
             &RANGE
         }
     }
     impl ReserveRange for ClockTicks {}
+
+    /// A range of the tests' own in granules of 64 KiB, with forced ticks.
+    #[derive(Clone, Copy)]
+    struct WideGranules;
+    impl sealed::Sealed for WideGranules {
+        fn range() -> &'static Range {
+            static RANGE: Range = Range::with_decay(WIDE, u64::MAX / 2);
+            &RANGE
+        }
+    }
+    impl ReserveRange for WideGranules {}
+    const WIDE: usize = 1 << 16;
+
+    /// A range of larger granules hands out whole granules aligned to their size, reuses a
+    /// put one whole (the last put first), counts kept bytes in its granules and gives them
+    /// back at the second tick. (Planted bug caught: granule arithmetic left at 16 KiB,
+    /// which put four "granules" on the free stack for one block.)
+    #[test]
+    fn a_range_of_larger_granules_reuses_them_whole() {
+        let mut reserve = Reserve::<WideGranules>::handle();
+        let slab = Layout::from_size_align(WIDE, WIDE).unwrap();
+        let a = reserve.get(slab).unwrap();
+        let b = reserve.get(slab).unwrap();
+        assert_eq!(a.as_ptr().addr() % WIDE, 0, "aligned to the granule");
+        assert_eq!(
+            b.as_ptr().addr().abs_diff(a.as_ptr().addr()),
+            WIDE,
+            "neighbours"
+        );
+        // SAFETY: fresh granules of ours, written whole, then put once each.
+        unsafe {
+            a.as_ptr().write_bytes(1, WIDE);
+            b.as_ptr().write_bytes(2, WIDE);
+            reserve.put(a, slab);
+            reserve.put(b, slab);
+        }
+        assert_eq!(reserve.kept_bytes(), 2 * WIDE);
+        assert_eq!(reserve.get(slab), Some(b), "the last put is reused first");
+        assert_eq!(reserve.get(slab), Some(a));
+        assert_eq!(reserve.kept_bytes(), 0);
+        let used = reserve.used_bytes();
+        // SAFETY: live granules of ours, put once each.
+        unsafe {
+            reserve.put(a, slab);
+            reserve.put(b, slab);
+        }
+        reserve.force_tick();
+        reserve.force_tick();
+        assert_eq!(reserve.kept_bytes(), 0, "two ticks: given back");
+        assert_ne!(resident(a), Some(true), "a given-back granule has no pages");
+        let again = [reserve.get(slab).unwrap(), reserve.get(slab).unwrap()];
+        assert!(
+            again.contains(&a) && again.contains(&b),
+            "clean granules reused"
+        );
+        assert_eq!(reserve.used_bytes(), used, "no fresh address space taken");
+        for block in again {
+            // SAFETY: live granules of ours, put once each.
+            unsafe { reserve.put(block, slab) };
+        }
+    }
 
     const ONE: Layout = match Layout::from_size_align(GRANULE, GRANULE) {
         Ok(layout) => layout,
@@ -785,7 +889,7 @@ mod tests {
     fn contains_is_false_for_outside_addresses_during_the_first_reservation() {
         let rounds = if cfg!(miri) { 1 } else { 1000 };
         for _ in 0..rounds {
-            let range = alloc::boxed::Box::new(Range::new());
+            let range = alloc::boxed::Box::new(Range::new(GRANULE));
             let range = &*range;
             let go = std::sync::Barrier::new(2);
             let wrong = std::thread::scope(|s| {

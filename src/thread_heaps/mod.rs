@@ -1,6 +1,6 @@
-//! `ThreadHeaps<Large>`: one slab heap per thread for small blocks, frees from other
-//! threads handed back to the owning heap, heaps of exited threads reused; a shared, locked
-//! `Large` layer for the rest. The adapter behind the [`General`](crate::presets::General)
+//! `ThreadHeaps<Large>`: one slab heap per thread for blocks of up to 32 KiB, frees from
+//! other threads handed back to the owning heap, heaps of exited threads reused; a shared,
+//! locked `Large` layer for the rest. The adapter behind the [`General`](crate::presets::General)
 //! preset and the malloc replacement. Entry point: [`ThreadHeaps`], its `GlobalAlloc` impl
 //! and its C interface ([`malloc`](ThreadHeaps::malloc), [`free`](ThreadHeaps::free)).
 //!
@@ -23,24 +23,35 @@ use summary::Counters;
 pub use summary::{HeapSummary, LiveBlocks};
 use thread_pointer::{EXITED, thread_pointer};
 
+use crate::Layer;
 use crate::abort::{call, no_unwind};
 use crate::layer::Measured;
-use crate::layers::{Reserve, Slab, SlabRange};
+use crate::layers::{
+    BIG_GRANULE, BigSlabRange, MEDIUM_GRANULE, MediumSlabRange, Reserve, Slab, SlabRange,
+};
 
-/// The largest request the thread heaps serve: beyond it, `Large` (coalescing, so blocks
-/// grow in place and mixed sizes share memory) keeps memory tighter than size classes.
+/// The largest request the thread heaps' small slabs serve; up to [`MEDIUM_LIMIT`], their
+/// medium slabs do, and up to [`BIG_LIMIT`] their big ones.
 const SMALL_LIMIT: usize = 1024;
 const _: () = assert!(SMALL_LIMIT <= HeapSlab::LIMIT);
 
+/// The largest request the thread heaps' medium slabs serve (8 KiB).
+const MEDIUM_LIMIT: usize = MediumSlab::LIMIT;
+
+/// The largest request the thread heaps serve (32 KiB, in big slabs): beyond it, `Large`
+/// (coalescing, so blocks grow in place and mixed sizes share memory) keeps memory tighter
+/// than size classes, and a block is big enough that a lock costs little beside writing it.
+const BIG_LIMIT: usize = BigSlab::LIMIT;
+
 /// A block that `realloc` grows a little (to less than 1.5 times what it holds) past this
-/// many bytes goes to `Large`, even below `SMALL_LIMIT`. Such blocks are strings built by
+/// many bytes goes to `Large`, even below `BIG_LIMIT`. Such blocks are strings built by
 /// appending, which pass through size class after size class; when many grow together,
 /// each class's slabs fill as the wave passes and stay sparsely used after it, holding
 /// memory no other class can use, where `Large` lets a block grow in place and merges its
 /// old copies back into free space for any size (see `benches/README.md` for the
 /// realloc workloads' memory with and without this). Blocks grown
 /// by doubling (a `Vec`'s amortized growth) pass through few classes and stay in the
-/// thread heaps, off the lock, as do fresh blocks of every size up to `SMALL_LIMIT`.
+/// thread heaps, off the lock, as do fresh blocks of every size up to `BIG_LIMIT`.
 const GROWN_LIMIT: usize = 256;
 
 /// Whether `realloc` from a slab block holding `usable` bytes to `size` bytes is the
@@ -58,9 +69,67 @@ const COPY_UNLOCKED: usize = 64 << 10;
 const SLAB_BYTES: usize = 16 << 10;
 type HeapSlab = Slab<SlabSource, SLAB_BYTES>;
 
-/// The thread heaps' own range of address space: only their slabs (and the heaps and
+/// The thread heaps' own range of address space: only their small slabs (and the heaps and
 /// registries themselves) lie in it, whatever `Large` is made of.
 type SlabSource = Reserve<SlabRange>;
+
+/// The slabs of medium blocks (1-8 KiB): 64 KiB, and of big blocks (8-32 KiB): 256 KiB;
+/// so that the largest class of each has seven blocks a slab, while a slab stays small
+/// beside what its class holds live (a slab's pages stay in memory as it is reused for
+/// another class: slabs much larger than that would keep memory no block uses).
+const MEDIUM_SLAB_BYTES: usize = MEDIUM_GRANULE;
+type MediumSlab = Slab<MediumSource, MEDIUM_SLAB_BYTES>;
+const BIG_SLAB_BYTES: usize = BIG_GRANULE;
+type BigSlab = Slab<BigSource, BIG_SLAB_BYTES>;
+
+/// The ranges of the medium and of the big slabs, each carved in whole slabs of its own
+/// size: a block in one is a slab block of that size.
+type MediumSource = Reserve<MediumSlabRange>;
+type BigSource = Reserve<BigSlabRange>;
+
+/// One of a heap's three slab layers: which one a block's path takes, for the code that is
+/// the same for all.
+trait HeapTier: Sized {
+    /// The heap's layer of this tier.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ThreadHeap::slab`].
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn of(heap: &ThreadHeap) -> &mut Self;
+}
+
+impl HeapTier for HeapSlab {
+    #[inline(always)]
+    unsafe fn of(heap: &ThreadHeap) -> &mut Self {
+        // SAFETY: the caller's duty.
+        unsafe { heap.slab() }
+    }
+}
+
+impl HeapTier for MediumSlab {
+    #[inline(always)]
+    unsafe fn of(heap: &ThreadHeap) -> &mut Self {
+        // SAFETY: the caller's duty.
+        unsafe { heap.medium() }
+    }
+}
+
+impl HeapTier for BigSlab {
+    #[inline(always)]
+    unsafe fn of(heap: &ThreadHeap) -> &mut Self {
+        // SAFETY: the caller's duty.
+        unsafe { heap.big() }
+    }
+}
+
+/// Lets the free granules of every slab range that stayed unused go back to the OS, when
+/// a tick is due (see `Reserve::decay`).
+fn decay_slab_ranges() {
+    SlabSource::handle().decay();
+    MediumSource::handle().decay();
+    BigSource::handle().decay();
+}
 
 /// Slots of the thread-pointer cache: where a thread finds its heap without a
 /// thread-local look-up (which costs a call in a shared library).
@@ -74,14 +143,15 @@ const fn cache_slot(tp: usize) -> usize {
 
 // ---- the instance and its Large layer ----------------------------------------------------
 
-/// Per-thread heaps of slabs for small blocks over one shared, locked `Large` layer for
-/// the rest: a general-purpose allocator that scales across threads, usable as
+/// Per-thread heaps of slabs for blocks of up to 32 KiB over one shared, locked `Large`
+/// layer for the rest: a general-purpose allocator that scales across threads, usable as
 /// `#[global_allocator]` and, through [`malloc`](ThreadHeaps::malloc) and
 /// [`free`](ThreadHeaps::free) (which take no layout), as C's `malloc`.
 ///
-/// - **Small blocks** (at most 1 KiB, aligned to at most 16): the calling thread's own
-///   [`Slab`] heap, over [`Reserve`] granules, with no lock and no atomic operation on the
-///   way. A heap is made (or adopted) at a thread's first small allocation.
+/// - **Blocks of up to 32 KiB** (aligned to at most 16): the calling thread's own heap of
+///   [`Slab`]s (16 KiB slabs for blocks of up to 1 KiB, 64 KiB ones up to 8 KiB, 256 KiB
+///   ones beyond), over [`Reserve`] granules, with no lock and no atomic operation on the
+///   way. A heap is made (or adopted) at a thread's first such allocation.
 /// - **Frees from other threads**: a block's slab records the heap that owns it; a thread
 ///   that frees another heap's block pushes it on that heap's remote stack (one atomic
 ///   compare-and-swap), and the owner takes the whole stack back whenever the slab it
@@ -89,7 +159,7 @@ const fn cache_slot(tp: usize) -> usize {
 /// - **Thread exit**: the heap goes to a pool with all its slabs, and the next new thread
 ///   adopts it (along with the frees still arriving for it); heaps are never leaked and
 ///   never freed.
-/// - **Everything else** (large blocks, large alignments, small blocks that `realloc`
+/// - **Everything else** (blocks over 32 KiB, large alignments, slab blocks that `realloc`
 ///   grows a little past 256 bytes, and the allocations of a thread whose heap was already
 ///   handed back at exit) goes to `Large`, under a lock.
 ///
@@ -153,10 +223,16 @@ pub struct ThreadHeaps<Large: Measured + Send> {
 // threads. (`Send` follows from the fields: an instance holds nothing tied to a thread.)
 unsafe impl<Large: Measured + Send> Sync for ThreadHeaps<Large> {}
 
-/// Whether a request is served by the thread heaps.
+/// Whether a request is served by the thread heaps' small slabs.
 #[inline(always)]
 const fn is_small(layout: Layout) -> bool {
     layout.size() <= SMALL_LIMIT && layout.align() <= HeapSlab::BLOCK_ALIGN
+}
+
+/// Whether a request is served by the thread heaps (small, medium or big slabs).
+#[inline(always)]
+const fn is_in_heaps(layout: Layout) -> bool {
+    layout.size() <= BIG_LIMIT && layout.align() <= HeapSlab::BLOCK_ALIGN
 }
 
 impl<Large: Measured + Send> ThreadHeaps<Large> {
@@ -334,26 +410,53 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     #[cold]
     #[inline(never)]
     fn allocate_slow(&self, layout: Layout) -> *mut u8 {
-        if is_small(layout)
+        if is_in_heaps(layout)
             && let Some(heap) = self.heap()
         {
-            let class = HeapSlab::class_of(layout.size());
-            // SAFETY: this thread's heap; no other reference to its slab is live.
-            let slab = unsafe { heap.slab() };
-            let block = match slab.pop_free(class) {
-                Some(block) => Some(block),
-                // SAFETY: this thread's heap.
-                None => unsafe { Self::refill(heap, class) },
+            // SAFETY: this thread's heap.
+            let block = unsafe {
+                if is_small(layout) {
+                    self.allocate_in::<_, SLAB_BYTES>(heap, layout.size())
+                } else if layout.size() <= MEDIUM_LIMIT {
+                    self.allocate_in::<_, MEDIUM_SLAB_BYTES>(heap, layout.size())
+                } else {
+                    self.allocate_in::<_, BIG_SLAB_BYTES>(heap, layout.size())
+                }
             };
             if let Some(block) = block {
-                if self.counting.load(Ordering::Relaxed) {
-                    self.counters
-                        .count_get(Some(class), HeapSlab::class_size(class));
-                }
                 return block.as_ptr();
             }
         }
         self.allocate_large(layout)
+    }
+
+    /// A block of `size` bytes from this thread's slabs of one tier, counted.
+    ///
+    /// # Safety
+    ///
+    /// `heap` is this thread's heap, no reference to its slabs is live, and `size` is at
+    /// most the tier's limit.
+    #[inline(always)]
+    unsafe fn allocate_in<L: Layer, const SLAB: usize>(
+        &self,
+        heap: &ThreadHeap,
+        size: usize,
+    ) -> Option<NonNull<u8>>
+    where
+        Slab<L, SLAB>: HeapTier,
+    {
+        let class = Slab::<L, SLAB>::class_of(size);
+        // SAFETY: the caller's duty.
+        let block = match unsafe { Slab::<L, SLAB>::of(heap) }.pop_free(class) {
+            Some(block) => block,
+            // SAFETY: the caller's duty.
+            None => unsafe { Self::refill::<L, SLAB>(heap, class)? },
+        };
+        if self.counting.load(Ordering::Relaxed) {
+            self.counters
+                .count_get(Some(class), Slab::<L, SLAB>::class_size(class));
+        }
+        Some(block)
     }
 
     /// The head slab of `class` has no free block: take back the blocks other threads
@@ -361,28 +464,34 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     ///
     /// # Safety
     ///
-    /// `heap` is this thread's heap, and no reference to its slab is live.
+    /// `heap` is this thread's heap, and no reference to its slabs is live.
     #[cold]
-    unsafe fn refill(heap: &ThreadHeap, class: usize) -> Option<NonNull<u8>> {
+    unsafe fn refill<L: Layer, const SLAB: usize>(
+        heap: &ThreadHeap,
+        class: usize,
+    ) -> Option<NonNull<u8>>
+    where
+        Slab<L, SLAB>: HeapTier,
+    {
         // SAFETY: the caller's duty.
         unsafe {
             if heap.has_remote_frees() {
                 heap.drain();
-                if let Some(block) = heap.slab().pop_free(class) {
+                if let Some(block) = Slab::<L, SLAB>::of(heap).pop_free(class) {
                     return Some(block);
                 }
             }
             // A slow path taken every few dozen allocations: the moment to let free
-            // granules that stayed unused go back to the OS (see `Reserve::decay`).
-            SlabSource::handle().decay();
-            heap.slab().get_small_slow(class)
+            // granules that stayed unused go back to the OS.
+            decay_slab_ranges();
+            Slab::<L, SLAB>::of(heap).get_small_slow(class)
         }
     }
 
     /// Allocates from `Large`, under its lock.
     #[cold]
     fn allocate_large(&self, layout: Layout) -> *mut u8 {
-        SlabSource::handle().decay();
+        decay_slab_ranges();
         let counting = self.counting.load(Ordering::Relaxed);
         let block = self.locked_large::<{ call::GET }, _>(|large| {
             let block = large.get(layout)?;
@@ -405,30 +514,75 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator, not used afterwards.
     #[inline(always)]
     unsafe fn free_block(&self, ptr: NonNull<u8>) {
+        // Which reserve holds a live block of ours names its kind: only small slabs come
+        // from the slab reserve, only medium and big ones from theirs, and `Large` serves
+        // the rest.
         if SlabSource::handle().contains(ptr.as_ptr()) {
-            // SAFETY: in the reserve, a live block of ours is a slab block (only slabs come
-            // from the reserve), so its slab header is readable and names its owner.
-            let (slab, owner) = unsafe { HeapSlab::slab_and_tag(ptr) };
-            if self.counting.load(Ordering::Relaxed) {
-                // SAFETY: as above.
-                let size = unsafe { HeapSlab::usable_size(ptr) };
-                self.counters
-                    .count_put(Some(HeapSlab::class_of(size)), size);
-            }
-            // SAFETY: a tag names a live heap for good (registry invariants), which this
-            // thread reached after the heap was written: through the block, handed to it
-            // after its allocation on the heap's thread.
-            let heap = unsafe { &*owner.cast::<ThreadHeap>() };
-            if heap.thread.load(Ordering::Relaxed) == thread_pointer() {
-                // SAFETY: the block's heap is this thread's; the caller gives it up.
-                unsafe { heap.slab().put_in_slab(slab, ptr) };
-            } else {
-                // SAFETY: a live block of the heap's slabs, given up by the caller.
-                unsafe { heap.push_remote(ptr) };
-            }
+            // SAFETY: a live small slab block, given up by the caller.
+            unsafe { self.free_in::<_, SLAB_BYTES>(ptr) }
+        } else if MediumSource::handle().contains(ptr.as_ptr()) {
+            // SAFETY: a live medium slab block, given up by the caller.
+            unsafe { self.free_in::<_, MEDIUM_SLAB_BYTES>(ptr) }
+        } else if BigSource::handle().contains(ptr.as_ptr()) {
+            // SAFETY: a live big slab block, given up by the caller.
+            unsafe { self.free_in::<_, BIG_SLAB_BYTES>(ptr) }
         } else {
-            // SAFETY: not in the reserve, so `Large` served it; the caller gives it up.
+            // SAFETY: a live block of `Large`, given up by the caller.
             unsafe { self.free_large(ptr) }
+        }
+    }
+
+    /// Frees a block of a slab of one tier: into its slab when the heap is this thread's,
+    /// else onto its heap's remote stack.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of a slab of this tier, not used afterwards.
+    #[inline(always)]
+    unsafe fn free_in<L: Layer, const SLAB: usize>(&self, ptr: NonNull<u8>)
+    where
+        Slab<L, SLAB>: HeapTier,
+    {
+        // SAFETY: a live slab block: its slab header is readable and names its owner.
+        let (slab, owner) = unsafe { Slab::<L, SLAB>::slab_and_tag(ptr) };
+        if self.counting.load(Ordering::Relaxed) {
+            // SAFETY: as above.
+            let size = unsafe { Slab::<L, SLAB>::usable_size(ptr) };
+            self.counters
+                .count_put(Some(Slab::<L, SLAB>::class_of(size)), size);
+        }
+        // SAFETY: a tag names a live heap for good (registry invariants), which this
+        // thread reached after the heap was written: through the block, handed to it
+        // after its allocation on the heap's thread.
+        let heap = unsafe { &*owner.cast::<ThreadHeap>() };
+        if heap.thread.load(Ordering::Relaxed) == thread_pointer() {
+            // SAFETY: the block's heap is this thread's; the caller gives it up.
+            unsafe { Slab::<L, SLAB>::of(heap).put_in_slab(slab, ptr) };
+        } else {
+            // SAFETY: a live block of the heap's slabs, given up by the caller.
+            unsafe { heap.push_remote(ptr) };
+        }
+    }
+
+    /// The bytes a slab block holds, or `None` for a block of `Large`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of this allocator.
+    #[inline]
+    unsafe fn slab_usable_size(ptr: NonNull<u8>) -> Option<usize> {
+        // SAFETY: the caller's duty; which reserve holds the block names its kind (see
+        // `free_block`).
+        unsafe {
+            if SlabSource::handle().contains(ptr.as_ptr()) {
+                Some(HeapSlab::usable_size(ptr))
+            } else if MediumSource::handle().contains(ptr.as_ptr()) {
+                Some(MediumSlab::usable_size(ptr))
+            } else if BigSource::handle().contains(ptr.as_ptr()) {
+                Some(BigSlab::usable_size(ptr))
+            } else {
+                None
+            }
         }
     }
 
@@ -493,12 +647,13 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         let Some(ptr) = NonNull::new(ptr) else {
             return 0;
         };
-        if SlabSource::handle().contains(ptr.as_ptr()) {
-            // SAFETY: a live slab block (see `free_block`).
-            unsafe { HeapSlab::usable_size(ptr) }
-        } else {
+        // SAFETY: the caller's duty: a live block of ours.
+        match unsafe { Self::slab_usable_size(ptr) } {
+            Some(size) => size,
             // SAFETY: a live block of `Large`.
-            self.locked_large::<{ call::USABLE_SIZE }, _>(|large| unsafe { large.usable_size(ptr) })
+            None => self.locked_large::<{ call::USABLE_SIZE }, _>(|large| unsafe {
+                large.usable_size(ptr)
+            }),
         }
     }
 
@@ -517,12 +672,11 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         let Some(block) = NonNull::new(ptr) else {
             return self.malloc(size);
         };
-        if !SlabSource::handle().contains(ptr) {
-            // SAFETY: the caller's duty: a live block, and not in the reserve, so `Large`'s.
+        // SAFETY: the caller's duty: a live block of ours.
+        let Some(usable) = (unsafe { Self::slab_usable_size(block) }) else {
+            // SAFETY: the caller's duty: a live block, and in neither reserve, so `Large`'s.
             return unsafe { self.realloc_large(block, size) };
-        }
-        // SAFETY: a live slab block (see `free_block`).
-        let usable = unsafe { HeapSlab::usable_size(block) };
+        };
         if size <= usable && size >= usable / 2 {
             return ptr;
         }
@@ -647,10 +801,10 @@ impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
     }
 }
 
-// SAFETY: small blocks come from this thread's `Slab` (a layer keeping the contract) and
-// go back to their owner's slab, directly or through its remote stack; everything else
-// comes from and goes back to `Large`, under its lock; the two never mix, because only
-// slab blocks lie in the reserve.
+// SAFETY: blocks of up to 32 KiB come from this thread's `Slab`s (layers keeping the
+// contract) and go back to their owner's slab of the same size, directly or through its
+// remote stack; everything else comes from and goes back to `Large`, under its lock; they
+// never mix, because only slabs of one size lie in each of the three reserves.
 unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -687,6 +841,8 @@ impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
         f.debug_struct("ThreadHeaps")
             .field("heaps", &self.heaps())
             .field("reserved_bytes_used", &SlabSource::handle().used_bytes())
+            .field("medium_bytes_used", &MediumSource::handle().used_bytes())
+            .field("big_bytes_used", &BigSource::handle().used_bytes())
             .finish_non_exhaustive()
     }
 }

@@ -15,9 +15,10 @@
 //! - a heap is used by at most one thread at a time: the thread whose thread pointer is in
 //!   its `thread` field (and whose `CURRENT`, or key value, names it), or none while it
 //!   sits in its registry's pool of abandoned heaps (then under the pool lock);
-//! - a small block lives in a slab of the heap its tag names; only that heap's thread puts
-//!   it on a slab free list; other threads push it on the heap's `remote` stack, which the
-//!   owner drains.
+//! - a block of the thread heaps lives in a slab of the heap its tag names (small slabs in
+//!   the slab reserve, medium and big ones each in a reserve of their own); only that
+//!   heap's thread puts it on a slab free list; other threads push it on the heap's
+//!   `remote` stack, which the owner drains.
 //!
 //! Publication (what makes another thread's reads of these fields race-free): a registry
 //! is written before it is pushed on `REGISTRIES` (a Release store, read Acquire) and
@@ -36,7 +37,10 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use super::thread_pointer::thread_pointer;
 #[cfg(feature = "std")]
 use super::thread_pointer::{CURRENT, EXITED};
-use super::{HeapSlab, SLAB_BYTES, SlabSource};
+use super::{
+    BIG_SLAB_BYTES, BigSlab, BigSource, HeapSlab, MEDIUM_SLAB_BYTES, MediumSlab, MediumSource,
+    SLAB_BYTES, SlabSource,
+};
 use crate::Layer;
 use crate::layers::Slab;
 use crate::os::ThreadKey;
@@ -58,9 +62,12 @@ struct Padded<T>(T);
 
 /// One thread's heap.
 pub(super) struct ThreadHeap {
-    /// The heap's slabs: used by its thread alone (or, while it is pooled, under the pool
-    /// lock), while other threads hold `&ThreadHeap` to reach `remote` and `thread`.
+    /// The heap's slabs for small blocks, for medium ones and for big ones: used by its
+    /// thread alone (or, while it is pooled, under the pool lock), while other threads hold
+    /// `&ThreadHeap` to reach `remote` and `thread`.
     slab: UnsafeCell<HeapSlab>,
+    medium: UnsafeCell<MediumSlab>,
+    big: UnsafeCell<BigSlab>,
     /// The thread pointer of the thread using the heap, 0 while none does. Written only by
     /// that thread (when it takes or hands back the heap) or, after a fork, by the one
     /// thread left; so a thread that reads its own pointer here owns the heap.
@@ -98,6 +105,51 @@ impl ThreadHeap {
         unsafe { &mut *self.slab.get() }
     }
 
+    /// The heap's medium slab layer, mutably.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slab`](ThreadHeap::slab), for the medium slab layer.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(super) unsafe fn medium(&self) -> &mut MediumSlab {
+        // SAFETY: as in `slab`.
+        unsafe { &mut *self.medium.get() }
+    }
+
+    /// The heap's big slab layer, mutably.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slab`](ThreadHeap::slab), for the big slab layer.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(super) unsafe fn big(&self) -> &mut BigSlab {
+        // SAFETY: as in `slab`.
+        unsafe { &mut *self.big.get() }
+    }
+
+    /// Puts a block of this heap back in the slab layer it came from, found by its address.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slab`](ThreadHeap::slab), and `ptr` is a live block of one of the heap's
+    /// slabs, given up by the caller.
+    unsafe fn put_back(&self, ptr: NonNull<u8>) {
+        // SAFETY: the caller's duty; a block in the medium or big reserve is a medium or
+        // big slab block (only those slabs come from them), any other block of the heap a
+        // small one.
+        unsafe {
+            if MediumSource::handle().contains(ptr.as_ptr()) {
+                self.medium().put_unsized(ptr);
+            } else if BigSource::handle().contains(ptr.as_ptr()) {
+                self.big().put_unsized(ptr);
+            } else {
+                self.slab().put_unsized(ptr);
+            }
+        }
+    }
+
     // ---- remote frees --------------------------------------------------------------------
 
     /// Takes the heap's remote stack and puts every block on it back in its slab.
@@ -112,10 +164,9 @@ impl ThreadHeap {
         // block of one of its slabs, given up by the thread that pushed it (its link is the
         // only thing in it), written before the push that the swap's Acquire pairs with.
         unsafe {
-            let slab = self.slab();
             while let Some(b) = NonNull::new(block) {
                 block = (*block).next;
-                slab.put_unsized(b.cast());
+                self.put_back(b.cast());
             }
         }
     }
@@ -144,7 +195,7 @@ impl ThreadHeap {
                 // block is one of its slab blocks, given up by the caller.
                 unsafe {
                     self.drain();
-                    self.slab().put_unsized(ptr);
+                    self.put_back(ptr);
                 }
                 return;
             }
@@ -308,7 +359,9 @@ impl Registry {
         while !heap.is_null() {
             // SAFETY: pooled heaps are live and no thread's; the pool lock keeps them so.
             unsafe {
-                bytes += (*heap).slab().slabs() * SLAB_BYTES;
+                bytes += (*heap).slab().slabs() * SLAB_BYTES
+                    + (*heap).medium().slabs() * MEDIUM_SLAB_BYTES
+                    + (*heap).big().slabs() * BIG_SLAB_BYTES;
                 heap = (*heap).pool_next.get();
             }
         }
@@ -378,10 +431,16 @@ impl Registry {
         let heap = memory.as_ptr().cast::<ThreadHeap>();
         let mut slab = Slab::new(SlabSource::handle());
         slab.set_tag(heap.cast());
+        let mut medium = Slab::new(MediumSource::handle());
+        medium.set_tag(heap.cast());
+        let mut big = Slab::new(BigSource::handle());
+        big.set_tag(heap.cast());
         // SAFETY: a fresh block that fits a `ThreadHeap`.
         unsafe {
             heap.write(ThreadHeap {
                 slab: UnsafeCell::new(slab),
+                medium: UnsafeCell::new(medium),
+                big: UnsafeCell::new(big),
                 registry: self,
                 remote: Padded(AtomicPtr::new(ptr::null_mut())),
                 thread: AtomicUsize::new(0),
@@ -511,7 +570,7 @@ fn register_fork_handlers() {
 }
 
 /// Before `fork`: takes every lock of the thread heaps (no new registry, each registry's
-/// `Large` lock and pool, then the slab reserve's), so that the child gets none of them
+/// `Large` lock and pool, then the slab reserves'), so that the child gets none of them
 /// held by a thread that will not exist there. A thread that forks while it holds one of
 /// them itself (inside [`with_large`](super::ThreadHeaps::with_large)) deadlocks.
 #[cfg(unix)]
@@ -524,14 +583,22 @@ extern "C" fn before_fork() {
     });
     // SAFETY: `after_fork_parent` or `after_fork_child` follows on this thread, as
     // `pthread_atfork` promises, before anything else runs in either process.
-    unsafe { SlabSource::before_fork() };
+    unsafe {
+        SlabSource::before_fork();
+        MediumSource::before_fork();
+        BigSource::before_fork();
+    }
 }
 
 /// After `fork`, in the parent: gives back what [`before_fork`] took.
 #[cfg(unix)]
 extern "C" fn after_fork_parent() {
-    // SAFETY: `before_fork` took the reserve's lock on this thread.
-    unsafe { SlabSource::after_fork() };
+    // SAFETY: `before_fork` took the reserves' locks on this thread.
+    unsafe {
+        BigSource::after_fork();
+        MediumSource::after_fork();
+        SlabSource::after_fork();
+    }
     Registry::for_each(|r| {
         // Let go of by hand: `before_fork` took them, on this thread, with no guard.
         // SAFETY: as just said; nothing took them since (every other use waits for them).
@@ -553,8 +620,12 @@ extern "C" fn after_fork_parent() {
 /// never its consistency). Pooled heaps stay adoptable.
 #[cfg(unix)]
 extern "C" fn after_fork_child() {
-    // SAFETY: `before_fork` took the reserve's lock on this thread, in the parent.
-    unsafe { SlabSource::after_fork() };
+    // SAFETY: `before_fork` took the reserves' locks on this thread, in the parent.
+    unsafe {
+        BigSource::after_fork();
+        MediumSource::after_fork();
+        SlabSource::after_fork();
+    }
     let me = thread_pointer();
     Registry::for_each(|r| {
         let mut heap = r.all.load(Ordering::Acquire);

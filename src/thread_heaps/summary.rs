@@ -5,7 +5,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{HeapSlab, SlabSource, ThreadHeaps};
+use super::{BigSource, HeapSlab, MediumSource, SlabSource, ThreadHeaps};
 use crate::Layer;
 use crate::layer::Measured;
 
@@ -105,7 +105,9 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
             peak_blocks: c.peak_blocks.load(Ordering::Relaxed),
             heaps: self.heaps(),
-            reserved_bytes: SlabSource::handle().used_bytes(),
+            reserved_bytes: SlabSource::handle().used_bytes()
+                + MediumSource::handle().used_bytes()
+                + BigSource::handle().used_bytes(),
             sizes: [(0, 0); SUMMARY_SIZES],
             kinds: 0,
             other_blocks: 0,
@@ -172,8 +174,8 @@ pub struct HeapSummary {
     pub peak_blocks: usize,
     /// Thread heaps made.
     pub heaps: usize,
-    /// Bytes of the reserve ever handed out for slabs (the high-water mark of the small
-    /// side's address space; slabs given back are reused from it).
+    /// Bytes of the reserves ever handed out for slabs, of every size (the high-water
+    /// mark of the thread heaps' address space; slabs given back are reused from it).
     pub reserved_bytes: usize,
     /// Live blocks as `(size, count)`, ascending by size; `kinds` entries are used.
     pub sizes: [(usize, usize); SUMMARY_SIZES],

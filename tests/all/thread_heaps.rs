@@ -21,9 +21,12 @@ struct Sent(*mut u8);
 // SAFETY: the tests hand each block to exactly one other thread, which owns it from then on.
 unsafe impl Send for Sent {}
 
-/// Allocation sizes that cross every path: slab classes, the 1 KiB limit of the thread
-/// heaps, the coalescing arenas, blocks of their own.
-const SIZES: [usize; 12] = [1, 8, 16, 24, 100, 128, 129, 1000, 1024, 1025, 100_000, BIG];
+/// Allocation sizes that cross every path: small slab classes, the 1 KiB limit of the small
+/// slabs, the medium slabs and their 32 KiB limit, the coalescing arenas, blocks of their
+/// own.
+const SIZES: [usize; 15] = [
+    1, 8, 16, 24, 100, 128, 129, 1000, 1024, 1025, 5000, 32_768, 32_769, 100_000, BIG,
+];
 
 /// The largest block the tests make: smaller under Miri, where every byte checked costs.
 const BIG: usize = if cfg!(miri) { 70_000 } else { 1 << 20 };
@@ -121,9 +124,9 @@ fn blocks_grown_by_realloc_move_to_the_large_layer() {
     let mut blocker = std::ptr::null_mut();
     for next in [200, 300, 5000, 5100, 20_000, 64, 10] {
         if next == 5000 {
-            // A large block right after the grown one, so that it cannot grow in place
-            // and moves under the lock.
-            blocker = HEAP.malloc(2000);
+            // A large block (past the medium slabs' 32 KiB) right after the grown one, so
+            // that it cannot grow in place and moves under the lock.
+            blocker = HEAP.malloc(40_000);
             assert!(in_large(blocker));
         }
         // SAFETY: a live block; the old pointer is not used after success.
@@ -173,9 +176,9 @@ fn large_alignments_are_honoured() {
     }
 }
 
-/// Producer threads allocate, consumer threads free: every block crosses a thread, every
-/// pattern is verified, and the producers' heaps get the blocks back (the reserve stops
-/// growing once the heaps have warmed up).
+/// Producer threads allocate, consumer threads free: every block (small or medium) crosses
+/// a thread, every pattern is verified, and the producers' heaps get the blocks back (the
+/// reserves stop growing once the heaps have warmed up).
 #[test]
 #[cfg_attr(miri, ignore = "minutes under Miri: CI's Miri step has no room for it")]
 fn frees_from_other_threads_reach_the_owner() {
@@ -192,7 +195,12 @@ fn frees_from_other_threads_reach_the_owner() {
             let (send, receive) = mpsc::sync_channel::<(Sent, usize, u8)>(1024);
             producers.push(std::thread::spawn(move || {
                 for i in 0..blocks {
-                    let size = 8 + (i * 7 + t * 13) % 600;
+                    // Every eighth block a medium one (1-32 KiB), the rest small.
+                    let size = if i % 8 == 0 {
+                        1025 + (i * 131 + t * 977) % 31_000
+                    } else {
+                        8 + (i * 7 + t * 13) % 600
+                    };
                     let byte = (i ^ t) as u8;
                     let ptr = HEAP.malloc(size);
                     assert!(!ptr.is_null());
@@ -223,7 +231,7 @@ fn frees_from_other_threads_reach_the_owner() {
         HEAP.heaps(),
         "every thread's heap is back in the pool"
     );
-    // Without remote frees coming back, each round would take another ~50 MB.
+    // Without remote frees coming back, each round would take another ~250 MB.
     let grown = HEAP.summary().reserved_bytes - used_after_first;
     assert!(
         grown < 40 << 20,
@@ -440,9 +448,10 @@ mod exit_key {
     }
 }
 
-/// Threads allocate and exit; another thread frees their blocks afterwards, into heaps
-/// that sit in the pool. Those frees must reach the slabs (and empty them), not pile up
-/// on a remote stack that nobody drains: otherwise every round takes fresh slab space.
+/// Threads allocate small and medium blocks and exit; another thread frees their blocks
+/// afterwards, into heaps that sit in the pool. Those frees must reach the slabs (and empty
+/// them), not pile up on a remote stack that nobody drains: otherwise every round takes
+/// fresh slab space.
 #[test]
 #[cfg_attr(miri, ignore = "minutes under Miri: CI's Miri step has no room for it")]
 fn frees_into_the_heaps_of_exited_threads_are_reused() {
@@ -457,18 +466,19 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
                 std::thread::spawn(move || {
                     (0..blocks)
                         .map(|i| {
-                            let ptr = HEAP.malloc(200);
-                            fill(ptr, 200, (i ^ t) as u8);
-                            (Sent(ptr), (i ^ t) as u8)
+                            let size = if i % 4 == 0 { 3000 } else { 200 };
+                            let ptr = HEAP.malloc(size);
+                            fill(ptr, size, (i ^ t) as u8);
+                            (Sent(ptr), size, (i ^ t) as u8)
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
         for worker in workers {
-            for (Sent(ptr), byte) in worker.join().unwrap() {
+            for (Sent(ptr), size, byte) in worker.join().unwrap() {
                 assert!(
-                    holds(ptr, 200, byte),
+                    holds(ptr, size, byte),
                     "a block of an exited thread was overwritten"
                 );
                 // SAFETY: a live block whose thread has exited, freed once.
@@ -491,8 +501,8 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
             used_after_first = HEAP.summary().reserved_bytes;
         }
     }
-    // Each round allocates ~33 MB of 200-byte blocks; reusing the emptied slabs, later
-    // rounds need none.
+    // Each round allocates ~25 MB of 200-byte blocks and ~120 MB of 3000-byte ones;
+    // reusing the emptied slabs, later rounds need none.
     let grown = HEAP.summary().reserved_bytes - used_after_first;
     assert!(
         grown < 16 << 20,
@@ -530,6 +540,7 @@ fn the_summary_counts_live_blocks_by_size() {
         HEAP.malloc(24),
         HEAP.malloc(24),
         HEAP.malloc(500),
+        HEAP.malloc(5000),
         HEAP.malloc(50_000),
     ];
     for _ in 0..10 {
@@ -538,16 +549,19 @@ fn the_summary_counts_live_blocks_by_size() {
         unsafe { HEAP.free(p) };
     }
     let summary = HEAP.summary();
-    assert_eq!(summary.allocations, 14);
+    assert_eq!(summary.allocations, 15);
     assert_eq!(summary.frees, 10);
-    assert_eq!(summary.live_blocks(), 4);
+    assert_eq!(summary.live_blocks(), 5);
     let sizes: Vec<usize> = summary.by_size().iter().map(|&(s, _)| s).collect();
-    assert_eq!(&sizes[..2], &[32, 512], "slab classes, ascending");
-    assert!(sizes[2] >= 50_000 && sizes.len() == 3, "{sizes:?}");
+    assert_eq!(&sizes[..3], &[32, 512, 5120], "slab classes, ascending");
+    assert!(sizes[3] >= 50_000 && sizes.len() == 4, "{sizes:?}");
     let text = summary.to_string();
     assert!(text.starts_with("stratalloc heap summary (pid "), "{text}");
-    assert!(text.contains("\n  32 B x 2\n  512 B x 1\n"), "{text}");
-    let leaks = format!("leaks: 4 blocks, {} bytes", 32 * 2 + 512 + sizes[2]);
+    assert!(
+        text.contains("\n  32 B x 2\n  512 B x 1\n  5120 B x 1\n"),
+        "{text}"
+    );
+    let leaks = format!("leaks: 5 blocks, {} bytes", 32 * 2 + 512 + 5120 + sizes[3]);
     assert!(text.contains(&leaks), "{text}");
     for p in kept {
         // SAFETY: live, freed once.
