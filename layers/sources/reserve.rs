@@ -392,8 +392,15 @@ impl<R: ReserveRange> Reserve<R> {
     /// paths when granules come and go rarely. Cheap when no tick is due (a read of the
     /// coarse clock, no lock).
     pub fn decay(&self) {
+        self.decay_at(now_ms());
+    }
+
+    /// [`decay`](Reserve::decay) with the coarse clock already read (`now`, from
+    /// `os::now_ms`), for a caller that lets several ranges decay at once.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn decay_at(&self, now: u64) {
         let range = Self::range();
-        if now_ms().wrapping_sub(range.tick.load(Ordering::Relaxed)) < range.decay_ms
+        if now.wrapping_sub(range.tick.load(Ordering::Relaxed)) < range.decay_ms
             || range.base.load(Ordering::Acquire) <= FAILED
         {
             // No tick due, or no range reserved yet (and none to reserve for this).

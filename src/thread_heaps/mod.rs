@@ -124,11 +124,12 @@ impl HeapTier for BigSlab {
 }
 
 /// Lets the free granules of every slab range that stayed unused go back to the OS, when
-/// a tick is due (see `Reserve::decay`).
+/// a tick is due (see `Reserve::decay`): one read of the coarse clock for the three.
 fn decay_slab_ranges() {
-    SlabSource::handle().decay();
-    MediumSource::handle().decay();
-    BigSource::handle().decay();
+    let now = crate::os::now_ms();
+    SlabSource::handle().decay_at(now);
+    MediumSource::handle().decay_at(now);
+    BigSource::handle().decay_at(now);
 }
 
 /// Slots of the thread-pointer cache: where a thread finds its heap without a
