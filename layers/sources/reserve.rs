@@ -265,53 +265,47 @@ impl sealed::Sealed for SharedRange {
 }
 impl ReserveRange for SharedRange {}
 
-/// The range of the thread heaps' slabs, which no code outside the crate can name.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct SlabRange;
+/// Declares a range private to the crate: its marker type (which no code outside the crate
+/// can name), the range itself, carved in `$granule`s, and the impls.
+macro_rules! private_range {
+    ($(#[$doc:meta])* $name:ident, $granule:expr) => {
+        $(#[$doc])*
+        #[cfg_attr(not(feature = "std"), allow(dead_code))]
+        #[derive(Clone, Copy, Debug, Default)]
+        pub(crate) struct $name;
 
-static SLABS: Range = Range::new(GRANULE);
-
-impl sealed::Sealed for SlabRange {
-    fn range() -> &'static Range {
-        &SLABS
-    }
+        impl sealed::Sealed for $name {
+            fn range() -> &'static Range {
+                static RANGE: Range = Range::new($granule);
+                &RANGE
+            }
+        }
+        impl ReserveRange for $name {}
+    };
 }
-impl ReserveRange for SlabRange {}
 
 /// The granules of [`MediumSlabRange`] and [`BigSlabRange`]: one slab of the thread heaps'
 /// medium blocks (up to 8 KiB), one of their big blocks (up to 32 KiB).
 pub(crate) const MEDIUM_GRANULE: usize = 1 << 16;
 pub(crate) const BIG_GRANULE: usize = 1 << 18;
 
-/// The range of the thread heaps' medium slabs, carved in [`MEDIUM_GRANULE`]s, so that a
-/// freed slab is reused whole (a range of 16 KiB granules reuses only single granules).
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct MediumSlabRange;
-
-static MEDIUM_SLABS: Range = Range::new(MEDIUM_GRANULE);
-
-impl sealed::Sealed for MediumSlabRange {
-    fn range() -> &'static Range {
-        &MEDIUM_SLABS
-    }
-}
-impl ReserveRange for MediumSlabRange {}
-
-/// The range of the thread heaps' big slabs, carved in [`BIG_GRANULE`]s.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct BigSlabRange;
-
-static BIG_SLABS: Range = Range::new(BIG_GRANULE);
-
-impl sealed::Sealed for BigSlabRange {
-    fn range() -> &'static Range {
-        &BIG_SLABS
-    }
-}
-impl ReserveRange for BigSlabRange {}
+private_range!(
+    /// The range of the thread heaps' small slabs (and of the heaps and their registries).
+    SlabRange,
+    GRANULE
+);
+private_range!(
+    /// The range of the thread heaps' medium slabs, carved in [`MEDIUM_GRANULE`]s, so that
+    /// a freed slab is reused whole (a range of 16 KiB granules reuses only single
+    /// granules).
+    MediumSlabRange,
+    MEDIUM_GRANULE
+);
+private_range!(
+    /// The range of the thread heaps' big slabs, carved in [`BIG_GRANULE`]s.
+    BigSlabRange,
+    BIG_GRANULE
+);
 
 // ---- the handle: figures, decay and fork handling ----------------------------------------
 
