@@ -417,11 +417,11 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             // SAFETY: this thread's heap.
             let block = unsafe {
                 if is_small(layout) {
-                    self.allocate_in::<_, SLAB_BYTES>(heap, layout.size())
+                    self.allocate_in::<SlabSource, SLAB_BYTES>(heap, layout.size())
                 } else if layout.size() <= MEDIUM_LIMIT {
-                    self.allocate_in::<_, MEDIUM_SLAB_BYTES>(heap, layout.size())
+                    self.allocate_in::<MediumSource, MEDIUM_SLAB_BYTES>(heap, layout.size())
                 } else {
-                    self.allocate_in::<_, BIG_SLAB_BYTES>(heap, layout.size())
+                    self.allocate_in::<BigSource, BIG_SLAB_BYTES>(heap, layout.size())
                 }
             };
             if let Some(block) = block {
@@ -520,13 +520,13 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         // the rest.
         if SlabSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: a live small slab block, given up by the caller.
-            unsafe { self.free_in::<_, SLAB_BYTES>(ptr) }
+            unsafe { self.free_in::<SlabSource, SLAB_BYTES>(ptr) }
         } else if MediumSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: a live medium slab block, given up by the caller.
-            unsafe { self.free_in::<_, MEDIUM_SLAB_BYTES>(ptr) }
+            unsafe { self.free_in::<MediumSource, MEDIUM_SLAB_BYTES>(ptr) }
         } else if BigSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: a live big slab block, given up by the caller.
-            unsafe { self.free_in::<_, BIG_SLAB_BYTES>(ptr) }
+            unsafe { self.free_in::<BigSource, BIG_SLAB_BYTES>(ptr) }
         } else {
             // SAFETY: a live block of `Large`, given up by the caller.
             unsafe { self.free_large(ptr) }
