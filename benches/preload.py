@@ -56,6 +56,9 @@ WORKLOADS = {
     "random_sizes": ("random_sizes", []),
     "random_sizes_2threads": ("random_sizes", ["2"]),
     "huge_blocks": ("huge_blocks", []),
+    # Messages of 16 B-16 KiB passed from one thread to another (rpmalloc's style): every
+    # block freed by the other thread, most of them past 1 KiB.
+    "producer_consumer_16k": ("producer_consumer", ["3000000", "16384"]),
 }
 # Debian's packages, and the file each ships (under /usr/lib/<multiarch>/).
 PEERS = [("jemalloc", "libjemalloc2", "libjemalloc.so.2"),

@@ -2,10 +2,11 @@
  * producer allocates messages of 32 B - 1 KiB, fills them, and passes them through a
  * bounded single-producer single-consumer queue; the consumer checks and frees them. Every
  * block is freed by a thread other than the one that allocated it, the case thread caches
- * find hardest.
+ * find hardest. Given a largest size past 1 KiB, the messages are 16 B up to that size
+ * instead, log-uniform (as many of 16-32 B as in the top doubling), in rpmalloc's style.
  *
- * Usage: producer_consumer [messages]   (default 3000000). Prints the consumer's checksum,
- * which must equal the producer's.
+ * Usage: producer_consumer [messages] [largest message]   (default 3000000 and 1024).
+ * Prints the consumer's checksum, which must equal the producer's.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -26,6 +27,7 @@ enum { SLOTS = 1024 };
 static struct message *ring[SLOTS];
 static _Atomic size_t head, tail; /* head: next to write; tail: next to read */
 static long total;
+static uint32_t largest = 1024;
 static uint64_t produced_sum, consumed_sum;
 
 static void *producer(void *arg) {
@@ -33,8 +35,17 @@ static void *producer(void *arg) {
     uint64_t rng = 0x9E3779B97F4A7C15ull, sum = 0;
     for (long i = 0; i < total; i++) {
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-        /* mostly small, sometimes up to 1 KiB, as log messages and requests are */
-        uint32_t len = (rng & 3) ? 32 + (uint32_t)(rng >> 8) % 224 : 32 + (uint32_t)(rng >> 8) % 992;
+        uint32_t len;
+        if (largest <= 1024) {
+            /* mostly small, sometimes up to 1 KiB, as log messages and requests are */
+            len = (rng & 3) ? 32 + (uint32_t)(rng >> 8) % 224 : 32 + (uint32_t)(rng >> 8) % 992;
+        } else {
+            /* a doubling from 16 B up, picked uniformly, then a size uniform inside it */
+            unsigned doublings = 0;
+            while ((16u << (doublings + 1)) <= largest) doublings++;
+            unsigned shift = 4 + (unsigned)((rng >> 8) % doublings);
+            len = (1u << shift) + (uint32_t)((rng >> 24) % (1u << shift));
+        }
         len -= (uint32_t)sizeof(struct message) > len ? 0 : (uint32_t)sizeof(struct message);
         struct message *m = malloc(sizeof *m + len);
         if (!m) { fputs("out of memory\n", stderr); exit(1); }
@@ -73,6 +84,8 @@ static void *consumer(void *arg) {
 
 int main(int argc, char **argv) {
     total = argc > 1 ? atol(argv[1]) : 3000000;
+    if (argc > 2) largest = (uint32_t)atol(argv[2]);
+    if (largest < 32) { fputs("the largest message is at least 32 bytes\n", stderr); return 1; }
     pthread_t p, c;
     pthread_create(&c, NULL, consumer, NULL);
     pthread_create(&p, NULL, producer, NULL);

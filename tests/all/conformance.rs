@@ -209,6 +209,9 @@ mod layers {
         conformance!(slab_over_mmap, || Slab::<_>::new(Mmap::new()));
         #[cfg(not(miri))]
         conformance!(slab_over_system, || Slab::<_, 131072>::new(System));
+        // Slabs of 256 KiB serve up to 32 KiB (the thread heaps' big slabs).
+        #[cfg(not(miri))]
+        conformance!(big_slab_over_mmap, || Slab::<_, 262144>::new(Mmap::new()));
         conformance!(bitset_over_mmap, || Bitset::<_, 16>::new(Mmap::new()));
         // A general-purpose shape: small blocks in a bitmap arena while it has room, then
         // the system; large blocks from maps.
