@@ -26,7 +26,7 @@ pub use sources::Sbrk;
 pub(crate) use sources::overlap;
 pub use sources::{AdoptError, AdoptRefusal, Adopted, AdoptedMemory, Buffer, Origin};
 #[cfg(all(feature = "os", any(unix, windows)))]
-pub(crate) use sources::{BIG_GRANULE, BigSlabRange, MEDIUM_GRANULE, MediumSlabRange, SlabRange};
+pub(crate) use sources::{BIG_GRANULE, BigSlabRange, SLAB_GRANULE, SlabRange};
 #[cfg(feature = "std")]
 pub use sources::{Ground, Pipe, System};
 #[cfg(all(feature = "os", any(unix, windows)))]

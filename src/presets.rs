@@ -105,10 +105,10 @@ pub const fn buffer_arena(memory: &mut [core::mem::MaybeUninit<u8>]) -> BufferAr
 ///    grow in place there); blocks too big for an arena get a piece of their own from
 /// 3. `Mmap`.
 ///
-/// Each thread heap is three [`Slab`](crate::layers::Slab)s over
-/// [`Reserve`](crate::layers::Reserve)s: slabs of one size class each, of 16 KiB for blocks
-/// of up to 1 KiB, 64 KiB up to 8 KiB and 256 KiB up to 32 KiB, each size from a reserved
-/// range of address space of its own.
+/// Each thread heap is two [`Slab`](crate::layers::Slab)s over
+/// [`Reserve`](crate::layers::Reserve)s: slabs of one size class each, of 64 KiB for blocks
+/// of up to 8 KiB and 256 KiB up to 32 KiB, each size from a reserved range of address
+/// space of its own.
 #[cfg(all(feature = "os", any(unix, windows)))]
 pub type General = crate::ThreadHeaps<Coalesce<Mmap, { 32 << 20 }>>;
 

@@ -36,7 +36,7 @@ pub use mmap::Mmap;
 #[cfg(feature = "std")]
 pub use pipe::Pipe;
 #[cfg(all(feature = "os", any(unix, windows)))]
-pub(crate) use reserve::{BIG_GRANULE, BigSlabRange, MEDIUM_GRANULE, MediumSlabRange, SlabRange};
+pub(crate) use reserve::{BIG_GRANULE, BigSlabRange, SLAB_GRANULE, SlabRange};
 #[cfg(all(feature = "os", any(unix, windows)))]
 pub use reserve::{Reserve, ReserveRange, SharedRange};
 #[cfg(all(feature = "std", target_os = "linux"))]

@@ -1,4 +1,4 @@
-//! `Reserve<R>`: granules (16 KiB; 64 and 256 KiB in the ranges of the thread heaps' larger
+//! `Reserve<R>`: granules (16 KiB; 64 and 256 KiB in the ranges of the thread heaps'
 //! slabs) carved from one range of address space that the process reserves once, so that
 //! "is this block in the range?" is a single compare. Entry point: [`Reserve`] and its
 //! `Layer` impl.
@@ -28,7 +28,7 @@ use crate::os::{self, now_ms};
 use crate::spin::SpinLock;
 
 /// The unit the shared range is carved in, and the alignment every block has: the smallest
-/// granule a range has (the thread heaps' medium slabs come from a range of larger ones).
+/// granule a range has (the thread heaps' slabs come from ranges of larger ones).
 pub const GRANULE: usize = 1 << 14;
 
 /// The address space asked for first; halved on refusal down to [`SMALLEST_RESERVE`], and
@@ -284,22 +284,17 @@ macro_rules! private_range {
     };
 }
 
-/// The granules of [`MediumSlabRange`] and [`BigSlabRange`]: one slab of the thread heaps'
-/// medium blocks (up to 8 KiB), one of their big blocks (up to 32 KiB).
-pub(crate) const MEDIUM_GRANULE: usize = 1 << 16;
+/// The granules of [`SlabRange`] and [`BigSlabRange`]: one slab of the thread heaps'
+/// small blocks (up to 8 KiB), one of their big blocks (up to 32 KiB).
+pub(crate) const SLAB_GRANULE: usize = 1 << 16;
 pub(crate) const BIG_GRANULE: usize = 1 << 18;
 
 private_range!(
-    /// The range of the thread heaps' small slabs (and of the heaps and their registries).
+    /// The range of the thread heaps' small slabs (and of the heaps and their registries),
+    /// carved in [`SLAB_GRANULE`]s, so that a freed slab is reused whole (a range of 16 KiB
+    /// granules reuses only single granules).
     SlabRange,
-    GRANULE
-);
-private_range!(
-    /// The range of the thread heaps' medium slabs, carved in [`MEDIUM_GRANULE`]s, so that
-    /// a freed slab is reused whole (a range of 16 KiB granules reuses only single
-    /// granules).
-    MediumSlabRange,
-    MEDIUM_GRANULE
+    SLAB_GRANULE
 );
 private_range!(
     /// The range of the thread heaps' big slabs, carved in [`BIG_GRANULE`]s.

@@ -26,17 +26,11 @@ use thread_pointer::{EXITED, thread_pointer};
 use crate::Layer;
 use crate::abort::{call, no_unwind};
 use crate::layer::Measured;
-use crate::layers::{
-    BIG_GRANULE, BigSlabRange, MEDIUM_GRANULE, MediumSlabRange, Reserve, Slab, SlabRange,
-};
+use crate::layers::{BIG_GRANULE, BigSlabRange, Reserve, SLAB_GRANULE, Slab, SlabRange};
 
-/// The largest request the thread heaps' small slabs serve; up to [`MEDIUM_LIMIT`], their
-/// medium slabs do, and up to [`BIG_LIMIT`] their big ones.
-const SMALL_LIMIT: usize = 1024;
-const _: () = assert!(SMALL_LIMIT <= HeapSlab::LIMIT);
-
-/// The largest request the thread heaps' medium slabs serve (8 KiB).
-const MEDIUM_LIMIT: usize = MediumSlab::LIMIT;
+/// The largest request the thread heaps' small slabs serve (8 KiB); up to [`BIG_LIMIT`],
+/// their big slabs do.
+const SMALL_LIMIT: usize = HeapSlab::LIMIT;
 
 /// The largest request the thread heaps serve (32 KiB, in big slabs): beyond it, `Large`
 /// (coalescing, so blocks grow in place and mixed sizes share memory) keeps memory tighter
@@ -64,31 +58,25 @@ const fn grows_into_large(usable: usize, size: usize) -> bool {
 /// that other threads' large blocks do not wait for a long copy.
 const COPY_UNLOCKED: usize = 64 << 10;
 
-/// The slabs of the thread heaps: 16 KiB, so that the partly used slabs each class keeps
-/// (the price of size classes) stay small, and at least 15 blocks of the largest class.
-const SLAB_BYTES: usize = 16 << 10;
+/// The slabs of small blocks (up to 8 KiB): 64 KiB, and of big blocks (8-32 KiB):
+/// 256 KiB; so that the largest class of each has seven blocks a slab. Larger slabs mean
+/// fewer slabs moving between a class's full and partial lists (the cost behind Larson's
+/// server simulation, where blocks of 8-1000 bytes move between threads); smaller ones,
+/// less memory in each class's partly used slabs (the price of size classes). The
+/// measurements behind the sizes are in `benches/README.md`.
+const SLAB_BYTES: usize = SLAB_GRANULE;
 type HeapSlab = Slab<SlabSource, SLAB_BYTES>;
-
-/// The thread heaps' own range of address space: only their small slabs (and the heaps and
-/// registries themselves) lie in it, whatever `Large` is made of.
-type SlabSource = Reserve<SlabRange>;
-
-/// The slabs of medium blocks (1-8 KiB): 64 KiB, and of big blocks (8-32 KiB): 256 KiB;
-/// so that the largest class of each has seven blocks a slab, while a slab stays small
-/// beside what its class holds live (a slab's pages stay in memory as it is reused for
-/// another class: slabs much larger than that would keep memory no block uses).
-const MEDIUM_SLAB_BYTES: usize = MEDIUM_GRANULE;
-type MediumSlab = Slab<MediumSource, MEDIUM_SLAB_BYTES>;
 const BIG_SLAB_BYTES: usize = BIG_GRANULE;
 type BigSlab = Slab<BigSource, BIG_SLAB_BYTES>;
 
-/// The ranges of the medium and of the big slabs, each carved in whole slabs of its own
-/// size: a block in one is a slab block of that size.
-type MediumSource = Reserve<MediumSlabRange>;
+/// The thread heaps' own ranges of address space, each carved in whole slabs of its own
+/// size: only their small slabs (and the heaps and registries themselves) lie in the first,
+/// only their big slabs in the second, whatever `Large` is made of.
+type SlabSource = Reserve<SlabRange>;
 type BigSource = Reserve<BigSlabRange>;
 
-/// One of a heap's three slab layers: which one a block's path takes, for the code that is
-/// the same for all.
+/// One of a heap's two slab layers: which one a block's path takes, for the code that is
+/// the same for both.
 trait HeapTier: Sized {
     /// The heap's layer of this tier.
     ///
@@ -107,14 +95,6 @@ impl HeapTier for HeapSlab {
     }
 }
 
-impl HeapTier for MediumSlab {
-    #[inline(always)]
-    unsafe fn of(heap: &ThreadHeap) -> &mut Self {
-        // SAFETY: the caller's duty.
-        unsafe { heap.medium() }
-    }
-}
-
 impl HeapTier for BigSlab {
     #[inline(always)]
     unsafe fn of(heap: &ThreadHeap) -> &mut Self {
@@ -124,11 +104,10 @@ impl HeapTier for BigSlab {
 }
 
 /// Lets the free granules of every slab range that stayed unused go back to the OS, when
-/// a tick is due (see `Reserve::decay`): one read of the coarse clock for the three.
+/// a tick is due (see `Reserve::decay`): one read of the coarse clock for both.
 fn decay_slab_ranges() {
     let now = crate::os::now_ms();
     SlabSource::handle().decay_at(now);
-    MediumSource::handle().decay_at(now);
     BigSource::handle().decay_at(now);
 }
 
@@ -150,9 +129,8 @@ const fn cache_slot(tp: usize) -> usize {
 /// [`free`](ThreadHeaps::free) (which take no layout), as C's `malloc`.
 ///
 /// - **Blocks of up to 32 KiB** (aligned to at most 16): the calling thread's own heap of
-///   [`Slab`]s (16 KiB slabs for blocks of up to 1 KiB, 64 KiB ones up to 8 KiB, 256 KiB
-///   ones beyond), over [`Reserve`] granules, with no lock and no atomic operation on the
-///   way. A heap is made (or adopted) at a thread's first such allocation.
+///   [`Slab`]s (64 KiB slabs for blocks of up to 8 KiB, 256 KiB ones beyond), over
+///   [`Reserve`] granules, with no lock and no atomic operation on the way. A heap is made (or adopted) at a thread's first such allocation.
 /// - **Frees from other threads**: a block's slab records the heap that owns it; a thread
 ///   that frees another heap's block pushes it on that heap's remote stack (one atomic
 ///   compare-and-swap), and the owner takes the whole stack back whenever the slab it
@@ -230,7 +208,7 @@ const fn is_small(layout: Layout) -> bool {
     layout.size() <= SMALL_LIMIT && layout.align() <= HeapSlab::BLOCK_ALIGN
 }
 
-/// Whether a request is served by the thread heaps (small, medium or big slabs).
+/// Whether a request is served by the thread heaps (small or big slabs).
 #[inline(always)]
 const fn is_in_heaps(layout: Layout) -> bool {
     layout.size() <= BIG_LIMIT && layout.align() <= HeapSlab::BLOCK_ALIGN
@@ -418,8 +396,6 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             let block = unsafe {
                 if is_small(layout) {
                     self.allocate_in::<SlabSource, SLAB_BYTES>(heap, layout.size())
-                } else if layout.size() <= MEDIUM_LIMIT {
-                    self.allocate_in::<MediumSource, MEDIUM_SLAB_BYTES>(heap, layout.size())
                 } else {
                     self.allocate_in::<BigSource, BIG_SLAB_BYTES>(heap, layout.size())
                 }
@@ -516,14 +492,11 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     #[inline(always)]
     unsafe fn free_block(&self, ptr: NonNull<u8>) {
         // Which reserve holds a live block of ours names its kind: only small slabs come
-        // from the slab reserve, only medium and big ones from theirs, and `Large` serves
+        // from the slab reserve, only big ones from theirs, and `Large` serves
         // the rest.
         if SlabSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: a live small slab block, given up by the caller.
             unsafe { self.free_in::<SlabSource, SLAB_BYTES>(ptr) }
-        } else if MediumSource::handle().contains(ptr.as_ptr()) {
-            // SAFETY: a live medium slab block, given up by the caller.
-            unsafe { self.free_in::<MediumSource, MEDIUM_SLAB_BYTES>(ptr) }
         } else if BigSource::handle().contains(ptr.as_ptr()) {
             // SAFETY: a live big slab block, given up by the caller.
             unsafe { self.free_in::<BigSource, BIG_SLAB_BYTES>(ptr) }
@@ -577,8 +550,6 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         unsafe {
             if SlabSource::handle().contains(ptr.as_ptr()) {
                 Some(HeapSlab::usable_size(ptr))
-            } else if MediumSource::handle().contains(ptr.as_ptr()) {
-                Some(MediumSlab::usable_size(ptr))
             } else if BigSource::handle().contains(ptr.as_ptr()) {
                 Some(BigSlab::usable_size(ptr))
             } else {
@@ -805,7 +776,7 @@ impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
 // SAFETY: blocks of up to 32 KiB come from this thread's `Slab`s (layers keeping the
 // contract) and go back to their owner's slab of the same size, directly or through its
 // remote stack; everything else comes from and goes back to `Large`, under its lock; they
-// never mix, because only slabs of one size lie in each of the three reserves.
+// never mix, because only slabs of one size lie in each of the two reserves.
 unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -842,7 +813,6 @@ impl<Large: Measured + Send> fmt::Debug for ThreadHeaps<Large> {
         f.debug_struct("ThreadHeaps")
             .field("heaps", &self.heaps())
             .field("reserved_bytes_used", &SlabSource::handle().used_bytes())
-            .field("medium_bytes_used", &MediumSource::handle().used_bytes())
             .field("big_bytes_used", &BigSource::handle().used_bytes())
             .finish_non_exhaustive()
     }

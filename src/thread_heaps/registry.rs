@@ -16,7 +16,7 @@
 //!   its `thread` field (and whose `CURRENT`, or key value, names it), or none while it
 //!   sits in its registry's pool of abandoned heaps (then under the pool lock);
 //! - a block of the thread heaps lives in a slab of the heap its tag names (small slabs in
-//!   the slab reserve, medium and big ones each in a reserve of their own); only that
+//!   the slab reserve, big ones in a reserve of their own); only that
 //!   heap's thread puts it on a slab free list; other threads push it on the heap's
 //!   `remote` stack, which the owner drains.
 //!
@@ -37,10 +37,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use super::thread_pointer::thread_pointer;
 #[cfg(feature = "std")]
 use super::thread_pointer::{CURRENT, EXITED};
-use super::{
-    BIG_SLAB_BYTES, BigSlab, BigSource, HeapSlab, MEDIUM_SLAB_BYTES, MediumSlab, MediumSource,
-    SLAB_BYTES, SlabSource,
-};
+use super::{BIG_SLAB_BYTES, BigSlab, BigSource, HeapSlab, SLAB_BYTES, SlabSource};
 use crate::Layer;
 use crate::layers::Slab;
 use crate::os::ThreadKey;
@@ -62,11 +59,10 @@ struct Padded<T>(T);
 
 /// One thread's heap.
 pub(super) struct ThreadHeap {
-    /// The heap's slabs for small blocks, for medium ones and for big ones: used by its
+    /// The heap's slabs for small blocks and for big ones: used by its
     /// thread alone (or, while it is pooled, under the pool lock), while other threads hold
     /// `&ThreadHeap` to reach `remote` and `thread`.
     slab: UnsafeCell<HeapSlab>,
-    medium: UnsafeCell<MediumSlab>,
     big: UnsafeCell<BigSlab>,
     /// The thread pointer of the thread using the heap, 0 while none does. Written only by
     /// that thread (when it takes or hands back the heap) or, after a fork, by the one
@@ -105,18 +101,6 @@ impl ThreadHeap {
         unsafe { &mut *self.slab.get() }
     }
 
-    /// The heap's medium slab layer, mutably.
-    ///
-    /// # Safety
-    ///
-    /// As for [`slab`](ThreadHeap::slab), for the medium slab layer.
-    #[allow(clippy::mut_from_ref)]
-    #[inline(always)]
-    pub(super) unsafe fn medium(&self) -> &mut MediumSlab {
-        // SAFETY: as in `slab`.
-        unsafe { &mut *self.medium.get() }
-    }
-
     /// The heap's big slab layer, mutably.
     ///
     /// # Safety
@@ -136,13 +120,10 @@ impl ThreadHeap {
     /// As for [`slab`](ThreadHeap::slab), and `ptr` is a live block of one of the heap's
     /// slabs, given up by the caller.
     unsafe fn put_back(&self, ptr: NonNull<u8>) {
-        // SAFETY: the caller's duty; a block in the medium or big reserve is a medium or
-        // big slab block (only those slabs come from them), any other block of the heap a
-        // small one.
+        // SAFETY: the caller's duty; a block in the big reserve is a big slab block (only
+        // big slabs come from it), any other block of the heap a small one.
         unsafe {
-            if MediumSource::handle().contains(ptr.as_ptr()) {
-                self.medium().put_unsized(ptr);
-            } else if BigSource::handle().contains(ptr.as_ptr()) {
+            if BigSource::handle().contains(ptr.as_ptr()) {
                 self.big().put_unsized(ptr);
             } else {
                 self.slab().put_unsized(ptr);
@@ -359,9 +340,8 @@ impl Registry {
         while !heap.is_null() {
             // SAFETY: pooled heaps are live and no thread's; the pool lock keeps them so.
             unsafe {
-                bytes += (*heap).slab().slabs() * SLAB_BYTES
-                    + (*heap).medium().slabs() * MEDIUM_SLAB_BYTES
-                    + (*heap).big().slabs() * BIG_SLAB_BYTES;
+                bytes +=
+                    (*heap).slab().slabs() * SLAB_BYTES + (*heap).big().slabs() * BIG_SLAB_BYTES;
                 heap = (*heap).pool_next.get();
             }
         }
@@ -431,15 +411,12 @@ impl Registry {
         let heap = memory.as_ptr().cast::<ThreadHeap>();
         let mut slab = Slab::new(SlabSource::handle());
         slab.set_tag(heap.cast());
-        let mut medium = Slab::new(MediumSource::handle());
-        medium.set_tag(heap.cast());
         let mut big = Slab::new(BigSource::handle());
         big.set_tag(heap.cast());
         // SAFETY: a fresh block that fits a `ThreadHeap`.
         unsafe {
             heap.write(ThreadHeap {
                 slab: UnsafeCell::new(slab),
-                medium: UnsafeCell::new(medium),
                 big: UnsafeCell::new(big),
                 registry: self,
                 remote: Padded(AtomicPtr::new(ptr::null_mut())),
@@ -585,7 +562,6 @@ extern "C" fn before_fork() {
     // `pthread_atfork` promises, before anything else runs in either process.
     unsafe {
         SlabSource::before_fork();
-        MediumSource::before_fork();
         BigSource::before_fork();
     }
 }
@@ -596,7 +572,6 @@ extern "C" fn after_fork_parent() {
     // SAFETY: `before_fork` took the reserves' locks on this thread.
     unsafe {
         BigSource::after_fork();
-        MediumSource::after_fork();
         SlabSource::after_fork();
     }
     Registry::for_each(|r| {
@@ -623,7 +598,6 @@ extern "C" fn after_fork_child() {
     // SAFETY: `before_fork` took the reserves' locks on this thread, in the parent.
     unsafe {
         BigSource::after_fork();
-        MediumSource::after_fork();
         SlabSource::after_fork();
     }
     let me = thread_pointer();

@@ -5,7 +5,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BigSource, HeapSlab, MediumSource, SlabSource, ThreadHeaps};
+use super::{BigSource, HeapSlab, SlabSource, ThreadHeaps};
 use crate::Layer;
 use crate::layer::Measured;
 
@@ -105,9 +105,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             peak_bytes: c.peak_bytes.load(Ordering::Relaxed),
             peak_blocks: c.peak_blocks.load(Ordering::Relaxed),
             heaps: self.heaps(),
-            reserved_bytes: SlabSource::handle().used_bytes()
-                + MediumSource::handle().used_bytes()
-                + BigSource::handle().used_bytes(),
+            reserved_bytes: SlabSource::handle().used_bytes() + BigSource::handle().used_bytes(),
             sizes: [(0, 0); SUMMARY_SIZES],
             kinds: 0,
             other_blocks: 0,

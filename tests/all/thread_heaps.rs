@@ -21,11 +21,10 @@ struct Sent(*mut u8);
 // SAFETY: the tests hand each block to exactly one other thread, which owns it from then on.
 unsafe impl Send for Sent {}
 
-/// Allocation sizes that cross every path: small slab classes, the 1 KiB limit of the small
-/// slabs, the medium slabs and their 32 KiB limit, the coalescing arenas, blocks of their
-/// own.
+/// Allocation sizes that cross every path: small slab classes and their 8 KiB limit, the
+/// big slabs and their 32 KiB limit, the coalescing arenas, blocks of their own.
 const SIZES: [usize; 15] = [
-    1, 8, 16, 24, 100, 128, 129, 1000, 1024, 1025, 5000, 32_768, 32_769, 100_000, BIG,
+    1, 8, 16, 24, 100, 128, 129, 1000, 8192, 8193, 20_000, 32_768, 32_769, 100_000, BIG,
 ];
 
 /// The largest block the tests make: smaller under Miri, where every byte checked costs.
@@ -124,7 +123,7 @@ fn blocks_grown_by_realloc_move_to_the_large_layer() {
     let mut blocker = std::ptr::null_mut();
     for next in [200, 300, 5000, 5100, 20_000, 64, 10] {
         if next == 5000 {
-            // A large block (past the medium slabs' 32 KiB) right after the grown one, so
+            // A large block (past the big slabs' 32 KiB) right after the grown one, so
             // that it cannot grow in place and moves under the lock.
             blocker = HEAP.malloc(40_000);
             assert!(in_large(blocker));
@@ -176,7 +175,7 @@ fn large_alignments_are_honoured() {
     }
 }
 
-/// Producer threads allocate, consumer threads free: every block (small or medium) crosses
+/// Producer threads allocate, consumer threads free: every block (small or big) crosses
 /// a thread, every pattern is verified, and the producers' heaps get the blocks back (the
 /// reserves stop growing once the heaps have warmed up).
 #[test]
@@ -195,7 +194,7 @@ fn frees_from_other_threads_reach_the_owner() {
             let (send, receive) = mpsc::sync_channel::<(Sent, usize, u8)>(1024);
             producers.push(std::thread::spawn(move || {
                 for i in 0..blocks {
-                    // Every eighth block a medium one (1-32 KiB), the rest small.
+                    // Every eighth block 1-32 KiB (small or big), the rest small.
                     let size = if i % 8 == 0 {
                         1025 + (i * 131 + t * 977) % 31_000
                     } else {
@@ -448,7 +447,7 @@ mod exit_key {
     }
 }
 
-/// Threads allocate small and medium blocks and exit; another thread frees their blocks
+/// Threads allocate small and big blocks and exit; another thread frees their blocks
 /// afterwards, into heaps that sit in the pool. Those frees must reach the slabs (and empty
 /// them), not pile up on a remote stack that nobody drains: otherwise every round takes
 /// fresh slab space.
@@ -466,7 +465,7 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
                 std::thread::spawn(move || {
                     (0..blocks)
                         .map(|i| {
-                            let size = if i % 4 == 0 { 3000 } else { 200 };
+                            let size = if i % 16 == 0 { 12_000 } else { 200 };
                             let ptr = HEAP.malloc(size);
                             fill(ptr, size, (i ^ t) as u8);
                             (Sent(ptr), size, (i ^ t) as u8)
@@ -501,7 +500,7 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
             used_after_first = HEAP.summary().reserved_bytes;
         }
     }
-    // Each round allocates ~25 MB of 200-byte blocks and ~120 MB of 3000-byte ones;
+    // Each round allocates ~30 MB of 200-byte blocks and ~120 MB of 12,000-byte ones;
     // reusing the emptied slabs, later rounds need none.
     let grown = HEAP.summary().reserved_bytes - used_after_first;
     assert!(
