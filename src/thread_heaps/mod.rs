@@ -60,10 +60,11 @@ const COPY_UNLOCKED: usize = 64 << 10;
 
 /// The slabs of small blocks (up to 8 KiB): 64 KiB, and of big blocks (8-32 KiB):
 /// 256 KiB; so that the largest class of each has seven blocks a slab. Larger slabs mean
-/// fewer slabs moving between a class's full and partial lists (the cost behind Larson's
-/// server simulation, where blocks of 8-1000 bytes move between threads); smaller ones,
-/// less memory in each class's partly used slabs (the price of size classes). The
-/// measurements behind the sizes are in `benches/README.md`.
+/// fewer slabs moving between a class's full and partial lists (a third of `free`'s time in
+/// a profile of Larson's server simulation, where blocks of 8-1000 bytes move between
+/// threads, with 16 KiB slabs); smaller ones, less memory in each class's partly used slabs
+/// (the price of size classes). The measurements behind the sizes are in
+/// `benches/README.md`.
 const SLAB_BYTES: usize = SLAB_GRANULE;
 type HeapSlab = Slab<SlabSource, SLAB_BYTES>;
 const BIG_SLAB_BYTES: usize = BIG_GRANULE;
