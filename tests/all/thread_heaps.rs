@@ -27,6 +27,12 @@ const SIZES: [usize; 15] = [
     1, 8, 16, 24, 100, 128, 129, 1000, 8192, 8193, 20_000, 32_768, 32_769, 100_000, BIG,
 ];
 
+/// Slab space a later round may take afresh although the first round's slabs are all free:
+/// while a slab range's decay tick gives the pages of its aged free granules back (up to
+/// the 32 MiB a range keeps, outside its lock), those granules are on no free list, and
+/// allocations on other threads meanwhile take fresh ones. Two ranges, so twice that.
+const IN_FLIGHT: usize = 2 * (32 << 20);
+
 /// The largest block the tests make: smaller under Miri, where every byte checked costs.
 const BIG: usize = if cfg!(miri) { 70_000 } else { 1 << 20 };
 
@@ -233,7 +239,7 @@ fn frees_from_other_threads_reach_the_owner() {
     // Without remote frees coming back, each round would take another ~250 MB.
     let grown = HEAP.summary().reserved_bytes - used_after_first;
     assert!(
-        grown < 40 << 20,
+        grown < (40 << 20) + IN_FLIGHT,
         "the slab space grew by {grown} bytes after the first round"
     );
 }
@@ -501,10 +507,10 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
         }
     }
     // Each round allocates ~30 MB of 200-byte blocks and ~120 MB of 12,000-byte ones;
-    // reusing the emptied slabs, later rounds need none.
+    // reusing the emptied slabs, later rounds need none (but what a decay tick holds).
     let grown = HEAP.summary().reserved_bytes - used_after_first;
     assert!(
-        grown < 16 << 20,
+        grown < (16 << 20) + IN_FLIGHT,
         "the slab space grew by {grown} bytes after the first round"
     );
 }
