@@ -76,6 +76,31 @@ type BigSlab = Slab<BigSource, BIG_SLAB_BYTES>;
 type SlabSource = Reserve<SlabRange>;
 type BigSource = Reserve<BigSlabRange>;
 
+/// Which layer serves a live block of this allocator.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    /// A block of a heap's small slabs.
+    Small,
+    /// A block of a heap's big slabs.
+    Big,
+    /// A block of `Large`.
+    Large,
+}
+
+/// The kind of a live block of this allocator, named by the reserve that holds it: only
+/// small slabs (and heaps and registries, which are no blocks) come from the slab reserve,
+/// only big slabs from theirs, and `Large` serves the rest.
+#[inline(always)]
+fn kind_of(ptr: NonNull<u8>) -> BlockKind {
+    if SlabSource::handle().contains(ptr.as_ptr()) {
+        BlockKind::Small
+    } else if BigSource::handle().contains(ptr.as_ptr()) {
+        BlockKind::Big
+    } else {
+        BlockKind::Large
+    }
+}
+
 /// One of a heap's two slab layers: which one a block's path takes, for the code that is
 /// the same for both.
 trait HeapTier: Sized {
@@ -492,18 +517,13 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator, not used afterwards.
     #[inline(always)]
     unsafe fn free_block(&self, ptr: NonNull<u8>) {
-        // Which reserve holds a live block of ours names its kind: only small slabs come
-        // from the slab reserve, only big ones from theirs, and `Large` serves
-        // the rest.
-        if SlabSource::handle().contains(ptr.as_ptr()) {
+        match kind_of(ptr) {
             // SAFETY: a live small slab block, given up by the caller.
-            unsafe { self.free_in::<SlabSource, SLAB_BYTES>(ptr) }
-        } else if BigSource::handle().contains(ptr.as_ptr()) {
+            BlockKind::Small => unsafe { self.free_in::<SlabSource, SLAB_BYTES>(ptr) },
             // SAFETY: a live big slab block, given up by the caller.
-            unsafe { self.free_in::<BigSource, BIG_SLAB_BYTES>(ptr) }
-        } else {
+            BlockKind::Big => unsafe { self.free_in::<BigSource, BIG_SLAB_BYTES>(ptr) },
             // SAFETY: a live block of `Large`, given up by the caller.
-            unsafe { self.free_large(ptr) }
+            BlockKind::Large => unsafe { self.free_large(ptr) },
         }
     }
 
@@ -546,15 +566,12 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator.
     #[inline]
     unsafe fn slab_usable_size(ptr: NonNull<u8>) -> Option<usize> {
-        // SAFETY: the caller's duty; which reserve holds the block names its kind (see
-        // `free_block`).
+        // SAFETY: the caller's duty; `kind_of` names the slab layer of a slab block.
         unsafe {
-            if SlabSource::handle().contains(ptr.as_ptr()) {
-                Some(HeapSlab::usable_size(ptr))
-            } else if BigSource::handle().contains(ptr.as_ptr()) {
-                Some(BigSlab::usable_size(ptr))
-            } else {
-                None
+            match kind_of(ptr) {
+                BlockKind::Small => Some(HeapSlab::usable_size(ptr)),
+                BlockKind::Big => Some(BigSlab::usable_size(ptr)),
+                BlockKind::Large => None,
             }
         }
     }

@@ -37,7 +37,9 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use super::thread_pointer::thread_pointer;
 #[cfg(feature = "std")]
 use super::thread_pointer::{CURRENT, EXITED};
-use super::{BIG_SLAB_BYTES, BigSlab, BigSource, HeapSlab, SLAB_BYTES, SlabSource};
+use super::{
+    BIG_SLAB_BYTES, BigSlab, BigSource, BlockKind, HeapSlab, SLAB_BYTES, SlabSource, kind_of,
+};
 use crate::Layer;
 use crate::layers::Slab;
 use crate::os::ThreadKey;
@@ -120,10 +122,10 @@ impl ThreadHeap {
     /// As for [`slab`](ThreadHeap::slab), and `ptr` is a live block of one of the heap's
     /// slabs, given up by the caller.
     unsafe fn put_back(&self, ptr: NonNull<u8>) {
-        // SAFETY: the caller's duty; a block in the big reserve is a big slab block (only
-        // big slabs come from it), any other block of the heap a small one.
+        // SAFETY: the caller's duty; a block of the heap's slabs is small or big, and
+        // `kind_of` tells which.
         unsafe {
-            if BigSource::handle().contains(ptr.as_ptr()) {
+            if kind_of(ptr) == BlockKind::Big {
                 self.big().put_unsized(ptr);
             } else {
                 self.slab().put_unsized(ptr);
