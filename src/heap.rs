@@ -1,8 +1,9 @@
 //! `Heap<L>`: a layer stack for one thread, used by collections through `&Heap<L>`.
 
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 
+use crate::abort::abort_with;
 use crate::layers::Chunk;
 use crate::{Gauge, Gauges, Layer};
 
@@ -12,6 +13,9 @@ use crate::{Gauge, Gauges, Layer};
 ///
 /// Zero-size requests are answered with a dangling, aligned pointer without reaching the
 /// layers. `Heap` is not `Sync`: share a stack across threads with [`Locked`](crate::Locked).
+/// A stack that calls code of the caller's ([`OnRelease`](crate::layers::OnRelease)'s hook)
+/// must not reach the heap from it: the heap is busy with that operation, and aborts the
+/// process with one line if it is used again before the operation ends.
 /// To print the stack with every layer's figures, format `heap.layer_mut()`.
 ///
 /// ```
@@ -29,6 +33,9 @@ use crate::{Gauge, Gauges, Layer};
 /// ```
 pub struct Heap<L> {
     layer: UnsafeCell<L>,
+    /// Whether an operation is using the stack: a call that finds it set came from inside
+    /// the stack (a hook), and would alias the stack the operation holds.
+    busy: Cell<bool>,
 }
 
 impl<L: Layer> Heap<L> {
@@ -36,6 +43,7 @@ impl<L: Layer> Heap<L> {
     pub const fn new(layer: L) -> Self {
         Heap {
             layer: UnsafeCell::new(layer),
+            busy: Cell::new(false),
         }
     }
 
@@ -54,20 +62,45 @@ impl<L: Layer> Heap<L> {
     where
         L: Gauge,
     {
-        // SAFETY: `Heap` is not `Sync`, and no reference into the stack outlives a method of
-        // `Heap`; layer code, its `Gauge` included, never calls back into the heap (the
-        // `Layer` contract), so nothing holds `&mut L` while this shared borrow is alive.
+        if self.busy.get() {
+            reentered("gauge");
+        }
+        // SAFETY: `Heap` is not `Sync`, no reference into the stack outlives a method of
+        // `Heap`, and no operation is running (checked above; the `Layer` contract keeps
+        // `Gauge` impls from calling back), so nothing holds `&mut L` meanwhile.
         unsafe { (*self.layer.get()).gauge() }
     }
 
     /// Runs `f` with exclusive access to the stack, for the length of one heap operation.
     #[inline(always)]
     fn with_stack<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
-        // SAFETY: `Heap` is not `Sync`, every borrow made here ends when `f` returns, and `f`
-        // is one of this module's operations, which run layer code only; the `Layer`
-        // contract forbids layers to re-enter the heap. So this is the only borrow alive.
+        /// Marks the heap free again when the operation ends, also by unwinding.
+        struct Done<'a>(&'a Cell<bool>);
+        impl Drop for Done<'_> {
+            #[inline(always)]
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        if self.busy.replace(true) {
+            reentered("allocation or free");
+        }
+        let _done = Done(&self.busy);
+        // SAFETY: `Heap` is not `Sync`, every borrow made here ends when `f` returns, and no
+        // other operation is running (the flag, set until then, makes a call from inside
+        // the stack abort above). So this is the only borrow alive.
         f(unsafe { &mut *self.layer.get() })
     }
+}
+
+/// A call into a heap from inside one of its own operations.
+#[cold]
+#[inline(never)]
+fn reentered(what: &str) -> ! {
+    abort_with(format_args!(
+        "Heap: {what} from inside one of the heap's own operations (a hook of its stack \
+         reached the heap); the stack cannot serve two operations at once"
+    ))
 }
 
 impl<L: Layer, const SIZE: usize> Heap<Chunk<L, SIZE>> {

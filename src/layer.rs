@@ -149,7 +149,10 @@ use crate::abort::debug_require;
 ///   implements it, calls `deinit`.
 /// - No method allocates through the global allocator (a layer may be serving it), and no
 ///   code of the layer (its methods, and its `Debug` and [`Gauge`](crate::Gauge) impls)
-///   reaches back into an adapter that holds it.
+///   reaches back into an adapter that holds it. The one exception is code of the caller's
+///   that a layer calls, [`OnRelease`](crate::layers::OnRelease)'s hook: an adapter that
+///   lends its stack out mutably must catch a call that comes back from inside the stack,
+///   as [`Heap`](crate::Heap) and [`Locked`](crate::Locked) do.
 /// - No panic unwinds out of [`get`](Layer::get), [`put`](Layer::put),
 ///   [`grow`](Layer::grow), [`shrink`](Layer::shrink) or [`window`](Layer::window): a layer
 ///   may be serving the global allocator, and unwinding out of an allocator is undefined

@@ -28,8 +28,11 @@ pub struct Released {
 /// this layer (which is busy with the put). It runs inside the allocator: under a
 /// [`Locked`](crate::Locked) its stack's lock is held, and in a region's stack an
 /// allocation through the global allocator goes to the ground (the router's rule 7), not to
-/// the region. A hook must not panic: a panic cannot unwind out of an allocator, so one
-/// that reaches the layer aborts the process with one line naming it.
+/// the region. A hook that reaches the adapter holding the layer anyway finds it busy: a
+/// [`Heap`](crate::Heap) aborts the process with one line, and so does a `Locked` built with
+/// the `os` feature on Unix or Windows, or with `std` (elsewhere it waits for itself for
+/// ever). A hook must not panic: a panic cannot unwind out of an allocator, so one that
+/// reaches the layer aborts the process with one line naming it.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -71,7 +74,12 @@ impl<L, H: FnMut(Released)> OnRelease<L, H> {
 }
 
 // SAFETY: every block comes unchanged from `L`, and every call is forwarded with the
-// caller's duties; the hook only sees a block before it goes down.
+// caller's duties; the hook only sees a block before it goes down, and cannot unwind out of
+// `put`. The hook is the caller's code, so it may reach back into an adapter holding this
+// layer, which the `Layer` contract lets adapters rule out for layer code: the crate's
+// adapters catch such a call instead (`Heap` aborts; `Locked` aborts where it can tell
+// threads apart and otherwise spins, which is no unsoundness), and the contract tells
+// other adapters to.
 unsafe impl<L: Layer, H: FnMut(Released)> Layer for OnRelease<L, H> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = L::OWNS_EXACT;

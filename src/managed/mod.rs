@@ -49,6 +49,7 @@ use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::vec::Vec;
 
@@ -183,9 +184,17 @@ impl<L: Layer> State<L> {
 
 impl<L: Layer> Drop for State<L> {
     fn drop(&mut self) {
+        let mut first_panic = None;
         for mut release in core::mem::take(&mut self.waiting) {
-            release.run_hook();
+            // A hook that panics does not keep the others from running, nor any memory from
+            // going back; the first panic goes on once all are released.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| release.run_hook())) {
+                first_panic.get_or_insert(panic);
+            }
             self.finish(release);
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
         }
     }
 }
@@ -290,11 +299,22 @@ impl<L: Layer> BufferManager<L> {
 
     /// Releases every waiting buffer: runs its hook, then gives its memory back. Returns
     /// how many were released.
+    ///
+    /// A hook that panics does not stop the others: every waiting buffer is released, its
+    /// hook run once, and then the first panic carries on out of `collect`.
     pub fn collect(&self) -> usize {
         let waiting = core::mem::take(&mut lock(&self.shared).waiting);
         let released = waiting.len();
+        let mut first_panic = None;
         for release in waiting {
-            release_now(&self.shared, release);
+            if let Err(panic) =
+                catch_unwind(AssertUnwindSafe(|| release_now(&self.shared, release)))
+            {
+                first_panic.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
         }
         released
     }
@@ -449,7 +469,8 @@ impl<L: Layer> BufferOptions<'_, L> {
         }
         let id = state.next_id;
         state.next_id += 1;
-        state.held.insert(id, adopting.start..adopting.start + size);
+        // The whole memory is the buffer's until it is released, not just the bytes it shows.
+        state.held.insert(id, adopting);
         drop(state);
         let layout = Layout::from_size_align(size, 1)
             .expect("adopted memory is at most isize::MAX bytes (AdoptedMemory's contract)");

@@ -579,6 +579,20 @@ static_assertions::assert_impl_all!(LeakCheckStack: Layer, Attributed, Send, fmt
 /// a leaked one included: a test that leaks on purpose, to see the report, passes the block
 /// through [`std::hint::black_box`] (as above), which keeps the allocation.
 ///
+/// # What it does not see
+///
+/// It reports the blocks of its own region, so a block that the router's rules send
+/// elsewhere is not reported when it leaks:
+///
+/// - an allocation made while the thread is panicking (a `Drop` run by unwinding inside `f`,
+///   under `catch_unwind`) goes to the system allocator (rule 7);
+/// - a block that another thread grows or shrinks by moving it moves to that thread's
+///   current region (rule 4), e.g. a `Vec` made in `f` and grown on a scoped thread;
+/// - a block leaked in a region that `f` makes itself belongs to that region, which reports
+///   it as an escape when its handle is dropped (rule 2 of the [module documentation](self):
+///   a panic when its stack has a `Check` on top, else one line on stderr); and a region
+///   that `f` leaks whole with `mem::forget` has its record from the system allocator.
+///
 /// # Panics
 ///
 /// When it cannot watch `f`, rather than pass a closure whose allocations it did not see.

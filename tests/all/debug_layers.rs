@@ -55,6 +55,31 @@ fn child() {
             // SAFETY: got just above with `layout`, put once.
             unsafe { hooked.put(block, layout) };
         }
+        "reentering_hook" | "gauging_hook" => {
+            // A hook that reaches the `Heap` holding its layer, through a thread-local, in
+            // the middle of the heap's free.
+            type Hooked = Stats<OnRelease<System, fn(Released)>>;
+            thread_local! {
+                static HEAP: std::cell::Cell<Option<&'static stratalloc::Heap<Hooked>>> =
+                    const { std::cell::Cell::new(None) };
+                static GAUGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            }
+            fn hook(_: Released) {
+                if let Some(heap) = HEAP.with(std::cell::Cell::get) {
+                    if GAUGE.with(std::cell::Cell::get) {
+                        let _ = heap.gauge();
+                    } else {
+                        let _ = allocator_api2::boxed::Box::new_in(1u8, heap);
+                    }
+                }
+            }
+            GAUGE.with(|gauge| gauge.set(kind == "gauging_hook"));
+            let heap: &'static _ = Box::leak(Box::new(stratalloc::Heap::new(Stats::new(
+                OnRelease::new(System::new(), 9, hook as fn(Released)),
+            ))));
+            HEAP.with(|cell| cell.set(Some(heap)));
+            drop(allocator_api2::boxed::Box::new_in(7u64, heap));
+        }
         _ => panic!("bad scenario {scenario:?}"),
     }
     unreachable!("the misuse was not caught");
@@ -223,6 +248,23 @@ fn a_panicking_release_hook_aborts_naming_the_layer() {
     let output = crate::run_child("debug_layers::child", "panicking_hook 24 8 0");
     crate::assert_aborted_with(&output, "::OnRelease<");
     crate::assert_aborted_with(&output, ">::release hook` panicked inside the allocator");
+}
+
+/// A hook that uses the `Heap` holding its layer (to allocate, or to read its gauges) would
+/// alias the stack the heap's free is using: the heap aborts instead.
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_hook_that_reaches_its_heap_aborts() {
+    let output = crate::run_child("debug_layers::child", "reentering_hook 0 1 0");
+    crate::assert_aborted_with(
+        &output,
+        "Heap: allocation or free from inside one of the heap's own operations",
+    );
+    let output = crate::run_child("debug_layers::child", "gauging_hook 0 1 0");
+    crate::assert_aborted_with(
+        &output,
+        "Heap: gauge from inside one of the heap's own operations",
+    );
 }
 
 #[test]

@@ -228,6 +228,42 @@ fn a_panicking_hook_still_gives_the_memory_back() {
     assert_eq!(live(&manager), 0);
 }
 
+/// A deferred buffer's hook that panics in `collect`, or in the manager's drop, does not
+/// keep the buffers waiting beside it from being released with their hooks.
+#[test]
+fn a_panicking_hook_does_not_strand_the_other_waiting_buffers() {
+    let (log, hook) = recorder();
+    let manager = manager();
+    let deferred = |panics: bool| {
+        let options = manager.options(16, 1).deferred();
+        let options = if panics {
+            options.on_release(|_, _| panic!("hook failed"))
+        } else {
+            options.on_release(hook())
+        };
+        options.allocate().unwrap()
+    };
+    let (before, failing, after) = (deferred(false), deferred(true), deferred(false));
+    let ids = [before.id(), after.id()];
+    drop((before, failing, after));
+    assert_eq!(manager.waiting().len(), 3);
+    let panic = catch_unwind(AssertUnwindSafe(|| manager.collect())).unwrap_err();
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"hook failed"));
+    assert_eq!(*log.lock().unwrap(), ids);
+    assert_eq!(
+        (manager.waiting().len(), manager.held(), live(&manager)),
+        (0, 0, 0)
+    );
+
+    // The same when the manager's drop releases them.
+    let (failing, last) = (deferred(true), deferred(false));
+    let last_id = last.id();
+    drop((failing, last));
+    let panic = catch_unwind(AssertUnwindSafe(|| drop(manager))).unwrap_err();
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"hook failed"));
+    assert_eq!(log.lock().unwrap().last(), Some(&last_id));
+}
+
 #[test]
 fn a_hook_may_use_its_manager() {
     let manager = Arc::new(manager());
@@ -460,7 +496,15 @@ fn adopting_memory_that_overlaps_a_buffer_is_refused_naming_both_ranges() {
     // Adjacent is fine.
     // SAFETY: the second half of `backing`, unused elsewhere.
     let adjacent = unsafe { AdoptedMemory::from_raw_parts(base.add(128), 128) };
-    let adjacent = manager.options(128, 1).adopt(adjacent).unwrap();
+    let adjacent = manager.options(16, 1).adopt(adjacent).unwrap();
+    // A buffer showing fewer bytes than its memory holds the whole memory all the same.
+    // SAFETY: refused before use.
+    let past_its_bytes = unsafe { AdoptedMemory::from_raw_parts(base.add(160), 96) };
+    let refusal = manager.options(16, 1).adopt(past_its_bytes).unwrap_err();
+    assert!(matches!(
+        refusal.refusal(),
+        AdoptRefusal::Overlaps { existing, .. } if existing.end == base.as_ptr().addr() + 256
+    ));
     drop(adjacent);
     manager.collect();
     drop(live_buffer);
