@@ -32,7 +32,8 @@ use crate::spin::SpinLock;
 pub const GRANULE: usize = 1 << 14;
 
 /// The address space asked for first; halved on refusal down to [`SMALLEST_RESERVE`], and
-/// never more than a quarter of the process's address-space limit (`RLIMIT_AS`).
+/// never more than the range's share of the process's address-space limit (`RLIMIT_AS`):
+/// a quarter for the shared range, and a quarter for the thread heaps' two ranges together.
 const FIRST_RESERVE: usize = if cfg!(miri) {
     1 << 26
 } else if usize::BITS >= 64 {
@@ -96,6 +97,8 @@ pub struct Range {
     decay_ms: u64,
     /// The unit the range is carved in, and the alignment of its blocks.
     granule: usize,
+    /// The range reserves at most `1 / limit_share` of the address-space limit.
+    limit_share: usize,
     /// The side array of clean granules (indices), its length, in its own map.
     clean_list: UnsafeCell<*mut u32>,
     clean_len: AtomicUsize,
@@ -116,6 +119,7 @@ impl Range {
         assert!(granule.is_power_of_two() && granule >= GRANULE && granule <= COMMIT_STEP);
         Range {
             granule,
+            limit_share: 4,
             base: AtomicUsize::new(UNRESERVED),
             len: AtomicUsize::new(0),
             base_ptr: UnsafeCell::new(ptr::null_mut()),
@@ -130,6 +134,15 @@ impl Range {
             decay_ms,
             clean_list: UnsafeCell::new(ptr::null_mut()),
             clean_len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The same range, reserving at most `1 / limit_share` of the address-space limit (a
+    /// quarter by default), for ranges that share a quarter.
+    const fn with_limit_share(self, limit_share: usize) -> Self {
+        Range {
+            limit_share,
+            ..self
         }
     }
 
@@ -155,7 +168,7 @@ impl Range {
 
     /// Reserves the range and its side array (`held` is ours, nothing reserved yet).
     fn reserve(&self) {
-        let mut len = FIRST_RESERVE.min(os::address_space_limit() / 4);
+        let mut len = FIRST_RESERVE.min(os::address_space_limit() / self.limit_share);
         while len >= SMALLEST_RESERVE {
             let list_len = (len / self.granule * size_of::<u32>()).next_multiple_of(4096);
             if let Some(map) = os::reserve(len) {
@@ -276,7 +289,8 @@ macro_rules! private_range {
 
         impl sealed::Sealed for $name {
             fn range() -> &'static Range {
-                static RANGE: Range = Range::new($granule);
+                // The thread heaps' two ranges share a quarter of the address-space limit.
+                static RANGE: Range = Range::new($granule).with_limit_share(8);
                 &RANGE
             }
         }
@@ -309,8 +323,8 @@ private_range!(
 /// ([`contains`](Reserve::contains)).
 ///
 /// The range is reserved on first use, with no access and `MAP_NORESERVE` (on Windows
-/// `MEM_RESERVE`; 64 GiB on 64-bit targets, at most a quarter of an address-space limit,
-/// halved until the OS agrees), and opened (committed) 4 MiB at a time as blocks reach it,
+/// `MEM_RESERVE`; 64 GiB on 64-bit targets, at most a quarter of an address-space limit
+/// (an eighth for each of the thread heaps' ranges), halved until the OS agrees), and opened (committed) 4 MiB at a time as blocks reach it,
 /// so it costs memory only as pages are touched and counts against a strict overcommit
 /// policy only as it is used. Blocks are granule-aligned. A put pushes the granules on a free stack that later one-granule
 /// requests reuse. Free granules keep their pages (reusing them costs no page faults) until

@@ -12,33 +12,7 @@ use stratalloc::layers::{Check, Chunk, Mmap, Pipe, Stats};
 use stratalloc::region::{Attributed, Attribution};
 use stratalloc::{Layer, Region, check_leaks, region};
 
-/// The bytes of address space this process has mapped (`VmSize`).
-fn mapped_address_space() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmSize:"))
-        .expect("a VmSize line");
-    let kib: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmSize in kB");
-    kib * 1024
-}
-
-/// Sets the soft limit on address space (`RLIMIT_AS`); `None` lifts it to the hard limit.
-fn limit_address_space(bytes: Option<usize>) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid place for the current limits.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) }, 0);
-    limit.rlim_cur = bytes.map_or(limit.rlim_max, |b| b as libc::rlim_t);
-    // SAFETY: lowering or restoring our own soft limit.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
-}
+use crate::{limit_address_space, mapped_address_space};
 
 /// The child side of the process-level tests below: does nothing unless started by
 /// `run_child`.

@@ -855,3 +855,53 @@ fn forks_while_threads_allocate_leave_every_child_working() {
         worker.join().unwrap();
     }
 }
+
+/// The child side of [`the_slab_ranges_take_a_quarter_of_an_address_space_limit`]: does
+/// nothing unless started by `run_child`.
+#[cfg(target_os = "linux")]
+#[test]
+fn child() {
+    let Some(scenario) = crate::child_scenario() else {
+        return;
+    };
+    assert_eq!(scenario, "ranges_under_a_limit");
+    static HEAP: General = general();
+    let gib = 1 << 30;
+    let limit = crate::mapped_address_space() + gib;
+    crate::limit_address_space(Some(limit));
+    let before = crate::mapped_address_space();
+    // The first small block reserves the small slabs' range, the first big one the big
+    // slabs' range.
+    let small = HEAP.malloc(64);
+    let big = HEAP.malloc(20_000);
+    assert!(!small.is_null() && !big.is_null());
+    let reserved = crate::mapped_address_space() - before;
+    // SAFETY: live blocks of `HEAP`, freed once.
+    unsafe {
+        HEAP.free(small);
+        HEAP.free(big);
+    }
+    crate::limit_address_space(None);
+    // The quarter, plus the ranges' side arrays and the heap's registry.
+    assert!(
+        reserved <= limit / 4 + (16 << 20),
+        "the slab ranges reserved {reserved} bytes under a limit of {limit}"
+    );
+    println!("ranges under a limit child passed");
+}
+
+/// Under an address-space limit (`ulimit -v`), the thread heaps' two slab ranges together
+/// reserve at most a quarter of it, leaving the rest for the program's large blocks.
+#[cfg(target_os = "linux")]
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn the_slab_ranges_take_a_quarter_of_an_address_space_limit() {
+    let output = crate::run_child("thread_heaps::child", "ranges_under_a_limit");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("ranges under a limit child passed"),
+        "{:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
