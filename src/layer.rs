@@ -363,8 +363,10 @@ pub unsafe trait Layer {
 ///
 /// **Implementors must** keep the [`Layer`] contract, and: `usable_size` returns a size
 /// the block holds (at least the size of every layout that [fits](crate::layer#fits) it,
-/// and every byte of it valid for reads and writes while the block lives), and
-/// `put_unsized` does exactly what `put` would do with a layout that fits the block.
+/// and every byte of it valid for reads and writes while the block lives), `put_unsized`
+/// does exactly what `put` would do with a layout that fits the block, and `grow_unsized`
+/// what `grow` would do with a layout that fits it and a new one of `new_size` bytes and
+/// the same alignment.
 ///
 /// **Callers must** keep the duties listed on each method.
 pub unsafe trait Measured: Layer {
@@ -383,6 +385,16 @@ pub unsafe trait Measured: Layer {
     /// As for [`put`](Layer::put), less the layout: `ptr` was returned by `get` on this
     /// layer, the caller owns it and it is currently allocated. It is not used afterwards.
     unsafe fn put_unsized(&mut self, ptr: NonNull<u8>);
+
+    /// Grows a block in place to hold `new_size` bytes, keeping its alignment, without its
+    /// layout (what C's `realloc` needs); `false`, and the block unchanged, when it cannot.
+    /// Afterwards `usable_size` is at least `new_size`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by `get` on this layer and is currently allocated, and `new_size`
+    /// is more than its [`usable_size`](Measured::usable_size).
+    unsafe fn grow_unsized(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool;
 }
 
 /// The size a layer actually serves for `layout`: its size, or one byte for a

@@ -318,6 +318,45 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         }
     }
 
+    /// Grows the block at `ptr` in place to hold `new_size` bytes, into its free right
+    /// neighbour if need be (a block with a map of its own only within what it holds);
+    /// `false`, and the block unchanged, when it cannot. The layout is not needed: the
+    /// header says the block's size.
+    ///
+    /// # Safety
+    ///
+    /// As for [`usable_size`](Coalesce::usable_size).
+    unsafe fn grow_to(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+        let tag = Self::tag_of(ptr);
+        let Some(need) = Self::block_size(new_size) else {
+            return false;
+        };
+        // SAFETY: the caller's duty: a live block of ours. Its right neighbour's tag is
+        // where its size says; a free one is taken off its bin and joined, and the rest
+        // split off again, which keeps the tiling.
+        unsafe {
+            match Self::state(tag) {
+                USED => {}
+                LARGE => return self.usable_size(ptr) >= new_size,
+                state => Self::misuse("grow", ptr, state),
+            }
+            let size = (*tag).size;
+            if need <= size {
+                return true;
+            }
+            let right = tag.byte_add(size);
+            if Self::state(right) != FREE || size + (*right).size < need {
+                return false;
+            }
+            self.remove(right);
+            let joined = size + (*right).size;
+            (*tag).size = joined;
+            (*tag.byte_add(joined)).prev = (joined / GRAIN) as u32;
+            self.split(tag, need);
+        }
+        true
+    }
+
     /// Gives a block back without its layout, as C's `free` does: the header knows its
     /// size.
     ///
@@ -840,36 +879,9 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
         require_grow::<Self>(ptr, old, new);
-        let tag = Self::tag_of(ptr);
-        let Some(need) = Self::block_size(new.size()) else {
-            return false;
-        };
-        // SAFETY: the caller's duty: a live block of ours. Its right neighbour's tag is
-        // where its size says; a free one is taken off its bin and joined, and the rest
-        // split off again, which keeps the tiling.
-        unsafe {
-            match Self::state(tag) {
-                USED => {}
-                LARGE => return self.usable_size(ptr) >= new.size(),
-                state => Self::misuse("grow", ptr, state),
-            }
-            let size = (*tag).size;
-            if need <= size {
-                return true;
-            }
-            let right = tag.byte_add(size);
-            if Self::state(right) != FREE || size + (*right).size < need {
-                return false;
-            }
-            self.remove(right);
-            let joined = size + (*right).size;
-            (*tag).size = joined;
-            (*tag.byte_add(joined)).prev = (joined / GRAIN) as u32;
-            self.split(tag, need);
-        }
-        true
+        // SAFETY: the caller's duties; the block's header, not `old`, says its size.
+        unsafe { self.grow_to(ptr, new.size()) }
     }
-
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
         require_shrink::<Self>(ptr, old, new);
@@ -1072,8 +1084,8 @@ unsafe impl<L: crate::region::Attributed, const ARENA: usize, const KEEP: usize>
 }
 
 // SAFETY: the header before every block records its size (`usable_size` reads it, and it
-// is never below the size the block was got, grown or shrunk with), and `put_unsized`
-// does what `put` does: `put` itself ignores the layout and reads the header.
+// is never below the size the block was got, grown or shrunk with), and `put_unsized` and
+// `grow_unsized` do what `put` and `grow` do: those ignore the layout and read the header.
 unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> crate::layer::Measured
     for Coalesce<L, ARENA, KEEP>
 {
@@ -1085,6 +1097,12 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> crate::layer::Measu
     unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
         // SAFETY: as above.
         unsafe { Coalesce::put_unsized(self, ptr) }
+    }
+
+    unsafe fn grow_unsized(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+        paranoid(self);
+        // SAFETY: as above; `grow` does the same, its old layout unread.
+        unsafe { self.grow_to(ptr, new_size) }
     }
 }
 

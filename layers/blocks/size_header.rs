@@ -192,8 +192,8 @@ impl<L: Layer> SizeHeader<L> {
 }
 
 // SAFETY: the header holds the layout the block fits (written at `get`, updated by every
-// successful resize), so `usable_size` is a size it holds and `put_unsized` puts the outer
-// block with the layout it was got with.
+// successful resize), so `usable_size` is a size it holds, `put_unsized` puts the outer
+// block with the layout it was got with, and `grow_unsized` grows it from that layout.
 unsafe impl<L: Layer> Measured for SizeHeader<L> {
     unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: the caller's duty.
@@ -208,6 +208,17 @@ unsafe impl<L: Layer> Measured for SizeHeader<L> {
             let outer = Self::outer(layout).unwrap_unchecked();
             self.inner.put(ptr.sub(header_len(layout.align())), outer);
         }
+    }
+
+    unsafe fn grow_unsized(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+        // SAFETY: the caller's duty.
+        let old = unsafe { Self::layout_of(ptr) };
+        let Ok(new) = Layout::from_size_align(new_size, old.align()) else {
+            return false;
+        };
+        // SAFETY: `old` fits the live block, and `new` has its alignment and a larger size
+        // (`new_size` is more than the usable size, which is `old`'s).
+        unsafe { self.grow(ptr, old, new) }
     }
 }
 

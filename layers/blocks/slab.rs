@@ -598,7 +598,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
 // ---- the thread heaps' interface (crate-internal) ----------------------------------------
 
-/// What the thread heaps (`src/thread_heaps.rs`) call in place of `get` and `put`, so that
+/// What the thread heaps (`src/thread_heaps/`) call in place of `get` and `put`, so that
 /// their fast paths stay a few loads inlined into `malloc` and `free`, with their own work
 /// between the halves. Each keeps the invariants at the top of this file, as `get` and `put`
 /// do.

@@ -72,33 +72,48 @@ type BigSlab = Slab<BigSource, BIG_SLAB_BYTES>;
 
 /// The thread heaps' own ranges of address space, each carved in whole slabs of its own
 /// size: only their small slabs (and the heaps and registries themselves) lie in the first,
-/// only their big slabs in the second, whatever `Large` is made of.
+/// only their big slabs in the second. `Large` may be made of any memory (a
+/// [`Buffer`](crate::layers::Buffer) over a block of another `ThreadHeaps`, say), so a
+/// block of `Large` that would start in either is refused ([`get_large`]).
 type SlabSource = Reserve<SlabRange>;
 type BigSource = Reserve<BigSlabRange>;
 
-/// Which layer serves a live block of this allocator.
+/// Which of the thread heaps' reserves holds an address.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum BlockKind {
-    /// A block of a heap's small slabs.
+enum Reserved {
+    /// The small slabs' reserve.
     Small,
-    /// A block of a heap's big slabs.
+    /// The big slabs' reserve.
     Big,
-    /// A block of `Large`.
-    Large,
+    /// Neither: a live block there is a block of `Large`.
+    Neither,
 }
 
-/// The kind of a live block of this allocator, named by the reserve that holds it: only
-/// small slabs (and heaps and registries, which are no blocks) come from the slab reserve,
-/// only big slabs from theirs, and `Large` serves the rest.
+/// Which reserve holds `ptr`, which names the layer of a live block of an allocator: only
+/// slabs of one size lie in each reserve, a thread is served from slabs only by its heap's
+/// own allocator, and no block of `Large` starts in either ([`get_large`]).
 #[inline(always)]
-fn kind_of(ptr: NonNull<u8>) -> BlockKind {
+fn reserve_of(ptr: NonNull<u8>) -> Reserved {
     if SlabSource::handle().contains(ptr.as_ptr()) {
-        BlockKind::Small
+        Reserved::Small
     } else if BigSource::handle().contains(ptr.as_ptr()) {
-        BlockKind::Big
+        Reserved::Big
     } else {
-        BlockKind::Large
+        Reserved::Neither
     }
+}
+
+/// A block of `large` for `layout`; `None` when it has no room, and when the block it
+/// gives starts in one of the slab reserves, where an address must name a slab block (a
+/// `Large` made of memory that a `ThreadHeaps` handed out): that block goes back at once.
+fn get_large<Large: Measured>(large: &mut Large, layout: Layout) -> Option<NonNull<u8>> {
+    let block = large.get(layout)?;
+    if reserve_of(block) != Reserved::Neither {
+        // SAFETY: got just above with `layout`, and handed to no one.
+        unsafe { large.put(block, layout) };
+        return None;
+    }
+    Some(block)
 }
 
 /// One of a heap's two slab layers: which one a block's path takes, for the code that is
@@ -166,7 +181,11 @@ const fn cache_slot(tp: usize) -> usize {
 ///   never freed.
 /// - **Everything else** (blocks over 32 KiB, large alignments, slab blocks that `realloc`
 ///   grows a little past 256 bytes, and the allocations of a thread whose heap was already
-///   handed back at exit) goes to `Large`, under a lock.
+///   handed back at exit) goes to `Large`, under a lock. `Large` may be made of any memory
+///   but that of the thread heaps' slabs: a block of `Large` lying in one (a
+///   [`Buffer`](crate::layers::Buffer) over a block of another `ThreadHeaps`) is given
+///   back and the request refused, as when out of memory, since its address would name a
+///   slab block when freed.
 ///
 /// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
 /// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first
@@ -202,7 +221,7 @@ const fn cache_slot(tp: usize) -> usize {
 ///
 /// At the first allocation of the process's first instance, handlers are registered with
 /// `pthread_atfork` that take every lock of every instance (each `Large` lock, each pool of
-/// abandoned heaps, the slab reserve's) before `fork` and give them back after it, in both
+/// abandoned heaps, the two slab reserves') before `fork` and give them back after it, in both
 /// processes; in the child they also retire the heaps of the threads that did not survive
 /// the fork (one may have been half-way through an operation). So a child can allocate
 /// whatever the other threads were doing. A thread that forks inside
@@ -497,7 +516,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         decay_slab_ranges();
         let counting = self.counting.load(Ordering::Relaxed);
         let block = self.locked_large::<{ call::GET }, _>(|large| {
-            let block = large.get(layout)?;
+            let block = get_large(large, layout)?;
             if counting {
                 // SAFETY: a live block of `Large`, just got.
                 let size = unsafe { large.usable_size(block) };
@@ -517,13 +536,13 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator, not used afterwards.
     #[inline(always)]
     unsafe fn free_block(&self, ptr: NonNull<u8>) {
-        match kind_of(ptr) {
-            // SAFETY: a live small slab block, given up by the caller.
-            BlockKind::Small => unsafe { self.free_in::<SlabSource, SLAB_BYTES>(ptr) },
-            // SAFETY: a live big slab block, given up by the caller.
-            BlockKind::Big => unsafe { self.free_in::<BigSource, BIG_SLAB_BYTES>(ptr) },
+        match reserve_of(ptr) {
+            // SAFETY: a live block in the small slabs' reserve, given up by the caller.
+            Reserved::Small => unsafe { self.free_in::<SlabSource, SLAB_BYTES>(ptr) },
+            // SAFETY: a live block in the big slabs' reserve, given up by the caller.
+            Reserved::Big => unsafe { self.free_in::<BigSource, BIG_SLAB_BYTES>(ptr) },
             // SAFETY: a live block of `Large`, given up by the caller.
-            BlockKind::Large => unsafe { self.free_large(ptr) },
+            Reserved::Neither => unsafe { self.free_large(ptr) },
         }
     }
 
@@ -566,12 +585,12 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator.
     #[inline]
     unsafe fn slab_usable_size(ptr: NonNull<u8>) -> Option<usize> {
-        // SAFETY: the caller's duty; `kind_of` names the slab layer of a slab block.
+        // SAFETY: the caller's duty; `reserve_of` names the layer of a live block.
         unsafe {
-            match kind_of(ptr) {
-                BlockKind::Small => Some(HeapSlab::usable_size(ptr)),
-                BlockKind::Big => Some(BigSlab::usable_size(ptr)),
-                BlockKind::Large => None,
+            match reserve_of(ptr) {
+                Reserved::Small => Some(HeapSlab::usable_size(ptr)),
+                Reserved::Big => Some(BigSlab::usable_size(ptr)),
+                Reserved::Neither => None,
             }
         }
     }
@@ -720,16 +739,15 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
                         Resized::Shrunk
                     };
                 }
-                // (A live block's usable size fits a layout: at most `isize::MAX`.)
-                let old = Layout::from_size_align_unchecked(usable, HeapSlab::BLOCK_ALIGN);
-                if large.grow(block, old, layout) {
+                // (Grown keeping its own alignment, which C's `realloc` does not know.)
+                if large.grow_unsized(block, size) {
                     if counting {
                         let now = large.usable_size(block);
                         self.counters.count_grown_in_place(now - usable);
                     }
                     return Resized::Done(block.as_ptr());
                 }
-                let Some(new) = large.get(layout) else {
+                let Some(new) = get_large(large, layout) else {
                     return Resized::Done(ptr::null_mut());
                 };
                 if counting {
@@ -794,7 +812,8 @@ impl<Large: Measured + Send> Drop for ThreadHeaps<Large> {
 // SAFETY: blocks of up to 32 KiB come from this thread's `Slab`s (layers keeping the
 // contract) and go back to their owner's slab of the same size, directly or through its
 // remote stack; everything else comes from and goes back to `Large`, under its lock; they
-// never mix, because only slabs of one size lie in each of the two reserves.
+// never mix, because only slabs of one size lie in each of the two reserves (no block of
+// `Large` starts in them: `get_large`).
 unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {

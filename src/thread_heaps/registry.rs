@@ -38,7 +38,7 @@ use super::thread_pointer::thread_pointer;
 #[cfg(feature = "std")]
 use super::thread_pointer::{CURRENT, EXITED};
 use super::{
-    BIG_SLAB_BYTES, BigSlab, BigSource, BlockKind, HeapSlab, SLAB_BYTES, SlabSource, kind_of,
+    BIG_SLAB_BYTES, BigSlab, BigSource, HeapSlab, Reserved, SLAB_BYTES, SlabSource, reserve_of,
 };
 use crate::Layer;
 use crate::layers::Slab;
@@ -123,9 +123,9 @@ impl ThreadHeap {
     /// slabs, given up by the caller.
     unsafe fn put_back(&self, ptr: NonNull<u8>) {
         // SAFETY: the caller's duty; a block of the heap's slabs is small or big, and
-        // `kind_of` tells which.
+        // `reserve_of` tells which.
         unsafe {
-            if kind_of(ptr) == BlockKind::Big {
+            if reserve_of(ptr) == Reserved::Big {
                 self.big().put_unsized(ptr);
             } else {
                 self.slab().put_unsized(ptr);

@@ -905,3 +905,71 @@ fn the_slab_ranges_take_a_quarter_of_an_address_space_limit() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A `ThreadHeaps` whose `Large` is made of memory another one handed out (a block of its
+/// small slabs): a block of `Large` there would be taken for a slab block when freed, so
+/// `Large`'s blocks (here over-aligned ones, which no slab serves) are refused, as when out
+/// of memory, and given straight back to it.
+#[test]
+fn a_large_layer_made_of_a_slab_block_is_refused() {
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::mem::MaybeUninit;
+
+    use stratalloc::Gauge;
+    use stratalloc::ThreadHeaps;
+    use stratalloc::layers::{Buffer, SizeHeader, Stats};
+
+    static HEAP: General = general();
+    const LEN: usize = 4096;
+    let memory = HEAP.malloc(LEN);
+    assert!(!memory.is_null());
+    // SAFETY: a live block of `HEAP` of `LEN` bytes, never freed: the slice is its only use.
+    let memory: &'static mut [MaybeUninit<u8>] =
+        unsafe { std::slice::from_raw_parts_mut(memory.cast(), LEN) };
+    let other = ThreadHeaps::new(SizeHeader::new(Stats::new(Buffer::new(memory))));
+    for size in [8, 64, 1000] {
+        let layout = Layout::from_size_align(size, 64).unwrap();
+        // SAFETY: a valid layout.
+        let block = unsafe { other.alloc(layout) };
+        assert!(
+            block.is_null(),
+            "{block:p}, a block of `Large` in a slab, was served"
+        );
+        let (gets, live) = other.with_large(|large| {
+            let figures = large.inner().gauge();
+            (figures.gets, figures.live)
+        });
+        assert!(gets > 0, "`Large` was not asked");
+        assert_eq!(live, 0, "the refused block was not given back");
+    }
+}
+
+/// C's `realloc` of an over-aligned block of `Large` grows it by its own layout: over
+/// `SizeHeader`, whose header sits `align` bytes before such a block, a grow told 16 found
+/// no header there.
+#[test]
+fn realloc_grows_an_over_aligned_large_block_by_its_own_layout() {
+    use stratalloc::ThreadHeaps;
+    use stratalloc::layers::{Coalesce, Mmap, SizeHeader};
+
+    static HEAP: ThreadHeaps<SizeHeader<Coalesce<Mmap, { 1 << 20 }>>> =
+        ThreadHeaps::new(SizeHeader::new(Coalesce::new(Mmap::new())));
+    for align in [32, 64, 4096] {
+        let block = HEAP.malloc_aligned(100, align);
+        assert!(!block.is_null() && block.addr().is_multiple_of(align));
+        // SAFETY: 100 bytes of a live block, then `realloc`'s and `free`'s duties: the block
+        // is used only through the pointer each call returns, and freed once.
+        unsafe {
+            for i in 0..100 {
+                block.add(i).write(i as u8);
+            }
+            let grown = HEAP.realloc(block, 150);
+            assert!(!grown.is_null());
+            assert!(HEAP.usable_size(grown) >= 150);
+            assert!((0..100).all(|i| grown.add(i).read() == i as u8));
+            let further = HEAP.realloc(grown, 40_000);
+            assert!((0..100).all(|i| further.add(i).read() == i as u8));
+            HEAP.free(further);
+        }
+    }
+}
