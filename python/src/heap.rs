@@ -895,11 +895,9 @@ impl Memory {
 
     /// The bytes, copied.
     fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let copy = self.with_block(|ptr| {
-            // SAFETY: `with_block` checked that the block is mapped and pinned it; `len` is
-            // at most the block's size.
-            unsafe { core::slice::from_raw_parts(ptr, self.len) }.to_vec()
-        })?;
+        // SAFETY: `with_block` checked that the block is mapped and pinned it; `len` is at
+        // most the block's size.
+        let copy = self.with_block(|ptr| unsafe { copy_out(ptr, self.len) })?;
         Ok(PyBytes::new(py, &copy))
     }
 
@@ -911,10 +909,7 @@ impl Memory {
                 if s.step == 1 {
                     // SAFETY: `start..start + slicelength` lies in `0..len`, inside the
                     // block, which `with_block` checked is mapped and pinned.
-                    return unsafe {
-                        core::slice::from_raw_parts(ptr.add(s.start as usize), s.slicelength)
-                    }
-                    .to_vec();
+                    return unsafe { copy_out(ptr.add(s.start as usize), s.slicelength) };
                 }
                 (0..s.slicelength)
                     .map(|i| {
@@ -1115,4 +1110,21 @@ impl MemStat {
             self.allocated_bytes, self.total_size, self.live_blocks, self.utilization_pct
         )
     }
+}
+
+/// Copies `len` bytes of shared memory out, without a reference to them: another process
+/// (or a `memoryview`) may write them meanwhile, which a `&[u8]` would forbid.
+///
+/// # Safety
+///
+/// `from..from + len` is mapped and readable.
+unsafe fn copy_out(from: *const u8, len: usize) -> Vec<u8> {
+    let mut copy = Vec::with_capacity(len);
+    // SAFETY: the caller's duty for the source; the destination is `len` bytes of fresh
+    // capacity, disjoint from it, and initialised by the copy before `set_len`.
+    unsafe {
+        core::ptr::copy_nonoverlapping(from, copy.as_mut_ptr(), len);
+        copy.set_len(len);
+    }
+    copy
 }

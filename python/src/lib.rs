@@ -145,9 +145,10 @@ fn heap_err(error: BlobError) -> PyErr {
         BlobError::Pinned { .. } | BlobError::TooManyPins { .. } => BusyError::new_err(text),
         BlobError::RecoveryNeeded { .. } => RecoveryNeededError::new_err(text),
         BlobError::NoRecoveryNeeded => NoRecoveryNeededError::new_err(text),
-        BlobError::AlreadyLocked | BlobError::Lock { .. } | BlobError::LockUnavailable { .. } => {
-            LockError::new_err(text)
-        }
+        BlobError::AlreadyLocked
+        | BlobError::LockLost
+        | BlobError::Lock { .. }
+        | BlobError::LockUnavailable { .. } => LockError::new_err(text),
         BlobError::StillAttached { .. } => StillAttachedError::new_err(text),
         // The crate's error is `non_exhaustive`: a kind added later is still a HeapError.
         _ => HeapError::new_err(text),

@@ -255,6 +255,39 @@ def test_a_forked_child_dropping_an_inherited_handle_leaves_the_count(shared_hea
     heap.free(mem)
 
 
+def test_a_child_forked_inside_with_lock_does_not_hold_or_release_the_lock(shared_heap):
+    heap, shm = shared_heap
+    heap.lock_patience = 0.05
+
+    def inside():
+        pid = os.fork()
+        if pid == 0:
+            return "child"  # the child's copy of the guard ends here: it must not unlock
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The lock still names this thread: another handle of it is refused at once (had
+        # the child let go of it, the handle would take it).
+        second = Heap.attach(shm.buf)
+        try:
+            with pytest.raises(sp.LockError, match="already holds the heap's lock"):
+                second.malloc(1)
+        finally:
+            second.detach()
+        return "parent"
+
+    if heap.with_lock(inside) == "child":
+        code = 1
+        try:
+            # The lock names the parent's thread, which is alive: no way in.
+            with pytest.raises(sp.LockError, match="still held the heap's lock"):
+                heap.malloc(1)
+            code = 0
+        finally:
+            os._exit(code)
+    assert heap.recovery_reason is None
+    heap.free(heap.malloc(1))
+
+
 def _allocate_then_die_holding_the_lock(name, count, report):
     shm, heap = _attach(name)
     blocks = []

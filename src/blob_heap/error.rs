@@ -183,6 +183,11 @@ pub enum BlobError {
     /// This thread already holds the heap's lock (inside
     /// [`with_lock`](super::BlobHeap::with_lock)): use the guard's operations.
     AlreadyLocked,
+    /// A guard's thread no longer holds the heap's lock: the process was forked while its
+    /// parent held it (the guard is the child's copy), or another handle took the lock as
+    /// orphaned (its holder's thread id did not exist for it: handles in different PID
+    /// namespaces).
+    LockLost,
     /// The lock inside the heap failed (an OS error number).
     Lock {
         /// The error number.
@@ -313,6 +318,10 @@ impl fmt::Display for BlobError {
             BlobError::AlreadyLocked => {
                 f.write_str("this thread already holds the heap's lock (inside with_lock)")
             }
+            BlobError::LockLost => f.write_str(
+                "this thread no longer holds the heap's lock that its guard was lent under (a \
+                 process forked inside with_lock, or another handle took the lock as orphaned)",
+            ),
             BlobError::Lock { errno } => write!(f, "the heap's lock failed (errno {errno})"),
             BlobError::LockUnavailable {
                 holder: Some(thread),

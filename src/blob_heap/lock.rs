@@ -231,14 +231,38 @@ impl BlobLock {
         }
     }
 
-    /// Releases the lock, and wakes a waiter if one may sleep.
+    /// Whether the word names this thread as the holder. A guard can outlive its holding:
+    /// in a child forked while its parent held the lock (the word names the parent's
+    /// thread), or when another process took the lock as orphaned (see the module's notes).
+    pub(super) fn held_here(&self) -> bool {
+        let word = self.word.load(Ordering::Acquire);
+        word & OWNER_DIED == 0 && word & THREAD == this_thread()
+    }
+
+    /// Releases the lock, and wakes a waiter if one may sleep; leaves it as it is when the
+    /// word does not name this thread (see [`held_here`](Self::held_here)), which must not
+    /// let go of another holder's lock.
     ///
     /// # Safety
     ///
-    /// This thread holds it.
+    /// This thread took the lock.
     pub(super) unsafe fn unlock(&self) {
-        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
-            wake_one(&self.word);
+        let me = this_thread();
+        let mut word = self.word.load(Ordering::Relaxed);
+        while word & OWNER_DIED == 0 && word & THREAD == me {
+            // (A compare-and-swap: a waiter may set the waiters bit meanwhile.)
+            match self
+                .word
+                .compare_exchange_weak(word, 0, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if word & WAITERS != 0 {
+                        wake_one(&self.word);
+                    }
+                    return;
+                }
+                Err(now) => word = now,
+            }
         }
     }
 }
@@ -367,12 +391,22 @@ impl BlobLock {
         Ok(())
     }
 
-    /// Releases the lock.
+    /// Whether the word holds this thread's token. (The tokens are per process: a child
+    /// forked while its parent held the lock holds the same token, which this lock cannot
+    /// tell apart.)
+    pub(super) fn held_here(&self) -> bool {
+        self.word.load(Ordering::Acquire) == thread_token()
+    }
+
+    /// Releases the lock, when the word holds this thread's token.
     ///
     /// # Safety
     ///
-    /// This thread holds it.
+    /// This thread took the lock.
     pub(super) unsafe fn unlock(&self) {
-        self.word.store(0, Ordering::Release);
+        let me = thread_token();
+        let _ = self
+            .word
+            .compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed);
     }
 }

@@ -387,8 +387,11 @@ impl<'a> BlobHeap<'a> {
     /// [`init`](Self::init) or [`init_raw`](Self::init_raw) made in this very
     /// memory (or in the same file, mapped by another process), and that its header has
     /// been changed since only by heap handles: not copied from elsewhere, and not written
-    /// by other code. Memory that fails the checks is reported as an error, whatever it
-    /// holds.
+    /// by other code. And every handle of the heap must be in a process of this process's
+    /// PID namespace (not, say, in another container sharing the file): the lock names its
+    /// holder by thread id, and a thread id of another namespace is taken for a thread that
+    /// no longer exists, whose lock is taken over. Memory that fails the checks is reported
+    /// as an error, whatever it holds.
     ///
     /// Safe code cannot attach to bytes it wrote:
     ///
@@ -1480,6 +1483,9 @@ pub struct BlobGuard<'h, 'a> {
 
 impl BlobGuard<'_, '_> {
     fn usable(&self) -> Result<(), BlobError> {
+        if !self.heap.header().lock.held_here() {
+            return Err(BlobError::LockLost);
+        }
         match self.heap.recovery_needed() {
             None => Ok(()),
             Some(reason) => Err(BlobError::RecoveryNeeded { reason }),
@@ -1501,7 +1507,8 @@ impl BlobGuard<'_, '_> {
 
 impl Drop for BlobGuard<'_, '_> {
     fn drop(&mut self) {
-        // SAFETY: the guard was made by taking the lock on this thread.
+        // SAFETY: the guard was made by taking the lock on this thread (`unlock` leaves a
+        // lock that no longer names it alone).
         unsafe { self.heap.header().lock.unlock() };
     }
 }

@@ -1290,3 +1290,59 @@ fn a_live_holder_is_waited_for_up_to_the_patience_then_named() {
     assert_eq!(heap.recovery_needed(), None);
     assert_usable(&heap);
 }
+
+/// A process forked inside `with_lock` copies the guard, not the holding: the child's
+/// operations through it fail with `LockLost`, and its guard's end (when its closure
+/// returns) leaves the parent's lock held, so the parent goes on under it.
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot fork")]
+fn a_guard_copied_into_a_forked_child_does_not_hold_the_lock() {
+    let g = geometry(16, 6);
+    let len = g.required_size();
+    // SAFETY: a fresh shared anonymous map of `len` bytes, unmapped at the end.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: the map is ours, `len` bytes, shared with the child only.
+    let blob = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), len) };
+    let heap = BlobHeap::init(blob, g).unwrap();
+    let (child, in_parent) = heap
+        .with_lock(|guard| {
+            // SAFETY: the child makes no allocation and leaves with `_exit` right after
+            // `with_lock` returns.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                let lost = matches!(guard.alloc(64), Err(BlobError::LockLost));
+                return (0, lost);
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the child's guard still worked (status {status:#x})"
+            );
+            // The child's guard ended before it exited: the lock is still this thread's.
+            let block = guard.alloc(64).expect("the parent still holds the lock");
+            guard.free(block.offset).unwrap();
+            (child, true)
+        })
+        .unwrap();
+    if child == 0 {
+        // SAFETY: leaves the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(if in_parent { 0 } else { 1 }) };
+    }
+    assert!(in_parent);
+    assert_whole(&heap);
+    drop(heap);
+    // SAFETY: the map made above, no longer used.
+    unsafe { libc::munmap(map, len) };
+}
