@@ -831,7 +831,10 @@ impl<'a> BlobHeap<'a> {
 
     /// Rebuilds the free lists from the bitmaps of live blocks, after damage to a free
     /// block or the death of a lock holder: every live block stays live and untouched,
-    /// everything else is free, merged into the largest blocks possible.
+    /// everything else is free, merged into the largest blocks possible. The blocks' stamps
+    /// are made to agree: a block whose free stopped half-way (its generation moved on)
+    /// stays live under its new generation, which [`block`](Self::block) returns; a place
+    /// whose allocation stopped half-way is not live, and holds no pins.
     ///
     /// Fails with [`BlobError::NoRecoveryNeeded`] on a heap that did not ask for it.
     pub fn recover(&self) -> Result<(), BlobError> {
@@ -876,12 +879,41 @@ impl<'a> BlobHeap<'a> {
         }
         h.live_blocks.store(live, Ordering::Relaxed);
         h.allocated.store(allocated, Ordering::Relaxed);
+        self.reconcile_stamps();
         if self.rebuild(0, g.max_order) {
             self.push(0, g.max_order);
         }
         h.recovery.store(RECOVERY_NONE, Ordering::Relaxed);
         drop(guard);
         Ok(())
+    }
+
+    /// Makes every stamp agree with the live bitmaps, for `recover`: an allocation or a free
+    /// changes a block's stamp and its live bit one after the other, so a holder that died
+    /// between the two left them apart. A place where a live block starts gets its stamp's
+    /// live bit (keeping its generation, moved on already by a free that stopped half-way,
+    /// and its pins); any other place loses it, and its pins, which only a live allocation
+    /// can take.
+    fn reconcile_stamps(&self) {
+        let g = self.geometry;
+        for place in 0..1u64 << (g.max_order - g.min_order) {
+            let offset = place << g.min_order;
+            let Some(stamp) = self.stamp(offset) else {
+                continue;
+            };
+            let starts_live = (g.min_order..=g.max_order)
+                .take_while(|&order| offset.trailing_zeros() >= order)
+                .any(|order| self.is_live(offset, order));
+            let seen = stamp.load(Ordering::Relaxed);
+            let right = if starts_live {
+                seen | LIVE
+            } else {
+                seen & GENERATION_MASK
+            };
+            if right != seen {
+                stamp.store(right, Ordering::Release);
+            }
+        }
     }
 
     /// Pushes the wholly free blocks under the block at `offset` of `order` onto their
@@ -1550,3 +1582,59 @@ fn wait_for_change(word: &AtomicU32, seen: u32, timeout: Duration) {
 
 #[cfg(not(all(target_os = "linux", not(miri))))]
 fn wake_all(_word: &AtomicU32) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 64-byte-aligned memory for a blob.
+    #[repr(align(64))]
+    #[derive(Clone, Copy)]
+    struct Line(#[allow(dead_code, reason = "only its bytes and alignment matter")] [u8; 64]);
+
+    fn blob(geometry: BlobGeometry) -> std::vec::Vec<Line> {
+        std::vec![Line([0; 64]); geometry.required_size().div_ceil(64)]
+    }
+
+    fn bytes(lines: &mut [Line]) -> &mut [u8] {
+        let len = lines.len() * 64;
+        // SAFETY: the lines are plain bytes, contiguous, borrowed mutably.
+        unsafe { core::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), len) }
+    }
+
+    /// The states a holder that died half-way through an allocation or a free leaves: the
+    /// stamp changed and the live bit not yet. After `recover` the stamps agree with the
+    /// bitmaps: the block whose free stopped is live and frees through `block`; the place
+    /// whose allocation stopped is free, with no pins.
+    #[test]
+    fn recover_makes_the_stamps_agree_with_the_live_blocks() {
+        let geometry = BlobGeometry::new(12, 6, 64).unwrap();
+        let mut lines = blob(geometry);
+        let heap = BlobHeap::init(bytes(&mut lines), geometry).unwrap();
+        let freeing = heap.alloc(64).unwrap();
+        let kept = heap.alloc(64).unwrap();
+        let allocating = heap.alloc(128).unwrap();
+        heap.free(allocating.offset).unwrap();
+        // A free that swapped the stamp (generation moved on, not live) and died.
+        let stamp = heap.stamp(freeing.offset).unwrap();
+        stamp.store(freeing.generation + 1, Ordering::Relaxed);
+        // An allocation that stamped its place live (with a stray pin) and died.
+        heap.stamp(allocating.offset)
+            .unwrap()
+            .store((allocating.generation + 1) | LIVE | PIN, Ordering::Relaxed);
+        heap.header()
+            .recovery
+            .store(RECOVERY_HOLDER_DIED, Ordering::Relaxed);
+        heap.recover().unwrap();
+
+        assert_eq!(heap.generation(allocating.offset), None);
+        assert_eq!(heap.pins(allocating.offset), 0);
+        let found = heap.block(freeing.offset).unwrap();
+        assert_eq!(found.generation, freeing.generation + 1);
+        assert_eq!(heap.generation(kept.offset), Some(kept.generation));
+        heap.free(found.offset).unwrap();
+        heap.free(kept.offset).unwrap();
+        let stats = heap.stats();
+        assert_eq!(stats.live_blocks, 0);
+    }
+}
