@@ -551,6 +551,23 @@ impl Heap {
         py.detach(|| handle.heap.recover()).map_err(heap_err)
     }
 
+    /// Clears the heap's lock whoever its word names as the holder, and marks the heap for
+    /// recover(): for a lock that names a live thread which does not hold it (a stray
+    /// write, or a holder that died and whose thread id went to a new thread), which
+    /// otherwise raises LockError for ever. Only when no process holds the lock: a holder
+    /// that does would then change the heap at the same time as the next one (the
+    /// bookkeeping may break, blocks may be handed out twice; nothing is written outside
+    /// the buffer).
+    fn break_lock(&self, py: Python<'_>) -> PyResult<()> {
+        let handle = self.handle()?;
+        // SAFETY: the lock word and the heap's bookkeeping are atomics in the buffer, and
+        // every offset the heap writes through is checked to lie in it, so a holder that
+        // still runs can corrupt the heap's bookkeeping, not this process's memory; that
+        // nobody holds the lock is the caller's word, as documented above.
+        py.detach(|| unsafe { handle.heap.break_lock() })
+            .map_err(heap_err)
+    }
+
     /// The heap's statistics now.
     fn get_stats(&self, py: Python<'_>) -> PyResult<MemStat> {
         let handle = self.handle()?;

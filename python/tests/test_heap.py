@@ -4,6 +4,7 @@ Heap, each documented error, pinning of the buffer and the lifetime rules."""
 import gc
 import io
 import mmap
+import struct
 import threading
 import time
 from multiprocessing import shared_memory
@@ -582,6 +583,20 @@ def test_lock_patience_bounds_the_wait_for_a_live_holder(small_heap):
     holder.join()
     second.free(second.malloc(1))
     second.detach()
+
+
+def test_break_lock_clears_a_lock_named_for_a_live_thread_that_does_not_hold_it(small_heap):
+    heap, memory = small_heap
+    heap.lock_patience = 0.05
+    lock = heap.exclusive_access - address(memory)
+    # A stray write (or a dead holder's thread id gone to a live thread): pid 1 is alive.
+    struct.pack_into("<I", memory, lock, 1)
+    with pytest.raises(sp.LockError, match="still held the heap's lock"):
+        heap.malloc(64)
+    heap.break_lock()
+    assert heap.recovery_needed
+    heap.recover()
+    heap.free(heap.malloc(64))
 
 
 def test_destroy_refuses_inside_with_lock(small_heap):
