@@ -176,6 +176,18 @@ pub fn run_child_within(
     })
 }
 
+/// Checks that a child (of [`run_child`]) exited successfully after printing `line`, its
+/// sign of having run to the end.
+pub fn assert_child_passed(output: &std::process::Output, line: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(line),
+        "{:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Checks that a child aborted (SIGABRT) after writing exactly one `stratalloc:` line to
 /// stderr, and that the line contains `message`.
 #[cfg(feature = "os")]

@@ -80,13 +80,7 @@ fn a_claim_the_os_refuses_half_way_claims_nothing() {
         Duration::from_secs(60),
     )
     .expect("the child finished");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("refused leaf child passed"),
-        "{:?}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::assert_child_passed(&output, "refused leaf child passed");
 }
 
 /// A pipe region over `Chunk<_, 4096>`: blocks of more than a quarter of a chunk go to the
@@ -228,13 +222,8 @@ fn pipe_regions_entered_both_ways_give_everything_back() {
         Duration::from_secs(60),
     )
     .expect("the child finished");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    crate::assert_child_passed(&output, "pipes both ways child passed");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("pipes both ways child passed"),
-        "{:?}\n{stdout}\n{stderr}",
-        output.status
-    );
     assert!(
         !stderr.contains("still live"),
         "an escape was reported where every block was freed: {stderr}"
@@ -251,13 +240,7 @@ fn zombie_pipe_regions_freed_from_two_threads_do_not_deadlock() {
             Duration::from_secs(30),
         )
         .expect("the child hung: zombie pipe regions deadlocked");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("pipe zombies child passed"),
-            "{:?}\n{stdout}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        crate::assert_child_passed(&output, "pipe zombies child passed");
     }
 }
 

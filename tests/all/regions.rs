@@ -549,13 +549,7 @@ fn the_router_aborts_with_one_line_on_a_double_free() {
 #[cfg_attr(miri, ignore = "Miri cannot start processes")]
 fn mapped_bytes_come_back_exactly() {
     let output = crate::run_child("regions::child", "mapped_bytes");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("mapped bytes child passed"),
-        "{:?}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::assert_child_passed(&output, "mapped bytes child passed");
 }
 
 #[test]

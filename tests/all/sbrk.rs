@@ -45,11 +45,5 @@ fn child() {
 #[cfg_attr(miri, ignore = "Miri cannot start processes, nor run sbrk")]
 fn passes_the_suite_once_claimed() {
     let output = crate::run_child("sbrk::child", "sbrk_suite");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("sbrk child passed"),
-        "child failed: {:?}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::assert_child_passed(&output, "sbrk child passed");
 }

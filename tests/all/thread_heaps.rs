@@ -897,13 +897,7 @@ fn child() {
 #[cfg_attr(miri, ignore = "Miri cannot start processes")]
 fn the_slab_ranges_take_a_quarter_of_an_address_space_limit() {
     let output = crate::run_child("thread_heaps::child", "ranges_under_a_limit");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("ranges under a limit child passed"),
-        "{:?}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::assert_child_passed(&output, "ranges under a limit child passed");
 }
 
 /// A `ThreadHeaps` whose `Large` is made of memory another one handed out (a block of its
