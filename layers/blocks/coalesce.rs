@@ -882,6 +882,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
         // SAFETY: the caller's duties; the block's header, not `old`, says its size.
         unsafe { self.grow_to(ptr, new.size()) }
     }
+
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
         require_shrink::<Self>(ptr, old, new);

@@ -324,9 +324,10 @@ private_range!(
 ///
 /// The range is reserved on first use, with no access and `MAP_NORESERVE` (on Windows
 /// `MEM_RESERVE`; 64 GiB on 64-bit targets, at most a quarter of an address-space limit
-/// (an eighth for each of the thread heaps' ranges), halved until the OS agrees), and opened (committed) 4 MiB at a time as blocks reach it,
-/// so it costs memory only as pages are touched and counts against a strict overcommit
-/// policy only as it is used. Blocks are granule-aligned. A put pushes the granules on a free stack that later one-granule
+/// (an eighth for each of the thread heaps' ranges), halved until the OS agrees), and
+/// opened (committed) 4 MiB at a time as blocks reach it, so it costs memory only as pages
+/// are touched and counts against a strict overcommit policy only as it is used. Blocks are
+/// granule-aligned. A put pushes the granules on a free stack that later one-granule
 /// requests reuse. Free granules keep their pages (reusing them costs no page faults) until
 /// they have been unused for 20-40 ms, or beyond 32 MiB of them; then the pages go back to
 /// the OS (`MADV_DONTNEED`; on Windows `MEM_RESET`, which frees the memory but keeps it in

@@ -184,19 +184,32 @@ impl<L: Layer> State<L> {
 
 impl<L: Layer> Drop for State<L> {
     fn drop(&mut self) {
-        let mut first_panic = None;
-        for mut release in core::mem::take(&mut self.waiting) {
-            // A hook that panics does not keep the others from running, nor any memory from
-            // going back; the first panic goes on once all are released.
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| release.run_hook())) {
-                first_panic.get_or_insert(panic);
-            }
+        let mut waiting = core::mem::take(&mut self.waiting);
+        // A hook that panics does not keep the others from running, nor any memory from
+        // going back; the first panic goes on once all are released.
+        let panic = each_despite_panics(waiting.iter_mut(), Release::run_hook);
+        for release in waiting {
             self.finish(release);
         }
-        if let Some(panic) = first_panic {
+        if let Some(panic) = panic {
             resume_unwind(panic);
         }
     }
+}
+
+/// Calls `each` with every item, also after one of the calls panicked; returns the first
+/// panic, for the caller to carry on once it has done what must follow.
+fn each_despite_panics<T>(
+    items: impl IntoIterator<Item = T>,
+    mut each: impl FnMut(T),
+) -> Option<Box<dyn core::any::Any + Send>> {
+    let mut first_panic = None;
+    for item in items {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| each(item))) {
+            first_panic.get_or_insert(panic);
+        }
+    }
+    first_panic
 }
 
 type Shared<L> = Arc<Mutex<State<L>>>;
@@ -305,15 +318,8 @@ impl<L: Layer> BufferManager<L> {
     pub fn collect(&self) -> usize {
         let waiting = core::mem::take(&mut lock(&self.shared).waiting);
         let released = waiting.len();
-        let mut first_panic = None;
-        for release in waiting {
-            if let Err(panic) =
-                catch_unwind(AssertUnwindSafe(|| release_now(&self.shared, release)))
-            {
-                first_panic.get_or_insert(panic);
-            }
-        }
-        if let Some(panic) = first_panic {
+        let panic = each_despite_panics(waiting, |release| release_now(&self.shared, release));
+        if let Some(panic) = panic {
             resume_unwind(panic);
         }
         released
