@@ -260,18 +260,21 @@ fn bad_offsets_and_requests_are_errors_naming_them() {
 
 #[test]
 fn the_whole_heap_splits_into_smallest_blocks_and_merges_back() {
-    let g = geometry(13, 5);
+    // 256 smallest blocks (64 under Miri).
+    let max = if cfg!(miri) { 11 } else { 13 };
+    let count = 1 << (max - 5);
+    let g = geometry(max, 5);
     let mut blob = Blob::for_geometry(g);
     let heap = BlobHeap::init(blob.bytes(), g).unwrap();
     assert_whole(&heap);
-    let blocks: Vec<BlobBlock> = (0..256).map(|_| heap.alloc(32).unwrap()).collect();
+    let blocks: Vec<BlobBlock> = (0..count).map(|_| heap.alloc(32).unwrap()).collect();
     for (i, block) in blocks.iter().enumerate() {
         fill(block, i as u64);
     }
     assert_eq!(heap.stats().utilisation, 100.0);
     // Free in a scrambled order; every block keeps its pattern until it goes.
-    for step in 0..256 {
-        let i = (step * 97) % 256;
+    for step in 0..count {
+        let i = (step * 97) % count;
         assert!(holds(&blocks[i], i as u64), "block {i} changed");
         heap.free(blocks[i].offset).unwrap();
     }
@@ -290,7 +293,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0usize..5000).prop_map(Op::Alloc),
+        // Under Miri, where filling and checking a block byte by byte is slow, smaller blocks.
+        3 => (0usize..if cfg!(miri) { 1200 } else { 5000 }).prop_map(Op::Alloc),
         3 => any::<usize>().prop_map(Op::Free),
         1 => any::<usize>().prop_map(Op::Pin),
         1 => any::<usize>().prop_map(Op::Unpin),
@@ -531,22 +535,40 @@ fn generations_and_pins_guard_blocks_across_handles() {
         Err(BlobError::StaleGeneration { .. })
     ));
     assert_eq!(first.block(offset).unwrap().generation, again.generation);
-
-    // At most `MOST_PINS` pins.
-    for _ in 0..MOST_PINS {
-        first.pin(offset, again.generation).unwrap();
-    }
-    assert_eq!(
-        first.pin(offset, again.generation),
-        Err(BlobError::TooManyPins { offset })
-    );
-    for _ in 0..MOST_PINS {
-        assert!(first.unpin(offset, again.generation));
-    }
     second.free_generation(offset, again.generation).unwrap();
     assert_whole(&first);
     drop(second);
     first.destroy().unwrap();
+}
+
+/// A block takes at most `MOST_PINS` pins; the one past them is refused, and every pin
+/// taken comes back off. (Some 65,000 locked operations: too long for Miri, and the pins'
+/// memory accesses are the ones the test above makes.)
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "65,000 locked operations; the test above covers their accesses"
+)]
+fn pins_stop_at_most_pins() {
+    let g = geometry(12, 6);
+    let mut blob = Blob::for_geometry(g);
+    let heap = BlobHeap::init(blob.bytes(), g).unwrap();
+    let block = heap.alloc(64).unwrap();
+    let (offset, generation) = (block.offset, block.generation);
+    for _ in 0..MOST_PINS {
+        heap.pin(offset, generation).unwrap();
+    }
+    assert_eq!(heap.pins(offset), MOST_PINS);
+    assert_eq!(
+        heap.pin(offset, generation),
+        Err(BlobError::TooManyPins { offset })
+    );
+    for _ in 0..MOST_PINS {
+        assert!(heap.unpin(offset, generation));
+    }
+    assert!(!heap.unpin(offset, generation), "every pin came back off");
+    heap.free_generation(offset, generation).unwrap();
+    assert_whole(&heap);
 }
 
 /// `lock_ptr` is where the lock is: inside the header, the same in every handle, and (with
@@ -657,7 +679,7 @@ fn overruns_into_free_neighbours_are_detected_or_harmless() {
     let mut blob = Blob::for_geometry(g);
     let mut detected = 0;
     let lengths = if cfg!(miri) {
-        vec![1, 8, 17, 24, 25, 40, 64, 90]
+        vec![1, 17, 40, 90]
     } else {
         (1..=96).collect()
     };

@@ -212,6 +212,9 @@ mod layers {
         // Slabs of 256 KiB serve up to 32 KiB (the thread heaps' big slabs).
         #[cfg(not(miri))]
         conformance!(big_slab_over_mmap, || Slab::<_, 262144>::new(Mmap::new()));
+        // Not under Miri (32 s of its clock per pass): `segregated_fallback_stack` runs a
+        // bitmap arena over maps there, a smaller one.
+        #[cfg(not(miri))]
         conformance!(bitset_over_mmap, || Bitset::<_, 16>::new(Mmap::new()));
         // A general-purpose shape: small blocks in a bitmap arena while it has room, then
         // the system; large blocks from maps.
