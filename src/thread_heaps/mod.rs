@@ -358,6 +358,14 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             .map_or(0, Registry::pooled_slab_bytes)
     }
 
+    /// Blocks freed by other threads into the heaps in the pool and not yet back in their
+    /// slabs: 0 whenever no such free is under way (a free into a pooled heap goes
+    /// straight to its slab, and a heap's remote stack is emptied as it enters the pool).
+    pub fn pooled_remote_frees(&self) -> usize {
+        self.registry_if_any()
+            .map_or(0, Registry::pooled_remote_frees)
+    }
+
     // ---- the heap cache ------------------------------------------------------------------
 
     /// This thread's heap for this allocator, making or adopting one on first use; `None`

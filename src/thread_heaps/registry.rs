@@ -25,9 +25,11 @@
 //! before an instance publishes it (a Release compare-and-swap, read Acquire); a heap is
 //! written before it is pushed on `all` (Release, read Acquire) and before the instance's
 //! heap cache holds it (Release, read Acquire); it passes between threads through the pool
-//! lock; blocks on a remote stack are written before the Release compare-and-swap that
-//! pushes them and read after the Acquire swap that takes the stack. The `thread` field is
-//! compared by other threads only with their own thread pointer, which only they write.
+//! lock; blocks on a remote stack are written before the compare-and-swap that pushes them
+//! and read after the swap that takes the stack (both SeqCst, for the hand-back's race
+//! described at `ThreadHeap::push_remote`). Other threads compare the `thread` field only
+//! with their own thread pointer, which only they write, or with 0 (no thread), which
+//! sends them to the pool lock.
 
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
@@ -142,7 +144,8 @@ impl ThreadHeap {
     /// As for [`slab`](ThreadHeap::slab).
     #[cold]
     pub(super) unsafe fn drain(&self) {
-        let mut block = self.remote.0.swap(ptr::null_mut(), Ordering::Acquire);
+        // SeqCst, for the hand-back's drain: see `push_remote`.
+        let mut block = self.remote.0.swap(ptr::null_mut(), Ordering::SeqCst);
         // SAFETY: the heap is ours (the caller's duty); each block on the stack is a live
         // block of one of its slabs, given up by the thread that pushed it (its link is the
         // only thing in it), written before the push that the swap's Acquire pairs with.
@@ -164,6 +167,15 @@ impl ThreadHeap {
     /// or, when the heap sits in the pool with no thread to take the stack back, straight
     /// into its slab under the pool lock (which adoption takes too), so that memory freed
     /// into the heaps of exited threads is reused and given back, not stranded.
+    ///
+    /// A push can race with the heap's thread handing it back (`Registry::abandon`: clear
+    /// `thread`, then, under the pool lock, empty the remote stack and pool the heap). After
+    /// its push, the pusher reads `thread` again, and if it is 0, it takes the pool lock and
+    /// empties the stack itself if the heap is pooled by then. With the push, that read, the
+    /// clearing store and the emptying swap all SeqCst, either the read sees the store (and
+    /// the pusher, or the hand-back after it, empties the stack under the lock), or the
+    /// push comes before the store in their single order, and so before the swap, which
+    /// takes the block. No block is left on the stack of a pooled heap.
     ///
     /// # Safety
     ///
@@ -191,11 +203,20 @@ impl ThreadHeap {
             match self.remote.0.compare_exchange_weak(
                 head,
                 block,
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) => break,
                 Err(now) => head = now,
+            }
+        }
+        if self.thread.load(Ordering::SeqCst) == 0 {
+            // SAFETY: a heap's registry lives for the process.
+            let pool = unsafe { &(*self.registry).pool };
+            let _pooled = pool.lock();
+            if self.abandoned.get() {
+                // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so.
+                unsafe { self.drain() };
             }
         }
     }
@@ -351,6 +372,29 @@ impl Registry {
         bytes
     }
 
+    /// Blocks waiting on the remote stacks of the heaps in the pool.
+    pub(super) fn pooled_remote_frees(&self) -> usize {
+        let pool = self.pool.lock();
+        let mut count = 0;
+        let mut heap = *pool;
+        // SAFETY: pooled heaps are live; their links are read under the pool lock. Blocks on
+        // a remote stack stay there, unchanged, until a drain, which takes the pool lock
+        // for a pooled heap; they were written before the Release push that the Acquire
+        // load pairs with (a push meanwhile only adds a block above the head read).
+        unsafe {
+            while let Some(h) = heap.as_ref() {
+                let mut block = h.remote.0.load(Ordering::Acquire);
+                while let Some(b) = block.as_ref() {
+                    count += 1;
+                    block = b.next;
+                }
+                heap = h.pool_next.get();
+            }
+        }
+        drop(pool);
+        count
+    }
+
     // ---- attaching and handing back a thread's heap --------------------------------------
 
     /// This thread's heap, type-erased: null before the thread's first small allocation,
@@ -446,11 +490,13 @@ impl Registry {
     fn abandon(&self, heap: &ThreadHeap) {
         #[cfg(feature = "std")]
         let _ = CURRENT.try_with(|c| c.set(EXITED));
-        heap.thread.store(0, Ordering::Relaxed);
-        // SAFETY: the heap was this thread's until just now, and no other thread takes it
-        // before it is in the pool.
-        unsafe { heap.drain() };
+        // SeqCst, and the drain under the pool lock: see `ThreadHeap::push_remote`.
+        heap.thread.store(0, Ordering::SeqCst);
         let mut pool = self.pool.lock();
+        // SAFETY: the heap was this thread's until just now, no other thread takes it
+        // before it is in the pool, and other threads put blocks in its slab only once it
+        // is pooled, under the pool lock held here.
+        unsafe { heap.drain() };
         heap.abandoned.set(true);
         heap.pool_next.set(*pool);
         *pool = ptr::from_ref(heap).cast_mut();

@@ -515,6 +515,39 @@ fn frees_into_the_heaps_of_exited_threads_are_reused() {
     );
 }
 
+/// Frees racing with the exit of the blocks' thread: each either reaches the heap's remote
+/// stack before the exiting thread empties it, or finds the heap pooled (or about to be)
+/// and puts the block in its slab. None is left on the remote stack of a pooled heap, where
+/// it would wait for a thread to adopt the heap.
+#[test]
+fn frees_racing_with_their_thread_s_exit_are_not_stranded() {
+    static HEAP: General = general();
+    let (rounds, blocks) = if cfg!(miri) { (3, 8) } else { (2000, 64) };
+    for round in 0..rounds {
+        let (send, receive) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            for i in 0..blocks {
+                let ptr = HEAP.malloc(48);
+                fill(ptr, 48, i as u8);
+                send.send((Sent(ptr), i as u8)).unwrap();
+            }
+        });
+        // Freed as they come, the last ones while the worker exits.
+        for (Sent(ptr), byte) in receive {
+            assert!(holds(ptr, 48, byte), "a block was overwritten");
+            // SAFETY: a live block of HEAP, freed once.
+            unsafe { HEAP.free(ptr) };
+        }
+        worker.join().unwrap();
+        assert_eq!(HEAP.pooled_heaps(), HEAP.heaps());
+        assert_eq!(
+            HEAP.pooled_remote_frees(),
+            0,
+            "round {round}: frees stranded on a pooled heap's remote stack"
+        );
+    }
+}
+
 /// A thread that finds the heap of an exited thread in its slot of the heap cache (the
 /// next thread often gets the exited one's thread pointer, as glibc reuses its stack)
 /// reads that heap's `thread` field: the heap's initialising writes must happen before
