@@ -347,11 +347,15 @@ impl Heap {
     }
 
     /// Attaches a new handle to the heap that `mem_addr` already holds (made by `init`,
-    /// perhaps in another process over the same shared memory).
+    /// perhaps in another process over the same shared memory). With
+    /// `claim_pid_namespace`, first records this process's PID namespace as the heap's: for
+    /// a heap that no process of its own namespace uses any more.
     #[classmethod]
+    #[pyo3(signature = (mem_addr, claim_pid_namespace = false))]
     fn attach(
         _cls: &Bound<'_, pyo3::types::PyType>,
         mem_addr: &Bound<'_, PyAny>,
+        claim_pid_namespace: bool,
     ) -> PyResult<Self> {
         let pin = Pinned::writable(mem_addr, "mem_addr", BufferUnusableError::new_err)?;
         let (base, len) = (pin.base(), pin.len());
@@ -378,8 +382,15 @@ impl Heap {
                 // this buffer (or in the shared segment it maps) is the first header found,
                 // since `init` zeroed the bytes before it; other bytes of the buffer are
                 // written only through the heap, the contract the README states for the
-                // seed's interface (the crate checks every offset it writes through).
-                unsafe { BlobHeap::attach_raw(at.0, len - skip) }
+                // seed's interface (the crate checks every offset it writes through). A
+                // claim of the PID namespace is the caller's promise that no process of
+                // the heap's old namespace uses it (the README's contract for the flag).
+                unsafe {
+                    if claim_pid_namespace {
+                        BlobHeap::claim_pid_namespace(at.0, len - skip)?;
+                    }
+                    BlobHeap::attach_raw(at.0, len - skip)
+                }
             });
             match attached {
                 Ok(heap) => {

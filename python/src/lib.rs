@@ -150,6 +150,7 @@ fn heap_err(error: BlobError) -> PyErr {
         | BlobError::Lock { .. }
         | BlobError::LockUnavailable { .. } => LockError::new_err(text),
         BlobError::StillAttached { .. } => StillAttachedError::new_err(text),
+        BlobError::OtherPidNamespace { .. } => HeapError::new_err(text),
         // The crate's error is `non_exhaustive`: a kind added later is still a HeapError.
         _ => HeapError::new_err(text),
     }

@@ -6,11 +6,14 @@ live block.
 Children are forked and open the segment by name themselves, so each maps it at an
 address of its own: blocks travel between processes as offsets."""
 
+import mmap
 import multiprocessing
 import os
 import queue
 import random
 import signal
+import subprocess
+import sys
 import time
 from multiprocessing import shared_memory
 
@@ -406,3 +409,51 @@ def test_processes_killed_at_random_moments_lose_no_live_block(shared_heap):
     for block, _ in parents:
         heap.free(block)
     print(f"{recovered} of 8 kills needed recovery")
+
+
+_OTHER_NAMESPACE = """
+import mmap, sys
+import stratalloc_py as sp
+from stratalloc_py import Heap
+path, offset = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    m = mmap.mmap(f.fileno(), 0)
+try:
+    Heap.attach(m)
+    sys.exit("attached from another PID namespace")
+except sp.HeapError as error:
+    assert "PID namespace" in str(error), str(error)
+heap = Heap.attach(m, claim_pid_namespace=True)
+assert heap.block(offset).tobytes()[:8] == b"PARENT!!"
+heap.detach()
+print("claimed")
+"""
+
+
+def test_a_process_of_another_pid_namespace_must_claim_the_heap(tmp_path):
+    """The heap records the PID namespace of the process that made it: a process of another
+    (a child under `unshare`) is refused, naming both, until it claims the heap; then the
+    first namespace is refused in turn, until it claims the heap back."""
+    path = tmp_path / "heap"
+    path.write_bytes(bytes(Heap.size(16, 6, 64)))
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0)
+    heap = Heap.init(16, 6, 64, m)
+    mem = heap.malloc(64)
+    mem[0:8] = b"PARENT!!"
+    offset = mem.offset
+    heap.detach()
+    child = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork",
+         sys.executable, "-c", _OTHER_NAMESPACE, str(path), str(offset)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert child.returncode == 0 and "claimed" in child.stdout, child.stderr
+    with pytest.raises(sp.HeapError, match=r"PID namespace pid:\[\d+\], and this one is in"):
+        Heap.attach(m)
+    heap = Heap.attach(m, claim_pid_namespace=True)
+    block = heap.block(offset)
+    assert block.tobytes()[:8] == b"PARENT!!"
+    heap.free(block)
+    heap.detach()
+    m.close()

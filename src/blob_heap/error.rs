@@ -102,6 +102,16 @@ pub enum BlobError {
         /// The version this crate writes.
         expected: u32,
     },
+    /// The heap was made (or last claimed) by a process of another PID namespace: its lock
+    /// names holders by thread id, which only mean something inside one namespace (see
+    /// [`BlobHeap::claim_pid_namespace`](super::BlobHeap::claim_pid_namespace) for a heap
+    /// whose namespace has gone).
+    OtherPidNamespace {
+        /// The heap's namespace (the inode number of its `/proc/<pid>/ns/pid`).
+        heap: u64,
+        /// This process's.
+        here: u64,
+    },
     /// The header's geometry is impossible (the header is damaged).
     BadGeometry {
         /// The recorded largest order.
@@ -253,6 +263,13 @@ impl fmt::Display for BlobError {
                     "the blob holds a heap of version {found}; this crate reads version {expected}"
                 )
             }
+            BlobError::OtherPidNamespace { heap, here } => write!(
+                f,
+                "the heap belongs to processes of PID namespace pid:[{heap}], and this one is in \
+                 pid:[{here}]: the heap's lock names its holder by thread id, which means \
+                 nothing in another namespace (run the processes sharing the heap in one PID \
+                 namespace; for a heap whose namespace has gone, claim it)"
+            ),
             BlobError::BadGeometry {
                 max_order,
                 min_order,

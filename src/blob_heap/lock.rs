@@ -20,7 +20,8 @@
 //! crate's `SpinLock`; it waits as that lock does (`spin::Backoff`).
 //!
 //! The liveness test asks the kernel whether the thread id exists in this process's PID
-//! namespace: handles of one heap must live in processes of one PID namespace.
+//! namespace: handles of one heap must live in processes of one PID namespace (which
+//! `attach` checks against the namespace the heap records).
 //! A holder that died after its thread id went to a new thread (Linux reuses ids only
 //! after it has gone through the others) is taken for alive, and waited for up to the
 //! patience.

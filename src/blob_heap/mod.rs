@@ -72,8 +72,9 @@ use lock::{BlobLock, Holder, Taken};
 
 /// The first word of a blob that holds a heap.
 const MAGIC: u64 = u64::from_le_bytes(*b"stratBLB");
-/// The format version this crate writes and reads (2: stamps and the heap's id).
-pub const BLOB_VERSION: u32 = 2;
+/// The format version this crate writes and reads (2: stamps and the heap's id; 3: the
+/// PID namespace).
+pub const BLOB_VERSION: u32 = 3;
 /// The smallest order a block may have: 32 bytes hold a free block's three link words.
 pub const LOWEST_ORDER: u32 = 5;
 /// The largest order a heap may have (16 TiB; 1 GiB on 32-bit targets).
@@ -248,6 +249,9 @@ struct Header {
     /// A random number drawn by `init`: tells apart two heaps, whatever their addresses
     /// in this process (read without the lock; written once).
     id: AtomicU64,
+    /// The PID namespace of the processes using the heap ([`pid_namespace`]; 0 where it
+    /// cannot be read): set by `init` and `claim_pid_namespace`, checked by `attach`.
+    pid_namespace: AtomicU64,
 }
 
 // ---- the handle: making, attaching, detaching --------------------------------------------
@@ -389,9 +393,13 @@ impl<'a> BlobHeap<'a> {
     /// been changed since only by heap handles: not copied from elsewhere, and not written
     /// by other code. And every handle of the heap must be in a process of this process's
     /// PID namespace (not, say, in another container sharing the file): the lock names its
-    /// holder by thread id, and a thread id of another namespace is taken for a thread that
-    /// no longer exists, whose lock is taken over. Memory that fails the checks is reported
-    /// as an error, whatever it holds.
+    /// holder by thread id, and a thread id of another namespace would be taken for a thread
+    /// that no longer exists, whose lock is taken over. The heap records the namespace of
+    /// the process that made it, and `attach` from another is
+    /// [`BlobError::OtherPidNamespace`] (see [`claim_pid_namespace`](Self::claim_pid_namespace));
+    /// where a process cannot read its namespace (no `/proc`), that check is skipped and the
+    /// rule is the caller's alone. Memory that fails the checks is reported as an error,
+    /// whatever it holds.
     ///
     /// Safe code cannot attach to bytes it wrote:
     ///
@@ -437,6 +445,7 @@ impl<'a> BlobHeap<'a> {
             .store(geometry.alignment as u64, Ordering::Relaxed);
         h.handles.store(1, Ordering::Relaxed);
         h.id.store(fresh_id(), Ordering::Relaxed);
+        h.pid_namespace.store(pid_namespace(), Ordering::Relaxed);
         for head in &h.heads {
             head.store(NIL, Ordering::Relaxed);
         }
@@ -452,31 +461,8 @@ impl<'a> BlobHeap<'a> {
     /// As [`init_raw`](Self::init_raw), except that other handles may be using the heap,
     /// and as [`attach`](Self::attach) for the heap the memory holds.
     pub unsafe fn attach_raw(base: NonNull<u8>, len: usize) -> Result<Self, BlobError> {
-        if len < size_of::<Header>() {
-            return Err(BlobError::BlobTooSmall {
-                needed: size_of::<Header>(),
-                given: len,
-            });
-        }
-        if !base.as_ptr().addr().is_multiple_of(64) {
-            return Err(BlobError::BlobMisaligned {
-                address: base.as_ptr().addr(),
-            });
-        }
-        // SAFETY: the blob holds at least a header's bytes, aligned, readable by the
-        // caller's promise; any bytes are a valid value for atomics.
-        let h = unsafe { &*base.as_ptr().cast::<Header>() };
-        let found = h.magic.load(Ordering::Acquire);
-        if found != MAGIC {
-            return Err(BlobError::NotAHeap { found });
-        }
-        let version = h.version.load(Ordering::Relaxed);
-        if version != BLOB_VERSION {
-            return Err(BlobError::VersionMismatch {
-                found: version,
-                expected: BLOB_VERSION,
-            });
-        }
+        // SAFETY: the caller's promise.
+        let h = unsafe { header_at(base, len) }?;
         let (max_order, min_order) = (
             h.max_order.load(Ordering::Relaxed),
             h.min_order.load(Ordering::Relaxed),
@@ -493,6 +479,13 @@ impl<'a> BlobHeap<'a> {
             usize::try_from(alignment).map_err(|_| bad)?,
         )
         .map_err(|_| bad)?;
+        let (made_in, here) = (h.pid_namespace.load(Ordering::Relaxed), pid_namespace());
+        if made_in != here && made_in != 0 && here != 0 {
+            return Err(BlobError::OtherPidNamespace {
+                heap: made_in,
+                here,
+            });
+        }
         let heap = Self::over(base, len, geometry)?;
         h.handles.fetch_add(1, Ordering::Relaxed);
         if matches!(h.lock.holder(), Holder::Gone { .. }) {
@@ -502,6 +495,25 @@ impl<'a> BlobHeap<'a> {
             drop(heap.lock());
         }
         Ok(heap)
+    }
+
+    /// Records this process's PID namespace as the one of the heap that `base..base + len`
+    /// holds, so that [`attach`](Self::attach) accepts this process and refuses processes
+    /// of the namespace recorded before (with [`BlobError::OtherPidNamespace`]). For a heap
+    /// that outlived every process of its namespace, as a file does when its container
+    /// starts again with a new one.
+    ///
+    /// # Safety
+    ///
+    /// As [`attach_raw`](Self::attach_raw), and no process of another PID namespace uses the
+    /// heap, now or later: its handles have ended (or their processes have). A process of
+    /// the old namespace that still held the heap's lock would have it taken over as if it
+    /// had died, with two processes changing the heap at once.
+    pub unsafe fn claim_pid_namespace(base: NonNull<u8>, len: usize) -> Result<(), BlobError> {
+        // SAFETY: the caller's promise.
+        let h = unsafe { header_at(base, len) }?;
+        h.pid_namespace.store(pid_namespace(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// The handles attached to the heap that `base..base + len` holds (this version's, as
@@ -1425,6 +1437,53 @@ fn pins_of(stamp: u64) -> u32 {
 /// by each use, hashing the process id, the monotonic clock and a count of ids drawn in
 /// this process, so that a forked child, which inherits the keys and the count, still
 /// draws another id than its parent's.
+/// The header of the heap of this version that `base..base + len` holds: checked to fit
+/// in it, aligned, with the magic and version words; the rest is the caller's to check.
+///
+/// # Safety
+///
+/// `base..base + len` is valid for reads and writes for `'a`.
+unsafe fn header_at<'a>(base: NonNull<u8>, len: usize) -> Result<&'a Header, BlobError> {
+    if len < size_of::<Header>() {
+        return Err(BlobError::BlobTooSmall {
+            needed: size_of::<Header>(),
+            given: len,
+        });
+    }
+    if !base.as_ptr().addr().is_multiple_of(64) {
+        return Err(BlobError::BlobMisaligned {
+            address: base.as_ptr().addr(),
+        });
+    }
+    // SAFETY: the blob holds at least a header's bytes, aligned, valid by the caller's
+    // promise; any bytes are a valid value for atomics.
+    let h = unsafe { &*base.as_ptr().cast::<Header>() };
+    let found = h.magic.load(Ordering::Acquire);
+    if found != MAGIC {
+        return Err(BlobError::NotAHeap { found });
+    }
+    let version = h.version.load(Ordering::Relaxed);
+    if version != BLOB_VERSION {
+        return Err(BlobError::VersionMismatch {
+            found: version,
+            expected: BLOB_VERSION,
+        });
+    }
+    Ok(h)
+}
+
+/// This process's PID namespace: the inode number of `/proc/self/ns/pid` (Linux), 0 where
+/// it cannot be read (other systems, no `/proc`, Miri).
+pub fn pid_namespace() -> u64 {
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+    }
+    #[cfg(not(all(target_os = "linux", not(miri))))]
+    0
+}
+
 fn fresh_id() -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     static DRAWN: AtomicU64 = AtomicU64::new(0);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use stratalloc::blob_heap::{
     BLOB_VERSION, BlobBlock, BlobError, BlobGeometry, BlobHeap, MOST_PINS, RecoveryReason,
+    pid_namespace,
 };
 
 /// 64-byte-aligned memory for a blob, filled with garbage.
@@ -933,6 +934,9 @@ fn child() {
         parts.next().unwrap().parse::<u64>().unwrap(),
     );
     let mut blob = FileBlob::open(path);
+    if kind == "namespace" {
+        return claim_in_another_namespace(&mut blob, mailbox);
+    }
     // SAFETY: the parent made the heap in this file with `init`; both processes touch it
     // only through heap handles and their blocks.
     let heap = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap();
@@ -965,9 +969,91 @@ fn child() {
     }
 }
 
+/// The child of the PID namespace test, in a namespace of its own: refused, then claims the
+/// heap, attaches, and finds the parent's block at `kept` intact.
+fn claim_in_another_namespace(blob: &mut FileBlob, kept: u64) {
+    let here = pid_namespace();
+    // SAFETY: the parent made the heap in this file with `init` and dropped its handle;
+    // this process touches it only through heap handles and their blocks.
+    let refused = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap_err();
+    assert!(
+        matches!(refused, BlobError::OtherPidNamespace { heap, here: h } if h == here && heap != here),
+        "{refused:?}"
+    );
+    let (base, len) = (
+        std::ptr::NonNull::new(blob.map.as_mut_ptr()).unwrap(),
+        blob.map.len(),
+    );
+    // SAFETY: as above; the parent's process, of the heap's namespace, uses it no more
+    // until this one has ended.
+    unsafe { BlobHeap::claim_pid_namespace(base, len) }.unwrap();
+    // SAFETY: as above.
+    let heap = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap();
+    assert!(holds(&heap.block(kept).unwrap(), 5), "the parent's block");
+    println!("attached in pid:[{here}] after the claim");
+}
+
 fn wait_success(mut child: std::process::Child) {
     let status = child.wait().unwrap();
     assert!(status.success(), "child failed: {status:?}");
+}
+
+/// A heap belongs to the PID namespace of the process that made it: a process of another
+/// (the test binary again, under `unshare`) is refused with an error naming both, until it
+/// claims the heap; then the first namespace is refused, until it claims the heap back.
+#[test]
+#[cfg(target_os = "linux")]
+#[cfg_attr(miri, ignore = "Miri cannot start processes or map files")]
+fn a_process_of_another_pid_namespace_must_claim_the_heap() {
+    let g = geometry(16, 6);
+    let mut blob = FileBlob::create("namespace", g);
+    let heap = BlobHeap::init(&mut blob.map, g).unwrap();
+    let kept = heap.alloc(100).unwrap();
+    fill(&kept, 5);
+    drop(heap);
+    // A user namespace too, so that no privilege is needed for the PID namespace.
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--pid", "--fork"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "blob_heap::child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            crate::CHILD_VAR,
+            scenario("namespace", &blob.path, kept.offset),
+        )
+        .output()
+        .expect("running the test binary under unshare (util-linux)");
+    crate::assert_child_passed(&output, "after the claim");
+    // SAFETY: the heap `init` made in this file; the child has ended.
+    let refused = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap_err();
+    let BlobError::OtherPidNamespace { heap, here } = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(here, pid_namespace());
+    assert!(
+        refused.to_string().contains(&format!(
+            "belongs to processes of PID namespace pid:[{heap}], and this one is in \
+             pid:[{here}]"
+        )),
+        "{refused}"
+    );
+    let (base, len) = (
+        std::ptr::NonNull::new(blob.map.as_mut_ptr()).unwrap(),
+        blob.map.len(),
+    );
+    // SAFETY: as above: the child's namespace has no process left.
+    unsafe { BlobHeap::claim_pid_namespace(base, len) }.unwrap();
+    // SAFETY: as above.
+    let heap = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap();
+    assert!(holds(&heap.block(kept.offset).unwrap(), 5));
+    heap.free(kept.offset).unwrap();
+    assert_whole(&heap);
+    drop(heap);
+    std::fs::remove_file(&blob.path).unwrap();
 }
 
 #[test]
