@@ -148,7 +148,8 @@ impl ThreadHeap {
         let mut block = self.remote.0.swap(ptr::null_mut(), Ordering::SeqCst);
         // SAFETY: the heap is ours (the caller's duty); each block on the stack is a live
         // block of one of its slabs, given up by the thread that pushed it (its link is the
-        // only thing in it), written before the push that the swap's Acquire pairs with.
+        // only thing in it), written before the push that the swap (SeqCst, so Acquire)
+        // pairs with.
         unsafe {
             while let Some(b) = NonNull::new(block) {
                 block = (*block).next;
@@ -379,8 +380,9 @@ impl Registry {
         let mut heap = *pool;
         // SAFETY: pooled heaps are live; their links are read under the pool lock. Blocks on
         // a remote stack stay there, unchanged, until a drain, which takes the pool lock
-        // for a pooled heap; they were written before the Release push that the Acquire
-        // load pairs with (a push meanwhile only adds a block above the head read).
+        // for a pooled heap; they were written before the push (SeqCst, so Release) that
+        // the Acquire load pairs with (a push meanwhile only adds a block above the head
+        // read).
         unsafe {
             while let Some(h) = heap.as_ref() {
                 let mut block = h.remote.0.load(Ordering::Acquire);
