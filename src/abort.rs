@@ -98,8 +98,9 @@ pub(crate) mod call {
     pub(crate) const RESIZE: u8 = 8;
     pub(crate) const REWIND: u8 = 9;
     pub(crate) const RELEASE_HOOK: u8 = 10;
+    pub(crate) const DROP: u8 = 11;
     /// Their names, by number.
-    pub(super) const NAMES: [&str; 11] = [
+    pub(super) const NAMES: [&str; 12] = [
         "get",
         "put",
         "grow",
@@ -111,6 +112,7 @@ pub(crate) mod call {
         "grow, shrink or move",
         "rewind",
         "release hook",
+        "drop",
     ];
 }
 

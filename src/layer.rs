@@ -160,7 +160,10 @@ use crate::abort::debug_require;
 ///   (as the crate's layers do on a double put). [`deinit`](Layer::deinit) does not unwind
 ///   either, except to report leaks after it has released everything, as
 ///   [`Check`](crate::layers::Check) does; allocators never call it from inside an
-///   allocation or a free of a live stack. Callers that are allocators (the region router,
+///   allocation or a free of a live stack. Nor does the layer's `Drop`: the region router
+///   deinitialises and drops the stack of a region that ended with blocks live once the
+///   last of them is freed, which may be from inside an allocation (nothing is left to
+///   report by then). Callers that are allocators (the region router,
 ///   [`Locked`](crate::Locked)'s `GlobalAlloc`) still guard every call they make into a
 ///   stack, so that a layer that breaks this duty aborts the process with one line naming
 ///   it instead of unwinding; other callers may rely on the duty.

@@ -257,7 +257,9 @@ struct Record<L> {
     layer: L,
 }
 
-/// Drops the stack of a record and frees the record.
+/// Drops the stack of a record and frees the record. The drop runs the layer's own code,
+/// perhaps inside the allocator (a zombie disposed of by an allocation), so a panic there
+/// aborts (as for every call into a layer from inside the allocator).
 ///
 /// # Safety
 ///
@@ -268,7 +270,7 @@ unsafe fn free_record<L>(owner: *mut Owner) {
     // deinitialises again, which does nothing. The record came from the system allocator
     // with this layout.
     unsafe {
-        ptr::drop_in_place(&raw mut (*record).layer);
+        no_unwind::<L, { call::DROP }, _>(|| ptr::drop_in_place(&raw mut (*record).layer));
         std::alloc::System.dealloc(record.cast(), Layout::new::<Record<L>>());
     }
 }

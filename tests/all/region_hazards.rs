@@ -26,6 +26,7 @@ fn child() {
         "pipes_both_ways" => pipes_both_ways(),
         "pipe_zombies_freed_from_two_threads" => pipe_zombies_freed_from_two_threads(),
         "panicking_layer" => panicking_layer(),
+        "panicking_drop_of_a_zombie" => panicking_drop_of_a_zombie(),
         "panic_inside_check_leaks" => panic_inside_check_leaks(),
         other => panic!("unknown scenario {other}"),
     }
@@ -201,6 +202,55 @@ fn panicking_layer() {
     println!("the panic unwound out of the allocator: {caught:?}");
 }
 
+/// A layer whose drop panics (an assertion in a user's layer, say).
+struct PanickyDrop(Mmap);
+
+// SAFETY: every block comes unchanged from `Mmap`; puts go back to it.
+unsafe impl Layer for PanickyDrop {
+    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.0.get(layout)
+    }
+    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's duties are `Mmap::put`'s.
+        unsafe { self.0.put(ptr, layout) }
+    }
+    fn init() -> Self {
+        PanickyDrop(Mmap::new())
+    }
+    fn deinit(&mut self) {
+        self.0.deinit()
+    }
+}
+
+// SAFETY: forwarded to `Mmap`, which claims the pages of every block.
+unsafe impl Attributed for PanickyDrop {
+    fn attribute(&mut self, owner: Attribution) {
+        self.0.attribute(owner)
+    }
+}
+
+impl Drop for PanickyDrop {
+    fn drop(&mut self) {
+        panic!("PanickyDrop panics when dropped");
+    }
+}
+
+/// A region of `PanickyDrop` ends with a block live (a zombie); the block is freed inside
+/// another region, whose next allocation disposes of the zombie, inside the allocator.
+fn panicking_drop_of_a_zombie() {
+    let other = Region::arena();
+    let zombie = Region::new(PanickyDrop(Mmap::new()));
+    let escaped = region::enter(&zombie, || Box::new([7u8; 64]));
+    drop(zombie);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        region::enter(&other, || {
+            drop(escaped);
+            vec![1u8; 100].len()
+        })
+    }));
+    println!("the panic unwound out of the allocator: {caught:?}");
+}
+
 fn panic_inside_check_leaks() {
     let checked = check_leaks(|| {
         let caught = std::panic::catch_unwind(|| panic!("a panic caught inside the scope"));
@@ -256,6 +306,35 @@ fn a_panicking_layer_aborts_with_one_line_instead_of_unwinding() {
     crate::assert_aborted_with(
         &output,
         "region_hazards::Panicky<stratalloc::layers::sources::mmap::Mmap>::get` panicked inside the allocator",
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_layer_whose_drop_panics_aborts_when_its_zombie_goes_inside_the_allocator() {
+    let output = crate::run_child_within(
+        "region_hazards::child",
+        "panicking_drop_of_a_zombie",
+        Duration::from_secs(60),
+    )
+    .expect("the child finished");
+    // The region's end with a block live was reported first, on a line of its own.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stratalloc:"))
+        .collect();
+    assert!(
+        lines[0].contains("a region ended with 1 blocks still live"),
+        "{stderr}"
+    );
+    let rest = std::process::Output {
+        stderr: stderr.replacen(lines[0], "", 1).into_bytes(),
+        ..output
+    };
+    crate::assert_aborted_with(
+        &rest,
+        "region_hazards::PanickyDrop::drop` panicked inside the allocator",
     );
 }
 
