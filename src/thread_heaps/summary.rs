@@ -80,12 +80,22 @@ impl Counters {
     pub(super) fn count_put(&self, class: Option<usize>, size: usize) {
         let c = self;
         c.frees.fetch_add(1, Ordering::Relaxed);
+        // A block handed out before counting began, freed now, would take a count below
+        // zero: the counts stop at zero instead (so that no later figure, the peak above
+        // all, starts from a wrapped one).
         if let Some(class) = class {
-            c.live[class].fetch_sub(1, Ordering::Relaxed);
+            subtract_down_to_zero(&c.live[class], 1);
         }
-        c.live_blocks.fetch_sub(1, Ordering::Relaxed);
-        c.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        subtract_down_to_zero(&c.live_blocks, 1);
+        subtract_down_to_zero(&c.live_bytes, size);
     }
+}
+
+/// Takes `n` off `count`, stopping at zero.
+fn subtract_down_to_zero(count: &AtomicUsize, n: usize) {
+    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+        Some(now.saturating_sub(n))
+    });
 }
 
 impl<Large: Measured + Send> ThreadHeaps<Large> {
@@ -112,13 +122,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             other_bytes: 0,
         };
         for (class, live) in c.live.iter().enumerate() {
-            // Frees of blocks handed out before counting began can take a count below
-            // zero (it wraps): such a class counts as empty.
-            let live = live.load(Ordering::Relaxed);
-            summary.add(
-                HeapSlab::class_size(class),
-                if live > isize::MAX as usize { 0 } else { live },
-            );
+            summary.add(HeapSlab::class_size(class), live.load(Ordering::Relaxed));
         }
         self.with_large(|large| large.for_each_live(|size| summary.add(size, 1)));
         summary

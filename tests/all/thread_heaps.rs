@@ -570,6 +570,30 @@ fn a_thread_finds_an_exited_thread_s_heap_in_the_cache_initialised() {
     }
 }
 
+/// Blocks handed out before counting began and freed after it take no count below zero:
+/// the summary counts from zero, and its peak is the one reached since.
+#[test]
+fn frees_of_blocks_older_than_the_counting_leave_the_summary_sane() {
+    static HEAP: General = general();
+    let old = [HEAP.malloc(100_000), HEAP.malloc(40)];
+    HEAP.set_counting(true);
+    for p in old {
+        // SAFETY: live, freed once.
+        unsafe { HEAP.free(p) };
+    }
+    let p = HEAP.malloc(64);
+    let summary = HEAP.summary();
+    assert_eq!(
+        (summary.peak_blocks, summary.live_blocks()),
+        (1, 1),
+        "{summary}"
+    );
+    assert!(summary.peak_bytes <= 100, "{summary}");
+    // SAFETY: live, freed once.
+    unsafe { HEAP.free(p) };
+    assert_eq!(HEAP.summary().live_blocks(), 0);
+}
+
 #[test]
 fn the_summary_counts_live_blocks_by_size() {
     static HEAP: General = general();
