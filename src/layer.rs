@@ -866,7 +866,7 @@ mod tests {
         fills!(
             FreeList<Buffer<'_>, 64> => (64, 8),
             SizeClasses<Buffer<'_>, 8192> => (48, 8),
-            Slab<Buffer<'_>> => (48, 8),
+            Slab<Buffer<'_>> => (48, 16),
             Coalesce<Buffer<'_>, 65536> => (48, 16),
             Buddy<Buffer<'_>, 4, 16> => (64, 16),
             Bitset<Buffer<'_>, 64, 65536> => (64, 8),

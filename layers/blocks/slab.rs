@@ -62,9 +62,13 @@ type SlabClasses = ClassMap<BLOCK_ALIGN, 128, 8, MAX_LIMIT>;
 /// The number of size classes (72).
 const CLASSES: usize = SlabClasses::COUNT;
 
-// Every class size is a multiple of the block alignment, and a class fits a `u8`.
-const _: () =
-    assert!(SlabClasses::GRAIN.is_multiple_of(BLOCK_ALIGN) && CLASSES <= u8::MAX as usize);
+// Every class size is a multiple of the block alignment, and a class fits a `u8`; the
+// smallest block holds a free block's link and key.
+const _: () = assert!(
+    SlabClasses::GRAIN.is_multiple_of(BLOCK_ALIGN)
+        && CLASSES <= u8::MAX as usize
+        && size_of::<FreeBlock>() <= SlabClasses::class_size(0)
+);
 
 /// Spare empty slabs kept for reuse before further ones go back to `L`: 256 KiB worth, so
 /// that a program that frees and rebuilds its heap in rounds does not hand its slabs back
@@ -79,12 +83,25 @@ const CARVE_BYTES: usize = 4096;
 /// The check word a header keeps: its own address mixed with a constant, so a pointer that
 /// does not lead to a slab header is caught before its header is trusted.
 const HEADER_CHECK: usize = 0x5AB5_1AB5_C0DE_F00D_u64 as usize;
+/// What a free block's key is its address XORed with (see [`FreeBlock`]).
+const FREE_KEY: usize = 0xF9EE_B10C_4E7A_11D5_u64 as usize;
 
 // ---- free blocks and slab headers --------------------------------------------------------
 
 /// A free block: the link to the next free block of the same slab, written into the block.
 struct FreeBlock {
     next: *mut FreeBlock,
+    /// [`free_key`] of the block while it is free, 0 once it is handed out: a put that
+    /// finds the key looks for the block on its slab's free list, to catch a double put
+    /// that is not of the list's head.
+    key: usize,
+}
+
+/// The key a free block holds: its address, scrambled, so that a live block's bytes match
+/// it only by a rare chance (which costs a walk of the free list, nothing else).
+#[inline(always)]
+fn free_key(block: *mut FreeBlock) -> usize {
+    block.addr() ^ FREE_KEY
 }
 
 /// Which list a slab is on.
@@ -109,6 +126,9 @@ struct SlabHeader {
     carved: u32,
     /// Block size in bytes.
     size: u32,
+    /// The multiplicative inverse, modulo 2^32, of the block size's odd factor: how a put
+    /// finds the index of the block an offset starts without a division (see `put_in`).
+    inverse: u32,
     /// The size class.
     class: u8,
     state: State,
@@ -368,7 +388,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             let mut next = ptr::null_mut::<FreeBlock>();
             for i in (first..last).rev() {
                 let block = base.add(i as usize * size).cast::<FreeBlock>();
-                block.write(FreeBlock { next });
+                block.write(FreeBlock {
+                    next,
+                    key: free_key(block),
+                });
                 next = block;
             }
             (*slab).free = next;
@@ -403,6 +426,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                 capacity: ((SLAB - HEADER) / size) as u32,
                 carved: 0,
                 size: size as u32,
+                inverse: odd_inverse(size as u32 >> size.trailing_zeros()),
                 class: class as u8,
                 state: State::Partial,
                 next: ptr::null_mut(),
@@ -496,18 +520,25 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // SAFETY: the caller's duty.
         unsafe {
             let block = ptr.as_ptr().cast::<FreeBlock>();
-            if block == (*slab).free || (*slab).used == 0 {
-                bad_pointer(ptr, "put twice (it is already free)");
+            // The start of a carved block. For an offset (past the header) that is a
+            // multiple of the size, the offset times the inverse of the size's odd factor,
+            // rotated right by the size's power of two, is the block's index; for any
+            // other offset it is more than `u32::MAX / size`, so more than any index (the
+            // test compilers use for `x % size == 0`, which also gives the quotient). An
+            // address inside the header wraps to an offset just below 2^32, whose index
+            // is far past the slab's.
+            let offset = ptr.as_ptr().addr().wrapping_sub(slab.addr() + HEADER) as u32;
+            let size = (*slab).size;
+            let index = offset
+                .wrapping_mul((*slab).inverse)
+                .rotate_right(size.trailing_zeros());
+            if index >= (*slab).carved {
+                bad_pointer(ptr, "it is not the start of a block of its slab");
             }
-            if cfg!(debug_assertions) {
-                let offset = ptr.as_ptr().addr() - slab.addr();
-                let size = (*slab).size as usize;
-                if offset < HEADER
-                    || !(offset - HEADER).is_multiple_of(size)
-                    || (offset - HEADER) / size >= (*slab).carved as usize
-                {
-                    bad_pointer(ptr, "it is not the start of a block of its slab");
-                }
+            // A free block holds its key (the head of the free list among them).
+            if (*slab).used == 0 || ((*block).key == free_key(block) && Self::is_free(slab, block))
+            {
+                bad_pointer(ptr, "put twice (it is already free)");
             }
             fill::<Self>(
                 block.cast(),
@@ -515,7 +546,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                 (*slab).size as usize,
                 FREED,
             );
-            block.write(FreeBlock { next: (*slab).free });
+            block.write(FreeBlock {
+                next: (*slab).free,
+                key: free_key(block),
+            });
             (*slab).free = block;
             (*slab).used -= 1;
             if (*slab).state == State::Full {
@@ -526,6 +560,30 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             if (*slab).used == 0 && self.partial[(*slab).class as usize] != slab {
                 self.retire(slab);
             }
+        }
+    }
+
+    /// Whether `block` is on `slab`'s free list (a walk of at most `carved` links).
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours.
+    #[cold]
+    #[inline(never)]
+    unsafe fn is_free(slab: *mut SlabHeader, block: *mut FreeBlock) -> bool {
+        // SAFETY: the caller's duty; a free block of a live slab holds its link.
+        unsafe {
+            let mut free = (*slab).free;
+            for _ in 0..(*slab).carved {
+                if free.is_null() {
+                    return false;
+                }
+                if free == block {
+                    return true;
+                }
+                free = (*free).next;
+            }
+            false
         }
     }
 
@@ -708,9 +766,30 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // of bytes, which become the caller's.
         unsafe {
             (*slab).free = (*block).next;
+            (*block).key = 0;
             (*slab).used += 1;
             fill::<Self>(block.cast(), 0, (*slab).size as usize, FRESH);
             NonNull::new_unchecked(block.cast())
+        }
+    }
+
+    /// Aborts, naming `ptr`, if the block holds a free block's key: it is (short of a
+    /// chance of one in 2^64 for a live block's bytes) on its slab's free list, and is being
+    /// put again by another thread, which cannot look at that list (the owner's alone).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a block of one of this layer's slabs (live or free), readable.
+    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) unsafe fn abort_if_free(ptr: NonNull<u8>) {
+        let block = ptr.as_ptr().cast::<FreeBlock>();
+        // SAFETY: the caller's duty: every block holds at least a free block's two words.
+        if unsafe { (*block).key } == free_key(block) {
+            bad_pointer(
+                ptr,
+                "put twice (it is already free), the second time by another thread",
+            );
         }
     }
 
@@ -751,6 +830,18 @@ pub(crate) struct SlabRef(*mut SlabHeader);
 // ---- aborts and the Layer impl -----------------------------------------------------------
 
 /// A put of something that cannot be one of this layer's blocks.
+/// The inverse of the odd number `odd` modulo 2^32 (Newton's iteration, each step doubling
+/// the bits that are right: `odd` is its own inverse to three bits).
+const fn odd_inverse(odd: u32) -> u32 {
+    let mut inverse = odd;
+    let mut step = 0;
+    while step < 4 {
+        inverse = inverse.wrapping_mul(2u32.wrapping_sub(odd.wrapping_mul(inverse)));
+        step += 1;
+    }
+    inverse
+}
+
 #[cold]
 #[inline(never)]
 fn bad_pointer(ptr: NonNull<u8>, why: &str) -> ! {
@@ -875,6 +966,10 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
                             || (offset - HEADER) / header.size as usize >= header.carved as usize
                         {
                             fail("a free block outside its slab's carved blocks");
+                        }
+                        // SAFETY: a free block of a live slab holds its link and key.
+                        if unsafe { (*block).key } != free_key(block) {
+                            fail("a free block without its key");
                         }
                         // SAFETY: a free block of a live slab holds its link.
                         block = unsafe { (*block).next };
@@ -1033,6 +1128,35 @@ mod tests {
         heap.check_invariants();
         let keep = Slab::<Buddy<Buffer<'_>, 14, 22>, 16384>::EMPTY_KEEP;
         assert!(heap.slabs() <= 1 + keep, "{} slabs left", heap.slabs());
+    }
+
+    /// The index `put_in` finds for an offset is the block's for the start of each block
+    /// and past every block's for any other offset (inside the header too), for every class
+    /// of the largest slabs.
+    #[test]
+    #[cfg_attr(miri, ignore = "arithmetic on 18 million offsets; nothing for Miri")]
+    fn block_indices_come_without_a_division() {
+        const SLAB: usize = 1 << 18;
+        for class in 0..CLASSES {
+            let size = Slab::<Buffer<'static>, SLAB>::class_size(class) as u32;
+            let inverse = odd_inverse(size >> size.trailing_zeros());
+            let most = (SLAB - HEADER) as u32 / size;
+            let index = |offset: u32| {
+                offset
+                    .wrapping_mul(inverse)
+                    .rotate_right(size.trailing_zeros())
+            };
+            for offset in 0..(SLAB - HEADER) as u32 {
+                if offset % size == 0 {
+                    assert_eq!(index(offset), offset / size, "size {size}");
+                } else {
+                    assert!(index(offset) >= most, "size {size}, offset {offset}");
+                }
+            }
+            for below in 1..=HEADER as u32 {
+                assert!(index(below.wrapping_neg()) >= most, "size {size}");
+            }
+        }
     }
 
     /// The classes are the documented ones, and every size up to the limit takes the

@@ -186,6 +186,11 @@ const fn cache_slot(tp: usize) -> usize {
 ///   [`Buffer`](crate::layers::Buffer) over a block of another `ThreadHeaps`) is given
 ///   back and the request refused, as when out of memory, since its address would name a
 ///   slab block when freed.
+/// - **Misuse**: a free of an address that is not the start of a block, and a second free
+///   of a block still free in its slab, abort with one line naming the address (a free
+///   block holds a key that sends a free to look for it on its slab's free list). A
+///   second free from another thread after the block was handed out again cannot be told
+///   from a free of the new allocation, and is not caught (nor is it by glibc).
 ///
 /// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
 /// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first

@@ -182,6 +182,9 @@ impl ThreadHeap {
     ///
     /// `ptr` is a live block of one of this heap's slabs, given up by the caller.
     pub(super) unsafe fn push_remote(&self, ptr: NonNull<u8>) {
+        // SAFETY: the caller's duty: a block of one of the heap's slabs (`Slab`s of any
+        // size share the free blocks' layout).
+        unsafe { HeapSlab::abort_if_free(ptr) };
         if self.thread.load(Ordering::Relaxed) == 0 {
             // SAFETY: a heap's registry lives for the process.
             let pool = unsafe { &(*self.registry).pool };
