@@ -104,6 +104,57 @@ fn free_key(block: *mut FreeBlock) -> usize {
     block.addr() ^ FREE_KEY
 }
 
+/// Whether the block at `block` holds its free key: it is free (or, by a rare chance, a
+/// live block whose bytes match). A live block's key word holds whatever its owner left
+/// there, perhaps uninitialised bytes, which an ordinary read may not see as a number: on
+/// x86-64 and AArch64 an assembly load reads them as they are. Elsewhere the read is an
+/// ordinary one, and under Miri (which runs no assembly and would report a program that
+/// frees a block with uninitialised bytes there) no block is taken for free by its key.
+///
+/// # Safety
+///
+/// `block` is a block of a slab: at least a free block's two words, readable.
+#[inline(always)]
+unsafe fn holds_free_key(block: *mut FreeBlock) -> bool {
+    // SAFETY: the caller's duty: the block holds a free block's words (no reference is
+    // made, and nothing read).
+    let word = unsafe { &raw const (*block).key };
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    let key: usize = {
+        let key;
+        // SAFETY: the caller's duty: the word is readable; the load changes nothing.
+        unsafe {
+            core::arch::asm!(
+                "mov {key}, qword ptr [{word}]",
+                word = in(reg) word,
+                key = lateout(reg) key,
+                options(nostack, readonly, preserves_flags, pure)
+            )
+        };
+        key
+    };
+    #[cfg(all(target_arch = "aarch64", not(miri)))]
+    let key: usize = {
+        let key;
+        // SAFETY: as above.
+        unsafe {
+            core::arch::asm!(
+                "ldr {key}, [{word}]",
+                word = in(reg) word,
+                key = lateout(reg) key,
+                options(nostack, readonly, preserves_flags, pure)
+            )
+        };
+        key
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", miri)))]
+    // SAFETY: as above.
+    let key = unsafe { word.read() };
+    #[cfg(miri)]
+    let key = !free_key(block);
+    key == free_key(block)
+}
+
 /// Which list a slab is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -536,8 +587,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
                 bad_pointer(ptr, "it is not the start of a block of its slab");
             }
             // A free block holds its key (the head of the free list among them).
-            if (*slab).used == 0 || ((*block).key == free_key(block) && Self::is_free(slab, block))
-            {
+            if (*slab).used == 0 || (holds_free_key(block) && Self::is_free(slab, block)) {
                 bad_pointer(ptr, "put twice (it is already free)");
             }
             fill::<Self>(
@@ -783,9 +833,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn abort_if_free(ptr: NonNull<u8>) {
-        let block = ptr.as_ptr().cast::<FreeBlock>();
         // SAFETY: the caller's duty: every block holds at least a free block's two words.
-        if unsafe { (*block).key } == free_key(block) {
+        if unsafe { holds_free_key(ptr.as_ptr().cast()) } {
             bad_pointer(
                 ptr,
                 "put twice (it is already free), the second time by another thread",
