@@ -121,11 +121,17 @@ fn fit_in_word(lo: u64, hi: u64, n: usize, starts: u64, stride: usize) -> Option
 /// a cached run holds a link.) `CACHE = 0` frees every run at its put.
 ///
 /// `BLOCK` and `ARENA` must be powers of two with `BLOCK <= ARENA <= 2^(usize::BITS - 2)`
-/// (checked at compile time). A misconfigured `Bitset` does not build:
+/// and `ARENA >= 8` (checked at compile time). A misconfigured `Bitset` does not build:
 ///
 /// ```compile_fail
 /// use stratalloc::layers::{Bitset, Buffer};
 /// let _ = Bitset::<Buffer<'static>, 48>::new(Buffer::new(&mut []));
+/// ```
+///
+/// ```compile_fail
+/// use stratalloc::layers::{Bitset, Buffer};
+/// // Arenas of 4 bytes would leave the bitmap after them unaligned.
+/// let _ = Bitset::<Buffer<'static>, 1, 4>::new(Buffer::new(&mut []));
 /// ```
 ///
 /// ```
@@ -187,6 +193,10 @@ impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32>
             assert!(
                 BLOCK <= ARENA,
                 "Bitset: BLOCK must not be larger than ARENA"
+            );
+            assert!(
+                ARENA >= 8,
+                "Bitset: ARENA must be at least 8 (its bitmap words follow the arena)"
             );
             assert!(
                 ARENA <= 1 << (usize::BITS - 2),

@@ -19,7 +19,13 @@ pub const GUARD_BYTE: u8 = 0xCA;
 /// detects).
 ///
 /// The guard before the block is `N` rounded up to the block's alignment, so that the
-/// block keeps the alignment asked for. Blocks are never resized in place (a resize moves
+/// block keeps the alignment asked for. `N` is at most 4096 (the guards are written and
+/// compared as arrays on the stack; a larger `N` does not compile):
+///
+/// ```compile_fail
+/// use stratalloc::layers::{Guard, System};
+/// let _ = Guard::<_, 8192>::new(System::new());
+/// ``` Blocks are never resized in place (a resize moves
 /// the block, and the new one gets fresh guards). A zero-size block holds one byte, as
 /// every layer's does, and its back guard starts after that byte.
 ///
@@ -43,6 +49,12 @@ pub struct Guard<L, const N: usize = 16> {
 impl<L, const N: usize> Guard<L, N> {
     /// Wraps `inner`.
     pub const fn new(inner: L) -> Self {
+        const {
+            assert!(
+                N <= 4096,
+                "Guard: N must be at most 4096 (its guards are compared on the stack)"
+            )
+        };
         Guard { inner }
     }
 
