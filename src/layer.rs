@@ -143,7 +143,8 @@ use crate::abort::debug_require;
 ///   manages (a block it has currently allocated, or space it holds for later blocks),
 ///   never for memory of another layer or of the caller. When
 ///   [`OWNS_EXACT`](Layer::OWNS_EXACT) is `true`, it also returns `true` for every block
-///   the layer has currently allocated.
+///   the layer has currently allocated (its start); when
+///   [`OWNS_INTERIOR`](Layer::OWNS_INTERIOR) is, for every address inside one.
 /// - After [`deinit`](Layer::deinit) the layer holds no memory and is usable again, as if
 ///   fresh from [`init`](Layer::init); a second `deinit` does nothing. `Drop`, where a layer
 ///   implements it, calls `deinit`.
@@ -238,6 +239,13 @@ pub unsafe trait Layer {
     /// Layers that route puts by ownership ([`Fallback`](crate::layers::Fallback)) need it
     /// of the layer they ask. The default is `false`.
     const OWNS_EXACT: bool = false;
+
+    /// Whether [`owns`](Layer::owns) answers `true` for every address inside every block
+    /// this layer has currently allocated, not only for its start: so do layers that own by
+    /// address range (a map, a buffer, an arena). A layer that hands out blocks inside
+    /// the blocks it gets from `L` (behind a header, or carved from a run) and asks `L`
+    /// whose they are is exact only when this holds of `L`. The default is `false`.
+    const OWNS_INTERIOR: bool = false;
 
     /// Returns a block that fits `layout`, or `None` when the layer cannot provide one
     /// (out of memory, or a size that overflows once the layer rounds it).

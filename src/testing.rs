@@ -166,6 +166,16 @@ pub fn run_program<L: Layer>(
                     ptr,
                     align
                 );
+                // An exact layer owns its block; one that owns by range, every byte of it.
+                let last = NonNull::new(ptr.as_ptr().wrapping_add(held(layout) - 1)).unwrap();
+                prop_assert!(
+                    (!L::OWNS_EXACT || layer.owns(ptr))
+                        && (!L::OWNS_INTERIOR || (layer.owns(ptr) && layer.owns(last))),
+                    "the layer does not own its block {:p} ({:?}) as OWNS_EXACT and \
+                     OWNS_INTERIOR say",
+                    ptr,
+                    layout
+                );
                 next_byte = next_byte.wrapping_add(1).max(1);
                 let block = Live {
                     ptr,
@@ -417,6 +427,7 @@ impl OwnedBuffer {
 // SAFETY: forwards everything to the `Buffer`, whose memory lives as long as `self`.
 unsafe impl Layer for OwnedBuffer {
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.buffer.get(layout)

@@ -700,6 +700,7 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
 {
     const MIN_ALIGN: usize = BLOCK;
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

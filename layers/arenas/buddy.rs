@@ -501,6 +501,7 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
 {
     const MIN_ALIGN: usize = 1 << MIN_ORDER;
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

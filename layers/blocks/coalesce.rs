@@ -801,6 +801,7 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
 unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<L, ARENA, KEEP> {
     const MIN_ALIGN: usize = GRAIN;
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);

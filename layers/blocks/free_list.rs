@@ -127,6 +127,7 @@ impl<L: Layer, const SIZE: usize, const CAP: usize> FreeList<L, SIZE, CAP> {
 unsafe impl<L: Layer, const SIZE: usize, const CAP: usize> Layer for FreeList<L, SIZE, CAP> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = L::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -294,7 +294,10 @@ impl<L: Layer, const RUN: usize> SizeClasses<L, RUN> {
 // Runs go back to `L` only at deinit, once each. `owns` is `L`'s: runs are blocks of `L`.
 unsafe impl<L: Layer, const RUN: usize> Layer for SizeClasses<L, RUN> {
     const MIN_ALIGN: usize = GRAIN;
-    const OWNS_EXACT: bool = L::OWNS_EXACT;
+    // Blocks lie inside blocks of `L`, and `owns` asks `L`: exact when `L` answers for
+    // every address inside its blocks.
+    const OWNS_EXACT: bool = L::OWNS_INTERIOR;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -110,7 +110,10 @@ impl<L: Layer> SizeHeader<L> {
 unsafe impl<L: Layer> Layer for SizeHeader<L> {
     const MIN_ALIGN: usize = 16;
     const ZEROED: bool = false;
-    const OWNS_EXACT: bool = L::OWNS_EXACT;
+    // Blocks lie inside blocks of `L`, and `owns` asks `L`: exact when `L` answers for
+    // every address inside its blocks.
+    const OWNS_EXACT: bool = L::OWNS_INTERIOR;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);

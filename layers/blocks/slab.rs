@@ -915,7 +915,10 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
     } else {
         BLOCK_ALIGN
     };
-    const OWNS_EXACT: bool = L::OWNS_EXACT;
+    // Blocks lie inside blocks of `L`, and `owns` asks `L`: exact when `L` answers for
+    // every address inside its blocks.
+    const OWNS_EXACT: bool = L::OWNS_INTERIOR;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
 
     #[inline(always)]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

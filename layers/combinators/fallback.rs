@@ -93,6 +93,7 @@ unsafe impl<Primary: Layer, Secondary: Layer> Layer for Fallback<Primary, Second
     };
     const ZEROED: bool = Primary::ZEROED && Secondary::ZEROED;
     const OWNS_EXACT: bool = Primary::OWNS_EXACT && Secondary::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = Primary::OWNS_INTERIOR && Secondary::OWNS_INTERIOR;
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -83,6 +83,7 @@ unsafe impl<Small: Layer, Large: Layer, const LIMIT: usize> Layer
     };
     const ZEROED: bool = Small::ZEROED && Large::ZEROED;
     const OWNS_EXACT: bool = Small::OWNS_EXACT && Large::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = Small::OWNS_INTERIOR && Large::OWNS_INTERIOR;
 
     #[inline]
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

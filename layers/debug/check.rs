@@ -214,6 +214,7 @@ impl<L: Layer> Gauge for Check<L> {
 unsafe impl<L: Layer> Layer for Check<L> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
@@ -349,8 +350,10 @@ unsafe impl<L: Layer> Layer for Check<L> {
         self.leaks()
     }
 
+    /// A live block's start (from the table), or, when `L` answers for the addresses
+    /// inside its blocks, any address `L` owns (all of `L`'s memory is this layer's).
     fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.table.find(ptr.as_ptr().addr()).is_some()
+        self.table.find(ptr.as_ptr().addr()).is_some() || (L::OWNS_INTERIOR && self.inner.owns(ptr))
     }
 }
 

@@ -83,6 +83,7 @@ impl<L, H: FnMut(Released)> OnRelease<L, H> {
 unsafe impl<L: Layer, H: FnMut(Released)> Layer for OnRelease<L, H> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = L::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

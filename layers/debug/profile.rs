@@ -310,6 +310,7 @@ impl<L: Layer> Gauge for Profile<L> {
 unsafe impl<L: Layer> Layer for Profile<L> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = L::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

@@ -64,6 +64,7 @@ impl<L> Gauge for Stats<L> {
 unsafe impl<L: Layer> Layer for Stats<L> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = L::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
     const ZEROED: bool = L::ZEROED;
 
     #[inline]

@@ -67,6 +67,7 @@ impl<L, const A: usize> Align<L, A> {
 unsafe impl<L: Layer, const A: usize> Layer for Align<L, A> {
     const MIN_ALIGN: usize = if L::MIN_ALIGN > A { L::MIN_ALIGN } else { A };
     const OWNS_EXACT: bool = L::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
     const ZEROED: bool = L::ZEROED;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

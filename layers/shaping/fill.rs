@@ -52,6 +52,7 @@ impl<L, const BYTE: u8> Fill<L, BYTE> {
 unsafe impl<L: Layer, const BYTE: u8> Layer for Fill<L, BYTE> {
     const MIN_ALIGN: usize = L::MIN_ALIGN;
     const OWNS_EXACT: bool = L::OWNS_EXACT;
+    const OWNS_INTERIOR: bool = L::OWNS_INTERIOR;
     const ZEROED: bool = BYTE == 0;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

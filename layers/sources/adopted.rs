@@ -393,6 +393,7 @@ impl<const N: usize> Default for Adopted<N> {
 // that owns the block (`Buffer::owns` is exact).
 unsafe impl<const N: usize> Layer for Adopted<N> {
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);

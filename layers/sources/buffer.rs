@@ -85,6 +85,7 @@ impl<'a> Buffer<'a> {
 // was put. The memory is valid for `'a` by the constructors' contracts.
 unsafe impl Layer for Buffer<'_> {
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);

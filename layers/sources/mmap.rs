@@ -228,6 +228,7 @@ impl Default for Mmap {
 unsafe impl Layer for Mmap {
     const MIN_ALIGN: usize = 4096;
     const OWNS_EXACT: bool = true;
+    const OWNS_INTERIOR: bool = true;
     const ZEROED: bool = true;
 
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {

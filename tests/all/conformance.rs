@@ -144,6 +144,13 @@ mod layers {
         super::OwnedBuffer::new(16 << 10),
         super::suite_buffer()
     ));
+    // The same with blocks behind a size header, over a `Check`: the primary's blocks lie
+    // inside the checked blocks, whose starts alone the checker's table knows; `owns` must
+    // still find them all (through the buffer), or their puts would reach the second one.
+    conformance!(fallback_over_size_header_check, || Fallback::new(
+        SizeHeader::new(Check::new(super::OwnedBuffer::new(16 << 10))),
+        super::suite_buffer()
+    ));
 
     // 64-byte class blocks, reused LIFO; larger or more aligned requests pass through to
     // the buffer. A `Check` below aborts on a block that reaches it with the wrong layout.
