@@ -56,7 +56,7 @@ pub const fn arena() -> Arena {
 ///    [`Region::reset`](crate::Region::reset) keeps the newest chunk;
 /// 2. [`Ground`] takes each chunk (and each block larger than a
 ///    quarter of one) from the system allocator in whole pages, claims them for the
-///    region, and keeps the pieces that ended regions give back (up to 16 of them) for
+///    region, and keeps the pieces that ended regions give back (up to 16 MiB of them) for
 ///    the next ones, so that a region per request makes no system call once warm.
 #[cfg(feature = "std")]
 pub type RegionArena = Chunk<Ground, 65536>;

@@ -31,11 +31,30 @@ struct PieceCache {
     slots: SpinLock<Slots>,
 }
 
-/// The cache's contents, under its lock.
+/// The cache's contents, under its lock: a stack of pieces, `pieces[..len]`.
 struct Slots {
-    pieces: [Option<CachedPiece>; CACHED_PIECES],
+    pieces: [CachedPiece; CACHED_PIECES],
+    len: usize,
+    /// The pieces' bytes.
+    bytes: usize,
     /// When idle pieces were last given back (`now_ms`).
     swept_at: u64,
+}
+
+impl Slots {
+    /// The index of the newest piece that `keep` finds, if any.
+    fn newest(&self, keep: impl Fn(&CachedPiece) -> bool) -> Option<usize> {
+        self.pieces[..self.len].iter().rposition(keep)
+    }
+
+    /// Takes the piece at `index` (below `len`) off the stack; the top piece takes its place.
+    fn remove(&mut self, index: usize) -> CachedPiece {
+        self.len -= 1;
+        self.pieces.swap(index, self.len);
+        let cached = core::mem::replace(&mut self.pieces[self.len], CachedPiece::NONE);
+        self.bytes -= cached.pages.size();
+        cached
+    }
 }
 
 /// A cached piece, the layout it was allocated with, and when it was kept (`now_ms`).
@@ -46,8 +65,19 @@ struct CachedPiece {
     kept_at: u64,
 }
 
-/// How many pieces the cache keeps, and the largest piece it keeps.
-const CACHED_PIECES: usize = 16;
+impl CachedPiece {
+    /// What a slot above the stack holds: no piece, no bytes.
+    const NONE: CachedPiece = CachedPiece {
+        piece: NonNull::dangling(),
+        pages: Layout::new::<()>(),
+        kept_at: 0,
+    };
+}
+
+/// How many pieces the cache keeps, their bytes at most, and the largest piece it keeps:
+/// 16 MiB, such as the chunks of a 16 MiB region, or of 256 regions of one 64 KiB chunk.
+const CACHED_PIECES: usize = 256;
+const CACHED_BYTES: usize = 16 << 20;
 const CACHED_MAX: usize = 1 << 20;
 /// How long a cached piece may stay unused before it goes back to the system allocator.
 const IDLE_MS: u64 = if cfg!(miri) { 3_600_000 } else { 100 };
@@ -58,20 +88,20 @@ unsafe impl Sync for PieceCache {}
 
 static CACHE: PieceCache = PieceCache::new();
 
-/// Gives cached pieces back to the system allocator.
-fn give_back(pieces: impl IntoIterator<Item = Option<CachedPiece>>) {
-    for cached in pieces.into_iter().flatten() {
-        // SAFETY: cached pieces came from the system allocator with their `pages`, and the
-        // cache held them alone until it let them go.
-        unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
-    }
+/// Gives a cached piece back to the system allocator.
+fn give_back(cached: CachedPiece) {
+    // SAFETY: cached pieces came from the system allocator with their `pages`, and the
+    // cache held them alone until it let them go.
+    unsafe { std::alloc::System.dealloc(cached.piece.as_ptr(), cached.pages) };
 }
 
 impl PieceCache {
     const fn new() -> Self {
         PieceCache {
             slots: SpinLock::new(Slots {
-                pieces: [None; CACHED_PIECES],
+                pieces: [CachedPiece::NONE; CACHED_PIECES],
+                len: 0,
+                bytes: 0,
                 swept_at: 0,
             }),
         }
@@ -82,18 +112,17 @@ impl PieceCache {
         if pages.size() > CACHED_MAX {
             return None;
         }
-        // The lock is held only for a look at the 16 slots.
+        // The newest piece first: regions ask for pieces of one size, so the top one
+        // usually fits.
         let mut slots = self.slots.lock();
-        let slot = slots
-            .pieces
-            .iter_mut()
-            .find(|slot| matches!(slot, Some(cached) if cached.pages == pages))?;
-        slot.take().map(|cached| cached.piece)
+        let index = slots.newest(|cached| cached.pages == pages)?;
+        Some(slots.remove(index).piece)
     }
 
     /// Keeps a piece allocated with `pages`, or gives it back to the system allocator when
-    /// it is too large or the cache is full; first gives back the pieces left unused for
-    /// `IDLE_MS`, when a sweep is due. Nothing is given back under the lock.
+    /// it is too large or the cache is full (in pieces or bytes); first gives back the
+    /// pieces left unused for `IDLE_MS`, when a sweep is due. Nothing is given back under
+    /// the lock.
     fn keep(&self, piece: NonNull<u8>, pages: Layout) {
         let now = now_ms();
         let mut slots = self.slots.lock();
@@ -108,43 +137,52 @@ impl PieceCache {
             kept_at: now,
         };
         if pages.size() <= CACHED_MAX
-            && let Some(slot) = slots.pieces.iter_mut().find(|slot| slot.is_none())
+            && slots.len < CACHED_PIECES
+            && slots.bytes + pages.size() <= CACHED_BYTES
         {
-            *slot = Some(cached);
+            let top = slots.len;
+            slots.pieces[top] = cached;
+            slots.len += 1;
+            slots.bytes += pages.size();
             return;
         }
         drop(slots);
-        give_back([Some(cached)]);
+        give_back(cached);
     }
 
     /// Gives back the pieces left unused for `IDLE_MS`.
     #[cold]
     #[inline(never)]
     fn sweep(&self, now: u64) {
-        let mut stale = [None; CACHED_PIECES];
-        {
-            let mut slots = self.slots.lock();
-            slots.swept_at = now;
-            for (slot, out) in slots.pieces.iter_mut().zip(stale.iter_mut()) {
-                if slot.is_some_and(|cached| now.wrapping_sub(cached.kept_at) > IDLE_MS) {
-                    *out = slot.take();
-                }
-            }
-        }
-        give_back(stale);
+        self.slots.lock().swept_at = now;
+        let idle = |cached: &CachedPiece| now.wrapping_sub(cached.kept_at) > IDLE_MS;
+        self.give_back_each(|slots| slots.newest(idle));
     }
 
     /// Gives every cached piece back to the system allocator.
     fn empty(&self) {
-        let pieces = core::mem::replace(&mut self.slots.lock().pieces, [None; CACHED_PIECES]);
-        give_back(pieces);
+        self.give_back_each(|slots| slots.len.checked_sub(1));
+    }
+
+    /// Gives back, one at a time (the lock taken for each, and let go before the system
+    /// allocator is called), the pieces that `pick` finds until it finds none.
+    fn give_back_each(&self, pick: impl Fn(&Slots) -> Option<usize>) {
+        loop {
+            let mut slots = self.slots.lock();
+            let Some(index) = pick(&slots) else {
+                return;
+            };
+            let cached = slots.remove(index);
+            drop(slots);
+            give_back(cached);
+        }
     }
 }
 
 /// Forwards requests to the ground, the system allocator under every region, in whole
 /// 4 KiB pages so that a region can claim them (the seed's `ground` layer).
 ///
-/// Pieces of up to 1 MiB that come back are kept in a small process-wide cache (16 of
+/// Pieces of up to 1 MiB that come back are kept in a process-wide cache (up to 16 MiB of
 /// them) for the next `Ground` to reuse, so that short-lived regions (one per request)
 /// take the same pages again without a call to the system allocator, let alone the OS. A
 /// piece left unused for 100 to 200 ms goes back to the system allocator at the next put
@@ -251,7 +289,7 @@ mod tests {
 
     impl PieceCache {
         fn len(&self) -> usize {
-            self.slots.lock().pieces.iter().flatten().count()
+            self.slots.lock().len
         }
     }
 
@@ -300,5 +338,38 @@ mod tests {
             "only a piece of the same layout is taken"
         );
         cache.empty();
+        assert_eq!(cache.len(), 0);
+        // At most `CACHED_BYTES` in all.
+        let biggest = Layout::from_size_align(CACHED_MAX, PAGE).unwrap();
+        for _ in 0..CACHED_BYTES / CACHED_MAX + 2 {
+            cache.keep(piece(biggest), biggest);
+        }
+        assert_eq!(cache.len(), CACHED_BYTES / CACHED_MAX);
+        cache.empty();
+    }
+
+    /// The newest piece of a layout is taken first, and a piece taken from below the top
+    /// leaves the others in the cache.
+    #[test]
+    fn the_newest_piece_of_a_layout_is_taken() {
+        let cache = PieceCache::new();
+        let (small, large) = (
+            Layout::from_size_align(PAGE, PAGE).unwrap(),
+            Layout::from_size_align(4 * PAGE, PAGE).unwrap(),
+        );
+        let (first, second, big) = (piece(small), piece(small), piece(large));
+        cache.keep(first, small);
+        cache.keep(second, small);
+        cache.keep(big, large);
+        assert_eq!(cache.take(small), Some(second));
+        assert_eq!(cache.take(large), Some(big));
+        assert_eq!(cache.take(small), Some(first));
+        assert_eq!(cache.take(small), None);
+        for (ptr, pages) in [(first, small), (second, small), (big, large)] {
+            cache.keep(ptr, pages);
+        }
+        assert_eq!(cache.len(), 3);
+        cache.empty();
+        assert_eq!(cache.len(), 0);
     }
 }
