@@ -19,15 +19,17 @@ pub const GUARD_BYTE: u8 = 0xCA;
 /// detects).
 ///
 /// The guard before the block is `N` rounded up to the block's alignment, so that the
-/// block keeps the alignment asked for. `N` is at most 4096 (the guards are written and
-/// compared as arrays on the stack; a larger `N` does not compile):
+/// block keeps the alignment asked for. Blocks are never resized in place (a resize moves
+/// the block, and the new one gets fresh guards). A zero-size block holds one byte, as
+/// every layer's does, and its back guard starts after that byte.
+///
+/// `N` is at most 4096 (the guards are written and compared as arrays on the stack); a
+/// larger `N` does not compile:
 ///
 /// ```compile_fail
 /// use stratalloc::layers::{Guard, System};
 /// let _ = Guard::<_, 8192>::new(System::new());
-/// ``` Blocks are never resized in place (a resize moves
-/// the block, and the new one gets fresh guards). A zero-size block holds one byte, as
-/// every layer's does, and its back guard starts after that byte.
+/// ```
 ///
 /// ```
 /// use core::alloc::Layout;
