@@ -980,17 +980,24 @@ fn claim_in_another_namespace(blob: &mut FileBlob, kept: u64) {
         matches!(refused, BlobError::OtherPidNamespace { heap, here: h } if h == here && heap != here),
         "{refused:?}"
     );
+    // The parent's process, of the heap's namespace, uses it no more until this one ends.
+    let heap = claim_and_attach(blob);
+    assert!(holds(&heap.block(kept).unwrap(), 5), "the parent's block");
+    println!("attached in pid:[{here}] after the claim");
+}
+
+/// Claims the heap in `blob` for this process's PID namespace and attaches to it. The
+/// PID namespace test calls it only where no process of another namespace uses the heap.
+fn claim_and_attach(blob: &mut FileBlob) -> BlobHeap<'_> {
     let (base, len) = (
         std::ptr::NonNull::new(blob.map.as_mut_ptr()).unwrap(),
         blob.map.len(),
     );
-    // SAFETY: as above; the parent's process, of the heap's namespace, uses it no more
-    // until this one has ended.
+    // SAFETY: the heap `init` made in this file, touched only through heap handles and
+    // their blocks; no process of another namespace uses it (see above).
     unsafe { BlobHeap::claim_pid_namespace(base, len) }.unwrap();
     // SAFETY: as above.
-    let heap = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap();
-    assert!(holds(&heap.block(kept).unwrap(), 5), "the parent's block");
-    println!("attached in pid:[{here}] after the claim");
+    unsafe { BlobHeap::attach(&mut blob.map) }.unwrap()
 }
 
 fn wait_success(mut child: std::process::Child) {
@@ -1041,14 +1048,8 @@ fn a_process_of_another_pid_namespace_must_claim_the_heap() {
         )),
         "{refused}"
     );
-    let (base, len) = (
-        std::ptr::NonNull::new(blob.map.as_mut_ptr()).unwrap(),
-        blob.map.len(),
-    );
-    // SAFETY: as above: the child's namespace has no process left.
-    unsafe { BlobHeap::claim_pid_namespace(base, len) }.unwrap();
-    // SAFETY: as above.
-    let heap = unsafe { BlobHeap::attach(&mut blob.map) }.unwrap();
+    // The child's namespace has no process left.
+    let heap = claim_and_attach(&mut blob);
     assert!(holds(&heap.block(kept.offset).unwrap(), 5));
     heap.free(kept.offset).unwrap();
     assert_whole(&heap);

@@ -166,11 +166,18 @@ fn pipe_zombies_freed_from_two_threads() {
     println!("pipe zombies child passed");
 }
 
-/// A user's layer whose `get` panics when asked for 999 bytes.
-struct Panicky<L>(L);
+/// A user's layer whose `get` panics when asked for 999 bytes, and, with `ON_DROP`, whose
+/// drop panics (an assertion in a user's layer, say).
+struct Panicky<L, const ON_DROP: bool = false>(L);
+
+impl<L, const ON_DROP: bool> Drop for Panicky<L, ON_DROP> {
+    fn drop(&mut self) {
+        assert!(!ON_DROP, "Panicky panics when dropped");
+    }
+}
 
 // SAFETY: every block comes unchanged from `L`; puts go back to it.
-unsafe impl<L: Layer> Layer for Panicky<L> {
+unsafe impl<L: Layer, const ON_DROP: bool> Layer for Panicky<L, ON_DROP> {
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         assert_ne!(layout.size(), 999, "Panicky refuses 999 bytes");
         self.0.get(layout)
@@ -188,58 +195,26 @@ unsafe impl<L: Layer> Layer for Panicky<L> {
 }
 
 // SAFETY: forwarded to `L`, which claims the pages of every block.
-unsafe impl<L: Attributed> Attributed for Panicky<L> {
+unsafe impl<L: Attributed, const ON_DROP: bool> Attributed for Panicky<L, ON_DROP> {
     fn attribute(&mut self, owner: Attribution) {
         self.0.attribute(owner)
     }
 }
 
 fn panicking_layer() {
-    let region = Region::new(Panicky(Mmap::new()));
+    let region = Region::new(Panicky::<_, false>(Mmap::new()));
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         region::enter(&region, || vec![0u8; 999].len())
     }));
     println!("the panic unwound out of the allocator: {caught:?}");
 }
 
-/// A layer whose drop panics (an assertion in a user's layer, say).
-struct PanickyDrop(Mmap);
-
-// SAFETY: every block comes unchanged from `Mmap`; puts go back to it.
-unsafe impl Layer for PanickyDrop {
-    fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        self.0.get(layout)
-    }
-    unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: the caller's duties are `Mmap::put`'s.
-        unsafe { self.0.put(ptr, layout) }
-    }
-    fn init() -> Self {
-        PanickyDrop(Mmap::new())
-    }
-    fn deinit(&mut self) {
-        self.0.deinit()
-    }
-}
-
-// SAFETY: forwarded to `Mmap`, which claims the pages of every block.
-unsafe impl Attributed for PanickyDrop {
-    fn attribute(&mut self, owner: Attribution) {
-        self.0.attribute(owner)
-    }
-}
-
-impl Drop for PanickyDrop {
-    fn drop(&mut self) {
-        panic!("PanickyDrop panics when dropped");
-    }
-}
-
-/// A region of `PanickyDrop` ends with a block live (a zombie); the block is freed inside
-/// another region, whose next allocation disposes of the zombie, inside the allocator.
+/// A region of a layer whose drop panics ends with a block live (a zombie); the block is
+/// freed inside another region, whose next allocation disposes of the zombie, inside the
+/// allocator.
 fn panicking_drop_of_a_zombie() {
     let other = Region::arena();
-    let zombie = Region::new(PanickyDrop(Mmap::new()));
+    let zombie = Region::new(Panicky::<_, true>(Mmap::new()));
     let escaped = region::enter(&zombie, || Box::new([7u8; 64]));
     drop(zombie);
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -334,7 +309,8 @@ fn a_layer_whose_drop_panics_aborts_when_its_zombie_goes_inside_the_allocator() 
     };
     crate::assert_aborted_with(
         &rest,
-        "region_hazards::PanickyDrop::drop` panicked inside the allocator",
+        "region_hazards::Panicky<stratalloc::layers::sources::mmap::Mmap, true>::drop` panicked \
+         inside the allocator",
     );
 }
 
