@@ -155,6 +155,18 @@ unsafe fn holds_free_key(block: *mut FreeBlock) -> bool {
     key == free_key(block)
 }
 
+/// The inverse of the odd number `odd` modulo 2^32 (Newton's iteration, each step doubling
+/// the bits that are right: `odd` is its own inverse to three bits).
+const fn odd_inverse(odd: u32) -> u32 {
+    let mut inverse = odd;
+    let mut step = 0;
+    while step < 4 {
+        inverse = inverse.wrapping_mul(2u32.wrapping_sub(odd.wrapping_mul(inverse)));
+        step += 1;
+    }
+    inverse
+}
+
 /// Which list a slab is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -879,18 +891,6 @@ pub(crate) struct SlabRef(*mut SlabHeader);
 // ---- aborts and the Layer impl -----------------------------------------------------------
 
 /// A put of something that cannot be one of this layer's blocks.
-/// The inverse of the odd number `odd` modulo 2^32 (Newton's iteration, each step doubling
-/// the bits that are right: `odd` is its own inverse to three bits).
-const fn odd_inverse(odd: u32) -> u32 {
-    let mut inverse = odd;
-    let mut step = 0;
-    while step < 4 {
-        inverse = inverse.wrapping_mul(2u32.wrapping_sub(odd.wrapping_mul(inverse)));
-        step += 1;
-    }
-    inverse
-}
-
 #[cold]
 #[inline(never)]
 fn bad_pointer(ptr: NonNull<u8>, why: &str) -> ! {
