@@ -54,6 +54,10 @@ const LOCK_BYTES: usize = 64;
 const LOCK_WORD_BYTES: usize = 4;
 /// `size_of::<Header>()` rounded to 64: where the first bitmap starts.
 const MAPS_AT: usize = 704;
+/// `id` and `pid_namespace: AtomicU64`, after the lock and the 29 list heads and 29
+/// counts (`[AtomicU64; MOST_ORDERS]` each): the heap's identity, which no holder writes
+/// (`attach` checks the namespace).
+const IDENTITY_AT: usize = LOCK_AT + LOCK_BYTES + 2 * 29 * 8;
 /// `RECOVERY_HOLDER_DIED`.
 const HOLDER_DIED: u32 = 2;
 
@@ -389,6 +393,13 @@ fn check_layout(m: &Model, heap: &BlobHeap<'_>) {
         heap.geometry().alignment() as u64,
         "the layout changed"
     );
+    let word = |at: usize| u64::from_le_bytes(bytes(at..at + 8).try_into().expect("8"));
+    assert_eq!(word(IDENTITY_AT), heap.id(), "the heap's id: the layout changed");
+    assert_eq!(
+        word(IDENTITY_AT + 8),
+        stratalloc::blob_heap::pid_namespace(),
+        "the PID namespace: the layout changed"
+    );
     let block = heap.alloc(0).expect("a first block");
     assert_eq!(block.offset, 0);
     assert_eq!(
@@ -614,7 +625,8 @@ fn step(m: &mut Model, handles: &mut [Option<BlobHeap<'_>>; 2], g: BlobGeometry,
                 RECOVERY_AT..HANDLES_AT,
                 32..ALIGNMENT_AT,
                 48..LOCK_AT,
-                LOCK_AT + LOCK_BYTES..m.maps.end,
+                LOCK_AT + LOCK_BYTES..IDENTITY_AT,
+                IDENTITY_AT + 16..m.maps.end,
             ];
             let total: usize = ranges.iter().map(|r| r.len()).sum();
             for (&a, &b) in at.iter().zip(&bytes) {
@@ -682,13 +694,14 @@ fn bad_attach(
     field: u8,
     value: u32,
 ) {
-    let field = field % 6;
+    let field = field % 7;
     let (at, width) = match field {
         0 => (0, 8),
         1 => (8, 4),
         2 => (12, 4),
         3 => (16, 4),
         4 => (ALIGNMENT_AT, 8),
+        5 => (IDENTITY_AT + 8, 8),
         _ => (0, 0),
     };
     let mut saved = [0u8; 8];
@@ -723,6 +736,7 @@ fn bad_attach(
             .and_then(|a| BlobGeometry::new(read32(12), read32(16), a).ok())
         {
             None => Err("BadGeometry"),
+            Some(_) if other_namespace(m) => Err("OtherPidNamespace"),
             Some(geometry) if len < geometry.required_size() || len < MAPS_AT => {
                 Err("BlobTooSmall")
             }
@@ -747,6 +761,15 @@ fn bad_attach(
     let field_bytes = unsafe { std::slice::from_raw_parts_mut(m.base.as_ptr().add(at), width) };
     field_bytes.copy_from_slice(&saved[..width]);
     let _ = g;
+}
+
+/// Whether the header names a PID namespace other than this process's (0, on either side,
+/// names none).
+fn other_namespace(m: &Model) -> bool {
+    // SAFETY: the header's namespace word, 8-aligned in the 64-aligned blob.
+    let recorded = unsafe { m.base.as_ptr().add(IDENTITY_AT + 8).cast::<u64>().read() };
+    let here = stratalloc::blob_heap::pid_namespace();
+    recorded != here && recorded != 0 && here != 0
 }
 
 /// Writes a stray byte into the lock word (issue 23: "locked by thread 1" hung every
