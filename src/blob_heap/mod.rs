@@ -526,15 +526,9 @@ impl<'a> BlobHeap<'a> {
     ///
     /// `base..base + len` is valid for reads.
     pub unsafe fn attached_handles(base: NonNull<u8>, len: usize) -> Option<u32> {
-        if len < size_of::<Header>() || !base.as_ptr().addr().is_multiple_of(64) {
-            return None;
-        }
-        // SAFETY: the caller's promise: a header's bytes, aligned, readable; any bytes are
-        // a valid value for atomics.
-        let h = unsafe { &*base.as_ptr().cast::<Header>() };
-        (h.magic.load(Ordering::Acquire) == MAGIC
-            && h.version.load(Ordering::Relaxed) == BLOB_VERSION)
-            .then(|| h.handles.load(Ordering::Relaxed))
+        // SAFETY: the caller's promise; the header is only read.
+        let h = unsafe { header_at(base, len) }.ok()?;
+        Some(h.handles.load(Ordering::Relaxed))
     }
 
     /// A handle over `base` for `geometry`, checking only the blob's size and alignment.
@@ -1433,16 +1427,13 @@ fn pins_of(stamp: u64) -> u32 {
     ((stamp >> PIN_SHIFT) as u32) & MOST_PINS
 }
 
-/// A new heap's id (never 0): std's hash keys, drawn at random once per thread and bumped
-/// by each use, hashing the process id, the monotonic clock and a count of ids drawn in
-/// this process, so that a forked child, which inherits the keys and the count, still
-/// draws another id than its parent's.
 /// The header of the heap of this version that `base..base + len` holds: checked to fit
 /// in it, aligned, with the magic and version words; the rest is the caller's to check.
 ///
 /// # Safety
 ///
-/// `base..base + len` is valid for reads and writes for `'a`.
+/// `base..base + len` is valid for reads for `'a`, and for writes too if the caller
+/// writes through the header.
 unsafe fn header_at<'a>(base: NonNull<u8>, len: usize) -> Result<&'a Header, BlobError> {
     if len < size_of::<Header>() {
         return Err(BlobError::BlobTooSmall {
@@ -1484,6 +1475,10 @@ pub fn pid_namespace() -> u64 {
     0
 }
 
+/// A new heap's id (never 0): std's hash keys, drawn at random once per thread and bumped
+/// by each use, hashing the process id, the monotonic clock and a count of ids drawn in
+/// this process, so that a forked child, which inherits the keys and the count, still
+/// draws another id than its parent's.
 fn fresh_id() -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     static DRAWN: AtomicU64 = AtomicU64::new(0);

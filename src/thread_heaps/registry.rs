@@ -185,19 +185,9 @@ impl ThreadHeap {
         // SAFETY: the caller's duty: a block of one of the heap's slabs (`Slab`s of any
         // size share the free blocks' layout).
         unsafe { HeapSlab::abort_if_free(ptr) };
-        if self.thread.load(Ordering::Relaxed) == 0 {
-            // SAFETY: a heap's registry lives for the process.
-            let pool = unsafe { &(*self.registry).pool };
-            let _pooled = pool.lock();
-            if self.abandoned.get() {
-                // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so; the
-                // block is one of its slab blocks, given up by the caller.
-                unsafe {
-                    self.drain();
-                    self.put_back(ptr);
-                }
-                return;
-            }
+        // SAFETY: the block is one of the heap's slab blocks, given up by the caller.
+        if self.thread.load(Ordering::Relaxed) == 0 && unsafe { self.drain_if_pooled(Some(ptr)) } {
+            return;
         }
         let block = ptr.as_ptr().cast::<RemoteBlock>();
         let mut head = self.remote.0.load(Ordering::Relaxed);
@@ -215,14 +205,37 @@ impl ThreadHeap {
             }
         }
         if self.thread.load(Ordering::SeqCst) == 0 {
-            // SAFETY: a heap's registry lives for the process.
-            let pool = unsafe { &(*self.registry).pool };
-            let _pooled = pool.lock();
-            if self.abandoned.get() {
-                // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so.
-                unsafe { self.drain() };
+            // SAFETY: no block to put.
+            unsafe { self.drain_if_pooled(None) };
+        }
+    }
+
+    /// For a heap that no thread holds: under the pool's lock, if the heap is pooled,
+    /// drains its remote frees and puts `block` back; `true` when it did. A heap handed
+    /// back drains only what was pushed before it was pooled, so a free racing with the
+    /// hand-back must do this itself, or its block would wait for the heap's next
+    /// adopter.
+    ///
+    /// # Safety
+    ///
+    /// `block`, if any, is one of the heap's slab blocks, given up by the caller.
+    #[cold]
+    unsafe fn drain_if_pooled(&self, block: Option<NonNull<u8>>) -> bool {
+        // SAFETY: a heap's registry lives for the process.
+        let pool = unsafe { &(*self.registry).pool };
+        let _pooled = pool.lock();
+        if !self.abandoned.get() {
+            return false;
+        }
+        // SAFETY: a pooled heap is no thread's, and the pool lock keeps it so; the block
+        // is the caller's to give up.
+        unsafe {
+            self.drain();
+            if let Some(block) = block {
+                self.put_back(block);
             }
         }
+        true
     }
 }
 
