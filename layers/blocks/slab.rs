@@ -3,9 +3,10 @@
 //! empty slabs given back to `L`.
 //!
 //! Invariants (checked by `check_invariants`):
-//! - every slab is a block of `L` got with `Layout(SLAB, SLAB)`, and starts with its
-//!   [`SlabHeader`]; its blocks all have the one size of its class and start at
-//!   `HEADER + i * size` for `i < capacity`;
+//! - every slab is a block of `L` got with `Layout(SLAB, SLAB)`, with its [`SlabHeader`]
+//!   at the slab's *colour* offset (a multiple of `HEADER` that its address picks, see
+//!   `Slab::header_offset`); its blocks all have the one size of its class and start at
+//!   `HEADER + i * size` past the header, for `i < capacity`;
 //! - a slab of class `c` is on exactly one of `c`'s two lists: *partial* (it may have a free
 //!   block; the head is the slab `get` takes from) or *full* (every carved block live and
 //!   nothing left to carve); spare empty slabs sit on the `empty` stack, on no class list;
@@ -286,6 +287,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// The number of size classes.
     pub const CLASSES: usize = CLASSES;
 
+    /// Header positions (colours) in a slab: 16, or fewer for slabs under 64 KiB (a
+    /// quarter of the slab's pages), so that colours cost at most 15 * 128 bytes of a slab.
+    const COLOURS: usize = if SLAB / 4096 < 16 { SLAB / 4096 } else { 16 };
+
     /// Spare slabs kept (at least one).
     const EMPTY_KEEP: usize = if EMPTY_KEEP_BYTES / SLAB > 0 {
         EMPTY_KEEP_BYTES / SLAB
@@ -347,10 +352,31 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         self.tag = tag;
     }
 
-    /// The slab a small block lives in.
+    /// Where in the slab holding `addr` (any address in it) its header starts: slab `k`
+    /// of the address space has colour `k % COLOURS`, and its header sits that many
+    /// `HEADER`s in. Slabs are `SLAB`-aligned, so headers at their starts would all fall
+    /// in the same few sets of a cache (every way of a 32 KiB, 8-way L1 holds 4 KiB; of
+    /// a 1 MiB L2, 64 or 128 KiB), and a thread using more classes than the cache has
+    /// ways would miss on every header; colours spread them over `COLOURS` times as many
+    /// sets. Consecutive slabs of a reserve take consecutive colours.
+    #[inline(always)]
+    const fn header_offset(addr: usize) -> usize {
+        (addr / (SLAB / HEADER)) & ((Self::COLOURS - 1) * HEADER)
+    }
+
+    /// The header of the slab a small block lives in.
     #[inline(always)]
     fn slab_of(ptr: NonNull<u8>) -> *mut SlabHeader {
-        ptr.as_ptr().map_addr(|a| a & !(SLAB - 1)).cast()
+        ptr.as_ptr()
+            .map_addr(|a| (a & !(SLAB - 1)) | Self::header_offset(a))
+            .cast()
+    }
+
+    /// The start of the slab whose header is `slab`: the block got from `L`.
+    fn slab_start(slab: *mut SlabHeader) -> NonNull<u8> {
+        let start = slab.cast::<u8>().map_addr(|a| a & !(SLAB - 1));
+        // SAFETY: a header lies inside its slab, which starts at a non-zero address.
+        unsafe { NonNull::new_unchecked(start) }
     }
 
     /// The slab of `ptr`, checked: aborts when its header's check word is wrong.
@@ -466,13 +492,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     /// blocks and puts it at the head of the class's partial list.
     fn new_slab(&mut self, class: usize) -> Option<*mut SlabHeader> {
         let slab = if self.empty.is_null() {
-            let slab = self
-                .inner
-                .get(Self::SLAB_LAYOUT)?
-                .as_ptr()
-                .cast::<SlabHeader>();
+            let start = self.inner.get(Self::SLAB_LAYOUT)?.as_ptr();
             self.slabs += 1;
-            slab
+            // SAFETY: the colour offset is less than SLAB - HEADER, inside the block.
+            unsafe { start.add(Self::header_offset(start.addr())) }.cast::<SlabHeader>()
         } else {
             let slab = self.empty;
             // SAFETY: spares are live slabs of ours.
@@ -481,12 +504,12 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             slab
         };
         let size = Self::class_size(class);
-        // SAFETY: `slab` is SLAB bytes of ours, aligned to SLAB, not on any list.
+        // SAFETY: `slab` is the header place of SLAB bytes of ours, on no list.
         unsafe {
             slab.write(SlabHeader {
                 free: ptr::null_mut(),
                 used: 0,
-                capacity: ((SLAB - HEADER) / size) as u32,
+                capacity: ((SLAB - Self::header_offset(slab.addr()) - HEADER) / size) as u32,
                 carved: 0,
                 size: size as u32,
                 inverse: odd_inverse(size as u32 >> size.trailing_zeros()),
@@ -588,8 +611,8 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             // rotated right by the size's power of two, is the block's index; for any
             // other offset it is more than `u32::MAX / size`, so more than any index (the
             // test compilers use for `x % size == 0`, which also gives the quotient). An
-            // address inside the header wraps to an offset just below 2^32, whose index
-            // is far past the slab's.
+            // address inside the header, or in the slab before it, wraps to an offset just
+            // below 2^32, whose index is far past the slab's.
             let offset = ptr.as_ptr().addr().wrapping_sub(slab.addr() + HEADER) as u32;
             let size = (*slab).size;
             let index = offset
@@ -598,10 +621,49 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             if index >= (*slab).carved {
                 bad_pointer(ptr, "it is not the start of a block of its slab");
             }
-            // A free block holds its key (the head of the free list among them).
-            if (*slab).used == 0 || (holds_free_key(block) && Self::is_free(slab, block)) {
+            if (*slab).used == 0 {
                 bad_pointer(ptr, "put twice (it is already free)");
             }
+            // A free block holds its key (the head of the free list among them).
+            if holds_free_key(block) {
+                return self.put_keyed(slab, block);
+            }
+            self.push_free(slab, block);
+        }
+    }
+
+    /// [`put_in`](Slab::put_in) for a block that holds its free key: a double put if the
+    /// block is on its slab's free list (an abort), else a live block whose bytes match
+    /// the key by chance. Out of line, so that a put needs no stack frame.
+    ///
+    /// # Safety
+    ///
+    /// As for `put_in`, past its checks.
+    #[cold]
+    #[inline(never)]
+    unsafe fn put_keyed(&mut self, slab: *mut SlabHeader, block: *mut FreeBlock) {
+        // SAFETY: the caller's duty.
+        unsafe {
+            if Self::is_free(slab, block) {
+                // SAFETY: the block's address, which `put_in` was given non-null.
+                bad_pointer(
+                    NonNull::new_unchecked(block.cast()),
+                    "put twice (it is already free)",
+                );
+            }
+            self.push_free(slab, block);
+        }
+    }
+
+    /// Pushes a block that `put_in` checked on its slab's free list.
+    ///
+    /// # Safety
+    ///
+    /// As for `put_in`, past its checks.
+    #[inline(always)]
+    unsafe fn push_free(&mut self, slab: *mut SlabHeader, block: *mut FreeBlock) {
+        // SAFETY: the caller's duty.
+        unsafe {
             fill::<Self>(
                 block.cast(),
                 size_of::<FreeBlock>(),
@@ -614,6 +676,26 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             });
             (*slab).free = block;
             (*slab).used -= 1;
+            // (The slab its class allocates from is never full, and stays when empty.)
+            if ((*slab).state == State::Full || (*slab).used == 0)
+                && self.partial.get((*slab).class as usize) != Some(&slab)
+            {
+                self.refile(slab);
+            }
+        }
+    }
+
+    /// After a put into a slab that was full or is now empty, and is not the one its
+    /// class allocates from: a full slab goes back on its partial list; an empty one is
+    /// retired. Out of line, so that a put needs no stack frame.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a live slab of ours, on the list its state names.
+    #[inline(never)]
+    unsafe fn refile(&mut self, slab: *mut SlabHeader) {
+        // SAFETY: the caller's duty.
+        unsafe {
             if (*slab).state == State::Full {
                 self.unlink(slab);
                 self.push_partial_second(slab);
@@ -681,8 +763,7 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
         // word is cleared first, so a stale pointer into it is caught if the memory stays.
         unsafe {
             (*slab).fixed.check = 0;
-            self.inner
-                .put(NonNull::new_unchecked(slab.cast()), Self::SLAB_LAYOUT);
+            self.inner.put(Self::slab_start(slab), Self::SLAB_LAYOUT);
         }
         self.slabs -= 1;
     }
@@ -1001,10 +1082,16 @@ unsafe impl<L: Layer, const SLAB: usize> Layer for Slab<L, SLAB> {
                     {
                         fail("a slab on another class's list");
                     }
-                    if header.fixed.check != slab.addr() ^ HEADER_CHECK || slab.addr() % SLAB != 0 {
-                        fail("header check word or slab alignment");
+                    if header.fixed.check != slab.addr() ^ HEADER_CHECK
+                        || Self::slab_of(Self::slab_start(slab)) != slab
+                    {
+                        fail("header check word or the header's place in its slab");
                     }
-                    if header.used > header.carved || header.carved > header.capacity {
+                    let room = SLAB - Self::header_offset(slab.addr()) - HEADER;
+                    if header.used > header.carved
+                        || header.carved > header.capacity
+                        || header.capacity as usize * header.size as usize > room
+                    {
                         fail("used <= carved <= capacity");
                     }
                     let mut free = 0;
@@ -1160,6 +1247,31 @@ mod tests {
         assert_eq!(heap.slabs(), 0);
     }
 
+    /// Consecutive slabs put their headers at consecutive colours, 128 bytes apart, and
+    /// every colour leaves room for the blocks; a slab's header is found from any of its
+    /// addresses.
+    #[test]
+    fn slab_headers_take_every_colour_in_turn() {
+        type Small = Slab<Buffer<'static>, 16384>;
+        type Usual = Slab<Buffer<'static>, 65536>;
+        assert_eq!((Small::COLOURS, Usual::COLOURS), (4, 16));
+        let base = 0x7f00_0000_0000_usize;
+        for k in 0..40 {
+            let start = base + k * 65536;
+            assert_eq!(Usual::header_offset(start), (k % 16) * HEADER);
+            let at = |addr| NonNull::new(ptr::without_provenance_mut::<u8>(addr)).unwrap();
+            let header = Usual::slab_of(at(start));
+            for inside in [start, start + 4096, start + 65535] {
+                assert_eq!(Usual::slab_of(at(inside)), header);
+            }
+            assert_eq!(Usual::slab_start(header).as_ptr().addr(), start);
+            assert_eq!(Small::header_offset(base + k * 16384), (k % 4) * HEADER);
+        }
+        // The last colour still holds one block of the largest class of the small slabs.
+        let room = 16384 - (Small::COLOURS - 1) * HEADER - HEADER;
+        assert!(room >= Small::class_size(Small::class_of(Small::LIMIT)));
+    }
+
     /// Small slabs hold one block of the largest class: a put takes such a slab from full
     /// to empty at once, and it must still be retired.
     #[test]
@@ -1183,8 +1295,8 @@ mod tests {
     }
 
     /// The index `put_in` finds for an offset is the block's for the start of each block
-    /// and past every block's for any other offset (inside the header too), for every class
-    /// of the largest slabs.
+    /// and past every block's for any other offset (inside the header, or before it in the
+    /// slab, too), for every class of the largest slabs.
     #[test]
     #[cfg_attr(miri, ignore = "arithmetic on 18 million offsets; nothing for Miri")]
     fn block_indices_come_without_a_division() {
@@ -1205,7 +1317,8 @@ mod tests {
                     assert!(index(offset) >= most, "size {size}, offset {offset}");
                 }
             }
-            for below in 1..=HEADER as u32 {
+            let before_blocks = Slab::<Buffer<'static>, SLAB>::COLOURS * HEADER;
+            for below in 1..=before_blocks as u32 {
                 assert!(index(below.wrapping_neg()) >= most, "size {size}");
             }
         }

@@ -570,14 +570,46 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     where
         Slab<L, SLAB>: HeapTier,
     {
+        if self.counting.load(Ordering::Relaxed) {
+            // SAFETY: passed on from the caller.
+            return unsafe { self.free_counted::<L, SLAB>(ptr) };
+        }
+        // SAFETY: passed on from the caller.
+        unsafe { Self::free_uncounted::<L, SLAB>(ptr) }
+    }
+
+    /// [`free_in`](ThreadHeaps::free_in) while the heap summary counts: out of line, so
+    /// that a free needs no stack frame.
+    ///
+    /// # Safety
+    ///
+    /// As for `free_in`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_counted<L: Layer, const SLAB: usize>(&self, ptr: NonNull<u8>)
+    where
+        Slab<L, SLAB>: HeapTier,
+    {
+        // SAFETY: a live slab block, so its slab header is readable.
+        let size = unsafe { Slab::<L, SLAB>::usable_size(ptr) };
+        self.counters
+            .count_put(Some(Slab::<L, SLAB>::class_of(size)), size);
+        // SAFETY: passed on from the caller.
+        unsafe { Self::free_uncounted::<L, SLAB>(ptr) }
+    }
+
+    /// [`free_in`](ThreadHeaps::free_in) past the count.
+    ///
+    /// # Safety
+    ///
+    /// As for `free_in`.
+    #[inline(always)]
+    unsafe fn free_uncounted<L: Layer, const SLAB: usize>(ptr: NonNull<u8>)
+    where
+        Slab<L, SLAB>: HeapTier,
+    {
         // SAFETY: a live slab block: its slab header is readable and names its owner.
         let (slab, owner) = unsafe { Slab::<L, SLAB>::slab_and_tag(ptr) };
-        if self.counting.load(Ordering::Relaxed) {
-            // SAFETY: as above.
-            let size = unsafe { Slab::<L, SLAB>::usable_size(ptr) };
-            self.counters
-                .count_put(Some(Slab::<L, SLAB>::class_of(size)), size);
-        }
         // SAFETY: a tag names a live heap for good (registry invariants), which this
         // thread reached after the heap was written: through the block, handed to it
         // after its allocation on the heap's thread.
