@@ -119,8 +119,10 @@ unsafe impl<L: Layer, const CAP: usize> Layer for Deferred<L, CAP> {
     }
 
     fn deinit(&mut self) {
-        // The waiting blocks and the list end with the rest of `L`'s.
-        self.queue.forget();
+        // The waiting blocks and the list go down first: a layer below that does not book
+        // its blocks (`Ground`, `System`, a `FreeList`'s pass-through) would leak them, and
+        // one that checks (`Check`) would report blocks the caller had put as leaks.
+        self.release();
         self.inner.deinit();
     }
 
@@ -169,8 +171,8 @@ unsafe impl<L: crate::region::Attributed, const CAP: usize> crate::region::Attri
     }
 
     fn rewind(&mut self) {
-        // As `deinit`: the waiting blocks and the list end with the rest of `L`'s.
-        self.queue.forget();
+        // As `deinit`: the waiting blocks and the list go down before `L` rewinds.
+        self.release();
         self.inner.rewind();
     }
 }

@@ -117,10 +117,4 @@ impl HeldQueue {
             unsafe { inner.put(ring.cast(), Self::ring_layout()) };
         }
     }
-
-    /// Forgets the queued blocks and the storage, which the layer below is ending with all
-    /// its blocks (its `deinit` or `rewind`).
-    pub(crate) fn forget(&mut self) {
-        *self = Self::new();
-    }
 }

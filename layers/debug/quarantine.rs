@@ -96,13 +96,6 @@ impl<L: Layer, const BYTES: usize> Quarantine<L, BYTES> {
             .sum()
     }
 
-    /// Checks the held blocks a last time and forgets them with the queue, for `L` to end
-    /// with all its blocks (`deinit`, `rewind`).
-    fn forget_held(&mut self) {
-        self.verify_held();
-        self.queue.forget();
-        self.bytes = 0;
-    }
 
     /// Checks a block taken off the queue, and puts it down to `L`.
     fn let_go(&mut self, held: Held) {
@@ -170,7 +163,10 @@ unsafe impl<L: Layer, const BYTES: usize> Layer for Quarantine<L, BYTES> {
     }
 
     fn deinit(&mut self) {
-        self.forget_held();
+        // The held blocks (checked) and the ring go down first: a layer below that does not
+        // book its blocks (`Ground`, `System`) would leak them, and `Check` would report
+        // blocks the caller had put as leaks.
+        self.release();
         self.inner.deinit();
     }
 
@@ -223,8 +219,8 @@ unsafe impl<L: crate::region::Attributed, const BYTES: usize> crate::region::Att
     }
 
     fn rewind(&mut self) {
-        // As `deinit`: the held blocks and the ring end with the rest of `L`'s.
-        self.forget_held();
+        // As `deinit`: the held blocks (checked) and the ring go down before `L` rewinds.
+        self.release();
         self.inner.rewind();
     }
 }

@@ -1,0 +1,101 @@
+//! Review A: what safe code can do with the sources (Pipe, Ground, Sbrk, Adopted, Buffer)
+//! and the regions around them. Each test fails (or aborts, in a child) on the code it was
+//! written against, and passes once the finding is fixed.
+
+use std::alloc::Layout;
+use std::time::Duration;
+
+use stratalloc::layers::{Check, Deferred, Ground, Quarantine, System};
+use stratalloc::{Layer, Region, region};
+
+/// The child side of the process-level tests below: does nothing unless started by
+/// `run_child_within`.
+#[test]
+fn child() {
+    let Some(scenario) = crate::child_scenario() else {
+        return;
+    };
+    match scenario.as_str() {
+        "deferred_check_region_gives_back" => deferred_check_region_gives_back(),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// A put that waits in `Deferred` (or `Quarantine`) is a put: the caller is done with the
+/// block. Ending the layer must not make a `Check` below report it as a leak.
+#[test]
+fn deferred_over_check_reports_no_leak_of_a_block_that_was_put() {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let mut deferred = Deferred::<_, 8>::new(Check::new(System::new()));
+    let block = deferred.get(layout).expect("memory");
+    // SAFETY: got just above with `layout`, put once, never used again.
+    unsafe { deferred.put(block, layout) };
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deferred.deinit()));
+    assert!(ended.is_ok(), "deinit reported a block the caller had put as a leak");
+}
+
+#[test]
+fn quarantine_over_check_reports_no_leak_of_a_block_that_was_put() {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let mut quarantine = Quarantine::<_, 4096>::new(Check::new(System::new()));
+    let block = quarantine.get(layout).expect("memory");
+    // SAFETY: got just above with `layout`, put once, never used again.
+    unsafe { quarantine.put(block, layout) };
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantine.deinit()));
+    assert!(ended.is_ok(), "deinit reported a block the caller had put as a leak");
+}
+
+/// In a region, the same report comes from inside the router's guard around `deinit`: a
+/// correct program (every block freed) is aborted by `give_back`.
+fn deferred_check_region_gives_back() {
+    let region = Region::new(Deferred::<_, 64>::new(Check::new(Ground::new())));
+    region::enter(&region, || drop(std::hint::black_box(Box::new([1u8; 100]))));
+    // The router parks the free until the stack's next operation; `give_back` puts it.
+    assert!(region.give_back(), "no block is live");
+    drop(region);
+    println!("deferred check region child passed");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_region_with_deferred_over_check_gives_back_without_aborting() {
+    let output = crate::run_child_within(
+        "review_a::child",
+        "deferred_check_region_gives_back",
+        Duration::from_secs(60),
+    )
+    .expect("the child finished");
+    crate::assert_child_passed(&output, "deferred check region child passed");
+}
+
+/// `Ground` does not book its pieces, so a layer above that forgets blocks at `deinit` or
+/// `rewind` (relying on the layer below to end them, as `Deferred` and `Quarantine` do)
+/// leaks them: every `reset` of a reused region loses the waiting blocks' pages for good,
+/// and those pages stay claimed in the page map for the region even after its record is
+/// freed.
+#[test]
+#[cfg_attr(miri, ignore = "the page map's leaves are maps of the OS")]
+fn resetting_a_deferred_ground_region_gives_its_pages_back() {
+    let region = Region::new(Deferred::<_, 64>::new(Ground::new()));
+    let mut addresses = Vec::new();
+    for _ in 0..4 {
+        let address = region::enter(&region, || {
+            let block = std::hint::black_box(Box::new([7u8; 5000]));
+            let address = (&raw const *block).addr();
+            drop(block);
+            address
+        });
+        addresses.push(address);
+        assert!(region.reset(), "no block is live");
+    }
+    let held = region.with_layer(|deferred| deferred.inner().held_bytes());
+    assert_eq!(held, 0, "Ground still holds {held} bytes after reset");
+    drop(region);
+    stratalloc::region::release_zombies();
+    for address in addresses {
+        assert!(
+            !region::served_by_a_region(std::ptr::without_provenance(address)),
+            "{address:#x} is still claimed by a region that was dropped"
+        );
+    }
+}
