@@ -191,6 +191,11 @@ impl PieceCache {
 /// Sizes are rounded up to whole pages and blocks are page-aligned, so `Ground` belongs at
 /// the bottom of a stack that asks for big pieces, under `Chunk`:
 /// `Stats<Chunk<Batch<Check<Stats<Ground>>>, 65536>>` is the binarytree example's stack.
+///
+/// `Ground` books nothing, so its [`deinit`](Layer::deinit) ends no block: a piece not put
+/// back before it stays allocated from the system allocator (and, in a region, claimed for
+/// the region in the page map) for good. Every layer of this crate puts back what it holds
+/// before it ends the layer below; a layer of your own over `Ground` must do the same.
 pub struct Ground {
     claims: Attribution,
     held: usize,
