@@ -462,12 +462,20 @@ impl<L: Attributed + Send + 'static> Drop for Region<L> {
         } else {
             None
         };
+        // Pieces lent to younger pipe regions are no escapes, but the stack's report cannot
+        // tell them from the program's blocks: say how many of its blocks they are.
+        let lent = owner.live().wrapping_sub(owner.held_by_the_program());
         // SAFETY: the handle ends here, on the owner thread.
         let live = unsafe { owner::end(self.owner_ptr()) };
         if live == 0 || self.reported.get() {
             return;
         }
         match report {
+            Some(report) if !std::thread::panicking() && lent != 0 => panic!(
+                "stratalloc: a region ended with {live} blocks still live; its memory is kept \
+                 until they are freed. The report also lists the {lent} pieces it lent to \
+                 younger pipe regions, which are no escapes: {report}"
+            ),
             Some(report) if !std::thread::panicking() => panic!(
                 "stratalloc: a region ended with blocks still live; its memory is kept until \
                  they are freed: {report}"
