@@ -111,6 +111,13 @@ impl AdoptedMemory {
         start..start + self.len
     }
 
+    /// The addresses this memory holds, which no other adopted range may share: its whole
+    /// allocation (a vector's capacity too, which is freed with it), not just the bytes served.
+    pub(crate) fn held_range(&self) -> Range<usize> {
+        let start = self.base.as_ptr().addr();
+        start..start + self.capacity
+    }
+
     /// The number of bytes adopted.
     pub fn len(&self) -> usize {
         self.len
@@ -329,9 +336,9 @@ impl<const N: usize> Adopted<N> {
     /// [`AdoptRefusal::Overlaps`] when `memory` shares a byte with a range adopted already,
     /// [`AdoptRefusal::Full`] when `N` ranges are held; the memory comes back in the error.
     pub fn adopt(&mut self, memory: AdoptedMemory) -> Result<(), AdoptError> {
-        let adopting = memory.range();
+        let adopting = memory.held_range();
         for slot in self.slots.iter().flatten() {
-            let existing = slot.memory.range();
+            let existing = slot.memory.held_range();
             if overlap(&adopting, &existing) {
                 let refusal = AdoptRefusal::Overlaps {
                     adopting,
@@ -446,7 +453,7 @@ unsafe impl<const N: usize> Layer for Adopted<N> {
             let Some(slot) = slot else { continue };
             slot.source.check_invariants();
             for other in self.slots[i + 1..].iter().flatten() {
-                if overlap(&slot.memory.range(), &other.memory.range()) {
+                if overlap(&slot.memory.held_range(), &other.memory.held_range()) {
                     crate::abort::abort_with(format_args!(
                         "Adopted invariant broken: ranges {:?} and {:?} overlap",
                         slot.memory, other.memory

@@ -458,7 +458,7 @@ impl<L: Layer> BufferOptions<'_, L> {
                 return Err(AdoptError::new(refusal, memory));
             }
         };
-        let adopting = memory.range();
+        let adopting = memory.held_range();
         let mut state = lock(&self.manager.shared);
         let clash = state
             .held
