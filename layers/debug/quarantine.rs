@@ -96,7 +96,6 @@ impl<L: Layer, const BYTES: usize> Quarantine<L, BYTES> {
             .sum()
     }
 
-
     /// Checks a block taken off the queue, and puts it down to `L`.
     fn let_go(&mut self, held: Held) {
         // SAFETY: a held block: poisoned at its put, then untouched by this layer.

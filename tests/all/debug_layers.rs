@@ -8,7 +8,7 @@ use std::alloc::Layout;
 use stratalloc::Layer;
 use stratalloc::layer::FREED;
 use stratalloc::layers::{
-    Deferred, GUARD_BYTE, Guard, OnRelease, Quarantine, Released, Stats, System,
+    Check, Deferred, GUARD_BYTE, Guard, OnRelease, Quarantine, Released, Stats, System,
 };
 
 /// Sizes and alignments the planted cases cycle through.
@@ -301,4 +301,34 @@ fn deferred_puts_wait_until_collect_or_the_cap() {
     unsafe { deferred.put(block, layout) };
     let stats = deferred.into_inner();
     assert_eq!(stats.gauge().live, 0, "every block and the list went back");
+}
+
+/// A put that waits in `Deferred` (or `Quarantine`) is a put: the caller is done with the
+/// block. Ending the layer must not make a `Check` below report it as a leak.
+#[test]
+fn deferred_over_check_reports_no_leak_of_a_block_that_was_put() {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let mut deferred = Deferred::<_, 8>::new(Check::new(System::new()));
+    let block = deferred.get(layout).expect("memory");
+    // SAFETY: got just above with `layout`, put once, never used again.
+    unsafe { deferred.put(block, layout) };
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deferred.deinit()));
+    assert!(
+        ended.is_ok(),
+        "deinit reported a block the caller had put as a leak"
+    );
+}
+
+#[test]
+fn quarantine_over_check_reports_no_leak_of_a_block_that_was_put() {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let mut quarantine = Quarantine::<_, 4096>::new(Check::new(System::new()));
+    let block = quarantine.get(layout).expect("memory");
+    // SAFETY: got just above with `layout`, put once, never used again.
+    unsafe { quarantine.put(block, layout) };
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantine.deinit()));
+    assert!(
+        ended.is_ok(),
+        "deinit reported a block the caller had put as a leak"
+    );
 }

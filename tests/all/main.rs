@@ -28,8 +28,6 @@ mod region_hazards;
 mod region_reuse;
 #[cfg(feature = "std")]
 mod regions;
-#[cfg(all(feature = "std", unix))]
-mod review_a;
 #[cfg(feature = "std")]
 mod routing_model;
 #[cfg(all(feature = "std", target_os = "linux"))]

@@ -574,3 +574,34 @@ fn the_adopted_source_serves_its_ranges_and_refuses_overlaps() {
     adopted.deinit();
     drop(backing);
 }
+
+/// `AdoptedMemory::from_raw_parts` promises that memory overlapping what the same `Adopted`
+/// already holds is refused. A vector's allocation is held whole (it is freed whole, with
+/// its capacity, when given back), but the overlap check looks only at `0..len`: a raw range
+/// in the vector's spare capacity is accepted, and would be served after the vector's
+/// allocation is freed by `give_back`.
+#[test]
+fn adopting_raw_memory_inside_an_adopted_vector_s_capacity_is_refused() {
+    use stratalloc::layers::{AdoptRefusal, Adopted, AdoptedMemory};
+    let mut vector = Vec::<u8>::with_capacity(4096);
+    vector.extend_from_slice(&[1; 16]);
+    for byte in vector.spare_capacity_mut() {
+        byte.write(0);
+    }
+    let spare = std::ptr::NonNull::new(vector.as_mut_ptr().wrapping_add(1024)).unwrap();
+    let mut adopted = Adopted::<4>::new();
+    adopted
+        .adopt(AdoptedMemory::from_vec(vector))
+        .expect("the first range");
+    // SAFETY: initialised bytes, valid while the vector's allocation lives; the overlap with
+    // the vector adopted above is what `adopt` promises to refuse.
+    let raw = unsafe { AdoptedMemory::from_raw_parts(spare, 64) };
+    let refused = adopted.adopt(raw);
+    assert!(
+        matches!(
+            refused.as_ref().map_err(|e| e.refusal()),
+            Err(AdoptRefusal::Overlaps { .. })
+        ),
+        "a range inside the adopted vector's capacity was accepted"
+    );
+}
