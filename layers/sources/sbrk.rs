@@ -46,8 +46,11 @@ struct FreeBlock {
 ///
 /// Because that is a promise about the whole process, `Sbrk` does nothing until the
 /// program makes it with [`Sbrk::claim_break`]; before that, `get` answers `None`.
-/// Typical programs that can make the promise: single-threaded ones, and ones where a
-/// `stratalloc` stack over `Sbrk` *is* the global allocator and no C code calls `malloc`.
+/// Single-threaded programs can make it. A multi-threaded program can make it only if
+/// nothing in it reaches the C library's `malloc` while another thread may be in an
+/// `Sbrk` call, and that is hard to know: the standard library itself calls C functions
+/// that allocate with `malloc` (`std::fs::canonicalize` calls `realpath`, for one), so a
+/// `stratalloc` stack over `Sbrk` as the global allocator is not enough.
 pub struct Sbrk {
     free: *mut FreeBlock,
     /// Bytes got from the break and not given back to it.
