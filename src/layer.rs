@@ -445,47 +445,51 @@ pub(crate) unsafe fn fill<L: Layer + ?Sized>(block: *mut u8, skip: usize, len: u
 }
 
 /// The offset of the first byte of `bytes` that is not `byte`, or `None`: how the debugging
-/// layers check their poison and guard bytes. Groups of 32 bytes are compared with one OR
-/// of four word differences each (no branch per word, so the compiler vectorizes it), the
-/// tail under 32 bytes a word at a time with a last word overlapping the one before; only
-/// a group that differs is searched byte by byte.
+/// layers check their poison and guard bytes. The usual answer is `None`, so the whole run
+/// is compared first with no early exit ([`differs_anywhere`]), which the compiler turns
+/// into vector compares; only a run that differs is searched byte by byte.
 #[inline]
 pub(crate) fn first_byte_not(bytes: &[u8], byte: u8) -> Option<usize> {
+    if differs_anywhere(bytes, byte) {
+        bytes.iter().position(|&b| b != byte)
+    } else {
+        None
+    }
+}
+
+/// Whether any byte of `bytes` is not `byte`: groups of 32 bytes OR four word differences
+/// each into four accumulators (no branch, so the compiler keeps them in two vector
+/// registers), the whole words of the tail one at a time, and a last word that ends at the
+/// end (it may overlap the words before it: those bytes are compared twice, harmlessly).
+#[inline]
+fn differs_anywhere(bytes: &[u8], byte: u8) -> bool {
     const GROUP: usize = 32;
+    let len = bytes.len();
+    if len < 8 {
+        return bytes.iter().any(|&b| b != byte);
+    }
     let pattern = u64::from_ne_bytes([byte; 8]);
-    let differs = |chunk: &[u8]| -> u64 {
+    let word = |at: usize| {
         let mut word = [byte; 8];
-        word.copy_from_slice(chunk);
+        word.copy_from_slice(&bytes[at..at + 8]);
         u64::from_ne_bytes(word) ^ pattern
     };
-    let search = |from: usize| {
-        bytes[from..]
-            .iter()
-            .position(|&b| b != byte)
-            .map(|at| from + at)
-    };
-    let mut groups = bytes.chunks_exact(GROUP);
-    for (index, group) in groups.by_ref().enumerate() {
-        let any = group
-            .chunks_exact(8)
-            .fold(0, |any, chunk| any | differs(chunk));
-        if any != 0 {
-            return search(index * GROUP);
+    let mut groups = [0u64; GROUP / 8];
+    let mut whole = bytes.chunks_exact(GROUP);
+    for group in whole.by_ref() {
+        for (k, acc) in groups.iter_mut().enumerate() {
+            let mut word = [byte; 8];
+            word.copy_from_slice(&group[8 * k..8 * k + 8]);
+            *acc |= u64::from_ne_bytes(word) ^ pattern;
         }
     }
-    let tail = bytes.len() - groups.remainder().len();
-    let rest = &bytes[tail..];
-    if bytes.len() >= 8 {
-        // Whole words of the tail, and a last word ending at the end (it may overlap the
-        // words before it, or the last group: those bytes are checked twice, harmlessly).
-        let words = rest
-            .chunks_exact(8)
-            .fold(0, |any, chunk| any | differs(chunk));
-        if words | differs(&bytes[bytes.len() - 8..]) == 0 {
-            return None;
-        }
+    let mut at = len - whole.remainder().len();
+    let mut rest = word(len - 8);
+    while at + 8 <= len {
+        rest |= word(at);
+        at += 8;
     }
-    search(tail)
+    groups.iter().fold(rest, |any, acc| any | acc) != 0
 }
 
 // ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------
