@@ -310,8 +310,11 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         let tag = Self::tag_of(ptr);
         // SAFETY: the caller's duty: a live block of ours, its tag right before it.
         match unsafe { Self::state(tag) } {
-            // SAFETY: the tag is live, as above.
-            USED => unsafe { (*tag).size - TAG },
+            // SAFETY: the tag is live, as above, and part of its arena's tiling.
+            USED => unsafe {
+                Self::check_tiling(tag);
+                (*tag).size - TAG
+            },
             // SAFETY: as above; a large tag's `prev` is the payload's offset.
             LARGE => unsafe { (*tag).size - (*tag).prev as usize * GRAIN },
             state => Self::misuse("usable_size", ptr, state),
@@ -336,7 +339,7 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
         // split off again, which keeps the tiling.
         unsafe {
             match Self::state(tag) {
-                USED => {}
+                USED => Self::check_tiling(tag),
                 LARGE => return self.usable_size(ptr) >= new_size,
                 state => Self::misuse("grow", ptr, state),
             }
@@ -437,9 +440,41 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     #[inline(never)]
     fn corrupted(tag: *const Tag) -> ! {
         abort_with(format_args!(
-            "Coalesce: heap corrupted: a broken header next to the block at {:p}",
+            "Coalesce: heap corrupted: a broken header next to the block at {:p} (or that \
+             block was put already)",
             tag.wrapping_add(1)
         ))
+    }
+
+    /// Aborts unless the arena block whose tag reads `USED` is one of the arena's tiling:
+    /// its left neighbour (if any) ends where it starts and its right neighbour's `prev`
+    /// names its size, as `free_in_arena` checks before it merges. A block that was put
+    /// and merged into its free left neighbour keeps a `USED` tag of its own inside the
+    /// merged free block: the check keeps `usable_size`, `grow` and `shrink` (C's `realloc`
+    /// and `malloc_usable_size`) from taking it for a live block.
+    ///
+    /// # Safety
+    ///
+    /// `tag` is sealed `USED` and lies in an arena of ours.
+    #[inline(always)]
+    unsafe fn check_tiling(tag: *mut Tag) {
+        // SAFETY: the caller's duty; the neighbours' tags are where the sealed sizes say,
+        // inside the same arena (each checked before the next is trusted).
+        unsafe {
+            let prev = (*tag).prev as usize * GRAIN;
+            if prev != 0 {
+                let left = tag.byte_sub(prev);
+                if !matches!(Self::state(left), FREE | USED) || (*left).size != prev {
+                    Self::corrupted(tag);
+                }
+            }
+            let right = tag.byte_add((*tag).size);
+            if (*right).prev as usize * GRAIN != (*tag).size
+                || !matches!(Self::state(right), FREE | USED | EDGE)
+            {
+                Self::corrupted(tag);
+            }
+        }
     }
 
     /// Writes a tag.
@@ -895,7 +930,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
         // free block merged with a free right neighbour, so no two free blocks touch.
         unsafe {
             match Self::state(tag) {
-                USED => {}
+                USED => Self::check_tiling(tag),
                 LARGE => return true,
                 state => Self::misuse("shrink", ptr, state),
             }
@@ -1301,6 +1336,113 @@ mod tests {
         }
         heap.check_invariants();
         assert_eq!(heap.empty_arenas(), 1);
+    }
+
+    /// Probe: after random gets, puts, grows and shrinks, would a second put of a block
+    /// already put (or a put of an address inside a live block) pass every check that
+    /// `put_unsized` makes before it changes anything? Such a put corrupts the heap silently.
+    #[test]
+    fn probe_stale_headers_that_pass_the_checks() {
+        fn would_accept(ptr: NonNull<u8>) -> Option<&'static str> {
+            let tag = Heap::tag_of(ptr);
+            unsafe {
+                match Heap::state(tag) {
+                    LARGE => return Some("large"),
+                    USED => {}
+                    _ => return None,
+                }
+                let prev = (*tag).prev as usize * GRAIN;
+                if prev != 0 {
+                    let left = tag.byte_sub(prev);
+                    match Heap::state(left) {
+                        FREE | USED if (*left).size == prev => {}
+                        _ => return None,
+                    }
+                }
+                let right = tag.byte_add((*tag).size);
+                if (*right).prev as usize * GRAIN != (*tag).size {
+                    return None;
+                }
+                match Heap::state(right) {
+                    FREE | USED | EDGE => Some("arena"),
+                    _ => None,
+                }
+            }
+        }
+        let mut memory = memory_of(8 * ARENA);
+        let mut heap: Heap<'_> = Coalesce::new(Stats::new(Buffer::new(&mut memory)));
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut live: alloc::vec::Vec<(NonNull<u8>, Layout)> = alloc::vec::Vec::new();
+        let mut dead: alloc::vec::Vec<NonNull<u8>> = alloc::vec::Vec::new();
+        let steps = if cfg!(miri) { 300 } else { 20_000 };
+        for step in 0..steps {
+            match rand(10) {
+                0..=3 => {
+                    let size = [16, 32, 48, 100, 500, 1000, 3000][rand(7)];
+                    let align = [8, 16, 32, 64][rand(4)];
+                    let layout = at(size, align);
+                    if let Some(block) = heap.get(layout) {
+                        // Write the block whole, as an owner may (no stale tag survives?)
+                        // -- no: owners need not write, so leave it.
+                        live.push((block, layout));
+                    }
+                }
+                4..=6 if !live.is_empty() => {
+                    let (block, layout) = live.swap_remove(rand(live.len()));
+                    unsafe { heap.put(block, layout) };
+                    dead.push(block);
+                }
+                7 if !live.is_empty() => {
+                    let i = rand(live.len());
+                    let (block, layout) = live[i];
+                    let new = at(layout.size() + [16, 100, 1000][rand(3)], layout.align());
+                    if unsafe { heap.grow(block, layout, new) } {
+                        live[i].1 = new;
+                    }
+                }
+                8 if !live.is_empty() => {
+                    let i = rand(live.len());
+                    let (block, layout) = live[i];
+                    let new = at(layout.size() / (1 + rand(4)), layout.align());
+                    if unsafe { heap.shrink(block, layout, new) } {
+                        live[i].1 = new;
+                    }
+                }
+                _ => {}
+            }
+            heap.check_invariants();
+            if dead.len() > 64 {
+                dead.drain(..32);
+            }
+            for &stale in &dead {
+                if live.iter().any(|&(b, _)| b == stale) {
+                    continue;
+                }
+                if !heap.owns(stale) {
+                    continue;
+                }
+                if let Some(kind) = would_accept(stale) {
+                    panic!("step {step}: a second put of {stale:p} would pass ({kind})");
+                }
+            }
+            // Interior addresses of live blocks.
+            for &(block, layout) in &live {
+                let mut off = 16;
+                while off + 16 <= layout.size() {
+                    let p = NonNull::new(block.as_ptr().wrapping_add(off)).unwrap();
+                    if let Some(kind) = would_accept(p) {
+                        panic!("step {step}: a put of {p:p}, {off} bytes into a live block, would pass ({kind})");
+                    }
+                    off += 16;
+                }
+            }
+        }
     }
 
     /// Bin `level * SUBS + sub` starts at `2^(level + 5) + sub * 2^(level + 2)` bytes, as

@@ -926,12 +926,27 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn abort_if_free(ptr: NonNull<u8>) {
-        // SAFETY: the caller's duty: every block holds at least a free block's two words.
-        if unsafe { holds_free_key(ptr.as_ptr().cast()) } {
-            bad_pointer(
+        // SAFETY: the caller's duty.
+        unsafe {
+            Self::abort_if_free_with(
                 ptr,
                 "put twice (it is already free), the second time by another thread",
-            );
+            )
+        }
+    }
+
+    /// [`abort_if_free`](Slab::abort_if_free) with the reason given: for the calls other
+    /// than a put that take a block for live (C's `realloc` and `malloc_usable_size`).
+    ///
+    /// # Safety
+    ///
+    /// As for `abort_if_free`.
+    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) unsafe fn abort_if_free_with(ptr: NonNull<u8>, why: &str) {
+        // SAFETY: the caller's duty: every block holds at least a free block's two words.
+        if unsafe { holds_free_key(ptr.as_ptr().cast()) } {
+            bad_pointer(ptr, why);
         }
     }
 

@@ -630,11 +630,23 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     /// `ptr` is a live block of this allocator.
     #[inline]
     unsafe fn slab_usable_size(ptr: NonNull<u8>) -> Option<usize> {
-        // SAFETY: the caller's duty; `reserve_of` names the layer of a live block.
+        /// A freed slab block holds its free key (cleared when it is handed out again).
+        const FREED: &str = "put twice (it is already free): realloc or malloc_usable_size \
+                             of a freed block";
+        // SAFETY: the caller's duty; `reserve_of` names the layer of a live block, which
+        // holds at least a free block's two words.
         unsafe {
             match reserve_of(ptr) {
-                Reserved::Small => Some(HeapSlab::usable_size(ptr)),
-                Reserved::Big => Some(BigSlab::usable_size(ptr)),
+                Reserved::Small => {
+                    let size = HeapSlab::usable_size(ptr);
+                    HeapSlab::abort_if_free_with(ptr, FREED);
+                    Some(size)
+                }
+                Reserved::Big => {
+                    let size = BigSlab::usable_size(ptr);
+                    BigSlab::abort_if_free_with(ptr, FREED);
+                    Some(size)
+                }
                 Reserved::Neither => None,
             }
         }

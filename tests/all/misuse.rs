@@ -87,6 +87,25 @@ mod aborts {
                     heap.put_unsized(big);
                     heap.put_unsized(big);
                 }
+                "coalesce_grow_of_a_put_block" | "coalesce_usable_size_of_a_put_block" => {
+                    // `b` merges into its free neighbours on both sides; its own header,
+                    // inside the merged free block, still reads "in use".
+                    let mut heap = Coalesce::<_, 65536>::new(System);
+                    let layout = Layout::from_size_align(1000, 8).unwrap();
+                    let [l, b, r, _x] = [0; 4].map(|_| heap.get(layout).unwrap());
+                    heap.put(r, layout);
+                    heap.put(l, layout);
+                    heap.put(b, layout);
+                    if scenario == "coalesce_grow_of_a_put_block" {
+                        // Unnoticed, this takes `r`'s old header off a bin it is not on and
+                        // hands `b` out again inside the free block `l..`.
+                        let grown = heap.grow(b, layout, Layout::from_size_align(2000, 8).unwrap());
+                        let whole = heap.get(Layout::from_size_align(3000, 8).unwrap());
+                        eprintln!("grown in place: {grown}; then got {whole:?} for {l:p}");
+                    } else {
+                        eprintln!("usable size {}", heap.usable_size(b));
+                    }
+                }
                 "coalesce_stranger" => {
                     let mut heap = Coalesce::<_, 65536>::new(System);
                     // A 16-aligned pointer with 16 readable bytes before it that are not
@@ -277,6 +296,19 @@ mod aborts {
             "coalesce_large_double_put",
             "which is already free (a double put?)",
         );
+    }
+
+    /// A block put, whose header a merge left behind inside a free block, is no live block
+    /// to `grow` (C's `realloc`) or `usable_size` either: they abort as `put` does.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn coalesce_aborts_on_a_resize_or_size_of_a_block_put() {
+        for scenario in [
+            "coalesce_grow_of_a_put_block",
+            "coalesce_usable_size_of_a_put_block",
+        ] {
+            expect_abort(scenario, "Coalesce: heap corrupted: a broken header next to");
+        }
     }
 
     #[test]

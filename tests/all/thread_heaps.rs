@@ -1084,3 +1084,81 @@ fn realloc_grows_an_over_aligned_large_block_by_its_own_layout() {
         }
     }
 }
+
+/// `realloc` of a block already freed is a second free, as `free` of it is: `free` aborts
+/// with a message (for slab blocks by their key, for blocks of `Large` by their headers),
+/// so `realloc` must too, before it hands the freed block back as live (or grows it into
+/// its free neighbours). Each scenario ends with the harm a missed misuse does: a block
+/// handed out twice.
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn realloc_of_a_freed_block_aborts_with_a_message() {
+    static HEAP: General = general();
+    let scenarios = [
+        // A block of `Large` (an arena block) that merged into its free left neighbour:
+        // its header still reads "in use" (only the merged block's first header changes).
+        ("large, same size", "heap corrupted"),
+        ("large, grown in place", "heap corrupted"),
+        // A slab block: its key says it is free.
+        ("small, same size", "put twice"),
+    ];
+    if let Some(scenario) = crate::child_scenario() {
+        const N: usize = 40_000;
+        // SAFETY: not sound, on purpose: the misuse must abort before any harm.
+        unsafe {
+            match scenario.as_str() {
+                "large, same size" | "large, grown in place" => {
+                    let [l, b, r, _x] = [0; 4].map(|_| HEAP.malloc(N));
+                    assert_eq!(b as usize - l as usize, N + 16, "carved side by side");
+                    HEAP.free(r);
+                    HEAP.free(l);
+                    HEAP.free(b); // merges into `l` (and `r`): one free block of 3 * (N + 16)
+                    let size = if scenario == "large, same size" { N } else { 2 * N };
+                    let again = HEAP.realloc(b, size);
+                    // Not caught: the freed block is live again, inside a free block that
+                    // the next request of its size takes whole.
+                    let whole = HEAP.malloc(3 * (N + 16) - 16);
+                    println!(
+                        "the misuse went unnoticed: realloc gave {again:p} (freed {b:p}), and \
+                         malloc then gave {whole:p}, which overlaps it: {}",
+                        (whole as usize) <= again as usize
+                            && again as usize <= whole as usize + 3 * N
+                    );
+                }
+                "small, same size" => {
+                    let p = HEAP.malloc(64);
+                    let _live = HEAP.malloc(64);
+                    HEAP.free(p);
+                    let again = HEAP.realloc(p, 64);
+                    let other = HEAP.malloc(64);
+                    println!(
+                        "the misuse went unnoticed: realloc gave {again:p} (freed {p:p}), \
+                         malloc then gave {other:p}"
+                    );
+                }
+                other => panic!("unknown scenario {other}"),
+            }
+        }
+        return;
+    }
+    let mut failures = Vec::new();
+    for (scenario, message) in scenarios {
+        let out = crate::run_child(
+            "thread_heaps::realloc_of_a_freed_block_aborts_with_a_message",
+            scenario,
+        );
+        let result = std::panic::catch_unwind(|| crate::assert_aborted_with(&out, message));
+        if result.is_err() {
+            failures.push(format!(
+                "{scenario}: {:?}, stdout: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains("unnoticed"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
