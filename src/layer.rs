@@ -73,7 +73,7 @@
 //!
 //! A few checks stay on in release builds because they are O(1) and stop likely misuse
 //! from corrupting memory: `Slab`'s header check word, `Coalesce`'s sealed headers,
-//! `Mmap`'s look-up of the block put.
+//! `Mmap`'s look-up of the block put, `Reserve`'s range check of the block put.
 //!
 //! # Fill bytes
 //!

@@ -370,7 +370,8 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     /// [currently allocated](crate::layer#currently-allocated). Afterwards the block is no
     /// longer theirs: it must not be read, written or put again. (A second put of the same
     /// block, or a pointer whose header is not one of this layer's, aborts when the header
-    /// still shows it.)
+    /// still shows it: not once its arena or piece went back to `L`, whose memory may be
+    /// unmapped then, or reused.)
     pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
         paranoid(self);
         let tag = Self::tag_of(ptr);
@@ -1388,8 +1389,13 @@ mod tests {
                     let align = [8, 16, 32, 64][rand(4)];
                     let layout = at(size, align);
                     if let Some(block) = heap.get(layout) {
-                        // Write the block whole, as an owner may (no stale tag survives?)
-                        // -- no: owners need not write, so leave it.
+                        // Owners need not write their blocks, so stale headers may survive
+                        // in them; under Miri, which forbids the probe's reads of bytes
+                        // never written, the blocks are written (debug builds fill them
+                        // anyway).
+                        if cfg!(miri) {
+                            unsafe { block.as_ptr().write_bytes(0x5A, layout.size()) };
+                        }
                         live.push((block, layout));
                     }
                 }
@@ -1403,6 +1409,9 @@ mod tests {
                     let (block, layout) = live[i];
                     let new = at(layout.size() + [16, 100, 1000][rand(3)], layout.align());
                     if unsafe { heap.grow(block, layout, new) } {
+                        if cfg!(miri) {
+                            unsafe { block.as_ptr().write_bytes(0x5A, new.size()) };
+                        }
                         live[i].1 = new;
                     }
                 }

@@ -23,6 +23,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::Layer;
+use crate::abort::abort_with;
 use crate::layer::require_put;
 use crate::os::{self, now_ms};
 use crate::spin::SpinLock;
@@ -650,7 +651,19 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         let Some(granules) = Self::granules(range, layout) else {
             return;
         };
-        let offset = ptr.as_ptr().addr() - base.addr();
+        // O(1), as `Mmap`'s look-up: a block that is not below the bump pointer, or not
+        // at a granule, is no block of ours, and putting it on a free stack would hand it
+        // out again (and an offset below the base would overflow).
+        let offset = ptr.as_ptr().addr().wrapping_sub(base.addr());
+        if offset >= range.bump.load(Ordering::Relaxed)
+            || !offset.is_multiple_of(range.granule)
+        {
+            abort_with(format_args!(
+                "Reserve: put of {ptr:p} (size {}, align {}), which is not a block of this range",
+                layout.size(),
+                layout.align()
+            ));
+        }
         let held = range.held.lock();
         let kept = range.young_granules.load(Ordering::Relaxed)
             + range.aged_granules.load(Ordering::Relaxed);

@@ -190,7 +190,13 @@ const fn cache_slot(tp: usize) -> usize {
 ///   of a block still free in its slab, abort with one line naming the address (a free
 ///   block holds a key that sends a free to look for it on its slab's free list). A
 ///   second free from another thread after the block was handed out again cannot be told
-///   from a free of the new allocation, and is not caught (nor is it by glibc).
+///   from a free of the new allocation, and is not caught (nor is it by glibc). `realloc`
+///   and `malloc_usable_size` of a freed block abort as a second free does. Blocks of
+///   `Large` are checked by their headers: a second free aborts while the block's memory is
+///   still `Large`'s, but the memory of a block with a map of its own (in `General`, one
+///   over 32 MiB), or of an arena left wholly free, may be unmapped at the first free: a
+///   second free then faults (`SIGSEGV`), or, once the address was mapped again for a new
+///   block, frees that one.
 ///
 /// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
 /// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first

@@ -106,6 +106,17 @@ mod aborts {
                         eprintln!("usable size {}", heap.usable_size(b));
                     }
                 }
+                "reserve_stranger" => {
+                    // A granule-aligned block of another layer, put to the shared range:
+                    // unnoticed, it goes on the free stack and the next get hands it out.
+                    let mut reserve = stratalloc::layers::Reserve::new();
+                    let one = Layout::from_size_align(16384, 16384).unwrap();
+                    let _ours = reserve.get(one).unwrap();
+                    let foreign = System.get(one).unwrap();
+                    reserve.put(foreign, one);
+                    let again = reserve.get(one);
+                    eprintln!("Reserve handed out {again:?}; the foreign block is {foreign:p}");
+                }
                 "coalesce_stranger" => {
                     let mut heap = Coalesce::<_, 65536>::new(System);
                     // A 16-aligned pointer with 16 readable bytes before it that are not
@@ -296,6 +307,14 @@ mod aborts {
             "coalesce_large_double_put",
             "which is already free (a double put?)",
         );
+    }
+
+    /// `Reserve`, as `Mmap`, refuses a block that is not in its range (in release builds
+    /// too: the debug-only alignment check lets any granule-aligned block through).
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    fn reserve_aborts_on_a_pointer_it_never_handed_out() {
+        expect_abort("reserve_stranger", "which is not a block of this range");
     }
 
     /// A block put, whose header a merge left behind inside a free block, is no live block

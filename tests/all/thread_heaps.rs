@@ -1162,3 +1162,35 @@ fn realloc_of_a_freed_block_aborts_with_a_message() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A second free of a block of `Large` with a map of its own (over 32 MiB in `General`):
+/// the first free unmapped it, so the second cannot read its header and faults, as the
+/// `ThreadHeaps` docs now say (it is not the one-line abort that other misuse gets).
+#[cfg(unix)]
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
+fn a_second_free_of_an_unmapped_large_block_faults() {
+    static HEAP: General = general();
+    if crate::child_scenario().as_deref() == Some("large twice") {
+        let p = HEAP.malloc(64 << 20);
+        // SAFETY: not sound, on purpose.
+        unsafe {
+            HEAP.free(p);
+            HEAP.free(p);
+        }
+        println!("the misuse went unnoticed");
+        return;
+    }
+    let out = crate::run_child(
+        "thread_heaps::a_second_free_of_an_unmapped_large_block_faults",
+        "large twice",
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "{:?}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
