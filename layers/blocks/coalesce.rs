@@ -1343,6 +1343,8 @@ mod tests {
     /// already put (or a put of an address inside a live block) pass every check that
     /// `put_unsized` makes before it changes anything? Such a put corrupts the heap silently.
     #[test]
+    // (A probe: its unsafe blocks read headers and put blocks it got, each live.)
+    #[allow(clippy::undocumented_unsafe_blocks)]
     fn probe_stale_headers_that_pass_the_checks() {
         fn would_accept(ptr: NonNull<u8>) -> Option<&'static str> {
             let tag = Heap::tag_of(ptr);
