@@ -406,6 +406,19 @@ pub unsafe trait Measured: Layer {
     /// `ptr` was returned by `get` on this layer and is currently allocated, and `new_size`
     /// is more than its [`usable_size`](Measured::usable_size).
     unsafe fn grow_unsized(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool;
+
+    /// A block that fits `layout`, as [`get`](Layer::get) returns, whose first
+    /// `layout.size()` bytes are zero (what C's `calloc` and `GlobalAlloc::alloc_zeroed`
+    /// need). The default zeroes what `get` returned; a layer that knows a block is zero
+    /// already (a piece fresh from a [`ZEROED`](Layer::ZEROED) layer below, whose pages
+    /// the OS maps on first touch) skips that, so that a large zeroed request costs no
+    /// memory until it is written.
+    fn get_zeroed(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let block = self.get(layout)?;
+        // SAFETY: a fresh block of ours, valid for writes of `layout.size()` bytes.
+        unsafe { block.as_ptr().write_bytes(0, layout.size()) };
+        Some(block)
+    }
 }
 
 /// The size a layer actually serves for `layout`: its size, or one byte for a

@@ -1142,6 +1142,20 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> crate::layer::Measu
         // SAFETY: as above; `grow` does the same, its old layout unread.
         unsafe { self.grow_to(ptr, new_size) }
     }
+
+    fn get_zeroed(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let block = self.get(layout)?;
+        // A block with a piece of its own, fresh from a `ZEROED` layer below, is zero past
+        // its tag (nothing writes a large block's payload: no fill, no link); an arena
+        // block may hold an earlier block's bytes.
+        // SAFETY: a live block of ours, its tag right before it.
+        let fresh = L::ZEROED && unsafe { Self::state(Self::tag_of(block)) } == LARGE;
+        if !fresh {
+            // SAFETY: a fresh block of ours holding `layout.size()` bytes.
+            unsafe { block.as_ptr().write_bytes(0, layout.size()) };
+        }
+        Some(block)
+    }
 }
 
 #[cfg(test)]
@@ -1448,7 +1462,9 @@ mod tests {
                 while off + 16 <= layout.size() {
                     let p = NonNull::new(block.as_ptr().wrapping_add(off)).unwrap();
                     if let Some(kind) = would_accept(p) {
-                        panic!("step {step}: a put of {p:p}, {off} bytes into a live block, would pass ({kind})");
+                        panic!(
+                            "step {step}: a put of {p:p}, {off} bytes into a live block, would pass ({kind})"
+                        );
                     }
                     off += 16;
                 }

@@ -655,9 +655,7 @@ unsafe impl<R: ReserveRange> Layer for Reserve<R> {
         // at a granule, is no block of ours, and putting it on a free stack would hand it
         // out again (and an offset below the base would overflow).
         let offset = ptr.as_ptr().addr().wrapping_sub(base.addr());
-        if offset >= range.bump.load(Ordering::Relaxed)
-            || !offset.is_multiple_of(range.granule)
-        {
+        if offset >= range.bump.load(Ordering::Relaxed) || !offset.is_multiple_of(range.granule) {
             abort_with(format_args!(
                 "Reserve: put of {ptr:p} (size {}, align {}), which is not a block of this range",
                 layout.size(),

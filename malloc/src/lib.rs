@@ -111,16 +111,9 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
-    let Some(bytes) = count.checked_mul(size) else {
-        set_errno(libc::ENOMEM);
-        return ptr::null_mut();
-    };
-    let block = HEAP.malloc(bytes);
-    if !block.is_null() {
-        // SAFETY: a fresh block of at least `bytes` bytes.
-        unsafe { block.write_bytes(0, bytes) };
-    }
-    or_enomem(block)
+    // (An overflowing product is refused there too, as out of memory.) A large block fresh
+    // from the OS is not written, so its pages cost nothing until used, as with glibc.
+    or_enomem(HEAP.calloc(count, size))
 }
 
 #[unsafe(no_mangle)]

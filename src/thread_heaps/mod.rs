@@ -107,7 +107,20 @@ fn reserve_of(ptr: NonNull<u8>) -> Reserved {
 /// gives starts in one of the slab reserves, where an address must name a slab block (a
 /// `Large` made of memory that a `ThreadHeaps` handed out): that block goes back at once.
 fn get_large<Large: Measured>(large: &mut Large, layout: Layout) -> Option<NonNull<u8>> {
-    let block = large.get(layout)?;
+    get_large_as(large, layout, false)
+}
+
+/// [`get_large`], with the block's bytes zero when `zeroed` ([`Measured::get_zeroed`]).
+fn get_large_as<Large: Measured>(
+    large: &mut Large,
+    layout: Layout,
+    zeroed: bool,
+) -> Option<NonNull<u8>> {
+    let block = if zeroed {
+        large.get_zeroed(layout)?
+    } else {
+        large.get(layout)?
+    };
     if reserve_of(block) != Reserved::Neither {
         // SAFETY: got just above with `layout`, and handed to no one.
         unsafe { large.put(block, layout) };
@@ -529,13 +542,34 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
         }
     }
 
+    /// Allocates a block whose bytes are zero: a slab block zeroed, or a block of `Large`
+    /// that `Large` zeroes only when it is not zero already (a piece fresh from the OS), so
+    /// that a large zeroed request (`calloc`, `vec![0; n]`) costs no memory until written.
+    fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
+        if is_in_heaps(layout) {
+            let block = self.allocate(layout);
+            if !block.is_null() {
+                // SAFETY: a fresh block of at least `layout.size()` bytes.
+                unsafe { block.write_bytes(0, layout.size()) };
+            }
+            return block;
+        }
+        self.allocate_large_as(layout, true)
+    }
+
     /// Allocates from `Large`, under its lock.
     #[cold]
     fn allocate_large(&self, layout: Layout) -> *mut u8 {
+        self.allocate_large_as(layout, false)
+    }
+
+    /// Allocates from `Large`, under its lock, zeroed when `zeroed`.
+    #[cold]
+    fn allocate_large_as(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         decay_slab_ranges();
         let counting = self.counting.load(Ordering::Relaxed);
         let block = self.locked_large::<{ call::GET }, _>(|large| {
-            let block = get_large(large, layout)?;
+            let block = get_large_as(large, layout, zeroed)?;
             if counting {
                 // SAFETY: a live block of `Large`, just got.
                 let size = unsafe { large.usable_size(block) };
@@ -683,6 +717,19 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     pub fn malloc(&self, size: usize) -> *mut u8 {
         match Layout::from_size_align(size.max(1), HeapSlab::BLOCK_ALIGN) {
             Ok(layout) => self.allocate(layout),
+            Err(_) => ptr::null_mut(),
+        }
+    }
+
+    /// C's `calloc`: a block of `count * size` zero bytes aligned to 16, or null (also when
+    /// the product overflows). A large one fresh from the OS is not written: its pages
+    /// cost nothing until used, as with glibc.
+    pub fn calloc(&self, count: usize, size: usize) -> *mut u8 {
+        let Some(bytes) = count.checked_mul(size) else {
+            return ptr::null_mut();
+        };
+        match Layout::from_size_align(bytes.max(1), HeapSlab::BLOCK_ALIGN) {
+            Ok(layout) => self.allocate_zeroed(layout),
             Err(_) => ptr::null_mut(),
         }
     }
@@ -881,6 +928,11 @@ unsafe impl<Large: Measured + Send> GlobalAlloc for ThreadHeaps<Large> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.allocate(layout)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.allocate_zeroed(layout)
     }
 
     #[inline]

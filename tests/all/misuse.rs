@@ -326,7 +326,10 @@ mod aborts {
             "coalesce_grow_of_a_put_block",
             "coalesce_usable_size_of_a_put_block",
         ] {
-            expect_abort(scenario, "Coalesce: heap corrupted: a broken header next to");
+            expect_abort(
+                scenario,
+                "Coalesce: heap corrupted: a broken header next to",
+            );
         }
     }
 

@@ -1113,7 +1113,11 @@ fn realloc_of_a_freed_block_aborts_with_a_message() {
                     HEAP.free(r);
                     HEAP.free(l);
                     HEAP.free(b); // merges into `l` (and `r`): one free block of 3 * (N + 16)
-                    let size = if scenario == "large, same size" { N } else { 2 * N };
+                    let size = if scenario == "large, same size" {
+                        N
+                    } else {
+                        2 * N
+                    };
                     let again = HEAP.realloc(b, size);
                     // Not caught: the freed block is live again, inside a free block that
                     // the next request of its size takes whole.
@@ -1227,4 +1231,94 @@ fn realloc_of_a_block_freed_on_another_thread_aborts() {
         "remote",
     );
     crate::assert_aborted_with(&out, "put twice");
+}
+
+/// Resident memory of this process, in bytes (Linux).
+#[cfg(target_os = "linux")]
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A large zeroed block (C's `calloc`, Rust's `vec![0; n]` through `alloc_zeroed`) fresh
+/// from the OS is zero already: writing it whole made every page resident (a 1 GiB `calloc`
+/// took 1 GiB where glibc takes nothing until it is used). A reused block is still zeroed.
+#[cfg(target_os = "linux")]
+#[test]
+#[cfg_attr(miri, ignore = "a GiB of address space, and /proc")]
+fn large_zeroed_blocks_cost_no_memory_until_written() {
+    use std::alloc::{GlobalAlloc, Layout};
+    static HEAP: General = general();
+    let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    const GIB: usize = 1 << 30;
+    let before = resident_bytes();
+    let p = HEAP.calloc(1, GIB);
+    let layout = Layout::from_size_align(GIB, 16).unwrap();
+    // SAFETY: a valid layout of non-zero size.
+    let q = unsafe { HEAP.alloc_zeroed(layout) };
+    assert!(!p.is_null() && !q.is_null());
+    let grown = resident_bytes().saturating_sub(before);
+    // SAFETY: live blocks of `GIB` bytes.
+    unsafe {
+        for offset in (0..GIB).step_by(GIB / 16) {
+            assert_eq!((*p.add(offset), *q.add(offset)), (0, 0));
+        }
+        HEAP.free(p);
+        HEAP.dealloc(q, layout);
+    }
+    assert!(
+        grown < 64 << 20,
+        "two zeroed GiB made {} MiB resident",
+        grown >> 20
+    );
+    // Blocks of the arenas are reused, and zeroed.
+    for size in [40_000, 1 << 20] {
+        let dirty = HEAP.malloc(size);
+        fill(dirty, size, 0xAB);
+        // SAFETY: a live block, freed once.
+        unsafe { HEAP.free(dirty) };
+        let zeroed = HEAP.calloc(size, 1);
+        assert!(holds(zeroed, size, 0), "calloc({size}) after a free");
+        // SAFETY: as above.
+        unsafe { HEAP.free(zeroed) };
+    }
+    assert!(
+        HEAP.calloc(usize::MAX, 2).is_null(),
+        "an overflowing product"
+    );
+}
+
+/// Zeroed blocks are zero on every path: slab blocks, arena blocks reused after a dirty
+/// free, and a block with a piece of its own (left unwritten, as the OS zeroed it).
+#[test]
+fn zeroed_blocks_are_zero_on_every_path() {
+    use std::alloc::{GlobalAlloc, Layout};
+    static HEAP: General = general();
+    // Past `Coalesce`'s 32 MiB arenas: a piece of its own.
+    const PIECE: usize = 33 << 20;
+    for size in [24, 20_000, 40_000, PIECE] {
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        // SAFETY: valid, non-zero layouts; each block freed once.
+        unsafe {
+            let dirty = HEAP.alloc(layout);
+            let edge = size.min(1 << 16);
+            fill(dirty, edge, 0xAB);
+            fill(dirty.add(size - edge), edge, 0xAB);
+            HEAP.dealloc(dirty, layout);
+            let zeroed = HEAP.alloc_zeroed(layout);
+            assert!(holds(zeroed, edge, 0), "alloc_zeroed({size}): head");
+            assert!(
+                holds(zeroed.add(size - edge), edge, 0),
+                "alloc_zeroed({size}): tail"
+            );
+            HEAP.dealloc(zeroed, layout);
+            let c = HEAP.calloc(size, 1);
+            assert!(
+                holds(c, edge, 0) && holds(c.add(size - edge), edge, 0),
+                "calloc({size})"
+            );
+            HEAP.free(c);
+        }
+    }
 }
