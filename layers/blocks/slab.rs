@@ -86,6 +86,9 @@ const CARVE_BYTES: usize = 4096;
 const HEADER_CHECK: usize = 0x5AB5_1AB5_C0DE_F00D_u64 as usize;
 /// What a free block's key is its address XORed with (see [`FreeBlock`]).
 const FREE_KEY: usize = 0xF9EE_B10C_4E7A_11D5_u64 as usize;
+/// What the key of a block waiting on a thread heap's remote stack is its address XORed
+/// with (see [`Slab::remote_key`]).
+const REMOTE_KEY: usize = 0x5E7D_0FF1_CE0B_10C5_u64 as usize;
 
 // ---- free blocks and slab headers --------------------------------------------------------
 
@@ -105,18 +108,18 @@ fn free_key(block: *mut FreeBlock) -> usize {
     block.addr() ^ FREE_KEY
 }
 
-/// Whether the block at `block` holds its free key: it is free (or, by a rare chance, a
-/// live block whose bytes match). A live block's key word holds whatever its owner left
-/// there, perhaps uninitialised bytes, which an ordinary read may not see as a number: on
-/// x86-64 and AArch64 an assembly load reads them as they are. Elsewhere the read is an
-/// ordinary one, and under Miri (which runs no assembly and would report a program that
-/// frees a block with uninitialised bytes there) no block is taken for free by its key.
+/// The word where a free block keeps its key ([`free_key`], or a remote key), read as it
+/// is. A live block's key word holds whatever its owner left there, perhaps uninitialised
+/// bytes, which an ordinary read may not see as a number: on x86-64 and AArch64 an
+/// assembly load reads them as they are. Elsewhere the read is an ordinary one, and under
+/// Miri (which runs no assembly and would report a program that frees a block with
+/// uninitialised bytes there) it answers 0, no key: no block is taken for free by its key.
 ///
 /// # Safety
 ///
 /// `block` is a block of a slab: at least a free block's two words, readable.
 #[inline(always)]
-unsafe fn holds_free_key(block: *mut FreeBlock) -> bool {
+unsafe fn key_word(block: *mut FreeBlock) -> usize {
     // SAFETY: the caller's duty: the block holds a free block's words (no reference is
     // made, and nothing read).
     let word = unsafe { &raw const (*block).key };
@@ -152,8 +155,23 @@ unsafe fn holds_free_key(block: *mut FreeBlock) -> bool {
     // SAFETY: as above.
     let key = unsafe { word.read() };
     #[cfg(miri)]
-    let key = !free_key(block);
-    key == free_key(block)
+    let key = {
+        let _ = word;
+        0
+    };
+    key
+}
+
+/// Whether the block at `block` holds its free key: it is free (or, by a rare chance, a
+/// live block whose bytes match).
+///
+/// # Safety
+///
+/// As for [`key_word`].
+#[inline(always)]
+unsafe fn holds_free_key(block: *mut FreeBlock) -> bool {
+    // SAFETY: the caller's duty.
+    unsafe { key_word(block) == free_key(block) }
 }
 
 /// The inverse of the odd number `odd` modulo 2^32 (Newton's iteration, each step doubling
@@ -944,10 +962,23 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
     #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
     #[inline(always)]
     pub(crate) unsafe fn abort_if_free_with(ptr: NonNull<u8>, why: &str) {
+        let block = ptr.as_ptr().cast::<FreeBlock>();
         // SAFETY: the caller's duty: every block holds at least a free block's two words.
-        if unsafe { holds_free_key(ptr.as_ptr().cast()) } {
+        let key = unsafe { key_word(block) };
+        if key == free_key(block) || key == Self::remote_key(ptr) {
             bad_pointer(ptr, why);
         }
+    }
+
+    /// The key a block waiting on a thread heap's remote stack holds in its second word
+    /// (where a free block keeps its [`free_key`]), written by the thread that pushed it:
+    /// a second free of the block before its heap takes the stack back is then caught by
+    /// [`abort_if_free`](Slab::abort_if_free), as `realloc` of it is. The owner's put
+    /// writes the free key over it.
+    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) fn remote_key(ptr: NonNull<u8>) -> usize {
+        ptr.as_ptr().addr() ^ REMOTE_KEY
     }
 
     /// The slab `ptr` lives in, checked, with the slab's owner tag.

@@ -51,9 +51,13 @@ use crate::spin::SpinLock;
 
 // ---- heaps -------------------------------------------------------------------------------
 
-/// A block on a heap's remote stack: the link, written into the freed block.
+/// A block on a heap's remote stack, written into the freed block: the link, and the
+/// remote key that tells a second free of the block ([`HeapSlab::remote_key`]).
 struct RemoteBlock {
     next: *mut RemoteBlock,
+    /// (Read through the block's address by `Slab::abort_if_free`, never as this field.)
+    #[allow(dead_code)]
+    key: usize,
 }
 
 /// An atomic on a cache line of its own, so that other threads pushing frees do not slow
@@ -192,8 +196,14 @@ impl ThreadHeap {
         let block = ptr.as_ptr().cast::<RemoteBlock>();
         let mut head = self.remote.0.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the block is given up by the caller: its first word is ours to use.
-            unsafe { block.write(RemoteBlock { next: head }) };
+            // SAFETY: the block is given up by the caller: its first two words (every slab
+            // block holds a free block's two) are ours to use.
+            unsafe {
+                block.write(RemoteBlock {
+                    next: head,
+                    key: HeapSlab::remote_key(ptr),
+                })
+            };
             match self.remote.0.compare_exchange_weak(
                 head,
                 block,
