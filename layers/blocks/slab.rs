@@ -162,18 +162,6 @@ unsafe fn key_word(block: *mut FreeBlock) -> usize {
     key
 }
 
-/// Whether the block at `block` holds its free key: it is free (or, by a rare chance, a
-/// live block whose bytes match).
-///
-/// # Safety
-///
-/// As for [`key_word`].
-#[inline(always)]
-unsafe fn holds_free_key(block: *mut FreeBlock) -> bool {
-    // SAFETY: the caller's duty.
-    unsafe { key_word(block) == free_key(block) }
-}
-
 /// The inverse of the odd number `odd` modulo 2^32 (Newton's iteration, each step doubling
 /// the bits that are right: `odd` is its own inverse to three bits).
 const fn odd_inverse(odd: u32) -> u32 {
@@ -642,9 +630,17 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
             if (*slab).used == 0 {
                 bad_pointer(ptr, "put twice (it is already free)");
             }
-            // A free block holds its key (the head of the free list among them).
-            if holds_free_key(block) {
+            // A free block holds its key (the head of the free list among them); a block
+            // waiting on a thread heap's remote stack, its remote key.
+            let key = key_word(block);
+            if key == free_key(block) {
                 return self.put_keyed(slab, block);
+            }
+            if key == Self::remote_key(ptr) {
+                bad_pointer(
+                    ptr,
+                    "put twice (another thread freed it, and it waits for its heap to take it back)",
+                );
             }
             self.push_free(slab, block);
         }
@@ -972,10 +968,10 @@ impl<L: Layer, const SLAB: usize> Slab<L, SLAB> {
 
     /// The key a block waiting on a thread heap's remote stack holds in its second word
     /// (where a free block keeps its [`free_key`]), written by the thread that pushed it:
-    /// a second free of the block before its heap takes the stack back is then caught by
-    /// [`abort_if_free`](Slab::abort_if_free), as `realloc` of it is. The owner's put
-    /// writes the free key over it.
-    #[cfg_attr(not(all(feature = "os", any(unix, windows))), allow(dead_code))]
+    /// a second free of the block before its heap takes the stack back is then caught, by
+    /// [`abort_if_free`](Slab::abort_if_free) from another thread and by the put from the
+    /// owner's, as `realloc` of it is. The put that takes it back writes the free key over
+    /// it.
     #[inline(always)]
     pub(crate) fn remote_key(ptr: NonNull<u8>) -> usize {
         ptr.as_ptr().addr() ^ REMOTE_KEY

@@ -202,9 +202,8 @@ const fn cache_slot(tp: usize) -> usize {
 /// - **Misuse**: a free of an address that is not the start of a block, and a second free
 ///   of a block still free in its slab, abort with one line naming the address (a free
 ///   block holds a key that sends a free to look for it on its slab's free list). So does
-///   a second free from another thread of a block still waiting on its heap's remote
-///   stack (it holds a remote key); the owner thread's free of such a block is not
-///   caught. A second free from another thread after the block was handed out again
+///   a second free, from any thread, of a block still waiting on its heap's remote stack
+///   (it holds a remote key). A second free from another thread after the block was handed out again
 ///   cannot be told from a free of the new allocation, and is not caught (nor is it by
 ///   glibc). `realloc` and `malloc_usable_size` of a freed block abort as a second free
 ///   does. Blocks of

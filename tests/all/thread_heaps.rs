@@ -1201,8 +1201,9 @@ fn a_second_free_of_an_unmapped_large_block_faults() {
 
 /// A small block that another thread freed waits on its heap's remote stack until the
 /// owner takes the stack back; it holds a remote key meanwhile, so a `realloc` of it (which
-/// would hand it back as live, to be handed out twice after the drain) and a second free
-/// from another thread (which would push it twice, a cycle in the stack) abort as a second
+/// would hand it back as live, to be handed out twice after the drain), a second free
+/// from another thread (which would push it twice, a cycle in the stack) and a free from
+/// the owner thread (which would put it on its free list while it waits) abort as a second
 /// free does.
 #[test]
 #[cfg_attr(miri, ignore = "Miri cannot start processes")]
@@ -1242,9 +1243,18 @@ fn misuse_of_a_block_freed_on_another_thread_aborts() {
             println!("the misuse went unnoticed: {p:p} is on the remote stack twice");
             return;
         }
+        Some("freed here too") => {
+            let p = HEAP.malloc(64);
+            let _live = HEAP.malloc(64);
+            free_elsewhere(p);
+            // SAFETY: not sound, on purpose.
+            unsafe { HEAP.free(p) };
+            println!("the misuse went unnoticed: {p:p} is on the remote stack and free");
+            return;
+        }
         _ => {}
     }
-    for scenario in ["realloc", "freed twice"] {
+    for scenario in ["realloc", "freed twice", "freed here too"] {
         let out = crate::run_child(
             "thread_heaps::misuse_of_a_block_freed_on_another_thread_aborts",
             scenario,
