@@ -55,8 +55,7 @@ use crate::spin::SpinLock;
 /// remote key that tells a second free of the block ([`HeapSlab::remote_key`]).
 struct RemoteBlock {
     next: *mut RemoteBlock,
-    /// (Read through the block's address by `Slab::abort_if_free`, never as this field.)
-    #[allow(dead_code)]
+    /// (Read through the block's address by the slab's checks, cleared by `drain`.)
     key: usize,
 }
 
@@ -151,12 +150,14 @@ impl ThreadHeap {
         // SeqCst, for the hand-back's drain: see `push_remote`.
         let mut block = self.remote.0.swap(ptr::null_mut(), Ordering::SeqCst);
         // SAFETY: the heap is ours (the caller's duty); each block on the stack is a live
-        // block of one of its slabs, given up by the thread that pushed it (its link is the
-        // only thing in it), written before the push that the swap (SeqCst, so Acquire)
-        // pairs with.
+        // block of one of its slabs, given up by the thread that pushed it (its link and
+        // remote key are the only things in it), written before the push that the swap
+        // (SeqCst, so Acquire) pairs with.
         unsafe {
             while let Some(b) = NonNull::new(block) {
                 block = (*block).next;
+                // The put would take the remote key for a second free.
+                (*b.as_ptr()).key = 0;
                 self.put_back(b.cast());
             }
         }
