@@ -56,7 +56,8 @@ impl<L, const A: usize> Align<L, A> {
     fn raised(layout: Layout) -> Layout {
         let () = Self::POWER_OF_TWO;
         // A power of two, at most `isize::MAX` as every alignment: raising to it keeps the
-        // size valid, which `get` checked when the block was made.
+        // size valid for every layout that fits a block, which `get` (and `grow`) checked
+        // when the block was made or resized; a shrink's smaller size stays valid.
         layout.align_to(A).unwrap_or(layout)
     }
 }
@@ -95,9 +96,14 @@ unsafe impl<L: Layer, const A: usize> Layer for Align<L, A> {
     unsafe fn grow(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         paranoid(self);
         require_grow::<Self>(ptr, old, new);
+        // A size that cannot be raised (within `A - 1` of `isize::MAX`) is no block `L` could
+        // hold at `A`: refused here, rather than passed down at the caller's alignment.
+        let Ok(raised_new) = new.align_to(A) else {
+            return false;
+        };
         // SAFETY: the block is `L`'s with the raised `old`; both raised layouts keep one
         // alignment and the sizes go the same way.
-        unsafe { self.inner.grow(ptr, Self::raised(old), Self::raised(new)) }
+        unsafe { self.inner.grow(ptr, Self::raised(old), raised_new) }
     }
 
     unsafe fn shrink(&mut self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {

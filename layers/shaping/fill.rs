@@ -5,7 +5,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::Layer;
-use crate::layer::{paranoid, require_grow, require_put, require_shrink};
+use crate::layer::{paranoid, require_grow, require_put, require_shrink, served_size};
 
 /// Fills every block `L` hands out with `BYTE` before the caller sees it (the bytes a block
 /// gains by growing in place too): memory with a known first value, as `calloc` gives
@@ -85,12 +85,15 @@ unsafe impl<L: Layer, const BYTE: u8> Layer for Fill<L, BYTE> {
         require_grow::<Self>(ptr, old, new);
         // SAFETY: forwarded with the caller's duties.
         let grown = unsafe { self.inner.grow(ptr, old, new) };
-        if grown {
+        // The bytes the block held already: one for a zero-size block, its owner's to
+        // write, which a grow keeps as it keeps the others.
+        let kept = served_size(old);
+        if grown && new.size() > kept {
             // SAFETY: the block now holds `new.size()` bytes; the new ones are filled.
             unsafe {
                 ptr.as_ptr()
-                    .add(old.size())
-                    .write_bytes(BYTE, new.size() - old.size())
+                    .add(kept)
+                    .write_bytes(BYTE, new.size() - kept)
             };
         }
         grown

@@ -156,3 +156,119 @@ fn mmap_and_buffer_own_their_blocks_only() {
     }
     assert!(!mmap.owns(m), "an unmapped block is not owned");
 }
+
+/// The largest alignment a `Layout` can have, 2^63 on 64-bit targets, with size 0 (the only
+/// size it allows): every layer answers `None` or a distinct one-byte block, without a
+/// panic and without handing a zero-size layout to anything below.
+fn largest_alignment_zero_size<L: Layer>(mut layer: L) {
+    let top = Layout::from_size_align(0, 1 << (usize::BITS - 1)).unwrap();
+    if let Some(block) = layer.get(top) {
+        assert_eq!(block.as_ptr().addr() % top.align(), 0);
+        // SAFETY: got just above with `top`, put once.
+        unsafe { layer.put(block, top) };
+    }
+    let ok = Layout::from_size_align(64, 8).unwrap();
+    let block = layer.get(ok).expect("still usable");
+    // SAFETY: got just above.
+    unsafe { layer.put(block, ok) };
+}
+
+#[test]
+fn the_largest_alignment_is_refused_cleanly_by_the_arena_and_shaping_layers() {
+    use stratalloc::layers::*;
+    largest_alignment_zero_size(OwnedBuffer::new(1 << 20));
+    largest_alignment_zero_size(Chunk::<_, 4096>::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(Batch::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(Buddy::<_, 4, 16>::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(Bitset::<_, 64, 65536>::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(SizeHeader::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(Align::<_, 64>::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(Fill::<_, 0>::new(OwnedBuffer::new(1 << 20)));
+    largest_alignment_zero_size(Segregate::<_, _, 64>::new(
+        OwnedBuffer::new(1 << 20),
+        OwnedBuffer::new(1 << 20),
+    ));
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn the_largest_alignment_is_refused_cleanly_by_the_os_sources() {
+    use stratalloc::layers::*;
+    largest_alignment_zero_size(Mmap::new());
+    largest_alignment_zero_size(System::new());
+    largest_alignment_zero_size(Stats::new(System::new()));
+}
+
+/// A layer over `OwnedBuffer` that notes every `grow` or `shrink` whose two layouts differ
+/// in alignment (a caller duty of `Layer::grow`/`shrink` broken by the layer above), and
+/// otherwise forwards everything.
+struct NotesResizes {
+    inner: OwnedBuffer,
+    broken: Vec<(Layout, Layout)>,
+}
+
+// SAFETY: every call goes to `inner` unchanged; `grow` answers `false` when the duty was
+// broken, which the contract allows.
+unsafe impl Layer for NotesResizes {
+    fn get(&mut self, layout: Layout) -> Option<std::ptr::NonNull<u8>> {
+        self.inner.get(layout)
+    }
+    unsafe fn put(&mut self, ptr: std::ptr::NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's duties.
+        unsafe { self.inner.put(ptr, layout) }
+    }
+    fn init() -> Self {
+        unreachable!()
+    }
+    fn deinit(&mut self) {
+        self.inner.deinit();
+    }
+    unsafe fn grow(&mut self, ptr: std::ptr::NonNull<u8>, old: Layout, new: Layout) -> bool {
+        if old.align() != new.align() {
+            self.broken.push((old, new));
+            return false;
+        }
+        // SAFETY: the caller's duties.
+        unsafe { self.inner.grow(ptr, old, new) }
+    }
+}
+
+/// `Align<L, A>` raises every layout to `A`; a grow to a size that cannot be raised (within
+/// `A - 1` of `isize::MAX`) must be refused, not passed down with the alignment dropped back
+/// to the caller's (which breaks `L`'s `grow` duty: debug builds of the crate's layers abort
+/// on it). Reached from safe code by `Vec::try_reserve_exact`.
+#[test]
+fn align_never_passes_a_grow_down_with_a_changed_alignment() {
+    use stratalloc::layers::Align;
+    let heap = Heap::new(Align::<_, 64>::new(NotesResizes {
+        inner: OwnedBuffer::new(1 << 16),
+        broken: Vec::new(),
+    }));
+    {
+        let mut bytes = allocator_api2::vec::Vec::<u8, _>::with_capacity_in(16, &heap);
+        assert!(bytes.try_reserve_exact(isize::MAX as usize - 16).is_err());
+    }
+    let broken = &heap.into_inner().into_inner().broken;
+    assert!(broken.is_empty(), "grow passed down with {broken:?}");
+}
+
+/// A zero-size block holds one byte, its owner's to write; a grow in place to one byte keeps
+/// it, as the conformance suite checks (`verify(block, held(old).min(held(new)))`) and as
+/// every other layer does. `Fill` wrote its byte over it (from `old.size()`, 0), so
+/// `Fill<Buddy>` and `Fill<Bitset>` fail the suite.
+#[test]
+fn fill_keeps_the_byte_of_a_zero_size_block_it_grows() {
+    use stratalloc::layers::{Buddy, Fill};
+    let mut filled = Fill::<_, 0xAA>::new(Buddy::<_, 4, 16>::new(OwnedBuffer::new(1 << 18)));
+    let zero = Layout::from_size_align(0, 8).unwrap();
+    let one = Layout::from_size_align(1, 8).unwrap();
+    let block = filled.get(zero).unwrap();
+    // SAFETY: the block holds one byte (a zero-size request); grown with its layouts, then
+    // put once with the layout it now fits.
+    unsafe {
+        block.as_ptr().write(0x01);
+        assert!(filled.grow(block, zero, one), "same order: grown in place");
+        assert_eq!(block.as_ptr().read(), 0x01, "the block's byte was overwritten");
+        filled.put(block, one);
+    }
+}
