@@ -151,7 +151,14 @@ impl Release {
             // adopted initialised) and stay valid until `finish`; no handle writes them any
             // more (the last one is gone).
             let bytes = unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.info.size) };
-            hook(&self.info, bytes);
+            if std::thread::panicking() {
+                // The thread unwinds already (the last handle went in a drop during another
+                // panic): a second panic out of a drop would abort the process, so the
+                // hook's is caught and dropped, and the first panic goes on.
+                let _ = catch_unwind(AssertUnwindSafe(|| hook(&self.info, bytes)));
+            } else {
+                hook(&self.info, bytes);
+            }
         }
     }
 }
@@ -382,7 +389,9 @@ impl<L: Layer> BufferOptions<'_, L> {
     /// its description (its identifier among it) and its bytes, before the memory goes
     /// back. It runs on the thread that drops the last handle (or calls
     /// [`collect`](BufferManager::collect)), outside the manager's lock: it may use the
-    /// manager. If it panics, the memory still goes back, then the panic goes on.
+    /// manager. If it panics, the memory still goes back, then the panic goes on (unless the
+    /// thread was unwinding already, from a panic that dropped the last handle: the hook's
+    /// panic is then dropped, and the first one goes on).
     pub fn on_release(mut self, hook: impl FnOnce(&BufferInfo, &[u8]) + Send + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self

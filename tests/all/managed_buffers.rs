@@ -605,3 +605,67 @@ fn adopting_raw_memory_inside_an_adopted_vector_s_capacity_is_refused() {
         "a range inside the adopted vector's capacity was accepted"
     );
 }
+
+/// A zero-size buffer at the largest alignment (2^63): the manager asks its stack for
+/// `Layout { size: 0, align: 2^63 }`, and `System` sent that layout as it was to
+/// `GlobalAlloc::alloc`, whose contract forbids a zero size (undefined behaviour; under
+/// Miri, which models `posix_memalign`, the call is reached: run this test there). The
+/// request must be refused as out of memory, without that call.
+#[test]
+fn a_zero_size_buffer_at_the_largest_alignment_is_refused() {
+    let manager = BufferManager::new(System::new());
+    let result = manager.options(0, 1).align(1 << (usize::BITS - 1)).allocate();
+    assert!(
+        matches!(result, Err(BufferError::OutOfMemory { size: 0, .. })),
+        "{result:?}"
+    );
+    assert_eq!(manager.held(), 0);
+}
+
+/// A buffer whose hook panics, dropped while its thread already unwinds from another panic
+/// (a failed `assert!` in a test that holds the buffer): the docs promise that the hook's
+/// panic "goes on" after the memory is back, but a second panic out of a `Drop` during
+/// unwinding aborts the process. The first panic must go on instead (the test below fails,
+/// it does not abort). The same holds for a deferred buffer released by the manager's drop.
+#[cfg(feature = "os")]
+#[test]
+fn a_hook_that_panics_while_its_thread_unwinds_does_not_abort() {
+    const TEST: &str = "managed_buffers::a_hook_that_panics_while_its_thread_unwinds_does_not_abort";
+    match crate::child_scenario().as_deref() {
+        Some("handle") => {
+            let manager = manager();
+            let _buffer = manager
+                .options(8, 1)
+                .on_release(|_, _| panic!("hook failed"))
+                .allocate()
+                .unwrap();
+            panic!("the first panic");
+        }
+        Some("manager") => {
+            let manager = manager();
+            drop(
+                manager
+                    .options(8, 1)
+                    .deferred()
+                    .on_release(|_, _| panic!("hook failed"))
+                    .allocate()
+                    .unwrap(),
+            );
+            let _manager = manager;
+            panic!("the first panic");
+        }
+        _ => {
+            for scenario in ["handle", "manager"] {
+                let output = crate::run_child(TEST, scenario);
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert_eq!(
+                    output.status.code(),
+                    Some(101),
+                    "{scenario}: the child did not fail as a test: {:?}\n{stderr}",
+                    output.status
+                );
+                assert!(stderr.contains("the first panic"), "{scenario}: {stderr}");
+            }
+        }
+    }
+}
