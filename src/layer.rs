@@ -285,8 +285,8 @@ pub unsafe trait Layer {
     fn deinit(&mut self);
 
     /// Tries to grow a block in place to `new`. Returns `true` when the block now fits
-    /// `new` (same address, the first `old.size()` bytes kept), `false` when it is left as
-    /// it was. The default never grows.
+    /// `new` (same address, the first `old.size()` bytes kept, and a zero-size block's one
+    /// byte), `false` when it is left as it was. The default never grows.
     ///
     /// # Safety
     ///

@@ -29,19 +29,19 @@ use crate::layer::{paranoid, require_grow, require_put, require_shrink};
 /// ```compile_fail,E0080
 /// use stratalloc::{Layer, layers::{Align, System}};
 ///
-/// let mut aligned = Align::<_, 48>::new(System::new());
-/// let _ = aligned.get(core::alloc::Layout::new::<u8>());
+/// let aligned = Align::<_, 48>::new(System::new());
 /// ```
 pub struct Align<L, const A: usize> {
     inner: L,
 }
 
 impl<L, const A: usize> Align<L, A> {
-    /// Checked where the layer is used: `A` is a power of two.
+    /// Checked where the layer is made: `A` is a power of two.
     const POWER_OF_TWO: () = assert!(A.is_power_of_two(), "Align's A must be a power of two");
 
     /// Wraps `inner`.
     pub const fn new(inner: L) -> Self {
+        let () = Self::POWER_OF_TWO;
         Align { inner }
     }
 
