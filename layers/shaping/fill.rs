@@ -90,11 +90,7 @@ unsafe impl<L: Layer, const BYTE: u8> Layer for Fill<L, BYTE> {
         let kept = served_size(old);
         if grown && new.size() > kept {
             // SAFETY: the block now holds `new.size()` bytes; the new ones are filled.
-            unsafe {
-                ptr.as_ptr()
-                    .add(kept)
-                    .write_bytes(BYTE, new.size() - kept)
-            };
+            unsafe { ptr.as_ptr().add(kept).write_bytes(BYTE, new.size() - kept) };
         }
         grown
     }

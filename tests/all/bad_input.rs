@@ -268,7 +268,11 @@ fn fill_keeps_the_byte_of_a_zero_size_block_it_grows() {
     unsafe {
         block.as_ptr().write(0x01);
         assert!(filled.grow(block, zero, one), "same order: grown in place");
-        assert_eq!(block.as_ptr().read(), 0x01, "the block's byte was overwritten");
+        assert_eq!(
+            block.as_ptr().read(),
+            0x01,
+            "the block's byte was overwritten"
+        );
         filled.put(block, one);
     }
 }

@@ -60,6 +60,16 @@ mod layers {
     conformance!(byte_fill_over_buffer, || Fill::<_, 0xA5>::new(
         super::suite_buffer()
     ));
+    // Over a layer that grows in place (a buffer does not): the bytes a grow adds are
+    // filled, the ones the block held are kept, a zero-size block's one byte among them.
+    #[cfg(not(miri))]
+    conformance!(byte_fill_over_buddy, || Fill::<_, 0xA5>::new(Buddy::<
+        _,
+        4,
+        16,
+    >::new(
+        super::suite_buffer()
+    )));
     // A short list, so that programs fill it and the put that finds it full collects.
     conformance!(deferred_over_buffer, || Deferred::<_, 8>::new(
         super::suite_buffer()

@@ -614,7 +614,10 @@ fn adopting_raw_memory_inside_an_adopted_vector_s_capacity_is_refused() {
 #[test]
 fn a_zero_size_buffer_at_the_largest_alignment_is_refused() {
     let manager = BufferManager::new(System::new());
-    let result = manager.options(0, 1).align(1 << (usize::BITS - 1)).allocate();
+    let result = manager
+        .options(0, 1)
+        .align(1 << (usize::BITS - 1))
+        .allocate();
     assert!(
         matches!(result, Err(BufferError::OutOfMemory { size: 0, .. })),
         "{result:?}"
@@ -630,7 +633,8 @@ fn a_zero_size_buffer_at_the_largest_alignment_is_refused() {
 #[cfg(feature = "os")]
 #[test]
 fn a_hook_that_panics_while_its_thread_unwinds_does_not_abort() {
-    const TEST: &str = "managed_buffers::a_hook_that_panics_while_its_thread_unwinds_does_not_abort";
+    const TEST: &str =
+        "managed_buffers::a_hook_that_panics_while_its_thread_unwinds_does_not_abort";
     match crate::child_scenario().as_deref() {
         Some("handle") => {
             let manager = manager();
