@@ -374,6 +374,17 @@ impl<L: Layer, const ARENA: usize, const KEEP: usize> Coalesce<L, ARENA, KEEP> {
     /// unmapped then, or reused.)
     pub unsafe fn put_unsized(&mut self, ptr: NonNull<u8>) {
         paranoid(self);
+        // SAFETY: the caller's duties.
+        unsafe { self.put_checked(ptr) }
+    }
+
+    /// [`put_unsized`](Self::put_unsized) past the `paranoid` walk (which `put` makes
+    /// before its own checks).
+    ///
+    /// # Safety
+    ///
+    /// As for `put_unsized`.
+    unsafe fn put_checked(&mut self, ptr: NonNull<u8>) {
         let tag = Self::tag_of(ptr);
         // SAFETY: the caller's duty: a live block of ours, its tag right before it.
         match unsafe { Self::state(tag) } {
@@ -897,6 +908,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
 
     #[inline]
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        paranoid(self);
         require_put::<Self>(ptr, layout);
         if cfg!(debug_assertions) {
             let tag = Self::tag_of(ptr);
@@ -912,7 +924,7 @@ unsafe impl<L: Layer, const ARENA: usize, const KEEP: usize> Layer for Coalesce<
             }
         }
         // SAFETY: the caller's duties, which are `put_unsized`'s and more.
-        unsafe { self.put_unsized(ptr) }
+        unsafe { self.put_checked(ptr) }
     }
 
     fn init() -> Self {

@@ -303,32 +303,24 @@ fn deferred_puts_wait_until_collect_or_the_cap() {
     assert_eq!(stats.gauge().live, 0, "every block and the list went back");
 }
 
-/// A put that waits in `Deferred` (or `Quarantine`) is a put: the caller is done with the
+/// A put that waits in `Deferred` or `Quarantine` is a put: the caller is done with the
 /// block. Ending the layer must not make a `Check` below report it as a leak.
 #[test]
-fn deferred_over_check_reports_no_leak_of_a_block_that_was_put() {
-    let layout = Layout::from_size_align(64, 8).unwrap();
-    let mut deferred = Deferred::<_, 8>::new(Check::new(System::new()));
-    let block = deferred.get(layout).expect("memory");
-    // SAFETY: got just above with `layout`, put once, never used again.
-    unsafe { deferred.put(block, layout) };
-    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deferred.deinit()));
-    assert!(
-        ended.is_ok(),
-        "deinit reported a block the caller had put as a leak"
-    );
-}
-
-#[test]
-fn quarantine_over_check_reports_no_leak_of_a_block_that_was_put() {
-    let layout = Layout::from_size_align(64, 8).unwrap();
-    let mut quarantine = Quarantine::<_, 4096>::new(Check::new(System::new()));
-    let block = quarantine.get(layout).expect("memory");
-    // SAFETY: got just above with `layout`, put once, never used again.
-    unsafe { quarantine.put(block, layout) };
-    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantine.deinit()));
-    assert!(
-        ended.is_ok(),
-        "deinit reported a block the caller had put as a leak"
+fn a_held_put_is_no_leak_at_deinit() {
+    fn put_then_end(mut layer: impl Layer, name: &str) {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let block = layer.get(layout).expect("memory");
+        // SAFETY: got just above with `layout`, put once, never used again.
+        unsafe { layer.put(block, layout) };
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| layer.deinit()));
+        assert!(
+            ended.is_ok(),
+            "{name}: deinit reported a block the caller had put as a leak"
+        );
+    }
+    put_then_end(Deferred::<_, 8>::new(Check::new(System::new())), "Deferred");
+    put_then_end(
+        Quarantine::<_, 4096>::new(Check::new(System::new())),
+        "Quarantine",
     );
 }
