@@ -632,6 +632,7 @@ fn a_zero_size_buffer_at_the_largest_alignment_is_refused() {
 /// it does not abort). The same holds for a deferred buffer released by the manager's drop.
 #[cfg(feature = "os")]
 #[test]
+#[cfg_attr(miri, ignore = "Miri cannot start processes")]
 fn a_hook_that_panics_while_its_thread_unwinds_does_not_abort() {
     const TEST: &str =
         "managed_buffers::a_hook_that_panics_while_its_thread_unwinds_does_not_abort";
