@@ -203,15 +203,14 @@ const fn cache_slot(tp: usize) -> usize {
 ///   of a block still free in its slab, abort with one line naming the address (a free
 ///   block holds a key that sends a free to look for it on its slab's free list). So does
 ///   a second free, from any thread, of a block still waiting on its heap's remote stack
-///   (it holds a remote key). A second free from another thread after the block was handed out again
-///   cannot be told from a free of the new allocation, and is not caught (nor is it by
-///   glibc). `realloc` and `malloc_usable_size` of a freed block abort as a second free
-///   does. Blocks of
-///   `Large` are checked by their headers: a second free aborts while the block's memory is
-///   still `Large`'s, but the memory of a block with a map of its own (in `General`, one
-///   over 32 MiB), or of an arena left wholly free, may be unmapped at the first free: a
-///   second free then faults (`SIGSEGV`), or, once the address was mapped again for a new
-///   block, frees that one.
+///   (it holds a remote key). A second free from another thread after the block was
+///   handed out again cannot be told from a free of the new allocation, and is not caught
+///   (nor is it by glibc). `realloc` and `malloc_usable_size` of a freed block abort as a
+///   second free does. Blocks of `Large` are checked by their headers: a second free
+///   aborts while the block's memory is still `Large`'s, but the memory of a block with a
+///   map of its own (in `General`, one over 32 MiB), or of an arena left wholly free, may
+///   be unmapped at the first free: a second free then faults (`SIGSEGV`), or, once the
+///   address was mapped again for a new block, frees that one.
 ///
 /// A program has one global allocator, and a `ThreadHeaps` is meant to be it (in place of
 /// the [`Router`](crate::Router), not beside it). Each thread keeps one heap, for the first
@@ -673,7 +672,7 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
     #[inline]
     unsafe fn slab_usable_size(ptr: NonNull<u8>) -> Option<usize> {
         /// A freed slab block holds its free key (cleared when it is handed out again).
-        const FREED: &str = "put twice (it is already free): realloc or malloc_usable_size \
+        const FREED_BLOCK: &str = "put twice (it is already free): realloc or malloc_usable_size \
                              of a freed block";
         // SAFETY: the caller's duty; `reserve_of` names the layer of a live block, which
         // holds at least a free block's two words.
@@ -681,12 +680,12 @@ impl<Large: Measured + Send> ThreadHeaps<Large> {
             match reserve_of(ptr) {
                 Reserved::Small => {
                     let size = HeapSlab::usable_size(ptr);
-                    HeapSlab::abort_if_free_with(ptr, FREED);
+                    HeapSlab::abort_if_free_with(ptr, FREED_BLOCK);
                     Some(size)
                 }
                 Reserved::Big => {
                     let size = BigSlab::usable_size(ptr);
-                    BigSlab::abort_if_free_with(ptr, FREED);
+                    BigSlab::abort_if_free_with(ptr, FREED_BLOCK);
                     Some(size)
                 }
                 Reserved::Neither => None,
