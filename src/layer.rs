@@ -470,39 +470,55 @@ pub(crate) fn first_byte_not(bytes: &[u8], byte: u8) -> Option<usize> {
     }
 }
 
-/// Whether any byte of `bytes` is not `byte`: groups of 32 bytes OR four word differences
-/// each into four accumulators (no branch, so the compiler keeps them in two vector
-/// registers), the whole words of the tail one at a time, and a last word that ends at the
-/// end (it may overlap the words before it: those bytes are compared twice, harmlessly).
+/// Whether any byte of `bytes` is not `byte`: the check behind every poison and guard
+/// byte the debugging layers verify, so its usual answer is `false` and it never exits
+/// early. Runs under 32 bytes take two overlapping 16-byte lanes, two overlapping words, or
+/// bytes one by one under 8; longer runs go through [`differs_in_groups`] of 32 bytes (two
+/// SSE2 registers).
 #[inline]
-fn differs_anywhere(bytes: &[u8], byte: u8) -> bool {
-    const GROUP: usize = 32;
+pub(crate) fn differs_anywhere(bytes: &[u8], byte: u8) -> bool {
     let len = bytes.len();
-    if len < 8 {
-        return bytes.iter().any(|&b| b != byte);
+    if len >= 32 {
+        return differs_in_groups::<32>(bytes, byte);
     }
-    let pattern = u64::from_ne_bytes([byte; 8]);
-    let word = |at: usize| {
-        let mut word = [byte; 8];
-        word.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_ne_bytes(word) ^ pattern
-    };
-    let mut groups = [0u64; GROUP / 8];
+    if len >= 16 {
+        return differs_in_groups::<16>(bytes, byte);
+    }
+    if len >= 8 {
+        let word = |at: usize| {
+            let mut word = [byte; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_ne_bytes(word) ^ u64::from_ne_bytes([byte; 8])
+        };
+        return word(0) | word(len - 8) != 0;
+    }
+    bytes.iter().any(|&b| b != byte)
+}
+
+/// Whether any byte of `bytes` (at least `GROUP` of them) is not `byte`: each whole group's
+/// differences are ORed into one `GROUP`-byte accumulator with no branch (the compiler makes
+/// it vector registers, and a vector XOR and OR a register's width), then one last group
+/// ending at the end (it may overlap bytes already compared, harmlessly).
+#[inline(always)]
+fn differs_in_groups<const GROUP: usize>(bytes: &[u8], byte: u8) -> bool {
+    let len = bytes.len();
+    let mut acc = [0u8; GROUP];
     let mut whole = bytes.chunks_exact(GROUP);
     for group in whole.by_ref() {
-        for (k, acc) in groups.iter_mut().enumerate() {
-            let mut word = [byte; 8];
-            word.copy_from_slice(&group[8 * k..8 * k + 8]);
-            *acc |= u64::from_ne_bytes(word) ^ pattern;
-        }
+        or_differences(&mut acc, group, byte);
     }
-    let mut at = len - whole.remainder().len();
-    let mut rest = word(len - 8);
-    while at + 8 <= len {
-        rest |= word(at);
-        at += 8;
+    if !whole.remainder().is_empty() {
+        or_differences(&mut acc, &bytes[len - GROUP..], byte);
     }
-    groups.iter().fold(rest, |any, acc| any | acc) != 0
+    acc.iter().fold(0, |any, &acc| any | acc) != 0
+}
+
+/// ORs the difference of each byte of `group` from `byte` into `acc`.
+#[inline(always)]
+fn or_differences<const GROUP: usize>(acc: &mut [u8; GROUP], group: &[u8], byte: u8) {
+    for (acc, &b) in acc.iter_mut().zip(group) {
+        *acc |= b ^ byte;
+    }
 }
 
 // ---- checks (tiers 1 and 3 of "Checks" above) -------------------------------------------

@@ -68,9 +68,14 @@ impl<L, const N: usize> Guard<L, N> {
         into_inner;
     }
 
-    /// The bytes of guard before a block of `layout`: `N`, rounded up to its alignment.
-    fn front(layout: Layout) -> Option<usize> {
-        N.checked_next_multiple_of(layout.align())
+    /// The bytes of guard before a block of `layout`: `N`, rounded up to its alignment (a
+    /// power of two, so a mask rounds it: a division would cost more than the rest of a
+    /// put's arithmetic). `N` is at most 4096 and the alignment at most 2^63, so the sum
+    /// cannot wrap.
+    #[inline(always)]
+    fn front(layout: Layout) -> usize {
+        let mask = layout.align() - 1;
+        (N + mask) & !mask
     }
 
     /// The bytes a block of `layout` holds: its size, or one for a zero-size block.
@@ -78,19 +83,131 @@ impl<L, const N: usize> Guard<L, N> {
         layout.size().max(1)
     }
 
-    /// The layout of the inner block for a block of `layout`, and the front guard's size.
+    /// The layout of the inner block for a block of `layout`, and the front guard's size;
+    /// `None` when it would pass `Layout`'s limit.
+    #[inline(always)]
     fn inner_layout(layout: Layout) -> Option<(Layout, usize)> {
-        let front = Self::front(layout)?;
-        let size = front.checked_add(Self::held(layout))?.checked_add(N)?;
-        Some((Layout::from_size_align(size, layout.align()).ok()?, front))
+        let front = Self::front(layout);
+        // `front + N` is at most 2^63 + 8192, which fits; only the last sum can wrap.
+        let size = Self::held(layout).checked_add(front + N)?;
+        // `Layout`'s own limit, without its check that the alignment is a power of two
+        // (it is one: it is `layout`'s).
+        if size > isize::MAX as usize - (layout.align() - 1) {
+            return None;
+        }
+        // SAFETY: the alignment is `layout`'s, a power of two, and `size` rounded up to it
+        // does not pass `isize::MAX`, as just checked.
+        let outer = unsafe { Layout::from_size_align_unchecked(size, layout.align()) };
+        Some((outer, front))
     }
 
-    /// Aborts if a guard byte of the block at `ptr` with `layout` changed.
+    /// Writes the guards of a block of `layout` into `base`, and returns the block.
     ///
     /// # Safety
     ///
-    /// `ptr` is a live block of this layer with `layout`.
-    unsafe fn verify(ptr: NonNull<u8>, layout: Layout, front: usize) {
+    /// `base` is a block of `L` with the layout [`inner_layout`](Self::inner_layout)
+    /// gives for `layout`, with `front`.
+    #[inline(always)]
+    unsafe fn write_guards(base: NonNull<u8>, layout: Layout, front: usize) -> NonNull<u8> {
+        // SAFETY: the inner block holds `front + held + N` bytes; the back guard starts at
+        // `front + held` and the front one at 0, with `front >= N`. The `N`-byte writes are
+        // whole-array stores, which the compiler makes a few vector stores for small `N`
+        // (a `memset` call for 16 bytes costs more than the stores).
+        unsafe {
+            let guard = [GUARD_BYTE; N];
+            if front > N {
+                base.as_ptr().write_bytes(GUARD_BYTE, front - N);
+            }
+            base.as_ptr()
+                .add(front - N)
+                .cast::<[u8; N]>()
+                .write_unaligned(guard);
+            let block = base.add(front);
+            block
+                .as_ptr()
+                .add(Self::held(layout))
+                .cast::<[u8; N]>()
+                .write_unaligned(guard);
+            block
+        }
+    }
+
+    /// [`get`](Layer::get) for a block whose front guard is longer than `N` (an alignment
+    /// over `N`): out of line, so that the usual get keeps no registers for its `memset`.
+    #[cold]
+    #[inline(never)]
+    fn get_over_aligned(
+        &mut self,
+        outer: Layout,
+        layout: Layout,
+        front: usize,
+    ) -> Option<NonNull<u8>>
+    where
+        L: Layer,
+    {
+        let base = self.inner.get(outer)?;
+        // SAFETY: a block of `L` with the layout `inner_layout` gave with `front`.
+        Some(unsafe { Self::write_guards(base, layout, front) })
+    }
+
+    /// Whether the `N` guard bytes on each side of the block at `ptr` are intact and the
+    /// front guard is no longer than `N`: the usual case, two vector compares. When not, the
+    /// block goes to [`put_checked_slowly`](Self::put_checked_slowly).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of this layer with `layout`, and `front` its front guard's
+    /// length.
+    #[inline(always)]
+    unsafe fn near_guards_intact(ptr: NonNull<u8>, layout: Layout, front: usize) -> bool {
+        let block = ptr.as_ptr();
+        // SAFETY: `N` bytes before the block and `N` after it, inside the guards.
+        let (near_front, back) = unsafe {
+            (
+                block.sub(N).cast::<[u8; N]>().read_unaligned(),
+                block
+                    .add(Self::held(layout))
+                    .cast::<[u8; N]>()
+                    .read_unaligned(),
+            )
+        };
+        let guard = [GUARD_BYTE; N];
+        near_front == guard && back == guard && front == N
+    }
+
+    /// [`put`](Layer::put) for a block whose near guards changed or whose front guard is
+    /// longer than `N`: checks every guard byte, aborting on a changed one, and puts the
+    /// block down. Out of line, so that the usual put saves no registers for it.
+    ///
+    /// # Safety
+    ///
+    /// As [`put`](Layer::put), with `outer` and `front` what `inner_layout` gives.
+    #[cold]
+    #[inline(never)]
+    unsafe fn put_checked_slowly(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        outer: Layout,
+        front: usize,
+    ) where
+        L: Layer,
+    {
+        // SAFETY: the caller's duties.
+        unsafe {
+            Self::verify_slowly(ptr, layout, front);
+            self.inner.put(ptr.sub(front), outer);
+        }
+    }
+
+    /// Aborts if a guard byte of the block at `ptr` with `layout` changed, naming the byte
+    /// nearest the block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of this layer with `layout`, and `front` its front guard's
+    /// length.
+    unsafe fn verify_slowly(ptr: NonNull<u8>, layout: Layout, front: usize) {
         let block = ptr.as_ptr();
         let held = Self::held(layout);
         // SAFETY: both guards lie inside the inner block, around the block.
@@ -100,20 +217,6 @@ impl<L, const N: usize> Guard<L, N> {
                 core::slice::from_raw_parts(block.add(held), N),
             )
         };
-        // The usual case first: the `N` bytes on each side compared as two arrays (a vector
-        // compare each); only a guard that differs, or a front guard longer than `N` (a
-        // large alignment), is searched byte by byte.
-        // SAFETY: as above: `N` bytes before the block and `N` after it, inside the guards.
-        let (near_front, back) = unsafe {
-            (
-                block.sub(N).cast::<[u8; N]>().read_unaligned(),
-                block.add(held).cast::<[u8; N]>().read_unaligned(),
-            )
-        };
-        let guard = [GUARD_BYTE; N];
-        if near_front == guard && back == guard && front == N {
-            return;
-        }
         if first_byte_not(before, GUARD_BYTE).is_some() {
             // Nearest the block first: an underrun changes the last byte before it first.
             let back = before
@@ -152,28 +255,12 @@ unsafe impl<L: Layer, const N: usize> Layer for Guard<L, N> {
     fn get(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         paranoid(self);
         let (outer, front) = Self::inner_layout(layout)?;
-        let base = self.inner.get(outer)?;
-        // SAFETY: the inner block holds `front + held + N` bytes; the back guard starts at
-        // `front + held` and the front one at 0, with `front >= N`. The `N`-byte writes are
-        // whole-array stores, which the compiler makes a few vector stores for small `N`
-        // (a `memset` call for 16 bytes costs more than the stores).
-        unsafe {
-            let guard = [GUARD_BYTE; N];
-            if front > N {
-                base.as_ptr().write_bytes(GUARD_BYTE, front - N);
-            }
-            base.as_ptr()
-                .add(front - N)
-                .cast::<[u8; N]>()
-                .write_unaligned(guard);
-            let block = base.add(front);
-            block
-                .as_ptr()
-                .add(Self::held(layout))
-                .cast::<[u8; N]>()
-                .write_unaligned(guard);
-            Some(block)
+        if front != N {
+            return self.get_over_aligned(outer, layout, front);
         }
+        let base = self.inner.get(outer)?;
+        // SAFETY: a block of `L` with the layout `inner_layout` gave with `front`.
+        Some(unsafe { Self::write_guards(base, layout, front) })
     }
 
     unsafe fn put(&mut self, ptr: NonNull<u8>, layout: Layout) {
@@ -185,7 +272,9 @@ unsafe impl<L: Layer, const N: usize> Layer for Guard<L, N> {
         };
         // SAFETY: the caller's duties: a live block of this layer with `layout`.
         unsafe {
-            Self::verify(ptr, layout, front);
+            if !Self::near_guards_intact(ptr, layout, front) {
+                return self.put_checked_slowly(ptr, layout, outer, front);
+            }
             self.inner.put(ptr.sub(front), outer);
         }
     }

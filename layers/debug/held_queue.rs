@@ -58,17 +58,16 @@ impl HeldQueue {
     }
 
     /// The ring, which exists whenever blocks are queued.
+    #[inline(always)]
     fn ring(&self, what: &str) -> NonNull<Held> {
         let Some(ring) = self.ring else {
-            abort_with(format_args!(
-                "held queue: {what} with {} blocks queued and no storage",
-                self.len
-            ))
+            no_storage(what, self.len)
         };
         ring
     }
 
     /// The `index`th oldest queued block (`index < len`).
+    #[inline(always)]
     pub(crate) fn get(&self, index: usize) -> Held {
         let ring = self.ring("a look");
         // SAFETY: the slot is below `HELD_BLOCKS`, in the ring, and was written by the push
@@ -82,6 +81,7 @@ impl HeldQueue {
     }
 
     /// Queues `held`; the caller made room (`len < HELD_BLOCKS`) and the storage ready.
+    #[inline(always)]
     pub(crate) fn push(&mut self, held: Held) {
         let ring = self.ring("a push");
         if self.len == HELD_BLOCKS {
@@ -92,7 +92,24 @@ impl HeldQueue {
         self.len += 1;
     }
 
+    /// Queues `held` in a full queue, in the place of the oldest queued block, which it
+    /// returns: a pop and a push in one slot.
+    #[inline(always)]
+    pub(crate) fn replace_oldest(&mut self, held: Held) -> Held {
+        let ring = self.ring("a replacement");
+        if self.len != HELD_BLOCKS {
+            not_full(self.len);
+        }
+        // SAFETY: the head slot is below `HELD_BLOCKS`, in the ring, and holds the oldest
+        // queued block. In a full ring the newest slot is the one before the head, so once
+        // the head moves past it the new block there is the newest.
+        let oldest = unsafe { ring.add(self.head).replace(held) };
+        self.head = (self.head + 1) % HELD_BLOCKS;
+        oldest
+    }
+
     /// Takes the oldest queued block off.
+    #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<Held> {
         if self.len == 0 {
             return None;
@@ -117,4 +134,23 @@ impl HeldQueue {
             unsafe { inner.put(ring.cast(), Self::ring_layout()) };
         }
     }
+}
+
+/// Aborts: the queue was used before it had storage (out of line, as every abort of the
+/// queue, so that its inlined operations save no registers for the message).
+#[cold]
+#[inline(never)]
+fn no_storage(what: &str, len: usize) -> ! {
+    abort_with(format_args!(
+        "held queue: {what} with {len} blocks queued and no storage"
+    ))
+}
+
+/// Aborts: a replacement in a queue that is not full.
+#[cold]
+#[inline(never)]
+fn not_full(len: usize) -> ! {
+    abort_with(format_args!(
+        "held queue: the oldest block replaced in a queue of {len} blocks, not full"
+    ))
 }

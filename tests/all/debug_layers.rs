@@ -211,6 +211,54 @@ fn quarantine_holds_blocks_back_within_its_bytes_then_lets_them_go() {
     assert_eq!(quarantine.held(), (0, 0));
 }
 
+/// Blocks leave the quarantine oldest first, whichever limit sends them (its block count,
+/// once the ring is full and each put takes the oldest's slot, or its bytes), and with their
+/// poison checked.
+#[test]
+fn quarantine_lets_blocks_go_oldest_first_under_both_limits() {
+    let miri = cfg!(miri);
+    // Small blocks: the ring of 1024 fills, and bounds.
+    let held = lets_go_oldest_first::<65536>(16..33, if miri { 1100 } else { 3000 });
+    assert_eq!(held, 1024, "the block count bounds");
+    // Large ones: the bytes bound first.
+    let held = lets_go_oldest_first::<4096>(100..400, if miri { 60 } else { 3000 });
+    assert!(held < 1024, "the bytes bound: {held} blocks held");
+}
+
+/// Puts `blocks` blocks of sizes in `sizes` into a `Quarantine<_, BYTES>`, checking its
+/// bounds and that the blocks that went down are the oldest, in order; returns how many it
+/// held at the end, before the flush.
+fn lets_go_oldest_first<const BYTES: usize>(sizes: std::ops::Range<usize>, blocks: usize) -> usize {
+    let released = std::cell::RefCell::new(Vec::new());
+    let hooked = OnRelease::new(System::new(), 0, |r: Released| {
+        released.borrow_mut().push(r.ptr.as_ptr() as usize);
+    });
+    let mut quarantine = Quarantine::<_, BYTES>::new(hooked);
+    let mut put = Vec::new();
+    for i in 0..blocks {
+        let size = sizes.start + (i * 37) % sizes.len();
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let block = quarantine.get(layout).unwrap();
+        // SAFETY: the block holds `size` bytes; it is put once, with its layout.
+        unsafe {
+            block.as_ptr().write_bytes(1, size);
+            quarantine.put(block, layout);
+        }
+        put.push(block.as_ptr() as usize);
+        let (held, bytes) = quarantine.held();
+        assert!(
+            held <= 1024 && bytes <= BYTES,
+            "{held} blocks, {bytes} bytes held"
+        );
+        assert_eq!(released.borrow().len(), put.len() - held, "put {i}");
+    }
+    let (held, _) = quarantine.held();
+    assert_eq!(released.borrow()[..], put[..put.len() - held]);
+    quarantine.flush();
+    assert_eq!(released.borrow()[..], put[..]);
+    held
+}
+
 #[test]
 fn the_release_hook_sees_every_put_block_whole_before_it_goes_down() {
     let seen = std::cell::RefCell::new(Vec::new());
