@@ -154,8 +154,33 @@ impl<L: Layer> Check<L> {
         }
     }
 
+    /// The call site of the block being got, interned, with `size` bytes counted to it:
+    /// out of line, as recording is off by default.
+    #[cold]
+    #[inline(never)]
+    fn record_site(&mut self, size: usize) -> u32 {
+        let site = self.sites.intern(&Stack::capture(), &mut self.inner);
+        self.count(site, 1, size as i64);
+        site
+    }
+
     /// The slot of a block being put or resized, or an abort naming what is wrong.
+    #[inline(always)]
     fn expect_live(&self, ptr: NonNull<u8>, layout: Layout, what: &str) -> usize {
+        if let Some(i) = self.table.find(ptr.as_ptr().addr())
+            && pack_layout(layout) == Some(self.table.slot(i).value.layout)
+        {
+            return i;
+        }
+        self.not_live(ptr, layout, what)
+    }
+
+    /// Aborts, naming what is wrong with a put or resize of `ptr` with `layout` that
+    /// [`expect_live`](Self::expect_live) refused: out of line, so that the usual put
+    /// keeps no registers for the messages.
+    #[cold]
+    #[inline(never)]
+    fn not_live(&self, ptr: NonNull<u8>, layout: Layout, what: &str) -> ! {
         let addr = ptr.as_ptr().addr();
         let Some(i) = self.table.find(addr) else {
             if self.recent.contains(&addr) {
@@ -172,16 +197,13 @@ impl<L: Layer> Check<L> {
             ))
         };
         let slot = self.table.slot(i);
-        if pack_layout(layout) != Some(slot.value.layout) {
-            abort_with(format_args!(
-                "Check: {what} of {ptr:p} with size {}, align {}, but it was got with size {}, align {}",
-                layout.size(),
-                layout.align(),
-                slot.size(),
-                slot.align()
-            ))
-        }
-        i
+        abort_with(format_args!(
+            "Check: {what} of {ptr:p} with size {}, align {}, but it was got with size {}, align {}",
+            layout.size(),
+            layout.align(),
+            slot.size(),
+            slot.align()
+        ))
     }
 
     /// Ends the table: returns live blocks (leaks) and the table to `L`. Returns the report
@@ -209,6 +231,15 @@ impl<L: Layer> Gauge for Check<L> {
     }
 }
 
+/// Aborts: the layer below handed out a block that is still live.
+#[cold]
+#[inline(never)]
+fn handed_out_twice(block: NonNull<u8>) -> ! {
+    abort_with(format_args!(
+        "Check: the layer below handed out {block:p} while it was still live"
+    ))
+}
+
 // SAFETY: blocks come unchanged from `L`; every put reaching `L` is of a live block with
 // the layout it was got with (anything else aborts before reaching `L`).
 unsafe impl<L: Layer> Layer for Check<L> {
@@ -225,9 +256,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         }
         let block = self.inner.get(layout)?;
         let site = if self.recording {
-            let site = self.sites.intern(&Stack::capture(), &mut self.inner);
-            self.count(site, 1, layout.size() as i64);
-            site
+            self.record_site(layout.size())
         } else {
             0
         };
@@ -239,9 +268,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
             },
         };
         if self.table.insert(slot).is_err() {
-            abort_with(format_args!(
-                "Check: the layer below handed out {block:p} while it was still live"
-            ));
+            handed_out_twice(block);
         }
         self.figures.record_get(layout.size());
         Some(block)
@@ -254,7 +281,7 @@ unsafe impl<L: Layer> Layer for Check<L> {
         let site = self.table.slot(i).value.site;
         self.count(site, -1, -(layout.size() as i64));
         self.table.remove(i);
-        self.recent[self.recent_next] = ptr.as_ptr().addr();
+        self.recent[self.recent_next % RECENT] = ptr.as_ptr().addr();
         self.recent_next = (self.recent_next + 1) % RECENT;
         self.figures.record_put(layout.size());
         // SAFETY: the block is live in `L` and `layout` is the one it was got with.
