@@ -13,7 +13,9 @@ use std::vec::Vec;
 use super::call_sites::SourceFrame;
 
 /// What a profile counts for one call site while it runs (lifetimes in ticks of the
-/// profile's clock, turned into nanoseconds at the report).
+/// profile's clock, turned into nanoseconds at the report). The summed lifetimes saturate:
+/// at 3 GHz a `u64` of ticks holds 194 years, which a million blocks live for two hours
+/// each reach.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub(crate) struct SiteFigures {
     pub(crate) blocks: u64,
@@ -49,7 +51,7 @@ impl SiteFigures {
     #[inline]
     pub(crate) fn freed(&mut self, size: u64, lifetime: u64) {
         self.frees += 1;
-        self.lifetimes += lifetime;
+        self.lifetimes = self.lifetimes.saturating_add(lifetime);
         self.live_blocks -= 1;
         self.live_bytes -= size;
     }
@@ -71,7 +73,7 @@ impl SiteFigures {
         self.blocks += other.blocks;
         self.bytes += other.bytes;
         self.frees += other.frees;
-        self.lifetimes += other.lifetimes;
+        self.lifetimes = self.lifetimes.saturating_add(other.lifetimes);
         self.live_blocks += other.live_blocks;
         self.live_bytes += other.live_bytes;
         self.max_bytes += other.max_bytes;
@@ -426,5 +428,23 @@ impl fmt::Display for Count {
             (noun, 1) => write!(f, " {noun}"),
             (noun, _) => write!(f, " {noun}s"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SiteFigures;
+
+    #[test]
+    fn summed_lifetimes_saturate_instead_of_overflowing() {
+        let mut figures = SiteFigures::default();
+        figures.allocated(8);
+        figures.allocated(8);
+        figures.freed(8, u64::MAX - 1);
+        figures.freed(8, 5);
+        assert_eq!(figures.lifetimes, u64::MAX);
+        let mut merged = figures;
+        merged.merge(&figures);
+        assert_eq!((merged.lifetimes, merged.frees), (u64::MAX, 4));
     }
 }

@@ -151,7 +151,7 @@ impl<L: Layer> Profile<L> {
                 Some((_, figures)) => figures,
                 None => &mut unknown,
             };
-            figures.lifetimes += lifetime;
+            figures.lifetimes = figures.lifetimes.saturating_add(lifetime);
         }
         for figures in sites
             .iter_mut()
