@@ -93,6 +93,21 @@ impl<S: ArenaShape> ArenaChain<S> {
             .find(|base| addr.wrapping_sub(base.as_ptr().addr()) < S::BYTES)
     }
 
+    /// Aborts, naming the layer, the call and the block, when `ptr` lies in none of the
+    /// chain's arenas: a block of another layer (perhaps another arena layer, whose
+    /// metadata the holder would otherwise find by masking the address and take for its
+    /// own). For the holder's debug checks of a put, grow or shrink: O(arenas).
+    pub(super) fn require_ours(&self, call: &str, ptr: NonNull<u8>, layout: Layout) {
+        if self.find(ptr.as_ptr().addr()).is_none() {
+            abort_with(format_args!(
+                "{}: {call} of {ptr:p} ({}), which is in none of this layer's arenas (a \
+                 block of another layer?)",
+                S::NAME,
+                crate::layer::Shown(layout)
+            ));
+        }
+    }
+
     /// Takes a new arena from `inner` and puts it at the head of the chain; returns its
     /// base. The holder lays out its own metadata (after [`LINK_WORDS`]) before anything
     /// reads it.

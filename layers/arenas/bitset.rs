@@ -731,7 +731,9 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
         };
         let (meta, at) = Self::locate(ptr);
         if cfg!(debug_assertions) {
-            // SAFETY: the caller's duties make `ptr` a live run in one of our arenas.
+            self.arenas.require_ours("put", ptr, layout);
+            // SAFETY: the caller's duties make `ptr` a live run in one of our arenas (one
+            // of ours, just checked).
             let map = unsafe { Self::bitmap(meta) };
             if at + blocks > Self::BLOCKS || map.find_clear(at..at + blocks).is_some() {
                 abort_with(format_args!(
@@ -783,6 +785,9 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
         else {
             return false;
         };
+        if cfg!(debug_assertions) {
+            self.arenas.require_ours("grow", ptr, old);
+        }
         let (meta, at) = Self::locate(ptr);
         if at + needs > Self::BLOCKS {
             return false;
@@ -809,6 +814,9 @@ unsafe impl<L: Layer, const BLOCK: usize, const ARENA: usize, const CACHE: u32> 
         else {
             return false;
         };
+        if cfg!(debug_assertions) && had > needs {
+            self.arenas.require_ours("shrink", ptr, old);
+        }
         let (meta, at) = Self::locate(ptr);
         if had > needs {
             // SAFETY: the caller's duties make `ptr` a live run of `had` blocks in one of our

@@ -532,7 +532,9 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
             "Buddy: put of {ptr:p}, not a block of order {order}"
         );
         if cfg!(debug_assertions) {
-            // SAFETY: the caller's duties make `block` a block of `order` of ours.
+            self.arenas.require_ours("put", ptr, layout);
+            // SAFETY: the caller's duties make `block` a block of `order` of ours (and it
+            // lies in one of our arenas, just checked).
             unsafe { self.require_in_use(block, order, layout) };
         }
         // SAFETY: the caller gives up the block of `order`; its links (a cache's or a free
@@ -569,6 +571,9 @@ unsafe impl<L: Layer, const MIN_ORDER: u32, const MAX_ORDER: u32, const CACHE: u
         let (Some(from), Some(to)) = (Self::order_of(old), Self::order_of(new)) else {
             return false;
         };
+        if cfg!(debug_assertions) && from > to {
+            self.arenas.require_ours("shrink", ptr, old);
+        }
         let mut order = from;
         while order > to {
             order -= 1;

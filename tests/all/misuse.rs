@@ -162,6 +162,27 @@ mod aborts {
                     heap.put(a, long);
                     heap.put(a, layout);
                 }
+                "buddy_stranger" => {
+                    // A live block of another `Buddy`: its arena's bitmaps say "in use", so
+                    // unnoticed the put caches it, and the next get hands it out again
+                    // while its owner still uses it.
+                    let mut ours = Buddy::<_, 4, 16>::new(Mmap::new());
+                    let mut theirs = Buddy::<_, 4, 16>::new(Mmap::new());
+                    let _mine = ours.get(layout).unwrap();
+                    let foreign = theirs.get(layout).unwrap();
+                    ours.put(foreign, layout);
+                    let again = ours.get(layout);
+                    eprintln!("Buddy handed out {again:?}; the foreign block is {foreign:p}");
+                }
+                "bitset_stranger" => {
+                    let mut ours = Bitset::<_, 16, 65536>::new(Mmap::new());
+                    let mut theirs = Bitset::<_, 16, 65536>::new(Mmap::new());
+                    let _mine = ours.get(layout).unwrap();
+                    let foreign = theirs.get(layout).unwrap();
+                    ours.put(foreign, layout);
+                    let again = ours.get(layout);
+                    eprintln!("Bitset handed out {again:?}; the foreign block is {foreign:p}");
+                }
                 "grow_that_shrinks" => {
                     let mut heap = Stats::new(System);
                     let a = heap.get(layout).unwrap();
@@ -307,6 +328,23 @@ mod aborts {
             "coalesce_large_double_put",
             "which is already free (a double put?)",
         );
+    }
+
+    /// A block of another arena layer (here a live block of a second `Buddy` or `Bitset`)
+    /// put to one: its metadata, found by masking the address, is another layer's and says
+    /// "in use", so the double-put checks pass it; the layer must see that the address is in
+    /// none of its arenas rather than cache it and hand it out again.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "Buddy and Bitset check puts in debug builds only"
+    )]
+    fn buddy_and_bitset_abort_on_a_block_of_another_layer() {
+        expect_abort("buddy_stranger", "Buddy: put of 0x");
+        expect_abort("buddy_stranger", "which is in none of this layer's arenas");
+        expect_abort("bitset_stranger", "Bitset: put of 0x");
+        expect_abort("bitset_stranger", "which is in none of this layer's arenas");
     }
 
     /// `Reserve`, as `Mmap`, refuses a block that is not in its range (in release builds
