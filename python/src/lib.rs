@@ -128,7 +128,8 @@ fn heap_err(error: BlobError) -> PyErr {
         BlobError::MinOrderAboveMax { .. }
         | BlobError::OrderOutOfRange { .. }
         | BlobError::TooManyOrders { .. }
-        | BlobError::BadAlignment { .. } => GeometryError::new_err(text),
+        | BlobError::BadAlignment { .. }
+        | BlobError::AlignmentAboveHeap { .. } => GeometryError::new_err(text),
         BlobError::BlobTooSmall { .. } | BlobError::BlobMisaligned { .. } => {
             BufferUnusableError::new_err(text)
         }

@@ -40,6 +40,7 @@ def test_size_covers_header_data_and_alignment_slack():
         ((40, 5, 64), "orders from smallest to largest"),  # too many orders
         ((16, 6, 24), "not a power of two"),  # alignment
         ((16, 6, 4), "not a power of two of at least 8"),
+        ((10, 6, 2048), "above the heap's size, 1024 bytes"),  # alignment above the heap
     ],
 )
 def test_bad_geometry_raises_geometry_error(args, words):

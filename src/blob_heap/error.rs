@@ -78,6 +78,14 @@ pub enum BlobError {
         /// The alignment given.
         alignment: usize,
     },
+    /// The alignment is a power of two of at least 8, but above the heap's size (no block
+    /// could use it).
+    AlignmentAboveHeap {
+        /// The alignment given.
+        alignment: usize,
+        /// The heap's size in bytes (`1 << max_order`), the largest alignment allowed.
+        heap_bytes: usize,
+    },
     /// The memory is smaller than the heap needs.
     BlobTooSmall {
         /// Bytes the heap needs.
@@ -242,6 +250,13 @@ impl fmt::Display for BlobError {
                     "alignment {alignment} is not a power of two of at least 8"
                 )
             }
+            BlobError::AlignmentAboveHeap {
+                alignment,
+                heap_bytes,
+            } => write!(
+                f,
+                "alignment {alignment} is above the heap's size, {heap_bytes} bytes"
+            ),
             BlobError::BlobTooSmall { needed, given } => {
                 write!(f, "the blob has {given} bytes; the heap needs {needed}")
             }

@@ -149,8 +149,14 @@ impl BlobGeometry {
                 limit: MOST_ORDERS,
             });
         }
-        if !alignment.is_power_of_two() || alignment < 8 || alignment > 1 << max_order {
+        if !alignment.is_power_of_two() || alignment < 8 {
             return Err(BlobError::BadAlignment { alignment });
+        }
+        if alignment > 1 << max_order {
+            return Err(BlobError::AlignmentAboveHeap {
+                alignment,
+                heap_bytes: 1 << max_order,
+            });
         }
         Ok(BlobGeometry {
             max_order,

@@ -123,7 +123,7 @@ fn geometry_errors_name_what_was_wrong() {
             limit: 29
         }
     );
-    for align in [0, 4, 24, 1 << 11] {
+    for align in [0, 4, 24] {
         assert_eq!(
             error(10, 5, align),
             BlobError::BadAlignment { alignment: align }
@@ -132,6 +132,23 @@ fn geometry_errors_name_what_was_wrong() {
     assert_eq!(
         error(10, 5, 24).to_string(),
         "alignment 24 is not a power of two of at least 8"
+    );
+    // A power of two above 8 is refused for being above the heap's size, and the message
+    // says so rather than that it is not a power of two.
+    assert_eq!(
+        error(10, 5, 1 << 11),
+        BlobError::AlignmentAboveHeap {
+            alignment: 1 << 11,
+            heap_bytes: 1 << 10
+        }
+    );
+    assert_eq!(
+        error(10, 5, 1 << 11).to_string(),
+        "alignment 2048 is above the heap's size, 1024 bytes"
+    );
+    assert!(
+        BlobGeometry::new(10, 5, 1 << 10).is_ok(),
+        "the heap's size itself"
     );
     // The seed's example geometry: a 4 GiB heap of 4 KiB blocks, 4 KiB-aligned: the data,
     // an 8-byte stamp per block (8 MiB) and the bitmaps and header (under 1 MiB).
