@@ -60,9 +60,10 @@
 //!    layer below during one operation (a free-list node aligned for its link, an arena from the
 //!    layer below aligned as asked, a small block fitting a fresh chunk), and the checks of a put
 //!    that look into the layer's structures (a block put to `Buddy` or `Bitset` that is cached
-//!    already, or that lies in none of its arenas). Both tiers are written with the crate's
-//!    `debug_require!` (or, for a check of a few lines, under `if cfg!(debug_assertions)`), so
-//!    release builds neither run nor keep them.
+//!    already, or that lies in none of its arenas; a large block put to `Chunk` whose header is
+//!    no longer on its list). Both tiers are written with the crate's `debug_require!` (or, for
+//!    a check of a few lines, under `if cfg!(debug_assertions)`), so release builds neither run
+//!    nor keep them.
 //! 3. **Whole-structure checks**: [`check_invariants`](Layer::check_invariants), which walks
 //!    everything a layer keeps. The conformance suite calls it after every step. With the
 //!    `paranoid` feature (for tests only: every operation then walks the whole stack below

@@ -272,6 +272,37 @@ impl<L: Layer, const SIZE: usize> Chunk<L, SIZE> {
         }
     }
 
+    /// Aborts unless the header before the large `block` is on the large list, as it is
+    /// from `get_large` until the block's put (debug builds only: a put's caller guarantees
+    /// it). Its neighbours must link back to it, or the list's head be it: a block put
+    /// already keeps its old links, which no longer do (a double put).
+    ///
+    /// # Safety
+    ///
+    /// `block` was handed out by `get_large` (so a readable header lies before it).
+    unsafe fn require_listed(&self, block: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's duty for the header. The neighbours a header on the list
+        // names are live headers; a header put already may name stale ones, which the put
+        // would write through next: reading them first is how this check stops it.
+        let listed = unsafe {
+            let header = block.as_ptr().cast::<LargeHeader>().sub(1);
+            let (prev, next) = ((*header).prev, (*header).next);
+            let back = if prev.is_null() {
+                self.large == header
+            } else {
+                (*prev).next == header
+            };
+            back && (next.is_null() || (*next).prev == header)
+        };
+        if !listed {
+            abort_with(format_args!(
+                "Chunk: put of {block:p} ({}), a large block not on the large list (a double \
+                 put?)",
+                crate::layer::Shown(layout)
+            ));
+        }
+    }
+
     fn release_large(&mut self) {
         while !self.large.is_null() {
             // SAFETY: the list holds the headers of live large blocks, each right before
@@ -334,6 +365,11 @@ unsafe impl<L: Layer, const SIZE: usize> Layer for Chunk<L, SIZE> {
                 self.top = self.top.wrapping_add(served_size(layout));
             }
         } else {
+            if cfg!(debug_assertions) {
+                // SAFETY: a layout that is not small was served by `get_large`, so a header
+                // lies before the block.
+                unsafe { self.require_listed(ptr, layout) };
+            }
             // SAFETY: a layout that is not small was served by `get_large`.
             unsafe { self.put_large(ptr) }
         }

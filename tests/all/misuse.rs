@@ -37,7 +37,9 @@ mod aborts {
     use std::alloc::{GlobalAlloc, Layout};
     use std::ptr::NonNull;
 
-    use stratalloc::layers::{Batch, Bitset, Buddy, Check, Coalesce, Mmap, Slab, Stats, System};
+    use stratalloc::layers::{
+        Batch, Bitset, Buddy, Check, Chunk, Coalesce, Mmap, Slab, Stats, System,
+    };
     use stratalloc::{Layer, Locked};
 
     use super::Panicky;
@@ -182,6 +184,19 @@ mod aborts {
                     ours.put(foreign, layout);
                     let again = ours.get(layout);
                     eprintln!("Bitset handed out {again:?}; the foreign block is {foreign:p}");
+                }
+                "chunk_large_double_put" => {
+                    // `Batch` keeps the pieces' memory after their put, so the second put
+                    // reads the header that the first one left: unnoticed, it takes the
+                    // large list's head away (`b` is never returned by `deinit`), counts
+                    // one large block fewer again, and puts the piece to `L` a second time.
+                    let mut heap = Chunk::<_, 4096>::new(Batch::new(System));
+                    let big = Layout::from_size_align(8192, 8).unwrap();
+                    let a = heap.get(big).unwrap();
+                    let _b = heap.get(big).unwrap();
+                    heap.put(a, big);
+                    heap.put(a, big);
+                    eprintln!("large blocks now: {}", heap.large_blocks());
                 }
                 "grow_that_shrinks" => {
                     let mut heap = Stats::new(System);
@@ -345,6 +360,22 @@ mod aborts {
         expect_abort("buddy_stranger", "which is in none of this layer's arenas");
         expect_abort("bitset_stranger", "Bitset: put of 0x");
         expect_abort("bitset_stranger", "which is in none of this layer's arenas");
+    }
+
+    /// A large block of `Chunk` put twice: its header, still there for the second put, is
+    /// no longer on the large list.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot start processes")]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "Chunk checks puts in debug builds only"
+    )]
+    fn chunk_aborts_on_a_large_block_put_twice() {
+        expect_abort("chunk_large_double_put", "Chunk: put of 0x");
+        expect_abort(
+            "chunk_large_double_put",
+            "(size 8192, align 8), a large block not on the large list (a double put?)",
+        );
     }
 
     /// `Reserve`, as `Mmap`, refuses a block that is not in its range (in release builds
