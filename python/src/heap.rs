@@ -35,7 +35,6 @@
 //! - `free` takes the allocation, not the place: it frees the block only if its generation
 //!   is the object's, so a stale object never frees the block's next allocation.
 
-use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,56 +84,16 @@ unsafe impl Send for SendPtr {}
 // ---- the handle and its state --------------------------------------------------------------
 
 /// An attached handle: the crate's handle over pinned memory. Fields drop in order, so the
-/// crate's handle (whose `Drop` writes the header) goes before the export.
+/// crate's handle (whose `Drop` writes the header, in the process that attached it only)
+/// goes before the export.
 struct Handle {
-    heap: ProcessHandle,
+    heap: BlobHeap<'static>,
     /// Keeps `heap`'s memory in place (see `pin.rs`).
     pin: Pinned,
     /// Where the heap starts in this process (the key that tells mappings apart).
     start: NonNull<u8>,
     /// The heap's range among those of attached handles (see [`ATTACHED`]).
     attached: Attached,
-}
-
-/// The crate's handle, detached when dropped only in the process that attached it: a child
-/// forked with it inherits the handle without having been counted among the heap's
-/// handles, and must not take its parent's count away when it drops its copy.
-struct ProcessHandle {
-    heap: ManuallyDrop<BlobHeap<'static>>,
-    pid: u32,
-}
-
-impl ProcessHandle {
-    fn new(heap: BlobHeap<'static>) -> Self {
-        ProcessHandle {
-            heap: ManuallyDrop::new(heap),
-            pid: std::process::id(),
-        }
-    }
-
-    /// The crate's handle, to be consumed (by `destroy`).
-    fn into_inner(self) -> BlobHeap<'static> {
-        let mut this = ManuallyDrop::new(self);
-        // SAFETY: taken once; `this` is never dropped, so neither is the handle again.
-        unsafe { ManuallyDrop::take(&mut this.heap) }
-    }
-}
-
-impl core::ops::Deref for ProcessHandle {
-    type Target = BlobHeap<'static>;
-
-    fn deref(&self) -> &BlobHeap<'static> {
-        &self.heap
-    }
-}
-
-impl Drop for ProcessHandle {
-    fn drop(&mut self) {
-        if std::process::id() == self.pid {
-            // SAFETY: dropped once, here; the handle is not used afterwards.
-            unsafe { ManuallyDrop::drop(&mut self.heap) };
-        }
-    }
 }
 
 /// The ranges of memory that attached handles of this process use, one entry per handle:
@@ -337,7 +296,7 @@ impl Heap {
         let attached = Attached::new(start, len - skip);
         Ok(Heap::new(
             Handle {
-                heap: ProcessHandle::new(heap),
+                heap,
                 pin,
                 start,
                 attached,
@@ -398,7 +357,7 @@ impl Heap {
                     if start.as_ptr().addr().is_multiple_of(aligned) && skip < aligned {
                         let attached = Attached::new(start, len - skip);
                         let handle = Handle {
-                            heap: ProcessHandle::new(heap),
+                            heap,
                             pin,
                             start,
                             attached,
@@ -454,7 +413,6 @@ impl Heap {
                 ));
             }
         };
-        let heap = heap.into_inner();
         let len = heap.blob_len();
         match py.detach(|| heap.destroy()) {
             Ok(()) => Ok(()),
@@ -465,7 +423,7 @@ impl Heap {
                 // handle was attached to a moment ago.
                 if let Ok(heap) = unsafe { BlobHeap::attach_raw(start, len) } {
                     let handle = Handle {
-                        heap: ProcessHandle::new(heap),
+                        heap,
                         pin,
                         start,
                         attached,

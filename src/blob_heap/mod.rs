@@ -350,6 +350,10 @@ pub struct BlobHeap<'a> {
     maps: Maps,
     /// How long an operation waits for a lock that a live thread holds, in nanoseconds.
     lock_patience: AtomicU64,
+    /// The process that attached: only it was counted among the heap's handles. A child
+    /// forked with the handle holds an uncounted copy, which must not take its parent's
+    /// count away when dropped, nor count as the heap's last handle in `destroy`.
+    pid: u32,
     _memory: PhantomData<&'a mut [u8]>,
 }
 
@@ -554,6 +558,7 @@ impl<'a> BlobHeap<'a> {
             geometry,
             maps: geometry.maps(),
             lock_patience: AtomicU64::new(Self::DEFAULT_LOCK_PATIENCE.as_nanos() as u64),
+            pid: std::process::id(),
             _memory: PhantomData,
         })
     }
@@ -566,16 +571,23 @@ impl<'a> BlobHeap<'a> {
     /// [`BlobError::NotAHeap`]), and the memory is the caller's again.
     ///
     /// Fails with [`BlobError::StillAttached`] when other handles are attached (this
-    /// handle is then detached, the heap left as it was).
+    /// handle is then detached, the heap left as it was). A handle that a forked child
+    /// inherited is not one of the counted handles, so its parent's keeps the heap.
     pub fn destroy(self) -> Result<(), BlobError> {
         let guard = self.lock()?;
         let handles = self.header().handles.load(Ordering::Relaxed);
-        if handles > 1 {
+        if handles > u32::from(self.attached_here()) {
             return Err(BlobError::StillAttached { handles });
         }
         self.header().magic.store(0, Ordering::Release);
         drop(guard);
         Ok(())
+    }
+
+    /// Whether this process attached the handle (and so is counted among the heap's
+    /// handles), not a child forked with it.
+    fn attached_here(&self) -> bool {
+        std::process::id() == self.pid
     }
 
     /// The heap's geometry.
@@ -1498,6 +1510,10 @@ fn fresh_id() -> u64 {
 
 impl Drop for BlobHeap<'_> {
     fn drop(&mut self) {
+        if !self.attached_here() {
+            // A copy a forked child inherited: never counted.
+            return;
+        }
         let handles = &self.header().handles;
         let _ = handles.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }

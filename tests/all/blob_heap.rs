@@ -1417,6 +1417,62 @@ fn a_live_holder_is_waited_for_up_to_the_patience_then_named() {
     assert_usable(&heap);
 }
 
+/// A child forked with a handle holds a copy that was never counted among the heap's
+/// handles: dropping it leaves its parent's count, and destroying the heap through it is
+/// refused while the parent's handle is attached.
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot fork")]
+fn a_handle_inherited_by_a_forked_child_is_not_counted() {
+    let g = geometry(16, 6);
+    let len = g.required_size();
+    // SAFETY: a fresh shared anonymous map of `len` bytes, unmapped at the end.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: the map is ours, `len` bytes, shared with the children only.
+    let blob = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), len) };
+    let heap = BlobHeap::init(blob, g).unwrap();
+    for destroy in [false, true] {
+        // SAFETY: the child makes no allocation and leaves with `_exit`.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let refused = if destroy {
+                matches!(heap.destroy(), Err(BlobError::StillAttached { handles: 1 }))
+            } else {
+                drop(heap);
+                true
+            };
+            // SAFETY: leaves the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child destroyed the heap under its parent (status {status:#x})"
+        );
+        assert_eq!(
+            heap.stats().handles,
+            1,
+            "after the child's {}",
+            if destroy { "destroy" } else { "drop" }
+        );
+    }
+    assert_whole(&heap);
+    heap.destroy().unwrap();
+    // SAFETY: the map made above, no longer used.
+    unsafe { libc::munmap(map, len) };
+}
+
 /// A process forked inside `with_lock` copies the guard, not the holding: the child's
 /// operations through it fail with `LockLost`, and its guard's end (when its closure
 /// returns) leaves the parent's lock held, so the parent goes on under it.
