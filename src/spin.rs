@@ -153,24 +153,6 @@ impl<'a, T> SpinGuard<'a, T> {
             _exclusive: PhantomData,
         }
     }
-
-    /// Lets go of the lock while `f` runs, and takes it again before returning (also when
-    /// `f` unwinds), for work that must not run under the lock between two parts that
-    /// must. The guard cannot be used meanwhile: `f` cannot reach the data.
-    #[cfg_attr(not(feature = "std"), allow(dead_code))] // (the regions need `std`)
-    #[inline]
-    pub(crate) fn unlocked<R>(this: &mut Self, f: impl FnOnce() -> R) -> R {
-        /// Takes the lock again when dropped.
-        struct Retake<'b, T>(&'b SpinLock<T>);
-        impl<T> Drop for Retake<'_, T> {
-            fn drop(&mut self) {
-                self.0.acquire();
-            }
-        }
-        let _retake = Retake(this.lock);
-        this.lock.let_go();
-        f()
-    }
 }
 
 impl<T> Deref for SpinGuard<'_, T> {
@@ -195,7 +177,11 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 impl<T> Drop for SpinGuard<'_, T> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.lock.let_go();
+        // The store goes through a reference to the flag alone, not through `let_go(&self)`:
+        // once the lock is let go another thread may free the memory it lives in (a zombie
+        // region's record), and a `&SpinLock` argument stays protected until its function
+        // returns, padding included (Stacked and Tree Borrows; rust-lang/rust#55005).
+        self.lock.held.store(false, Ordering::Release);
     }
 }
 
@@ -213,22 +199,6 @@ mod tests {
         }
         assert!(!lock.is_held());
         assert_eq!(*lock.lock(), 2);
-    }
-
-    #[test]
-    fn unlocked_lets_go_for_the_closure_only() {
-        let lock = SpinLock::new(0u32);
-        let mut guard = lock.lock();
-        let seen = SpinGuard::unlocked(&mut guard, || {
-            assert!(!lock.is_held(), "let go of while the closure runs");
-            let mut other = lock.lock();
-            *other = 7;
-            *other
-        });
-        assert!(lock.is_held(), "taken again");
-        assert_eq!((seen, *guard), (7, 7));
-        drop(guard);
-        assert!(!lock.is_held());
     }
 
     #[test]

@@ -70,7 +70,7 @@ use crate::Layer;
 use crate::abort::{abort_with, call, debug_require, no_unwind};
 use crate::layer::served_size;
 use crate::layers::LeakReport;
-use crate::spin::{SpinGuard, SpinLock};
+use crate::spin::SpinLock;
 
 const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
 
@@ -750,58 +750,74 @@ fn service_listed() {
             let owner = checked(zombie);
             // Read before the zombie is driven (and perhaps released).
             let next = owner.service_next.get();
-            let mut queue = owner.queue.lock();
-            queue.listed = false;
-            if queue.driving {
-                // Its driver will see the queue before it lets go.
-                drop(queue);
-            } else {
-                queue.driving = true;
-                // SAFETY: a zombie, `driving` set by us under its lock.
-                if unsafe { drive(owner, queue) } {
-                    // SAFETY: `drive` found it dead, and let go of its lock.
-                    unsafe { dispose(zombie) };
-                }
+            // The guard ends with its scope (see `drive`): once it lets go, the zombie's
+            // driver may release the record.
+            let ours = {
+                let mut queue = owner.queue.lock();
+                queue.listed = false;
+                // When a thread drives it already, its driver sees the queue before it lets go.
+                !core::mem::replace(&mut queue.driving, true)
+            };
+            // SAFETY: a zombie whose `driving` we set under its lock.
+            if ours && unsafe { drive(zombie) } {
+                // SAFETY: `drive` found it dead, and let go of its lock.
+                unsafe { dispose(zombie) };
             }
             zombie = next;
         }
     }
 }
 
-/// Puts a zombie's queued frees into its stack, letting go of the lock (which `queue`
-/// holds) around each batch, until the queue is empty. Returns with the lock let go, and
-/// whether the region is dead: none of its blocks is live and nothing is queued, so no free
-/// can reach the record any more, and it is on no list (a listed zombie has entries). The
-/// caller then releases it, once the references it passed here have ended.
+/// Puts a zombie's queued frees into its stack, taking its lock only around each take of
+/// the queue (the puts run without it), until the queue is empty. Returns with the lock let
+/// go, and whether the region is dead: none of its blocks is live and nothing is queued, so
+/// no free can reach the record any more, and it is on no list (a listed zombie has
+/// entries). The caller then releases it.
+///
+/// Once this call lets go of the lock with blocks still live, another thread may free the
+/// last of them, drive the zombie to its end and free the record while this call is still
+/// returning. So no reference into the record may be protected across that point (Stacked
+/// and Tree Borrows protect a function's reference arguments, even those inside a struct
+/// passed by value, until it returns, and freeing memory under one is undefined behaviour,
+/// as in rust-lang/rust#55005): the header comes as a raw pointer, and the lock is held by
+/// guards of this function's own that end with their scope, never passed to a function.
 ///
 /// # Safety
 ///
-/// `owner` is a zombie whose `driving` the caller set, under the lock `queue` holds.
+/// `owner` is a zombie whose `driving` the caller set under its lock (and let go of).
 #[inline(never)]
-unsafe fn drive(owner: &Owner, mut queue: SpinGuard<'_, Queue>) -> bool {
+unsafe fn drive(owner: *const Owner) -> bool {
+    // SAFETY: the record lives while this thread drives it (`driving`); this reference is a
+    // local one, not protected, and not used after the lock is let go for the last time.
+    let owner = unsafe { &*owner };
+    // The blocks the previous batch put (and how many were lent pieces), counted back under
+    // the lock.
+    let mut back = (0, 0);
     loop {
-        let taken = queue.take();
-        if taken.len == 0 {
-            queue.driving = false;
-            let dead = owner.live.get() == 0;
-            drop(queue);
+        let (taken, dead) = {
+            let mut queue = owner.queue.lock();
+            owner.count_back(back.0, back.1);
+            let taken = queue.take();
+            let dead = (taken.len == 0).then(|| {
+                queue.driving = false;
+                owner.live.get() == 0
+            });
+            (taken, dead)
+        };
+        if let Some(dead) = dead {
             taken.free();
             return dead;
         }
-        let count = taken.len;
-        // The lock is let go of around the puts: no stack code runs under an owner's lock.
-        let lent = SpinGuard::unlocked(&mut queue, || {
-            let mut lent = 0;
-            for &entry in taken.entries() {
-                lent += usize::from(entry.lent);
-                // SAFETY: the driver alone touches a zombie's stack (`driving`), and the
-                // stack is `Send`; each entry is a live block of this region, queued once.
-                unsafe { owner.put_into(&mut *owner.stack, entry) };
-            }
-            taken.free();
-            lent
-        });
-        owner.count_back(count, lent);
+        // The puts run without the lock: no stack code runs under an owner's lock.
+        let mut lent = 0;
+        for &entry in taken.entries() {
+            lent += usize::from(entry.lent);
+            // SAFETY: the driver alone touches a zombie's stack (`driving`), and the stack is
+            // `Send`; each entry is a live block of this region, queued once.
+            unsafe { owner.put_into(&mut *owner.stack, entry) };
+        }
+        back = (taken.len, lent);
+        taken.free();
     }
 }
 
@@ -877,16 +893,18 @@ pub(crate) unsafe fn end(owner: *const Owner) -> usize {
     let owner_ref = checked(owner);
     catch_up(owner_ref);
     owner_ref.drop_window();
-    let mut queue = owner_ref.queue.lock();
-    // From here on frees from other threads are a zombie's; this thread drives it until its
-    // queue is empty.
-    queue.zombie = true;
-    queue.driving = true;
-    owner_ref.pending.store(false, Ordering::Relaxed);
-    owner_ref.driver.store(NO_DRIVER, Ordering::Relaxed);
-    let held = owner_ref.held_by_the_program();
+    let held = {
+        let mut queue = owner_ref.queue.lock();
+        // From here on frees from other threads are a zombie's; this thread drives it until
+        // its queue is empty.
+        queue.zombie = true;
+        queue.driving = true;
+        owner_ref.pending.store(false, Ordering::Relaxed);
+        owner_ref.driver.store(NO_DRIVER, Ordering::Relaxed);
+        owner_ref.held_by_the_program()
+    };
     // SAFETY: a zombie now, `driving` set by us under its lock.
-    if unsafe { drive(owner_ref, queue) } {
+    if unsafe { drive(owner) } {
         // SAFETY: `drive` found it dead, and let go of its lock.
         unsafe { dispose(owner) };
     }

@@ -587,3 +587,44 @@ fn a_lender_and_its_pipe_region_end_as_zombies_freed_on_another_thread() {
         );
     }
 }
+
+/// A zombie's driver lets go of its lock with blocks still live; another thread may then
+/// free the last of them, drive the zombie to its end and release the record while the first
+/// is still returning. Nothing may hold a protected reference into the record across that
+/// point (Stacked and Tree Borrows protect a function's reference arguments until it
+/// returns, padding included, and releasing memory under one is undefined behaviour, as in
+/// rust-lang/rust#55005): not the driver's view of the header, nor a lock guard passed by
+/// value, nor the spin lock's `&self` in the store that lets it go. Two threads free the
+/// last two blocks of a zombie at once, each servicing zombies after its free. The
+/// interleaving that matters is narrow, so this can pass under Miri without the fix; it is
+/// here to keep running the path.
+#[test]
+fn a_zombie_released_by_one_thread_while_another_lets_go_of_its_lock() {
+    let rounds = if cfg!(miri) { 8 } else { 500 };
+    for _ in 0..rounds {
+        let region = Region::new(Chunk::<_, 4096>::new(Ground::new()));
+        let (first, second) =
+            region::enter(&region, || (Box::new([1u8; 3000]), Box::new([2u8; 3000])));
+        let addresses = [(&raw const *first).addr(), (&raw const *second).addr()];
+        drop(region);
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for block in [first, second] {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    assert!(block.iter().all(|&byte| byte == block[0]));
+                    drop(block);
+                    region::release_zombies();
+                });
+            }
+        });
+        region::release_zombies();
+        for address in addresses {
+            assert!(
+                !region::served_by_a_region(std::ptr::without_provenance(address)),
+                "{address:#x} stayed claimed after the zombie's last block was freed"
+            );
+        }
+    }
+}
