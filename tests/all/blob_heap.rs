@@ -1417,6 +1417,43 @@ fn a_live_holder_is_waited_for_up_to_the_patience_then_named() {
     assert_usable(&heap);
 }
 
+/// A shared anonymous map (which forked children see too), unmapped when dropped.
+struct SharedMap {
+    start: *mut libc::c_void,
+    len: usize,
+}
+
+impl SharedMap {
+    fn new(len: usize) -> Self {
+        // SAFETY: a fresh map, which this value alone owns until it unmaps it.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(start, libc::MAP_FAILED);
+        SharedMap { start, len }
+    }
+
+    /// The map's bytes, borrowed from it (so a heap over them ends before the unmap).
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `len` mapped bytes, borrowed mutably from their only owner.
+        unsafe { std::slice::from_raw_parts_mut(self.start.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: the map made in `new`, no longer borrowed.
+        unsafe { libc::munmap(self.start, self.len) };
+    }
+}
+
 /// A child forked with a handle holds a copy that was never counted among the heap's
 /// handles: dropping it leaves its parent's count, and destroying the heap through it is
 /// refused while the parent's handle is attached.
@@ -1424,22 +1461,8 @@ fn a_live_holder_is_waited_for_up_to_the_patience_then_named() {
 #[cfg_attr(miri, ignore = "Miri cannot fork")]
 fn a_handle_inherited_by_a_forked_child_is_not_counted() {
     let g = geometry(16, 6);
-    let len = g.required_size();
-    // SAFETY: a fresh shared anonymous map of `len` bytes, unmapped at the end.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
-    // SAFETY: the map is ours, `len` bytes, shared with the children only.
-    let blob = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), len) };
-    let heap = BlobHeap::init(blob, g).unwrap();
+    let mut map = SharedMap::new(g.required_size());
+    let heap = BlobHeap::init(map.bytes(), g).unwrap();
     for destroy in [false, true] {
         // SAFETY: the child makes no allocation and leaves with `_exit`.
         let child = unsafe { libc::fork() };
@@ -1469,8 +1492,6 @@ fn a_handle_inherited_by_a_forked_child_is_not_counted() {
     }
     assert_whole(&heap);
     heap.destroy().unwrap();
-    // SAFETY: the map made above, no longer used.
-    unsafe { libc::munmap(map, len) };
 }
 
 /// A process forked inside `with_lock` copies the guard, not the holding: the child's
@@ -1480,22 +1501,8 @@ fn a_handle_inherited_by_a_forked_child_is_not_counted() {
 #[cfg_attr(miri, ignore = "Miri cannot fork")]
 fn a_guard_copied_into_a_forked_child_does_not_hold_the_lock() {
     let g = geometry(16, 6);
-    let len = g.required_size();
-    // SAFETY: a fresh shared anonymous map of `len` bytes, unmapped at the end.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
-    // SAFETY: the map is ours, `len` bytes, shared with the child only.
-    let blob = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), len) };
-    let heap = BlobHeap::init(blob, g).unwrap();
+    let mut map = SharedMap::new(g.required_size());
+    let heap = BlobHeap::init(map.bytes(), g).unwrap();
     let (child, in_parent) = heap
         .with_lock(|guard| {
             // SAFETY: the child makes no allocation and leaves with `_exit` right after
@@ -1524,7 +1531,4 @@ fn a_guard_copied_into_a_forked_child_does_not_hold_the_lock() {
     }
     assert!(in_parent);
     assert_whole(&heap);
-    drop(heap);
-    // SAFETY: the map made above, no longer used.
-    unsafe { libc::munmap(map, len) };
 }
