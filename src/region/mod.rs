@@ -416,7 +416,9 @@ impl<L: Attributed + Send + 'static> Region<L> {
 
     /// Blocks the router got from this region and that are not freed yet (frees that other
     /// threads made and the owner has not put yet count as freed), pieces lent to the pipes
-    /// of other regions included.
+    /// of other regions included. Called inside this region's own
+    /// [`with_layer`](Self::with_layer), while its stack is in use, it cannot put the frees
+    /// waiting for the stack, and counts them as live.
     pub fn live_blocks(&self) -> usize {
         owner::service_zombies();
         owner::catch_up(self.owner());
