@@ -280,7 +280,7 @@ fn geometry(shape: [u8; 4]) -> BlobGeometry {
         Ok(g) => g,
         Err(e) => {
             assert!(alignment > 1 << max, "{max}, {min}, {alignment}: {e}");
-            assert!(matches!(e, BlobError::BadAlignment { .. }), "{e}");
+            assert!(matches!(e, BlobError::AlignmentAboveHeap { .. }), "{e}");
             BlobGeometry::new(max, min, 8).expect("a valid geometry")
         }
     }
