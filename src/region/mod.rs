@@ -52,7 +52,10 @@
 //! 1. A free goes to the region that owns the block, whichever region is current: the
 //!    page map (a radix table over the address space) says, in two loads and without
 //!    touching the block, which region's sources obtained the page. Pages nobody claimed
-//!    belong to the system allocator. A source claims a range's pages all or nothing: a
+//!    belong to the system allocator. (A free or resize of a block inside the window the
+//!    current region is carving small blocks from is known to be that region's from the
+//!    window's bounds alone: those bytes hold its carved blocks and nothing else; a piece
+//!    lent from the window to a pipe region moves the bound below it.) A source claims a range's pages all or nothing: a
 //!    claim the OS refuses half-way (no memory for the map itself) leaves no page claimed.
 //! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region
 //!    whose handle is dropped while blocks are live keeps its memory until the last one is
@@ -138,7 +141,8 @@ use core::ptr::{self, NonNull};
 pub(crate) use frames::{current_and_token, enclosing, token};
 pub(crate) use owner::Owner;
 pub(crate) use owner::{
-    alloc_in, carve_in, drivable, free_in, lend_in, lends_to, resize_in_place, take_back_in,
+    alloc_in, carve_in, count_carved_free, drivable, free_in, in_current_window, lend_in, lends_to,
+    resize_in_place, take_back_in,
 };
 pub use router::Router;
 

@@ -287,6 +287,11 @@ pub(crate) struct Owner {
     /// below `window_floor` (both null before the first window). Owner thread only.
     window_top: Cell<*mut u8>,
     window_floor: Cell<*mut u8>,
+    /// The end of the window's carved part that holds this region's blocks alone: every
+    /// address in `window_top..window_end` is inside a block carved from the window for the
+    /// program (a piece lent to a pipe from the window moves it down to below the piece).
+    /// A free there needs no page map ([`free_in_window`]). Null with no window.
+    window_end: Cell<*mut u8>,
     /// The owner thread's token (see `frames::token`), or [`NO_DRIVER`].
     thread: usize,
     /// The stack in the same record.
@@ -326,6 +331,7 @@ impl Owner {
             window_limit,
             window_top: Cell::new(ptr::null_mut()),
             window_floor: Cell::new(ptr::null_mut()),
+            window_end: Cell::new(ptr::null_mut()),
             thread,
             stack,
             lent: Cell::new(0),
@@ -381,6 +387,7 @@ impl Owner {
     pub(crate) fn drop_window(&self) {
         self.window_top.set(ptr::null_mut());
         self.window_floor.set(ptr::null_mut());
+        self.window_end.set(ptr::null_mut());
     }
 
     /// Carves a block for `layout` from the current window, if it has room.
@@ -535,6 +542,11 @@ pub(crate) unsafe fn lend_in(
         // SAFETY: as above, a live record header of this thread's active region.
         let owner = unsafe { &*owner };
         owner.lent.set(owner.lent.get().wrapping_add(1));
+        if owner.carved(layout) {
+            // The piece was carved from the window, and will be the pipe's: the part of
+            // the window whose frees skip the page map ends below it.
+            owner.window_end.set(owner.window_top.get());
+        }
     }
     block
 }
@@ -556,6 +568,7 @@ fn refill_and_carve(owner: &Owner, layout: Layout) -> Option<NonNull<u8>> {
     let floor = window.cast::<u8>().as_ptr();
     owner.window_floor.set(floor);
     owner.window_top.set(floor.wrapping_add(window.len()));
+    owner.window_end.set(floor.wrapping_add(window.len()));
     let block = owner.carve(layout);
     debug_require!(
         block.is_some(),
@@ -598,6 +611,37 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 }
 
 // ---- frees -------------------------------------------------------------------------------
+
+/// Whether `ptr` lies in the part of the current window of `current`, this thread's current
+/// region, that holds the region's own carved blocks, with the region drivable now: then it
+/// is a carved block of `current`, and a free needs no page map ([`count_carved_free`]).
+///
+/// # Safety
+///
+/// `current` is this thread's current region (from its frames) and `thread` this thread's
+/// token.
+#[inline(always)]
+pub(crate) unsafe fn in_current_window(current: *const Owner, thread: usize, ptr: *mut u8) -> bool {
+    // SAFETY: the current region of this thread is live and active (its frame is on this
+    // thread's stack).
+    let owner = unsafe { &*current };
+    let top = owner.window_top.get().addr();
+    let span = owner.window_end.get().addr().wrapping_sub(top);
+    ptr.addr().wrapping_sub(top) < span && owner.drivable_by(thread)
+}
+
+/// Counts the free of a carved block of `current`, as [`free_in`] does: its bytes go back
+/// with its window.
+///
+/// # Safety
+///
+/// As [`in_current_window`], which said `true` for the block, freed once.
+#[inline(always)]
+pub(crate) unsafe fn count_carved_free(current: *const Owner) {
+    // SAFETY: as in `in_current_window`.
+    let owner = unsafe { &*current };
+    owner.live.set(owner.live.get().wrapping_sub(1));
+}
 
 /// Gives a block back to its region `owner`, from any thread.
 ///

@@ -11,7 +11,8 @@ use std::alloc::System;
 
 use super::page_map;
 use super::{
-    Owner, alloc_in, carve_in, current_and_token, drivable, free_in, resize_in_place, token,
+    Owner, alloc_in, carve_in, count_carved_free, current_and_token, drivable, free_in,
+    in_current_window, resize_in_place,
 };
 
 /// The global allocator that makes [regions](crate::region) work. Install it once:
@@ -63,6 +64,38 @@ fn allocate_in_stack(layout: Layout, current: *const Owner) -> *mut u8 {
     }
 }
 
+/// Resizes a carved block of `current`, this thread's current region: a carved block keeps
+/// its bytes when it shrinks (as [`resize_in_place`] says); one that grows moves to a block
+/// of the current region, and the old one is counted back.
+///
+/// # Safety
+///
+/// `in_current_window(current, this thread, ptr)` said `true`; `ptr` is live with `layout`,
+/// and `new_size` is valid with its alignment.
+#[inline(always)]
+unsafe fn move_carved(
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    current: *const Owner,
+) -> *mut u8 {
+    if new_size <= layout.size() {
+        return ptr;
+    }
+    // SAFETY: `GlobalAlloc::realloc`'s duties: `new_size` is valid with the alignment.
+    let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    let fresh = allocate(new, current);
+    if !fresh.is_null() {
+        // SAFETY: both blocks are live and disjoint, and the old size fits both; the old
+        // block, a carved block of `current`, is then counted back once.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr, fresh, layout.size());
+            count_carved_free(current);
+        }
+    }
+    fresh
+}
+
 // SAFETY: every block comes from the system allocator or from a region's stack, which keep
 // the `GlobalAlloc` guarantees for the layouts they are given (the region's being at least
 // the program's); every free goes to the allocator that owns the block, found in the page
@@ -90,6 +123,13 @@ unsafe impl GlobalAlloc for Router {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let (current, thread) = current_and_token();
+        // SAFETY: the current region and token of this thread; `GlobalAlloc::dealloc`'s
+        // duties make `ptr` live and freed once.
+        if !current.is_null() && unsafe { in_current_window(current, thread, ptr) } {
+            // SAFETY: as above.
+            return unsafe { count_carved_free(current) };
+        }
         let (owner, block) = page_map::lookup(ptr);
         if owner.is_null() {
             // SAFETY: a page nobody claimed: the block came from the system allocator.
@@ -98,10 +138,17 @@ unsafe impl GlobalAlloc for Router {
         // SAFETY: the page map says `owner` served this block (`block` is the same address
         // with its source's provenance); `GlobalAlloc::dealloc`'s duties make it live,
         // freed once, with this layout.
-        unsafe { free_in(owner, token(), NonNull::new_unchecked(block), layout) }
+        unsafe { free_in(owner, thread, NonNull::new_unchecked(block), layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (current, thread) = current_and_token();
+        // SAFETY: the current region and token of this thread.
+        if !current.is_null() && unsafe { in_current_window(current, thread, ptr) } {
+            // A carved block of the current region, as a growing `Vec`'s usually is.
+            // SAFETY: the block is live with `layout` (`GlobalAlloc::realloc`'s duties).
+            return unsafe { move_carved(ptr, layout, new_size, current) };
+        }
         let (owner, block) = page_map::lookup(ptr);
         if owner.is_null() {
             // SAFETY: a system block stays with the system allocator (rule 4: the ground is
