@@ -55,8 +55,9 @@
 //!    belong to the system allocator. (A free or resize of a block inside the window the
 //!    current region is carving small blocks from is known to be that region's from the
 //!    window's bounds alone: those bytes hold its carved blocks and nothing else; a piece
-//!    lent from the window to a pipe region moves the bound below it.) A source claims a range's pages all or nothing: a
-//!    claim the OS refuses half-way (no memory for the map itself) leaves no page claimed.
+//!    lent from the window to a pipe region moves the bound below it.) A source claims a
+//!    range's pages all or nothing: a claim the OS refuses half-way (no memory for the map
+//!    itself) leaves no page claimed.
 //! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region
 //!    whose handle is dropped while blocks are live keeps its memory until the last one is
 //!    freed (a *zombie*), and the escape is reported: a panic carrying the
@@ -669,7 +670,8 @@ static CALL_SITES: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::
 /// pointers, where a stack costs tens of nanoseconds), and off elsewhere (the unwinder
 /// takes about 2.5 µs a stack). The environment variable `STRATALLOC_CALL_SITES` decides
 /// instead when it is set and not empty (`0` off, anything else on: for a whole test run,
-/// without a change of code); it is read at the first `check_leaks` unless this function was called before.
+/// without a change of code); it is read at the first `check_leaks` unless this function
+/// was called before.
 /// File and line need debug information: tests have it; for a release profile,
 /// `debug = "line-tables-only"` is enough. Without it each frame is a function's name.
 pub fn record_call_sites(on: bool) {

@@ -290,7 +290,7 @@ pub(crate) struct Owner {
     /// The end of the window's carved part that holds this region's blocks alone: every
     /// address in `window_top..window_end` is inside a block carved from the window for the
     /// program (a piece lent to a pipe from the window moves it down to below the piece).
-    /// A free there needs no page map ([`free_in_window`]). Null with no window.
+    /// A free there needs no page map ([`in_current_window`]). Null with no window.
     window_end: Cell<*mut u8>,
     /// The owner thread's token (see `frames::token`), or [`NO_DRIVER`].
     thread: usize,
