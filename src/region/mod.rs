@@ -108,8 +108,11 @@
 //!   passed to returns, and do not know that a global allocator's `dealloc` ends the
 //!   block: a function that frees such a `Box` and then lets a region operation release or
 //!   reuse that memory before it returns is reported by Miri, as it is for every allocator
-//!   that reuses memory. By the language's rules the block ended at its `dealloc`; the
-//!   program is sound.
+//!   that reuses memory. The operation may be another thread's: a block freed into a region
+//!   of another thread goes to that thread, which may reuse it at once (`std`'s channels
+//!   free their blocks of messages so: send across threads from outside the region, with
+//!   [`escape`], in tests run under Miri). By the language's rules the block ended at its
+//!   `dealloc`; the program is sound.
 //! - Small blocks carved from a window (see below) are carved even while the thread is
 //!   panicking: only allocations that reach the stack go to the ground then.
 //! - A pipe takes pieces only from a region made before its own; when the enclosing region
