@@ -74,8 +74,10 @@
 //!    current region. Blocks of the system allocator stay there.
 //! 5. Nothing in the router panics or unwinds; what cannot go on aborts with one line, and
 //!    so does a layer of the stack that panics (its call is guarded). The memory of a
-//!    freed block is neither released nor written during its own `dealloc` call: a `Box`
-//!    passed by value is still protected there. Frees that need the stack wait for its next
+//!    freed block is neither released nor written by the freeing thread during its own
+//!    `dealloc` call: a `Box` passed by value is still protected there. (A block freed into
+//!    another thread's region is that thread's as soon as it is queued; see the documented
+//!    limits below.) Frees that need the stack wait for its next
 //!    allocation or region operation (at most 16 of them on the owner thread), and a zombie
 //!    whose last block was freed is released at the next region operation of any thread,
 //!    or by [`release_zombies`].
