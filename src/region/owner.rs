@@ -417,6 +417,12 @@ impl Owner {
         }
     }
 
+    /// Counts a freed carved block: it only counts, as its bytes go back with its window.
+    #[inline(always)]
+    fn count_carved_free(&self) {
+        self.live.set(self.live.get().wrapping_sub(1));
+    }
+
     /// Counts `blocks` freed blocks, `lent` of them pieces lent to pipes, as back in the
     /// stack.
     fn count_back(&self, blocks: usize, lent: usize) {
@@ -630,8 +636,7 @@ pub(crate) unsafe fn in_current_window(current: *const Owner, thread: usize, ptr
     ptr.addr().wrapping_sub(top) < span && owner.drivable_by(thread)
 }
 
-/// Counts the free of a carved block of `current`, as [`free_in`] does: its bytes go back
-/// with its window.
+/// Counts the free of a carved block of `current`, as [`free_in`] does.
 ///
 /// # Safety
 ///
@@ -639,8 +644,7 @@ pub(crate) unsafe fn in_current_window(current: *const Owner, thread: usize, ptr
 #[inline(always)]
 pub(crate) unsafe fn count_carved_free(current: *const Owner) {
     // SAFETY: as in `in_current_window`.
-    let owner = unsafe { &*current };
-    owner.live.set(owner.live.get().wrapping_sub(1));
+    unsafe { &*current }.count_carved_free();
 }
 
 /// Gives a block back to its region `owner`, from any thread.
@@ -657,8 +661,7 @@ pub(crate) unsafe fn free_in(owner: *const Owner, thread: usize, ptr: NonNull<u8
         return unsafe { free_queued(owner, Entry::freed(ptr, layout, false)) };
     }
     if owner_ref.carved(layout) {
-        // A carved block only counts: its bytes go back with its window.
-        owner_ref.live.set(owner_ref.live.get().wrapping_sub(1));
+        owner_ref.count_carved_free();
     } else {
         // SAFETY: passed on from the caller; the owner thread, active, not busy.
         unsafe { defer(owner_ref, Entry::freed(ptr, layout, false)) }

@@ -157,7 +157,6 @@ unsafe impl GlobalAlloc for Router {
         }
         // SAFETY: `GlobalAlloc::realloc`'s duties: `new_size` is valid with the alignment.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        let (current, thread) = current_and_token();
         // SAFETY: `ptr` is non-null and a live block of `owner` with `layout`; `block` is
         // its address with the provenance of the source's allocation.
         let block = unsafe { NonNull::new_unchecked(block) };
