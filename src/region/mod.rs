@@ -55,7 +55,10 @@
 //!    belong to the system allocator. (A free or resize of a block inside the window the
 //!    current region is carving small blocks from is known to be that region's from the
 //!    window's bounds alone: those bytes hold its carved blocks and nothing else; a piece
-//!    lent from the window to a pipe region moves the bound below it.) A source claims a
+//!    lent from the window to a pipe region moves the bound below it. A free of a carved
+//!    block on the page the page map last found to be the current region's needs no look-up
+//!    either: pages change hands only inside a call into the region's stack, a change of
+//!    window or a loan to a pipe, and each of those forgets the page.) A source claims a
 //!    range's pages all or nothing: a claim the OS refuses half-way (no memory for the map
 //!    itself) leaves no page claimed.
 //! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region
@@ -147,8 +150,8 @@ use core::ptr::{self, NonNull};
 pub(crate) use frames::{current_and_token, enclosing, token};
 pub(crate) use owner::Owner;
 pub(crate) use owner::{
-    alloc_in, carve_in, count_carved_free, drivable, free_in, in_current_window, lend_in, lends_to,
-    resize_in_place, take_back_in,
+    alloc_in, carve_in, count_carved_free, drivable, free_in, in_current_window, in_known_page,
+    lend_in, lends_to, remember_page, resize_in_place, take_back_in,
 };
 pub use router::Router;
 

@@ -70,6 +70,7 @@ use crate::Layer;
 use crate::abort::{abort_with, call, debug_require, no_unwind};
 use crate::layer::served_size;
 use crate::layers::LeakReport;
+use crate::region::page_map::PAGE_BITS;
 use crate::spin::SpinLock;
 
 const MAGIC: u64 = 0x5354_5241_5441_4C4C; // "STRATALL"
@@ -253,6 +254,10 @@ const BUSY: usize = 1;
 /// made during thread teardown (when there is no token to name its thread by).
 const NO_DRIVER: usize = 2;
 
+/// `known_page` when no page is known (page numbers are addresses shifted right by
+/// [`PAGE_BITS`], far below it).
+const NO_PAGE: usize = usize::MAX;
+
 /// The creation order of regions: a pipe takes pieces only from older regions.
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -292,6 +297,12 @@ pub(crate) struct Owner {
     /// program (a piece lent to a pipe from the window moves it down to below the piece).
     /// A free there needs no page map ([`in_current_window`]). Null with no window.
     window_end: Cell<*mut u8>,
+    /// A page (its number, address >> 12) that the page map gave to this region while it
+    /// was drivable, with no stack call, window change or loan since: pages change hands
+    /// only inside those, so the page is still this region's, and a free of a carved block
+    /// that starts on it needs no page map ([`in_known_page`]). [`NO_PAGE`] when none.
+    /// Owner thread only.
+    known_page: Cell<usize>,
     /// The owner thread's token (see `frames::token`), or [`NO_DRIVER`].
     thread: usize,
     /// The stack in the same record.
@@ -332,6 +343,7 @@ impl Owner {
             window_top: Cell::new(ptr::null_mut()),
             window_floor: Cell::new(ptr::null_mut()),
             window_end: Cell::new(ptr::null_mut()),
+            known_page: Cell::new(NO_PAGE),
             thread,
             stack,
             lent: Cell::new(0),
@@ -358,6 +370,10 @@ impl Owner {
     /// Marks the stack busy or not (owner thread, region active).
     #[inline(always)]
     pub(crate) fn set_busy(&self, busy: bool) {
+        if busy {
+            // A stack call may give pages away (see `known_page`).
+            self.known_page.set(NO_PAGE);
+        }
         let driver = if busy { BUSY } else { self.thread };
         self.driver.store(driver, Ordering::Relaxed);
     }
@@ -388,6 +404,7 @@ impl Owner {
         self.window_top.set(ptr::null_mut());
         self.window_floor.set(ptr::null_mut());
         self.window_end.set(ptr::null_mut());
+        self.known_page.set(NO_PAGE);
     }
 
     /// Carves a block for `layout` from the current window, if it has room.
@@ -548,6 +565,8 @@ pub(crate) unsafe fn lend_in(
         // SAFETY: as above, a live record header of this thread's active region.
         let owner = unsafe { &*owner };
         owner.lent.set(owner.lent.get().wrapping_add(1));
+        // The piece's pages go to the pipe.
+        owner.known_page.set(NO_PAGE);
         if owner.carved(layout) {
             // The piece was carved from the window, and will be the pipe's: the part of
             // the window whose frees skip the page map ends below it.
@@ -636,11 +655,51 @@ pub(crate) unsafe fn in_current_window(current: *const Owner, thread: usize, ptr
     ptr.addr().wrapping_sub(top) < span && owner.drivable_by(thread)
 }
 
+/// Whether `ptr`, freed with `layout`, is a carved block on the page of `current` (this
+/// thread's current region) that a free through the page map last found to be the
+/// region's, with the region drivable now: then the free only counts
+/// ([`count_carved_free`]), as [`free_in`] would. Binary trees and lists freed after their
+/// window was retired go through their pages in order, one page-map look-up a page.
+///
+/// # Safety
+///
+/// As [`in_current_window`].
+#[inline(always)]
+pub(crate) unsafe fn in_known_page(
+    current: *const Owner,
+    thread: usize,
+    ptr: *mut u8,
+    layout: Layout,
+) -> bool {
+    // SAFETY: as in `in_current_window`.
+    let owner = unsafe { &*current };
+    ptr.addr() >> PAGE_BITS == owner.known_page.get()
+        && owner.carved(layout)
+        && owner.drivable_by(thread)
+}
+
+/// Remembers the page of `ptr`, which the page map says `current` (this thread's current
+/// region) owns, for [`in_known_page`], when the region is drivable now (a busy region's
+/// stack may be giving pages away).
+///
+/// # Safety
+///
+/// As [`in_current_window`]; the page map gave `current` for `ptr` just now, on this thread.
+#[inline(always)]
+pub(crate) unsafe fn remember_page(current: *const Owner, thread: usize, ptr: *mut u8) {
+    // SAFETY: as in `in_current_window`.
+    let owner = unsafe { &*current };
+    if owner.drivable_by(thread) {
+        owner.known_page.set(ptr.addr() >> PAGE_BITS);
+    }
+}
+
 /// Counts the free of a carved block of `current`, as [`free_in`] does.
 ///
 /// # Safety
 ///
-/// As [`in_current_window`], which said `true` for the block, freed once.
+/// As [`in_current_window`], which (or [`in_known_page`]) said `true` for the block,
+/// freed once.
 #[inline(always)]
 pub(crate) unsafe fn count_carved_free(current: *const Owner) {
     // SAFETY: as in `in_current_window`.

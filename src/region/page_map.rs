@@ -26,7 +26,7 @@ use crate::abort::debug_require;
 
 /// Granularity of the map: claims cover whole 4 KiB pages.
 pub(crate) const PAGE: usize = 4096;
-const PAGE_BITS: u32 = 12;
+pub(crate) const PAGE_BITS: u32 = 12;
 const LEAF_BITS: u32 = 18;
 const ROOT_BITS: u32 = 48 - PAGE_BITS - LEAF_BITS;
 const LEAF_ENTRIES: usize = 1 << LEAF_BITS;

@@ -12,7 +12,7 @@ use std::alloc::System;
 use super::page_map;
 use super::{
     Owner, alloc_in, carve_in, count_carved_free, current_and_token, drivable, free_in,
-    in_current_window, resize_in_place,
+    in_current_window, in_known_page, remember_page, resize_in_place,
 };
 
 /// The global allocator that makes [regions](crate::region) work. Install it once:
@@ -96,6 +96,31 @@ unsafe fn move_carved(
     fresh
 }
 
+/// The rest of `dealloc`, out of line so that the quick frees in the current region need
+/// no stack frame and inline into their callers: a free through the page map, to the
+/// system allocator or to the region that owns the block.
+///
+/// # Safety
+///
+/// `GlobalAlloc::dealloc`'s duties for `ptr` and `layout`; `current` and `thread` are this
+/// thread's current region and token.
+#[inline(never)]
+unsafe fn free_elsewhere(ptr: *mut u8, layout: Layout, current: *const Owner, thread: usize) {
+    let (owner, block) = page_map::lookup(ptr);
+    if owner.is_null() {
+        // SAFETY: a page nobody claimed: the block came from the system allocator.
+        return unsafe { System.dealloc(ptr, layout) };
+    }
+    if ptr::eq(owner, current) {
+        // SAFETY: the page map gave the current region for `ptr` just now.
+        unsafe { remember_page(current, thread, ptr) };
+    }
+    // SAFETY: the page map says `owner` served this block (`block` is the same address
+    // with its source's provenance); the caller's duties make it live, freed once, with
+    // this layout.
+    unsafe { free_in(owner, thread, NonNull::new_unchecked(block), layout) }
+}
+
 // SAFETY: every block comes from the system allocator or from a region's stack, which keep
 // the `GlobalAlloc` guarantees for the layouts they are given (the region's being at least
 // the program's); every free goes to the allocator that owns the block, found in the page
@@ -124,21 +149,19 @@ unsafe impl GlobalAlloc for Router {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let (current, thread) = current_and_token();
-        // SAFETY: the current region and token of this thread; `GlobalAlloc::dealloc`'s
-        // duties make `ptr` live and freed once.
-        if !current.is_null() && unsafe { in_current_window(current, thread, ptr) } {
-            // SAFETY: as above.
+        if !current.is_null()
+            // SAFETY: the current region and token of this thread.
+            && unsafe {
+                in_current_window(current, thread, ptr)
+                    || in_known_page(current, thread, ptr, layout)
+            }
+        {
+            // SAFETY: as above; `GlobalAlloc::dealloc`'s duties make `ptr` live and freed
+            // once.
             return unsafe { count_carved_free(current) };
         }
-        let (owner, block) = page_map::lookup(ptr);
-        if owner.is_null() {
-            // SAFETY: a page nobody claimed: the block came from the system allocator.
-            return unsafe { System.dealloc(ptr, layout) };
-        }
-        // SAFETY: the page map says `owner` served this block (`block` is the same address
-        // with its source's provenance); `GlobalAlloc::dealloc`'s duties make it live,
-        // freed once, with this layout.
-        unsafe { free_in(owner, thread, NonNull::new_unchecked(block), layout) }
+        // SAFETY: passed on from the caller.
+        unsafe { free_elsewhere(ptr, layout, current, thread) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

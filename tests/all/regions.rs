@@ -322,6 +322,65 @@ fn windowed_regions_carve_small_blocks_and_track_every_one() {
     drop(blocks);
 }
 
+/// Blocks carved from windows the region has since retired are freed in the order they
+/// were made, as a tree or a list is dropped: the router looks up one page in the page map
+/// and counts the next frees on that page without it. Each free still counts to the region
+/// that owns the block, also when another region is current.
+fn frees_after_their_window_is_retired_count_to_their_owner<L>(owner: Region<L>, count: usize)
+where
+    L: stratalloc::region::Attributed + Send + 'static,
+{
+    let blocks: Vec<Box<[u64; 2]>> = region::enter(&owner, || {
+        (0..count as u64).map(|i| Box::new([i, !i])).collect()
+    });
+    assert_eq!(owner.live_blocks(), count + 1);
+    let mut blocks = blocks.into_iter();
+    region::enter(&owner, || {
+        // The first third in the order they were carved (their windows are retired), in
+        // the region that owns them.
+        for (i, block) in blocks.by_ref().take(count / 3).enumerate() {
+            assert_eq!(*block, [i as u64, !(i as u64)]);
+        }
+    });
+    assert_eq!(owner.live_blocks(), count - count / 3 + 1);
+    // The second third with another region current: it owns none of them.
+    let other = Region::arena();
+    region::enter(&other, || {
+        let mine: Vec<Box<u64>> = (0..3).map(Box::new).collect();
+        for block in blocks.by_ref().take(count / 3) {
+            drop(block);
+        }
+        assert_eq!(
+            other.live_blocks(),
+            4,
+            "the other region's own three and their list"
+        );
+        drop(mine);
+    });
+    assert_eq!(other.live_blocks(), 0);
+    assert_eq!(owner.live_blocks(), count - 2 * (count / 3) + 1);
+    // The rest back in the owner, then the list's own buffer outside any region.
+    region::enter(&owner, || blocks.by_ref().for_each(drop));
+    assert_eq!(owner.live_blocks(), 1);
+    drop(blocks);
+    assert_eq!(owner.live_blocks(), 0);
+}
+
+#[test]
+fn frees_after_their_window_is_retired_count_to_their_owner_in_an_arena() {
+    // Three 64 KiB windows of 16-byte blocks (one under Miri, which is slow).
+    let count = if cfg!(miri) { 600 } else { 12_000 };
+    frees_after_their_window_is_retired_count_to_their_owner(Region::arena(), count);
+}
+
+#[test]
+fn frees_after_their_window_is_retired_count_to_their_owner_with_page_sized_windows() {
+    // Windows of one page each: every page of blocks is a window of its own.
+    let count = if cfg!(miri) { 600 } else { 3_000 };
+    let region = Region::new(Windowed::new(Mmap::new()));
+    frees_after_their_window_is_retired_count_to_their_owner(region, count);
+}
+
 #[test]
 fn a_reset_forgets_the_window() {
     let region = Region::new(Windowed::new(Mmap::new()));
