@@ -317,12 +317,13 @@ impl<L: Attributed + Send + 'static> Region<L> {
         unsafe {
             (&raw mut (*record).layer).write(layer);
             let stack: *mut dyn owner::Stack = &raw mut (*record).layer;
-            (&raw mut (*record).owner).write(Owner::new(
+            Owner::write_at(
+                &raw mut (*record).owner,
                 stack,
                 frames::token(),
                 L::WINDOW_LIMIT,
                 free_record::<L>,
-            ));
+            );
             (*record)
                 .layer
                 .attribute(Attribution(record.cast::<Owner>()));

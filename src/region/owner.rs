@@ -62,6 +62,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::alloc::System;
@@ -98,13 +99,6 @@ impl Entry {
             lent,
         }
     }
-
-    /// What fills the slots of `deferred` that hold no free.
-    const UNUSED: Entry = Entry {
-        block: NonNull::dangling(),
-        layout: Layout::new::<u8>(),
-        lent: false,
-    };
 }
 
 /// Frees waiting behind the owner's lock, in an array from the system allocator, with the
@@ -310,7 +304,7 @@ pub(crate) struct Owner {
     /// Of the `live` blocks, the pieces lent to pipes.
     lent: Cell<usize>,
     /// Frees made by the owner thread, waiting to be put (owner thread only).
-    deferred: [Cell<Entry>; DEFERRED],
+    deferred: [Cell<MaybeUninit<Entry>>; DEFERRED],
     deferred_len: Cell<usize>,
     /// The region's place in the creation order.
     seq: u64,
@@ -326,34 +320,44 @@ pub(crate) struct Owner {
 }
 
 impl Owner {
-    pub(crate) fn new(
+    /// Writes a new header at `at`, field by field: built in place, the header costs no
+    /// copy, and the slots of `deferred` stay unwritten until a free parks there (a region
+    /// per request or per tree makes one for each).
+    ///
+    /// # Safety
+    ///
+    /// `at` is valid for writes of an `Owner` and aligned for it; whatever it held before is
+    /// overwritten without being dropped.
+    pub(crate) unsafe fn write_at(
+        at: *mut Owner,
         stack: *mut dyn Stack,
         thread: usize,
         window_limit: usize,
         free_record: unsafe fn(*mut Owner),
-    ) -> Self {
+    ) {
         // During thread teardown there is no token (0, which every thread in teardown
         // shares): such a region is never driven, and its frees are queued.
         let thread = if thread == 0 { NO_DRIVER } else { thread };
-        Owner {
-            magic: MAGIC,
-            driver: AtomicUsize::new(thread),
-            live: Cell::new(0),
-            window_limit,
-            window_top: Cell::new(ptr::null_mut()),
-            window_floor: Cell::new(ptr::null_mut()),
-            window_end: Cell::new(ptr::null_mut()),
-            known_page: Cell::new(NO_PAGE),
-            thread,
-            stack,
-            lent: Cell::new(0),
-            deferred: [const { Cell::new(Entry::UNUSED) }; DEFERRED],
-            deferred_len: Cell::new(0),
-            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
-            pending: AtomicBool::new(false),
-            queue: SpinLock::new(Queue::EMPTY),
-            service_next: Cell::new(ptr::null_mut()),
-            free_record,
+        // SAFETY: as the caller promises; every field but `deferred` (whose slots need no
+        // initial value) is written.
+        unsafe {
+            (&raw mut (*at).magic).write(MAGIC);
+            (&raw mut (*at).driver).write(AtomicUsize::new(thread));
+            (&raw mut (*at).live).write(Cell::new(0));
+            (&raw mut (*at).window_limit).write(window_limit);
+            (&raw mut (*at).window_top).write(Cell::new(ptr::null_mut()));
+            (&raw mut (*at).window_floor).write(Cell::new(ptr::null_mut()));
+            (&raw mut (*at).window_end).write(Cell::new(ptr::null_mut()));
+            (&raw mut (*at).known_page).write(Cell::new(NO_PAGE));
+            (&raw mut (*at).thread).write(thread);
+            (&raw mut (*at).stack).write(stack);
+            (&raw mut (*at).lent).write(Cell::new(0));
+            (&raw mut (*at).deferred_len).write(Cell::new(0));
+            (&raw mut (*at).seq).write(NEXT_SEQ.fetch_add(1, Ordering::Relaxed));
+            (&raw mut (*at).pending).write(AtomicBool::new(false));
+            (&raw mut (*at).queue).write(SpinLock::new(Queue::EMPTY));
+            (&raw mut (*at).service_next).write(Cell::new(ptr::null_mut()));
+            (&raw mut (*at).free_record).write(free_record);
         }
     }
 
@@ -768,7 +772,7 @@ unsafe fn defer(owner: &Owner, entry: Entry) {
     let len = owner.deferred_len.get();
     // (`len < DEFERRED` after the flush above; `get` keeps even a broken count in bounds.)
     if let Some(slot) = owner.deferred.get(len) {
-        slot.set(entry);
+        slot.set(MaybeUninit::new(entry));
         owner.deferred_len.set(len + 1);
     }
 }
@@ -787,7 +791,8 @@ unsafe fn put_deferred(owner: &Owner) {
     unsafe {
         with_stack(owner, |stack| {
             for slot in owner.deferred.iter().take(count) {
-                let entry = slot.get();
+                // SAFETY: `defer` wrote the slots below `deferred_len` (`count`).
+                let entry = slot.get().assume_init();
                 lent += usize::from(entry.lent);
                 stack.put(entry.block, entry.layout);
             }

@@ -13,7 +13,9 @@
 //! sees it, which keeps the provenance of the source's own allocation.
 //!
 //! Invariants: a page is claimed by at most one owner at a time; the source that claimed a
-//! range unclaims it before the memory goes back to where it came from. Leaves are mapped
+//! range unclaims it before the memory goes back to where it came from. A page's entry is
+//! read only while its claimed bit is set, and written before the bit is set: an
+//! unclaimed page's entry keeps its last owner and base, unread. Leaves are mapped
 //! on first use, straight from the OS, and never freed (2 MiB of address space each, of
 //! which only touched pages cost memory).
 
@@ -317,11 +319,9 @@ pub(crate) fn unclaim(base: *mut u8, len: usize) {
         let Some(leaf) = installed(root) else {
             continue;
         };
+        // The entries keep their last owner and base: every read checks the claimed bit
+        // first, and the next claim writes both before it sets the bit.
         mark(leaf, index, count, false);
-        for entry in (index..index + count).map(|i| leaf.entry(i)) {
-            entry.owner.store(ptr::null_mut(), Ordering::Release);
-            entry.base.store(ptr::null_mut(), Ordering::Relaxed);
-        }
     }
 }
 
