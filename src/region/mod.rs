@@ -57,8 +57,8 @@
 //!    window's bounds alone: those bytes hold its carved blocks and nothing else; a piece
 //!    lent from the window to a pipe region moves the bound below it. A free of a carved
 //!    block on the page the page map last found to be the current region's needs no look-up
-//!    either: pages change hands only inside a call into the region's stack, a change of
-//!    window or a loan to a pipe, and each of those forgets the page.) A source claims a
+//!    either: a page leaves a region only inside a call into its stack, at the end of its
+//!    window or in a loan to a pipe, and each of those forgets the page.) A source claims a
 //!    range's pages all or nothing: a claim the OS refuses half-way (no memory for the map
 //!    itself) leaves no page claimed.
 //! 2. A block may outlive its closure (returned, stored outside, sent to a thread). A region

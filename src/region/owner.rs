@@ -292,10 +292,10 @@ pub(crate) struct Owner {
     /// A free there needs no page map ([`in_current_window`]). Null with no window.
     window_end: Cell<*mut u8>,
     /// A page (its number, address >> 12) that the page map gave to this region while it
-    /// was drivable, with no stack call, window change or loan since: pages change hands
-    /// only inside those, so the page is still this region's, and a free of a carved block
-    /// that starts on it needs no page map ([`in_known_page`]). [`NO_PAGE`] when none.
-    /// Owner thread only.
+    /// was drivable, with no stack call, window change or loan since: a page leaves a
+    /// region only inside those (pages may join it elsewhere, a pipe giving a piece back),
+    /// so the page is still this region's, and a free of a carved block that starts on it
+    /// needs no page map ([`in_known_page`]). [`NO_PAGE`] when none. Owner thread only.
     known_page: Cell<usize>,
     /// The owner thread's token (see `frames::token`), or [`NO_DRIVER`].
     thread: usize,
@@ -338,6 +338,30 @@ impl Owner {
         // During thread teardown there is no token (0, which every thread in teardown
         // shares): such a region is never driven, and its frees are queued.
         let thread = if thread == 0 { NO_DRIVER } else { thread };
+        // Every field is listed here, so that a field added to `Owner` fails to compile
+        // until it is written below too.
+        let _every_field = |owner: Owner| {
+            let Owner {
+                magic: _,
+                driver: _,
+                live: _,
+                window_limit: _,
+                window_top: _,
+                window_floor: _,
+                window_end: _,
+                known_page: _,
+                thread: _,
+                stack: _,
+                lent: _,
+                deferred: _,
+                deferred_len: _,
+                seq: _,
+                pending: _,
+                queue: _,
+                service_next: _,
+                free_record: _,
+            } = owner;
+        };
         // SAFETY: as the caller promises; every field but `deferred` (whose slots need no
         // initial value) is written.
         unsafe {

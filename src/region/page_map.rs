@@ -14,8 +14,9 @@
 //!
 //! Invariants: a page is claimed by at most one owner at a time; the source that claimed a
 //! range unclaims it before the memory goes back to where it came from. A page's entry is
-//! read only while its claimed bit is set, and written before the bit is set: an
-//! unclaimed page's entry keeps its last owner and base, unread. Leaves are mapped
+//! read only while its claimed bit is set; a claim writes it before it sets the bit (and
+//! `reassign` hands a claimed page to another owner): an unclaimed page's entry keeps its
+//! last owner and base, unread. Leaves are mapped
 //! on first use, straight from the OS, and never freed (2 MiB of address space each, of
 //! which only touched pages cost memory).
 
@@ -242,7 +243,8 @@ fn span(start: usize, len: usize) -> Option<(usize, usize)> {
 }
 
 /// Sets or clears the claimed bits of `count` pages from `index` in `leaf`, one atomic
-/// operation per word of 64 pages.
+/// operation per word of 64 pages: a read-modify-write, so that a claim's `Release` reaches
+/// the lookups of its pages whatever happens to the other pages of the word meanwhile.
 fn mark(leaf: LeafPtr, index: usize, count: usize, claimed: bool) {
     let mut first = index;
     while first < index + count {

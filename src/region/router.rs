@@ -112,6 +112,8 @@ unsafe fn free_elsewhere(ptr: *mut u8, layout: Layout, current: *const Owner, th
         return unsafe { System.dealloc(ptr, layout) };
     }
     if ptr::eq(owner, current) {
+        // Before `free_in`, never after: a free it parks may flush the parked ones into the
+        // stack, which may give pages away and forgets the page.
         // SAFETY: the page map gave the current region for `ptr` just now.
         unsafe { remember_page(current, thread, ptr) };
     }
