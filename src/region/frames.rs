@@ -26,6 +26,8 @@ pub(crate) struct ThreadState {
     /// sees one interior-mutable range when the state is borrowed, not 128 of them on each
     /// allocation.
     frames: Cell<[*const Owner; MAX_FRAMES]>,
+    /// Regions this thread has made: the next one's place in the thread's creation order.
+    regions_made: Cell<u64>,
 }
 
 impl ThreadState {
@@ -41,6 +43,7 @@ thread_local! {
             current: Cell::new(ptr::null()),
             depth: Cell::new(0),
             frames: Cell::new([ptr::null(); MAX_FRAMES]),
+            regions_made: Cell::new(0),
         }
     };
 }
@@ -69,6 +72,19 @@ pub(crate) fn current_and_token() -> (*const Owner, usize) {
 pub(crate) fn token() -> usize {
     THREAD
         .try_with(|t| t as *const ThreadState as usize)
+        .unwrap_or(0)
+}
+
+/// The place of a region being made in this thread's creation order: a pipe takes pieces
+/// only from an older region of its own thread (0 during thread teardown, when no region can
+/// be entered).
+pub(crate) fn next_seq() -> u64 {
+    THREAD
+        .try_with(|t| {
+            let seq = t.regions_made.get();
+            t.regions_made.set(seq.wrapping_add(1));
+            seq
+        })
         .unwrap_or(0)
 }
 

@@ -58,19 +58,22 @@
 //! are written only by the owner thread while active, and by the zombie's driver under
 //! the queue's lock afterwards. `pending` is set whenever the queue of an active region
 //! holds entries. A zombie is on the service list (`listed`) only while its queue holds
-//! entries and no thread drives it.
+//! entries and no thread drives it. While an active region is busy its window is parked
+//! (empty, see `Owner::window_top`) and it knows no page (`known_page`), so the router's
+//! quick paths, which do not read `driver`, neither carve from it nor count its frees.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::alloc::System;
 
 use crate::Layer;
 use crate::abort::{abort_with, call, debug_require, no_unwind};
 use crate::layer::served_size;
 use crate::layers::LeakReport;
+use crate::region::frames;
 use crate::region::page_map::PAGE_BITS;
 use crate::spin::SpinLock;
 
@@ -248,12 +251,12 @@ const BUSY: usize = 1;
 /// made during thread teardown (when there is no token to name its thread by).
 const NO_DRIVER: usize = 2;
 
+/// `window_floor` while the window is parked: above every address, so nothing is carved.
+const BUSY_FLOOR: *mut u8 = ptr::without_provenance_mut(usize::MAX);
+
 /// `known_page` when no page is known (page numbers are addresses shifted right by
 /// [`PAGE_BITS`], far below it).
 const NO_PAGE: usize = usize::MAX;
-
-/// The creation order of regions: a pipe takes pieces only from older regions.
-static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Zombies whose queues hold frees that no thread is putting: a stack linked through
 /// [`Owner::service_next`], pushed under each zombie's lock, taken whole by
@@ -284,6 +287,12 @@ pub(crate) struct Owner {
     window_limit: usize,
     /// The current window's free part: blocks are carved downward from `window_top`, never
     /// below `window_floor` (both null before the first window). Owner thread only.
+    ///
+    /// While the region is busy the window is *parked*: its floor and end are set aside in
+    /// `parked` and replaced by [`BUSY_FLOOR`] and `window_top`, so the window is empty for
+    /// carving and for the free in [`in_current_window`]. The carving and the quick frees
+    /// therefore need no check of `driver` (the current region of a thread is never a
+    /// zombie, nor another thread's, so its only undrivable state is busy).
     window_top: Cell<*mut u8>,
     window_floor: Cell<*mut u8>,
     /// The end of the window's carved part that holds this region's blocks alone: every
@@ -295,7 +304,8 @@ pub(crate) struct Owner {
     /// was drivable, with no stack call, window change or loan since: a page leaves a
     /// region only inside those (pages may join it elsewhere, a pipe giving a piece back),
     /// so the page is still this region's, and a free of a carved block that starts on it
-    /// needs no page map ([`in_known_page`]). [`NO_PAGE`] when none. Owner thread only.
+    /// needs no page map ([`in_known_page`]). [`NO_PAGE`] when none, and while busy (being
+    /// marked busy forgets it). Owner thread only.
     known_page: Cell<usize>,
     /// The owner thread's token (see `frames::token`), or [`NO_DRIVER`].
     thread: usize,
@@ -306,7 +316,10 @@ pub(crate) struct Owner {
     /// Frees made by the owner thread, waiting to be put (owner thread only).
     deferred: [Cell<MaybeUninit<Entry>>; DEFERRED],
     deferred_len: Cell<usize>,
-    /// The region's place in the creation order.
+    /// The window's floor and end while it is parked (busy), restored when the region is
+    /// not busy any more.
+    parked: Cell<(*mut u8, *mut u8)>,
+    /// The region's place in its thread's creation order ([`frames::next_seq`]).
     seq: u64,
     /// Whether the queue of an active region holds entries: a hint the owner reads without
     /// the lock.
@@ -355,6 +368,7 @@ impl Owner {
                 lent: _,
                 deferred: _,
                 deferred_len: _,
+                parked: _,
                 seq: _,
                 pending: _,
                 queue: _,
@@ -377,7 +391,8 @@ impl Owner {
             (&raw mut (*at).stack).write(stack);
             (&raw mut (*at).lent).write(Cell::new(0));
             (&raw mut (*at).deferred_len).write(Cell::new(0));
-            (&raw mut (*at).seq).write(NEXT_SEQ.fetch_add(1, Ordering::Relaxed));
+            (&raw mut (*at).parked).write(Cell::new((ptr::null_mut(), ptr::null_mut())));
+            (&raw mut (*at).seq).write(frames::next_seq());
             (&raw mut (*at).pending).write(AtomicBool::new(false));
             (&raw mut (*at).queue).write(SpinLock::new(Queue::EMPTY));
             (&raw mut (*at).service_next).write(Cell::new(ptr::null_mut()));
@@ -395,12 +410,24 @@ impl Owner {
         self.live.get().wrapping_sub(self.lent.get())
     }
 
-    /// Marks the stack busy or not (owner thread, region active).
+    /// Marks the stack busy or not (owner thread, region active), parking the window or
+    /// restoring it (see `window_top`).
     #[inline(always)]
     pub(crate) fn set_busy(&self, busy: bool) {
+        if busy == self.busy_now() {
+            return;
+        }
         if busy {
             // A stack call may give pages away (see `known_page`).
             self.known_page.set(NO_PAGE);
+            self.parked
+                .set((self.window_floor.get(), self.window_end.get()));
+            self.window_floor.set(BUSY_FLOOR);
+            self.window_end.set(self.window_top.get());
+        } else {
+            let (floor, end) = self.parked.get();
+            self.window_floor.set(floor);
+            self.window_end.set(end);
         }
         let driver = if busy { BUSY } else { self.thread };
         self.driver.store(driver, Ordering::Relaxed);
@@ -427,11 +454,18 @@ impl Owner {
         (layout.size() | layout.align()) <= self.window_limit
     }
 
-    /// Forgets the current window: call before anything that ends the stack's blocks.
+    /// Forgets the current window, parked or not: call before anything that ends the
+    /// stack's blocks.
     pub(crate) fn drop_window(&self) {
         self.window_top.set(ptr::null_mut());
-        self.window_floor.set(ptr::null_mut());
         self.window_end.set(ptr::null_mut());
+        let floor = if self.busy_now() {
+            BUSY_FLOOR
+        } else {
+            ptr::null_mut()
+        };
+        self.window_floor.set(floor);
+        self.parked.set((ptr::null_mut(), ptr::null_mut()));
         self.known_page.set(NO_PAGE);
     }
 
@@ -523,8 +557,8 @@ fn corrupted(owner: &Owner) -> ! {
 // ---- allocation and resizing on the owner thread -----------------------------------------
 
 /// The fast path of [`alloc_in`]: a block carved from the current window, when the region
-/// is not busy, carves blocks of `layout` and its window has room. `None` means "ask
-/// [`alloc_in`]", not "out of memory".
+/// carves blocks of `layout` and its window has room (a busy region's window is parked, so
+/// it has none). `None` means "ask [`alloc_in`]", not "out of memory".
 ///
 /// # Safety
 ///
@@ -533,7 +567,7 @@ fn corrupted(owner: &Owner) -> ! {
 pub(crate) unsafe fn carve_in(owner: *const Owner, layout: Layout) -> Option<NonNull<u8>> {
     // SAFETY: as the caller promises, a live record header.
     let owner = unsafe { &*owner };
-    if owner.busy_now() || !owner.carved(layout) {
+    if !owner.carved(layout) {
         return None;
     }
     let block = owner.carve(layout)?;
@@ -606,7 +640,9 @@ pub(crate) unsafe fn lend_in(
 
 /// Whether a pipe in region `borrower` may take pieces from region `lender`: only from a
 /// region made before it, so that no two regions ever hold pieces of each other (a cycle
-/// that no free could end).
+/// that no free could end). Both are regions of this thread's frames (the pipe asks with
+/// its own region and the one below it there), so both were made by this thread (a
+/// `Region` never leaves its thread), and its creation order (`seq`) orders them.
 pub(crate) fn lends_to(lender: *const Owner, borrower: *const Owner) -> bool {
     checked(lender).seq < checked(borrower).seq
 }
@@ -666,44 +702,39 @@ pub(crate) fn drivable(owner: *const Owner, thread: usize) -> bool {
 // ---- frees -------------------------------------------------------------------------------
 
 /// Whether `ptr` lies in the part of the current window of `current`, this thread's current
-/// region, that holds the region's own carved blocks, with the region drivable now: then it
-/// is a carved block of `current`, and a free needs no page map ([`count_carved_free`]).
+/// region, that holds the region's own carved blocks: then it is a carved block of
+/// `current`, and a free needs no page map ([`count_carved_free`]). The region is drivable
+/// by this thread whenever the window is not empty: the current region is this thread's and
+/// active, and while it is busy its window is parked (empty).
 ///
 /// # Safety
 ///
-/// `current` is this thread's current region (from its frames) and `thread` this thread's
-/// token.
+/// `current` is this thread's current region (from its frames).
 #[inline(always)]
-pub(crate) unsafe fn in_current_window(current: *const Owner, thread: usize, ptr: *mut u8) -> bool {
+pub(crate) unsafe fn in_current_window(current: *const Owner, ptr: *mut u8) -> bool {
     // SAFETY: the current region of this thread is live and active (its frame is on this
     // thread's stack).
     let owner = unsafe { &*current };
     let top = owner.window_top.get().addr();
     let span = owner.window_end.get().addr().wrapping_sub(top);
-    ptr.addr().wrapping_sub(top) < span && owner.drivable_by(thread)
+    ptr.addr().wrapping_sub(top) < span
 }
 
 /// Whether `ptr`, freed with `layout`, is a carved block on the page of `current` (this
 /// thread's current region) that a free through the page map last found to be the
-/// region's, with the region drivable now: then the free only counts
-/// ([`count_carved_free`]), as [`free_in`] would. Binary trees and lists freed after their
-/// window was retired go through their pages in order, one page-map look-up a page.
+/// region's: then the free only counts ([`count_carved_free`]), as [`free_in`] would.
+/// Binary trees and lists freed after their window was retired go through their pages in
+/// order, one page-map look-up a page. The region is drivable by this thread whenever a
+/// page is known (being marked busy forgets it).
 ///
 /// # Safety
 ///
 /// As [`in_current_window`].
 #[inline(always)]
-pub(crate) unsafe fn in_known_page(
-    current: *const Owner,
-    thread: usize,
-    ptr: *mut u8,
-    layout: Layout,
-) -> bool {
+pub(crate) unsafe fn in_known_page(current: *const Owner, ptr: *mut u8, layout: Layout) -> bool {
     // SAFETY: as in `in_current_window`.
     let owner = unsafe { &*current };
-    ptr.addr() >> PAGE_BITS == owner.known_page.get()
-        && owner.carved(layout)
-        && owner.drivable_by(thread)
+    ptr.addr() >> PAGE_BITS == owner.known_page.get() && owner.carved(layout)
 }
 
 /// Remembers the page of `ptr`, which the page map says `current` (this thread's current
@@ -712,7 +743,8 @@ pub(crate) unsafe fn in_known_page(
 ///
 /// # Safety
 ///
-/// As [`in_current_window`]; the page map gave `current` for `ptr` just now, on this thread.
+/// As [`in_current_window`], with `thread` this thread's token; the page map gave `current`
+/// for `ptr` just now, on this thread.
 #[inline(always)]
 pub(crate) unsafe fn remember_page(current: *const Owner, thread: usize, ptr: *mut u8) {
     // SAFETY: as in `in_current_window`.
@@ -1028,19 +1060,22 @@ pub(crate) unsafe fn end(owner: *const Owner) -> usize {
     let owner_ref = checked(owner);
     catch_up(owner_ref);
     owner_ref.drop_window();
-    let held = {
+    let (held, dead) = {
         let mut queue = owner_ref.queue.lock();
         // From here on frees from other threads are a zombie's; this thread drives it until
         // its queue is empty.
         queue.zombie = true;
-        queue.driving = true;
         owner_ref.pending.store(false, Ordering::Relaxed);
         owner_ref.driver.store(NO_DRIVER, Ordering::Relaxed);
-        owner_ref.held_by_the_program()
+        // Nothing queued and no block live (the usual end): no free can reach the record
+        // any more, and it is on no list, as `drive` would find at once.
+        let dead = queue.len == 0 && owner_ref.live() == 0;
+        queue.driving = !dead;
+        (owner_ref.held_by_the_program(), dead)
     };
-    // SAFETY: a zombie now, `driving` set by us under its lock.
-    if unsafe { drive(owner) } {
-        // SAFETY: `drive` found it dead, and let go of its lock.
+    // SAFETY: unless found dead above, a zombie now, `driving` set by us under its lock.
+    if dead || unsafe { drive(owner) } {
+        // SAFETY: found dead (above, or by `drive`), its lock let go.
         unsafe { dispose(owner) };
     }
     held

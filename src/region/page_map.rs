@@ -25,7 +25,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use super::Owner;
-use crate::abort::debug_require;
+use crate::abort::{abort_with, debug_require};
 
 /// Granularity of the map: claims cover whole 4 KiB pages.
 pub(crate) const PAGE: usize = 4096;
@@ -70,6 +70,24 @@ impl LeafPtr {
     fn entry(self, index: usize) -> &'static Entry {
         // SAFETY: as in `claimed`.
         unsafe { &(*self.0).entries[index & (LEAF_ENTRIES - 1)] }
+    }
+
+    /// The entries of `count` pages from `index`, borrowed together (a claim writes them in
+    /// one tight loop). A range that leaves the leaf (which `leaf_spans` never makes) aborts:
+    /// a claim must not set claimed bits over entries it did not write.
+    #[inline(always)]
+    fn entries(self, index: usize, count: usize) -> &'static [Entry] {
+        if index > LEAF_ENTRIES || count > LEAF_ENTRIES - index {
+            abort_with(format_args!(
+                "page map: pages {index}..{index}+{count} leave their leaf"
+            ));
+        }
+        // SAFETY: installed leaves are never freed, and the range is inside the array
+        // (checked above); the slice borrows these entries only, not the whole leaf.
+        unsafe {
+            let first = (&raw const (*self.0).entries).cast::<Entry>().add(index);
+            &*ptr::slice_from_raw_parts(first, count)
+        }
     }
 }
 
@@ -276,7 +294,7 @@ pub(crate) fn claim(base: *mut u8, len: usize, owner: *const Owner) -> bool {
         let Some(leaf) = installed(root) else {
             return false;
         };
-        for entry in (index..index + count).map(|i| leaf.entry(i)) {
+        for entry in leaf.entries(index, count) {
             entry.base.store(base, Ordering::Relaxed);
             entry.owner.store(owner.cast_mut(), Ordering::Release);
         }

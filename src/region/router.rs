@@ -12,7 +12,7 @@ use std::alloc::System;
 use super::page_map;
 use super::{
     Owner, alloc_in, carve_in, count_carved_free, current_and_token, drivable, free_in,
-    in_current_window, in_known_page, remember_page, resize_in_place,
+    in_current_window, in_known_page, remember_page, resize_in_place, token,
 };
 
 /// The global allocator that makes [regions](crate::region) work. Install it once:
@@ -70,7 +70,7 @@ fn allocate_in_stack(layout: Layout, current: *const Owner) -> *mut u8 {
 ///
 /// # Safety
 ///
-/// `in_current_window(current, this thread, ptr)` said `true`; `ptr` is live with `layout`,
+/// `in_current_window(current, ptr)` said `true`; `ptr` is live with `layout`,
 /// and `new_size` is valid with its alignment.
 #[inline(always)]
 unsafe fn move_carved(
@@ -102,10 +102,12 @@ unsafe fn move_carved(
 ///
 /// # Safety
 ///
-/// `GlobalAlloc::dealloc`'s duties for `ptr` and `layout`; `current` and `thread` are this
-/// thread's current region and token.
+/// `GlobalAlloc::dealloc`'s duties for `ptr` and `layout`; `current` is this thread's
+/// current region.
 #[inline(never)]
-unsafe fn free_elsewhere(ptr: *mut u8, layout: Layout, current: *const Owner, thread: usize) {
+unsafe fn free_elsewhere(ptr: *mut u8, layout: Layout, current: *const Owner) {
+    // (Read here, not in `dealloc`: the quick frees do not need it.)
+    let thread = token();
     let (owner, block) = page_map::lookup(ptr);
     if owner.is_null() {
         // SAFETY: a page nobody claimed: the block came from the system allocator.
@@ -150,26 +152,23 @@ unsafe impl GlobalAlloc for Router {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let (current, thread) = current_and_token();
+        let current = current_and_token().0;
         if !current.is_null()
-            // SAFETY: the current region and token of this thread.
-            && unsafe {
-                in_current_window(current, thread, ptr)
-                    || in_known_page(current, thread, ptr, layout)
-            }
+            // SAFETY: the current region of this thread.
+            && unsafe { in_current_window(current, ptr) || in_known_page(current, ptr, layout) }
         {
             // SAFETY: as above; `GlobalAlloc::dealloc`'s duties make `ptr` live and freed
             // once.
             return unsafe { count_carved_free(current) };
         }
         // SAFETY: passed on from the caller.
-        unsafe { free_elsewhere(ptr, layout, current, thread) }
+        unsafe { free_elsewhere(ptr, layout, current) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (current, thread) = current_and_token();
-        // SAFETY: the current region and token of this thread.
-        if !current.is_null() && unsafe { in_current_window(current, thread, ptr) } {
+        // SAFETY: the current region of this thread.
+        if !current.is_null() && unsafe { in_current_window(current, ptr) } {
             // A carved block of the current region, as a growing `Vec`'s usually is.
             // SAFETY: the block is live with `layout` (`GlobalAlloc::realloc`'s duties).
             return unsafe { move_carved(ptr, layout, new_size, current) };

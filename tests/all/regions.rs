@@ -322,6 +322,64 @@ fn windowed_regions_carve_small_blocks_and_track_every_one() {
     drop(blocks);
 }
 
+/// While a region's stack is lent out (`with_layer`, nested or not), its window is set
+/// aside: nothing is carved from it (allocations meant for the region go to the system
+/// allocator), and a free of a block carved from it waits, counted live, until the stack is
+/// back. Then carving goes on in the same window.
+#[test]
+fn a_region_lent_out_carves_nothing_and_frees_from_its_window_wait() {
+    let arena = Region::arena();
+    let start = |b: &u64| std::ptr::from_ref(b).cast::<u8>();
+    region::enter(&arena, || {
+        let carved = Box::new(5u64);
+        let carved_at = start(&carved).addr();
+        assert!(region::served_by_a_region(start(&carved)));
+        arena.with_layer(|_| {
+            arena.with_layer(|_| ());
+            let fresh = Box::new(6u64);
+            assert!(
+                !region::served_by_a_region(start(&fresh)),
+                "a region lent out serves no allocation, also after a nested loan ends"
+            );
+            drop(carved);
+            assert_eq!(
+                arena.live_blocks(),
+                1,
+                "the free waits while the stack is lent out"
+            );
+            drop(fresh);
+        });
+        assert_eq!(arena.live_blocks(), 0);
+        let next = Box::new(7u64);
+        assert!(
+            (1..=16).contains(&carved_at.wrapping_sub(start(&next).addr())),
+            "carving goes on right below the last block of the same window"
+        );
+    });
+    assert_eq!(arena.live_blocks(), 0);
+}
+
+/// A carved vector that grows while its region is lent out moves to the system allocator
+/// (the window is parked, so the resize takes the page map's path), and its old block is
+/// counted back when the stack returns.
+#[test]
+fn a_carved_vector_grown_while_its_region_is_lent_out_moves_to_the_system_allocator() {
+    let arena = Region::arena();
+    region::enter(&arena, || {
+        let mut v: Vec<u64> = Vec::with_capacity(4);
+        v.push(1);
+        assert!(region::served_by_a_region(v.as_ptr().cast()));
+        arena.with_layer(|_| {
+            v.extend(0..1000);
+            assert!(!region::served_by_a_region(v.as_ptr().cast()));
+        });
+        assert_eq!(arena.live_blocks(), 0, "the carved block was counted back");
+        assert_eq!(v.len(), 1001);
+        assert_eq!((v[0], v[1000]), (1, 999));
+    });
+    assert_eq!(arena.live_blocks(), 0);
+}
+
 /// Blocks carved from windows the region has since retired are freed in the order they
 /// were made, as a tree or a list is dropped: the router looks up one page in the page map
 /// and counts the next frees on that page without it. Each free still counts to the region
